@@ -1,0 +1,85 @@
+//! The per-channel resume buffer: the last N events of a channel, all versions and recipients.
+
+use std::collections::VecDeque;
+
+use crate::ingest::Event;
+use crate::EventId;
+
+/// What a resume id means against the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Every event after the id is in the buffer, starting at this index.
+    From(usize),
+    /// The id is from this epoch but older than what the buffer holds: the source may have it.
+    Older,
+    /// Unknown: another epoch, or an id after the last event.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub(crate) struct ResumeBuffer {
+    events: VecDeque<Event>,
+    capacity: usize,
+    epoch: Option<u64>,
+    /// Every event with a seq greater than this is in `events` (or was never published).
+    floor: u64,
+    last: Option<u64>,
+}
+
+impl ResumeBuffer {
+    pub(crate) fn new(capacity: usize) -> ResumeBuffer {
+        ResumeBuffer { events: VecDeque::with_capacity(capacity.min(4096)), capacity, epoch: None, floor: 0, last: None }
+    }
+
+    /// Appends an event. Returns false (and keeps nothing) if its id does not follow the last one.
+    pub(crate) fn push(&mut self, ev: &Event) -> bool {
+        let id = ev.id();
+        if self.epoch != Some(id.epoch) {
+            // A new history (first event, or the source's log was recreated): start over.
+            self.events.clear();
+            self.epoch = Some(id.epoch);
+            self.floor = id.seq.saturating_sub(1);
+            self.last = None;
+        } else if self.last.is_some_and(|l| id.seq <= l) {
+            return false;
+        }
+        self.last = Some(id.seq);
+        if self.capacity == 0 {
+            self.floor = id.seq;
+            return true;
+        }
+        if self.events.len() == self.capacity {
+            if let Some(old) = self.events.pop_front() {
+                self.floor = old.id().seq;
+            }
+        }
+        self.events.push_back(ev.clone());
+        true
+    }
+
+    pub(crate) fn lookup(&self, after: EventId) -> Lookup {
+        match (self.epoch, self.last) {
+            (Some(e), Some(last)) if e == after.epoch && after.seq <= last => {
+                if after.seq < self.floor {
+                    Lookup::Older
+                } else {
+                    Lookup::From(self.events.partition_point(|ev| ev.id().seq <= after.seq))
+                }
+            }
+            _ => Lookup::Unknown,
+        }
+    }
+
+    pub(crate) fn from(&self, index: usize) -> impl Iterator<Item = &Event> {
+        self.events.range(index.min(self.events.len())..)
+    }
+
+    /// Every event after this seq (in the current epoch) is held.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    pub(crate) fn last(&self) -> Option<EventId> {
+        Some(EventId { epoch: self.epoch?, seq: self.last? })
+    }
+}

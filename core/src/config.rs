@@ -1,0 +1,537 @@
+//! The configuration file (TOML), parsed and checked without IO.
+//!
+//! Both frontends read the file, hand its text to [`Config::from_toml`], read the files it names
+//! (keys, catalogue) and build [`Settings`] from it. Every key has a default, so an empty file is a
+//! valid configuration: the seed's four channels on the in-process source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::auth::AuthConfig;
+use crate::catalogue::Catalogue;
+
+/// A configuration that could not be used: which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listener, HTTP bounds, CORS, shutdown.
+    pub server: ServerConfig,
+    /// `[auth]`: JWT verification and where tokens come from.
+    pub auth: AuthConfig,
+    /// `[streams]`: heartbeats, warnings, retry, buffers, the per-user limit.
+    pub streams: StreamsConfig,
+    /// `[broker]`: RabbitMQ. Absent means the in-process source (D14).
+    pub broker: Option<BrokerConfig>,
+    /// `[channels.NAME]`: per channel access and source; merged over the seed defaults.
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// Path of a catalogue file replacing the embedded seed catalogue.
+    pub catalogue: Option<String>,
+    /// `[demo]`: sample events on every channel (in-process source only).
+    pub demo: DemoConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address, `host:port`. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Worker threads, each owning a core shard. 0 = one per CPU core (tokio) / 1 (smol).
+    pub workers: usize,
+    /// Open streams the process holds at most (D10); further requests get 503.
+    pub max_streams: usize,
+    /// Largest request head accepted; larger gets 431. Default 16 KiB.
+    pub max_head_bytes: usize,
+    /// Time a client has to send its whole request head (slowloris bound). Default 10 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub head_timeout: Duration,
+    /// Largest body accepted on the development publish endpoint. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS (exact `scheme://host[:port]`, or `*` for any origin).
+    pub cors_origins: Vec<String>,
+    /// Enables `POST /api/v1/publish/{channel}` (in-process source only). Default off.
+    pub publish_endpoint: bool,
+    /// Role a token needs to use the publish endpoint. Default `publisher`.
+    pub publish_role: String,
+    /// Time given to streams to flush on SIGTERM/SIGINT before the process exits. Default 5 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_drain: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            max_streams: 19_000,
+            max_head_bytes: 16 * 1024,
+            head_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024,
+            cors_origins: Vec::new(),
+            publish_endpoint: false,
+            publish_role: "publisher".into(),
+            shutdown_drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happens when a user opens a stream beyond the limit (D9).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitPolicy {
+    /// Close the user's oldest stream (unless it is younger than `min_stream_age`: then 409).
+    EvictOldest,
+    /// Always answer 409.
+    Reject,
+}
+
+/// `[streams]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Heartbeat interval (D7). Default 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat: Duration,
+    /// Interval of `source_unavailable` warnings during an outage (D8). Default 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub warning_interval: Duration,
+    /// Base `retry:` sent at the start of each stream. Default 3 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry: Duration,
+    /// Random extra added to each stream's `retry:` (per connection). Default 2 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_jitter: Duration,
+    /// `retry:` sent with a `forbidden` error (D2), at least 60 s. Default 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub forbidden_retry: Duration,
+    /// Unsent bytes a stream may hold; past it the stream is closed (D11). Default 256 KiB.
+    pub max_pending_bytes: usize,
+    /// Events kept per channel for Last-Event-ID resume. Default 1024.
+    pub buffer_events: usize,
+    /// Open streams per user across all channels (D9). Default 5.
+    pub max_per_user: usize,
+    /// `evict_oldest` (default) or `reject`.
+    pub limit_policy: LimitPolicy,
+    /// A stream younger than this is never evicted; the newcomer gets 409. Default 10 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub min_stream_age: Duration,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            heartbeat: Duration::from_secs(30),
+            warning_interval: Duration::from_secs(60),
+            retry: Duration::from_secs(3),
+            retry_jitter: Duration::from_secs(2),
+            forbidden_retry: Duration::from_secs(60),
+            max_pending_bytes: 256 * 1024,
+            buffer_events: 1024,
+            max_per_user: 5,
+            limit_policy: LimitPolicy::EvictOldest,
+            min_stream_age: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[broker]`: RabbitMQ over AMQP 0-9-1.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// AMQP URI. The environment variable `SSE_GATEWAY_AMQP_URL` overrides it.
+    pub url: String,
+    /// Unacknowledged deliveries per consumer (`basic.qos`). Default 256.
+    pub prefetch: u16,
+    /// First reconnect delay after a loss. Default 200 ms.
+    #[serde(deserialize_with = "de_duration")]
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay (exponential backoff with jitter in between). Default 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub reconnect_max: Duration,
+    /// Largest message body accepted; larger ones are dropped (`oversized`). Default 256 KiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefetch: 256,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[demo]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Emit sample events on every channel (in-process source only).
+    pub enabled: bool,
+    /// Time between two sample events on one channel. Default 2 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { enabled: false, interval: Duration::from_secs(2) }
+    }
+}
+
+/// `[channels.NAME]`: every key optional; missing keys take the seed default for that channel.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// `false` removes a channel the defaults define.
+    pub enabled: Option<bool>,
+    /// Roles that may read the channel; empty = any authenticated user (D2).
+    pub roles: Option<Vec<String>>,
+    /// Never broadcast: messages without `recipient_ids` are dropped (D3).
+    pub per_user: Option<bool>,
+    /// Events kept for resume; default `streams.buffer_events`.
+    pub buffer_events: Option<usize>,
+    /// Where the channel's events come from on RabbitMQ.
+    pub source: Option<SourceConfig>,
+}
+
+/// Where a channel's events come from on RabbitMQ (D4). Exactly one of `exchange` / `queue`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Exchange to bind a gateway-owned queue to.
+    pub exchange: Option<String>,
+    /// Kind of that exchange, declared if missing: `topic` (default), `direct`, `fanout`, `headers`.
+    pub exchange_kind: Option<String>,
+    /// Binding keys for the exchange. Default `["#"]`.
+    pub routing_keys: Option<Vec<String>>,
+    /// A queue to consume as is (declared durable if missing).
+    pub queue: Option<String>,
+    /// For an exchange source: the gateway-owned queue bound to it. Durable, so what is published
+    /// during a gateway or broker outage waits there. Default `sse-gateway.<channel>`.
+    pub bind_queue: Option<String>,
+}
+
+/// A channel as the gateway runs it: the config merged over the seed defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelSettings {
+    /// Channel name (URL segment).
+    pub name: String,
+    /// Roles that may read it; empty = any authenticated user.
+    pub roles: Vec<String>,
+    /// Events need `recipient_ids`.
+    pub per_user: bool,
+    /// Events kept for resume.
+    pub buffer_events: usize,
+    /// The source on RabbitMQ.
+    pub source: SourceSettings,
+    /// Schema versions the catalogue declares, ascending.
+    pub versions: Vec<u32>,
+    /// The version served without `?version=`.
+    pub default_version: u32,
+}
+
+/// Resolved source of one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSettings {
+    /// Bind a gateway-owned queue to `exchange` with `routing_keys`.
+    Exchange {
+        /// Exchange name.
+        exchange: String,
+        /// Exchange kind.
+        kind: String,
+        /// Binding keys.
+        routing_keys: Vec<String>,
+        /// The gateway-owned queue bound to the exchange.
+        queue: String,
+    },
+    /// Consume this queue.
+    Queue {
+        /// Queue name.
+        queue: String,
+    },
+}
+
+/// Everything a core needs, resolved and checked: shared by all shards.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The parsed file.
+    pub config: Config,
+    /// The event catalogue in force.
+    pub catalogue: Catalogue,
+    /// Channels in id order (sorted by name); a [`crate::ChannelId`] indexes this.
+    pub channels: Vec<ChannelSettings>,
+}
+
+impl Config {
+    /// Parses a configuration file. Errors name the key (TOML path and line) and the reason.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("configuration: {e}")))
+    }
+}
+
+fn seed_channel(name: &str) -> Option<(Vec<String>, bool, SourceSettings)> {
+    let exchange = |x: &str| SourceSettings::Exchange {
+        exchange: x.into(),
+        kind: "topic".into(),
+        routing_keys: vec!["#".into()],
+        queue: format!("sse-gateway.{name}"),
+    };
+    Some(match name {
+        "deals" => (vec![], false, exchange("crm.domain")),
+        "tasks" => (vec![], false, exchange("tasks.events")),
+        "notifications" => (
+            vec![],
+            true,
+            SourceSettings::Queue { queue: "notifications.internal".into() },
+        ),
+        "payments" => (vec!["finance_manager".into()], false, exchange("payments.status")),
+        _ => return None,
+    })
+}
+
+impl Settings {
+    /// Resolves `config` against `catalogue`: every catalogue channel is served unless disabled;
+    /// a configured channel must exist in the catalogue.
+    pub fn new(config: Config, catalogue: Catalogue) -> Result<Settings, ConfigError> {
+        let s = &config.streams;
+        if s.heartbeat.is_zero() {
+            return Err(ConfigError("streams.heartbeat: must be greater than zero".into()));
+        }
+        if s.warning_interval.is_zero() {
+            return Err(ConfigError("streams.warning_interval: must be greater than zero".into()));
+        }
+        if s.max_per_user == 0 {
+            return Err(ConfigError("streams.max_per_user: must be at least 1".into()));
+        }
+        if s.forbidden_retry < Duration::from_secs(60) {
+            return Err(ConfigError(
+                "streams.forbidden_retry: must be at least 60s (D2: a forbidden client must not hammer)".into(),
+            ));
+        }
+        if s.max_pending_bytes < 4096 {
+            return Err(ConfigError("streams.max_pending_bytes: must be at least 4096".into()));
+        }
+        if config.server.max_head_bytes < 512 {
+            return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
+        }
+        for name in config.channels.keys() {
+            if catalogue.channel(name).is_none() {
+                return Err(ConfigError(format!(
+                    "channels.{name}: no such channel in the catalogue (known: {})",
+                    catalogue.channel_names().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let mut channels = Vec::new();
+        for name in catalogue.channel_names() {
+            let schema = catalogue.channel(name).expect("name comes from the catalogue");
+            let file = config.channels.get(name).cloned().unwrap_or_default();
+            if file.enabled == Some(false) {
+                continue;
+            }
+            let (roles, per_user, source) = seed_channel(name).unwrap_or_else(|| {
+                (vec![], false, SourceSettings::Queue { queue: name.to_string() })
+            });
+            let source = match file.source {
+                None => source,
+                Some(src) => resolve_source(name, src)?,
+            };
+            let buffer_events = file.buffer_events.unwrap_or(s.buffer_events);
+            channels.push(ChannelSettings {
+                name: name.to_string(),
+                roles: file.roles.unwrap_or(roles),
+                per_user: file.per_user.unwrap_or(per_user),
+                buffer_events,
+                source,
+                versions: schema.versions(),
+                default_version: schema.default_version(),
+            });
+        }
+        if channels.is_empty() {
+            return Err(ConfigError("channels: every channel is disabled".into()));
+        }
+        if channels.len() > u16::MAX as usize {
+            return Err(ConfigError("channels: too many channels".into()));
+        }
+        Ok(Settings { config, catalogue, channels })
+    }
+
+    /// The seed catalogue with the default configuration.
+    pub fn seed() -> Settings {
+        Settings::new(Config::default(), Catalogue::seed()).expect("the defaults are valid")
+    }
+
+    /// The channel called `name`.
+    pub fn channel_id(&self, name: &str) -> Option<crate::ChannelId> {
+        self.channels
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| crate::ChannelId(i as u16))
+    }
+
+    /// Settings of a channel.
+    pub fn channel(&self, id: crate::ChannelId) -> &ChannelSettings {
+        &self.channels[id.0 as usize]
+    }
+}
+
+fn resolve_source(name: &str, src: SourceConfig) -> Result<SourceSettings, ConfigError> {
+    match (src.exchange, src.queue) {
+        (Some(exchange), None) => {
+            let kind = src.exchange_kind.unwrap_or_else(|| "topic".into());
+            if !["topic", "direct", "fanout", "headers"].contains(&kind.as_str()) {
+                return Err(ConfigError(format!(
+                    "channels.{name}.source.exchange_kind: `{kind}` is not one of topic, direct, fanout, headers"
+                )));
+            }
+            Ok(SourceSettings::Exchange {
+                exchange,
+                kind,
+                routing_keys: src.routing_keys.unwrap_or_else(|| vec!["#".into()]),
+                queue: src.bind_queue.unwrap_or_else(|| format!("sse-gateway.{name}")),
+            })
+        }
+        (None, Some(queue)) => {
+            if src.exchange_kind.is_some() || src.routing_keys.is_some() || src.bind_queue.is_some() {
+                return Err(ConfigError(format!(
+                    "channels.{name}.source: exchange_kind/routing_keys/bind_queue only apply to an exchange source"
+                )));
+            }
+            Ok(SourceSettings::Queue { queue })
+        }
+        _ => Err(ConfigError(format!(
+            "channels.{name}.source: set exactly one of `exchange` or `queue`"
+        ))),
+    }
+}
+
+/// Parses `"30s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare integer (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 30s, 500ms, 2m, 1h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{text}` is not a duration like 30s, 500ms, 2m, 1h")),
+    };
+    Ok(d)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_seed_defaults() {
+        let c = Config::from_toml("").unwrap();
+        let s = Settings::new(c, Catalogue::seed()).unwrap();
+        let names: Vec<_> = s.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["deals", "notifications", "payments", "tasks"]);
+        let pay = &s.channels[s.channel_id("payments").unwrap().0 as usize];
+        assert_eq!(pay.roles, ["finance_manager"]);
+        assert!(s.channels[s.channel_id("notifications").unwrap().0 as usize].per_user);
+        assert_eq!(s.config.streams.heartbeat, Duration::from_secs(30));
+        assert_eq!(s.config.streams.warning_interval, Duration::from_secs(60));
+        assert_eq!(s.config.streams.max_per_user, 5);
+        assert!(s.config.broker.is_none());
+    }
+
+    #[test]
+    fn durations_take_units_or_seconds() {
+        let c = Config::from_toml("[streams]\nheartbeat = \"1500ms\"\nwarning_interval = 2\n").unwrap();
+        assert_eq!(c.streams.heartbeat, Duration::from_millis(1500));
+        assert_eq!(c.streams.warning_interval, Duration::from_secs(2));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let e = Config::from_toml("[streams]\nheartbeet = 3\n").unwrap_err();
+        assert!(e.0.contains("heartbeet"), "{e}");
+        let e = Config::from_toml("[streams]\nheartbeat = \"often\"\n").unwrap_err();
+        assert!(e.0.contains("often"), "{e}");
+    }
+
+    #[test]
+    fn channel_overrides_merge_over_seed_defaults() {
+        let c = Config::from_toml(
+            "[channels.deals]\nroles = [\"sales\"]\n[channels.tasks]\nenabled = false\n\
+             [channels.payments.source]\nqueue = \"pay.q\"\n",
+        )
+        .unwrap();
+        let s = Settings::new(c, Catalogue::seed()).unwrap();
+        assert!(s.channel_id("tasks").is_none());
+        let deals = s.channel(s.channel_id("deals").unwrap());
+        assert_eq!(deals.roles, ["sales"]);
+        assert_eq!(
+            deals.source,
+            SourceSettings::Exchange {
+                exchange: "crm.domain".into(),
+                kind: "topic".into(),
+                routing_keys: vec!["#".into()],
+                queue: "sse-gateway.deals".into(),
+            }
+        );
+        let pay = s.channel(s.channel_id("payments").unwrap());
+        assert_eq!(pay.source, SourceSettings::Queue { queue: "pay.q".into() });
+        assert_eq!(pay.roles, ["finance_manager"]);
+    }
+
+    #[test]
+    fn a_channel_missing_from_the_catalogue_is_refused() {
+        let c = Config::from_toml("[channels.invoices]\nroles = []\n").unwrap();
+        let e = Settings::new(c, Catalogue::seed()).unwrap_err();
+        assert!(e.0.starts_with("channels.invoices"), "{e}");
+    }
+
+    #[test]
+    fn a_source_with_both_exchange_and_queue_is_refused() {
+        let c = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nqueue = \"q\"\n").unwrap();
+        let e = Settings::new(c, Catalogue::seed()).unwrap_err();
+        assert!(e.0.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn a_short_forbidden_retry_is_refused() {
+        let c = Config::from_toml("[streams]\nforbidden_retry = \"5s\"\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.contains("forbidden_retry"));
+    }
+}

@@ -1,0 +1,669 @@
+//! The stream state machine: one [`Gateway`] per shard.
+//!
+//! Inputs (`open`, `handle_event`, `source_down`/`source_up`, `on_closed`, `handle_timeout`, the
+//! backfill pair) change state and queue work; outputs are drained with [`Gateway::poll_output`],
+//! [`Gateway::take_output`] and [`Gateway::poll_timeout`]. Every input leaves the state
+//! consistent, so the drain order is free; the frontend's loop is:
+//!
+//! 1. apply one input;
+//! 2. drain `poll_output()` until `None`: `Transmit(id)` wakes the writer of stream `id`, which
+//!    calls `take_output(id, ..)` when its socket is writable; `Close(id, _)` tells it to write
+//!    what `take_output` still returns, close the socket and call `on_closed(id)`;
+//!    `Backfill` asks it to read older events from the source;
+//! 3. re-arm its timer at `poll_timeout()` if that moved.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::buffer::{Lookup, ResumeBuffer};
+use crate::config::{LimitPolicy, Settings};
+use crate::http::{Response, Resume, StreamRequest};
+use crate::ingest::Event;
+use crate::metrics::{CloseReason, Metrics};
+use crate::{sse, ChannelId, EventId, StreamId};
+
+/// What the frontend must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Output {
+    /// Stream has bytes waiting: call [`Gateway::take_output`] when its socket can take them.
+    Transmit(StreamId),
+    /// Flush what `take_output` still returns, close the connection, then call
+    /// [`Gateway::on_closed`]. The stream receives nothing more.
+    Close(StreamId, CloseReason),
+    /// Read the channel's events with `after.seq < seq <= until` from the source, hand each to
+    /// [`Gateway::backfill_event`], then call [`Gateway::backfill_done`]. Only asked for channels
+    /// marked with [`Gateway::set_history`].
+    Backfill {
+        /// The stream waiting for them.
+        stream: StreamId,
+        /// Its channel.
+        channel: ChannelId,
+        /// The last event the client has.
+        after: EventId,
+        /// The last event to read (the buffer holds everything after it).
+        until: u64,
+    },
+}
+
+/// Why [`Gateway::poll_timeout`] wants to be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerReason {
+    /// A stream's heartbeat is due (D7).
+    Heartbeat,
+    /// A stream's token expires (D1).
+    TokenExpiry,
+    /// A down source's warning is due (D8).
+    SourceWarning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Heartbeat(StreamId),
+    Expiry(StreamId),
+    Warning(ChannelId),
+}
+
+impl Timer {
+    fn reason(self) -> TimerReason {
+        match self {
+            Timer::Heartbeat(_) => TimerReason::Heartbeat,
+            Timer::Expiry(_) => TimerReason::TokenExpiry,
+            Timer::Warning(_) => TimerReason::SourceWarning,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    user: Arc<str>,
+    channel: ChannelId,
+    version: u32,
+    opened_at: Instant,
+    heartbeat_at: Instant,
+    expires_at: Option<Instant>,
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    transmit_queued: bool,
+    /// Index in its channel's member list; `None` once closing.
+    member: Option<usize>,
+    /// Waiting for a backfill: the last event id the client has.
+    catching_up: Option<EventId>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    stream: Option<Stream>,
+}
+
+#[derive(Debug)]
+struct Channel {
+    members: Vec<StreamId>,
+    buffer: ResumeBuffer,
+    down_since: Option<Instant>,
+    warning_at: Option<Instant>,
+    history: bool,
+}
+
+/// A small deterministic RNG (SplitMix64) for `retry:` jitter: no global randomness in the core.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+/// One shard of the gateway: its streams, users, channel buffers and timers.
+#[derive(Debug)]
+pub struct Gateway {
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    open: usize,
+    max_streams: usize,
+    users: HashMap<Arc<str>, Vec<StreamId>>,
+    channels: Vec<Channel>,
+    timers: BTreeSet<(Instant, Timer)>,
+    outputs: VecDeque<Output>,
+    rng: Rng,
+    shutting_down: bool,
+}
+
+impl Gateway {
+    /// A shard holding at most `max_streams` streams; `seed` drives its `retry:` jitter.
+    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, max_streams: usize, seed: u64) -> Gateway {
+        let channels = settings
+            .channels
+            .iter()
+            .map(|c| Channel {
+                members: Vec::new(),
+                buffer: ResumeBuffer::new(c.buffer_events),
+                down_since: None,
+                warning_at: None,
+                history: false,
+            })
+            .collect();
+        Gateway {
+            settings,
+            metrics,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            max_streams,
+            users: HashMap::new(),
+            channels,
+            timers: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            rng: Rng(seed),
+            shutting_down: false,
+        }
+    }
+
+    // ---- getters ----
+
+    /// Streams open (not closing) in this shard.
+    pub fn stream_count(&self) -> usize {
+        self.open
+    }
+
+    /// Users with at least one open stream.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Open streams of `user`.
+    pub fn streams_of(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Slots allocated (open plus closing streams the frontend has not released).
+    pub fn slots_in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Unsent bytes held for a stream.
+    pub fn pending_bytes(&self, id: StreamId) -> usize {
+        self.stream(id).map_or(0, |s| s.pending_bytes)
+    }
+
+    /// The user of a stream.
+    pub fn user_of(&self, id: StreamId) -> Option<&str> {
+        self.stream(id).map(|s| &*s.user)
+    }
+
+    /// The channel of a stream.
+    pub fn channel_of(&self, id: StreamId) -> Option<ChannelId> {
+        self.stream(id).map(|s| s.channel)
+    }
+
+    /// Is the channel's source down as far as this shard knows?
+    pub fn source_is_down(&self, channel: ChannelId) -> bool {
+        self.channels[channel.index()].down_since.is_some()
+    }
+
+    /// The last event this shard saw on a channel.
+    pub fn last_event(&self, channel: ChannelId) -> Option<EventId> {
+        self.channels[channel.index()].buffer.last()
+    }
+
+    fn stream(&self, id: StreamId) -> Option<&Stream> {
+        let slot = self.slots.get(id.index as usize)?;
+        (slot.generation == id.generation).then_some(slot.stream.as_ref()).flatten()
+    }
+
+    fn stream_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        (slot.generation == id.generation).then_some(slot.stream.as_mut()).flatten()
+    }
+
+    // ---- inputs ----
+
+    /// Marks a channel whose source can read back older events: resumes older than the buffer
+    /// then ask for [`Output::Backfill`] instead of answering `history_gap`.
+    pub fn set_history(&mut self, channel: ChannelId, enabled: bool) {
+        self.channels[channel.index()].history = enabled;
+    }
+
+    /// Opens a stream for a routed request. On success the stream's first bytes (response head,
+    /// `retry:`, replay or `history_gap`, a `source_unavailable` warning during an outage) are
+    /// queued: drain [`Gateway::poll_output`]. On refusal (409, 503) write the response and close.
+    /// `unix_now` (seconds) places the token's `exp` on the `now` clock.
+    pub fn open(&mut self, req: StreamRequest, now: Instant, unix_now: u64) -> Result<StreamId, Response> {
+        let cors = req.cors_origin.as_deref();
+        if self.shutting_down || self.open >= self.max_streams {
+            return Err(Response::error(503, "overloaded", "the gateway holds all the streams it can", "", cors));
+        }
+        let limits = &self.settings.config.streams;
+        let mut evict = None;
+        if let Some(mine) = self.users.get(req.identity.user.as_str()) {
+            if mine.len() >= limits.max_per_user {
+                let oldest = mine[0];
+                let young = self.stream(oldest).is_some_and(|s| now.saturating_duration_since(s.opened_at) < limits.min_stream_age);
+                if limits.limit_policy == LimitPolicy::Reject || young {
+                    self.metrics.limit_rejected();
+                    return Err(Response::error(409, "stream_limit", "too many open streams for this user", "", cors));
+                }
+                evict = Some(oldest);
+            }
+        }
+        if let Some(old) = evict {
+            self.metrics.eviction();
+            self.close_with(old, sse::error("stream_limit"), CloseReason::StreamLimit);
+        }
+
+        let ch = req.channel;
+        let user: Arc<str> = match self.users.get_key_value(req.identity.user.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(req.identity.user.as_str()),
+        };
+        let expiry_secs = req.identity.expires_at.saturating_add(limits_leeway(&self.settings)).saturating_sub(unix_now);
+        let expires_at = now.checked_add(Duration::from_secs(expiry_secs));
+        let heartbeat_at = now + self.settings.config.streams.heartbeat;
+        let id = self.alloc(Stream {
+            user: user.clone(),
+            channel: ch,
+            version: req.version,
+            opened_at: now,
+            heartbeat_at,
+            expires_at,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            transmit_queued: false,
+            member: None,
+            catching_up: None,
+        });
+        self.open += 1;
+        self.metrics.stream_opened(ch);
+        self.users.entry(user).or_default().push(id);
+        let members = &mut self.channels[ch.index()].members;
+        members.push(id);
+        let pos = members.len() - 1;
+        self.timers.insert((heartbeat_at, Timer::Heartbeat(id)));
+        if let Some(at) = expires_at {
+            self.timers.insert((at, Timer::Expiry(id)));
+        }
+
+        let s = &self.settings.config.streams;
+        let retry = s.retry.as_millis() as u64 + self.rng.below(s.retry_jitter.as_millis() as u64 + 1);
+        let stream = self.stream_mut(id).expect("just allocated");
+        stream.member = Some(pos);
+        push_raw(stream, Response::stream_head(cors));
+        push_raw(stream, sse::retry(retry));
+        match req.resume {
+            None => {}
+            Some(Resume::Malformed) => self.history_gap(id),
+            Some(Resume::After(after)) => self.resume(id, after),
+        }
+        if self.channels[ch.index()].down_since.is_some() {
+            let name = &self.settings.channel(ch).name;
+            let frame = sse::warning("source_unavailable", name);
+            if let Some(st) = self.stream_mut(id) {
+                push_raw(st, frame);
+            }
+        }
+        self.wake(id);
+        Ok(id)
+    }
+
+    fn resume(&mut self, id: StreamId, after: EventId) {
+        let ch = self.stream(id).expect("resume of a live stream").channel;
+        let channel = &self.channels[ch.index()];
+        match channel.buffer.lookup(after) {
+            Lookup::From(i) => self.replay(id, i),
+            Lookup::Older if channel.history => {
+                let until = channel.buffer.floor();
+                if let Some(st) = self.stream_mut(id) {
+                    st.catching_up = Some(after);
+                }
+                self.outputs.push_back(Output::Backfill { stream: id, channel: ch, after, until });
+            }
+            Lookup::Older | Lookup::Unknown => self.history_gap(id),
+        }
+    }
+
+    fn history_gap(&mut self, id: StreamId) {
+        self.metrics.history_gap();
+        let Some(st) = self.stream(id) else { return };
+        let frame = sse::warning("history_gap", &self.settings.channel(st.channel).name);
+        if let Some(st) = self.stream_mut(id) {
+            push_raw(st, frame);
+        }
+    }
+
+    /// Queues every buffered event from `index` on that the stream may see.
+    fn replay(&mut self, id: StreamId, index: usize) {
+        let Some(idx) = self.slots.get(id.index as usize).map(|_| id.index as usize) else { return };
+        let (slots, channels) = (&mut self.slots, &self.channels);
+        let Some(st) = slots[idx].stream.as_mut() else { return };
+        let mut n = 0;
+        for ev in channels[st.channel.index()].buffer.from(index) {
+            if ev.version() == st.version && ev.visible_to(&st.user) {
+                st.pending_bytes += ev.frame().len();
+                st.pending.push_back(ev.frame().clone());
+                n += 1;
+            }
+        }
+        let ch = st.channel;
+        self.metrics.replayed(ch, n);
+    }
+
+    /// Delivers an event (from [`crate::Ingest`]) to every stream of its channel that may see it,
+    /// and keeps it for resume. Drain [`Gateway::poll_output`] after.
+    pub fn handle_event(&mut self, ev: &Event) {
+        let ch = ev.channel();
+        let Some(channel) = self.channels.get_mut(ch.index()) else { return };
+        if !channel.buffer.push(ev) {
+            return;
+        }
+        let frame = ev.frame();
+        let max = self.settings.config.streams.max_pending_bytes;
+        let mut delivered = 0u64;
+        let mut overflow = Vec::new();
+        let mut wake = |slots: &mut Vec<Slot>, id: StreamId, outputs: &mut VecDeque<Output>| {
+            let Some(st) = slots[id.index as usize].stream.as_mut() else { return };
+            if st.version != ev.version() || st.catching_up.is_some() || st.member.is_none() {
+                return;
+            }
+            if st.pending_bytes + frame.len() > max {
+                overflow.push(id);
+                return;
+            }
+            st.pending_bytes += frame.len();
+            st.pending.push_back(frame.clone());
+            delivered += 1;
+            if !st.transmit_queued {
+                st.transmit_queued = true;
+                outputs.push_back(Output::Transmit(id));
+            }
+        };
+        match ev.recipients() {
+            None => {
+                for &id in &self.channels[ch.index()].members {
+                    wake(&mut self.slots, id, &mut self.outputs);
+                }
+            }
+            Some(users) => {
+                for u in users {
+                    if let Some(ids) = self.users.get(&**u) {
+                        for &id in ids {
+                            if self.slots[id.index as usize].stream.as_ref().is_some_and(|s| s.channel == ch) {
+                                wake(&mut self.slots, id, &mut self.outputs);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.delivered(ch, delivered);
+        for id in overflow {
+            self.close_stream(id, CloseReason::SlowClient);
+        }
+    }
+
+    /// The channel's source became unreachable (D8): every stream of it gets a warning now and
+    /// every `warning_interval` until [`Gateway::source_up`]. Repeated calls are no-ops.
+    pub fn source_down(&mut self, channel: ChannelId, now: Instant) {
+        let c = &mut self.channels[channel.index()];
+        if c.down_since.is_some() {
+            return;
+        }
+        c.down_since = Some(now);
+        self.metrics.source_state(channel, false);
+        self.warn_channel(channel, now);
+    }
+
+    /// The channel's source is back: warnings stop.
+    pub fn source_up(&mut self, channel: ChannelId) {
+        let c = &mut self.channels[channel.index()];
+        c.down_since = None;
+        if let Some(at) = c.warning_at.take() {
+            self.timers.remove(&(at, Timer::Warning(channel)));
+        }
+        self.metrics.source_state(channel, true);
+    }
+
+    fn warn_channel(&mut self, channel: ChannelId, now: Instant) {
+        let frame = sse::warning("source_unavailable", &self.settings.channel(channel).name);
+        let members = std::mem::take(&mut self.channels[channel.index()].members);
+        for &id in &members {
+            self.push(id, frame.clone());
+        }
+        let c = &mut self.channels[channel.index()];
+        c.members = members;
+        let at = now + self.settings.config.streams.warning_interval;
+        c.warning_at = Some(at);
+        self.timers.insert((at, Timer::Warning(channel)));
+    }
+
+    /// The connection of `id` is gone (client left, or the frontend finished a `Close`). Frees
+    /// the stream. Unknown or stale ids are ignored.
+    pub fn on_closed(&mut self, id: StreamId) {
+        if self.stream(id).is_none() {
+            return;
+        }
+        if self.stream(id).is_some_and(|s| s.member.is_some()) {
+            self.detach(id, CloseReason::ClientGone);
+        }
+        let slot = &mut self.slots[id.index as usize];
+        slot.stream = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.index);
+    }
+
+    /// Moves the stream's unsent bytes into `out` (appending); returns how many bytes.
+    pub fn take_output(&mut self, id: StreamId, out: &mut Vec<Bytes>) -> usize {
+        let Some(st) = self.stream_mut(id) else { return 0 };
+        let n = st.pending_bytes;
+        out.extend(st.pending.drain(..));
+        st.pending_bytes = 0;
+        st.transmit_queued = false;
+        n
+    }
+
+    /// An older event read back for a stream in backfill (see [`Output::Backfill`]).
+    pub fn backfill_event(&mut self, id: StreamId, ev: &Event) {
+        let Some(st) = self.stream_mut(id) else { return };
+        let Some(after) = st.catching_up else { return };
+        if ev.channel() != st.channel || ev.id().epoch != after.epoch || ev.id().seq <= after.seq {
+            return;
+        }
+        st.catching_up = Some(ev.id());
+        if ev.version() == st.version && ev.visible_to(&st.user) {
+            st.pending_bytes += ev.frame().len();
+            st.pending.push_back(ev.frame().clone());
+        }
+        self.wake(id);
+    }
+
+    /// The backfill for `id` ended. `complete` says the source had everything asked for; if not,
+    /// the stream gets `history_gap` and goes live. Otherwise it continues from the buffer.
+    pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
+        let Some(st) = self.stream_mut(id) else { return };
+        let Some(after) = st.catching_up.take() else { return };
+        if complete {
+            self.resume(id, after);
+        } else {
+            self.history_gap(id);
+        }
+        self.wake(id);
+    }
+
+    /// Fires every timer due at `now`. Safe to call early (nothing happens) or twice.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Heartbeat(id) => {
+                    let interval = self.settings.config.streams.heartbeat;
+                    let Some(st) = self.stream_mut(id) else { continue };
+                    if st.member.is_none() || st.heartbeat_at != at {
+                        continue;
+                    }
+                    // Keep the cadence, but never schedule into the past after a stall.
+                    let next = if at + interval > now { at + interval } else { now + interval };
+                    st.heartbeat_at = next;
+                    self.timers.insert((next, Timer::Heartbeat(id)));
+                    self.push(id, sse::heartbeat());
+                }
+                Timer::Expiry(id) => {
+                    if self.stream(id).is_some_and(|s| s.member.is_some() && s.expires_at == Some(at)) {
+                        self.close_with(id, sse::error("token_expired"), CloseReason::TokenExpired);
+                    }
+                }
+                Timer::Warning(ch) => {
+                    let c = &mut self.channels[ch.index()];
+                    if c.down_since.is_some() && c.warning_at == Some(at) {
+                        self.warn_channel(ch, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops taking streams (D12): each open stream gets a jittered `retry:` and a `Close`.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let s = &self.settings.config.streams;
+        let (base, jitter) = (s.retry.as_millis() as u64, s.retry_jitter.as_millis() as u64);
+        let live: Vec<StreamId> = self.channels.iter().flat_map(|c| c.members.iter().copied()).collect();
+        for id in live {
+            let retry = base + self.rng.below(jitter + 1);
+            self.close_with(id, sse::retry(retry), CloseReason::Shutdown);
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the frontend must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Gateway::handle_timeout`] should next run, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        self.timers.first().map(|(at, t)| (*at, t.reason()))
+    }
+
+    // ---- internals ----
+
+    fn alloc(&mut self, stream: Stream) -> StreamId {
+        match self.free.pop() {
+            Some(index) => {
+                let slot = &mut self.slots[index as usize];
+                slot.stream = Some(stream);
+                StreamId { index, generation: slot.generation }
+            }
+            None => {
+                let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 streams per shard");
+                self.slots.push(Slot { generation: 0, stream: Some(stream) });
+                StreamId { index, generation: 0 }
+            }
+        }
+    }
+
+    fn wake(&mut self, id: StreamId) {
+        let Some(st) = self.stream_mut(id) else { return };
+        if !st.transmit_queued && !st.pending.is_empty() {
+            st.transmit_queued = true;
+            self.outputs.push_back(Output::Transmit(id));
+        }
+    }
+
+    /// Queues a control frame (heartbeat, warning); closes the stream if it is over its bound.
+    fn push(&mut self, id: StreamId, frame: Bytes) {
+        let max = self.settings.config.streams.max_pending_bytes;
+        let Some(st) = self.stream_mut(id) else { return };
+        if st.member.is_none() {
+            return;
+        }
+        if st.pending_bytes + frame.len() > max {
+            self.close_stream(id, CloseReason::SlowClient);
+            return;
+        }
+        push_raw(st, frame);
+        self.wake(id);
+    }
+
+    /// Removes a stream from its channel, its user and the timers; it stays allocated (closing)
+    /// until `on_closed`.
+    fn detach(&mut self, id: StreamId, why: CloseReason) {
+        let Some(st) = self.stream_mut(id) else { return };
+        let Some(pos) = st.member.take() else { return };
+        let (ch, user, hb, exp) = (st.channel, st.user.clone(), st.heartbeat_at, st.expires_at);
+        st.catching_up = None;
+        let members = &mut self.channels[ch.index()].members;
+        members.swap_remove(pos);
+        if let Some(&moved) = members.get(pos) {
+            if let Some(m) = self.stream_mut(moved) {
+                m.member = Some(pos);
+            }
+        }
+        if let Some(list) = self.users.get_mut(&*user) {
+            list.retain(|s| *s != id);
+            if list.is_empty() {
+                self.users.remove(&*user);
+            }
+        }
+        self.timers.remove(&(hb, Timer::Heartbeat(id)));
+        if let Some(at) = exp {
+            self.timers.remove(&(at, Timer::Expiry(id)));
+        }
+        self.open -= 1;
+        self.metrics.stream_closed(ch, why);
+    }
+
+    /// Ends a stream with a last frame (error, retry) and asks the frontend to close it.
+    fn close_with(&mut self, id: StreamId, last: Bytes, why: CloseReason) {
+        if let Some(st) = self.stream_mut(id) {
+            if st.member.is_some() {
+                push_raw(st, last);
+            }
+        }
+        self.close_stream(id, why);
+    }
+
+    fn close_stream(&mut self, id: StreamId, why: CloseReason) {
+        if self.stream(id).is_none_or(|s| s.member.is_none()) {
+            return;
+        }
+        self.detach(id, why);
+        if why == CloseReason::SlowClient {
+            // The client resumes with Last-Event-ID; what it has not read is not kept for it.
+            if let Some(st) = self.stream_mut(id) {
+                st.pending.clear();
+                st.pending_bytes = 0;
+            }
+        }
+        self.outputs.push_back(Output::Close(id, why));
+    }
+}
+
+fn push_raw(st: &mut Stream, frame: Bytes) {
+    st.pending_bytes += frame.len();
+    st.pending.push_back(frame);
+}
+
+fn limits_leeway(settings: &Settings) -> u64 {
+    settings.config.auth.leeway_secs
+}

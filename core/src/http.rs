@@ -1,0 +1,543 @@
+//! HTTP/1.1 request heads in, decisions and response bytes out (D1, D2, D5, D6, D10).
+//!
+//! [`Front`] is stateless and `Sync`: any thread may route a request head. A stream request that
+//! passes every check becomes a [`StreamRequest`], which the frontend hands to the shard that owns
+//! the user ([`shard_of`]); that shard applies the per-user limit and opens the stream.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::auth::{Identity, TokenError, TokenVerifier};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::{sse, ChannelId, EventId};
+
+/// Headers parsed at most; more gives 431.
+const MAX_HEADERS: usize = 48;
+
+/// A complete response: status line, headers and body. The connection closes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// The bytes to write.
+    pub bytes: Bytes,
+}
+
+/// Where a resumed stream starts (D6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// After this event.
+    After(EventId),
+    /// An id that is not one of ours (malformed): answered with `history_gap`.
+    Malformed,
+}
+
+/// An authenticated, authorized request for a stream: hand it to the user's shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    /// Who asked (from the token).
+    pub identity: Identity,
+    /// Which channel.
+    pub channel: ChannelId,
+    /// Which schema version.
+    pub version: u32,
+    /// Resume point, if the client sent one.
+    pub resume: Option<Resume>,
+    /// The request's `Origin` when CORS allows it (echoed in the response head).
+    pub cors_origin: Option<String>,
+}
+
+/// An authenticated request to the development publish endpoint (D14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Target channel.
+    pub channel: ChannelId,
+    /// Body length announced by `Content-Length` (already checked against the bound).
+    pub content_length: usize,
+    /// Bytes of the buffer taken by the head; the body starts there.
+    pub head_len: usize,
+    /// Allowed CORS origin.
+    pub cors_origin: Option<String>,
+}
+
+/// What to do with the bytes a client sent so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// The head is not complete yet: read more (the frontend bounds time and size).
+    Partial,
+    /// Write this response and close.
+    Respond(Response),
+    /// Open a stream on the shard `shard_of(&req.identity.user, shards)`.
+    Stream(StreamRequest),
+    /// Read `content_length` body bytes, then call [`crate::parse_publish`].
+    Publish(PublishRequest),
+    /// `GET /healthz`: answer with [`Response::ok_text`].
+    Health,
+    /// `GET /readyz`: answer with [`Response::ready`] and the frontend's view of its sources.
+    Ready,
+    /// `GET /metrics`: answer with [`Response::metrics`].
+    Metrics,
+    /// `GET /` in demo mode: the demo page.
+    DemoPage,
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn cors_headers(out: &mut String, origin: Option<&str>) {
+    if let Some(o) = origin {
+        let _ = write!(
+            out,
+            "Access-Control-Allow-Origin: {o}\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
+        );
+    }
+}
+
+impl Response {
+    /// A response with a body of `content_type`, closing the connection.
+    pub fn with_body(status: u16, content_type: &str, extra: &str, cors: Option<&str>, body: &[u8]) -> Response {
+        let mut h = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n{extra}",
+            reason(status),
+            body.len()
+        );
+        cors_headers(&mut h, cors);
+        h.push_str("\r\n");
+        let mut v = h.into_bytes();
+        v.extend_from_slice(body);
+        Response { status, bytes: Bytes::from(v) }
+    }
+
+    /// A JSON error `{"code":..,"message":..}` (D10), with `extra` header lines (each ending `\r\n`).
+    pub fn error(status: u16, code: &str, message: &str, extra: &str, cors: Option<&str>) -> Response {
+        let body = serde_json::json!({ "code": code, "message": message }).to_string();
+        Response::with_body(status, "application/json", extra, cors, body.as_bytes())
+    }
+
+    /// `200 ok` in plain text (`/healthz`).
+    pub fn ok_text(text: &str) -> Response {
+        Response::with_body(200, "text/plain; charset=utf-8", "", None, text.as_bytes())
+    }
+
+    /// `/readyz`: 200 `ready` when every source has been reached, else 503 naming the ones down.
+    pub fn ready(down: &[&str]) -> Response {
+        if down.is_empty() {
+            Response::ok_text("ready\n")
+        } else {
+            let body = serde_json::json!({ "code": "not_ready", "sources_down": down }).to_string();
+            Response::with_body(503, "application/json", "", None, body.as_bytes())
+        }
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn metrics(metrics: &Metrics) -> Response {
+        Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", "", None, metrics.render().as_bytes())
+    }
+
+    /// The head of a `200 text/event-stream` response (D10). The body is close-delimited.
+    pub fn stream_head(cors: Option<&str>) -> Bytes {
+        let mut h = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+             X-Accel-Buffering: no\r\nConnection: close\r\n",
+        );
+        cors_headers(&mut h, cors);
+        h.push_str("\r\n");
+        Bytes::from(h)
+    }
+}
+
+/// The shard that owns `user`'s streams, so the per-user limit needs no lock (FNV-1a).
+pub fn shard_of(user: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Routes request heads: parsing, auth, channel access. Immutable and shareable between threads.
+pub struct Front {
+    settings: Arc<Settings>,
+    verifier: Arc<dyn TokenVerifier + Send + Sync>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front").finish_non_exhaustive()
+    }
+}
+
+/// The parts of a head the gateway looks at.
+#[derive(Default)]
+struct Head<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    authorization: Option<&'a [u8]>,
+    accept: Option<&'a [u8]>,
+    last_event_id: Option<&'a [u8]>,
+    cookie: Option<&'a [u8]>,
+    origin: Option<&'a [u8]>,
+    content_length: Option<&'a [u8]>,
+    len: usize,
+}
+
+enum Parsed<'a> {
+    Partial,
+    Complete(Head<'a>),
+    TooLarge,
+    Bad,
+}
+
+fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: usize) -> Parsed<'a> {
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max => return Parsed::TooLarge,
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max => return Parsed::TooLarge,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        Err(_) => return Parsed::Bad,
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::Bad;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut head = Head { method, path, query, len, ..Default::default() };
+    for h in req.headers.iter() {
+        let slot = match h.name.to_ascii_lowercase().as_str() {
+            "authorization" => &mut head.authorization,
+            "accept" => &mut head.accept,
+            "last-event-id" => &mut head.last_event_id,
+            "cookie" => &mut head.cookie,
+            "origin" => &mut head.origin,
+            "content-length" => &mut head.content_length,
+            _ => continue,
+        };
+        // The first occurrence wins; a repeated Content-Length could smuggle a body.
+        if slot.is_some() && h.name.eq_ignore_ascii_case("content-length") {
+            return Parsed::Bad;
+        }
+        slot.get_or_insert(h.value);
+    }
+    Parsed::Complete(head)
+}
+
+/// Does an `Accept` value admit `text/event-stream` (D10)? Absent means anything (RFC 9110).
+fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
+    let Some(v) = accept else { return true };
+    let Ok(v) = std::str::from_utf8(v) else { return false };
+    v.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let zero_q = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).is_some_and(|q| {
+                q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+            })
+        });
+        !zero_q && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
+    })
+}
+
+fn cookie_value<'a>(cookies: &'a [u8], name: &str) -> Option<&'a str> {
+    let s = std::str::from_utf8(cookies).ok()?;
+    s.split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+enum Token<'a> {
+    None,
+    Found(std::borrow::Cow<'a, str>),
+}
+
+impl Front {
+    /// A router for `settings`, verifying tokens with `verifier`.
+    pub fn new(settings: Arc<Settings>, verifier: Arc<dyn TokenVerifier + Send + Sync>, metrics: Arc<Metrics>) -> Front {
+        Front { settings, verifier, metrics }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// The process counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn allowed_origin(&self, origin: Option<&[u8]>) -> Option<String> {
+        let o = std::str::from_utf8(origin?).ok()?;
+        let list = &self.settings.config.server.cors_origins;
+        let ok = list.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o));
+        // An origin is echoed into a header: only plain ASCII without controls or spaces.
+        let clean = o.bytes().all(|b| b.is_ascii_graphic());
+        (ok && clean).then(|| o.to_string())
+    }
+
+    /// Routes the bytes read so far from a new connection. `unix_now` (seconds) judges `exp`/`nbf`.
+    ///
+    /// Never panics; every refusal is a complete response. Call again with more bytes on
+    /// [`Routed::Partial`]; the frontend answers 408-by-closing when its head timeout passes.
+    pub fn route(&self, buf: &[u8], unix_now: u64) -> Routed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let max = self.settings.config.server.max_head_bytes;
+        let head = match parse_head(buf, &mut headers, max) {
+            Parsed::Partial => return Routed::Partial,
+            Parsed::TooLarge => {
+                return Routed::Respond(Response::error(431, "head_too_large", "request head too large", "", None))
+            }
+            Parsed::Bad => {
+                return Routed::Respond(Response::error(400, "bad_request", "malformed HTTP request", "", None))
+            }
+            Parsed::Complete(h) => h,
+        };
+        let cors = self.allowed_origin(head.origin);
+        let cors = cors.as_deref();
+        let routed = self.route_head(&head, cors, unix_now);
+        if let Routed::Respond(r) = &routed {
+            self.metrics.response(r.status);
+        }
+        routed
+    }
+
+    fn route_head(&self, head: &Head<'_>, cors: Option<&str>, unix_now: u64) -> Routed {
+        let server = &self.settings.config.server;
+        let not_allowed = |allow: &str| {
+            Routed::Respond(Response::error(
+                405,
+                "method_not_allowed",
+                "method not allowed",
+                &format!("Allow: {allow}\r\n"),
+                cors,
+            ))
+        };
+        if let Some(channel) = head.path.strip_prefix("/api/v1/streams/") {
+            return match head.method {
+                "GET" => self.route_stream(head, channel, cors, unix_now),
+                "OPTIONS" => self.preflight(head, "GET, OPTIONS"),
+                _ => not_allowed("GET, OPTIONS"),
+            };
+        }
+        if let Some(channel) = head.path.strip_prefix("/api/v1/publish/").filter(|_| server.publish_endpoint) {
+            return match head.method {
+                "POST" => self.route_publish(head, channel, cors, unix_now),
+                "OPTIONS" => self.preflight(head, "POST, OPTIONS"),
+                _ => not_allowed("POST, OPTIONS"),
+            };
+        }
+        let ops = match head.path {
+            "/healthz" => Routed::Health,
+            "/readyz" => Routed::Ready,
+            "/metrics" => Routed::Metrics,
+            "/" if self.settings.config.demo.enabled => Routed::DemoPage,
+            _ => return Routed::Respond(Response::error(404, "not_found", "no such route", "", cors)),
+        };
+        if head.method == "GET" {
+            ops
+        } else {
+            not_allowed("GET")
+        }
+    }
+
+    fn preflight(&self, head: &Head<'_>, methods: &str) -> Routed {
+        match self.allowed_origin(head.origin) {
+            Some(origin) => {
+                let extra = format!(
+                    "Access-Control-Allow-Methods: {methods}\r\n\
+                     Access-Control-Allow-Headers: Authorization, Last-Event-ID, Accept, Cache-Control, Content-Type\r\n\
+                     Access-Control-Max-Age: 600\r\n"
+                );
+                Routed::Respond(Response::with_body(204, "text/plain", &extra, Some(&origin), b""))
+            }
+            None => Routed::Respond(Response::error(403, "origin_not_allowed", "origin not allowed", "", None)),
+        }
+    }
+
+    fn token<'a>(&self, head: &Head<'a>) -> Token<'a> {
+        let auth = &self.settings.config.auth;
+        if let Some(v) = head.authorization {
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+                return Token::Found(String::from_utf8_lossy(v[7..].trim_ascii()));
+            }
+        }
+        if let (Some(name), Some(c)) = (&auth.cookie, head.cookie) {
+            if let Some(t) = cookie_value(c, name) {
+                return Token::Found(t.into());
+            }
+        }
+        if auth.query_param {
+            if let Some((_, t)) = form_urlencoded::parse(head.query.as_bytes()).find(|(k, _)| k == "access_token") {
+                return Token::Found(t);
+            }
+        }
+        Token::None
+    }
+
+    fn authenticate(&self, head: &Head<'_>, cors: Option<&str>, unix_now: u64) -> Result<Identity, Routed> {
+        match self.token(head) {
+            Token::None => Err(Routed::Respond(Response::error(
+                401,
+                "unauthorized",
+                "a bearer token is required",
+                "WWW-Authenticate: Bearer realm=\"sse-gateway\"\r\n",
+                cors,
+            ))),
+            Token::Found(t) => self.verifier.verify(&t, unix_now).map_err(|e: TokenError| {
+                Routed::Respond(Response::error(
+                    401,
+                    "unauthorized",
+                    &format!("invalid token: {}", e.reason()),
+                    "WWW-Authenticate: Bearer realm=\"sse-gateway\", error=\"invalid_token\"\r\n",
+                    cors,
+                ))
+            }),
+        }
+    }
+
+    fn route_stream(&self, head: &Head<'_>, channel: &str, cors: Option<&str>, unix_now: u64) -> Routed {
+        if !accepts_event_stream(head.accept) {
+            return Routed::Respond(Response::error(406, "not_acceptable", "Accept must admit text/event-stream", "", cors));
+        }
+        let identity = match self.authenticate(head, cors, unix_now) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        let Some(id) = self.settings.channel_id(channel) else {
+            return Routed::Respond(Response::error(404, "unknown_channel", "no such channel", "", cors));
+        };
+        let ch = self.settings.channel(id);
+        let mut version = None;
+        let mut query_resume = None;
+        for (k, v) in form_urlencoded::parse(head.query.as_bytes()) {
+            match &*k {
+                "version" if version.is_none() => version = Some(v.parse::<u32>().ok()),
+                "last_event_id" if query_resume.is_none() => query_resume = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let version = match version {
+            None => ch.default_version,
+            Some(Some(v)) if ch.versions.contains(&v) => v,
+            Some(_) => {
+                let body = serde_json::json!({
+                    "code": "unsupported_version",
+                    "message": "unsupported schema version",
+                    "supported": ch.versions,
+                })
+                .to_string();
+                return Routed::Respond(Response::with_body(400, "application/json", "", cors, body.as_bytes()));
+            }
+        };
+        if !ch.roles.is_empty() && !identity.roles.iter().any(|r| ch.roles.contains(r)) {
+            self.metrics.forbidden();
+            let s = &self.settings.config.streams;
+            // D2: a long retry so a native EventSource does not hammer; this is an answer, not a stream.
+            let retry = s.forbidden_retry.as_millis() as u64 + jitter_ms(&identity.user, unix_now, s.retry_jitter.as_millis() as u64);
+            let mut v = Response::stream_head(cors).to_vec();
+            v.extend_from_slice(&sse::retry(retry));
+            v.extend_from_slice(&sse::error("forbidden"));
+            return Routed::Respond(Response { status: 200, bytes: Bytes::from(v) });
+        }
+        let resume = head.last_event_id.map(<[u8]>::to_vec).or(query_resume.map(String::into_bytes)).map(|raw| {
+            match EventId::parse(raw.trim_ascii()) {
+                Some(id) => Resume::After(id),
+                None => Resume::Malformed,
+            }
+        });
+        Routed::Stream(StreamRequest { identity, channel: id, version, resume, cors_origin: cors.map(str::to_string) })
+    }
+
+    fn route_publish(&self, head: &Head<'_>, channel: &str, cors: Option<&str>, unix_now: u64) -> Routed {
+        let identity = match self.authenticate(head, cors, unix_now) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        let role = &self.settings.config.server.publish_role;
+        if !identity.roles.iter().any(|r| r == role) {
+            return Routed::Respond(Response::error(403, "forbidden", "the publisher role is required", "", cors));
+        }
+        let Some(id) = self.settings.channel_id(channel) else {
+            return Routed::Respond(Response::error(404, "unknown_channel", "no such channel", "", cors));
+        };
+        let len = head
+            .content_length
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        match len {
+            None => Routed::Respond(Response::error(411, "length_required", "Content-Length is required", "", cors)),
+            Some(n) if n > self.settings.config.server.max_body_bytes => {
+                Routed::Respond(Response::error(413, "body_too_large", "body too large", "", cors))
+            }
+            Some(n) => Routed::Publish(PublishRequest {
+                channel: id,
+                content_length: n,
+                head_len: head.len,
+                cors_origin: cors.map(str::to_string),
+            }),
+        }
+    }
+}
+
+/// Deterministic per-request jitter for the forbidden `retry:` (the router holds no RNG).
+fn jitter_ms(user: &str, unix_now: u64, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    (shard_of(user, usize::MAX) as u64 ^ unix_now.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_rules() {
+        assert!(accepts_event_stream(None));
+        assert!(accepts_event_stream(Some(b"text/event-stream")));
+        assert!(accepts_event_stream(Some(b"application/json, text/*;q=0.5")));
+        assert!(accepts_event_stream(Some(b"*/*")));
+        assert!(!accepts_event_stream(Some(b"application/json")));
+        assert!(!accepts_event_stream(Some(b"text/event-stream;q=0")));
+        assert!(!accepts_event_stream(Some(b"\xff")));
+    }
+
+    #[test]
+    fn cookie_lookup_finds_the_named_cookie() {
+        assert_eq!(cookie_value(b"a=1; sse_token=abc.def.ghi; b=2", "sse_token"), Some("abc.def.ghi"));
+        assert_eq!(cookie_value(b"a=1", "sse_token"), None);
+    }
+
+    #[test]
+    fn users_spread_over_shards_deterministically() {
+        assert_eq!(shard_of("alice", 4), shard_of("alice", 4));
+        assert_eq!(shard_of("alice", 1), 0);
+        let used: std::collections::HashSet<_> = (0..100).map(|i| shard_of(&format!("u{i}"), 4)).collect();
+        assert_eq!(used.len(), 4);
+    }
+}

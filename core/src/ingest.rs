@@ -1,0 +1,272 @@
+//! Upstream messages in, validated and encoded [`Event`]s out (D3, D4, D5, D6).
+//!
+//! One [`Ingest`] per channel sits where that channel's source is consumed. It validates each
+//! message against the catalogue, removes duplicates, gives it its id and encodes its SSE frame
+//! once. The resulting [`Event`] is cheap to clone (one `Arc`) and is handed to every shard.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::catalogue::Invalid;
+use crate::config::Settings;
+use crate::http::Response;
+use crate::metrics::{DropReason, Metrics};
+use crate::{sse, ChannelId, EventId};
+
+/// A header value as the broker delivered it (AMQP field values mapped by the frontend).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HeaderValue {
+    /// Any integer type.
+    Int(i64),
+    /// A short or long string.
+    Text(String),
+    /// Anything else (arrays, tables, floats, ...): refused.
+    #[default]
+    Other,
+}
+
+/// One message from a channel's source, as the frontend received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamMessage {
+    /// The AMQP `type` property; when absent or empty the routing key is the event type.
+    pub kind: Option<String>,
+    /// The routing key.
+    pub routing_key: String,
+    /// Header `recipient_ids`: comma-separated user ids (D3).
+    pub recipient_ids: Option<HeaderValue>,
+    /// Header `schema_version` (absent = 1, D5).
+    pub schema_version: Option<HeaderValue>,
+    /// The AMQP `message_id` property: duplicates within the window are dropped.
+    pub message_id: Option<String>,
+    /// The body: the event's JSON payload.
+    pub body: Bytes,
+    /// The source's own position (a stream offset), when it has one; else the ingest numbers
+    /// events itself.
+    pub position: Option<u64>,
+}
+
+#[derive(Debug)]
+struct EventInner {
+    channel: ChannelId,
+    id: EventId,
+    version: u32,
+    recipients: Option<Box<[Box<str>]>>,
+    event_type: Box<str>,
+    frame: Bytes,
+}
+
+/// A validated event with its encoded frame; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Event(Arc<EventInner>);
+
+impl Event {
+    /// Its channel.
+    pub fn channel(&self) -> ChannelId {
+        self.0.channel
+    }
+    /// Its id.
+    pub fn id(&self) -> EventId {
+        self.0.id
+    }
+    /// Its schema version.
+    pub fn version(&self) -> u32 {
+        self.0.version
+    }
+    /// Its type (`deal.created`, ...).
+    pub fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    /// The users it is for, when it names them (D3); `None` = everyone on the channel.
+    pub fn recipients(&self) -> Option<&[Box<str>]> {
+        self.0.recipients.as_deref()
+    }
+    /// The SSE frame: `id:`, `event:`, `data:` lines.
+    pub fn frame(&self) -> &Bytes {
+        &self.0.frame
+    }
+    /// May `user` see it (recipients only; channel access is checked when a stream opens)?
+    pub fn visible_to(&self, user: &str) -> bool {
+        match &self.0.recipients {
+            None => true,
+            Some(r) => r.iter().any(|u| &**u == user),
+        }
+    }
+}
+
+/// Why a message was not sent to anyone; the message is still acknowledged (D4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The counted reason.
+    pub reason: DropReason,
+    /// A one-line explanation for the log.
+    pub detail: String,
+}
+
+/// Validation, dedup and numbering for one channel.
+#[derive(Debug)]
+pub struct Ingest {
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    channel: ChannelId,
+    epoch: u64,
+    last_seq: Option<u64>,
+    recent_ids: VecDeque<Box<str>>,
+    recent_set: HashSet<Box<str>>,
+    window: usize,
+    max_body: usize,
+}
+
+impl Ingest {
+    /// An ingest for `channel` whose ids belong to `epoch` (for the in-process source: a value
+    /// that differs on every process start, such as the start time in milliseconds).
+    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, channel: ChannelId, epoch: u64) -> Ingest {
+        let window = settings.channel(channel).buffer_events.max(1);
+        let max_body = settings.config.broker.as_ref().map_or(256 * 1024, |b| b.max_message_bytes);
+        Ingest {
+            settings,
+            metrics,
+            channel,
+            epoch,
+            last_seq: None,
+            recent_ids: VecDeque::new(),
+            recent_set: HashSet::new(),
+            window,
+            max_body,
+        }
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> ChannelId {
+        self.channel
+    }
+
+    /// The id of the last event produced, if any.
+    pub fn last_id(&self) -> Option<EventId> {
+        self.last_seq.map(|seq| EventId { epoch: self.epoch, seq })
+    }
+
+    /// Validates one message. `Ok` is to be handed to every shard; `Err` was counted in the
+    /// metrics and is to be logged once and acknowledged. Never panics.
+    pub fn handle_message(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+        let r = self.check(msg);
+        match &r {
+            Ok(_) => self.metrics.event_in(self.channel),
+            Err(d) => self.metrics.dropped(d.reason),
+        }
+        r
+    }
+
+    fn check(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+        let drop = |reason, detail: String| Err(Dropped { reason, detail });
+        let ch = self.settings.channel(self.channel);
+        if msg.body.len() > self.max_body {
+            return drop(DropReason::Oversized, format!("body of {} bytes > {}", msg.body.len(), self.max_body));
+        }
+        let version = match &msg.schema_version {
+            None => 1,
+            Some(HeaderValue::Int(v)) if *v >= 1 && *v <= u32::MAX as i64 => *v as u32,
+            Some(HeaderValue::Text(t)) if t.trim().parse::<u32>().is_ok_and(|v| v >= 1) => {
+                t.trim().parse().expect("checked just above")
+            }
+            Some(_) => return drop(DropReason::BadHeader, "schema_version is not a positive integer".into()),
+        };
+        let recipients: Option<Box<[Box<str>]>> = match &msg.recipient_ids {
+            None => None,
+            Some(HeaderValue::Text(t)) => {
+                Some(t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Box::from).collect())
+            }
+            Some(HeaderValue::Int(i)) => Some(vec![i.to_string().into_boxed_str()].into_boxed_slice()),
+            Some(HeaderValue::Other) => {
+                return drop(DropReason::BadHeader, "recipient_ids is not a comma-separated string".into())
+            }
+        };
+        match &recipients {
+            Some(r) if r.is_empty() => return drop(DropReason::NoRecipient, "recipient_ids is empty".into()),
+            None if ch.per_user => {
+                return drop(DropReason::NoRecipient, format!("channel {} is per-user and names no recipient", ch.name))
+            }
+            _ => {}
+        }
+        let event_type = match msg.kind.as_deref() {
+            Some(k) if !k.is_empty() => k,
+            _ => msg.routing_key.as_str(),
+        };
+        let payload: serde_json::Value = match serde_json::from_slice(&msg.body) {
+            Ok(v) => v,
+            Err(e) => return drop(DropReason::NotJson, format!("body is not JSON: {e}")),
+        };
+        if let Err(inv) = self.settings.catalogue.validate(&ch.name, version, event_type, &payload) {
+            let reason = match inv {
+                Invalid::UnknownChannel | Invalid::UnknownEventType => DropReason::UnknownType,
+                Invalid::UnsupportedVersion => DropReason::UnsupportedVersion,
+                Invalid::NotAnObject => DropReason::NotAnObject,
+                Invalid::MissingField(_) => DropReason::MissingField,
+                Invalid::WrongKind { .. } => DropReason::WrongKind,
+            };
+            let shown: String = event_type.chars().take(64).collect();
+            return drop(reason, format!("{shown:?} v{version}: {inv}"));
+        }
+        let seq = match (msg.position, self.last_seq) {
+            (Some(p), Some(last)) if p <= last => {
+                return drop(DropReason::Duplicate, format!("position {p} already seen"));
+            }
+            (Some(p), _) => p,
+            (None, last) => last.map_or(1, |l| l.saturating_add(1)),
+        };
+        if let Some(mid) = msg.message_id.as_deref().filter(|m| !m.is_empty()) {
+            if self.recent_set.contains(mid) {
+                return drop(DropReason::Duplicate, format!("message_id {mid:?} already seen"));
+            }
+            self.recent_set.insert(mid.into());
+            self.recent_ids.push_back(mid.into());
+            if self.recent_ids.len() > self.window {
+                if let Some(old) = self.recent_ids.pop_front() {
+                    self.recent_set.remove(&old);
+                }
+            }
+        }
+        self.last_seq = Some(seq);
+        let id = EventId { epoch: self.epoch, seq };
+        // Valid JSON cannot hold a raw line break inside a string, so splitting lines in the
+        // frame keeps the payload intact (the client joins data lines with "\n").
+        let data = std::str::from_utf8(&msg.body).map_err(|_| Dropped {
+            reason: DropReason::NotJson,
+            detail: "body is not UTF-8".into(),
+        })?;
+        let frame = sse::frame(Some(&id.to_string()), event_type, data.trim());
+        Ok(Event(Arc::new(EventInner {
+            channel: self.channel,
+            id,
+            version,
+            recipients,
+            event_type: event_type.into(),
+            frame,
+        })))
+    }
+}
+
+/// Reads the development publish endpoint's body (D14):
+/// `{"type": "...", "data": {...}, "recipient_ids": "u1,u2", "schema_version": 1, "message_id": "..."}`.
+pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
+    let bad = |m: &str| Response::error(400, "bad_request", m, "", None);
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
+    let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
+    let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad("`type` (string) is required"))?;
+    let data = obj.get("data").ok_or_else(|| bad("`data` is required"))?;
+    let text = |k: &str| obj.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let schema_version = match obj.get("schema_version") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(x) => Some(x.as_i64().map(HeaderValue::Int).unwrap_or(HeaderValue::Other)),
+    };
+    Ok(UpstreamMessage {
+        kind: Some(kind.to_string()),
+        routing_key: kind.to_string(),
+        recipient_ids: text("recipient_ids").map(HeaderValue::Text),
+        schema_version,
+        message_id: text("message_id"),
+        body: Bytes::from(data.to_string()),
+        position: None,
+    })
+}

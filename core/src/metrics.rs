@@ -1,0 +1,283 @@
+//! Counters shared by every shard and ingest of one process, rendered as Prometheus text (D13).
+//!
+//! Plain relaxed atomics: each is bumped at most once per event per shard (never per delivery),
+//! so sharing them across worker threads costs nothing measurable.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::config::Settings;
+use crate::ChannelId;
+
+/// Why an upstream message was not sent to anyone (D4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Body is not JSON.
+    NotJson,
+    /// Body is JSON but not an object.
+    NotAnObject,
+    /// Type is not one of the channel's event types for that version.
+    UnknownType,
+    /// A required field is missing.
+    MissingField,
+    /// A field has the wrong kind.
+    WrongKind,
+    /// `schema_version` is not a version of the channel.
+    UnsupportedVersion,
+    /// A per-user channel message without recipients, or an empty recipient list.
+    NoRecipient,
+    /// `message_id` or source position already seen.
+    Duplicate,
+    /// Body larger than `broker.max_message_bytes`.
+    Oversized,
+    /// A header of the wrong type (`schema_version`, `recipient_ids`).
+    BadHeader,
+}
+
+impl DropReason {
+    /// All reasons, in label order.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::NotJson,
+        DropReason::NotAnObject,
+        DropReason::UnknownType,
+        DropReason::MissingField,
+        DropReason::WrongKind,
+        DropReason::UnsupportedVersion,
+        DropReason::NoRecipient,
+        DropReason::Duplicate,
+        DropReason::Oversized,
+        DropReason::BadHeader,
+    ];
+
+    /// Stable snake_case label (`reason="..."` in `/metrics`, `reason=` in logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::NotJson => "not_json",
+            DropReason::NotAnObject => "not_an_object",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::MissingField => "missing_field",
+            DropReason::WrongKind => "wrong_kind",
+            DropReason::UnsupportedVersion => "unsupported_version",
+            DropReason::NoRecipient => "no_recipient",
+            DropReason::Duplicate => "duplicate",
+            DropReason::Oversized => "oversized",
+            DropReason::BadHeader => "bad_header",
+        }
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client went away.
+    ClientGone,
+    /// Evicted by a newer stream of the same user (D9).
+    StreamLimit,
+    /// Its token expired (D1).
+    TokenExpired,
+    /// Its unsent output passed the bound (D11).
+    SlowClient,
+    /// The gateway is shutting down (D12).
+    Shutdown,
+}
+
+impl CloseReason {
+    /// All reasons, in label order.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::ClientGone,
+        CloseReason::StreamLimit,
+        CloseReason::TokenExpired,
+        CloseReason::SlowClient,
+        CloseReason::Shutdown,
+    ];
+
+    /// Stable snake_case label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::StreamLimit => "stream_limit",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PerChannel {
+    streams_open: AtomicI64,
+    streams_opened: AtomicU64,
+    events_in: AtomicU64,
+    deliveries: AtomicU64,
+    replayed: AtomicU64,
+    source_up: AtomicI64,
+}
+
+/// Status codes counted in `sse_gateway_http_responses_total`.
+const STATUSES: [u16; 12] = [200, 204, 400, 401, 403, 404, 405, 406, 409, 413, 431, 503];
+
+/// The process's counters. Create one, share it (`Arc`) with every shard and ingest.
+#[derive(Debug)]
+pub struct Metrics {
+    channels: Vec<(String, PerChannel)>,
+    dropped: [AtomicU64; 10],
+    closed: [AtomicU64; 5],
+    responses: [AtomicU64; 12],
+    replays: AtomicU64,
+    history_gaps: AtomicU64,
+    evictions: AtomicU64,
+    limit_rejections: AtomicU64,
+    forbidden: AtomicU64,
+}
+
+impl Metrics {
+    /// Counters for the channels of `settings`.
+    pub fn new(settings: &Settings) -> Metrics {
+        Metrics {
+            channels: settings
+                .channels
+                .iter()
+                .map(|c| (c.name.clone(), PerChannel { source_up: AtomicI64::new(1), ..Default::default() }))
+                .collect(),
+            dropped: Default::default(),
+            closed: Default::default(),
+            responses: Default::default(),
+            replays: AtomicU64::new(0),
+            history_gaps: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            limit_rejections: AtomicU64::new(0),
+            forbidden: AtomicU64::new(0),
+        }
+    }
+
+    fn ch(&self, c: ChannelId) -> &PerChannel {
+        &self.channels[c.index()].1
+    }
+
+    pub(crate) fn stream_opened(&self, c: ChannelId) {
+        self.ch(c).streams_open.fetch_add(1, Relaxed);
+        self.ch(c).streams_opened.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stream_closed(&self, c: ChannelId, why: CloseReason) {
+        self.ch(c).streams_open.fetch_sub(1, Relaxed);
+        let i = CloseReason::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
+        self.closed[i].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn event_in(&self, c: ChannelId) {
+        self.ch(c).events_in.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn delivered(&self, c: ChannelId, n: u64) {
+        if n > 0 {
+            self.ch(c).deliveries.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn replayed(&self, c: ChannelId, n: u64) {
+        self.replays.fetch_add(1, Relaxed);
+        self.ch(c).replayed.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn dropped(&self, why: DropReason) {
+        let i = DropReason::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
+        self.dropped[i].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn history_gap(&self) {
+        self.history_gaps.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn eviction(&self) {
+        self.evictions.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn limit_rejected(&self) {
+        self.limit_rejections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn forbidden(&self) {
+        self.forbidden.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one HTTP response by status (the frontend calls this for every response it writes,
+    /// stream heads included).
+    pub fn response(&self, status: u16) {
+        if let Some(i) = STATUSES.iter().position(|s| *s == status) {
+            self.responses[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records whether a channel's source is up (1) or down (0), for `/metrics`.
+    pub(crate) fn source_state(&self, c: ChannelId, up: bool) {
+        self.ch(c).source_up.store(up as i64, Relaxed);
+    }
+
+    /// Messages dropped for `why` so far.
+    pub fn dropped_count(&self, why: DropReason) -> u64 {
+        let i = DropReason::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
+        self.dropped[i].load(Relaxed)
+    }
+
+    /// Streams open on a channel now.
+    pub fn streams_open(&self, c: ChannelId) -> i64 {
+        self.ch(c).streams_open.load(Relaxed)
+    }
+
+    /// Prometheus text exposition (version 0.0.4) of every counter.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        type Row = (&'static str, &'static str, &'static str, fn(&PerChannel) -> i64);
+        let per_channel: [Row; 6] = [
+            ("sse_gateway_streams_open", "gauge", "Streams open now.", |p| p.streams_open.load(Relaxed)),
+            ("sse_gateway_streams_opened_total", "counter", "Streams opened.", |p| {
+                p.streams_opened.load(Relaxed) as i64
+            }),
+            ("sse_gateway_events_in_total", "counter", "Valid events received from the source.", |p| {
+                p.events_in.load(Relaxed) as i64
+            }),
+            ("sse_gateway_events_out_total", "counter", "Event frames queued to streams (live).", |p| {
+                p.deliveries.load(Relaxed) as i64
+            }),
+            ("sse_gateway_events_replayed_total", "counter", "Event frames replayed on resume.", |p| {
+                p.replayed.load(Relaxed) as i64
+            }),
+            ("sse_gateway_source_up", "gauge", "1 when the channel's source is reachable.", |p| {
+                p.source_up.load(Relaxed)
+            }),
+        ];
+        for (name, kind, help, get) in per_channel {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (ch, p) in &self.channels {
+                let _ = writeln!(o, "{name}{{channel=\"{ch}\"}} {}", get(p));
+            }
+        }
+        let name = "sse_gateway_events_dropped_total";
+        let _ = writeln!(o, "# HELP {name} Upstream messages sent to no one, by reason.\n# TYPE {name} counter");
+        for (r, c) in DropReason::ALL.iter().zip(&self.dropped) {
+            let _ = writeln!(o, "{name}{{reason=\"{}\"}} {}", r.label(), c.load(Relaxed));
+        }
+        let name = "sse_gateway_streams_closed_total";
+        let _ = writeln!(o, "# HELP {name} Streams ended, by reason.\n# TYPE {name} counter");
+        for (r, c) in CloseReason::ALL.iter().zip(&self.closed) {
+            let _ = writeln!(o, "{name}{{reason=\"{}\"}} {}", r.label(), c.load(Relaxed));
+        }
+        let name = "sse_gateway_http_responses_total";
+        let _ = writeln!(o, "# HELP {name} HTTP responses, by status.\n# TYPE {name} counter");
+        for (s, c) in STATUSES.iter().zip(&self.responses) {
+            let _ = writeln!(o, "{name}{{status=\"{s}\"}} {}", c.load(Relaxed));
+        }
+        let singles = [
+            ("sse_gateway_replays_total", "Streams resumed from the buffer.", &self.replays),
+            ("sse_gateway_history_gaps_total", "Resumes answered with history_gap.", &self.history_gaps),
+            ("sse_gateway_evictions_total", "Streams evicted by the per-user limit.", &self.evictions),
+            ("sse_gateway_stream_limit_rejections_total", "Requests answered 409 stream_limit.", &self.limit_rejections),
+            ("sse_gateway_forbidden_total", "Streams refused with the forbidden error.", &self.forbidden),
+        ];
+        for (name, help, c) in singles {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+        }
+        o
+    }
+}

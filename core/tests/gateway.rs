@@ -1,0 +1,661 @@
+//! One test per rule of the core, on a fake clock, asserting the bytes on the wire.
+
+mod support;
+
+use std::time::Duration;
+
+use sse_gateway_core::*;
+use support::*;
+
+const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+
+fn respond(r: Routed) -> String {
+    match r {
+        Routed::Respond(r) => String::from_utf8(r.bytes.to_vec()).unwrap(),
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn error_response(status: &str, extra: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn a_stream_starts_with_the_event_stream_head_and_a_retry_field() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    assert_eq!(h.take_wire(id), format!("{STREAM_HEAD}retry: 3000\n\n"));
+    assert_eq!(h.gw.stream_count(), 1);
+}
+
+#[test]
+fn retry_jitter_stays_within_its_bound_and_varies_per_connection() {
+    let mut h = Harness::new("retry_jitter = \"1s\"\nmax_per_user = 100\n");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let id = h.open("u1", "deals");
+        let w = h.take_events(id);
+        let ms: u64 = w.trim_start_matches("retry: ").trim().parse().unwrap();
+        assert!((3000..=4000).contains(&ms), "{ms}");
+        seen.insert(ms);
+    }
+    assert!(seen.len() > 1, "jitter gave the same retry every time");
+}
+
+#[test]
+fn an_event_reaches_the_stream_with_id_event_and_data() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    h.take_wire(id);
+    let body = deal_created("first");
+    h.publish("deals", "deal.created", body.clone());
+    assert_eq!(h.take_wire(id), frame("1000-1", "deal.created", &body));
+}
+
+#[test]
+fn heartbeat_follows_thirty_idle_seconds() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "tasks");
+    h.take_wire(id);
+    h.advance(Duration::from_millis(29_999));
+    assert_eq!(h.take_wire(id), "");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.take_wire(id), "event: heartbeat\ndata:\n\n");
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.take_wire(id), "event: heartbeat\ndata:\n\n");
+    assert_eq!(h.gw.poll_timeout().map(|t| t.1), Some(TimerReason::Heartbeat));
+}
+
+#[test]
+fn heartbeat_interval_is_configurable() {
+    let mut h = Harness::new("heartbeat = \"1s\"\n");
+    let id = h.open("u1", "tasks");
+    h.take_wire(id);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.take_wire(id), "event: heartbeat\ndata:\n\n");
+}
+
+#[test]
+fn source_outage_warns_at_once_and_every_sixty_seconds_until_it_recovers() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    let other = h.open("u2", "tasks");
+    h.take_wire(id);
+    h.take_wire(other);
+    let deals = h.channel("deals");
+    let warning = "event: warning\ndata: {\"code\":\"source_unavailable\",\"channel\":\"deals\"}\n\n";
+    h.gw.source_down(deals, h.now);
+    h.drain();
+    assert_eq!(h.take_wire(id), warning);
+    h.gw.source_down(deals, h.now); // repeated: no second warning
+    h.drain();
+    assert_eq!(h.take_wire(id), "");
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.take_wire(id), "event: heartbeat\ndata:\n\n", "only the 30 s heartbeat");
+    h.advance(Duration::from_secs(1));
+    // At 60 s the warning repeats, beside the 60 s heartbeat.
+    let w = h.take_wire(id);
+    assert_eq!(w.matches(warning).count(), 1, "{w}");
+    assert_eq!(w.matches("event: heartbeat").count(), 1, "{w}");
+    // A stream opened during the outage is warned at once.
+    let late = h.open("u3", "deals");
+    assert!(h.take_events(late).ends_with(warning));
+    h.gw.source_up(deals);
+    h.advance(Duration::from_secs(120));
+    assert!(!h.take_wire(id).contains("warning"));
+    assert!(!h.take_wire(other).contains("warning"), "other channels are not warned");
+}
+
+#[test]
+fn a_user_without_the_channel_role_gets_forbidden_and_the_connection_closes() {
+    let h = Harness::new("");
+    let t = h.token("u1", &["sales"], 3600);
+    let raw = Harness::head("/api/v1/streams/payments", &["Accept: text/event-stream", &format!("Authorization: Bearer {t}")]);
+    assert_eq!(
+        respond(h.route(&raw)),
+        format!("{STREAM_HEAD}retry: 60000\n\nevent: error\ndata: {{\"code\":\"forbidden\"}}\n\n")
+    );
+    let t = h.token("u1", &["finance_manager"], 3600);
+    let raw = Harness::head("/api/v1/streams/payments", &[&format!("Authorization: Bearer {t}")]);
+    assert!(matches!(h.route(&raw), Routed::Stream(_)));
+}
+
+#[test]
+fn no_token_gets_401_with_www_authenticate() {
+    let h = Harness::new("");
+    let raw = Harness::head("/api/v1/streams/deals", &["Accept: text/event-stream"]);
+    assert_eq!(
+        respond(h.route(&raw)),
+        error_response(
+            "401 Unauthorized",
+            "WWW-Authenticate: Bearer realm=\"sse-gateway\"\r\n",
+            r#"{"code":"unauthorized","message":"a bearer token is required"}"#
+        )
+    );
+}
+
+#[test]
+fn a_bad_token_gets_401_with_invalid_token() {
+    let h = Harness::new("");
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "u1", "exp": h.unix + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-!!"),
+    )
+    .unwrap();
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {forged}")]);
+    let r = respond(h.route(&raw));
+    assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+    assert!(r.contains("WWW-Authenticate: Bearer realm=\"sse-gateway\", error=\"invalid_token\"\r\n"), "{r}");
+    assert!(r.ends_with(r#"{"code":"unauthorized","message":"invalid token: bad_signature"}"#), "{r}");
+    assert!(!r.contains(&forged), "the token is never reflected");
+}
+
+#[test]
+fn an_expired_token_gets_401() {
+    let mut h = Harness::new(""); // the default leeway of 30 s
+    let t = h.token("u1", &[], 10);
+    h.unix += 41;
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
+    assert!(respond(h.route(&raw)).contains("invalid token: expired"));
+}
+
+#[test]
+fn unknown_channel_gets_404_and_unknown_route_404() {
+    let mut h = Harness::new("");
+    let r = h.open_path("u1", &[], "/api/v1/streams/invoices", &[]).unwrap_err();
+    assert_eq!(
+        String::from_utf8(r.bytes.to_vec()).unwrap(),
+        error_response("404 Not Found", "", r#"{"code":"unknown_channel","message":"no such channel"}"#)
+    );
+    let raw = Harness::head("/api/v2/whatever", &[]);
+    assert_eq!(
+        respond(h.route(&raw)),
+        error_response("404 Not Found", "", r#"{"code":"not_found","message":"no such route"}"#)
+    );
+}
+
+#[test]
+fn a_wrong_method_gets_405_with_allow() {
+    let h = Harness::new("");
+    let raw = b"POST /api/v1/streams/deals HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(
+        respond(h.route(raw)),
+        error_response(
+            "405 Method Not Allowed",
+            "Allow: GET, OPTIONS\r\n",
+            r#"{"code":"method_not_allowed","message":"method not allowed"}"#
+        )
+    );
+}
+
+#[test]
+fn an_accept_without_event_stream_gets_406() {
+    let mut h = Harness::new("");
+    let r = h.open_path("u1", &[], "/api/v1/streams/deals", &["Accept: application/json"]);
+    // open_path already sends "Accept: text/event-stream"; the first Accept header wins.
+    assert!(r.is_ok());
+    let t = h.token("u1", &[], 3600);
+    let raw = Harness::head("/api/v1/streams/deals", &["Accept: application/json", &format!("Authorization: Bearer {t}")]);
+    assert_eq!(
+        respond(h.route(&raw)),
+        error_response(
+            "406 Not Acceptable",
+            "",
+            r#"{"code":"not_acceptable","message":"Accept must admit text/event-stream"}"#
+        )
+    );
+}
+
+#[test]
+fn an_unknown_version_gets_400_listing_the_supported_ones() {
+    let mut h = Harness::new("");
+    for q in ["?version=2", "?version=abc", "?version=0"] {
+        let r = h.open_path("u1", &[], &format!("/api/v1/streams/deals{q}"), &[]).unwrap_err();
+        let body = r#"{"code":"unsupported_version","message":"unsupported schema version","supported":[1]}"#;
+        assert_eq!(
+            String::from_utf8(r.bytes.to_vec()).unwrap(),
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        );
+    }
+    assert!(h.open_path("u1", &[], "/api/v1/streams/deals?version=1", &[]).is_ok());
+}
+
+#[test]
+fn an_oversized_head_gets_431_and_a_partial_head_asks_for_more() {
+    let h = Harness::new("");
+    let mut raw = b"GET /api/v1/streams/deals HTTP/1.1\r\nX-Big: ".to_vec();
+    raw.extend(std::iter::repeat_n(b'a', 17 * 1024));
+    assert_eq!(
+        respond(h.route(&raw)),
+        error_response(
+            "431 Request Header Fields Too Large",
+            "",
+            r#"{"code":"head_too_large","message":"request head too large"}"#
+        )
+    );
+    assert_eq!(h.route(b"GET /api/v1/streams/deals HTTP/1.1\r\nAccept: text/"), Routed::Partial);
+    assert!(respond(h.route(b"\x00\x01garbage\r\n\r\n")).starts_with("HTTP/1.1 400 Bad Request"));
+}
+
+#[test]
+fn the_sixth_stream_is_refused_409_while_the_oldest_is_younger_than_min_age() {
+    let mut h = Harness::new("");
+    let ids: Vec<_> = (0..5).map(|_| h.open("u1", "deals")).collect();
+    h.advance(Duration::from_secs(9));
+    let r = h.open_path("u1", &[], "/api/v1/streams/tasks", &[]).unwrap_err();
+    assert_eq!(
+        String::from_utf8(r.bytes.to_vec()).unwrap(),
+        error_response("409 Conflict", "", r#"{"code":"stream_limit","message":"too many open streams for this user"}"#)
+    );
+    assert_eq!(h.gw.streams_of("u1"), 5);
+    assert!(h.closed.is_empty());
+    // Other users are not affected.
+    h.open("u2", "deals");
+    // Past min age, the oldest is evicted with a stream_limit error and the new one opens.
+    h.advance(Duration::from_secs(1));
+    for id in &ids {
+        h.take_wire(*id);
+    }
+    let new = h.open_path("u1", &[], "/api/v1/streams/tasks", &[]).unwrap();
+    assert_eq!(h.take_wire(ids[0]), "event: error\ndata: {\"code\":\"stream_limit\"}\n\n");
+    assert_eq!(h.closed.get(&ids[0]), Some(&CloseReason::StreamLimit));
+    assert!(h.take_wire(new).starts_with(STREAM_HEAD));
+    assert_eq!(h.gw.streams_of("u1"), 5);
+}
+
+#[test]
+fn the_reject_policy_always_answers_409() {
+    let mut h = Harness::new("limit_policy = \"reject\"\nmax_per_user = 2\n");
+    h.open("u1", "deals");
+    h.open("u1", "deals");
+    h.advance(Duration::from_secs(3600));
+    let r = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap_err();
+    assert_eq!(r.status, 409);
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn a_token_that_expires_mid_stream_ends_it_with_token_expired() {
+    let mut h = Harness::new("");
+    // leeway 30 s (default); token valid for 100 s: closed at exp + leeway.
+    let t = h.token("u1", &[], 100);
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
+    let Routed::Stream(req) = h.route(&raw) else { panic!() };
+    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    h.drain();
+    h.take_wire(id);
+    h.advance(Duration::from_secs(129));
+    assert!(!h.closed.contains_key(&id));
+    h.take_wire(id);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.take_wire(id), "event: error\ndata: {\"code\":\"token_expired\"}\n\n");
+    assert_eq!(h.closed.get(&id), Some(&CloseReason::TokenExpired));
+    assert_eq!(h.gw.stream_count(), 0);
+}
+
+#[test]
+fn a_notification_reaches_only_its_recipients() {
+    let mut h = Harness::new("");
+    let a = h.open("alice", "notifications");
+    let b = h.open("bob", "notifications");
+    let c = h.open("carol", "notifications");
+    let d = h.open("alice", "deals");
+    for id in [a, b, c, d] {
+        h.take_wire(id);
+    }
+    let body = notification_sent("hi");
+    h.publish_to("notifications", "notification.sent", body.clone(), "alice, carol");
+    assert_eq!(h.take_wire(a), frame("1000-1", "notification.sent", &body));
+    assert_eq!(h.take_wire(b), "");
+    assert_eq!(h.take_wire(c), frame("1000-1", "notification.sent", &body));
+    assert_eq!(h.take_wire(d), "", "recipients are matched on the event's channel only");
+}
+
+#[test]
+fn a_per_user_message_without_recipients_is_dropped_and_counted() {
+    let mut h = Harness::new("");
+    let a = h.open("alice", "notifications");
+    h.take_wire(a);
+    let r = h.publish_msg("notifications", msg("notification.sent", notification_sent("x")));
+    assert_eq!(r.unwrap_err().reason, DropReason::NoRecipient);
+    assert_eq!(h.metrics.dropped_count(DropReason::NoRecipient), 1);
+    assert_eq!(h.take_wire(a), "");
+    assert!(h.metrics.render().contains("sse_gateway_events_dropped_total{reason=\"no_recipient\"} 1\n"));
+}
+
+#[test]
+fn recipients_also_narrow_a_broadcast_channel() {
+    let mut h = Harness::new("");
+    let a = h.open("alice", "deals");
+    let b = h.open("bob", "deals");
+    h.take_wire(a);
+    h.take_wire(b);
+    let body = deal_created("private");
+    h.publish_to("deals", "deal.created", body.clone(), "bob");
+    assert_eq!(h.take_wire(a), "");
+    assert_eq!(h.take_wire(b), frame("1000-1", "deal.created", &body));
+}
+
+#[test]
+fn invalid_messages_are_dropped_by_reason_and_the_next_valid_one_flows() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    h.take_wire(id);
+    let mut not_json = msg("deal.created", serde_json::json!({}));
+    not_json.body = bytes::Bytes::from_static(b"{not json");
+    let cases = [
+        (not_json, DropReason::NotJson),
+        (msg("deal.created", serde_json::json!([1])), DropReason::NotAnObject),
+        (msg("deal.exploded", deal_created("x")), DropReason::UnknownType),
+        (msg("deal.created", serde_json::json!({"deal_id": UUID1})), DropReason::MissingField),
+        (msg("deal.created", serde_json::json!({"deal_id": 5, "client_id": UUID2, "title": "t", "status": "s", "created_at": "2026-01-01T00:00:00Z"})), DropReason::WrongKind),
+        ({ let mut m = msg("deal.created", deal_created("x")); m.schema_version = Some(HeaderValue::Int(9)); m }, DropReason::UnsupportedVersion),
+        ({ let mut m = msg("deal.created", deal_created("x")); m.schema_version = Some(HeaderValue::Other); m }, DropReason::BadHeader),
+    ];
+    for (m, why) in cases {
+        assert_eq!(h.publish_msg("deals", m).unwrap_err().reason, why);
+        assert_eq!(h.metrics.dropped_count(why), 1, "{why:?}");
+    }
+    assert_eq!(h.take_wire(id), "");
+    let body = deal_created("ok");
+    h.publish("deals", "deal.created", body.clone());
+    assert_eq!(h.take_wire(id), frame("1000-1", "deal.created", &body), "drops take no id");
+}
+
+#[test]
+fn a_redelivered_message_id_is_dropped_as_duplicate() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    h.take_wire(id);
+    let mut m = msg("deal.created", deal_created("x"));
+    m.message_id = Some("m-1".into());
+    assert!(h.publish_msg("deals", m.clone()).is_ok());
+    assert_eq!(h.publish_msg("deals", m).unwrap_err().reason, DropReason::Duplicate);
+    assert_eq!(h.take_wire(id).matches("event: deal.created").count(), 1);
+}
+
+#[test]
+fn the_type_falls_back_to_the_routing_key() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    h.take_wire(id);
+    let mut m = msg("deal.created", deal_created("rk"));
+    m.kind = None;
+    h.publish_msg("deals", m).unwrap();
+    assert!(h.take_wire(id).contains("event: deal.created\n"));
+}
+
+#[test]
+fn version_streams_each_get_only_their_own_events() {
+    let cat = Catalogue::from_toml(include_str!("fixtures/catalogue_v2.toml")).unwrap();
+    let mut h = Harness::with_catalogue("", cat);
+    let v1 = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
+    let v2 = h.open_path("u2", &[], "/api/v1/streams/deals?version=2", &[]).unwrap();
+    h.take_wire(v1);
+    h.take_wire(v2);
+    let b1 = deal_created("v1 title");
+    h.publish("deals", "deal.created", b1.clone());
+    let b2 = serde_json::json!({"deal_id": UUID1, "client_id": UUID2, "owner_id": UUID2, "name": "v2 name", "status": "draft", "created_at": "2026-11-28T10:00:00Z"});
+    let mut m = msg("deal.created", b2.clone());
+    m.schema_version = Some(HeaderValue::Int(2));
+    h.publish_msg("deals", m).unwrap();
+    // A v1 payload published as v2 fails v2's schema.
+    let mut bad = msg("deal.created", b1.clone());
+    bad.schema_version = Some(HeaderValue::Int(2));
+    assert_eq!(h.publish_msg("deals", bad).unwrap_err().reason, DropReason::MissingField);
+    assert_eq!(h.take_wire(v1), frame("1000-1", "deal.created", &b1));
+    assert_eq!(h.take_wire(v2), frame("1000-2", "deal.created", &b2));
+    let r = h.open_path("u3", &[], "/api/v1/streams/deals?version=3", &[]).unwrap_err();
+    assert!(String::from_utf8(r.bytes.to_vec()).unwrap().contains(r#""supported":[1,2]"#));
+}
+
+#[test]
+fn a_resume_inside_the_window_replays_every_later_event_without_gap_or_duplicate() {
+    let mut h = Harness::new("");
+    let bodies: Vec<_> = (0..5).map(|i| deal_created(&format!("d{i}"))).collect();
+    for b in &bodies {
+        h.publish("deals", "deal.created", b.clone());
+    }
+    let id = h
+        .open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-3"])
+        .unwrap();
+    h.publish("deals", "deal.created", deal_created("live"));
+    let expect = format!(
+        "retry: 3000\n\n{}{}{}",
+        frame("1000-4", "deal.created", &bodies[3]),
+        frame("1000-5", "deal.created", &bodies[4]),
+        frame("1000-6", "deal.created", &deal_created("live"))
+    );
+    assert_eq!(h.take_events(id), expect);
+    // The query parameter works too; the header wins when both are sent.
+    let q = h
+        .open_path("u2", &[], "/api/v1/streams/deals?last_event_id=1000-5", &["Last-Event-ID: 1000-6"])
+        .unwrap();
+    assert_eq!(h.take_events(q), "retry: 3000\n\n");
+    let q = h.open_path("u3", &[], "/api/v1/streams/deals?last_event_id=1000-5", &[]).unwrap();
+    assert_eq!(h.take_events(q), format!("retry: 3000\n\n{}", frame("1000-6", "deal.created", &deal_created("live"))));
+}
+
+#[test]
+fn a_replay_skips_what_the_user_may_not_see() {
+    let mut h = Harness::new("");
+    h.publish_to("notifications", "notification.sent", notification_sent("for bob"), "bob");
+    let mine = notification_sent("for alice");
+    h.publish_to("notifications", "notification.sent", mine.clone(), "alice");
+    let id = h.open_path("alice", &[], "/api/v1/streams/notifications", &["Last-Event-ID: 1000-0"]).unwrap();
+    assert_eq!(h.take_events(id), format!("retry: 3000\n\n{}", frame("1000-2", "notification.sent", &mine)));
+}
+
+#[test]
+fn an_unknown_expired_or_malformed_resume_id_gets_history_gap_then_live() {
+    let gap = "event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n";
+    let mut h = Harness::new("buffer_events = 3\n");
+    for i in 0..6 {
+        h.publish("deals", "deal.created", deal_created(&format!("d{i}")));
+    }
+    // Buffer holds 4..6: resuming after 3 is exact, after 2 is too old.
+    let ok = h.open_path("a", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-3"]).unwrap();
+    assert_eq!(h.take_events(ok).matches("event: deal.created").count(), 3);
+    for (user, last) in [("b", "1000-2"), ("c", "999-5"), ("d", "1000-77"), ("e", "garbage"), ("f", "1000-3%0d%0aevent: evil")] {
+        let raw_header = format!("Last-Event-ID: {last}");
+        let id = h.open_path(user, &[], "/api/v1/streams/deals", &[&raw_header]).unwrap();
+        let w = h.take_events(id);
+        assert_eq!(w, format!("retry: 3000\n\n{gap}"), "{last:?}");
+    }
+    // A control byte makes the head malformed: 400, nothing reflected.
+    let bad = h.open_path("e2", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-\u{1}"]).unwrap_err();
+    assert_eq!(bad.status, 400);
+    // Through the query string a CR/LF arrives decoded: it is still only a malformed id.
+    let q = h.open_path("h", &[], "/api/v1/streams/deals?last_event_id=1000-3%0D%0Aevent:%20evil", &[]).unwrap();
+    let w = h.take_events(q);
+    assert_eq!(w, format!("retry: 3000\n\n{gap}"));
+    // A raw CR/LF in the header ends the line: what follows is another header, never a frame.
+    let r = h.open_path("i", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-6\r\nevent: evil"]).unwrap();
+    assert!(!h.take_events(r).contains("evil"));
+    let live = h.open_path("g", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    h.take_wire(live);
+    h.publish("deals", "deal.created", deal_created("live"));
+    assert_eq!(h.take_wire(live), frame("1000-7", "deal.created", &deal_created("live")));
+}
+
+#[test]
+fn a_stream_that_stops_reading_is_closed_at_its_bound_and_others_keep_receiving() {
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let slow = h.open("slow", "deals");
+    let fast = h.open("fast", "deals");
+    h.reading.insert(slow, false);
+    let mut n = 0;
+    while !h.closed.contains_key(&slow) {
+        h.publish("deals", "deal.created", deal_created(&"x".repeat(100)));
+        n += 1;
+        assert!(n < 100, "never closed");
+        assert!(h.gw.pending_bytes(slow) <= 4096);
+    }
+    assert_eq!(h.closed[&slow], CloseReason::SlowClient);
+    h.publish("deals", "deal.created", deal_created("after"));
+    assert_eq!(h.take_events(fast).matches("event: deal.created").count(), n + 1);
+    assert_eq!(h.gw.stream_count(), 1);
+    assert_eq!(h.gw.slots_in_use(), 1);
+}
+
+#[test]
+fn shutdown_sends_each_stream_a_retry_and_closes_it() {
+    let mut h = Harness::new("");
+    let a = h.open("u1", "deals");
+    let b = h.open("u2", "tasks");
+    h.take_wire(a);
+    h.take_wire(b);
+    h.gw.shutdown();
+    h.drain();
+    assert_eq!(h.take_wire(a), "retry: 3000\n\n");
+    assert_eq!(h.closed.get(&b), Some(&CloseReason::Shutdown));
+    assert_eq!(h.gw.stream_count(), 0);
+    assert_eq!(h.open_path("u3", &[], "/api/v1/streams/deals", &[]).unwrap_err().status, 503);
+}
+
+#[test]
+fn a_closed_stream_is_forgotten_and_its_stale_id_is_harmless() {
+    let mut h = Harness::new("");
+    let a = h.open("u1", "deals");
+    h.gw.on_closed(a);
+    assert_eq!(h.gw.stream_count(), 0);
+    assert_eq!(h.gw.user_count(), 0);
+    assert_eq!(h.gw.poll_timeout(), None, "its timers are gone");
+    let b = h.open("u2", "deals");
+    assert_eq!(a.index(), b.index(), "the slot is reused");
+    h.gw.on_closed(a); // stale: no effect on b
+    let mut out = Vec::new();
+    assert_eq!(h.gw.take_output(a, &mut out), 0);
+    assert_eq!(h.gw.stream_count(), 1);
+    assert_eq!(h.gw.user_of(b), Some("u2"));
+}
+
+#[test]
+fn a_resume_older_than_the_buffer_asks_the_source_when_it_keeps_history() {
+    let mut h = Harness::new("buffer_events = 3\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, true);
+    let evs: Vec<Event> = (0..5).map(|i| h.publish("deals", "deal.created", deal_created(&format!("d{i}")))).collect();
+    // The buffer holds 3..5; the client has 1: the source is asked for 2.
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    let after = |seq| EventId { epoch: 1000, seq };
+    assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: after(1), until: 2 }]);
+    // A live event meanwhile pushes 3 out of the buffer: it is not sent ahead of the backfill.
+    let live = h.publish("deals", "deal.created", deal_created("live"));
+    h.gw.backfill_event(id, &evs[1]);
+    h.gw.backfill_event(id, &evs[0]); // an overlap is ignored
+    h.gw.backfill_done(id, true);
+    h.drain();
+    // So a second read is asked for, from where the first ended.
+    assert_eq!(h.backfills[1], Output::Backfill { stream: id, channel: deals, after: after(2), until: 3 });
+    h.gw.backfill_event(id, &evs[2]);
+    h.gw.backfill_done(id, true);
+    h.drain();
+    let w = h.take_events(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-2", "1000-3", "1000-4", "1000-5", "1000-6"], "{w}");
+    assert_eq!(live.id().seq, 6);
+}
+
+#[test]
+fn an_incomplete_backfill_ends_in_history_gap() {
+    let mut h = Harness::new("buffer_events = 1\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, true);
+    for i in 0..3 {
+        h.publish("deals", "deal.created", deal_created(&format!("d{i}")));
+    }
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    h.gw.backfill_done(id, false);
+    h.drain();
+    assert!(h.take_events(id).ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"));
+}
+
+#[test]
+fn a_cookie_or_query_token_works_only_when_enabled() {
+    let h = Harness::new("");
+    let t = h.token("u1", &[], 3600);
+    let cookie = Harness::head("/api/v1/streams/deals", &[&format!("Cookie: sse_token={t}")]);
+    let query = Harness::head(&format!("/api/v1/streams/deals?access_token={t}"), &[]);
+    assert!(respond(h.route(&cookie)).starts_with("HTTP/1.1 401"));
+    assert!(respond(h.route(&query)).starts_with("HTTP/1.1 401"));
+    let h = Harness::with_auth("cookie = \"sse_token\"\nquery_param = true\n", "");
+    let front = &h.front;
+    let now = 1_900_000_000;
+    assert!(matches!(front.route(&cookie, now), Routed::Stream(_)));
+    assert!(matches!(front.route(&query, now), Routed::Stream(_)));
+}
+
+#[test]
+fn cors_preflight_allows_configured_origins_with_credentials() {
+    let h = Harness::new("").front; // default: no origins
+    let pre = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://crm.example\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n";
+    assert!(respond(h.route(pre, 0)).starts_with("HTTP/1.1 403"));
+    let front = Harness::new("[server]\ncors_origins = [\"https://crm.example\"]\n").front;
+    let r = respond(front.route(pre, 0));
+    assert!(r.starts_with("HTTP/1.1 204 No Content\r\n"), "{r}");
+    assert!(r.contains("Access-Control-Allow-Origin: https://crm.example\r\n"));
+    assert!(r.contains("Access-Control-Allow-Credentials: true\r\n"));
+    assert!(r.contains("Access-Control-Allow-Headers: Authorization, Last-Event-ID"));
+    let other = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n";
+    assert!(respond(front.route(other, 0)).starts_with("HTTP/1.1 403"));
+}
+
+#[test]
+fn ops_routes_are_recognised() {
+    let h = Harness::new("");
+    assert_eq!(h.route(&Harness::head("/healthz", &[])), Routed::Health);
+    assert_eq!(h.route(&Harness::head("/readyz", &[])), Routed::Ready);
+    assert_eq!(h.route(&Harness::head("/metrics", &[])), Routed::Metrics);
+    assert!(respond(h.route(&Harness::head("/", &[]))).starts_with("HTTP/1.1 404"), "no page outside demo mode");
+    let r = Response::ready(&["deals"]);
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
+    let h = Harness::new("");
+    let t = h.token("svc", &["publisher"], 3600);
+    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {t}\r\nContent-Length: 2\r\n\r\n{{}}");
+    assert!(respond(h.route(raw.as_bytes())).starts_with("HTTP/1.1 404"));
+    let front = Harness::new("[server]\npublish_endpoint = true\n").front;
+    match front.route(raw.as_bytes(), 1_900_000_000) {
+        Routed::Publish(p) => {
+            assert_eq!(p.content_length, 2);
+            assert_eq!(&raw.as_bytes()[p.head_len..], b"{}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let plain = Harness::new("").token("user", &[], 3600);
+    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {plain}\r\nContent-Length: 2\r\n\r\n{{}}");
+    assert!(respond(front.route(raw.as_bytes(), 1_900_000_000)).starts_with("HTTP/1.1 403"));
+    let m = parse_publish(br#"{"type":"deal.created","data":{"a":1},"recipient_ids":"u1","schema_version":1}"#).unwrap();
+    assert_eq!(m.kind.as_deref(), Some("deal.created"));
+    assert_eq!(&m.body[..], br#"{"a":1}"#);
+    assert_eq!(m.recipient_ids, Some(HeaderValue::Text("u1".into())));
+    assert_eq!(parse_publish(b"[]").unwrap_err().status, 400);
+}
+
+#[test]
+fn metrics_count_streams_by_channel_and_responses_by_status() {
+    let mut h = Harness::new("");
+    let a = h.open("u1", "deals");
+    h.open("u2", "deals");
+    let _ = h.route(&Harness::head("/api/v1/streams/deals", &[]));
+    h.gw.on_closed(a);
+    let text = h.metrics.render();
+    assert!(text.contains("sse_gateway_streams_open{channel=\"deals\"} 1\n"), "{text}");
+    assert!(text.contains("sse_gateway_streams_opened_total{channel=\"deals\"} 2\n"));
+    assert!(text.contains("sse_gateway_http_responses_total{status=\"401\"} 1\n"));
+    assert!(text.contains("sse_gateway_streams_closed_total{reason=\"client_gone\"} 1\n"));
+}
