@@ -175,7 +175,11 @@ impl Ingest {
         let recipients: Option<Box<[Box<str>]>> = match &msg.recipient_ids {
             None => None,
             Some(HeaderValue::Text(t)) => {
-                Some(t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Box::from).collect())
+                // Sorted and deduplicated: a user named twice still gets the event once.
+                let mut r: Vec<Box<str>> = t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Box::from).collect();
+                r.sort_unstable();
+                r.dedup();
+                Some(r.into_boxed_slice())
             }
             Some(HeaderValue::Int(i)) => Some(vec![i.to_string().into_boxed_str()].into_boxed_slice()),
             Some(HeaderValue::Other) => {
