@@ -90,8 +90,11 @@ struct Stream {
     transmit_queued: bool,
     /// Index in its channel's member list; `None` once closing.
     member: Option<usize>,
-    /// Waiting for a backfill: the last event id the client has.
-    catching_up: Option<EventId>,
+    /// Resuming: the last event the client has. While set, live events are not queued directly;
+    /// the stream reads them from the buffer (or the source) in order, as its socket drains.
+    cursor: Option<EventId>,
+    /// The cursor is older than the buffer and the source is reading back for it.
+    backfilling: bool,
 }
 
 #[derive(Debug)]
@@ -288,7 +291,8 @@ impl Gateway {
             pending_bytes: 0,
             transmit_queued: false,
             member: None,
-            catching_up: None,
+            cursor: None,
+            backfilling: false,
         });
         self.open += 1;
         self.metrics.stream_opened(ch);
@@ -324,19 +328,65 @@ impl Gateway {
     }
 
     fn resume(&mut self, id: StreamId, after: EventId) {
-        let ch = self.stream(id).expect("resume of a live stream").channel;
-        let channel = &self.channels[ch.index()];
-        match channel.buffer.lookup(after) {
-            Lookup::From(i) => self.replay(id, i),
-            Lookup::Older if channel.history => {
-                let until = channel.buffer.floor();
-                if let Some(st) = self.stream_mut(id) {
-                    st.catching_up = Some(after);
-                }
-                self.outputs.push_back(Output::Backfill { stream: id, channel: ch, after, until });
-            }
-            Lookup::Older | Lookup::Unknown => self.history_gap(id),
+        let Some(st) = self.stream_mut(id) else { return };
+        st.cursor = Some(after);
+        self.metrics.replay_started();
+        self.refill(id);
+    }
+
+    /// Moves a resuming stream's cursor forward: queues buffered events it may see until its
+    /// output reaches the bound (the rest follows as it drains), asks the source for what the
+    /// buffer no longer has, or answers `history_gap` and goes live.
+    fn refill(&mut self, id: StreamId) {
+        let max = self.settings.config.streams.max_pending_bytes;
+        let (slots, channels) = (&mut self.slots, &self.channels);
+        let Some(st) = slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut()) else {
+            return;
+        };
+        let (Some(after), false) = (st.cursor, st.backfilling) else { return };
+        let channel = &channels[st.channel.index()];
+        enum Next {
+            Queued,
+            Backfill(Output),
+            Gap,
         }
+        let mut n = 0;
+        let next = match channel.buffer.lookup(after) {
+            Lookup::From(i) => {
+                let mut done = true;
+                for ev in channel.buffer.from(i) {
+                    if st.pending_bytes >= max {
+                        done = false;
+                        break;
+                    }
+                    st.cursor = Some(ev.id());
+                    if ev.version() == st.version && ev.visible_to(&st.user) {
+                        push_raw(st, ev.frame().clone());
+                        n += 1;
+                    }
+                }
+                if done {
+                    st.cursor = None; // caught up: live from here
+                }
+                Next::Queued
+            }
+            Lookup::Older if channel.history => {
+                st.backfilling = true;
+                Next::Backfill(Output::Backfill { stream: id, channel: st.channel, after, until: channel.buffer.floor() })
+            }
+            Lookup::Older | Lookup::Unknown => {
+                st.cursor = None;
+                Next::Gap
+            }
+        };
+        let ch = st.channel;
+        self.metrics.replayed(ch, n);
+        match next {
+            Next::Queued => {}
+            Next::Backfill(b) => self.outputs.push_back(b),
+            Next::Gap => self.history_gap(id),
+        }
+        self.wake(id);
     }
 
     fn history_gap(&mut self, id: StreamId) {
@@ -346,23 +396,6 @@ impl Gateway {
         if let Some(st) = self.stream_mut(id) {
             push_raw(st, frame);
         }
-    }
-
-    /// Queues every buffered event from `index` on that the stream may see.
-    fn replay(&mut self, id: StreamId, index: usize) {
-        let Some(idx) = self.slots.get(id.index as usize).map(|_| id.index as usize) else { return };
-        let (slots, channels) = (&mut self.slots, &self.channels);
-        let Some(st) = slots[idx].stream.as_mut() else { return };
-        let mut n = 0;
-        for ev in channels[st.channel.index()].buffer.from(index) {
-            if ev.version() == st.version && ev.visible_to(&st.user) {
-                st.pending_bytes += ev.frame().len();
-                st.pending.push_back(ev.frame().clone());
-                n += 1;
-            }
-        }
-        let ch = st.channel;
-        self.metrics.replayed(ch, n);
     }
 
     /// Delivers an event (from [`crate::Ingest`]) to every stream of its channel that may see it,
@@ -379,7 +412,7 @@ impl Gateway {
         let mut overflow = Vec::new();
         let mut wake = |slots: &mut Vec<Slot>, id: StreamId, outputs: &mut VecDeque<Output>| {
             let Some(st) = slots[id.index as usize].stream.as_mut() else { return };
-            if st.version != ev.version() || st.catching_up.is_some() || st.member.is_none() {
+            if st.version != ev.version() || st.cursor.is_some() || st.member.is_none() {
                 return;
             }
             if st.pending_bytes + frame.len() > max {
@@ -468,8 +501,18 @@ impl Gateway {
         self.free.push(id.index);
     }
 
-    /// Moves the stream's unsent bytes into `out` (appending); returns how many bytes.
+    /// Moves the stream's unsent bytes into `out` (appending); returns how many bytes. A resuming
+    /// stream's replay continues here, a bounded batch at a time.
     pub fn take_output(&mut self, id: StreamId, out: &mut Vec<Bytes>) -> usize {
+        let mut n = self.drain_pending(id, out);
+        if self.stream(id).is_some_and(|s| s.cursor.is_some() && !s.backfilling && s.member.is_some()) {
+            self.refill(id);
+            n += self.drain_pending(id, out);
+        }
+        n
+    }
+
+    fn drain_pending(&mut self, id: StreamId, out: &mut Vec<Bytes>) -> usize {
         let Some(st) = self.stream_mut(id) else { return 0 };
         let n = st.pending_bytes;
         out.extend(st.pending.drain(..));
@@ -481,26 +524,31 @@ impl Gateway {
     /// An older event read back for a stream in backfill (see [`Output::Backfill`]).
     pub fn backfill_event(&mut self, id: StreamId, ev: &Event) {
         let Some(st) = self.stream_mut(id) else { return };
-        let Some(after) = st.catching_up else { return };
+        let (Some(after), true) = (st.cursor, st.backfilling) else { return };
         if ev.channel() != st.channel || ev.id().epoch != after.epoch || ev.id().seq <= after.seq {
             return;
         }
-        st.catching_up = Some(ev.id());
+        st.cursor = Some(ev.id());
         if ev.version() == st.version && ev.visible_to(&st.user) {
-            st.pending_bytes += ev.frame().len();
-            st.pending.push_back(ev.frame().clone());
+            push_raw(st, ev.frame().clone());
+            let ch = st.channel;
+            self.metrics.replayed(ch, 1);
         }
         self.wake(id);
     }
 
-    /// The backfill for `id` ended. `complete` says the source had everything asked for; if not,
-    /// the stream gets `history_gap` and goes live. Otherwise it continues from the buffer.
+    /// The backfill for `id` ended. `complete` says the source had everything asked for: the
+    /// stream continues from the buffer. Otherwise it gets `history_gap` and goes live.
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
         let Some(st) = self.stream_mut(id) else { return };
-        let Some(after) = st.catching_up.take() else { return };
+        if !st.backfilling {
+            return;
+        }
+        st.backfilling = false;
         if complete {
-            self.resume(id, after);
+            self.refill(id);
         } else {
+            st.cursor = None;
             self.history_gap(id);
         }
         self.wake(id);
@@ -611,7 +659,8 @@ impl Gateway {
         let Some(st) = self.stream_mut(id) else { return };
         let Some(pos) = st.member.take() else { return };
         let (ch, user, hb, exp) = (st.channel, st.user.clone(), st.heartbeat_at, st.expires_at);
-        st.catching_up = None;
+        st.cursor = None;
+        st.backfilling = false;
         let members = &mut self.channels[ch.index()].members;
         members.swap_remove(pos);
         if let Some(&moved) = members.get(pos) {

@@ -175,9 +175,14 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn replayed(&self, c: ChannelId, n: u64) {
+    pub(crate) fn replay_started(&self) {
         self.replays.fetch_add(1, Relaxed);
-        self.ch(c).replayed.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn replayed(&self, c: ChannelId, n: u64) {
+        if n > 0 {
+            self.ch(c).replayed.fetch_add(n, Relaxed);
+        }
     }
 
     pub(crate) fn dropped(&self, why: DropReason) {
@@ -269,7 +274,7 @@ impl Metrics {
             let _ = writeln!(o, "{name}{{status=\"{s}\"}} {}", c.load(Relaxed));
         }
         let singles = [
-            ("sse_gateway_replays_total", "Streams resumed from the buffer.", &self.replays),
+            ("sse_gateway_replays_total", "Streams that asked to resume (Last-Event-ID).", &self.replays),
             ("sse_gateway_history_gaps_total", "Resumes answered with history_gap.", &self.history_gaps),
             ("sse_gateway_evictions_total", "Streams evicted by the per-user limit.", &self.evictions),
             ("sse_gateway_stream_limit_rejections_total", "Requests answered 409 stream_limit.", &self.limit_rejections),

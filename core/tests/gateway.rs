@@ -659,3 +659,20 @@ fn metrics_count_streams_by_channel_and_responses_by_status() {
     assert!(text.contains("sse_gateway_http_responses_total{status=\"401\"} 1\n"));
     assert!(text.contains("sse_gateway_streams_closed_total{reason=\"client_gone\"} 1\n"));
 }
+
+#[test]
+fn a_replay_larger_than_the_output_bound_flows_in_batches_without_closing_the_stream() {
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 100\n");
+    for i in 0..60 {
+        h.publish("deals", "deal.created", deal_created(&format!("title {i:03}")));
+    }
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-0"]).unwrap();
+    assert!(h.gw.pending_bytes(id) <= 4096, "the replay waits in the buffer, not in the stream");
+    // Live events published while the replay is under way come after it, in order.
+    h.publish("deals", "deal.created", deal_created("live"));
+    h.drain();
+    let w = h.take_events(id);
+    let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(ids, (1..=61).collect::<Vec<u64>>());
+    assert!(h.closed.is_empty());
+}

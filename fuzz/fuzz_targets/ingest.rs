@@ -1,0 +1,67 @@
+//! Upstream messages into the validator: never a panic; an accepted event's frame is well formed
+//! (only id/event/data lines, ending in one blank line).
+#![no_main]
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use sse_gateway_core::*;
+use std::sync::Arc;
+
+#[path = "common.rs"]
+mod common;
+
+#[derive(Debug, Arbitrary)]
+struct Msg {
+    channel: u8,
+    kind: Option<String>,
+    routing_key: String,
+    recipients: Option<String>,
+    version: Option<i64>,
+    message_id: Option<String>,
+    body: Vec<u8>,
+    position: Option<u64>,
+}
+
+fuzz_target!(|msgs: Vec<Msg>| {
+    let s = common::settings("");
+    let m = Arc::new(Metrics::new(&s));
+    let n = s.channels.len();
+    let mut ingests: Vec<Ingest> = (0..n)
+        .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 7))
+        .collect();
+    for msg in msgs {
+        let i = msg.channel as usize % n;
+        let up = UpstreamMessage {
+            kind: msg.kind,
+            routing_key: msg.routing_key,
+            recipient_ids: msg.recipients.map(HeaderValue::Text),
+            schema_version: msg.version.map(HeaderValue::Int),
+            message_id: msg.message_id,
+            body: bytes::Bytes::from(msg.body),
+            position: msg.position,
+        };
+        let before = ingests[i].last_id();
+        if let Ok(ev) = ingests[i].handle_message(&up) {
+            assert!(before.is_none_or(|b| b < ev.id()), "ids strictly increase");
+            let frame = std::str::from_utf8(ev.frame()).expect("frames are UTF-8");
+            let body = frame.strip_suffix("\n\n").expect("a frame ends with a blank line");
+            for line in body.split('\n') {
+                assert!(
+                    line.starts_with("id: ") || line.starts_with("event: ") || line.starts_with("data:"),
+                    "unexpected line {line:?}"
+                );
+                assert!(!line.contains('\r'));
+            }
+            let data: String = body
+                .split('\n')
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let v: serde_json::Value = serde_json::from_str(&data).expect("data is the JSON payload");
+            assert!(v.is_object());
+            if s.channels[i].per_user {
+                assert!(ev.recipients().is_some_and(|r| !r.is_empty()), "per-user events name someone");
+            }
+        }
+    }
+});
