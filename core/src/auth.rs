@@ -1028,6 +1028,49 @@ fn b64url_decode(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Issues an HS256 development token (the `token` subcommand, `--demo`): `sub` = `user`, the
+/// configured roles claim = `roles`, `iat` = `unix_now`, `exp` = `unix_now + ttl_secs`, plus `iss`
+/// and `aud` when [`AuthConfig`] requires them, so the token verifies with the same settings.
+///
+/// Refused when HS256 is not among the configured algorithms or the secret is too short.
+pub fn issue_hs256(
+    config: &AuthConfig,
+    secret: &[u8],
+    user: &str,
+    roles: &[String],
+    unix_now: u64,
+    ttl_secs: u64,
+) -> Result<String, AuthSetupError> {
+    if !config.algorithms.iter().any(|a| a == "HS256") {
+        return Err(AuthSetupError::new(
+            "[auth] algorithms does not list HS256: the gateway would refuse an HS256 token",
+        ));
+    }
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(AuthSetupError::new(format!(
+            "[auth] secret is {} bytes long; at least {MIN_SECRET_LEN} are required",
+            secret.len()
+        )));
+    }
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::from(user));
+    claims.insert(config.roles_claim.clone(), Value::from(roles.to_vec()));
+    claims.insert("iat".into(), Value::from(unix_now));
+    claims.insert("exp".into(), Value::from(unix_now.saturating_add(ttl_secs)));
+    if let Some(iss) = &config.issuer {
+        claims.insert("iss".into(), Value::from(iss.as_str()));
+    }
+    if let Some(aud) = &config.audience {
+        claims.insert("aud".into(), Value::from(aud.as_str()));
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &Value::Object(claims),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthSetupError::new(format!("cannot sign the token: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2483,5 +2526,24 @@ mod tests {
             };
             prop_assert_eq!(v.verify(&hs256(&claims), now).map(|i| i.expires_at), expected);
         }
+    }
+
+    #[test]
+    fn an_issued_development_token_verifies_with_the_same_settings() {
+        let config = AuthConfig {
+            secret: Some(SECRET.into()),
+            issuer: Some("crm".into()),
+            audience: Some("web".into()),
+            ..AuthConfig::default()
+        };
+        let verifier = JwtVerifier::new(&config, &KeyMaterial::default()).unwrap();
+        let roles = vec!["publisher".to_string()];
+        let token = issue_hs256(&config, SECRET.as_bytes(), "u1", &roles, NOW, 3600).unwrap();
+        let id = verifier.verify(&token, NOW + 10).unwrap();
+        assert_eq!((id.user.as_str(), id.roles.clone(), id.expires_at), ("u1", roles, NOW + 3600));
+        assert_eq!(verifier.verify(&token, NOW + 3600 + 31), Err(TokenError::Expired));
+        let rs = AuthConfig { algorithms: vec!["RS256".into()], ..config };
+        assert!(issue_hs256(&rs, SECRET.as_bytes(), "u1", &[], NOW, 60).is_err());
+        assert!(issue_hs256(&AuthConfig::default(), b"short", "u1", &[], NOW, 60).is_err());
     }
 }

@@ -329,6 +329,16 @@ impl Settings {
         if s.max_pending_bytes < 4096 {
             return Err(ConfigError("streams.max_pending_bytes: must be at least 4096".into()));
         }
+        if config.broker.is_some() && config.server.publish_endpoint {
+            return Err(ConfigError(
+                "server.publish_endpoint: the publish endpoint feeds the in-process source; turn it off or remove [broker]".into(),
+            ));
+        }
+        if config.broker.is_some() && config.demo.enabled {
+            return Err(ConfigError(
+                "demo.enabled: demo events use the in-process source; turn it off or remove [broker]".into(),
+            ));
+        }
         if config.server.max_head_bytes < 512 {
             return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
         }
@@ -527,6 +537,14 @@ mod tests {
         let c = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nqueue = \"q\"\n").unwrap();
         let e = Settings::new(c, Catalogue::seed()).unwrap_err();
         assert!(e.0.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn the_publish_endpoint_and_demo_need_the_in_process_source() {
+        let c = Config::from_toml("[server]\npublish_endpoint = true\n[broker]\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("server.publish_endpoint"));
+        let c = Config::from_toml("[demo]\nenabled = true\n[broker]\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("demo.enabled"));
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub enum Routed {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -97,6 +98,7 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
+        422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -152,6 +154,18 @@ impl Response {
     /// `/metrics` in the Prometheus text format.
     pub fn metrics(metrics: &Metrics) -> Response {
         Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", "", None, metrics.render().as_bytes())
+    }
+
+    /// `202 {"id":"<event id>"}`: the publish endpoint took the event (D14).
+    pub fn published(id: EventId, cors: Option<&str>) -> Response {
+        let body = serde_json::json!({ "id": id.to_string() }).to_string();
+        Response::with_body(202, "application/json", "", cors, body.as_bytes())
+    }
+
+    /// `422 {"code":"<reason>","message":"<detail>"}`: the publish endpoint's event was dropped
+    /// by validation (D4, D14); the code is the drop reason's metric label.
+    pub fn dropped(d: &crate::Dropped, cors: Option<&str>) -> Response {
+        Response::error(422, d.reason.label(), &d.detail, "", cors)
     }
 
     /// The head of a `200 text/event-stream` response (D10). The body is close-delimited.

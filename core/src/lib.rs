@@ -4,7 +4,8 @@
 //! request heads to decisions ([`Front`]), JWT verification ([`auth`]), the event catalogue and
 //! payload validation ([`catalogue`]), upstream messages to encoded events ([`Ingest`]), SSE
 //! framing ([`sse`]), resume buffers, heartbeat/warning/expiry timers and the per-user stream
-//! limit ([`Gateway`]). Frontends (`sse-gateway` on tokio, `sse-gateway-smol` on smol) bind it to
+//! limit ([`Gateway`]), start-up checks shared by the frontends ([`setup`]) and demo mode's
+//! sample events and page ([`demo`]). Frontends (`sse-gateway` on tokio, `sse-gateway-smol` on smol) bind it to
 //! TCP, RabbitMQ and timers.
 //!
 //! # The sans-IO contract
@@ -29,14 +30,16 @@ pub mod auth;
 mod buffer;
 pub mod catalogue;
 pub mod config;
+pub mod demo;
 mod gateway;
 mod http;
 mod ids;
 mod ingest;
 pub mod metrics;
+pub mod setup;
 pub mod sse;
 
-pub use auth::{Identity, JwtVerifier, KeyMaterial, TokenError, TokenVerifier};
+pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, TokenError, TokenVerifier};
 pub use catalogue::Catalogue;
 pub use config::{Config, ConfigError, Settings};
 pub use gateway::{Gateway, Output, TimerReason};

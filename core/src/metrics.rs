@@ -114,7 +114,7 @@ struct PerChannel {
 }
 
 /// Status codes counted in `sse_gateway_http_responses_total`.
-const STATUSES: [u16; 12] = [200, 204, 400, 401, 403, 404, 405, 406, 409, 413, 431, 503];
+const STATUSES: [u16; 15] = [200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 411, 413, 422, 431, 503];
 
 /// The process's counters. Create one, share it (`Arc`) with every shard and ingest.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ pub struct Metrics {
     channels: Vec<(String, PerChannel)>,
     dropped: [AtomicU64; 10],
     closed: [AtomicU64; 5],
-    responses: [AtomicU64; 12],
+    responses: [AtomicU64; 15],
     replays: AtomicU64,
     history_gaps: AtomicU64,
     evictions: AtomicU64,

@@ -1,0 +1,157 @@
+//! Start-up: configuration text, environment, command-line overrides and the files the
+//! configuration names, to a checked [`Setup`]. Shared by both frontends' start and their
+//! `check-config` / `token` subcommands, so they can never disagree on what a file means.
+//!
+//! Still sans-IO: the frontend reads the configuration file and the environment and passes a
+//! `read` function for the files the configuration names (it resolves relative paths against the
+//! configuration file's directory) and a `random` function for a generated secret.
+
+use std::sync::Arc;
+
+use crate::auth::{JwtVerifier, KeyMaterial};
+use crate::catalogue::Catalogue;
+use crate::config::{BrokerConfig, Config, ConfigError, Settings};
+use crate::demo;
+
+/// Environment variables the gateway reads.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `SSE_GATEWAY_JWT_SECRET`: the HMAC secret, over `auth.secret`.
+    pub jwt_secret: Option<String>,
+    /// `SSE_GATEWAY_AMQP_URL`: the broker URL, over `broker.url`. Setting it turns the broker on
+    /// (a `[broker]` section with defaults) when the file has none.
+    pub amqp_url: Option<String>,
+}
+
+/// Command-line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--demo`: see [`demo::configure`].
+    pub demo: bool,
+    /// `--listen ADDR`, over `server.listen`.
+    pub listen: Option<String>,
+}
+
+/// A configuration ready to run.
+#[derive(Debug)]
+pub struct Setup {
+    /// Resolved settings.
+    pub settings: Arc<Settings>,
+    /// Key material, the secret included.
+    pub keys: KeyMaterial,
+    /// The verifier for those keys.
+    pub verifier: JwtVerifier,
+    /// No key material was configured, so the secret is random for this process: every token
+    /// from elsewhere is refused. The frontend warns (outside demo mode).
+    pub generated_secret: bool,
+}
+
+impl Setup {
+    /// The HMAC secret in force, if any (to sign development tokens).
+    pub fn hmac_secret(&self) -> Option<&[u8]> {
+        self.keys.secret.as_deref().or(self.settings.config.auth.secret.as_deref().map(str::as_bytes))
+    }
+}
+
+/// Builds a [`Setup`]. `text` is the configuration file (`None`: no file, every default);
+/// `read(path)` returns the contents of a file the configuration names (`auth.public_key_file`,
+/// `auth.jwks_file`, `catalogue`) or an error message; `random()` returns 32 random bytes, called
+/// only when no key material is configured anywhere. Errors name the key at fault.
+pub fn load(
+    text: Option<&str>,
+    env: &Env,
+    overrides: &Overrides,
+    read: &mut dyn FnMut(&str) -> Result<String, String>,
+    random: &mut dyn FnMut() -> Vec<u8>,
+) -> Result<Setup, ConfigError> {
+    let mut config = Config::from_toml(text.unwrap_or(""))?;
+    if let Some(url) = env.amqp_url.as_ref().filter(|u| !u.is_empty()) {
+        config.broker.get_or_insert_with(BrokerConfig::default).url = url.clone();
+    }
+    if let Some(listen) = &overrides.listen {
+        config.server.listen = listen.clone();
+    }
+    if overrides.demo {
+        demo::configure(&mut config);
+    }
+    let mut keys = KeyMaterial {
+        secret: env.jwt_secret.as_ref().filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()),
+        ..KeyMaterial::default()
+    };
+    let mut file = |key: &str, path: &Option<String>| -> Result<Option<String>, ConfigError> {
+        path.as_deref()
+            .map(|p| read(p).map_err(|e| ConfigError(format!("{key}: cannot read `{p}`: {e}"))))
+            .transpose()
+    };
+    keys.public_key_pem = file("auth.public_key_file", &config.auth.public_key_file)?;
+    keys.jwks_json = file("auth.jwks_file", &config.auth.jwks_file)?;
+    let catalogue = match file("catalogue", &config.catalogue)? {
+        None => Catalogue::seed(),
+        Some(t) => Catalogue::from_toml(&t).map_err(|e| ConfigError(format!("catalogue: {e}")))?,
+    };
+    let a = &config.auth;
+    let generated_secret = keys.secret.is_none()
+        && a.secret.is_none()
+        && keys.public_key_pem.is_none()
+        && keys.jwks_json.is_none()
+        && a.algorithms.iter().any(|x| x.starts_with("HS"));
+    if generated_secret {
+        keys.secret = Some(random());
+    }
+    let settings = Settings::new(config, catalogue)?;
+    let verifier = JwtVerifier::new(&settings.config.auth, &keys).map_err(|e| ConfigError(e.to_string()))?;
+    Ok(Setup { settings: Arc::new(settings), keys, verifier, generated_secret })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn no_files(p: &str) -> Result<String, String> {
+        Err(format!("no file {p}"))
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_the_defaults_with_a_generated_secret() {
+        let s = load(None, &Env::default(), &Overrides::default(), &mut no_files, &mut || vec![7; 32]).unwrap();
+        assert!(s.generated_secret);
+        assert_eq!(s.hmac_secret(), Some(&[7u8; 32][..]));
+        assert_eq!(s.settings.config.server.listen, "127.0.0.1:8080");
+        assert!(s.settings.config.broker.is_none());
+    }
+
+    #[test]
+    fn env_and_overrides_win_over_the_file() {
+        let env = Env { jwt_secret: Some(SECRET.into()), amqp_url: Some("amqp://h:5672/%2f".into()) };
+        let o = Overrides { demo: false, listen: Some("127.0.0.1:0".into()) };
+        let s = load(Some("[auth]\nsecret = \"another-secret-of-16+\"\n"), &env, &o, &mut no_files, &mut || unreachable!())
+            .unwrap();
+        assert!(!s.generated_secret);
+        assert_eq!(s.hmac_secret(), Some(SECRET.as_bytes()));
+        assert_eq!(s.settings.config.broker.as_ref().unwrap().url, "amqp://h:5672/%2f");
+        assert_eq!(s.settings.config.server.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn named_files_are_read_and_errors_name_the_key() {
+        let e = load(Some("catalogue = \"cat.toml\"\n"), &Env::default(), &Overrides::default(), &mut no_files, &mut || {
+            vec![1; 32]
+        })
+        .unwrap_err();
+        assert!(e.0.starts_with("catalogue: cannot read `cat.toml`"), "{e}");
+        let mut read = |p: &str| if p == "cat.toml" { Ok(crate::catalogue::SEED_TOML.to_string()) } else { no_files(p) };
+        let s = load(Some("catalogue = \"cat.toml\"\n"), &Env::default(), &Overrides::default(), &mut read, &mut || vec![1; 32]);
+        assert_eq!(s.unwrap().settings.channels.len(), 4);
+    }
+
+    #[test]
+    fn demo_refuses_a_broker() {
+        let o = Overrides { demo: true, listen: None };
+        let e = load(Some("[broker]\n"), &Env::default(), &o, &mut no_files, &mut || vec![1; 32]).unwrap_err();
+        assert!(e.0.starts_with("server.publish_endpoint") || e.0.starts_with("demo.enabled"), "{e}");
+        let s = load(None, &Env::default(), &o, &mut no_files, &mut || vec![1; 32]).unwrap();
+        assert!(s.settings.config.demo.enabled && s.settings.config.auth.cookie.is_some());
+    }
+}
