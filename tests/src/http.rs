@@ -1,0 +1,133 @@
+//! Plain HTTP/1.1 over a raw `TcpStream`: requests written by hand, heads parsed by hand, so the
+//! tests see exactly what the gateway sends.
+
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::WAIT;
+
+/// A complete non-stream response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// The status line as sent (`HTTP/1.1 200 OK`).
+    pub status_line: String,
+    /// Header fields in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (lossy UTF-8).
+    pub body: String,
+}
+
+impl Response {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body of a {} is not JSON ({e}): {:?}", self.status, self.body))
+    }
+}
+
+/// The first header called `name` (case-insensitive) in a parsed head.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// A parsed response head: status line, status, headers.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The status line as sent.
+    pub status_line: String,
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Parses a response head (everything before the blank line, CRLF or LF line ends).
+pub fn parse_head(raw: &[u8]) -> Head {
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let status_line = lines.next().unwrap_or_default().to_string();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap_or_else(|| panic!("not a header line: {l:?}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    Head { status_line, status, headers }
+}
+
+/// Index just past the blank line ending a head, if `buf` holds a whole head.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Writes `GET path` with `Host` and these headers.
+pub async fn write_get(stream: &mut TcpStream, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write the request");
+}
+
+/// `GET path` with `Connection: close` and these headers; reads the whole response (to
+/// `Content-Length`, else to the end). Panics after [`WAIT`].
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    tokio::time::timeout(WAIT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut all = vec![("Connection", "close")];
+        all.extend_from_slice(headers);
+        write_get(&mut s, addr, path, &all).await;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = head_end(&buf) {
+                let head = parse_head(&buf[..end]);
+                if let Some(len) = header(&head.headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
+                    if buf.len() >= end + len {
+                        return finish(head, &buf[end..end + len]);
+                    }
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = head_end(&buf).unwrap_or_else(|| {
+            panic!("GET {path}: connection closed before a full head: {:?}", String::from_utf8_lossy(&buf))
+        });
+        let head = parse_head(&buf[..end]);
+        finish(head, &buf[end..])
+    })
+    .await
+    .unwrap_or_else(|_| panic!("GET {path}: no complete response within {WAIT:?}"))
+}
+
+fn finish(head: Head, body: &[u8]) -> Response {
+    Response {
+        status: head.status,
+        status_line: head.status_line,
+        headers: head.headers,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}

@@ -1,0 +1,101 @@
+//! Black-box harness for sse-gateway: starts a real gateway binary on `127.0.0.1:0`, talks to it
+//! over raw TCP (so every byte of the HTTP head and the event stream is checked, nothing hidden by
+//! an HTTP client), publishes through a real RabbitMQ, and cuts the broker link with a TCP proxy.
+//!
+//! Every scenario is written once, as `async fn scenario(bin: Bin)`, and [`for_each_binary!`]
+//! turns it into one `#[tokio::test]` per gateway binary (`tokio::scenario`, `smol::scenario`).
+//!
+//! Modules, one concern each:
+//! - [`bin`]: which gateway binaries exist and where.
+//! - [`process`]: [`GatewayProcess`], a running gateway with its stderr kept for log checks.
+//! - [`config`]: [`ConfigBuilder`], the TOML file a test hands the gateway.
+//! - [`sse`]: [`EventStreamParser`] (the WHATWG event-stream rules, sans IO) and [`SseClient`].
+//! - [`http`]: [`http_get`] for plain responses, [`Response`].
+//! - [`broker`]: [`Broker`] (lapin publisher) and [`Topology`] (unique names per test).
+//! - [`proxy`]: [`TcpProxy`], a forwarder to RabbitMQ that can be cut and restored.
+//! - [`token`]: [`token`], real HS256 JWTs.
+//! - [`fixture`]: [`Fixture`], a gateway wired to a fresh topology on RabbitMQ, ready.
+//! - [`payloads`]: valid sample payloads for every event type of the seed catalogue.
+
+#![forbid(unsafe_code)]
+
+pub mod bin;
+pub mod broker;
+pub mod config;
+pub mod fixture;
+pub mod http;
+pub mod payloads;
+pub mod process;
+pub mod proxy;
+pub mod sse;
+pub mod token;
+
+use std::time::Duration;
+
+pub use bin::Bin;
+pub use broker::{Broker, Header, Message, Topology};
+pub use config::ConfigBuilder;
+pub use fixture::Fixture;
+pub use http::{http_get, Response};
+pub use process::GatewayProcess;
+pub use proxy::TcpProxy;
+pub use sse::{EventStreamParser, SseClient, SseEvent};
+pub use token::token;
+
+/// Upper bound for anything a test waits for. Only a failure bound: no test asserts that
+/// something happens faster than this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The HMAC secret the test configurations use.
+pub const SECRET: &str = "black-box-test-secret-0123456789";
+
+/// Sleeps (re-exported so test files need not name `tokio` next to the generated `mod tokio`).
+pub async fn sleep(d: Duration) {
+    tokio::time::sleep(d).await
+}
+
+/// Runs one scenario against one binary: skips (with a note on stderr) when the binary is
+/// optional and not built yet, panics with the build command when a required one is missing.
+pub async fn run<F, Fut>(bin: Bin, scenario: F, name: &str)
+where
+    F: FnOnce(Bin) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if !bin.exists() {
+        if bin.required() {
+            panic!(
+                "{} not found at {}: build it first: cargo build --release --workspace",
+                bin.file_name(),
+                bin.path().display()
+            );
+        }
+        eprintln!(
+            "SKIPPED {name} on {}: {} does not exist yet (build it to run this case)",
+            bin.file_name(),
+            bin.path().display()
+        );
+        return;
+    }
+    scenario(bin).await
+}
+
+/// Generates one test per gateway binary for each scenario named:
+/// `for_each_binary!(a, b)` gives `tokio::a`, `tokio::b`, `smol::a`, `smol::b`, each calling the
+/// scenario `async fn a(bin: Bin)` of the including file.
+#[macro_export]
+macro_rules! for_each_binary {
+    ($($scenario:ident),+ $(,)?) => {
+        $crate::for_each_binary!(@module tokio, Tokio, $($scenario),+);
+        $crate::for_each_binary!(@module smol, Smol, $($scenario),+);
+    };
+    (@module $module:ident, $variant:ident, $($scenario:ident),+) => {
+        mod $module {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    $crate::run($crate::Bin::$variant, super::$scenario, stringify!($scenario)).await
+                }
+            )+
+        }
+    };
+}

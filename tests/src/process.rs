@@ -1,0 +1,234 @@
+//! A running gateway process.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::{http_get, Bin, Response, SseClient, WAIT};
+
+/// Environment variables the gateway reads; cleared in the child unless a test sets them, so the
+/// developer's shell cannot change what a test sees.
+const GATEWAY_ENV: [&str; 2] = ["SSE_GATEWAY_JWT_SECRET", "SSE_GATEWAY_AMQP_URL"];
+
+/// A gateway started with `--config FILE`, listening on the address it printed. Killed on drop;
+/// when the test is failing, its stderr is printed then.
+pub struct GatewayProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Which binary runs.
+    pub bin: Bin,
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `bin` with this configuration file text.
+    pub async fn start(bin: Bin, config_toml: &str) -> GatewayProcess {
+        GatewayProcess::start_with_env(bin, config_toml, &[]).await
+    }
+
+    /// Starts `bin` with this configuration and these extra environment variables. Panics (with
+    /// the gateway's stderr) unless it prints `listening on http://ADDR` within [`WAIT`].
+    pub async fn start_with_env(bin: Bin, config_toml: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let path = bin.path();
+        assert!(
+            path.is_file(),
+            "{} not found at {}: build it first: cargo build --release --workspace",
+            bin.file_name(),
+            path.display()
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, config_toml).expect("write the config");
+        let mut cmd = Command::new(&path);
+        cmd.arg("--config").arg(&config).current_dir(dir.path());
+        for k in GATEWAY_ENV {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", path.display()));
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        tokio::spawn(collect_lines(child.stderr.take().expect("piped stderr"), stderr.clone(), None));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(collect_lines(child.stdout.take().expect("piped stdout"), stdout.clone(), Some(first_tx)));
+
+        let line = match tokio::time::timeout(WAIT, first_rx).await {
+            Ok(Ok(line)) => line,
+            Ok(Err(_)) => {
+                sleep_a_little().await; // let the stderr reader catch up
+                let status = child.try_wait().ok().flatten();
+                panic!(
+                    "{} closed stdout without printing `listening on http://ADDR` (exit status {status:?}).\n\
+                     config:\n{config_toml}\nstderr:\n{}",
+                    bin.file_name(),
+                    stderr.lock().unwrap()
+                )
+            }
+            Err(_) => panic!(
+                "{} printed no line on stdout within {WAIT:?}.\nconfig:\n{config_toml}\nstderr:\n{}",
+                bin.file_name(),
+                stderr.lock().unwrap()
+            ),
+        };
+        let addr = line
+            .trim_end()
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("first stdout line is not `listening on http://ADDR`: {line:?}"));
+        GatewayProcess { addr, bin, child, stdout, stderr, _dir: dir }
+    }
+
+    /// Everything the gateway wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything the gateway wrote to stdout so far (the contract: exactly one line).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `GET path` with these headers (a plain, non-stream response).
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        http_get(self.addr, path, headers).await
+    }
+
+    /// Opens `GET path` as an event stream with `Accept: text/event-stream` and these headers.
+    pub async fn open(&self, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        SseClient::open(self.addr, path, headers).await
+    }
+
+    /// Opens `/api/v1/streams/{channel}` with a bearer token and asserts it was accepted (200).
+    pub async fn stream(&self, channel: &str, token: &str) -> SseClient {
+        self.stream_with(channel, token, &[]).await
+    }
+
+    /// Like [`GatewayProcess::stream`], with extra headers (e.g. `Last-Event-ID`).
+    pub async fn stream_with(&self, channel: &str, token: &str, headers: &[(&str, &str)]) -> SseClient {
+        let auth = format!("Bearer {token}");
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        let mut s = self.open(&format!("/api/v1/streams/{channel}"), &all).await;
+        if s.status != 200 {
+            let body = s.read_body(WAIT).await;
+            panic!("stream {channel} answered {} (expected 200): {body}", s.status);
+        }
+        s
+    }
+
+    /// Waits until `/readyz` answers 200 (every source reached). Panics after [`WAIT`].
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = self.get("/readyz", &[]).await;
+            if r.status == 200 {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("/readyz still {} after {WAIT:?}: {}\nstderr:\n{}", r.status, r.body, self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.get("/metrics", &[]).await;
+        assert_eq!(r.status, 200, "/metrics: {}", r.body);
+        r.body
+    }
+
+    /// The value of one sample of `/metrics`, named exactly as exposed
+    /// (`sse_gateway_events_dropped_total{reason="not_json"}`); `None` when absent.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        parse_metric(&self.metrics().await, sample)
+    }
+
+    /// Waits until `sample` equals `value`; panics after [`WAIT`] with the last value seen.
+    pub async fn wait_metric(&self, sample: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let seen = self.metric(sample).await;
+            if seen == Some(value) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{sample} is {seen:?} after {WAIT:?}, expected {value}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One sample's value from Prometheus text: the line `SAMPLE VALUE`.
+pub fn parse_metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| name.trim() == sample)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} ({}) stderr ---\n{}--- end of stderr ---",
+                self.bin.file_name(),
+                self.addr,
+                self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+            );
+        }
+    }
+}
+
+async fn collect_lines<R: AsyncRead + Unpin>(
+    from: R,
+    into: Arc<Mutex<String>>,
+    mut first: Option<tokio::sync::oneshot::Sender<String>>,
+) {
+    let mut lines = BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(tx) = first.take() {
+            let _ = tx.send(line.clone());
+        }
+        let mut all = into.lock().unwrap();
+        all.push_str(&line);
+        all.push('\n');
+    }
+}
+
+async fn sleep_a_little() {
+    tokio::time::sleep(Duration::from_millis(200)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_metric;
+
+    #[test]
+    fn metric_samples_are_found_by_their_exact_name_and_labels() {
+        let text = "# HELP x y\n# TYPE x counter\nx{reason=\"a\"} 1\nx{reason=\"ab\"} 7\ng 2\n";
+        assert_eq!(parse_metric(text, "x{reason=\"a\"}"), Some(1.0));
+        assert_eq!(parse_metric(text, "x{reason=\"ab\"}"), Some(7.0));
+        assert_eq!(parse_metric(text, "g"), Some(2.0));
+        assert_eq!(parse_metric(text, "x"), None);
+    }
+}
