@@ -1,0 +1,192 @@
+//! Events from RabbitMQ to the browser: every event type of the seed arrives exactly as
+//! published (D4, D5, D6), invalid messages are dropped and counted (D4), and a message naming
+//! its recipients reaches only them (D3).
+
+use std::time::Duration;
+
+use sse_gateway_tests::payloads::{valid, valid_text, SEED_EVENTS};
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, Header, SseClient, SseEvent};
+
+/// `<epoch>-<seq>` parsed, when the id has that shape (ids are opaque; this only checks order).
+fn epoch_seq(id: &str) -> Option<(u64, u64)> {
+    let (e, s) = id.split_once('-')?;
+    Some((e.parse().ok()?, s.parse().ok()?))
+}
+
+fn assert_ids_increase(events: &[SseEvent]) {
+    for pair in events.windows(2) {
+        let (a, b) = (pair[0].id.as_deref().unwrap(), pair[1].id.as_deref().unwrap());
+        assert_ne!(a, b, "two events share an id");
+        if let (Some((ea, sa)), Some((eb, sb))) = (epoch_seq(a), epoch_seq(b)) {
+            assert!(ea == eb && sa < sb, "ids must increase within a channel: {a} then {b}");
+        }
+    }
+}
+
+async fn every_seed_event_type_arrives_with_id_type_and_data_exactly(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let roles = ["finance_manager"];
+    let mut streams: Vec<(&str, SseClient)> = Vec::new();
+    for channel in ["deals", "tasks", "notifications", "payments"] {
+        let s = if channel == "deals" {
+            // `?version=1` is what no version means; ask for it explicitly once.
+            let auth = format!("Bearer {}", user("ursula", &roles));
+            let s = fx.gw.open("/api/v1/streams/deals?version=1", &[("Authorization", &auth)]).await;
+            assert_eq!(s.status, 200);
+            s
+        } else {
+            fx.gw.stream(channel, &user("ursula", &roles)).await
+        };
+        streams.push((channel, s));
+    }
+
+    let mut published: Vec<(&str, &str, String)> = Vec::new();
+    for (i, (channel, kind)) in SEED_EVENTS.iter().enumerate() {
+        // Vary how the message says what it is, within the contract:
+        let body = match i {
+            2 => serde_json::to_string_pretty(&valid(kind)).unwrap(), // multi-line JSON
+            4 => {
+                let mut v = valid(kind); // a field the catalogue does not know passes through
+                v["broker_note"] = serde_json::json!({"nested": [1, 2, 3]});
+                v.to_string()
+            }
+            _ => valid_text(kind),
+        };
+        let mut m = fx.msg(channel, kind, &body);
+        if *channel == "notifications" {
+            m = m.recipients("ursula"); // a per-user channel never broadcasts
+        }
+        m = match i {
+            1 => {
+                m.kind = None; // no `type` property: the routing key is the event type
+                m
+            }
+            3 => m.header("schema_version", Header::Int(1)),
+            5 => m.header("schema_version", Header::Long(1)),
+            _ => m,
+        };
+        if i != 1 && *channel != "notifications" {
+            m.routing_key = "some.routing.key".into(); // the `type` property decides
+        }
+        fx.publish_msg(m).await;
+        published.push((channel, kind, body));
+    }
+
+    for (channel, stream) in &mut streams {
+        let expected: Vec<_> = published.iter().filter(|(c, _, _)| c == channel).collect();
+        let mut got = Vec::new();
+        for (_, kind, body) in &expected {
+            let ev = stream.expect_event(&format!("{kind} on {channel}")).await;
+            assert_eq!(ev.event, *kind, "event type on {channel}: {ev:?}");
+            assert_eq!(&ev.data, body, "data of {kind} must be the published body, byte for byte");
+            assert!(ev.id.as_deref().is_some_and(|id| !id.is_empty()), "{kind} has no id: {ev:?}");
+            got.push(ev);
+        }
+        assert_ids_increase(&got);
+    }
+}
+
+async fn invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut s = fx.gw.stream("deals", &user("alice", &[])).await;
+
+    let mut missing = valid("deal.created");
+    missing.as_object_mut().unwrap().remove("client_id");
+    let mut wrong_kind = valid("deal.updated");
+    wrong_kind["version"] = "five".into();
+    let bad = [
+        ("deal.created", missing.to_string(), "missing_field"),
+        ("deal.created", "{not json".to_string(), "not_json"),
+        ("deal.exploded", valid_text("deal.created"), "unknown_type"),
+        ("deal.updated", wrong_kind.to_string(), "wrong_kind"),
+        ("deal.created", "[1,2,3]".to_string(), "not_an_object"),
+    ];
+    for (kind, body, _) in &bad {
+        fx.publish("deals", kind, body).await;
+    }
+    let good = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &good).await;
+
+    let ev = s.expect_event("the valid event after the invalid ones").await;
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("deal.created", good.as_str()));
+
+    for (_, _, reason) in &bad {
+        let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(fx.gw.metric(&sample).await, Some(1.0), "{sample}");
+        assert!(fx.gw.stderr().contains(reason), "the drop for {reason} is not logged with its reason");
+    }
+
+    // Nothing stalled: the next one flows too, and the gateway is healthy.
+    let next = valid_text("deal.updated");
+    fx.publish("deals", "deal.updated", &next).await;
+    assert_eq!(s.expect_event("the next valid event").await.data, next);
+    assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
+}
+
+/// Reads events with ids until `marker`'s data arrives; returns the data seen before it.
+async fn data_until(s: &mut SseClient, marker: &str, who: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = s.expect_event(&format!("the end marker on {who}'s stream")).await;
+        assert_ne!(ev.event, "error", "{who}: {ev:?}");
+        if ev.data == marker {
+            return seen;
+        }
+        seen.push(ev.data);
+    }
+}
+
+async fn a_message_with_recipients_reaches_only_them(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let users = ["u1", "u2", "u3"];
+    let mut notif = Vec::new();
+    let mut deals = Vec::new();
+    for u in users {
+        notif.push(fx.gw.stream("notifications", &user(u, &[])).await);
+        deals.push(fx.gw.stream("deals", &user(u, &[])).await);
+    }
+
+    let n = |_: usize| valid_text("notification.sent");
+    let (for_u1, for_u2_u3, for_u3, for_nobody) = (n(1), n(2), n(3), n(4));
+    let send = |body: &str, to: Option<&str>| {
+        let mut m = fx.msg("notifications", "notification.sent", body);
+        if let Some(to) = to {
+            m = m.recipients(to);
+        }
+        m
+    };
+    fx.publish_msg(send(&for_u1, Some("u1"))).await;
+    fx.publish_msg(send(&for_u2_u3, Some("u2,u3"))).await;
+    fx.publish_msg(send(&for_nobody, None)).await; // per-user channel: dropped, counted
+    fx.publish_msg(send(&for_u3, Some("u3"))).await;
+    let marker = valid_text("notification.read");
+    fx.publish_msg(fx.msg("notifications", "notification.read", &marker).recipients("u1,u2,u3")).await;
+
+    let expected = [vec![for_u1.clone()], vec![for_u2_u3.clone()], vec![for_u2_u3.clone(), for_u3.clone()]];
+    for ((u, s), want) in users.iter().zip(&mut notif).zip(&expected) {
+        assert_eq!(&data_until(s, &marker, u).await, want, "notifications seen by {u}");
+    }
+    fx.gw.wait_metric("sse_gateway_events_dropped_total{reason=\"no_recipient\"}", 1.0).await;
+
+    // On a broadcast channel too, recipients narrow who gets it; without them all do.
+    let only_u2 = valid_text("deal.created");
+    let everyone = valid_text("deal.updated");
+    fx.publish_msg(fx.msg("deals", "deal.created", &only_u2).recipients("u2")).await;
+    fx.publish("deals", "deal.updated", &everyone).await;
+    for (u, s) in users.iter().zip(&mut deals) {
+        let want: Vec<String> = if *u == "u2" { vec![only_u2.clone()] } else { vec![] };
+        assert_eq!(data_until(s, &everyone, u).await, want, "deals seen by {u}");
+    }
+    // And nothing else trails behind.
+    for (u, s) in users.iter().zip(&mut notif) {
+        let late: Vec<_> = s.events_within(Duration::from_millis(300)).await.into_iter().filter(|e| e.id.is_some()).collect();
+        assert!(late.is_empty(), "{u} got more: {late:?}");
+    }
+}
+
+for_each_binary!(
+    every_seed_event_type_arrives_with_id_type_and_data_exactly,
+    invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow,
+    a_message_with_recipients_reaches_only_them,
+);

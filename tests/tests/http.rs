@@ -1,0 +1,152 @@
+//! The HTTP face of a stream request: heads, refusals and their bodies (D1, D2, D5, D10, D13).
+//! These run on the in-process source: no broker needed.
+
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, token, Bin, ConfigBuilder, GatewayProcess, SECRET, WAIT};
+
+async fn gateway(bin: Bin) -> GatewayProcess {
+    GatewayProcess::start(bin, &ConfigBuilder::new().render()).await
+}
+
+async fn the_gateway_prints_one_listening_line_and_answers_health(bin: Bin) {
+    let gw = gateway(bin).await;
+    let health = gw.get("/healthz", &[]).await;
+    assert_eq!(health.status, 200, "{health:?}");
+    let ready = gw.get("/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "in-process source is always ready: {ready:?}");
+    let metrics = gw.get("/metrics", &[]).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").unwrap_or_default().starts_with("text/plain"), "{metrics:?}");
+    assert!(metrics.body.contains("sse_gateway_streams_open{channel=\"deals\"} 0"), "{}", metrics.body);
+    assert_eq!(gw.stdout().lines().count(), 1, "stdout: {:?}", gw.stdout());
+}
+
+async fn a_stream_is_a_close_delimited_event_stream_starting_with_retry(bin: Bin) {
+    let gw = gateway(bin).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    assert_eq!(s.status_line.split(' ').next(), Some("HTTP/1.1"), "{}", s.status_line);
+    assert_eq!(s.header("content-type").map(|v| v.split(';').next().unwrap().trim()), Some("text/event-stream"));
+    assert_eq!(s.header("cache-control"), Some("no-cache"));
+    assert_eq!(s.header("x-accel-buffering"), Some("no"));
+    assert_eq!(s.header("content-length"), None, "a stream has no length: {:?}", s.headers);
+    assert_eq!(s.header("transfer-encoding"), None, "close-delimited, not chunked: {:?}", s.headers);
+    // `retry:` comes first; it dispatches no event, so wait for it through the parser.
+    let _ = s.next_event(std::time::Duration::from_millis(500)).await;
+    assert!(s.retry().is_some(), "no retry: field at the start of the stream");
+    assert!(!s.is_closed());
+}
+
+async fn no_token_gets_401_with_a_bearer_challenge(bin: Bin) {
+    let gw = gateway(bin).await;
+    let mut s = gw.open("/api/v1/streams/deals", &[]).await;
+    assert_eq!(s.status, 401);
+    let challenge = s.header("www-authenticate").unwrap_or_default().to_string();
+    assert!(challenge.starts_with("Bearer"), "WWW-Authenticate: {challenge:?}");
+    assert!(!challenge.contains("invalid_token"), "no token was sent: {challenge:?}");
+    let body = s.json_body().await;
+    assert_eq!(body["code"], "unauthorized", "{body}");
+    assert!(body["message"].is_string(), "error bodies carry a message: {body}");
+}
+
+async fn a_bad_token_gets_401_invalid_token(bin: Bin) {
+    let gw = gateway(bin).await;
+    let cases = [
+        ("garbage", "not.a.jwt".to_string()),
+        ("wrong secret", token("some-other-secret-0123456789abcd", "alice", &[], 3600)),
+        ("expired", token(SECRET, "alice", &[], -3600)),
+    ];
+    for (what, t) in cases {
+        let auth = format!("Bearer {t}");
+        let mut s = gw.open("/api/v1/streams/deals", &[("Authorization", &auth)]).await;
+        assert_eq!(s.status, 401, "{what}");
+        let challenge = s.header("www-authenticate").unwrap_or_default().to_string();
+        assert!(challenge.starts_with("Bearer"), "{what}: WWW-Authenticate: {challenge:?}");
+        assert!(challenge.contains("error=\"invalid_token\""), "{what}: WWW-Authenticate: {challenge:?}");
+        assert_eq!(s.json_body().await["code"], "unauthorized", "{what}");
+    }
+}
+
+async fn payments_without_finance_manager_is_forbidden_with_a_long_retry_then_closed(bin: Bin) {
+    let gw = gateway(bin).await;
+    let mut s = gw.stream("payments", &user("bob", &["sales_manager"])).await;
+    assert_eq!(s.header("content-type").map(|v| v.split(';').next().unwrap().trim()), Some("text/event-stream"));
+    let events = s.until_closed(WAIT).await.expect("the server closes a forbidden stream");
+    let errors: Vec<_> = events.iter().filter(|e| e.event == "error").collect();
+    assert_eq!(errors.len(), 1, "one error frame: {events:?}");
+    assert_eq!(errors[0].json()["code"], "forbidden");
+    assert_eq!(errors[0].id, None, "error frames have no id");
+    assert!(events.iter().all(|e| e.id.is_none()), "no event reaches a forbidden user: {events:?}");
+    let retry = s.retry().expect("a retry: field");
+    assert!(retry >= 60_000, "retry {retry} ms is below 60 s");
+}
+
+async fn a_finance_manager_may_open_payments(bin: Bin) {
+    let gw = gateway(bin).await;
+    let mut s = gw.stream("payments", &user("carol", &["finance_manager"])).await;
+    let early = s.events_within(std::time::Duration::from_millis(700)).await;
+    assert!(early.iter().all(|e| e.event != "error"), "{early:?}");
+    assert!(!s.is_closed());
+}
+
+async fn an_unknown_channel_is_404(bin: Bin) {
+    let gw = gateway(bin).await;
+    let auth = format!("Bearer {}", user("alice", &[]));
+    let mut s = gw.open("/api/v1/streams/no-such-channel", &[("Authorization", &auth)]).await;
+    assert_eq!(s.status, 404);
+    let body = s.json_body().await;
+    assert_eq!(body["code"], "unknown_channel", "{body}");
+    assert!(body["message"].is_string(), "{body}");
+}
+
+async fn an_accept_without_event_stream_is_406(bin: Bin) {
+    let gw = gateway(bin).await;
+    let auth = format!("Bearer {}", user("alice", &[]));
+    let mut s = gw
+        .open("/api/v1/streams/deals", &[("Authorization", &auth), ("Accept", "application/json")])
+        .await;
+    assert_eq!(s.status, 406);
+    assert!(s.json_body().await["code"].is_string());
+    for ok in ["*/*", "text/*", "text/html, text/event-stream;q=0.9"] {
+        let s = gw.open("/api/v1/streams/deals", &[("Authorization", &auth), ("Accept", ok)]).await;
+        assert_eq!(s.status, 200, "Accept: {ok}");
+    }
+}
+
+async fn an_unknown_version_is_400_listing_the_supported_ones(bin: Bin) {
+    let gw = gateway(bin).await;
+    let auth = format!("Bearer {}", user("alice", &[]));
+    let mut s = gw.open("/api/v1/streams/deals?version=2", &[("Authorization", &auth)]).await;
+    assert_eq!(s.status, 400);
+    let body = s.json_body().await;
+    assert_eq!(body["code"], "unsupported_version", "{body}");
+    assert_eq!(body["supported"], serde_json::json!([1]), "{body}");
+    let s = gw.open("/api/v1/streams/deals?version=1", &[("Authorization", &auth)]).await;
+    assert_eq!(s.status, 200, "version 1 is the seed's");
+}
+
+async fn the_jwt_secret_comes_from_the_environment_when_set(bin: Bin) {
+    let env_secret = "secret-from-the-environment-0123";
+    let gw = GatewayProcess::start_with_env(
+        bin,
+        &ConfigBuilder::new().render(),
+        &[("SSE_GATEWAY_JWT_SECRET", env_secret)],
+    )
+    .await;
+    let good = format!("Bearer {}", token(env_secret, "alice", &[], 3600));
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Authorization", &good)]).await.status, 200);
+    let config_secret = format!("Bearer {}", token(SECRET, "alice", &[], 3600));
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Authorization", &config_secret)]).await.status, 401);
+}
+
+for_each_binary!(
+    the_gateway_prints_one_listening_line_and_answers_health,
+    a_stream_is_a_close_delimited_event_stream_starting_with_retry,
+    no_token_gets_401_with_a_bearer_challenge,
+    a_bad_token_gets_401_invalid_token,
+    payments_without_finance_manager_is_forbidden_with_a_long_retry_then_closed,
+    a_finance_manager_may_open_payments,
+    an_unknown_channel_is_404,
+    an_accept_without_event_stream_is_406,
+    an_unknown_version_is_400_listing_the_supported_ones,
+    the_jwt_secret_comes_from_the_environment_when_set,
+);

@@ -1,0 +1,72 @@
+//! A source outage (D8): the broker link is cut by a proxy; streams stay open, get
+//! `source_unavailable` at once and every `warning_interval`, and after the link is back they get
+//! everything published meanwhile, in order, once.
+
+use std::time::Duration;
+
+use sse_gateway_tests::broker::amqp_addr;
+use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, SseClient, SseEvent, TcpProxy, WAIT};
+
+fn is_source_unavailable(ev: &SseEvent) -> bool {
+    ev.event == "warning"
+        && ev.id.is_none()
+        && ev.json() == serde_json::json!({"code": "source_unavailable", "channel": "deals"})
+}
+
+async fn expect_warning(s: &mut SseClient, what: &str) {
+    let ev = s.next_non_heartbeat(WAIT).await.unwrap_or_else(|| panic!("{what}: no warning within {WAIT:?}"));
+    assert!(is_source_unavailable(&ev), "{what}: expected source_unavailable for deals, got {ev:?}");
+}
+
+async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let cfg = ConfigBuilder::new()
+        .str("streams", "warning_interval", "1s")
+        .str("broker", "reconnect_min", "100ms")
+        .str("broker", "reconnect_max", "500ms");
+    let fx = Fixture::start_with(bin, cfg, &proxy.amqp_url()).await;
+    let alice = user("alice", &[]);
+    let mut s = fx.gw.stream("deals", &alice).await;
+
+    let before = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &before).await;
+    assert_eq!(s.expect_event("the event before the outage").await.data, before);
+
+    proxy.cut();
+    expect_warning(&mut s, "at once after the cut").await;
+    expect_warning(&mut s, "again after warning_interval").await;
+
+    // Published straight to RabbitMQ (not through the proxy) while the gateway cannot reach it:
+    // the gateway's durable queue keeps them.
+    let mut during = Vec::new();
+    for kind in ["deal.updated", "calculation.added", "deal.journal.appended"] {
+        let body = valid_text(kind);
+        fx.publish("deals", kind, &body).await;
+        during.push(body);
+    }
+    // A stream opened during the outage is told at once.
+    let mut late = fx.gw.stream("deals", &user("bob", &[])).await;
+    expect_warning(&mut late, "on a stream opened during the outage").await;
+    assert!(!s.is_closed() && !late.is_closed(), "streams stay open during an outage");
+
+    proxy.restore();
+    for (who, stream) in [("alice", &mut s), ("bob", &mut late)] {
+        let mut got = Vec::new();
+        for _ in 0..during.len() {
+            let ev = stream.expect_event(&format!("an event published during the outage, on {who}'s stream")).await;
+            assert_ne!(ev.event, "error", "{ev:?}");
+            got.push(ev.data);
+        }
+        assert_eq!(got, during, "{who}: every event published during the outage, in order, once");
+    }
+    let after = valid_text("deal.updated");
+    fx.publish("deals", "deal.updated", &after).await;
+    assert_eq!(s.expect_event("the event after the outage").await.data, after, "no duplicate before it");
+    let trailing: Vec<_> = s.events_within(Duration::from_millis(300)).await.into_iter().filter(|e| e.id.is_some()).collect();
+    assert!(trailing.is_empty(), "duplicates: {trailing:?}");
+    fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
+}
+
+for_each_binary!(a_broker_outage_warns_repeatedly_and_loses_nothing);

@@ -1,0 +1,110 @@
+//! Resuming after a dropped connection with `Last-Event-ID` (D6).
+
+use std::time::Duration;
+
+use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, SseEvent};
+
+const TYPES: [&str; 3] = ["deal.created", "deal.updated", "calculation.added"];
+
+async fn publish_n(fx: &Fixture, n: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for i in 0..n {
+        let kind = TYPES[i % TYPES.len()];
+        let body = valid_text(kind);
+        fx.publish("deals", kind, &body).await;
+        bodies.push(body);
+    }
+    bodies
+}
+
+fn data(events: &[SseEvent]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+async fn a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live_ones(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let alice = user("alice", &[]);
+    let mut s = fx.gw.stream("deals", &alice).await;
+    let before = publish_n(&fx, 3).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(s.expect_event("an event before the drop").await);
+    }
+    assert_eq!(data(&seen), before);
+    let last_id = s.last_event_id();
+    assert_eq!(Some(last_id.as_str()), seen[2].id.as_deref());
+    drop(s); // the connection drops
+
+    let missed = publish_n(&fx, 3).await;
+    let mut s = fx.gw.stream_with("deals", &alice, &[("Last-Event-ID", &last_id)]).await;
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let ev = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a replayed event");
+        assert!(ev.id.is_some(), "expected a replayed event, got {ev:?} (no history_gap inside the window)");
+        replayed.push(ev);
+    }
+    assert_eq!(data(&replayed), missed, "exactly the missed events, in order");
+    let ids: Vec<_> = seen.iter().chain(&replayed).map(|e| e.id.clone().unwrap()).collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "an id came twice: {ids:?}");
+
+    let live = publish_n(&fx, 1).await;
+    let ev = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("the live event");
+    assert_eq!(ev.data, live[0], "after the replay comes the live event, nothing in between");
+    let extra: Vec<_> = s.events_within(Duration::from_millis(300)).await.into_iter().filter(|e| e.id.is_some()).collect();
+    assert!(extra.is_empty(), "duplicates after the live event: {extra:?}");
+}
+
+async fn the_last_event_id_query_parameter_resumes_a_first_connect(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let alice = user("alice", &[]);
+    let mut s = fx.gw.stream("deals", &alice).await;
+    publish_n(&fx, 1).await;
+    let first = s.expect_event("the first event").await;
+    drop(s);
+    let missed = publish_n(&fx, 2).await;
+    let auth = format!("Bearer {alice}");
+    let path = format!("/api/v1/streams/deals?last_event_id={}", first.id.unwrap());
+    let mut s = fx.gw.open(&path, &[("Authorization", &auth)]).await;
+    assert_eq!(s.status, 200);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a replayed event"));
+    }
+    assert_eq!(data(&got), missed);
+}
+
+async fn an_unknown_last_event_id_gets_history_gap_first_then_live_events(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut s = fx.gw.stream("deals", &user("alice", &[])).await;
+    publish_n(&fx, 2).await;
+    s.expect_event("a first event").await;
+    let real = s.expect_event("a second event").await.id.unwrap();
+    drop(s);
+    let mut stale = vec!["garbage".to_string(), format!("{real}-7")];
+    if let Some((epoch, seq)) = real.split_once('-').and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?))) {
+        stale.push(format!("{}-{seq}", epoch.saturating_sub(1))); // an earlier epoch
+        stale.push(format!("{epoch}-{}", seq + 1_000_000)); // never issued
+    }
+    for id in &stale {
+        let mut s = fx.gw.stream_with("deals", &user("alice", &[]), &[("Last-Event-ID", id)]).await;
+        let ev = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a first frame");
+        assert_eq!(ev.event, "warning", "Last-Event-ID {id:?}: {ev:?}");
+        assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}));
+        assert_eq!(ev.id, None);
+        let live = publish_n(&fx, 1).await;
+        assert_eq!(s.expect_event("a live event after the gap").await.data, live[0], "{id:?}");
+    }
+    let gaps = fx.gw.metric("sse_gateway_history_gaps_total").await.unwrap_or(0.0);
+    assert!(gaps >= stale.len() as f64, "history_gaps_total {gaps}");
+}
+
+for_each_binary!(
+    a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live_ones,
+    the_last_event_id_query_parameter_resumes_a_first_connect,
+    an_unknown_last_event_id_gets_history_gap_first_then_live_events,
+);

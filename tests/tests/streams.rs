@@ -1,0 +1,125 @@
+//! Life of an open stream: heartbeats (D7), token expiry (D1), the per-user limit (D9), and the
+//! open-streams gauge returning to zero (D13).
+
+use std::time::Duration;
+
+use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, sleep, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SECRET, WAIT};
+
+async fn heartbeats_follow_every_idle_second(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("streams", "heartbeat", "1s");
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    for n in 1..=2 {
+        let ev = s.next_event(WAIT).await.unwrap_or_else(|| panic!("heartbeat {n} did not come"));
+        assert_eq!((ev.event.as_str(), ev.data.as_str(), ev.id.as_deref()), ("heartbeat", "", None), "{ev:?}");
+    }
+}
+
+async fn a_token_expiring_mid_stream_ends_it_with_token_expired(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("auth", "leeway_secs", "0");
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    let mut s = gw.stream("deals", &token(SECRET, "alice", &[], 2)).await;
+    let events = s.until_closed(WAIT).await.expect("the stream closes when its token expires");
+    let last = events.iter().rev().find(|e| e.event != "heartbeat").expect("an error frame before the close");
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.json()["code"], "token_expired");
+    assert_eq!(last.id, None);
+}
+
+async fn the_open_streams_gauge_counts_streams_and_returns_to_zero(bin: Bin) {
+    let gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let a = gw.stream("deals", &user("alice", &[])).await;
+    let b = gw.stream("deals", &user("bob", &[])).await;
+    let c = gw.stream("tasks", &user("bob", &[])).await;
+    gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", 2.0).await;
+    gw.wait_metric("sse_gateway_streams_open{channel=\"tasks\"}", 1.0).await;
+    drop(a);
+    gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", 1.0).await;
+    drop((b, c));
+    gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", 0.0).await;
+    gw.wait_metric("sse_gateway_streams_open{channel=\"tasks\"}", 0.0).await;
+}
+
+/// Tries to open `channel` for `tok` until it is accepted, every 200 ms, within [`WAIT`];
+/// every refusal on the way must be a 409 `stream_limit`.
+async fn open_once_allowed(gw: &GatewayProcess, channel: &str, tok: &str) -> sse_gateway_tests::SseClient {
+    let auth = format!("Bearer {tok}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut s = gw.open(&format!("/api/v1/streams/{channel}"), &[("Authorization", &auth)]).await;
+        if s.status == 200 {
+            return s;
+        }
+        assert_eq!(s.status, 409, "only a 409 may refuse it while the oldest stream is young");
+        assert_eq!(s.json_body().await["code"], "stream_limit");
+        assert!(std::time::Instant::now() < deadline, "still 409 after {WAIT:?}");
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evicted(bin: Bin) {
+    let cfg = ConfigBuilder::new()
+        .raw("streams", "max_per_user", "2")
+        .str("streams", "min_stream_age", "2s")
+        .str("streams", "limit_policy", "evict_oldest");
+    let fx = Fixture::start(bin, cfg).await;
+    let alice = user("alice", &[]);
+    let mut oldest = fx.gw.stream("deals", &alice).await;
+    let mut second = fx.gw.stream("tasks", &alice).await;
+
+    // Both of alice's streams are younger than min_stream_age: the third is refused.
+    let mut third = fx.gw.open("/api/v1/streams/deals", &[("Authorization", &format!("Bearer {alice}"))]).await;
+    assert_eq!(third.status, 409);
+    let body = third.json_body().await;
+    assert_eq!(body["code"], "stream_limit", "{body}");
+    assert!(body["message"].is_string(), "{body}");
+
+    // The limit is per user: bob is not affected.
+    let mut bob = fx.gw.stream("deals", &user("bob", &[])).await;
+
+    // Once the oldest is old enough, the newcomer evicts it.
+    let mut newest = open_once_allowed(&fx.gw, "deals", &alice).await;
+    let events = oldest.until_closed(WAIT).await.expect("the evicted stream is closed");
+    let errors: Vec<_> = events.iter().filter(|e| e.event == "error").collect();
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0].json()["code"], "stream_limit");
+
+    // The others stay and keep receiving.
+    let deal = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &deal).await;
+    let task = valid_text("task.created");
+    fx.publish("tasks", "task.created", &task).await;
+    assert_eq!(newest.expect_event("the deal on the new stream").await.data, deal);
+    assert_eq!(bob.expect_event("the deal on bob's stream").await.data, deal);
+    assert_eq!(second.expect_event("the task on the second stream").await.data, task);
+    assert!(!second.is_closed() && !newest.is_closed());
+
+    fx.gw.wait_metric("sse_gateway_evictions_total", 1.0).await;
+    assert!(fx.gw.metric("sse_gateway_stream_limit_rejections_total").await >= Some(1.0));
+}
+
+async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
+    let cfg = ConfigBuilder::new()
+        .raw("streams", "max_per_user", "1")
+        .str("streams", "min_stream_age", "0s")
+        .str("streams", "limit_policy", "reject");
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    let alice = user("alice", &[]);
+    let mut first = gw.stream("deals", &alice).await;
+    sleep(Duration::from_millis(300)).await;
+    let mut second = gw.open("/api/v1/streams/tasks", &[("Authorization", &format!("Bearer {alice}"))]).await;
+    assert_eq!(second.status, 409);
+    assert_eq!(second.json_body().await["code"], "stream_limit");
+    let early = first.events_within(Duration::from_millis(300)).await;
+    assert!(early.iter().all(|e| e.event != "error") && !first.is_closed(), "{early:?}");
+}
+
+for_each_binary!(
+    heartbeats_follow_every_idle_second,
+    a_token_expiring_mid_stream_ends_it_with_token_expired,
+    the_open_streams_gauge_counts_streams_and_returns_to_zero,
+    past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evicted,
+    with_the_reject_policy_the_limit_always_answers_409,
+);
