@@ -1,0 +1,234 @@
+//! RabbitMQ sources (D4, D8): one connection, one AMQP channel and consumer per gateway channel.
+//!
+//! Each source runs its own loop: get a channel on the shared connection (connecting if needed),
+//! declare its topology, consume with manual acks; each delivery is mapped to an
+//! `UpstreamMessage`, validated by the channel's `Ingest`, sent to every shard, then acked (a
+//! dropped message is logged once and acked too: nothing is redelivered in a loop). When the
+//! connection, the channel or the consumer ends, the source is down (the shards warn its
+//! streams), and it retries with capped exponential backoff and jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_rs::Runtime;
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use sse_gateway_core::config::{BrokerConfig, SourceSettings};
+use sse_gateway_core::{ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::driver::Shards;
+
+/// Time to establish the connection before the attempt counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shared connection, (re)established by whichever source needs it first.
+struct Link {
+    uri: String,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl Link {
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| c.status().connected()) {
+            return c.create_channel().await.map_err(|e| e.to_string());
+        }
+        let props = ConnectionProperties::default().with_connection_name("sse-gateway".into());
+        let connect = Connection::connect_with_runtime(&self.uri, props, Runtime::tokio_current());
+        let c = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("cannot connect to the broker: {e}")),
+            Err(_) => return Err("cannot connect to the broker: timed out".into()),
+        };
+        info!("connected to the broker");
+        let ch = c.create_channel().await.map_err(|e| e.to_string());
+        *conn = Some(c);
+        ch
+    }
+}
+
+/// Adds `heartbeat=10` to a URI without one, so a dead peer is noticed within seconds.
+fn with_heartbeat(uri: &str) -> String {
+    let query = uri.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|kv| kv.starts_with("heartbeat=")) {
+        uri.to_string()
+    } else {
+        format!("{uri}{}heartbeat=10", if uri.contains('?') { '&' } else { '?' })
+    }
+}
+
+/// Starts every channel's source on the broker. Event ids use `epoch` (the process start).
+pub fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, broker: &BrokerConfig, shards: &Shards, epoch: u64) {
+    let link = Arc::new(Link { uri: with_heartbeat(&broker.url), conn: Mutex::new(None) });
+    for ch in &settings.channels {
+        let Some(id) = settings.channel_id(&ch.name) else { continue };
+        let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
+        let source = Source { link: link.clone(), settings: settings.clone(), shards: shards.clone(), id, name: ch.name.clone() };
+        tokio::spawn(source.run(ingest, broker.clone()));
+    }
+}
+
+struct Source {
+    link: Arc<Link>,
+    settings: Arc<Settings>,
+    shards: Shards,
+    id: ChannelId,
+    name: String,
+}
+
+impl Source {
+    async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
+        let mut delay = broker.reconnect_min;
+        loop {
+            let mut consumed = false;
+            let why = match self.consume(&mut ingest, &broker, &mut consumed).await {
+                Ok(()) => "the consumer was cancelled".to_string(),
+                Err(e) => e,
+            };
+            warn!(channel = %self.name, error = %why, "source unavailable");
+            self.shards.source(self.id, false).await;
+            if consumed {
+                delay = broker.reconnect_min;
+            }
+            // Full jitter over the upper half: [delay/2, delay].
+            let half = delay / 2;
+            let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
+            tokio::time::sleep(half + Duration::from_millis(jitter)).await;
+            delay = (delay * 2).min(broker.reconnect_max).max(broker.reconnect_min);
+        }
+    }
+
+    /// Declares, consumes until the consumer ends; `consumed` turns true once it is consuming.
+    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, consumed: &mut bool) -> Result<(), String> {
+        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        let mut chan = self.link.channel().await?;
+        let queue = match &self.settings.channel(self.id).source {
+            SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
+                let kind = match kind.as_str() {
+                    "topic" => ExchangeKind::Topic,
+                    "direct" => ExchangeKind::Direct,
+                    "fanout" => ExchangeKind::Fanout,
+                    "headers" => ExchangeKind::Headers,
+                    other => ExchangeKind::Custom(other.to_string()),
+                };
+                let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+                if let Err(err) = chan.exchange_declare(exchange.as_str().into(), kind.clone(), opts, FieldTable::default()).await {
+                    // It exists with other settings: use it as it is (the failed declare closed the channel).
+                    warn!(channel = %self.name, exchange = %exchange, error = %err, "exchange declare refused; checking it exists");
+                    chan = self.link.channel().await?;
+                    let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+                    chan.exchange_declare(exchange.as_str().into(), kind, passive, FieldTable::default())
+                        .await
+                        .map_err(e("exchange declare"))?;
+                }
+                chan = self.declare_queue(chan, queue).await?;
+                for key in routing_keys {
+                    chan.queue_bind(queue.as_str().into(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                        .await
+                        .map_err(e("queue bind"))?;
+                }
+                queue
+            }
+            SourceSettings::Queue { queue } => {
+                chan = self.declare_queue(chan, queue).await?;
+                queue
+            }
+        };
+        chan.basic_qos(broker.prefetch, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
+        let tag = format!("sse-gateway.{}", self.name);
+        let mut consumer = chan
+            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(e("basic.consume"))?;
+        info!(channel = %self.name, queue = %queue, "source consuming");
+        *consumed = true;
+        self.shards.source(self.id, true).await;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery.map_err(e("consumer"))?;
+            match ingest.handle_message(&message(&delivery)) {
+                Ok(ev) => self.shards.event(&ev).await,
+                Err(d) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
+            }
+            delivery.ack(BasicAckOptions::default()).await.map_err(e("basic.ack"))?;
+        }
+        Ok(())
+    }
+
+    /// Declares `queue` durable; if it exists with other arguments, checks it passively instead.
+    async fn declare_queue(&self, chan: Channel, queue: &str) -> Result<Channel, String> {
+        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        match chan.queue_declare(queue.into(), opts, FieldTable::default()).await {
+            Ok(_) => Ok(chan),
+            Err(err) => {
+                warn!(channel = %self.name, queue = %queue, error = %err, "queue declare refused; checking it exists");
+                let chan = self.link.channel().await?;
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                chan.queue_declare(queue.into(), passive, FieldTable::default())
+                    .await
+                    .map_err(|e| format!("queue declare: {e}"))?;
+                Ok(chan)
+            }
+        }
+    }
+}
+
+/// Maps a delivery to the core's message (D4): type property, routing key, two headers,
+/// message id, body. The position is `None`: classic queues have no offsets.
+fn message(d: &Delivery) -> UpstreamMessage {
+    let p = &d.properties;
+    let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).map(header_value);
+    UpstreamMessage {
+        kind: p.kind().as_ref().map(|k| k.as_str().to_string()),
+        routing_key: d.routing_key.as_str().to_string(),
+        recipient_ids: header("recipient_ids"),
+        schema_version: header("schema_version"),
+        message_id: p.message_id().as_ref().map(|m| m.as_str().to_string()),
+        body: d.data.clone().into(),
+        position: None,
+    }
+}
+
+fn header_value(v: &AMQPValue) -> HeaderValue {
+    match v {
+        AMQPValue::ShortShortInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::ShortShortUInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::ShortInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::ShortUInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::LongInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::LongUInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
+        AMQPValue::ShortString(s) => HeaderValue::Text(s.as_str().to_string()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(t) => HeaderValue::Text(t.to_string()),
+            Err(_) => HeaderValue::Other,
+        },
+        _ => HeaderValue::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_only_when_missing() {
+        assert_eq!(with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=10");
+        assert_eq!(with_heartbeat("amqp://h/%2f?frame_max=8192"), "amqp://h/%2f?frame_max=8192&heartbeat=10");
+        assert_eq!(with_heartbeat("amqp://h/%2f?heartbeat=30"), "amqp://h/%2f?heartbeat=30");
+    }
+
+    #[test]
+    fn integer_and_string_headers_map_and_others_are_refused() {
+        assert_eq!(header_value(&AMQPValue::LongInt(2)), HeaderValue::Int(2));
+        assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), HeaderValue::Text("a,b".into()));
+        assert_eq!(header_value(&AMQPValue::Double(1.0)), HeaderValue::Other);
+    }
+}
