@@ -321,19 +321,18 @@ impl Front {
     pub fn route(&self, buf: &[u8], unix_now: u64) -> Routed {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let max = self.settings.config.server.max_head_bytes;
-        let head = match parse_head(buf, &mut headers, max) {
-            Parsed::Partial => return Routed::Partial,
+        let routed = match parse_head(buf, &mut headers, max) {
+            Parsed::Partial => Routed::Partial,
             Parsed::TooLarge => {
-                return Routed::Respond(Response::error(431, "head_too_large", "request head too large", "", None))
+                Routed::Respond(Response::error(431, "head_too_large", "request head too large", "", None))
             }
-            Parsed::Bad => {
-                return Routed::Respond(Response::error(400, "bad_request", "malformed HTTP request", "", None))
+            Parsed::Bad => Routed::Respond(Response::error(400, "bad_request", "malformed HTTP request", "", None)),
+            Parsed::Complete(head) => {
+                let cors = self.allowed_origin(head.origin);
+                self.route_head(&head, cors.as_deref(), unix_now)
             }
-            Parsed::Complete(h) => h,
         };
-        let cors = self.allowed_origin(head.origin);
-        let cors = cors.as_deref();
-        let routed = self.route_head(&head, cors, unix_now);
+        // Every refusal is counted here, the 431 and 400 of unparsable heads included.
         if let Routed::Respond(r) = &routed {
             self.metrics.response(r.status);
         }

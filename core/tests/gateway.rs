@@ -245,6 +245,9 @@ fn an_oversized_head_gets_431_and_a_partial_head_asks_for_more() {
     );
     assert_eq!(h.route(b"GET /api/v1/streams/deals HTTP/1.1\r\nAccept: text/"), Routed::Partial);
     assert!(respond(h.route(b"\x00\x01garbage\r\n\r\n")).starts_with("HTTP/1.1 400 Bad Request"));
+    let text = h.metrics.render();
+    assert!(text.contains("sse_gateway_http_responses_total{status=\"431\"} 1\n"), "{text}");
+    assert!(text.contains("sse_gateway_http_responses_total{status=\"400\"} 1\n"), "{text}");
 }
 
 #[test]
