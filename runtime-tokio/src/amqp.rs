@@ -22,7 +22,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
 use sse_gateway_core::{ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::driver::Shards;
 
@@ -87,17 +87,27 @@ struct Source {
 impl Source {
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
         let mut delay = broker.reconnect_min;
+        let mut failures = 0u64;
         loop {
             let mut consumed = false;
             let why = match self.consume(&mut ingest, &broker, &mut consumed).await {
                 Ok(()) => "the consumer was cancelled".to_string(),
                 Err(e) => e,
             };
-            warn!(channel = %self.name, error = %why, "source unavailable");
-            self.shards.source(self.id, false).await;
             if consumed {
                 delay = broker.reconnect_min;
+                failures = 0;
             }
+            failures += 1;
+            // The loss is news; the retries that follow are not (every 10th is logged).
+            if failures == 1 {
+                warn!(channel = %self.name, error = %why, "source unavailable");
+            } else if failures % 10 == 0 {
+                warn!(channel = %self.name, error = %why, failures, "source still unavailable");
+            } else {
+                debug!(channel = %self.name, error = %why, failures, "reconnect failed");
+            }
+            self.shards.source(self.id, false).await;
             // Full jitter over the upper half: [delay/2, delay].
             let half = delay / 2;
             let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
