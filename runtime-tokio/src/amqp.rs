@@ -102,7 +102,7 @@ impl Source {
             // The loss is news; the retries that follow are not (every 10th is logged).
             if failures == 1 {
                 warn!(channel = %self.name, error = %why, "source unavailable");
-            } else if failures % 10 == 0 {
+            } else if failures.is_multiple_of(10) {
                 warn!(channel = %self.name, error = %why, failures, "source still unavailable");
             } else {
                 debug!(channel = %self.name, error = %why, failures, "reconnect failed");

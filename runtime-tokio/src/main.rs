@@ -30,7 +30,13 @@ use tracing::{info, warn};
 /// Without a configuration file every setting has its default: the in-process source on
 /// 127.0.0.1:8080 (no broker). Environment: SSE_GATEWAY_JWT_SECRET (over auth.secret),
 /// SSE_GATEWAY_AMQP_URL (over broker.url; turns the broker on), RUST_LOG (log filter, default
-/// info). Once listening it prints `listening on http://ADDR` on stdout; logs go to stderr.
+/// info). Once listening it prints `listening on http://ADDR` on stdout (with --demo two more
+/// lines follow: `token: JWT` and `demo page: URL`); logs go to stderr.
+///
+/// Ops endpoints: /healthz (200 while the process serves), /readyz (200 once every channel's
+/// source has been reached and is up now, else 503 naming the channels down), /metrics
+/// (Prometheus text). SIGTERM/SIGINT stop accepting, close every stream with a retry hint and
+/// exit within server.shutdown_drain.
 #[derive(Parser, Debug)]
 #[command(name = "sse-gateway", version)]
 struct Cli {
