@@ -81,28 +81,54 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// Writes `GET path` with `Host` and these headers.
 pub async fn write_get(stream: &mut TcpStream, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    write_request(stream, addr, "GET", path, headers, b"").await
+}
+
+/// Writes a request with `Host`, these headers and, when `body` is not empty, `Content-Length`
+/// and the body.
+pub async fn write_request(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.expect("write the request");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.expect("write the request");
 }
 
 /// `GET path` with `Connection: close` and these headers; reads the whole response (to
 /// `Content-Length`, else to the end). Panics after [`WAIT`].
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    http_request(addr, "GET", path, headers, b"").await
+}
+
+/// Any request, like [`http_get`].
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     tokio::time::timeout(WAIT, async {
         let mut s = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         let mut all = vec![("Connection", "close")];
         all.extend_from_slice(headers);
-        write_get(&mut s, addr, path, &all).await;
+        write_request(&mut s, addr, method, path, &all, body).await;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {
             if let Some(end) = head_end(&buf) {
                 let head = parse_head(&buf[..end]);
-                if let Some(len) = header(&head.headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
+                let len = header(&head.headers, "content-length").and_then(|l| l.parse::<usize>().ok());
+                // A 204/304 or a length-delimited body is complete without the close.
+                let len = if head.status == 204 || head.status == 304 { Some(0) } else { len };
+                if let Some(len) = len {
                     if buf.len() >= end + len {
                         return finish(head, &buf[end..end + len]);
                     }
@@ -114,13 +140,13 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
             }
         }
         let end = head_end(&buf).unwrap_or_else(|| {
-            panic!("GET {path}: connection closed before a full head: {:?}", String::from_utf8_lossy(&buf))
+            panic!("{method} {path}: connection closed before a full head: {:?}", String::from_utf8_lossy(&buf))
         });
         let head = parse_head(&buf[..end]);
         finish(head, &buf[end..])
     })
     .await
-    .unwrap_or_else(|_| panic!("GET {path}: no complete response within {WAIT:?}"))
+    .unwrap_or_else(|_| panic!("{method} {path}: no complete response within {WAIT:?}"))
 }
 
 fn finish(head: Head, body: &[u8]) -> Response {

@@ -5,12 +5,18 @@
 //! Every scenario is written once, as `async fn scenario(bin: Bin)`, and [`for_each_binary!`]
 //! turns it into one `#[tokio::test]` per gateway binary (`tokio::scenario`, `smol::scenario`).
 //!
+//! Running: `.ci/ensure-rabbitmq`, `cargo build --release --workspace`, then
+//! `cargo test --release -p sse-gateway-tests` (the test build's profile picks the binaries'
+//! profile directory). `SSE_GATEWAY_TARGET_DIR` points at another target directory,
+//! `SSE_GATEWAY_TEST_AMQP_URL` at another broker. Each test uses its own exchanges and queues
+//! (unique suffix) and deletes them at the end, so tests run in parallel.
+//!
 //! Modules, one concern each:
 //! - [`bin`]: which gateway binaries exist and where.
 //! - [`process`]: [`GatewayProcess`], a running gateway with its stderr kept for log checks.
 //! - [`config`]: [`ConfigBuilder`], the TOML file a test hands the gateway.
 //! - [`sse`]: [`EventStreamParser`] (the WHATWG event-stream rules, sans IO) and [`SseClient`].
-//! - [`http`]: [`http_get`] for plain responses, [`Response`].
+//! - [`http`]: [`http_get`] / [`http_request`] for plain responses, [`Response`].
 //! - [`broker`]: [`Broker`] (lapin publisher) and [`Topology`] (unique names per test).
 //! - [`proxy`]: [`TcpProxy`], a forwarder to RabbitMQ that can be cut and restored.
 //! - [`token`]: [`token`], real HS256 JWTs.
@@ -36,7 +42,7 @@ pub use bin::Bin;
 pub use broker::{Broker, Header, Message, Topology};
 pub use config::ConfigBuilder;
 pub use fixture::Fixture;
-pub use http::{http_get, Response};
+pub use http::{http_get, http_request, Response};
 pub use process::GatewayProcess;
 pub use proxy::TcpProxy;
 pub use sse::{EventStreamParser, SseClient, SseEvent};

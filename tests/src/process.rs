@@ -99,6 +99,22 @@ impl GatewayProcess {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Sends SIGTERM (graceful shutdown, D12).
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the gateway is still running");
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`; `None` when it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -107,6 +123,11 @@ impl GatewayProcess {
     /// `GET path` with these headers (a plain, non-stream response).
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         http_get(self.addr, path, headers).await
+    }
+
+    /// Any request (a plain, non-stream response).
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        crate::http_request(self.addr, method, path, headers, body).await
     }
 
     /// Opens `GET path` as an event stream with `Accept: text/event-stream` and these headers.

@@ -45,6 +45,7 @@ pub struct EventStreamParser {
     block_id: Option<String>,
     last_event_id: String,
     retry: Option<u64>,
+    retry_fields: usize,
     comments: usize,
     ready: std::collections::VecDeque<SseEvent>,
 }
@@ -90,6 +91,11 @@ impl EventStreamParser {
         self.retry
     }
 
+    /// Valid `retry:` fields seen so far.
+    pub fn retry_fields(&self) -> usize {
+        self.retry_fields
+    }
+
     /// Comment lines seen (`:` first).
     pub fn comments(&self) -> usize {
         self.comments
@@ -127,6 +133,7 @@ impl EventStreamParser {
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 self.retry = value.parse().ok();
+                self.retry_fields += 1;
             }
             _ => {} // unknown fields, an id with NUL and a non-numeric retry are ignored
         }
@@ -224,6 +231,11 @@ impl SseClient {
     /// The last `retry:` value received, in milliseconds.
     pub fn retry(&self) -> Option<u64> {
         self.parser.retry()
+    }
+
+    /// Valid `retry:` fields received so far.
+    pub fn retry_fields(&self) -> usize {
+        self.parser.retry_fields()
     }
 
     /// The id a browser would send as `Last-Event-ID` on reconnect.
@@ -394,6 +406,7 @@ mod tests {
     fn a_block_without_data_dispatches_nothing_but_keeps_retry_and_id() {
         let (evs, p) = parse(&[b"retry: 3500\n\nid: 9\nevent: x\n\nretry: 12a\n\ndata: y\n\n"]);
         assert_eq!(p.retry(), Some(3500));
+        assert_eq!(p.retry_fields(), 1, "`retry: 12a` is not a retry field");
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].event, "message", "the event type is reset by the empty block");
         assert_eq!(evs[0].id, None, "the id field belonged to the earlier block");

@@ -105,22 +105,26 @@ async fn invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow(b
     for (kind, body, _) in &bad {
         fx.publish("deals", kind, body).await;
     }
+    let v2 = fx.msg("deals", "deal.created", &valid_text("deal.created")).header("schema_version", Header::Int(2));
+    fx.publish_msg(v2).await; // the channel has only version 1
     let good = valid_text("deal.created");
-    fx.publish("deals", "deal.created", &good).await;
+    let twice = fx.msg("deals", "deal.created", &good);
+    fx.publish_msg(twice.clone()).await;
+    fx.publish_msg(twice).await; // the same message_id again: a redelivered duplicate
 
     let ev = s.expect_event("the valid event after the invalid ones").await;
     assert_eq!((ev.event.as_str(), ev.data.as_str()), ("deal.created", good.as_str()));
+    // Nothing stalled: the next one flows too, right after the first (the duplicate is gone).
+    let next = valid_text("deal.updated");
+    fx.publish("deals", "deal.updated", &next).await;
+    assert_eq!(s.expect_event("the next valid event").await.data, next, "the duplicate was delivered");
 
-    for (_, _, reason) in &bad {
+    let reasons = bad.iter().map(|(_, _, r)| *r).chain(["unsupported_version", "duplicate"]);
+    for reason in reasons {
         let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
         assert_eq!(fx.gw.metric(&sample).await, Some(1.0), "{sample}");
         assert!(fx.gw.stderr().contains(reason), "the drop for {reason} is not logged with its reason");
     }
-
-    // Nothing stalled: the next one flows too, and the gateway is healthy.
-    let next = valid_text("deal.updated");
-    fx.publish("deals", "deal.updated", &next).await;
-    assert_eq!(s.expect_event("the next valid event").await.data, next);
     assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
 }
 

@@ -138,6 +138,64 @@ async fn the_jwt_secret_comes_from_the_environment_when_set(bin: Bin) {
     assert_eq!(gw.open("/api/v1/streams/deals", &[("Authorization", &config_secret)]).await.status, 401);
 }
 
+async fn a_token_may_come_from_the_configured_cookie_or_query_parameter_and_is_never_logged(bin: Bin) {
+    let t = user("alice", &[]);
+    let cookie = format!("theme=dark; sse_token={t}; other=1");
+    let query = format!("/api/v1/streams/deals?access_token={t}");
+
+    // Off by default: only the Authorization header counts.
+    let gw = gateway(bin).await;
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 401, "cookie off by default");
+    assert_eq!(gw.open(&query, &[]).await.status, 401, "query parameter off by default");
+
+    let cfg = ConfigBuilder::new().str("auth", "cookie", "sse_token").raw("auth", "query_param", "true");
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 200, "token in the cookie");
+    assert_eq!(gw.open(&query, &[]).await.status, 200, "token in access_token");
+    let _ = gw.get("/metrics", &[]).await; // give the logs a moment to be written
+    assert!(!gw.stderr().contains(&t), "a token was written to the log:\n{}", gw.stderr());
+}
+
+async fn cors_answers_configured_origins_only_with_credentials_and_the_resume_header(bin: Bin) {
+    let origin = "https://app.example.com";
+    let cfg = ConfigBuilder::new().strs("server", "cors_origins", &[origin]);
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    let pre = gw
+        .request(
+            "OPTIONS",
+            "/api/v1/streams/deals",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "GET"),
+                ("Access-Control-Request-Headers", "authorization, last-event-id"),
+            ],
+            b"",
+        )
+        .await;
+    assert!(pre.status == 200 || pre.status == 204, "preflight: {pre:?}");
+    assert_eq!(pre.header("access-control-allow-origin"), Some(origin), "{pre:?}");
+    assert_eq!(pre.header("access-control-allow-credentials"), Some("true"), "{pre:?}");
+    let allowed = pre.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
+    for h in ["authorization", "last-event-id"] {
+        assert!(allowed.split(',').any(|a| a.trim() == h), "{h} not in Access-Control-Allow-Headers: {allowed:?}");
+    }
+    let auth = format!("Bearer {}", user("alice", &[]));
+    let s = gw.open("/api/v1/streams/deals", &[("Authorization", &auth), ("Origin", origin)]).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("access-control-allow-origin"), Some(origin));
+    assert_eq!(s.header("access-control-allow-credentials"), Some("true"));
+    let other = gw.open("/api/v1/streams/deals", &[("Authorization", &auth), ("Origin", "https://evil.example")]).await;
+    assert_eq!(other.header("access-control-allow-origin"), None, "an unlisted origin is not allowed");
+}
+
+async fn a_wrong_method_on_a_stream_is_405(bin: Bin) {
+    let gw = gateway(bin).await;
+    let auth = format!("Bearer {}", user("alice", &[]));
+    let r = gw.request("POST", "/api/v1/streams/deals", &[("Authorization", &auth)], b"{}").await;
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(r.json()["code"].is_string(), "{r:?}");
+}
+
 for_each_binary!(
     the_gateway_prints_one_listening_line_and_answers_health,
     a_stream_is_a_close_delimited_event_stream_starting_with_retry,
@@ -149,4 +207,7 @@ for_each_binary!(
     an_accept_without_event_stream_is_406,
     an_unknown_version_is_400_listing_the_supported_ones,
     the_jwt_secret_comes_from_the_environment_when_set,
+    a_token_may_come_from_the_configured_cookie_or_query_parameter_and_is_never_logged,
+    cors_answers_configured_origins_only_with_credentials_and_the_resume_header,
+    a_wrong_method_on_a_stream_is_405,
 );

@@ -103,8 +103,26 @@ async fn an_unknown_last_event_id_gets_history_gap_first_then_live_events(bin: B
     assert!(gaps >= stale.len() as f64, "history_gaps_total {gaps}");
 }
 
+async fn an_id_older_than_the_buffer_gets_history_gap_and_then_only_live_events(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "2");
+    let fx = Fixture::start(bin, cfg).await;
+    let alice = user("alice", &[]);
+    let mut s = fx.gw.stream("deals", &alice).await;
+    publish_n(&fx, 1).await;
+    let first = s.expect_event("the first event").await;
+    drop(s);
+    publish_n(&fx, 5).await; // the buffer keeps only the last 2: `first`'s successors are gone
+    let mut s = fx.gw.stream_with("deals", &alice, &[("Last-Event-ID", first.id.as_deref().unwrap())]).await;
+    let ev = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a first frame");
+    assert_eq!(ev.event, "warning", "{ev:?}");
+    assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}));
+    let live = publish_n(&fx, 1).await;
+    assert_eq!(s.expect_event("the live event").await.data, live[0], "no partial replay after a gap");
+}
+
 for_each_binary!(
     a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live_ones,
     the_last_event_id_query_parameter_resumes_a_first_connect,
     an_unknown_last_event_id_gets_history_gap_first_then_live_events,
+    an_id_older_than_the_buffer_gets_history_gap_and_then_only_live_events,
 );

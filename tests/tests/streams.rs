@@ -116,10 +116,70 @@ async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
     assert!(early.iter().all(|e| e.event != "error") && !first.is_closed(), "{early:?}");
 }
 
+async fn a_client_that_stops_reading_is_closed_without_delaying_the_others(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    // A client that never reads, with a small receive buffer so the gateway's output backs up.
+    let sock = ::tokio::net::TcpSocket::new_v4().expect("a socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stalled = sock.connect(fx.gw.addr).await.expect("connect");
+    let auth = format!("Bearer {}", user("sloth", &[]));
+    sse_gateway_tests::http::write_get(
+        &mut stalled,
+        fx.gw.addr,
+        "/api/v1/streams/deals",
+        &[("Accept", "text/event-stream"), ("Authorization", &auth)],
+    )
+    .await;
+    fx.gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", 1.0).await;
+
+    // A client that reads everything, concurrently.
+    let mut reader = fx.gw.stream("deals", &user("hare", &[])).await;
+    const N: usize = 150; // 150 x 64 KiB: well past the kernel buffers and max_pending_bytes
+    let collect = ::tokio::spawn(async move {
+        let mut got = Vec::with_capacity(N);
+        for _ in 0..N {
+            got.push(reader.expect_event("a large event on the reading stream").await.data);
+        }
+        got
+    });
+    let mut sent = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut v = sse_gateway_tests::payloads::valid("deal.created");
+        v["title"] = format!("{i}:{}", "x".repeat(64 * 1024)).into();
+        let body = v.to_string();
+        fx.publish("deals", "deal.created", &body).await;
+        sent.push(body);
+    }
+    let got = ::tokio::time::timeout(4 * WAIT, collect).await.expect("the reader got every event in time").unwrap();
+    assert!(got == sent, "the reading client lost or reordered events ({} of {N})", got.len());
+    fx.gw.wait_metric("sse_gateway_streams_closed_total{reason=\"slow_client\"}", 1.0).await;
+    drop(stalled);
+}
+
+async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
+    let mut gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let mut a = gw.stream("deals", &user("alice", &[])).await;
+    let mut b = gw.stream("tasks", &user("bob", &[])).await;
+    for s in [&mut a, &mut b] {
+        let _ = s.next_event(Duration::from_millis(300)).await;
+        assert_eq!(s.retry_fields(), 1, "one retry: at the start");
+    }
+    gw.terminate();
+    for (who, s) in [("alice", &mut a), ("bob", &mut b)] {
+        s.until_closed(WAIT).await.unwrap_or_else(|| panic!("{who}'s stream still open after SIGTERM"));
+        assert_eq!(s.retry_fields(), 2, "{who}: a retry: before the close");
+        assert!(s.retry().unwrap() > 0);
+    }
+    let status = gw.wait_exit(WAIT).await.expect("the gateway exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 for_each_binary!(
     heartbeats_follow_every_idle_second,
     a_token_expiring_mid_stream_ends_it_with_token_expired,
     the_open_streams_gauge_counts_streams_and_returns_to_zero,
     past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evicted,
     with_the_reject_policy_the_limit_always_answers_409,
+    a_client_that_stops_reading_is_closed_without_delaying_the_others,
+    sigterm_sends_every_stream_a_retry_closes_them_and_exits,
 );
