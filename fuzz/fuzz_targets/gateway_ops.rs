@@ -43,7 +43,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let front = common::front(&s, &m);
     let mut gw = Gateway::new(s.clone(), m.clone(), 64, 1);
     let mut ingests: Vec<Ingest> = (0..s.channels.len())
-        .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 5))
+        .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 5 + i as u64))
         .collect();
     let mut now = Instant::now();
     let unix = 1_900_000_000u64;
