@@ -30,6 +30,7 @@ pub mod auth;
 mod buffer;
 pub mod catalogue;
 pub mod config;
+pub mod contract;
 pub mod demo;
 mod gateway;
 mod http;
