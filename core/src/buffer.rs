@@ -12,7 +12,10 @@ pub(crate) enum Lookup {
     From(usize),
     /// The id is from this epoch but older than what the buffer holds: the source may have it.
     Older,
-    /// Unknown: another epoch, or an id after the last event.
+    /// The id is from this epoch but after the last event held: another gateway instance may
+    /// have seen it first. Carries how far ahead it is.
+    Ahead(u64),
+    /// Another epoch, or nothing known of this epoch yet.
     Unknown,
 }
 
@@ -59,7 +62,8 @@ impl ResumeBuffer {
 
     pub(crate) fn lookup(&self, after: EventId) -> Lookup {
         match (self.epoch, self.last) {
-            (Some(e), Some(last)) if e == after.epoch && after.seq <= last => {
+            (Some(e), Some(last)) if e == after.epoch && after.seq > last => Lookup::Ahead(after.seq - last),
+            (Some(e), Some(_)) if e == after.epoch => {
                 if after.seq < self.floor {
                     Lookup::Older
                 } else {
@@ -77,6 +81,10 @@ impl ResumeBuffer {
     /// Every event after this seq (in the current epoch) is held.
     pub(crate) fn floor(&self) -> u64 {
         self.floor
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn last(&self) -> Option<EventId> {

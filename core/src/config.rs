@@ -225,8 +225,33 @@ pub struct SourceConfig {
     /// A queue to consume as is (declared durable if missing).
     pub queue: Option<String>,
     /// For an exchange source: the gateway-owned queue bound to it. Durable, so what is published
-    /// during a gateway or broker outage waits there. Default `sse-gateway.<channel>`.
+    /// during a gateway or broker outage waits there. Default `sse-gateway.<channel>`, or
+    /// `sse-gateway.<channel>.stream` when `stream = true`.
     pub bind_queue: Option<String>,
+    /// Read the channel from a RabbitMQ stream queue (`x-queue-type: stream`): event ids are the
+    /// stream offsets, so they hold across restarts and instances, and a resume older than the
+    /// in-memory buffer is read back from the stream. Default false (a classic queue).
+    pub stream: Option<bool>,
+    /// Stream retention by age (`x-max-age`, RabbitMQ syntax: `7D`, `12h`, `30m`, ...). This is
+    /// the resume window. Default `1h`.
+    pub max_age: Option<String>,
+    /// Stream retention by size (`x-max-length-bytes`). Default none.
+    pub max_length_bytes: Option<u64>,
+    /// The epoch event ids of this stream carry. Bump it after deleting and recreating the stream
+    /// (its offsets start again at 0), so old ids get `history_gap`, never a wrong replay.
+    /// Default 1.
+    pub epoch: Option<u64>,
+}
+
+/// A channel read from a RabbitMQ stream queue: its retention and the epoch of its ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLog {
+    /// `x-max-age`.
+    pub max_age: String,
+    /// `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// The epoch event ids carry.
+    pub epoch: u64,
 }
 
 /// A channel as the gateway runs it: the config merged over the seed defaults.
@@ -242,6 +267,8 @@ pub struct ChannelSettings {
     pub buffer_events: usize,
     /// The source on RabbitMQ.
     pub source: SourceSettings,
+    /// The source is a stream queue (the queue of `source`): ids are its offsets.
+    pub log: Option<StreamLog>,
     /// Schema versions the catalogue declares, ascending.
     pub versions: Vec<u32>,
     /// The version served without `?version=`.
@@ -360,8 +387,8 @@ impl Settings {
             let (roles, per_user, source) = seed_channel(name).unwrap_or_else(|| {
                 (vec![], false, SourceSettings::Queue { queue: name.to_string() })
             });
-            let source = match file.source {
-                None => source,
+            let (source, log) = match file.source {
+                None => (source, None),
                 Some(src) => resolve_source(name, src)?,
             };
             let buffer_events = file.buffer_events.unwrap_or(s.buffer_events);
@@ -371,6 +398,7 @@ impl Settings {
                 per_user: file.per_user.unwrap_or(per_user),
                 buffer_events,
                 source,
+                log,
                 versions: schema.versions(),
                 default_version: schema.default_version(),
             });
@@ -403,8 +431,29 @@ impl Settings {
     }
 }
 
-fn resolve_source(name: &str, src: SourceConfig) -> Result<SourceSettings, ConfigError> {
-    match (src.exchange, src.queue) {
+fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Option<StreamLog>), ConfigError> {
+    let stream = src.stream.unwrap_or(false);
+    let log = if stream {
+        let max_age = src.max_age.clone().unwrap_or_else(|| "1h".into());
+        let ok = {
+            let (num, unit) = max_age.split_at(max_age.find(|c: char| !c.is_ascii_digit()).unwrap_or(max_age.len()));
+            !num.is_empty() && ["Y", "M", "D", "h", "m", "s"].contains(&unit)
+        };
+        if !ok {
+            return Err(ConfigError(format!(
+                "channels.{name}.source.max_age: `{max_age}` is not a RabbitMQ age like 7D, 12h, 30m, 60s"
+            )));
+        }
+        Some(StreamLog { max_age, max_length_bytes: src.max_length_bytes, epoch: src.epoch.unwrap_or(1) })
+    } else {
+        if src.max_age.is_some() || src.max_length_bytes.is_some() || src.epoch.is_some() {
+            return Err(ConfigError(format!(
+                "channels.{name}.source: max_age/max_length_bytes/epoch only apply with stream = true"
+            )));
+        }
+        None
+    };
+    let source = match (src.exchange, src.queue) {
         (Some(exchange), None) => {
             let kind = src.exchange_kind.unwrap_or_else(|| "topic".into());
             if !["topic", "direct", "fanout", "headers"].contains(&kind.as_str()) {
@@ -412,12 +461,13 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<SourceSettings, Confi
                     "channels.{name}.source.exchange_kind: `{kind}` is not one of topic, direct, fanout, headers"
                 )));
             }
-            Ok(SourceSettings::Exchange {
+            let default_queue = if stream { format!("sse-gateway.{name}.stream") } else { format!("sse-gateway.{name}") };
+            SourceSettings::Exchange {
                 exchange,
                 kind,
                 routing_keys: src.routing_keys.unwrap_or_else(|| vec!["#".into()]),
-                queue: src.bind_queue.unwrap_or_else(|| format!("sse-gateway.{name}")),
-            })
+                queue: src.bind_queue.unwrap_or(default_queue),
+            }
         }
         (None, Some(queue)) => {
             if src.exchange_kind.is_some() || src.routing_keys.is_some() || src.bind_queue.is_some() {
@@ -425,12 +475,15 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<SourceSettings, Confi
                     "channels.{name}.source: exchange_kind/routing_keys/bind_queue only apply to an exchange source"
                 )));
             }
-            Ok(SourceSettings::Queue { queue })
+            SourceSettings::Queue { queue }
         }
-        _ => Err(ConfigError(format!(
-            "channels.{name}.source: set exactly one of `exchange` or `queue`"
-        ))),
-    }
+        _ => {
+            return Err(ConfigError(format!(
+                "channels.{name}.source: set exactly one of `exchange` or `queue`"
+            )))
+        }
+    };
+    Ok((source, log))
 }
 
 /// Parses `"30s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare integer (seconds).
@@ -545,6 +598,23 @@ mod tests {
         assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("server.publish_endpoint"));
         let c = Config::from_toml("[demo]\nenabled = true\n[broker]\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("demo.enabled"));
+    }
+
+    #[test]
+    fn a_stream_source_gets_its_own_queue_retention_and_epoch() {
+        let c = Config::from_toml(
+            "[channels.deals.source]\nexchange = \"crm.domain\"\nstream = true\nmax_age = \"7D\"\nepoch = 3\n",
+        )
+        .unwrap();
+        let s = Settings::new(c, Catalogue::seed()).unwrap();
+        let deals = s.channel(s.channel_id("deals").unwrap());
+        assert_eq!(deals.log, Some(StreamLog { max_age: "7D".into(), max_length_bytes: None, epoch: 3 }));
+        assert!(matches!(&deals.source, SourceSettings::Exchange { queue, .. } if queue == "sse-gateway.deals.stream"));
+        assert_eq!(s.channel(s.channel_id("tasks").unwrap()).log, None);
+        let bad = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nstream = true\nmax_age = \"soon\"\n").unwrap();
+        assert!(Settings::new(bad, Catalogue::seed()).unwrap_err().0.contains("max_age"));
+        let stray = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nepoch = 2\n").unwrap();
+        assert!(Settings::new(stray, Catalogue::seed()).unwrap_err().0.contains("stream = true"));
     }
 
     #[test]

@@ -34,9 +34,10 @@ pub enum Output {
     /// Flush what `take_output` still returns, close the connection, then call
     /// [`Gateway::on_closed`]. The stream receives nothing more.
     Close(StreamId, CloseReason),
-    /// Read the channel's events with `after.seq < seq <= until` from the source, hand each to
-    /// [`Gateway::backfill_event`], then call [`Gateway::backfill_done`]. Only asked for channels
-    /// marked with [`Gateway::set_history`].
+    /// Read the channel's log from position `after.seq + 1` and hand every message (valid or
+    /// dropped) to [`Gateway::backfill_message`] until it answers `Finished`; if the log ends or
+    /// fails first, call [`Gateway::backfill_done`]. Only asked for channels marked with
+    /// [`Gateway::set_history`].
     Backfill {
         /// The stream waiting for them.
         stream: StreamId,
@@ -44,9 +45,24 @@ pub enum Output {
         channel: ChannelId,
         /// The last event the client has.
         after: EventId,
-        /// The last event to read (the buffer holds everything after it).
+        /// The last position to read: the buffer holds everything after it (`u64::MAX`: this shard
+        /// has seen nothing of the log yet; read to its end).
         until: u64,
     },
+}
+
+/// What [`Gateway::backfill_message`] wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum BackfillStep {
+    /// Hand over the next message.
+    Continue,
+    /// The stream's output is at its bound: wait until it drained (its `Transmit` was taken),
+    /// then continue.
+    Pause,
+    /// Stop reading: the stream has what it needs from the log (or the log lost the range and
+    /// the stream got `history_gap`).
+    Finished,
 }
 
 /// Why [`Gateway::poll_timeout`] wants to be woken.
@@ -93,8 +109,12 @@ struct Stream {
     /// Resuming: the last event the client has. While set, live events are not queued directly;
     /// the stream reads them from the buffer (or the source) in order, as its socket drains.
     cursor: Option<EventId>,
-    /// The cursor is older than the buffer and the source is reading back for it.
-    backfilling: bool,
+    /// The cursor is older than the buffer and the source is reading back for it, up to this
+    /// position.
+    backfilling: Option<u64>,
+    /// Live events up to this seq are not sent: the client resumed from an id this shard had not
+    /// seen yet (another instance was ahead), so it already has them.
+    skip_through: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -109,7 +129,8 @@ struct Channel {
     buffer: ResumeBuffer,
     down_since: Option<Instant>,
     warning_at: Option<Instant>,
-    history: bool,
+    /// The epoch of the source's own log, when it keeps one the frontend can read back.
+    history: Option<u64>,
 }
 
 /// A small deterministic RNG (SplitMix64) for `retry:` jitter: no global randomness in the core.
@@ -161,7 +182,7 @@ impl Gateway {
                 buffer: ResumeBuffer::new(c.buffer_events),
                 down_since: None,
                 warning_at: None,
-                history: false,
+                history: None,
             })
             .collect();
         Gateway {
@@ -239,10 +260,12 @@ impl Gateway {
 
     // ---- inputs ----
 
-    /// Marks a channel whose source can read back older events: resumes older than the buffer
-    /// then ask for [`Output::Backfill`] instead of answering `history_gap`.
-    pub fn set_history(&mut self, channel: ChannelId, enabled: bool) {
-        self.channels[channel.index()].history = enabled;
+    /// Marks a channel whose source keeps a log the frontend can read back (a RabbitMQ stream),
+    /// with the epoch its event ids carry. Then a resume older than the buffer asks for
+    /// [`Output::Backfill`] instead of answering `history_gap`, and an id slightly ahead of this
+    /// shard (seen first by another gateway instance) goes live from that id. `None` turns it off.
+    pub fn set_history(&mut self, channel: ChannelId, epoch: Option<u64>) {
+        self.channels[channel.index()].history = epoch;
     }
 
     /// Opens a stream for a routed request. On success the stream's first bytes (response head,
@@ -292,7 +315,8 @@ impl Gateway {
             transmit_queued: false,
             member: None,
             cursor: None,
-            backfilling: false,
+            backfilling: None,
+            skip_through: None,
         });
         self.open += 1;
         self.metrics.stream_opened(ch);
@@ -343,7 +367,7 @@ impl Gateway {
         let Some(st) = slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut()) else {
             return;
         };
-        let (Some(after), false) = (st.cursor, st.backfilling) else { return };
+        let (Some(after), None) = (st.cursor, st.backfilling) else { return };
         let channel = &channels[st.channel.index()];
         enum Next {
             Queued,
@@ -351,6 +375,7 @@ impl Gateway {
             Gap,
         }
         let mut n = 0;
+        let history = channel.history == Some(after.epoch);
         let next = match channel.buffer.lookup(after) {
             Lookup::From(i) => {
                 let mut done = true;
@@ -370,11 +395,19 @@ impl Gateway {
                 }
                 Next::Queued
             }
-            Lookup::Older if channel.history => {
-                st.backfilling = true;
-                Next::Backfill(Output::Backfill { stream: id, channel: st.channel, after, until: channel.buffer.floor() })
+            // The log has it, or (nothing consumed yet) may have it: read it back.
+            Lookup::Older | Lookup::Unknown if history => {
+                let until = channel.buffer.last().map_or(u64::MAX, |_| channel.buffer.floor());
+                st.backfilling = Some(until);
+                Next::Backfill(Output::Backfill { stream: id, channel: st.channel, after, until })
             }
-            Lookup::Older | Lookup::Unknown => {
+            // Another instance is a little ahead of this one: live from the client's id.
+            Lookup::Ahead(by) if history && by <= channel.buffer.capacity().max(1) as u64 => {
+                st.cursor = None;
+                st.skip_through = Some(after.seq);
+                Next::Queued
+            }
+            Lookup::Older | Lookup::Unknown | Lookup::Ahead(_) => {
                 st.cursor = None;
                 Next::Gap
             }
@@ -413,6 +446,9 @@ impl Gateway {
         let mut wake = |slots: &mut Vec<Slot>, id: StreamId, outputs: &mut VecDeque<Output>| {
             let Some(st) = slots[id.index as usize].stream.as_mut() else { return };
             if st.version != ev.version() || st.cursor.is_some() || st.member.is_none() {
+                return;
+            }
+            if st.skip_through.is_some_and(|s| ev.id().seq <= s) {
                 return;
             }
             if st.pending_bytes + frame.len() > max {
@@ -505,7 +541,7 @@ impl Gateway {
     /// stream's replay continues here, a bounded batch at a time.
     pub fn take_output(&mut self, id: StreamId, out: &mut Vec<Bytes>) -> usize {
         let mut n = self.drain_pending(id, out);
-        if self.stream(id).is_some_and(|s| s.cursor.is_some() && !s.backfilling && s.member.is_some()) {
+        if self.stream(id).is_some_and(|s| s.cursor.is_some() && s.backfilling.is_none() && s.member.is_some()) {
             self.refill(id);
             n += self.drain_pending(id, out);
         }
@@ -521,35 +557,60 @@ impl Gateway {
         n
     }
 
-    /// An older event read back for a stream in backfill (see [`Output::Backfill`]).
-    pub fn backfill_event(&mut self, id: StreamId, ev: &Event) {
-        let Some(st) = self.stream_mut(id) else { return };
-        let (Some(after), true) = (st.cursor, st.backfilling) else { return };
-        if ev.channel() != st.channel || ev.id().epoch != after.epoch || ev.id().seq <= after.seq {
-            return;
+    /// One message read back from the log for stream `id` (see [`Output::Backfill`]): its
+    /// position, and its event when it passed validation (`None` for a dropped message, so the
+    /// positions stay contiguous). A first position after the one asked for means the log no
+    /// longer holds the range: the stream gets `history_gap` and goes live.
+    pub fn backfill_message(&mut self, id: StreamId, position: u64, ev: Option<&Event>) -> BackfillStep {
+        let max = self.settings.config.streams.max_pending_bytes;
+        let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
+        let (Some(after), Some(until)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
+        if position <= after.seq {
+            return BackfillStep::Continue; // an overlap: already sent
         }
-        st.cursor = Some(ev.id());
-        if ev.version() == st.version && ev.visible_to(&st.user) {
+        if position > after.seq + 1 {
+            st.backfilling = None;
+            st.cursor = None;
+            self.history_gap(id);
+            self.wake(id);
+            return BackfillStep::Finished;
+        }
+        st.cursor = Some(EventId { epoch: after.epoch, seq: position });
+        if let Some(ev) = ev.filter(|e| e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
             push_raw(st, ev.frame().clone());
             let ch = st.channel;
             self.metrics.replayed(ch, 1);
         }
+        let step = if position >= until {
+            self.backfill_done(id, true);
+            BackfillStep::Finished
+        } else if self.stream(id).is_some_and(|s| s.pending_bytes >= max) {
+            BackfillStep::Pause
+        } else {
+            BackfillStep::Continue
+        };
         self.wake(id);
+        step
     }
 
-    /// The backfill for `id` ended. `complete` says the source had everything asked for: the
-    /// stream continues from the buffer. Otherwise it gets `history_gap` and goes live.
+    /// The read-back for `id` ended before [`BackfillStep::Finished`]: `complete` when the log
+    /// simply had nothing more (the stream continues from the buffer), `false` when reading
+    /// failed (the stream gets `history_gap` and goes live).
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
+        let Some(ch) = self.stream(id).map(|s| s.channel) else { return };
+        let seen_live = self.channels[ch.index()].buffer.last().is_some();
         let Some(st) = self.stream_mut(id) else { return };
-        if !st.backfilling {
+        if st.backfilling.take().is_none() {
             return;
         }
-        st.backfilling = false;
-        if complete {
-            self.refill(id);
-        } else {
+        if !complete {
             st.cursor = None;
             self.history_gap(id);
+        } else if !seen_live {
+            // The log had nothing more and nothing has arrived live yet: live from here.
+            st.skip_through = st.cursor.take().map(|c| c.seq);
+        } else {
+            self.refill(id);
         }
         self.wake(id);
     }
@@ -660,7 +721,7 @@ impl Gateway {
         let Some(pos) = st.member.take() else { return };
         let (ch, user, hb, exp) = (st.channel, st.user.clone(), st.heartbeat_at, st.expires_at);
         st.cursor = None;
-        st.backfilling = false;
+        st.backfilling = None;
         let members = &mut self.channels[ch.index()].members;
         members.swap_remove(pos);
         if let Some(&moved) = members.get(pos) {

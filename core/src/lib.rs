@@ -43,7 +43,7 @@ pub mod sse;
 pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, TokenError, TokenVerifier};
 pub use catalogue::Catalogue;
 pub use config::{Config, ConfigError, Settings};
-pub use gateway::{Gateway, Output, TimerReason};
+pub use gateway::{BackfillStep, Gateway, Output, TimerReason};
 pub use http::{shard_of, Front, PublishRequest, Response, Resume, Routed, StreamRequest};
 pub use ids::{ChannelId, EventId, StreamId};
 pub use ingest::{parse_publish, Dropped, Event, HeaderValue, Ingest, UpstreamMessage};

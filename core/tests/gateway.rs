@@ -544,25 +544,23 @@ fn a_closed_stream_is_forgotten_and_its_stale_id_is_harmless() {
 }
 
 #[test]
-fn a_resume_older_than_the_buffer_asks_the_source_when_it_keeps_history() {
+fn a_resume_older_than_the_buffer_reads_the_log_back_when_the_source_keeps_one() {
     let mut h = Harness::new("buffer_events = 3\n");
     let deals = h.channel("deals");
-    h.gw.set_history(deals, true);
+    h.gw.set_history(deals, Some(1000));
     let evs: Vec<Event> = (0..5).map(|i| h.publish("deals", "deal.created", deal_created(&format!("d{i}")))).collect();
-    // The buffer holds 3..5; the client has 1: the source is asked for 2.
+    // The buffer holds 3..5; the client has 1: the log is asked for 2.
     let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
     let after = |seq| EventId { epoch: 1000, seq };
     assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: after(1), until: 2 }]);
-    // A live event meanwhile pushes 3 out of the buffer: it is not sent ahead of the backfill.
+    // A live event meanwhile pushes 3 out of the buffer: it is not sent ahead of the read-back.
     let live = h.publish("deals", "deal.created", deal_created("live"));
-    h.gw.backfill_event(id, &evs[1]);
-    h.gw.backfill_event(id, &evs[0]); // an overlap is ignored
-    h.gw.backfill_done(id, true);
+    assert_eq!(h.gw.backfill_message(id, 1, Some(&evs[0])), BackfillStep::Continue, "an overlap is skipped");
+    assert_eq!(h.gw.backfill_message(id, 2, Some(&evs[1])), BackfillStep::Finished);
     h.drain();
     // So a second read is asked for, from where the first ended.
     assert_eq!(h.backfills[1], Output::Backfill { stream: id, channel: deals, after: after(2), until: 3 });
-    h.gw.backfill_event(id, &evs[2]);
-    h.gw.backfill_done(id, true);
+    assert_eq!(h.gw.backfill_message(id, 3, Some(&evs[2])), BackfillStep::Finished);
     h.drain();
     let w = h.take_events(id);
     let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
@@ -571,10 +569,27 @@ fn a_resume_older_than_the_buffer_asks_the_source_when_it_keeps_history() {
 }
 
 #[test]
-fn an_incomplete_backfill_ends_in_history_gap() {
+fn a_log_that_no_longer_holds_the_range_ends_the_read_back_in_history_gap() {
     let mut h = Harness::new("buffer_events = 1\n");
     let deals = h.channel("deals");
-    h.gw.set_history(deals, true);
+    h.gw.set_history(deals, Some(1000));
+    let evs: Vec<Event> = (0..4).map(|i| h.publish("deals", "deal.created", deal_created(&format!("d{i}")))).collect();
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    // The log starts at 3 now (retention): 2 is lost.
+    assert_eq!(h.gw.backfill_message(id, 3, Some(&evs[2])), BackfillStep::Finished);
+    h.drain();
+    let w = h.take_events(id);
+    assert!(w.ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
+    assert!(!w.contains("id: "), "nothing after a gap is replayed: {w}");
+    h.publish("deals", "deal.created", deal_created("live"));
+    assert!(h.take_wire(id).contains("id: 1000-5\n"));
+}
+
+#[test]
+fn a_failed_read_back_ends_in_history_gap() {
+    let mut h = Harness::new("buffer_events = 1\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
     for i in 0..3 {
         h.publish("deals", "deal.created", deal_created(&format!("d{i}")));
     }
@@ -582,6 +597,84 @@ fn an_incomplete_backfill_ends_in_history_gap() {
     h.gw.backfill_done(id, false);
     h.drain();
     assert!(h.take_events(id).ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"));
+}
+
+#[test]
+fn a_read_back_pauses_at_the_output_bound() {
+    let mut h = Harness::new("buffer_events = 1\nmax_pending_bytes = 4096\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let evs: Vec<Event> = (0..40).map(|i| h.publish("deals", "deal.created", deal_created(&"x".repeat(i % 3 + 100)))).collect();
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-0"]).unwrap();
+    h.reading.insert(id, false);
+    let mut pos = 1;
+    loop {
+        match h.gw.backfill_message(id, pos, Some(&evs[pos as usize - 1])) {
+            BackfillStep::Continue => pos += 1,
+            BackfillStep::Pause => break,
+            BackfillStep::Finished => panic!("finished before the bound"),
+        }
+    }
+    assert!(h.gw.pending_bytes(id) >= 4096 && h.gw.pending_bytes(id) < 4096 + 400);
+    h.flush(id); // the client read: continue
+    pos += 1;
+    while h.gw.backfill_message(id, pos, Some(&evs[pos as usize - 1])) != BackfillStep::Finished {
+        pos += 1;
+        h.flush(id);
+    }
+    h.reading.insert(id, true);
+    h.drain();
+    h.flush(id);
+    let w = h.take_events(id);
+    let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(ids, (1..=40).collect::<Vec<u64>>());
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn an_id_slightly_ahead_of_this_shard_goes_live_after_it_without_duplicates() {
+    let mut h = Harness::new("buffer_events = 8\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    h.publish("deals", "deal.created", deal_created("d1"));
+    // Another instance already delivered 2 and 3 to this client.
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-3"]).unwrap();
+    assert_eq!(h.take_events(id), "retry: 3000\n\n");
+    for i in 2..=4 {
+        h.publish("deals", "deal.created", deal_created(&format!("d{i}")));
+    }
+    let w = h.take_wire(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-4"]);
+    // Far ahead (more than a buffer) is not believed: history_gap.
+    let far = h.open_path("u2", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-400"]).unwrap();
+    assert!(h.take_events(far).contains("history_gap"));
+    // Without a log, an id ahead is unknown: history_gap.
+    h.gw.set_history(deals, None);
+    let no_log = h.open_path("u3", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-5"]).unwrap();
+    assert!(h.take_events(no_log).contains("history_gap"));
+}
+
+#[test]
+fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
+    let mut h = Harness::new("");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-7"]).unwrap();
+    assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: EventId { epoch: 1000, seq: 7 }, until: u64::MAX }]);
+    h.gw.backfill_done(id, true); // the log ends at 7
+    h.drain();
+    assert!(h.gw.poll_output().is_none(), "no second read-back");
+    // The live consumer then catches up from its start position: 7 is skipped, 8 is sent.
+    let mut m = msg("deal.created", deal_created("seven"));
+    m.position = Some(7);
+    h.publish_msg("deals", m).unwrap();
+    let mut m = msg("deal.created", deal_created("eight"));
+    m.position = Some(8);
+    h.publish_msg("deals", m).unwrap();
+    let w = h.take_events(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-8"], "{w}");
 }
 
 #[test]
