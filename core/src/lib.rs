@@ -4,13 +4,15 @@
 //! request heads to decisions ([`Front`]), JWT verification ([`auth`]), the event catalogue and
 //! payload validation ([`catalogue`]), upstream messages to encoded events ([`Ingest`]), SSE
 //! framing ([`sse`]), resume buffers, heartbeat/warning/expiry timers and the per-user stream
-//! limit ([`Gateway`]), start-up checks shared by the frontends ([`setup`]) and demo mode's
-//! sample events and page ([`demo`]). Frontends (`sse-gateway` on tokio, `sse-gateway-smol` on smol) bind it to
-//! TCP, RabbitMQ and timers.
+//! limit ([`Gateway`]), start-up checks shared by the frontends ([`setup`]), demo mode's
+//! sample events and page ([`demo`]) and the command line both binaries share ([`cli`]).
+//! Frontends (`sse-gateway` on tokio, `sse-gateway-smol` on smol) bind it to TCP, RabbitMQ and
+//! timers.
 //!
 //! # The sans-IO contract
 //! * Time is an argument: every input that depends on time takes `now: Instant` (and, where a
-//!   token's `exp` must be placed, `unix_now` seconds). Nothing here reads a clock.
+//!   token's `exp` must be placed, `unix_now` seconds). Nothing here reads a clock, except
+//!   [`cli`], the process start-up both `main`s call, which is outside the state machine.
 //! * Inputs change state and queue outputs; they never block and never panic on input.
 //! * Outputs are pulled: [`Gateway::poll_output`] (wake a writer, close a stream, read back
 //!   history), [`Gateway::take_output`] (a stream's bytes), [`Gateway::poll_timeout`] (when to
@@ -29,6 +31,7 @@
 pub mod auth;
 mod buffer;
 pub mod catalogue;
+pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod demo;

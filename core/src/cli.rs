@@ -1,0 +1,275 @@
+//! The command line both binaries share: arguments, the `check-config` and `token`
+//! subcommands, start-up (configuration file, environment, the files it names, logs, the
+//! open-files limit) and the lines printed once listening. A frontend's `main` is one call:
+//!
+//! ```no_run
+//! # fn run(_: sse_gateway_core::cli::Launch) -> Result<(), std::io::Error> { Ok(()) }
+//! fn main() -> std::process::ExitCode {
+//!     sse_gateway_core::cli::main("sse-gateway", 1, run) // `run` owns the runtime from here
+//! }
+//! ```
+//!
+//! Unlike the rest of the crate, this module does process IO: it reads files and the
+//! environment, writes stdout, installs the log subscriber, raises a resource limit and reads the
+//! wall clock (token `iat`/`exp`, the in-process event-id epoch). It holds no socket and no
+//! executor, so it stays runtime-free like the rest of the core.
+
+use std::fmt::Display;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use tracing::{info, warn};
+
+use crate::config::{parse_duration, Settings};
+use crate::setup::{self, Env, Overrides, Setup};
+use crate::{demo, issue_hs256, Front, Metrics};
+
+/// Server-Sent Events gateway: streams RabbitMQ domain events to browsers
+/// (`GET /api/v1/streams/{channel}` with a JWT).
+///
+/// Without a configuration file every setting has its default: the in-process source on
+/// 127.0.0.1:8080 (no broker). Environment: SSE_GATEWAY_JWT_SECRET (over auth.secret),
+/// SSE_GATEWAY_AMQP_URL (over broker.url; turns the broker on), RUST_LOG (log filter, default
+/// info). Once listening it prints `listening on http://ADDR` on stdout (with --demo two more
+/// lines follow: `token: JWT` and `demo page: URL`); logs go to stderr.
+///
+/// Ops endpoints: /healthz (200 while the process serves), /readyz (200 once every channel's
+/// source has been reached and is up now, else 503 naming the channels down), /metrics
+/// (Prometheus text). SIGTERM/SIGINT stop accepting, close every stream with a retry hint and
+/// exit within server.shutdown_drain.
+#[derive(Parser, Debug)]
+#[command(name = "sse-gateway", version)]
+pub struct Cli {
+    /// Configuration file (TOML); key and catalogue paths in it are relative to its directory.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Demo mode: sample events on every channel, the publish endpoint and the demo page on; prints
+    /// a development token and the page's URL after the listening line.
+    #[arg(long)]
+    pub demo: bool,
+    /// Listen address (over server.listen), e.g. 127.0.0.1:0 for any free port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Logs as JSON lines instead of text.
+    #[arg(long)]
+    pub json_logs: bool,
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Checks a configuration file (and the files it names): prints `ok` and exits 0, or prints
+    /// the error, naming the key, and exits 2.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Prints an HS256 token signed with the configured secret (SSE_GATEWAY_JWT_SECRET or
+    /// auth.secret), for development and tests.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Roles, comma-separated (put in the configured roles claim).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime: 30s, 15m, 1h, 12h...
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Configuration file (for the secret, roles claim, issuer and audience).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+impl Cli {
+    /// Parses the process arguments; `name` is the binary's name in `--help` and `--version`.
+    /// Exits on `--help`, `--version` and usage errors, as clap does.
+    pub fn parse_as(name: &'static str) -> Cli {
+        let matches = Cli::command().name(name).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// What a frontend's `run` gets: a checked configuration and what start-up derived from it.
+#[derive(Debug)]
+pub struct Launch {
+    /// The configuration, keys and verifier.
+    pub setup: Setup,
+    /// `--demo` was given (the token and page lines are printed once listening).
+    pub demo: bool,
+    /// The process's metrics, shared by the router, the shards and the sources.
+    pub metrics: Arc<Metrics>,
+    /// Shard (worker) threads to start: `server.workers`, or the frontend's default for 0.
+    pub workers: usize,
+    /// Milliseconds since the Unix epoch at start: the in-process source's id epoch and the
+    /// RabbitMQ sources' (D6).
+    pub epoch: u64,
+}
+
+impl Launch {
+    /// The resolved settings.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.setup.settings
+    }
+
+    /// The request router for this configuration.
+    pub fn front(&self) -> Front {
+        Front::new(self.settings().clone(), Arc::new(self.setup.verifier.clone()), self.metrics.clone())
+    }
+
+    /// Logs `listening` and prints the ready lines on stdout (the contract the README states):
+    /// `listening on http://ADDR`, then with `--demo` the development token and the page's URL.
+    /// `source` names the event source in the log (`in-process` or `rabbitmq`).
+    pub fn ready(&self, addr: SocketAddr, source: &str) -> Result<(), String> {
+        info!(%addr, workers = self.workers, source, "listening");
+        let mut out = std::io::stdout().lock();
+        let mut lines = format!("listening on http://{addr}\n");
+        if self.demo {
+            let settings = self.settings();
+            let roles: Vec<String> = demo::DEMO_ROLES.iter().map(|r| r.to_string()).collect();
+            let secret = self.setup.hmac_secret().ok_or("demo mode needs an HMAC secret")?;
+            let t = issue_hs256(&settings.config.auth, secret, demo::DEMO_USER, &roles, unix_now(), 12 * 3600)
+                .map_err(|e| e.to_string())?;
+            lines.push_str(&format!("token: {t}\ndemo page: http://{addr}/?token={t}\n"));
+        }
+        out.write_all(lines.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+    }
+}
+
+/// The whole of a frontend's `main`: parses the arguments as `name`, runs a subcommand or loads
+/// the configuration, installs the logs and calls `run`. `workers_for_zero` is what
+/// `server.workers = 0` means for this frontend. Exit status: 0, 1 when `run` fails (logged),
+/// 2 for a usage or configuration error (on stderr).
+pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl FnOnce(Launch) -> Result<(), E>) -> ExitCode {
+    let cli = Cli::parse_as(name);
+    let result = match &cli.command {
+        Some(Command::CheckConfig { file }) => load(Some(file), &Overrides::default()).map(|_| println!("ok")),
+        Some(Command::Token { sub, roles, ttl, config }) => token(sub, roles, ttl, config.as_deref().or(cli.config.as_deref())),
+        None => match load(cli.config.as_deref(), &Overrides { demo: cli.demo, listen: cli.listen.clone() }) {
+            Ok(setup) => {
+                init_logs(cli.json_logs);
+                return match run(launch(setup, cli.demo, workers_for_zero)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Start-up that needs the logs: the generated-secret warning, the open-files limit (raised to
+/// the hard limit), metrics, the worker count and the epoch.
+fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
+    if setup.generated_secret && !demo {
+        warn!("no secret or public key configured: using a random one for this process, so every token is refused");
+    }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(open_files = n, "open-files limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let metrics = Arc::new(Metrics::new(&setup.settings));
+    let workers = match setup.settings.config.server.workers {
+        0 => workers_for_zero.max(1),
+        n => n,
+    };
+    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Launch { setup, demo, metrics, workers, epoch }
+}
+
+/// Reads the configuration file, the environment and the files it names into a checked setup.
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String> {
+    let text = match path {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let base = path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let env = Env {
+        jwt_secret: std::env::var("SSE_GATEWAY_JWT_SECRET").ok(),
+        amqp_url: std::env::var("SSE_GATEWAY_AMQP_URL").ok(),
+    };
+    let mut secret = vec![0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| format!("no random source for a generated secret: {e}"))?;
+    let mut read = |p: &str| std::fs::read_to_string(base.join(p)).map_err(|e| e.to_string());
+    setup::load(text.as_deref(), &env, overrides, &mut read, &mut || secret.clone()).map_err(|e| e.0)
+}
+
+/// Seconds since the Unix epoch, from the wall clock (a token's `exp` is placed against it).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Result<(), String> {
+    let ttl = parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let setup = load(config, &Overrides::default())?;
+    let secret = match setup.hmac_secret() {
+        Some(s) if !setup.generated_secret => s,
+        _ => return Err("no secret configured (auth.secret or SSE_GATEWAY_JWT_SECRET)".into()),
+    };
+    let roles: Vec<String> = roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+    let t = issue_hs256(&setup.settings.config.auth, secret, sub, &roles, unix_now(), ttl.as_secs())
+        .map_err(|e| e.to_string())?;
+    println!("{t}");
+    Ok(())
+}
+
+/// Text logs (JSON lines with `json`) on stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arguments_parse_with_either_binary_name() {
+        Cli::command().debug_assert();
+        for name in ["sse-gateway", "sse-gateway-smol"] {
+            let m = Cli::command().name(name).try_get_matches_from([name, "--listen", "127.0.0.1:0", "--demo"]).unwrap();
+            let cli = Cli::from_arg_matches(&m).unwrap();
+            assert!(cli.demo && cli.listen.as_deref() == Some("127.0.0.1:0") && cli.command.is_none());
+        }
+        let m = Cli::command().try_get_matches_from(["x", "token", "--sub", "u", "--roles", "a,b"]).unwrap();
+        match Cli::from_arg_matches(&m).unwrap().command {
+            Some(Command::Token { sub, roles, ttl, .. }) => assert_eq!((sub.as_str(), roles.len(), ttl.as_str()), ("u", 2, "1h")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn workers_zero_means_the_frontends_default() {
+        let setup = setup::load(None, &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32]).unwrap();
+        assert_eq!(launch(setup, false, 3).workers, 3);
+        let setup = setup::load(Some("[server]\nworkers = 2\n"), &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32])
+            .unwrap();
+        assert_eq!(launch(setup, false, 1).workers, 2);
+    }
+}
