@@ -6,11 +6,15 @@
 //! dropped message is logged once and acked too: nothing is redelivered in a loop). When the
 //! connection, the channel or the consumer ends, the source is down (the shards warn its
 //! streams), and it retries with capped exponential backoff and jitter.
+//!
+//! Runtime-neutral: lapin connects with the `async_rs` runtime handle the binary passes in
+//! (`crate::driver::amqp_runtime()`), the shared connection sits behind an `async-lock` mutex,
+//! and the sources run as tasks on the calling thread's executor.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_rs::Runtime;
+use async_lock::Mutex;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -21,10 +25,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
 use sse_gateway_core::{ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
-use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::driver::Shards;
+use super::shards::Shards;
+use super::{sleep, until};
+use crate::driver::{spawn, AmqpRuntime};
 
 /// Time to establish the connection before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +37,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shared connection, (re)established by whichever source needs it first.
 struct Link {
     uri: String,
+    runtime: AmqpRuntime,
     conn: Mutex<Option<Connection>>,
 }
 
@@ -42,11 +48,11 @@ impl Link {
             return c.create_channel().await.map_err(|e| e.to_string());
         }
         let props = ConnectionProperties::default().with_connection_name("sse-gateway".into());
-        let connect = Connection::connect_with_runtime(&self.uri, props, Runtime::tokio_current());
-        let c = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(format!("cannot connect to the broker: {e}")),
-            Err(_) => return Err("cannot connect to the broker: timed out".into()),
+        let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
+        let c = match until(Instant::now() + CONNECT_TIMEOUT, connect).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(format!("cannot connect to the broker: {e}")),
+            None => return Err("cannot connect to the broker: timed out".into()),
         };
         info!("connected to the broker");
         let ch = c.create_channel().await.map_err(|e| e.to_string());
@@ -65,14 +71,22 @@ fn with_heartbeat(uri: &str) -> String {
     }
 }
 
-/// Starts every channel's source on the broker. Event ids use `epoch` (the process start).
-pub fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, broker: &BrokerConfig, shards: &Shards, epoch: u64) {
-    let link = Arc::new(Link { uri: with_heartbeat(&broker.url), conn: Mutex::new(None) });
+/// Starts every channel's source on the broker, as tasks on this thread's executor; lapin runs
+/// on `runtime`. Event ids use `epoch` (the process start).
+pub(crate) fn start(
+    runtime: AmqpRuntime,
+    settings: &Arc<Settings>,
+    metrics: &Arc<Metrics>,
+    broker: &BrokerConfig,
+    shards: &Shards,
+    epoch: u64,
+) {
+    let link = Arc::new(Link { uri: with_heartbeat(&broker.url), runtime, conn: Mutex::new(None) });
     for ch in &settings.channels {
         let Some(id) = settings.channel_id(&ch.name) else { continue };
         let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
         let source = Source { link: link.clone(), settings: settings.clone(), shards: shards.clone(), id, name: ch.name.clone() };
-        tokio::spawn(source.run(ingest, broker.clone()));
+        spawn(source.run(ingest, broker.clone()));
     }
 }
 
@@ -111,7 +125,7 @@ impl Source {
             // Full jitter over the upper half: [delay/2, delay].
             let half = delay / 2;
             let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
-            tokio::time::sleep(half + Duration::from_millis(jitter)).await;
+            sleep(half + Duration::from_millis(jitter)).await;
             delay = (delay * 2).min(broker.reconnect_max).max(broker.reconnect_min);
         }
     }

@@ -2,75 +2,84 @@
 //! endpoint and the demo generator hand it messages and get the event id or the drop back.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use async_channel::{bounded, Sender};
 
 use sse_gateway_core::{demo, ChannelId, Dropped, EventId, Ingest, Metrics, Settings, UpstreamMessage};
-use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::driver::Shards;
+use super::shards::Shards;
+use crate::driver::{spawn, Timer};
 
-type Reply = oneshot::Sender<Result<EventId, Dropped>>;
+/// Where a channel's task sends the outcome of one message (a channel of one).
+type Reply = Sender<Result<EventId, Dropped>>;
 
 /// Senders to each channel's ingest task, by channel index.
 #[derive(Clone, Debug)]
-pub struct Inproc {
-    txs: Arc<[mpsc::Sender<(UpstreamMessage, Reply)>]>,
+pub(crate) struct Inproc {
+    txs: Arc<[Sender<(UpstreamMessage, Reply)>]>,
 }
 
 impl Inproc {
     /// Starts one ingest task per channel (ids `<epoch>-<seq>`) and marks the sources up.
-    pub async fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: &Shards, epoch: u64) -> Inproc {
+    pub(crate) async fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: &Shards, epoch: u64) -> Inproc {
         let mut txs = Vec::new();
         for (i, ch) in settings.channels.iter().enumerate() {
             let Some(id) = settings.channel_id(&ch.name) else { continue };
             debug_assert_eq!(id.index(), i);
-            let (tx, rx) = mpsc::channel(256);
+            let (tx, rx) = bounded(256);
             txs.push(tx);
             let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
-            tokio::spawn(run(ingest, rx, shards.clone(), ch.name.clone()));
+            spawn(run(ingest, rx, shards.clone(), ch.name.clone()));
             shards.source(id, true).await;
         }
         Inproc { txs: txs.into() }
     }
 
     /// Validates and publishes one message; `None` if the channel's task is gone.
-    pub async fn publish(&self, ch: ChannelId, msg: UpstreamMessage) -> Option<Result<EventId, Dropped>> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) async fn publish(&self, ch: ChannelId, msg: UpstreamMessage) -> Option<Result<EventId, Dropped>> {
+        let (tx, rx) = bounded(1);
         self.txs.get(ch.index())?.send((msg, tx)).await.ok()?;
-        rx.await.ok()
+        rx.recv().await.ok()
     }
 }
 
-async fn run(mut ingest: Ingest, mut rx: mpsc::Receiver<(UpstreamMessage, Reply)>, shards: Shards, name: String) {
-    while let Some((msg, reply)) = rx.recv().await {
+async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, Reply)>, shards: Shards, name: String) {
+    while let Ok((msg, reply)) = rx.recv().await {
         let result = ingest.handle_message(&msg);
         match &result {
             Ok(ev) => shards.event(ev).await,
             Err(d) => warn!(channel = %name, reason = d.reason.label(), detail = %d.detail, "event dropped"),
         }
-        let _ = reply.send(result.map(|ev| ev.id()));
+        let _ = reply.try_send(result.map(|ev| ev.id()));
     }
 }
 
-/// Demo mode: a sample event on every channel every `demo.interval`, event types in turn.
-pub fn start_demo(settings: &Arc<Settings>, inproc: Inproc) {
+/// Demo mode: a sample event on every channel every `demo.interval`, event types in turn (the
+/// first at once; after a stall the next comes an interval later, not in a burst).
+pub(crate) fn start_demo(settings: &Arc<Settings>, inproc: Inproc) {
     let channels: Vec<(ChannelId, String)> =
         settings.channels.iter().filter_map(|c| Some((settings.channel_id(&c.name)?, c.name.clone()))).collect();
     for (_, name) in channels.iter().filter(|(_, n)| demo::sample(n, 0, demo::DEMO_USER).is_none()) {
         info!(channel = %name, "no demo samples for this channel (not a seed channel)");
     }
-    let mut interval = tokio::time::interval(settings.config.demo.interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::spawn(async move {
+    let interval = settings.config.demo.interval;
+    spawn(async move {
         let mut n = 0u64;
+        let mut at = Instant::now();
+        let mut tick = Timer::at(at);
         loop {
-            interval.tick().await;
+            (&mut tick).await;
             for (id, name) in &channels {
                 if let Some(msg) = demo::sample(name, n, demo::DEMO_USER) {
                     let _ = inproc.publish(*id, msg).await;
                 }
             }
             n += 1;
+            let now = Instant::now();
+            at = if at + interval > now { at + interval } else { now + interval };
+            tick.set_at(at);
         }
     });
 }

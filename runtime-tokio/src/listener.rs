@@ -1,136 +1,28 @@
-//! Accepting connections, reading request heads (bounded in time by `server.head_timeout`, in size
-//! by the core's `max_head_bytes` check), routing them with the core's `Front` and answering what
-//! is not a stream: ops endpoints, the demo page and the publish endpoint. Streams go to their
-//! user's shard as a `std::net::TcpStream` with their `StreamRequest`.
+//! The listening socket on tokio (`runtime-common/request.rs` accepts from it).
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use sse_gateway_core::{demo, parse_publish, Front, PublishRequest, Response, Routed};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::time::{timeout_at, Instant};
-use tracing::{debug, warn};
+use tokio::net::TcpListener;
 
-use crate::driver::{unix_now, Shards};
-use crate::inproc::Inproc;
+use crate::driver::Socket;
 
-/// What every connection task needs.
-#[derive(Debug)]
-pub struct Ctx {
-    /// The core's router.
-    pub front: Front,
-    /// The shards.
-    pub shards: Shards,
-    /// The in-process source, when there is no broker.
-    pub inproc: Option<Inproc>,
-}
+/// A bound listener.
+pub(crate) struct Listener(TcpListener);
 
-/// Accepts until `stop` turns true.
-pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            r = listener.accept() => match r {
-                Ok((sock, peer)) => {
-                    tokio::spawn(connection(sock, peer, ctx.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
+impl Listener {
+    /// Binds `addr` (`host:port`, resolved).
+    pub(crate) async fn bind(addr: &str) -> io::Result<Listener> {
+        TcpListener::bind(addr).await.map(Listener)
     }
-}
 
-async fn connection(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
-    let _ = sock.set_nodelay(true);
-    let server = &ctx.front.settings().config.server;
-    let deadline = Instant::now() + server.head_timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let routed = loop {
-        match timeout_at(deadline, sock.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Err(_) => return debug!(%peer, "head timeout"),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-        match ctx.front.route(&buf, unix_now()) {
-            Routed::Partial => continue,
-            r => break r,
-        }
-    };
-    let metrics = ctx.front.metrics();
-    let settings = ctx.front.settings();
-    let resp = match routed {
-        Routed::Partial => return,
-        // Counted by the core.
-        Routed::Respond(r) => return respond(sock, r, deadline).await,
-        Routed::Stream(req) => {
-            match sock.into_std() {
-                Ok(std) => ctx.shards.open(std, req).await,
-                Err(e) => debug!(%peer, error = %e, "cannot hand over a connection"),
-            }
-            return;
-        }
-        Routed::Publish(p) => match publish(&mut sock, &mut buf, p, deadline, &ctx).await {
-            Some(r) => r,
-            None => return,
-        },
-        Routed::Health => Response::ok_text("ok\n"),
-        Routed::Ready => Response::ready(&ctx.shards.down(settings)),
-        Routed::Metrics => Response::metrics(metrics),
-        Routed::DemoPage => {
-            let cookie = settings.config.auth.cookie.as_deref().unwrap_or(demo::DEMO_COOKIE);
-            Response::with_body(200, "text/html; charset=utf-8", "", None, demo::page(cookie).as_bytes())
-        }
-    };
-    metrics.response(resp.status);
-    respond(sock, resp, deadline).await;
-}
-
-/// Writes a whole response and closes, within the head deadline (at least a second).
-async fn respond(mut sock: TcpStream, resp: Response, deadline: Instant) {
-    let until = deadline.max(Instant::now() + Duration::from_secs(1));
-    let _ = timeout_at(until, async {
-        sock.write_all(&resp.bytes).await?;
-        sock.shutdown().await
-    })
-    .await;
-}
-
-/// Reads the body (the rest of it: part may have come with the head), validates and publishes
-/// it. `None` when the client did not send the whole body in time (the connection is dropped).
-async fn publish(
-    sock: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    p: PublishRequest,
-    deadline: Instant,
-    ctx: &Ctx,
-) -> Option<Response> {
-    let end = p.head_len + p.content_length;
-    let mut chunk = [0u8; 4096];
-    while buf.len() < end {
-        let want = (end - buf.len()).min(chunk.len());
-        match timeout_at(deadline, sock.read(&mut chunk[..want])).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return None,
-        }
+    /// The bound address (the port chosen for `:0`).
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
     }
-    let cors = p.cors_origin.as_deref();
-    let msg = match parse_publish(&buf[p.head_len..end]) {
-        Ok(msg) => msg,
-        Err(r) => return Some(r),
-    };
-    let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
-    let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
-    Some(match inproc.publish(p.channel, msg).await {
-        Some(Ok(id)) => Response::published(id, cors),
-        Some(Err(d)) => Response::dropped(&d, cors),
-        None => unavailable(),
-    })
+
+    /// The next connection.
+    pub(crate) async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
+        self.0.accept().await.map(|(sock, peer)| (Socket::from(sock), peer))
+    }
 }

@@ -1,0 +1,127 @@
+//! The frontend code that is the same on every runtime, compiled into both binaries.
+//!
+//! `sse-gateway` (tokio, `runtime-tokio/`) and `sse-gateway-smol` (smol, `runtime-smol/`) each
+//! include this directory with `#[path = "../../runtime-common/mod.rs"] mod common;`. It is not a
+//! library crate because it is written against a small set of names each binary defines for its
+//! runtime, which a crate could only reach through traits and generics on every function:
+//!
+//! * `crate::driver::Executor`: `new() -> io::Result<Executor>`, `block_on(&self, fut)`; runs a
+//!   thread's single-threaded executor (the main thread and each shard thread).
+//! * `crate::driver::spawn(fut)`: spawns a `'static` (not necessarily `Send`) task on the
+//!   current thread's executor.
+//! * `crate::driver::Timer`: `Timer::at(Instant)`, `set_at(&mut self, Instant)`, a `Future +
+//!   Unpin` that completes at that instant (re-armed with `set_at`).
+//! * `crate::driver::Socket`: a registered TCP stream implementing futures-io `AsyncRead +
+//!   AsyncWrite + Unpin`; `Socket::new(std::net::TcpStream)` adopts one on the current thread,
+//!   `into_inner()` gives it back (to move it to a shard thread), `get_ref()` reaches the socket.
+//! * `crate::driver::AmqpRuntime` and `amqp_runtime()`: the `async_rs` runtime handle lapin
+//!   connects with. Chosen explicitly: with both runtime features on in one workspace build,
+//!   lapin's default would pick tokio even under smol.
+//! * `crate::listener::Listener`: `bind(&str)`, `local_addr()`, `accept() -> (Socket, SocketAddr)`.
+//! * `crate::shutdown_signal()`: installs the SIGTERM/SIGINT handlers at once and returns a
+//!   future that completes at the first of them.
+//!
+//! Channels and locks here are runtime-neutral (`async-channel`, `async-lock`), and every
+//! `select` is a `futures_lite::future::or` with the rarely-ready side first.
+//!
+//! Files: [`shards`] (the handle to the shard threads, and starting them), [`shard`] (one
+//! shard's loop and its streams' writers), [`request`] (accepting, request heads, the answers
+//! that are not streams), [`amqp`] and [`inproc`] (the two kinds of source), and [`run`] below.
+
+pub(crate) mod amqp;
+pub(crate) mod inproc;
+pub(crate) mod request;
+pub(crate) mod shard;
+pub(crate) mod shards;
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_lite::future;
+use sse_gateway_core::cli::Launch;
+use tracing::info;
+
+use crate::driver::{Executor, Timer};
+use crate::listener::Listener;
+
+/// Serves until SIGTERM/SIGINT, then drains (D12): the whole gateway once [`Launch`] is known.
+///
+/// Threads: this one runs the listener (accept, request heads, ops endpoints, publish) and the
+/// sources (RabbitMQ or in-process); `launch.workers` shard threads each own one core `Gateway`
+/// and the sockets of its streams.
+pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
+    let settings = launch.settings().clone();
+    let server = &settings.config.server;
+    let (shards, threads) = shards::spawn(launch.workers, &settings, &launch.metrics, server.max_streams)?;
+    Executor::new()?.block_on(async {
+        let listener =
+            Listener::bind(&server.listen).await.with_context(|| format!("cannot listen on {}", server.listen))?;
+        let addr = listener.local_addr()?;
+        let inproc = match &settings.config.broker {
+            Some(broker) => {
+                amqp::start(crate::driver::amqp_runtime(), &settings, &launch.metrics, broker, &shards, launch.epoch);
+                None
+            }
+            None => Some(inproc::Inproc::start(&settings, &launch.metrics, &shards, launch.epoch).await),
+        };
+        if let (true, Some(inproc)) = (settings.config.demo.enabled, &inproc) {
+            inproc::start_demo(&settings, inproc.clone());
+        }
+        // Handlers first, so a signal right after the ready line is a graceful stop, not a kill.
+        let signal = crate::shutdown_signal()?;
+        launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
+        let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc });
+        // The accept loop never ends by itself; dropping it at the signal closes the listener.
+        future::or(request::serve(listener, ctx), signal).await;
+        info!("shutting down: draining streams");
+        shards.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes sure
+    // the process exits even if a shard does not.
+    let limit = server.shutdown_drain + Duration::from_secs(2);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        std::process::exit(0);
+    });
+    for t in threads {
+        let _ = t.join();
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// `fut`'s output, or `None` once `at` has passed (checked only when `fut` is pending).
+pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {
+    future::or(async { Some(fut.await) }, async {
+        Timer::at(at).await;
+        None
+    })
+    .await
+}
+
+/// Work a task does in a row before it lets the others on its thread run: neither executor
+/// preempts a task that is always ready (a busy channel, a backlog of accepts or of output).
+#[derive(Debug, Default)]
+pub(crate) struct Budget(u32);
+
+impl Budget {
+    /// Steps in a row between two yields.
+    const STEPS: u32 = 64;
+
+    /// Counts one step; every [`Budget::STEPS`]-th yields to the executor.
+    pub(crate) async fn step(&mut self) {
+        self.0 += 1;
+        if self.0 == Budget::STEPS {
+            self.0 = 0;
+            future::yield_now().await;
+        }
+    }
+}
+
+/// Sleeps for `d`.
+pub(crate) async fn sleep(d: Duration) {
+    Timer::at(Instant::now() + d).await;
+}

@@ -1,0 +1,134 @@
+//! Accepting connections, reading request heads (bounded in time by `server.head_timeout`, in size
+//! by the core's `max_head_bytes` check), routing them with the core's `Front` and answering what
+//! is not a stream: ops endpoints, the demo page and the publish endpoint. Streams go to their
+//! user's shard as a `std::net::TcpStream` with their `StreamRequest`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use sse_gateway_core::cli::unix_now;
+use sse_gateway_core::{demo, parse_publish, Front, PublishRequest, Response, Routed};
+use tracing::{debug, warn};
+
+use super::inproc::Inproc;
+use super::shards::Shards;
+use super::{sleep, until, Budget};
+use crate::driver::{spawn, Socket};
+use crate::listener::Listener;
+
+/// What every connection task needs.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    /// The core's router.
+    pub(crate) front: Front,
+    /// The shards.
+    pub(crate) shards: Shards,
+    /// The in-process source, when there is no broker.
+    pub(crate) inproc: Option<Inproc>,
+}
+
+/// Accepts forever (the caller drops this future to stop), a task per connection.
+pub(crate) async fn serve(listener: Listener, ctx: Rc<Ctx>) {
+    let mut budget = Budget::default();
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => spawn(connection(sock, peer, ctx.clone())),
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+        budget.step().await;
+    }
+}
+
+async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
+    let _ = sock.get_ref().set_nodelay(true);
+    let server = &ctx.front.settings().config.server;
+    let deadline = Instant::now() + server.head_timeout;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let routed = loop {
+        match until(deadline, sock.read(&mut chunk)).await {
+            Some(Ok(0)) | Some(Err(_)) => return,
+            None => return debug!(%peer, "head timeout"),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        match ctx.front.route(&buf, unix_now()) {
+            Routed::Partial => continue,
+            r => break r,
+        }
+    };
+    let metrics = ctx.front.metrics();
+    let settings = ctx.front.settings();
+    let resp = match routed {
+        Routed::Partial => return,
+        // Counted by the core.
+        Routed::Respond(r) => return respond(sock, r, deadline).await,
+        Routed::Stream(req) => {
+            match sock.into_inner() {
+                Ok(std) => ctx.shards.open(std, req).await,
+                Err(e) => debug!(%peer, error = %e, "cannot hand over a connection"),
+            }
+            return;
+        }
+        Routed::Publish(p) => match publish(&mut sock, &mut buf, p, deadline, &ctx).await {
+            Some(r) => r,
+            None => return,
+        },
+        Routed::Health => Response::ok_text("ok\n"),
+        Routed::Ready => Response::ready(&ctx.shards.down(settings)),
+        Routed::Metrics => Response::metrics(metrics),
+        Routed::DemoPage => {
+            let cookie = settings.config.auth.cookie.as_deref().unwrap_or(demo::DEMO_COOKIE);
+            Response::with_body(200, "text/html; charset=utf-8", "", None, demo::page(cookie).as_bytes())
+        }
+    };
+    metrics.response(resp.status);
+    respond(sock, resp, deadline).await;
+}
+
+/// Writes a whole response and closes, within the head deadline (at least a second).
+async fn respond(mut sock: Socket, resp: Response, deadline: Instant) {
+    let at = deadline.max(Instant::now() + Duration::from_secs(1));
+    until(at, async {
+        sock.write_all(&resp.bytes).await?;
+        sock.close().await
+    })
+    .await;
+}
+
+/// Reads the body (the rest of it: part may have come with the head), validates and publishes
+/// it. `None` when the client did not send the whole body in time (the connection is dropped).
+async fn publish(
+    sock: &mut Socket,
+    buf: &mut Vec<u8>,
+    p: PublishRequest,
+    deadline: Instant,
+    ctx: &Ctx,
+) -> Option<Response> {
+    let end = p.head_len + p.content_length;
+    let mut chunk = [0u8; 4096];
+    while buf.len() < end {
+        let want = (end - buf.len()).min(chunk.len());
+        match until(deadline, sock.read(&mut chunk[..want])).await {
+            Some(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+    let cors = p.cors_origin.as_deref();
+    let msg = match parse_publish(&buf[p.head_len..end]) {
+        Ok(msg) => msg,
+        Err(r) => return Some(r),
+    };
+    let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
+    let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
+    Some(match inproc.publish(p.channel, msg).await {
+        Some(Ok(id)) => Response::published(id, cors),
+        Some(Err(d)) => Response::dropped(&d, cors),
+        None => unavailable(),
+    })
+}

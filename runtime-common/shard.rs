@@ -1,0 +1,355 @@
+//! One shard: the loop that owns a core `Gateway`, and a writer task per stream.
+//!
+//! The loop waits for the first of: the core's deadline, a command. It applies one input, then
+//! drains `poll_output()`: `Transmit(id)` wakes that stream's writer, `Close(id, why)` marks it
+//! closing and wakes it. Each writer waits for its wake or for its socket to become readable
+//! (EOF or error = the client left), writes what `take_output` returns with vectored writes, and
+//! on close flushes the rest (bounded), shuts the socket down and calls `on_closed`. Everything
+//! runs on the shard thread's executor: the `Gateway` sits in a `RefCell` borrowed only between
+//! awaits, and a stream's wake is a `Cell`, not a lock.
+//!
+//! Neither executor preempts a task that is always ready, so the loop and the writers yield
+//! after a bounded run of work ([`Budget`]).
+
+use std::cell::{Cell, RefCell};
+use std::future::{pending, poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+use bytes::{Buf, Bytes};
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use sse_gateway_core::cli::unix_now;
+use sse_gateway_core::{ChannelId, CloseReason, Gateway, Metrics, Output, Settings, StreamId, StreamRequest};
+use tracing::{debug, info, warn};
+
+use super::shards::Command;
+use super::{until, Budget};
+use crate::driver::{spawn, Socket, Timer};
+
+/// Time a closing stream (and a refused one) gets to take its last bytes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Buffers handed to one `writev`.
+const IOV_MAX: usize = 64;
+
+/// Runs a shard until it has drained after [`Command::Shutdown`] (or its senders are gone).
+pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settings>, metrics: Arc<Metrics>) {
+    let shard = Rc::new(Shard { gw: RefCell::new(gw), conns: RefCell::new(Vec::new()), settings, metrics });
+    shard.run(rx).await;
+}
+
+/// What woke the shard loop.
+enum Wake {
+    Deadline,
+    Command(Command),
+    /// Draining: time to look whether the streams are gone.
+    Tick,
+    DrainOver,
+}
+
+/// A stream's link between the shard loop and its writer task.
+struct Conn {
+    id: StreamId,
+    wake: Notify,
+    closing: Cell<Option<CloseReason>>,
+}
+
+/// A wake-up for the one task that waits on it, kept until that task looks (so none is lost
+/// between two waits). Single-threaded: the shard loop and the writer share an executor.
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn notified(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            let w = match self.waker.take() {
+                Some(w) if w.will_wake(cx.waker()) => w,
+                _ => cx.waker().clone(),
+            };
+            self.waker.set(Some(w));
+            Poll::Pending
+        })
+    }
+}
+
+struct Shard {
+    gw: RefCell<Gateway>,
+    /// Writer links by `StreamId::index` (the full id is checked on use).
+    conns: RefCell<Vec<Option<Rc<Conn>>>>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shard {
+    async fn run(self: Rc<Self>, rx: Receiver<Command>) {
+        let mut timer = Timer::at(Instant::now());
+        let mut armed: Option<Instant> = None;
+        let mut drain_until: Option<Instant> = None;
+        let mut budget = Budget::default();
+        loop {
+            let next = self.gw.borrow().poll_timeout().map(|(at, _)| at);
+            if next != armed {
+                if let Some(at) = next {
+                    timer.set_at(at);
+                }
+                armed = next;
+            }
+            let deadline = async {
+                match armed {
+                    Some(_) => (&mut timer).await,
+                    None => pending().await,
+                };
+                Wake::Deadline
+            };
+            let other = async {
+                match drain_until {
+                    None => Wake::Command(rx.recv().await.unwrap_or(Command::Shutdown)),
+                    // While draining, writers finish on their own; look again every 50 ms.
+                    Some(until) => {
+                        Timer::at(until.min(Instant::now() + Duration::from_millis(50))).await;
+                        if Instant::now() >= until {
+                            Wake::DrainOver
+                        } else {
+                            Wake::Tick
+                        }
+                    }
+                }
+            };
+            match future::or(deadline, other).await {
+                Wake::Deadline => {
+                    self.gw.borrow_mut().handle_timeout(Instant::now());
+                    // Re-arm from the core's answer, even if it is the same instant.
+                    armed = None;
+                }
+                Wake::Command(cmd) => self.apply(cmd, &mut drain_until),
+                Wake::Tick => {}
+                Wake::DrainOver => {
+                    let left = self.gw.borrow().slots_in_use();
+                    warn!(streams = left, "shutdown drain time passed; closing the remaining streams");
+                    return;
+                }
+            }
+            self.drain();
+            if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 {
+                return;
+            }
+            budget.step().await;
+        }
+    }
+
+    fn apply(self: &Rc<Self>, cmd: Command, drain_until: &mut Option<Instant>) {
+        match cmd {
+            Command::Open(sock, req) => self.open(sock, req),
+            Command::Event(ev) => self.gw.borrow_mut().handle_event(&ev),
+            Command::SourceDown(ch) => self.gw.borrow_mut().source_down(ch, Instant::now()),
+            Command::SourceUp(ch) => self.gw.borrow_mut().source_up(ch),
+            Command::Shutdown => {
+                self.gw.borrow_mut().shutdown();
+                *drain_until = Some(Instant::now() + self.settings.config.server.shutdown_drain);
+            }
+        }
+    }
+
+    fn conn(&self, id: StreamId) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(id.index()).and_then(|c| c.clone()).filter(|c| c.id == id)
+    }
+
+    fn drain(&self) {
+        loop {
+            let out = self.gw.borrow_mut().poll_output();
+            match out {
+                None => return,
+                Some(Output::Transmit(id)) => {
+                    if let Some(c) = self.conn(id) {
+                        c.wake.notify();
+                    }
+                }
+                Some(Output::Close(id, why)) => match self.conn(id) {
+                    Some(c) => {
+                        c.closing.set(Some(why));
+                        c.wake.notify();
+                    }
+                    None => self.gw.borrow_mut().on_closed(id),
+                },
+                // Only asked for channels marked with `set_history`, which this frontend never
+                // calls yet; answer "incomplete" so the stream gets history_gap and goes live.
+                Some(Output::Backfill { stream, .. }) => self.gw.borrow_mut().backfill_done(stream, false),
+            }
+        }
+    }
+
+    fn open(self: &Rc<Self>, sock: std::net::TcpStream, req: StreamRequest) {
+        let sock = match Socket::new(sock) {
+            Ok(s) => s,
+            Err(e) => return debug!(error = %e, "cannot adopt a connection"),
+        };
+        let log = StreamLog {
+            user: req.identity.user.clone(),
+            channel: req.channel,
+            version: req.version,
+            opened: Instant::now(),
+        };
+        let result = self.gw.borrow_mut().open(req, log.opened, unix_now());
+        self.metrics.response(match &result {
+            Ok(_) => 200,
+            Err(resp) => resp.status,
+        });
+        match result {
+            Ok(id) => {
+                let conn = Rc::new(Conn { id, wake: Notify::default(), closing: Cell::new(None) });
+                {
+                    let mut conns = self.conns.borrow_mut();
+                    if conns.len() <= id.index() {
+                        conns.resize(id.index() + 1, None);
+                    }
+                    conns[id.index()] = Some(conn.clone());
+                }
+                let channel = self.settings.channel(log.channel).name.clone();
+                info!(stream = %id, user = %log.user, channel = %channel, version = log.version, "stream opened");
+                spawn(self.clone().writer(conn, sock, log, channel));
+            }
+            Err(resp) => {
+                info!(user = %log.user, status = resp.status, "stream refused");
+                spawn(async move {
+                    let mut sock = sock;
+                    until(Instant::now() + WRITE_TIMEOUT, async {
+                        sock.write_all(&resp.bytes).await?;
+                        sock.close().await
+                    })
+                    .await;
+                });
+            }
+        }
+    }
+
+    /// Writes one stream until it closes, then releases it.
+    async fn writer(self: Rc<Self>, conn: Rc<Conn>, mut sock: Socket, log: StreamLog, channel: String) {
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut scratch = [0u8; 64];
+        let mut budget = Budget::default();
+        let why = loop {
+            self.gw.borrow_mut().take_output(conn.id, &mut out);
+            // A resume continues inside take_output and may queue outputs of its own.
+            self.drain();
+            if !out.is_empty() && write_out(&mut sock, &mut out, &conn).await.is_err() {
+                break conn.closing.get().unwrap_or(CloseReason::ClientGone);
+            }
+            if let Some(why) = conn.closing.get() {
+                self.gw.borrow_mut().take_output(conn.id, &mut out);
+                until(Instant::now() + WRITE_TIMEOUT, async {
+                    write_all_vectored(&mut sock, &mut out).await?;
+                    sock.close().await
+                })
+                .await;
+                break why;
+            }
+            budget.step().await;
+            let client_left = future::or(
+                async {
+                    conn.wake.notified().await;
+                    false
+                },
+                async {
+                    // A client has nothing to say on a stream; what it sends is ignored.
+                    matches!(sock.read(&mut scratch).await, Ok(0) | Err(_))
+                },
+            );
+            if client_left.await {
+                break CloseReason::ClientGone;
+            }
+        };
+        drop(sock);
+        self.gw.borrow_mut().on_closed(conn.id);
+        if let Some(slot) = self.conns.borrow_mut().get_mut(conn.id.index()) {
+            if slot.as_ref().is_some_and(|c| c.id == conn.id) {
+                *slot = None;
+            }
+        }
+        let secs = log.opened.elapsed().as_secs_f64();
+        info!(stream = %conn.id, user = %log.user, channel = %channel, version = log.version,
+              reason = why.label(), duration_s = format_args!("{secs:.1}"), "stream closed");
+    }
+}
+
+/// What is logged about a stream (never its token).
+struct StreamLog {
+    user: String,
+    channel: ChannelId,
+    version: u32,
+    opened: Instant,
+}
+
+/// Writes `out`; if the stream is told to close meanwhile, gives the rest [`WRITE_TIMEOUT`].
+async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn) -> io::Result<()> {
+    let mut write = pin!(write_all_vectored(sock, out));
+    loop {
+        if conn.closing.get().is_some() {
+            let timed_out = || Err(io::ErrorKind::TimedOut.into());
+            return until(Instant::now() + WRITE_TIMEOUT, write).await.unwrap_or_else(timed_out);
+        }
+        // A wake here is either more output (picked up after this write) or a close.
+        let done = future::or(async { Some((&mut write).await) }, async {
+            conn.wake.notified().await;
+            None
+        });
+        if let Some(r) = done.await {
+            return r;
+        }
+    }
+}
+
+/// Writes every buffer with `writev`, handling partial writes; leaves `bufs` empty on success.
+/// The `IoSlice` array lives on the stack of each poll, not in the task (it is 1 KiB a stream).
+async fn write_all_vectored(sock: &mut Socket, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut start = 0;
+    loop {
+        while bufs.get(start).is_some_and(Bytes::is_empty) {
+            start += 1;
+        }
+        if start >= bufs.len() {
+            bufs.clear();
+            return Ok(());
+        }
+        let pending = &bufs[start..];
+        let mut n = poll_fn(|cx| {
+            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let k = pending.len().min(IOV_MAX);
+            for (slot, b) in iov.iter_mut().zip(pending) {
+                *slot = IoSlice::new(b);
+            }
+            Pin::new(&mut *sock).poll_write_vectored(cx, &iov[..k])
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let b = &mut bufs[start];
+            if n >= b.len() {
+                n -= b.len();
+                start += 1;
+            } else {
+                b.advance(n);
+                n = 0;
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Shards: each a thread with a single-threaded executor that owns one core `Gateway` and the
+//! sockets of its streams (STYLE.md point 8; the loop itself is in [`super::shard`]). Everything
+//! else talks to a shard through [`Shards`], which sends [`Command`]s over bounded channels
+//! (awaiting a full one = backpressure).
+
+use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_channel::Sender;
+use sse_gateway_core::{shard_of, ChannelId, Event, Gateway, Metrics, Settings, StreamRequest};
+use tracing::debug;
+
+use crate::driver::Executor;
+
+/// Commands queued per shard before senders wait.
+const QUEUE: usize = 1024;
+
+/// What a shard is asked to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Open a stream on this accepted, routed connection.
+    Open(std::net::TcpStream, StreamRequest),
+    /// An event for every stream of its channel.
+    Event(Event),
+    /// The channel's source is unreachable (D8).
+    SourceDown(ChannelId),
+    /// The channel's source is back.
+    SourceUp(ChannelId),
+    /// Stop (D12): close every stream, exit once they are gone or the drain time passed.
+    Shutdown,
+}
+
+/// The handle to every shard, plus the process's view of its sources (for `/readyz`).
+#[derive(Clone, Debug)]
+pub(crate) struct Shards {
+    txs: Arc<[Sender<Command>]>,
+    /// Per channel: [`UNREACHED`], [`UP`] or [`DOWN`].
+    sources: Arc<[AtomicU8]>,
+}
+
+const UNREACHED: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+impl Shards {
+    /// Hands a routed stream to its user's shard.
+    pub(crate) async fn open(&self, sock: std::net::TcpStream, req: StreamRequest) {
+        let i = shard_of(&req.identity.user, self.txs.len());
+        if self.txs[i].send(Command::Open(sock, req)).await.is_err() {
+            debug!("shard {i} is gone; connection dropped");
+        }
+    }
+
+    /// Gives every shard a clone of `ev` (one `Arc`), waiting while a shard's queue is full.
+    pub(crate) async fn event(&self, ev: &Event) {
+        for tx in self.txs.iter() {
+            let _ = tx.send(Command::Event(ev.clone())).await;
+        }
+    }
+
+    /// Records a source's state and tells every shard when it changed (a source that fails
+    /// again while down, during reconnects, is no news).
+    pub(crate) async fn source(&self, ch: ChannelId, up: bool) {
+        let new = if up { UP } else { DOWN };
+        if self.sources[ch.index()].swap(new, Ordering::Relaxed) == new {
+            return;
+        }
+        for tx in self.txs.iter() {
+            let _ = tx.send(if up { Command::SourceUp(ch) } else { Command::SourceDown(ch) }).await;
+        }
+    }
+
+    /// Names of the channels whose source is not up now (never reached yet, or lost): `/readyz`
+    /// is ready when this is empty.
+    pub(crate) fn down<'a>(&self, settings: &'a Settings) -> Vec<&'a str> {
+        settings
+            .channels
+            .iter()
+            .zip(self.sources.iter())
+            .filter(|(_, s)| s.load(Ordering::Relaxed) != UP)
+            .map(|(c, _)| c.name.as_str())
+            .collect()
+    }
+
+    /// Asks every shard to drain and stop.
+    pub(crate) async fn shutdown(&self) {
+        for tx in self.txs.iter() {
+            let _ = tx.send(Command::Shutdown).await;
+        }
+    }
+}
+
+/// Starts `n` shard threads (`shard-0`...) splitting `max_streams` between them.
+pub(crate) fn spawn(
+    n: usize,
+    settings: &Arc<Settings>,
+    metrics: &Arc<Metrics>,
+    max_streams: usize,
+) -> io::Result<(Shards, Vec<JoinHandle<()>>)> {
+    let mut txs = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = async_channel::bounded(QUEUE);
+        txs.push(tx);
+        // The remainder goes to the first shards, so the shards hold max_streams in total.
+        let cap = max_streams / n + usize::from(i < max_streams % n);
+        let seed = getrandom::u64().unwrap_or(0x5eed) ^ i as u64;
+        let gw = Gateway::new(settings.clone(), metrics.clone(), cap, seed);
+        let executor = Executor::new()?;
+        let (settings, metrics) = (settings.clone(), metrics.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || executor.block_on(super::shard::run(gw, rx, settings, metrics)))?;
+        threads.push(thread);
+    }
+    let sources = settings.channels.iter().map(|_| AtomicU8::new(UNREACHED)).collect();
+    Ok((Shards { txs: txs.into(), sources }, threads))
+}
