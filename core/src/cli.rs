@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::{parse_duration, Settings};
 use crate::setup::{self, Env, Overrides, Setup};
-use crate::{demo, issue_hs256, Front, Metrics};
+use crate::{contract, demo, issue_hs256, Front, Metrics};
 
 /// Server-Sent Events gateway: streams RabbitMQ domain events to browsers
 /// (`GET /api/v1/streams/{channel}` with a JWT).
@@ -85,6 +85,26 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
         /// Configuration file (for the secret, roles claim, issuer and audience).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Prints the contract with the web UI, generated from the event catalogue and configuration
+    /// in force (the file's `catalogue`, else the shipped one): channels, event types and payload
+    /// schemas per version, the error/warning/heartbeat events, roles and token options.
+    /// `docs/asyncapi.json`, `docs/events.schema.json` and `docs/events.d.ts` are its output for
+    /// the defaults.
+    #[command(group(clap::ArgGroup::new("format").required(true).args(["asyncapi", "json_schema", "typescript"])))]
+    Catalogue {
+        /// An AsyncAPI 3.0 document (JSON).
+        #[arg(long)]
+        asyncapi: bool,
+        /// The event payloads as one JSON Schema (draft 2020-12) document.
+        #[arg(long)]
+        json_schema: bool,
+        /// TypeScript declarations: payload interfaces and a discriminated union per channel.
+        #[arg(long)]
+        typescript: bool,
+        /// Configuration file (its catalogue, channels, roles and token options shape the output).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -154,6 +174,14 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
     let result = match &cli.command {
         Some(Command::CheckConfig { file }) => load(Some(file), &Overrides::default()).map(|_| println!("ok")),
         Some(Command::Token { sub, roles, ttl, config }) => token(sub, roles, ttl, config.as_deref().or(cli.config.as_deref())),
+        Some(Command::Catalogue { asyncapi, json_schema, typescript, config }) => {
+            let format = match (asyncapi, json_schema, typescript) {
+                (true, _, _) => contract::Format::AsyncApi,
+                (_, true, _) => contract::Format::JsonSchema,
+                _ => contract::Format::TypeScript,
+            };
+            catalogue(format, config.as_deref().or(cli.config.as_deref()))
+        }
         None => match load(cli.config.as_deref(), &Overrides { demo: cli.demo, listen: cli.listen.clone() }) {
             Ok(setup) => {
                 init_logs(cli.json_logs);
@@ -232,6 +260,14 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Resul
     Ok(())
 }
 
+fn catalogue(format: contract::Format, config: Option<&Path>) -> Result<(), String> {
+    let setup = load(config, &Overrides::default())?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(contract::render(format, &setup.settings).as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("stdout: {e}"))
+}
+
 /// Text logs (JSON lines with `json`) on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logs(json: bool) {
     use tracing_subscriber::EnvFilter;
@@ -262,6 +298,19 @@ mod tests {
             Some(Command::Token { sub, roles, ttl, .. }) => assert_eq!((sub.as_str(), roles.len(), ttl.as_str()), ("u", 2, "1h")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn catalogue_takes_exactly_one_format() {
+        let parse = |args: &[&str]| Cli::command().try_get_matches_from(args.iter().copied()).map(|m| Cli::from_arg_matches(&m).unwrap());
+        match parse(&["x", "catalogue", "--typescript"]).unwrap().command {
+            Some(Command::Catalogue { typescript: true, asyncapi: false, json_schema: false, config: None }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["x", "catalogue", "--json-schema", "--config", "f.toml"]).unwrap().command,
+            Some(Command::Catalogue { json_schema: true, config: Some(_), .. })));
+        assert!(parse(&["x", "catalogue"]).is_err(), "a format is required");
+        assert!(parse(&["x", "catalogue", "--asyncapi", "--typescript"]).is_err(), "one format at a time");
     }
 
     #[test]

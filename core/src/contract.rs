@@ -34,6 +34,28 @@ pub const HTTP_REFUSALS: [(u16, &str, &str); 5] = [
     (503, "overloaded", "The gateway holds all the streams it can (`server.max_streams`)."),
 ];
 
+/// One of the generated documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// [`asyncapi`], pretty JSON.
+    AsyncApi,
+    /// [`json_schemas`], pretty JSON.
+    JsonSchema,
+    /// [`typescript`].
+    TypeScript,
+}
+
+/// The text of a generated document, as `sse-gateway catalogue` prints it and `docs/` holds it
+/// (JSON pretty-printed, every document ending in a newline).
+pub fn render(format: Format, settings: &Settings) -> String {
+    let json = |v: Value| serde_json::to_string_pretty(&v).expect("a Value always serializes") + "\n";
+    match format {
+        Format::AsyncApi => json(asyncapi(settings)),
+        Format::JsonSchema => json(json_schemas(settings)),
+        Format::TypeScript => typescript(settings),
+    }
+}
+
 /// The path of a channel's stream.
 pub fn stream_path(channel: &str) -> String {
     format!("/api/v1/streams/{channel}")

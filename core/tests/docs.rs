@@ -54,19 +54,19 @@ fn same_json(a: &str, b: &str) -> bool {
 
 #[test]
 fn committed_asyncapi_is_the_generated_one() {
-    let text = serde_json::to_string_pretty(&contract::asyncapi(&Settings::seed())).unwrap() + "\n";
+    let text = contract::render(contract::Format::AsyncApi, &Settings::seed());
     check_generated("asyncapi.json", &text, same_json);
 }
 
 #[test]
 fn committed_json_schemas_are_the_generated_ones() {
-    let text = serde_json::to_string_pretty(&contract::json_schemas(&Settings::seed())).unwrap() + "\n";
+    let text = contract::render(contract::Format::JsonSchema, &Settings::seed());
     check_generated("events.schema.json", &text, same_json);
 }
 
 #[test]
 fn committed_typescript_is_the_generated_one() {
-    check_generated("events.d.ts", &contract::typescript(&Settings::seed()), |a, b| a == b);
+    check_generated("events.d.ts", &contract::render(contract::Format::TypeScript, &Settings::seed()), |a, b| a == b);
 }
 
 // ------------------------------------------------------------------------------------------------
