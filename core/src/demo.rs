@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::ingest::{HeaderValue, UpstreamMessage};
 
-/// The demo page template; its cookie name placeholder is `__SSE_COOKIE__` (see [`page`]).
+/// The demo page template; its placeholders are `__SSE_COOKIE__` (the cookie name) and
+/// `__SSE_EVENT_TYPES__` (channel -> event types, JSON). See [`page`].
 pub const PAGE: &str = include_str!("demo.html");
 
 /// Cookie name `--demo` configures when `auth.cookie` is unset.
@@ -23,9 +24,20 @@ pub const DEMO_USER: &str = "demo-user";
 /// Roles of the development token `--demo` prints: every seed channel and the publish endpoint.
 pub const DEMO_ROLES: [&str; 2] = ["finance_manager", "publisher"];
 
-/// The demo page with the cookie name the gateway reads tokens from.
+/// The demo page with the cookie name the gateway reads tokens from. It shows every event type of
+/// each seed channel's default version (demo samples exist for the seed channels only).
 pub fn page(cookie: &str) -> String {
-    PAGE.replace("__SSE_COOKIE__", cookie)
+    let catalogue = crate::Catalogue::seed();
+    let mut types = serde_json::Map::new();
+    for ch in catalogue.channels() {
+        let names: Vec<&str> = ch
+            .version(ch.default_version())
+            .map(|v| v.event_types().map(|(name, _)| name).collect())
+            .unwrap_or_default();
+        types.insert(ch.name().to_string(), json!(names));
+    }
+    // Channel and event-type names are `[a-z0-9._-]`: safe inside a <script> element.
+    PAGE.replace("__SSE_COOKIE__", cookie).replace("__SSE_EVENT_TYPES__", &Value::Object(types).to_string())
 }
 
 /// What `--demo` forces: sample events on, the publish endpoint on, and a token cookie (so the
@@ -128,5 +140,7 @@ mod tests {
         configure(&mut c);
         assert_eq!(c.auth.cookie.as_deref(), Some("tok"));
         assert!(page("tok").contains("\"tok\"") && !page("tok").contains("__SSE_COOKIE__"));
+        assert!(!page("tok").contains("__SSE_EVENT_TYPES__"));
+        assert!(page("tok").contains(r#""payments":["payment.overdue","payment.status.changed"]"#));
     }
 }
