@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks of sse-gateway (tokio), sse-gateway-smol and nchan (BENCHMARKS.md).
+#
+#   bench/run.sh build                      build the binaries and the load tool, snapshot them
+#   bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE events/s for DURATION s
+#   bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES without loss (STEP_SECS each)
+#   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for 20 s
+#   bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
+#   bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
+#   bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
+#   bench/run.sh hotpath                    the core micro-benchmark
+#   bench/run.sh all                        every scenario above on every server
+#
+# SERVER is tokio (sse-gateway), smol (sse-gateway-smol) or nchan; default all three. Each
+# scenario starts a fresh server, runs the load tool (tests/src/bin/load.rs) and stops it. Every
+# run appends the tool's JSON line (with a label naming scenario, server, workers and the load
+# average at its start) to $RESULTS and prints its table on stderr.
+#
+# Environment: WORKERS (server.workers of both gateways = nchan's worker_processes, default 2),
+# RUNS (repetitions of each measurement, default 2), QUIET (wait until the 1-minute load average
+# is below this before each measurement, default 0.5; QUIET_MAX seconds at most, default 600,
+# then it runs anyway and the label says so), BENCH_DIR (default /tmp/sse-bench).
+#
+# Loopback only: servers listen on 127.0.0.1, clients come from 127.x.y.z. Needs RabbitMQ
+# (.ci/ensure-rabbitmq starts it) and `apt-get install -y nginx libnginx-mod-nchan` for nchan;
+# nginx runs from a temp dir with its own pid, logs and temp paths, never as the system service.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-/tmp/sse-bench}
+RESULTS=${RESULTS:-$BENCH_DIR/results.jsonl}
+WORKERS=${WORKERS:-2}
+RUNS=${RUNS:-2}
+QUIET=${QUIET:-0.5}
+QUIET_MAX=${QUIET_MAX:-600}
+GW_PORT=${GW_PORT:-18080}
+NCHAN_PORT=${NCHAN_PORT:-18090}
+BIN=$BENCH_DIR/bin
+SECRET=bench-secret-0123456789-0123456789
+mkdir -p "$BENCH_DIR"
+
+log() { echo "== $*" >&2; }
+
+build() {
+  (cd "$ROOT" && cargo build --release -p sse-gateway-tokio -p sse-gateway-smol -p sse-gateway-tests --bin sse-gateway --bin sse-gateway-smol --bin load)
+  mkdir -p "$BIN"
+  # A snapshot: other builds in the work tree do not change the binaries under test mid-run.
+  cp "$ROOT/target/release/sse-gateway" "$ROOT/target/release/sse-gateway-smol" "$ROOT/target/release/load" "$BIN/"
+  (cd "$ROOT" && git rev-parse --short HEAD) > "$BIN/commit"
+  log "binaries of $(cat "$BIN/commit") in $BIN"
+}
+
+need_bins() { [ -x "$BIN/load" ] || build; }
+
+# Waits until the 1-minute load average is below $QUIET; echoes the load average it ran at.
+quiet() {
+  local waited=0 la
+  while :; do
+    la=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v a="$la" -v q="$QUIET" 'BEGIN { exit !(a < q) }'; then echo "$la"; return; fi
+    if [ "$waited" -ge "$QUIET_MAX" ]; then echo "${la}-not-quiet"; return; fi
+    [ "$waited" -eq 0 ] && log "load average $la, waiting for < $QUIET"
+    sleep 10; waited=$((waited + 10))
+  done
+}
+
+# ---- servers: start_<server> sets PIDS (what the load tool watches), ADDR and TARGET ----
+
+SERVER_PID=""
+start_gateway() { # $1 = binary name
+  local dir=$BENCH_DIR/gw
+  rm -rf "$dir"; mkdir -p "$dir"
+  sed -e "s/@PORT@/$GW_PORT/" -e "s/@WORKERS@/$WORKERS/" "$ROOT/bench/gateway.toml" > "$dir/gateway.toml"
+  # A fresh queue: nothing left over from an earlier run reaches the new process.
+  rabbitmqctl -q delete_queue sse-gateway.bench.deals >/dev/null 2>&1 || true
+  "$BIN/$1" --config "$dir/gateway.toml" > "$dir/stdout" 2> "$dir/stderr" &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$dir/stdout" 2>/dev/null && break
+    sleep 0.1
+  done
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/readyz")" = 200 ] && break
+    sleep 0.1
+  done
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/readyz")" = 200 ] || { cat "$dir/stderr" >&2; return 1; }
+  PIDS="--pid $SERVER_PID"; ADDR=127.0.0.1:$GW_PORT; TARGET=gateway
+}
+
+start_nchan() {
+  local dir=$BENCH_DIR/nchan
+  rm -rf "$dir"; mkdir -p "$dir"
+  sed -e "s|@DIR@|$dir|g" -e "s/@PORT@/$NCHAN_PORT/" -e "s/@WORKERS@/$WORKERS/" "$ROOT/bench/nchan/nginx.conf" > "$dir/nginx.conf"
+  nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+  for _ in $(seq 1 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
+  [ -s "$dir/nginx.pid" ] || { cat "$dir/error.log" >&2; return 1; }
+  SERVER_PID=$(cat "$dir/nginx.pid")
+  sleep 0.5
+  PIDS=""
+  for p in $(pgrep -P "$SERVER_PID"); do PIDS="$PIDS --pid $p"; done
+  ADDR=127.0.0.1:$NCHAN_PORT; TARGET=nchan
+}
+
+start() { # $1 = tokio | smol | nchan
+  case $1 in
+    tokio) start_gateway sse-gateway ;;
+    smol) start_gateway sse-gateway-smol ;;
+    nchan) start_nchan ;;
+    *) echo "unknown server $1" >&2; exit 2 ;;
+  esac
+}
+
+stop() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+trap stop EXIT
+
+# load SCENARIO SERVER ARGS...: one measurement on the running server.
+load() {
+  local scenario=$1 server=$2; shift 2
+  local la; la=$(quiet)
+  log "$scenario on $server (workers $WORKERS, load average $la)"
+  # shellcheck disable=SC2086
+  "$BIN/load" --target "$TARGET" --addr "$ADDR" $PIDS --secret "$SECRET" \
+    --label "scenario=$scenario server=$server workers=$WORKERS loadavg=$la commit=$(cat "$BIN/commit")" "$@" | tee -a "$RESULTS"
+}
+
+servers() { if [ $# -eq 0 ]; then echo tokio smol nchan; else echo "$@"; fi; }
+
+# ---- scenarios ----
+
+fanout() {
+  for s in $(servers "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "fanout-10k run=$r" "$s" --mode fanout --streams 10000 --rate "${RATE:-100}" --duration "${DURATION:-20}" --drain 15
+      stop
+    done
+  done
+}
+
+steps() {
+  for s in $(servers "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      for rate in ${RATES:-5 10 20 40 60 80 100}; do
+        out=$(load "steps-10k rate=$rate run=$r" "$s" --mode fanout --streams 10000 --rate "$rate" --duration "${STEP_SECS:-10}" --drain 10)
+        lost=$(echo "$out" | sed -n 's/.*"lost":\([0-9]*\).*/\1/p')
+        if [ "${lost:-1}" != 0 ]; then log "$s: loss at $rate events/s"; break; fi
+      done
+      stop
+    done
+  done
+}
+
+latency() {
+  for s in $(servers "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration 20 --drain 10
+      stop
+    done
+  done
+}
+
+idle() {
+  for s in $(servers "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "idle run=$r" "$s" --mode connect --streams "${IDLE_STREAMS:-19000}" --settle 5
+      stop
+    done
+  done
+}
+
+accept() {
+  for s in $(servers "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "accept-10k run=$r" "$s" --mode connect --streams 10000 --settle 1
+      stop
+    done
+  done
+}
+
+resume() {
+  for s in $(servers "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "resume-storm-10k run=$r" "$s" --mode resume --streams 10000 --warm 10 --behind 100 --drain 60
+      stop
+    done
+  done
+}
+
+hotpath() {
+  for r in $(seq 1 "$RUNS"); do
+    log "core hot path, run $r (load average $(quiet))"
+    (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path 2>/dev/null) | tee -a "$BENCH_DIR/hotpath.txt"
+  done
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case $cmd in
+  build) build ;;
+  fanout | steps | latency | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
+  hotpath) hotpath ;;
+  all)
+    build; "$ROOT/.ci/ensure-rabbitmq" >&2
+    fanout; steps; latency; idle; accept; resume; hotpath ;;
+  *) sed -n '2,26p' "$0"; exit 2 ;;
+esac

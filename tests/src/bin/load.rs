@@ -1,0 +1,427 @@
+//! `load`: the side-by-side load tool for sse-gateway (both binaries) and nchan (issue 7).
+//!
+//! One parent process publishes and measures; `--procs` child processes (this binary with
+//! `--child`) hold the streams, each on one thread, because the open-files limit is 20,000 per
+//! process here (FIELD-NOTES). Streams come from source addresses `127.<net>.0.2`, `.3`, ...
+//! (`--per-addr` each, bind before connect) so ephemeral ports do not run out; `<net>` is picked
+//! per run so the TIME_WAIT sockets of the previous run are not in the way.
+//!
+//! Modes (each bounded in time and count; loopback only):
+//! - `connect`: open `--streams` streams (`--concurrency` in flight per process), report the time
+//!   to have every response head and the rate; after `--settle` seconds, the server's memory per
+//!   idle stream.
+//! - `fanout`: open the streams, publish `--rate` events/s for `--duration` s (RabbitMQ for the
+//!   gateway, HTTP POST for nchan), wait up to `--drain` s, report deliveries/s, lost events (every
+//!   stream must get every event), publish-to-receive latency, server memory and CPU.
+//! - `resume`: open the streams, publish `--warm` events, disconnect every stream, publish
+//!   `--behind` events, reconnect every stream at once with its `Last-Event-ID`, report whether
+//!   each replay is exact (every missed event, once, in order, nothing older; for the gateway its
+//!   ids), the time to serve all of them, and the server's peak memory.
+//!
+//! Output: one line of JSON on stdout, a human table on stderr.
+
+#[path = "load/client.rs"]
+mod client;
+#[path = "load/frame.rs"]
+mod frame;
+#[path = "load/procfs.rs"]
+mod procfs;
+#[path = "load/publish.rs"]
+mod publish;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use client::{Spec, Target};
+use publish::Publisher;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Server {
+    /// sse-gateway or sse-gateway-smol (HS256 tokens, RabbitMQ publishing).
+    Gateway,
+    /// nginx + nchan (no credentials, HTTP publishing).
+    Nchan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Connect,
+    Fanout,
+    Resume,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load tool for sse-gateway and nchan: fan-out, latency, idle memory, accept rate, resume storm")]
+struct Args {
+    /// Which kind of server listens at --addr.
+    #[arg(long, value_enum)]
+    target: Server,
+    /// The server's address (loopback).
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, value_enum, default_value = "fanout")]
+    mode: Mode,
+    /// Channel (gateway: `/api/v1/streams/{channel}`; nchan: `/sub/{channel}`, `/pub/{channel}`).
+    #[arg(long, default_value = "deals")]
+    channel: String,
+    /// Streams to open in total.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Events published per second (fanout).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of publishing (fanout).
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Seconds to wait after the last publish for the last deliveries.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// Seconds between the last response head and the idle memory reading (connect).
+    #[arg(long, default_value_t = 3.0)]
+    settle: f64,
+    /// Events each stream gets before the storm (resume).
+    #[arg(long, default_value_t = 10)]
+    warm: u64,
+    /// Events published while the streams are away (resume).
+    #[arg(long, default_value_t = 100)]
+    behind: u64,
+    /// Server process id(s) whose memory and CPU time are read (repeat for nginx workers).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Subscriber processes (each holds streams/procs; keep each under the open-files limit).
+    #[arg(long, default_value_t = 2)]
+    procs: usize,
+    /// Connections in flight per subscriber process.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Streams per source address.
+    #[arg(long, default_value_t = 5000)]
+    per_addr: usize,
+    /// HS256 secret of the gateway's tokens.
+    #[arg(long, default_value = "bench-secret-0123456789-0123456789")]
+    secret: String,
+    /// RabbitMQ (gateway target).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Exchange the gateway's channel is bound to.
+    #[arg(long, default_value = "bench.deals")]
+    exchange: String,
+    #[arg(long, default_value = "deal.updated")]
+    routing_key: String,
+    /// A free-form label copied into the output (binary name, scenario).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Internal: run as a subscriber process for streams FIRST..FIRST+COUNT.
+    #[arg(long, hide = true)]
+    child: bool,
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    count: usize,
+    #[arg(long, hide = true, default_value_t = 1)]
+    net: u8,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Every stream is a file descriptor: up to the hard limit (20,000 here).
+    let (_, hard) = rlimit::Resource::NOFILE.get()?;
+    rlimit::Resource::NOFILE.set(hard, hard)?;
+    if args.child {
+        let target = match args.target {
+            Server::Gateway => Target::Gateway { secret: args.secret.clone() },
+            Server::Nchan => Target::Nchan,
+        };
+        client::run(Spec {
+            target,
+            addr: args.addr,
+            channel: args.channel.clone(),
+            first: args.first,
+            count: args.count,
+            net: args.net,
+            per_addr: args.per_addr,
+            concurrency: args.concurrency,
+        });
+        return Ok(());
+    }
+    if args.streams / args.procs.max(1) + 64 > hard as usize {
+        bail!("{} streams over {} processes is above the open-files limit ({hard}) per process: raise --procs", args.streams, args.procs);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let out = rt.block_on(parent(&args))?;
+    println!("{out}");
+    eprint!("{}", table(&out));
+    Ok(())
+}
+
+/// The subscriber processes.
+struct Children {
+    procs: Vec<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)>,
+}
+
+impl Children {
+    fn spawn(args: &Args) -> anyhow::Result<Children> {
+        let exe = std::env::current_exe()?;
+        let k = args.procs.max(1);
+        let net = 2 + (SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 250) as u8;
+        let mut procs = Vec::new();
+        for p in 0..k {
+            let first = args.streams * p / k;
+            let count = args.streams * (p + 1) / k - first;
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--child", "--target", if args.target == Server::Gateway { "gateway" } else { "nchan" }])
+                .args(["--addr", &args.addr.to_string(), "--channel", &args.channel, "--secret", &args.secret])
+                .args(["--first", &first.to_string(), "--count", &count.to_string(), "--net", &net.to_string()])
+                .args(["--per-addr", &args.per_addr.to_string(), "--concurrency", &args.concurrency.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            let mut child = cmd.spawn().context("spawn a subscriber process")?;
+            let stdin = child.stdin.take().expect("piped");
+            let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            procs.push((child, stdin, lines));
+        }
+        Ok(Children { procs })
+    }
+
+    /// Sends `cmd` to every child, returns their answers.
+    async fn all(&mut self, cmd: &str) -> anyhow::Result<Vec<Value>> {
+        for (_, stdin, _) in &mut self.procs {
+            stdin.write_all(format!("{cmd}\n").as_bytes()).await?;
+            stdin.flush().await?;
+        }
+        let mut out = Vec::new();
+        for (_, _, lines) in &mut self.procs {
+            let line = lines.next_line().await?.context("a subscriber process ended early")?;
+            out.push(serde_json::from_str(&line).with_context(|| format!("answer {line:?}"))?);
+        }
+        Ok(out)
+    }
+
+    async fn quit(mut self) {
+        for (_, stdin, _) in &mut self.procs {
+            let _ = stdin.write_all(b"quit\n").await;
+        }
+        for (child, _, _) in &mut self.procs {
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn sum(vals: &[Value], key: &str) -> u64 {
+    vals.iter().map(|v| v[key].as_u64().unwrap_or(0)).sum()
+}
+
+fn max(vals: &[Value], key: &str) -> u64 {
+    vals.iter().map(|v| v[key].as_u64().unwrap_or(0)).max().unwrap_or(0)
+}
+
+/// The children's connect answers as one object.
+fn connect_summary(answers: &[Value], wall: Duration) -> Value {
+    let ok = sum(answers, "ok");
+    let mut statuses = serde_json::Map::new();
+    for a in answers {
+        if let Some(m) = a["statuses"].as_object() {
+            for (k, v) in m {
+                let prev = statuses.get(k).and_then(Value::as_u64).unwrap_or(0);
+                statuses.insert(k.clone(), json!(prev + v.as_u64().unwrap_or(0)));
+            }
+        }
+    }
+    let secs = answers.iter().map(|a| a["secs"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max);
+    json!({
+        "ok": ok,
+        "failed": sum(answers, "failed"),
+        "secs": secs,
+        "wall_secs": wall.as_secs_f64(),
+        "per_s": if secs > 0.0 { ok as f64 / secs } else { 0.0 },
+        "statuses": statuses,
+    })
+}
+
+/// The children's wait answers as one object (latency histograms merged).
+fn wait_summary(answers: &[Value]) -> Value {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+    for a in answers {
+        for pair in a["hist"].as_array().into_iter().flatten() {
+            let (v, c) = (pair[0].as_u64().unwrap_or(1), pair[1].as_u64().unwrap_or(0));
+            let _ = h.record_n(v.max(1), c);
+        }
+    }
+    let mut r = json!({});
+    for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "gap_lost", "dups", "stale", "id_mismatch", "errors", "closed_by_server", "exact"] {
+        r[k] = json!(sum(answers, k));
+    }
+    r["last_rx_ns"] = json!(max(answers, "last_rx_ns"));
+    r["done_at_ns"] = json!(max(answers, "done_at_ns"));
+    r["latency_ms"] = if h.is_empty() {
+        json!(null)
+    } else {
+        json!({
+            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+            "samples": h.len(),
+        })
+    };
+    r
+}
+
+async fn parent(args: &Args) -> anyhow::Result<Value> {
+    let pids = args.pids.clone();
+    let mut out = json!({
+        "label": args.label,
+        "target": format!("{:?}", args.target).to_lowercase(),
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "streams": args.streams,
+        "procs": args.procs,
+        "pids": pids,
+    });
+    let mem0 = procfs::mem(&pids);
+    out["rss_kib_before"] = json!(mem0.rss_kib);
+    out["pss_kib_before"] = json!(mem0.pss_kib);
+    let mut publisher = match args.mode {
+        Mode::Connect => None,
+        _ => Some(match args.target {
+            Server::Gateway => Publisher::amqp(&args.amqp_url, &args.exchange, &args.routing_key).await?,
+            Server::Nchan => Publisher::http(args.addr, &args.channel).await?,
+        }),
+    };
+    let mut kids = Children::spawn(args)?;
+    let t0 = Instant::now();
+    let conn = connect_summary(&kids.all("connect").await?, t0.elapsed());
+    out["connect"] = conn;
+
+    match args.mode {
+        Mode::Connect => {
+            tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+            let mem = procfs::mem(&pids);
+            let ok = out["connect"]["ok"].as_u64().unwrap_or(0).max(1);
+            out["rss_kib_connected"] = json!(mem.rss_kib);
+            out["pss_kib_connected"] = json!(mem.pss_kib);
+            out["rss_bytes_per_stream"] = json!((mem.rss_kib.saturating_sub(mem0.rss_kib) * 1024) as f64 / ok as f64);
+            out["pss_bytes_per_stream"] = json!((mem.pss_kib.saturating_sub(mem0.pss_kib) * 1024) as f64 / ok as f64);
+        }
+        Mode::Fanout => {
+            let p = publisher.as_mut().expect("a publisher");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mem = procfs::mem(&pids);
+            out["rss_kib_connected"] = json!(mem.rss_kib);
+            let count = (args.rate * args.duration).round() as u64;
+            kids.all(&format!("window 0 {}", count.saturating_sub(1))).await?;
+            let cpu0 = procfs::cpu_secs(&pids);
+            let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(50));
+            let start_ns = unix_ns();
+            let took = publish::at_rate(p, 0, count, args.rate).await?;
+            let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
+            let cpu1 = procfs::cpu_secs(&pids);
+            out["rss_kib_peak"] = json!(sampler.finish());
+            out["publish_failed"] = json!(p.settle().await);
+            out["rate"] = json!(args.rate);
+            out["events"] = json!(count);
+            out["publish_secs"] = json!(took.as_secs_f64());
+            let received = wait["received"].as_u64().unwrap_or(0);
+            let end_ns = wait["last_rx_ns"].as_u64().unwrap_or(start_ns).max(start_ns + 1);
+            let secs = (end_ns - start_ns) as f64 / 1e9;
+            out["deliveries_per_s"] = json!(received as f64 / secs);
+            out["offered_per_s"] = json!(args.rate * args.streams as f64);
+            out["cpu_secs"] = json!(cpu1 - cpu0);
+            out["cpu_pct"] = json!(100.0 * (cpu1 - cpu0) / secs);
+            out["result"] = wait;
+        }
+        Mode::Resume => {
+            let p = publisher.as_mut().expect("a publisher");
+            let warm = args.warm.max(1);
+            kids.all(&format!("window 0 {}", warm - 1)).await?;
+            publish::at_rate(p, 0, warm, 100.0).await?;
+            let first = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
+            out["warm"] = first;
+            kids.all("disconnect").await?;
+            // Let the server see the closes before the events the streams will miss.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            publish::at_rate(p, warm, args.behind, 2000.0).await?;
+            out["publish_failed"] = json!(p.settle().await);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            kids.all(&format!("window {warm} {}", warm + args.behind - 1)).await?;
+            let cpu0 = procfs::cpu_secs(&pids);
+            let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(10));
+            let start_ns = unix_ns();
+            let t0 = Instant::now();
+            let conn = connect_summary(&kids.all("connect").await?, t0.elapsed());
+            let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
+            let cpu1 = procfs::cpu_secs(&pids);
+            out["rss_kib_peak"] = json!(sampler.finish());
+            let done = wait["done_at_ns"].as_u64().unwrap_or(0);
+            let complete = wait["complete"].as_u64().unwrap_or(0) == args.streams as u64;
+            out["serve_all_secs"] = if complete { json!((done.saturating_sub(start_ns)) as f64 / 1e9) } else { json!(null) };
+            out["reconnect"] = conn;
+            out["cpu_secs"] = json!(cpu1 - cpu0);
+            out["behind"] = json!(args.behind);
+            out["result"] = wait;
+        }
+    }
+    let mem = procfs::mem(&pids);
+    out["rss_kib_end"] = json!(mem.rss_kib);
+    kids.quit().await;
+    if let Some(mut p) = publisher {
+        p.settle().await;
+    }
+    Ok(out)
+}
+
+/// The human table.
+fn table(o: &Value) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
+    row("label", o["label"].as_str().unwrap_or("").to_string());
+    row("target / mode", format!("{} / {}", o["target"].as_str().unwrap_or(""), o["mode"].as_str().unwrap_or("")));
+    row("streams", format!("{} over {} processes", o["streams"], o["procs"]));
+    let c = &o["connect"];
+    row("connected", format!("{} ok, {} failed {}", c["ok"], c["failed"], c["statuses"]));
+    row("connect time", format!("{:.3} s ({:.0} streams/s)", c["secs"].as_f64().unwrap_or(0.0), c["per_s"].as_f64().unwrap_or(0.0)));
+    let kib = |k: &str| o[k].as_u64().map(|v| format!("{:.1} MiB", v as f64 / 1024.0)).unwrap_or_else(|| "-".into());
+    row("server RSS before", kib("rss_kib_before"));
+    row("server RSS connected", kib("rss_kib_connected"));
+    if let Some(b) = o["rss_bytes_per_stream"].as_f64() {
+        row("RSS per idle stream", format!("{b:.0} B (PSS {:.0} B)", o["pss_bytes_per_stream"].as_f64().unwrap_or(0.0)));
+    }
+    row("server RSS peak", kib("rss_kib_peak"));
+    row("server RSS end", kib("rss_kib_end"));
+    if let Some(r) = o["rate"].as_f64() {
+        row("published", format!("{} events at {r}/s in {:.2} s ({} failed)", o["events"], o["publish_secs"].as_f64().unwrap_or(0.0), o["publish_failed"]));
+        row("deliveries/s", format!("{:.0} (offered {:.0})", o["deliveries_per_s"].as_f64().unwrap_or(0.0), o["offered_per_s"].as_f64().unwrap_or(0.0)));
+    }
+    if let Some(cpu) = o["cpu_secs"].as_f64() {
+        row("server CPU", format!("{cpu:.2} s ({:.0} %)", o["cpu_pct"].as_f64().unwrap_or(0.0)));
+    }
+    let r = &o["result"];
+    if !r.is_null() {
+        row("received", format!("{} (complete streams {}/{})", r["received"], r["complete"], r["streams"]));
+        row("lost", format!("{} events on {} streams (closed by server {})", r["lost"], r["lossy_streams"], r["closed_by_server"]));
+        row("dups / stale / id mismatch", format!("{} / {} / {}", r["dups"], r["stale"], r["id_mismatch"]));
+        let l = &r["latency_ms"];
+        if !l.is_null() {
+            row("latency ms p50/p99/p99.9/max", format!("{} / {} / {} / {}", l["p50"], l["p99"], l["p999"], l["max"]));
+        }
+    }
+    if o["mode"] == "resume" {
+        row("exact replays", format!("{} / {}", r["exact"], o["streams"]));
+        row("time to serve all", o["serve_all_secs"].as_f64().map_or("not all served".into(), |s| format!("{s:.3} s")));
+    }
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter().map(|(k, v)| format!("{k:<w$}  {v}\n")).collect()
+}

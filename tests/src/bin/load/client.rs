@@ -1,0 +1,447 @@
+//! The subscriber side, run in a child process (`load --child`): a range of the streams on one
+//! current-thread runtime, driven by one command per stdin line, one JSON answer per stdout line.
+//!
+//! Commands: `connect` (open every stream of the range, sending `Last-Event-ID` when a stream
+//! has seen an id: a reconnect), `window FIRST LAST` (the events, by payload `n`, each stream
+//! must get from now on), `wait TIMEOUT_MS` (until every stream has got `LAST` or was closed,
+//! then report), `disconnect`, `quit`.
+//!
+//! Each stream tracks, in the window: events received, events skipped (a gap in `n`: the
+//! servers deliver in order, so a gap is a loss), duplicates, events from before the window
+//! (a resume that replayed too much), the first `n` it got, and, for the gateway's ids
+//! (`<epoch>-<seq>`), whether `seq - n` stays the same (the replay carries the right ids).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::frame::{Frame, FrameReader};
+
+/// Who we talk to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// sse-gateway (either binary): `GET /api/v1/streams/{channel}` with an HS256 token of
+    /// user `bench-<stream index>`.
+    Gateway { secret: String },
+    /// nchan: `GET /sub/{channel}`, no credentials.
+    Nchan,
+}
+
+/// What one child process runs.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub channel: String,
+    /// Global stream indices of this child.
+    pub first: usize,
+    pub count: usize,
+    /// Source addresses are `127.<net>.<a/250>.<2 + a%250>` for address number `a`.
+    pub net: u8,
+    /// Streams per source address.
+    pub per_addr: usize,
+    /// Connections in flight (connect sent, head not yet received) at once.
+    pub concurrency: usize,
+}
+
+impl Spec {
+    fn source(&self, global: usize) -> Ipv4Addr {
+        let a = global / self.per_addr.max(1);
+        Ipv4Addr::new(127, self.net, (a / 250) as u8, (2 + a % 250) as u8)
+    }
+}
+
+/// An event id kept without allocating per event.
+#[derive(Clone, Copy)]
+struct SmallId {
+    len: u8,
+    bytes: [u8; 47],
+}
+
+impl SmallId {
+    fn set(&mut self, id: &[u8]) {
+        let k = id.len().min(self.bytes.len());
+        self.bytes[..k].copy_from_slice(&id[..k]);
+        self.len = k as u8;
+    }
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl Default for SmallId {
+    fn default() -> Self {
+        SmallId { len: 0, bytes: [0; 47] }
+    }
+}
+
+#[derive(Default, Clone)]
+struct StreamState {
+    last_id: SmallId,
+    next_n: u64,
+    received: u32,
+    gap_lost: u64,
+    dups: u32,
+    stale: u32,
+    first_n: Option<u64>,
+    id_offset: Option<i64>,
+    id_mismatch: u32,
+    errors: u32,
+    done: bool,
+    open: bool,
+    closed_by_server: bool,
+}
+
+struct Shared {
+    spec: Spec,
+    streams: RefCell<Vec<StreamState>>,
+    hist: RefCell<Histogram<u64>>,
+    window: Cell<(u64, u64)>,
+    done: Cell<usize>,
+    last_rx_ns: Cell<u64>,
+    done_at_ns: Cell<u64>,
+    connected: Cell<usize>,
+    failed: Cell<usize>,
+    statuses: RefCell<BTreeMap<String, usize>>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The gateway's `<epoch>-<seq>`: the seq.
+fn id_seq(id: &[u8]) -> Option<i64> {
+    let (_, seq) = std::str::from_utf8(id).ok()?.rsplit_once('-')?;
+    seq.parse().ok()
+}
+
+impl Shared {
+    fn on_frame(&self, i: usize, f: Frame<'_>, now_ns: u64) {
+        let mut streams = self.streams.borrow_mut();
+        let st = &mut streams[i];
+        if f.event == Some(b"error") {
+            st.errors += 1;
+        }
+        if let Some(id) = f.id {
+            st.last_id.set(id);
+        }
+        let Some(n) = f.n else { return };
+        let (first, last) = self.window.get();
+        if n < first {
+            st.stale += 1;
+            return;
+        }
+        if n > last {
+            return;
+        }
+        st.first_n.get_or_insert(n);
+        if n >= st.next_n {
+            st.gap_lost += n - st.next_n;
+            st.received += 1;
+            st.next_n = n + 1;
+        } else {
+            st.dups += 1;
+        }
+        if let Some(seq) = f.id.and_then(id_seq) {
+            let off = seq - n as i64;
+            match st.id_offset {
+                None => st.id_offset = Some(off),
+                Some(o) if o != off => st.id_mismatch += 1,
+                Some(_) => {}
+            }
+        }
+        if let Some(t) = f.t {
+            let us = now_ns.saturating_sub(t) / 1000;
+            let _ = self.hist.borrow_mut().record(us.max(1));
+        }
+        self.last_rx_ns.set(now_ns);
+        if n == last && !st.done {
+            st.done = true;
+            self.done.set(self.done.get() + 1);
+            self.done_at_ns.set(now_ns);
+        }
+    }
+
+    fn set_window(&self, first: u64, last: u64) {
+        self.window.set((first, last));
+        for st in self.streams.borrow_mut().iter_mut() {
+            st.next_n = first;
+            st.received = 0;
+            st.gap_lost = 0;
+            st.dups = 0;
+            st.stale = 0;
+            st.first_n = None;
+            st.id_mismatch = 0;
+            st.errors = 0;
+            st.done = false;
+            st.closed_by_server = false;
+        }
+        self.done.set(0);
+        self.last_rx_ns.set(0);
+        self.done_at_ns.set(0);
+        self.hist.borrow_mut().reset();
+    }
+
+    fn request(&self, global: usize, last_id: &[u8]) -> Vec<u8> {
+        let mut r = match &self.spec.target {
+            Target::Gateway { secret } => {
+                let token = sse_gateway_tests::token::token(secret, &format!("bench-{global}"), &[], 24 * 3600);
+                format!(
+                    "GET /api/v1/streams/{} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n",
+                    self.spec.channel, self.spec.addr
+                )
+            }
+            Target::Nchan => format!(
+                "GET /sub/{} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
+                self.spec.channel, self.spec.addr
+            ),
+        }
+        .into_bytes();
+        if !last_id.is_empty() {
+            r.extend_from_slice(b"Last-Event-ID: ");
+            r.extend_from_slice(last_id);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"\r\n");
+        r
+    }
+
+    fn count_status(&self, what: String) {
+        *self.statuses.borrow_mut().entry(what).or_default() += 1;
+    }
+}
+
+/// Runs the child until `quit` or the end of stdin.
+pub fn run(spec: Spec) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, serve(spec));
+}
+
+async fn serve(spec: Spec) {
+    let n = spec.count;
+    let shared = Rc::new(Shared {
+        spec,
+        streams: RefCell::new(vec![StreamState::default(); n]),
+        hist: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")),
+        window: Cell::new((0, u64::MAX)),
+        done: Cell::new(0),
+        last_rx_ns: Cell::new(0),
+        done_at_ns: Cell::new(0),
+        connected: Cell::new(0),
+        failed: Cell::new(0),
+        statuses: RefCell::new(BTreeMap::new()),
+        tasks: RefCell::new(Vec::new()),
+    });
+    // Commands come from a thread reading stdin (blocking reads stay off the runtime).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        let mut words = line.split_whitespace();
+        let reply = match words.next() {
+            Some("connect") => connect(&shared).await,
+            Some("window") => {
+                let first = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                let last = words.next().and_then(|w| w.parse().ok()).unwrap_or(u64::MAX);
+                shared.set_window(first, last);
+                json!({})
+            }
+            Some("wait") => {
+                let ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(10_000);
+                wait(&shared, Duration::from_millis(ms)).await
+            }
+            Some("disconnect") => {
+                for t in shared.tasks.borrow_mut().drain(..) {
+                    t.abort();
+                }
+                for st in shared.streams.borrow_mut().iter_mut() {
+                    st.open = false;
+                }
+                // Let the aborted tasks drop (and so close) their sockets.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                json!({})
+            }
+            Some("quit") | None => break,
+            Some(other) => json!({ "error": format!("unknown command {other}") }),
+        };
+        println!("{reply}");
+    }
+}
+
+/// Opens every stream of the range that is not open; answers once each has its response head
+/// (or failed).
+async fn connect(shared: &Rc<Shared>) -> Value {
+    let t0 = Instant::now();
+    shared.connected.set(0);
+    shared.failed.set(0);
+    shared.statuses.borrow_mut().clear();
+    let sem = Rc::new(Semaphore::new(shared.spec.concurrency.max(1)));
+    // Requests (tokens signed) before the clock matters: the stream opens, not our signing.
+    let todo: Vec<(usize, Vec<u8>)> = {
+        let streams = shared.streams.borrow();
+        (0..shared.spec.count)
+            .filter(|&i| !streams[i].open)
+            .map(|i| (i, shared.request(shared.spec.first + i, streams[i].last_id.get())))
+            .collect()
+    };
+    let want = todo.len();
+    let t_start = Instant::now();
+    for (i, req) in todo {
+        let task = tokio::task::spawn_local(stream(shared.clone(), i, req, sem.clone()));
+        shared.tasks.borrow_mut().push(task);
+    }
+    while shared.connected.get() + shared.failed.get() < want {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = t_start.elapsed().as_secs_f64();
+    json!({
+        "ok": shared.connected.get(),
+        "failed": shared.failed.get(),
+        "secs": secs,
+        "prepare_secs": (t_start - t0).as_secs_f64(),
+        "statuses": *shared.statuses.borrow(),
+    })
+}
+
+/// One stream: connect from its source address, send the request, read the head, then parse
+/// frames until the server closes (or the task is aborted).
+async fn stream(shared: Rc<Shared>, i: usize, req: Vec<u8>, sem: Rc<Semaphore>) {
+    let permit = sem.acquire().await.expect("semaphore open");
+    let src = shared.spec.source(shared.spec.first + i);
+    let opened = tokio::time::timeout(Duration::from_secs(60), async {
+        let sock = TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(src.into(), 0))?;
+        let mut s = sock.connect(shared.spec.addr).await?;
+        s.set_nodelay(true)?;
+        s.write_all(&req).await?;
+        let mut head = Vec::with_capacity(512);
+        let mut chunk = [0u8; 2048];
+        loop {
+            let k = s.read(&mut chunk).await?;
+            if k == 0 {
+                return Err(std::io::Error::other("closed before the head"));
+            }
+            head.extend_from_slice(&chunk[..k]);
+            if let Some(end) = memchr::memmem::find(&head, b"\r\n\r\n") {
+                let rest = head.split_off(end + 4);
+                return Ok((s, head, rest));
+            }
+        }
+    })
+    .await;
+    drop(permit);
+    let (mut s, head, rest) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            shared.count_status(format!("io: {}", e.kind()));
+            shared.failed.set(shared.failed.get() + 1);
+            return;
+        }
+        Err(_) => {
+            shared.count_status("timeout".into());
+            shared.failed.set(shared.failed.get() + 1);
+            return;
+        }
+    };
+    let head_text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head_text.split(' ').nth(1).unwrap_or("?").to_string();
+    shared.count_status(status.clone());
+    if status != "200" {
+        shared.failed.set(shared.failed.get() + 1);
+        return;
+    }
+    let chunked = head_text.contains("transfer-encoding: chunked");
+    shared.streams.borrow_mut()[i].open = true;
+    shared.connected.set(shared.connected.get() + 1);
+    let mut reader = FrameReader::new(chunked);
+    let now = unix_ns();
+    reader.feed(&rest, |f| shared.on_frame(i, f, now));
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                let now = unix_ns();
+                reader.feed(&buf[..k], |f| shared.on_frame(i, f, now));
+            }
+        }
+    }
+    let mut streams = shared.streams.borrow_mut();
+    streams[i].open = false;
+    streams[i].closed_by_server = true;
+}
+
+/// Waits until every stream got the window's last event or is closed, at most `timeout`.
+async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let finished = {
+            let streams = shared.streams.borrow();
+            streams.iter().filter(|s| s.done || !s.open).count()
+        };
+        if finished >= shared.spec.count || t0.elapsed() >= timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (first, last) = shared.window.get();
+    let width = last.saturating_sub(first) + 1;
+    let streams = shared.streams.borrow();
+    let mut r = json!({});
+    let (mut received, mut lost, mut lossy, mut dups, mut stale, mut mism, mut errors, mut closed, mut exact, mut open) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut gap = 0u64;
+    for st in streams.iter() {
+        received += st.received as u64;
+        let missing = width.saturating_sub(st.received as u64);
+        lost += missing;
+        lossy += u64::from(missing > 0);
+        gap += st.gap_lost;
+        dups += st.dups as u64;
+        stale += st.stale as u64;
+        mism += st.id_mismatch as u64;
+        errors += st.errors as u64;
+        closed += u64::from(st.closed_by_server);
+        open += u64::from(st.open);
+        exact += u64::from(
+            missing == 0 && st.dups == 0 && st.stale == 0 && st.id_mismatch == 0 && st.first_n == Some(first),
+        );
+    }
+    let hist = shared.hist.borrow();
+    let pairs: Vec<[u64; 2]> = hist.iter_recorded().map(|v| [v.value_iterated_to(), v.count_at_value()]).collect();
+    r["streams"] = json!(shared.spec.count);
+    r["open"] = json!(open);
+    r["complete"] = json!(shared.done.get());
+    r["received"] = json!(received);
+    r["lost"] = json!(lost);
+    r["lossy_streams"] = json!(lossy);
+    r["gap_lost"] = json!(gap);
+    r["dups"] = json!(dups);
+    r["stale"] = json!(stale);
+    r["id_mismatch"] = json!(mism);
+    r["errors"] = json!(errors);
+    r["closed_by_server"] = json!(closed);
+    r["exact"] = json!(exact);
+    r["last_rx_ns"] = json!(shared.last_rx_ns.get());
+    r["done_at_ns"] = json!(shared.done_at_ns.get());
+    r["waited_secs"] = json!(t0.elapsed().as_secs_f64());
+    r["hist"] = json!(pairs);
+    r
+}

@@ -1,0 +1,92 @@
+//! The server's resident memory and CPU time, read from `/proc` for the PIDs given on the
+//! command line (nginx: its worker PIDs; their figures are summed).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Memory of the watched processes, summed, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mem {
+    /// `VmRSS` of `/proc/PID/status`.
+    pub rss_kib: u64,
+    /// `Pss` of `/proc/PID/smaps_rollup` (shared pages divided between their users: what nginx
+    /// workers sharing nchan's shared memory really hold).
+    pub pss_kib: u64,
+}
+
+/// Summed `VmRSS` and `Pss`. A PID that is gone counts 0.
+pub fn mem(pids: &[u32]) -> Mem {
+    let mut m = Mem::default();
+    for pid in pids {
+        m.rss_kib += kib_line(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0);
+        m.pss_kib += kib_line(&format!("/proc/{pid}/smaps_rollup"), "Pss:").unwrap_or(0);
+    }
+    m
+}
+
+/// Summed `VmRSS` only (cheap enough to sample every few milliseconds).
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().map(|pid| kib_line(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0)).sum()
+}
+
+fn kib_line(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix(key))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// utime + stime of the watched processes (all their threads), in seconds.
+pub fn cpu_secs(pids: &[u32]) -> f64 {
+    // Linux reports these in USER_HZ ticks, which its ABI fixes at 100.
+    const USER_HZ: f64 = 100.0;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name (field 2) may hold spaces: count fields after its closing paren.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state); utime is field 14, stime field 15.
+        ticks += fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / USER_HZ
+}
+
+/// Samples summed `VmRSS` on a thread of its own every `every` until dropped; keeps the peak.
+pub struct PeakSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakSampler {
+    /// Starts sampling.
+    pub fn start(pids: Vec<u32>, every: Duration) -> PeakSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_kib(&pids)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_kib(&pids), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        });
+        PeakSampler { stop, peak, thread: Some(thread) }
+    }
+
+    /// Stops and returns the peak, in KiB.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
