@@ -62,4 +62,9 @@ impl Fixture {
     pub async fn publish_msg(&self, m: Message) {
         self.broker.publish(&m).await
     }
+
+    /// Publishes every message in order, pipelined ([`crate::Broker::publish_all`]).
+    pub async fn publish_all(&self, messages: &[Message]) {
+        self.broker.publish_all(messages).await
+    }
 }

@@ -157,3 +157,71 @@ fn finish(head: Head, body: &[u8]) -> Response {
         body: String::from_utf8_lossy(body).into_owned(),
     }
 }
+
+/// What came back on a connection driven by [`raw_exchange`].
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// Every byte received, head and body.
+    pub bytes: Vec<u8>,
+    /// Whether the server closed the connection (end of stream or reset) before the reading
+    /// stopped.
+    pub closed: bool,
+}
+
+impl RawReply {
+    /// The response status, when a status line arrived.
+    pub fn status(&self) -> Option<u16> {
+        let line_end = self.bytes.iter().position(|&b| b == b'\n')?;
+        let line = std::str::from_utf8(&self.bytes[..line_end]).ok()?;
+        line.split(' ').nth(1)?.parse().ok()
+    }
+
+    /// The parsed head, when a whole one arrived.
+    pub fn head(&self) -> Option<Head> {
+        head_end(&self.bytes).map(|end| parse_head(&self.bytes[..end]))
+    }
+
+    /// The bytes after the head (empty without a whole head).
+    pub fn body(&self) -> &[u8] {
+        head_end(&self.bytes).map_or(&[], |end| &self.bytes[end..])
+    }
+
+    /// Whether `needle` occurs anywhere in what was received.
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        !needle.is_empty() && self.bytes.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+/// Sends `request` byte for byte as given (no `Host` added, nothing checked) while reading the
+/// answer, and reads until the server closes, `enough(bytes so far)` is true, or `timeout`
+/// passes. Write errors are ignored: a server may answer (431, 400) and close before it has read
+/// the whole request.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    timeout: std::time::Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> RawReply {
+    let s = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&request).await;
+        wr // kept open (no FIN): the server must not see an early end of the request
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut closed = false;
+    while !enough(&bytes) {
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
+        }
+    }
+    writer.abort();
+    RawReply { bytes, closed }
+}

@@ -13,15 +13,18 @@
 //!
 //! Modules, one concern each:
 //! - [`bin`]: which gateway binaries exist and where.
-//! - [`process`]: [`GatewayProcess`], a running gateway with its stderr kept for log checks.
+//! - [`process`]: [`GatewayProcess`], a running gateway with its stderr kept for log checks and its
+//!   resident memory readable.
 //! - [`config`]: [`ConfigBuilder`], the TOML file a test hands the gateway.
 //! - [`sse`]: [`EventStreamParser`] (the WHATWG event-stream rules, sans IO) and [`SseClient`].
-//! - [`http`]: [`http_get`] / [`http_request`] for plain responses, [`Response`].
+//! - [`http`]: [`http_get`] / [`http_request`] for plain responses, [`Response`]; [`http::raw_exchange`]
+//!   for requests sent byte for byte (oversized, malformed, hostile).
 //! - [`broker`]: [`Broker`] (lapin publisher) and [`Topology`] (unique names per test).
 //! - [`proxy`]: [`TcpProxy`], a forwarder to RabbitMQ that can be cut and restored.
-//! - [`token`]: [`token`], real HS256 JWTs.
+//! - [`token`]: [`token`], real HS256 JWTs; RS256, hand-assembled and forged ones for hostile cases.
 //! - [`fixture`]: [`Fixture`], a gateway wired to a fresh topology on RabbitMQ, ready.
 //! - [`payloads`]: valid sample payloads for every event type of the seed catalogue.
+//! - [`rng`]: [`rng::Rng`], a seeded generator for reproducible random test data.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +36,7 @@ pub mod http;
 pub mod payloads;
 pub mod process;
 pub mod proxy;
+pub mod rng;
 pub mod sse;
 pub mod token;
 

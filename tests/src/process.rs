@@ -120,6 +120,18 @@ impl GatewayProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the gateway is still running")
+    }
+
+    /// Resident memory now (`VmRSS` of `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        parse_vm_rss_kib(&status).unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"))
+    }
+
     /// `GET path` with these headers (a plain, non-stream response).
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         http_get(self.addr, path, headers).await
@@ -206,6 +218,12 @@ pub fn parse_metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
+/// The `VmRSS:   1234 kB` line of a `/proc/<pid>/status` text, in KiB.
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -242,7 +260,14 @@ async fn sleep_a_little() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_metric;
+    use super::{parse_metric, parse_vm_rss_kib};
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status = "Name:\tsse-gateway\nVmPeak:\t  99999 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss_kib(status), Some(12345));
+        assert_eq!(parse_vm_rss_kib("Name:\tx\n"), None);
+    }
 
     #[test]
     fn metric_samples_are_found_by_their_exact_name_and_labels() {

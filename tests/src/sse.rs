@@ -287,6 +287,24 @@ impl SseClient {
         }
     }
 
+    /// Reads events with ids until one whose data is `marker`; returns the data of those before
+    /// it. Panics (naming `who`) on an error frame, a close, or [`WAIT`] x 3 without an event:
+    /// for "exactly these events, in order" checks under load, with a marker published last.
+    pub async fn data_until(&mut self, marker: &str, who: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let ev = self.next_with_id(3 * WAIT).await.unwrap_or_else(|| {
+                let state = if self.closed { "closed" } else { "silent" };
+                panic!("{who}: stream {state} after {} events, before the marker", seen.len())
+            });
+            assert_ne!(ev.event, "error", "{who}: {ev:?}");
+            if ev.data == marker {
+                return seen;
+            }
+            seen.push(ev.data);
+        }
+    }
+
     /// Like [`SseClient::next_with_id`], panicking with `what` after [`WAIT`].
     pub async fn expect_event(&mut self, what: &str) -> SseEvent {
         match self.next_with_id(WAIT).await {
