@@ -1,0 +1,329 @@
+//! Hostile HTTP (D6, D10): oversized heads get 431, a head trickled in is cut off at the head
+//! timeout, hostile bytes in a resume id are never reflected into a stream, and ten thousand
+//! garbage or half-open connections do not cost a hundred valid streams a single event.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use sse_gateway_tests::http::{raw_exchange, RawReply};
+use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::rng::Rng;
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, EventStreamParser, Fixture, GatewayProcess, SseClient, WAIT};
+use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ::tokio::net::{TcpSocket, TcpStream};
+
+fn show(reply: &RawReply) -> String {
+    String::from_utf8_lossy(&reply.bytes[..reply.bytes.len().min(400)]).into_owned()
+}
+
+async fn request_heads_past_the_bound_get_431(bin: Bin) {
+    let gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let auth = format!("Authorization: Bearer {}\r\n", user("alice", &[]));
+    let pad = "a".repeat(64 * 1024);
+    let many: String = (0..200).map(|i| format!("X-Header-{i}: {i}\r\n")).collect();
+    let cases = [
+        ("a 64 KiB header", format!("GET /api/v1/streams/deals HTTP/1.1\r\nHost: h\r\n{auth}X-Pad: {pad}\r\n\r\n")),
+        ("a 64 KiB request target", format!("GET /api/v1/streams/deals?x={pad} HTTP/1.1\r\nHost: h\r\n{auth}\r\n")),
+        ("200 header fields", format!("GET /api/v1/streams/deals HTTP/1.1\r\nHost: h\r\n{auth}{many}\r\n")),
+        ("a 64 KiB head to /healthz", format!("GET /healthz HTTP/1.1\r\nX-Pad: {pad}\r\n\r\n")),
+        ("64 KiB with no line end at all", format!("GET /{pad}")),
+    ];
+    for (what, req) in cases {
+        let reply = raw_exchange(gw.addr, req.into_bytes(), WAIT, |_| false).await;
+        assert_eq!(reply.status(), Some(431), "{what}: {}", show(&reply));
+        assert!(reply.closed, "{what}: the connection is closed after the 431");
+        let head = reply.head().expect("a whole head");
+        let body: serde_json::Value = serde_json::from_slice(reply.body())
+            .unwrap_or_else(|e| panic!("{what}: the 431 body is not JSON ({e}): {}", show(&reply)));
+        assert!(body["code"].is_string(), "{what}: {body}");
+        assert!(head.headers.iter().all(|(k, _)| !k.eq_ignore_ascii_case("x-pad")), "{what}: the head is not echoed");
+    }
+    gw.wait_metric("sse_gateway_http_responses_total{status=\"431\"}", 5.0).await;
+    assert_eq!(gw.get("/healthz", &[]).await.status, 200);
+}
+
+/// Sends `request` one byte a second. Returns what came back, whether the server closed the
+/// connection, and how long that took; gives up at `limit`.
+async fn trickle(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>, bool, Duration) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for &b in request {
+        if start.elapsed() > limit {
+            return (got, false, start.elapsed());
+        }
+        if s.write_all(&[b]).await.is_err() {
+            return (got, true, start.elapsed()); // the server is gone
+        }
+        let second = ::tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match ::tokio::time::timeout_at(second, s.read(&mut chunk)).await {
+                Err(_) => break,
+                Ok(Ok(0)) | Ok(Err(_)) => return (got, true, start.elapsed()),
+                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    (got, false, start.elapsed())
+}
+
+async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("server", "head_timeout", "2s");
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    // A valid stream request: were it ever completed, it would be answered 200. Sent at one
+    // byte a second it would take minutes.
+    let request = format!(
+        "GET /api/v1/streams/deals HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {}\r\n\r\n",
+        gw.addr,
+        user("alice", &[])
+    );
+    assert!(request.len() > 120);
+    // Twenty such clients at once; the gateway keeps answering others meanwhile.
+    let mut slow = ::tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (addr, req) = (gw.addr, request.clone().into_bytes());
+        slow.spawn(async move { trickle(addr, &req, Duration::from_secs(60)).await });
+    }
+    sse_gateway_tests::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.get("/healthz", &[]).await.status, 200, "answered while slow heads are pending");
+    let s = gw.stream("deals", &user("bob", &[])).await;
+    assert_eq!(s.status, 200, "a stream opens while slow heads are pending");
+    let mut times = Vec::new();
+    let mut answers = std::collections::BTreeSet::new();
+    while let Some(r) = slow.join_next().await {
+        let (got, closed, took) = r.expect("a trickle task");
+        assert!(closed, "the server still held a trickled head after {took:?}");
+        assert!(took < Duration::from_secs(30), "cut off only after {took:?} (head_timeout is 2s)");
+        assert!(!got.starts_with(b"HTTP/1.1 200"), "a trickled head was answered 200: {:?}", String::from_utf8_lossy(&got));
+        times.push(took);
+        answers.insert(String::from_utf8_lossy(&got[..got.len().min(40)]).into_owned());
+    }
+    times.sort();
+    eprintln!(
+        "{}: 20 trickled heads cut off after {:?} to {:?} (head_timeout 2s); answers: {answers:?}",
+        bin.file_name(),
+        times[0],
+        times[times.len() - 1]
+    );
+    assert_eq!(gw.get("/healthz", &[]).await.status, 200);
+}
+
+async fn hostile_bytes_in_last_event_id_are_never_reflected_into_a_stream(bin: Bin) {
+    let gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let auth = user("alice", &[]);
+    let head = |target: &str, extra: &[u8]| -> Vec<u8> {
+        let mut r = format!(
+            "GET {target} HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\nAuthorization: Bearer {auth}\r\n"
+        )
+        .into_bytes();
+        r.extend_from_slice(extra);
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let stream = "/api/v1/streams/deals";
+    let q = |v: &str| format!("{stream}?last_event_id={v}");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("CR inside the header", head(stream, b"Last-Event-ID: 1-1\revent: pwned\rdata: pwned\r\n")),
+        ("CRLF CRLF inside the header", head(stream, b"Last-Event-ID: 1-1\r\n\r\nevent: pwned\r\ndata: pwned\r\n")),
+        ("bare LF inside the header", head(stream, b"Last-Event-ID: 1-1\nevent: pwned\ndata: pwned\r\n")),
+        ("non-UTF-8 header", head(stream, b"Last-Event-ID: \xff\xfe1-1\xc3(pwned\r\n")),
+        ("NUL in the header", head(stream, b"Last-Event-ID: 1-1\x00pwned\r\n")),
+        ("markup in the header", head(stream, b"Last-Event-ID: <script>pwned</script>\r\n")),
+        ("an id line in the header", head(stream, b"Last-Event-ID: id: pwned\r\n")),
+        ("a 4 KiB id", head(stream, format!("Last-Event-ID: 1-{}pwned\r\n", "9".repeat(4096)).as_bytes())),
+        ("percent-encoded CRLF", head(&q("1-1%0D%0Aevent%3A%20pwned%0D%0Adata%3A%20pwned%0D%0A%0D%0A"), b"")),
+        ("percent-encoded bare CR", head(&q("1-1%0Devent%3Apwned%0Ddata%3Apwned"), b"")),
+        ("percent-encoded LF", head(&q("%0Aid%3A%20pwned%0A"), b"")),
+        ("percent-encoded non-UTF-8", head(&q("%FF%FE1-1%C3%28pwned"), b"")),
+        ("percent-encoded NUL", head(&q("1-1%00pwned"), b"")),
+        ("raw non-UTF-8 in the query", {
+            let mut r = head(&format!("{stream}?last_event_id=1-1XX"), b"");
+            let at = r.windows(2).position(|w| w == b"XX").expect("the placeholder");
+            r[at..at + 2].copy_from_slice(b"\xff\xfe");
+            r
+        }),
+    ];
+    for (what, req) in cases {
+        let reply = raw_exchange(gw.addr, req, WAIT, |b| {
+            b.windows(11).any(|w| w == b"history_gap") && b.ends_with(b"\n\n")
+        })
+        .await;
+        for needle in [&b"pwned"[..], b"\xff\xfe", b"\xc3(", b"\x00"] {
+            assert!(!reply.contains(needle), "{what}: {needle:?} reflected: {}", show(&reply));
+        }
+        eprintln!("{}: {what}: {:?}", bin.file_name(), reply.status());
+        match reply.status() {
+            Some(400) => {}
+            Some(200) => {
+                let mut p = EventStreamParser::new();
+                p.feed(reply.body());
+                let first = std::iter::from_fn(|| p.next_event()).find(|e| e.event != "heartbeat");
+                let first = first.unwrap_or_else(|| panic!("{what}: no first frame: {}", show(&reply)));
+                assert_eq!(first.event, "warning", "{what}: {first:?}");
+                assert_eq!(first.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{what}");
+                assert_eq!(first.id, None, "{what}");
+                assert!(p.last_event_id().is_empty(), "{what}: the stream set a last event id: {:?}", p.last_event_id());
+            }
+            other => panic!("{what}: expected 200 with history_gap or 400, got {other:?}: {}", show(&reply)),
+        }
+    }
+    assert_eq!(gw.get("/healthz", &[]).await.status, 200);
+}
+
+const GARBAGE: usize = 10_000;
+const STREAMS: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Garbage {
+    RandomBytes,
+    PartialHead,
+    Idle,
+}
+
+/// Opens `count` connections to `addr` from source address `from`, each sent its kind of
+/// garbage; returns them open.
+async fn open_garbage(addr: SocketAddr, from: Ipv4Addr, first: usize, count: usize, seed: u64) -> Vec<(Garbage, TcpStream)> {
+    let mut rng = Rng::new(seed);
+    let mut conns = Vec::with_capacity(count);
+    for i in first..first + count {
+        let sock = TcpSocket::new_v4().expect("a socket");
+        sock.bind(SocketAddr::new(from.into(), 0)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        let mut s = ::tokio::time::timeout(WAIT, sock.connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} from {from} not accepted within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("connection {i} from {from}: {e}"));
+        let kind = [Garbage::RandomBytes, Garbage::PartialHead, Garbage::Idle][i % 3];
+        let bytes = match kind {
+            Garbage::RandomBytes => {
+                let len = 1 + rng.below(512);
+                rng.bytes(len)
+            }
+            Garbage::PartialHead => {
+                let full = b"GET /api/v1/streams/deals HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\nAuthorization: Bearer eyJhbGciOi";
+                full[..1 + rng.below(full.len() - 1)].to_vec()
+            }
+            Garbage::Idle => Vec::new(),
+        };
+        // The server may already have answered and closed (random bytes): ignore write errors.
+        let _ = s.write_all(&bytes).await;
+        conns.push((kind, s));
+    }
+    conns
+}
+
+/// Reads `s` until the marker; returns the data before it (a task of its own per stream).
+async fn data_until(mut s: SseClient, marker: String, who: String) -> Vec<String> {
+    s.data_until(&marker, &who).await
+}
+
+/// One flood at a time in this test process: the tokio and smol cases of the scenario run in
+/// parallel threads of the same process, and two floods would not fit its file descriptors.
+static ONE_FLOOD_AT_A_TIME: ::tokio::sync::Mutex<()> = ::tokio::sync::Mutex::const_new(());
+
+async fn ten_thousand_garbage_connections_cost_a_hundred_streams_nothing(bin: Bin) {
+    let _flood = ONE_FLOOD_AT_A_TIME.lock().await;
+    // Client side: 10,000 garbage + 100 streams + the rest, under the 20,000 hard limit.
+    let limit = rlimit::increase_nofile_limit(19_000).expect("raise RLIMIT_NOFILE");
+    assert!(limit as usize > GARBAGE + STREAMS + 500, "RLIMIT_NOFILE only {limit}");
+    // Half-open heads stay half-open for the whole scenario: nothing is cut off by the timeout.
+    let cfg = ConfigBuilder::new().str("server", "head_timeout", "120s");
+    let fx = Fixture::start(bin, cfg).await;
+    let rss_start = fx.gw.rss_kib();
+
+    let mut readers = Vec::new();
+    let marker = valid_text("deal.updated");
+    for i in 0..STREAMS {
+        let who = format!("u{i}");
+        let s = fx.gw.stream("deals", &user(&who, &[])).await;
+        readers.push(::tokio::spawn(data_until(s, marker.clone(), who)));
+    }
+    fx.gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", STREAMS as f64).await;
+
+    // Open the garbage from ten source addresses at once (1,000 each) while publishing.
+    let addr = fx.gw.addr;
+    let started = Instant::now();
+    let opening = ::tokio::spawn(async move {
+        let mut openers = ::tokio::task::JoinSet::new();
+        for k in 0..10usize {
+            let from = Ipv4Addr::new(127, 0, 0, 2 + k as u8);
+            let per = GARBAGE / 10;
+            openers.spawn(open_garbage(addr, from, k * per, per, 0x5eed_0000 + k as u64));
+        }
+        let mut all = Vec::with_capacity(GARBAGE);
+        while let Some(r) = openers.join_next().await {
+            all.extend(r.expect("an opener"));
+        }
+        all
+    });
+    let mut sent = Vec::new();
+    while !opening.is_finished() {
+        let body = valid_text("deal.created");
+        fx.publish("deals", "deal.created", &body).await;
+        sent.push(body);
+        sse_gateway_tests::sleep(Duration::from_millis(5)).await;
+    }
+    let garbage = opening.await.expect("the openers");
+    let opened_in = started.elapsed();
+    let during_opening = sent.len();
+    assert_eq!(garbage.len(), GARBAGE);
+    let rss_held = fx.gw.rss_kib();
+
+    // Every garbage connection open at once: publish more, check health, then the marker.
+    let more: Vec<String> = (0..200).map(|i| valid_text(["deal.created", "deal.updated", "calculation.added"][i % 3])).collect();
+    let kinds = ["deal.created", "deal.updated", "calculation.added"];
+    let msgs: Vec<_> = more.iter().enumerate().map(|(i, b)| fx.msg("deals", kinds[i % 3], b)).collect();
+    fx.publish_all(&msgs).await;
+    sent.extend(more);
+    assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200, "/healthz with {GARBAGE} garbage connections open");
+    fx.publish("deals", "deal.updated", &marker).await;
+
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = ::tokio::time::timeout(6 * WAIT, r).await.unwrap_or_else(|_| panic!("u{i} still reading")).expect("a reader");
+        assert_eq!(got.len(), sent.len(), "u{i} got {} of {} events", got.len(), sent.len());
+        assert!(got == sent, "u{i} got the events out of order or altered");
+    }
+
+    // What became of the garbage: answered (400 to random bytes), closed, or still held.
+    let (mut answered, mut closed, mut held) = (0usize, 0usize, 0usize);
+    let mut buf = [0u8; 1024];
+    for (kind, s) in &garbage {
+        match s.try_read(&mut buf) {
+            Ok(0) => closed += 1,
+            Ok(n) => {
+                assert!(!buf[..n].starts_with(b"HTTP/1.1 200"), "{kind:?} garbage was answered 200");
+                assert!(buf[..n].starts_with(b"HTTP/1.1 4"), "{kind:?} garbage got {:?}", String::from_utf8_lossy(&buf[..n]));
+                answered += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held += 1,
+            Err(_) => closed += 1,
+        }
+    }
+    let healthz = fx.gw.get("/healthz", &[]).await.status;
+    drop(garbage);
+    sse_gateway_tests::sleep(Duration::from_millis(500)).await;
+    let rss_after = fx.gw.rss_kib();
+    eprintln!(
+        "{}: {GARBAGE} garbage connections opened in {opened_in:?} ({during_opening} events published meanwhile, {} in all); \
+         {answered} answered 4xx, {closed} closed, {held} still held; gateway RSS {rss_start} KiB at start, \
+         {rss_held} KiB with the garbage open, {rss_after} KiB after it was dropped",
+        bin.file_name(),
+        sent.len()
+    );
+    assert_eq!(healthz, 200);
+    assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200, "/healthz after the garbage left");
+
+    // And it still serves new streams.
+    let mut late = fx.gw.stream("deals", &user("late", &[])).await;
+    let last = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &last).await;
+    assert_eq!(late.expect_event("an event on a stream opened after the flood").await.data, last);
+}
+
+for_each_binary!(
+    request_heads_past_the_bound_get_431,
+    a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout,
+    hostile_bytes_in_last_event_id_are_never_reflected_into_a_stream,
+    ten_thousand_garbage_connections_cost_a_hundred_streams_nothing,
+);
