@@ -1,0 +1,144 @@
+//! Hostile upstream messages (D3, D4): what events.rs does not cover yet. Oversized bodies,
+//! headers of the wrong kind (array-valued `recipient_ids` included), empty recipient lists,
+//! bodies that are not UTF-8 or nest too deep, event types that try to inject SSE lines, and a
+//! flood of garbage: each is dropped, acked, counted by its reason and logged once, and the valid
+//! events around them flow, exactly.
+
+use sse_gateway_tests::payloads::{valid, valid_text};
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, Header, Message, SseClient};
+
+const MAX: usize = 1024;
+
+/// A valid `deal.created` body of exactly `len` bytes.
+fn deal_of_len(len: usize) -> String {
+    let mut v = valid("deal.created");
+    v["title"] = "".into();
+    let base = v.to_string().len();
+    assert!(len >= base, "{len} < {base}");
+    v["title"] = "t".repeat(len - base).into();
+    let body = v.to_string();
+    assert_eq!(body.len(), len);
+    body
+}
+
+/// Reads events with ids until the marker's data arrives; returns the (type, data) before it.
+async fn until_marker(s: &mut SseClient, marker: &str, who: &str) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = s.expect_event(&format!("the marker on {who}")).await;
+        assert_ne!(ev.event, "error", "{who}: {ev:?}");
+        if ev.data == marker {
+            return seen;
+        }
+        seen.push((ev.event, ev.data));
+    }
+}
+
+async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_ones_flow(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("broker", "max_message_bytes", &MAX.to_string());
+    let fx = Fixture::start(bin, cfg).await;
+    let mut deals = fx.gw.stream("deals", &user("alice", &[])).await;
+    let mut notes = fx.gw.stream("notifications", &user("alice", &[])).await;
+
+    let deal = |body: &str| fx.msg("deals", "deal.created", body);
+    let note = |body: &str| fx.msg("notifications", "notification.sent", body);
+    let good_note = valid_text("notification.sent");
+    let mut bad: Vec<(Message, &str)> = vec![
+        // Bodies past broker.max_message_bytes, however valid.
+        (deal(&deal_of_len(MAX + 1)), "oversized"),
+        (deal(&deal_of_len(1024 * 1024)), "oversized"),
+        // Headers of a kind the contract does not have.
+        (deal(&valid_text("deal.created")).header("schema_version", Header::Str("abc".into())), "bad_header"),
+        (deal(&valid_text("deal.created")).header("schema_version", Header::Float(1.0)), "bad_header"),
+        (deal(&valid_text("deal.created")).header("schema_version", Header::Int(0)), "bad_header"),
+        (deal(&valid_text("deal.created")).header("schema_version", Header::Long(-1)), "bad_header"),
+        (deal(&valid_text("deal.created")).header("schema_version", Header::Array(vec![Header::Int(1)])), "bad_header"),
+        (note(&good_note).header("recipient_ids", Header::Array(vec![Header::Str("alice".into())])), "bad_header"),
+        (
+            note(&good_note).header("recipient_ids", Header::Array(vec![Header::Str("alice".into()), Header::Str("bob".into())])),
+            "bad_header",
+        ),
+        (note(&good_note).header("recipient_ids", Header::Float(1.0)), "bad_header"),
+        // A per-user channel never broadcasts: no recipient, or an empty list.
+        (note(&good_note), "no_recipient"),
+        (note(&good_note).recipients(""), "no_recipient"),
+        (note(&good_note).recipients(" , ,, "), "no_recipient"),
+        // Bodies that are not JSON text.
+        (deal("\u{feff}"), "not_json"),
+        (Message { body: b"\xff\xfe{}".to_vec(), ..deal("") }, "not_json"),
+        (Message { body: b"{\"title\":\"\xff\"}".to_vec(), ..deal("") }, "not_json"),
+        (deal(&"[".repeat(MAX - 24)), "not_json"),
+        (deal("{\"deal_id\": NaN}"), "not_json"),
+        (deal(""), "not_json"),
+        // Types that are not the channel's, some trying to write SSE lines of their own.
+        (fx.msg("deals", "deal.created\r\nevent: pwned\r\ndata: pwned", &valid_text("deal.created")), "unknown_type"),
+        (fx.msg("deals", "deal.created\nid: 999999-1", &valid_text("deal.created")), "unknown_type"),
+        (fx.msg("deals", &"x".repeat(255), &valid_text("deal.created")), "unknown_type"),
+        (fx.msg("deals", "notification.sent", &valid_text("notification.sent")), "unknown_type"),
+    ];
+    // No type property and a routing key that is no event type: the routing key is the type.
+    let mut untyped = fx.msg("deals", "pwned.event", &valid_text("deal.created"));
+    untyped.kind = None;
+    bad.push((untyped, "unknown_type"));
+
+    let boundary = deal_of_len(MAX);
+    let after = valid_text("deal.updated");
+    let mut msgs: Vec<Message> = bad.iter().map(|(m, _)| m.clone()).collect();
+    msgs.push(deal(&boundary)); // exactly the bound: valid
+    msgs.push(fx.msg("deals", "deal.updated", &after));
+    msgs.push(note(&good_note).recipients("alice"));
+    fx.publish_all(&msgs).await;
+
+    let deal_marker = valid_text("calculation.added");
+    fx.publish("deals", "calculation.added", &deal_marker).await;
+    let note_marker = valid_text("notification.read");
+    fx.publish_msg(fx.msg("notifications", "notification.read", &note_marker).recipients("alice")).await;
+    let got = until_marker(&mut deals, &deal_marker, "deals").await;
+    let want = vec![("deal.created".to_string(), boundary.clone()), ("deal.updated".to_string(), after.clone())];
+    assert!(got == want, "deals: expected exactly the body at the bound and the next event, got {got:?}");
+    let got = until_marker(&mut notes, &note_marker, "notifications").await;
+    assert_eq!(got, vec![("notification.sent".to_string(), good_note.clone())], "notifications");
+
+    let mut expected = std::collections::BTreeMap::<&str, usize>::new();
+    for (_, reason) in &bad {
+        *expected.entry(reason).or_default() += 1;
+    }
+    for (reason, n) in &expected {
+        let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(fx.gw.metric(&sample).await, Some(*n as f64), "{sample}");
+    }
+    // D4: logged once, with the reason.
+    let log = fx.gw.stderr();
+    for (reason, n) in &expected {
+        let lines = log.lines().filter(|l| l.contains(reason)).count();
+        assert_eq!(lines, *n, "{reason}: {n} drops but {lines} log lines name the reason:\n{log}");
+    }
+    assert!(!log.contains("\nevent: pwned"), "a type's line break went into the log raw:\n{log}");
+
+    // A flood of garbage stalls nothing: 2,000 invalid messages, then a valid one flows.
+    let flood: Vec<Message> = (0..2000)
+        .map(|i| match i % 4 {
+            0 => deal("{not json"),
+            1 => deal(&deal_of_len(MAX + 1 + i)),
+            2 => fx.msg("deals", "deal.exploded", &valid_text("deal.created")),
+            _ => deal("[1,2,3]"),
+        })
+        .collect();
+    fx.publish_all(&flood).await;
+    let last = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &last).await;
+    let ev = deals.expect_event("the valid event after the flood").await;
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("deal.created", last.as_str()), "nothing of the flood leaked");
+    for (reason, n) in [("not_json", 500), ("oversized", 500), ("unknown_type", 500), ("not_an_object", 500)] {
+        let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
+        let total = n + expected.get(reason).copied().unwrap_or(0);
+        fx.gw.wait_metric(&sample, total as f64).await;
+    }
+    let extra: Vec<_> = deals.events_within(std::time::Duration::from_millis(300)).await.into_iter().filter(|e| e.id.is_some()).collect();
+    assert!(extra.is_empty(), "{extra:?}");
+    assert!(!deals.is_closed() && !notes.is_closed());
+    assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
+}
+
+for_each_binary!(oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_ones_flow);
