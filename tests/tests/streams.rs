@@ -116,8 +116,19 @@ async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
     assert!(early.iter().all(|e| e.event != "error") && !first.is_closed(), "{early:?}");
 }
 
-async fn a_client_that_stops_reading_is_closed_without_delaying_the_others(bin: Bin) {
-    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+/// Reads `s` until the marker; returns the data before it (a task of its own per stream).
+async fn data_until(mut s: sse_gateway_tests::SseClient, marker: String, who: String) -> Vec<String> {
+    s.data_until(&marker, &who).await
+}
+
+/// D11: a client that stops reading is closed once its unsent output passes
+/// `streams.max_pending_bytes`, while a hundred others get every event, and the gateway's memory
+/// stays bounded (its RSS is reported).
+async fn a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others(bin: Bin) {
+    const READERS: usize = 100;
+    const EVENT_BYTES: usize = 16 * 1024;
+    const MAX_EVENTS: usize = 1000; // 16 MB: far past the kernel buffers and the 256 KiB bound
+    let fx = Fixture::start(bin, ConfigBuilder::new().raw("streams", "max_pending_bytes", "262144")).await;
     // A client that never reads, with a small receive buffer so the gateway's output backs up.
     let sock = ::tokio::net::TcpSocket::new_v4().expect("a socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
@@ -132,28 +143,68 @@ async fn a_client_that_stops_reading_is_closed_without_delaying_the_others(bin: 
     .await;
     fx.gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", 1.0).await;
 
-    // A client that reads everything, concurrently.
-    let mut reader = fx.gw.stream("deals", &user("hare", &[])).await;
-    const N: usize = 150; // 150 x 64 KiB: well past the kernel buffers and max_pending_bytes
-    let collect = ::tokio::spawn(async move {
-        let mut got = Vec::with_capacity(N);
-        for _ in 0..N {
-            got.push(reader.expect_event("a large event on the reading stream").await.data);
+    // A hundred clients that read everything, concurrently.
+    let marker = valid_text("deal.updated");
+    let mut readers = Vec::with_capacity(READERS);
+    for i in 0..READERS {
+        let who = format!("hare{i}");
+        let s = fx.gw.stream("deals", &user(&who, &[])).await;
+        readers.push(::tokio::spawn(data_until(s, marker.clone(), who)));
+    }
+    fx.gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", (READERS + 1) as f64).await;
+    let rss_before = fx.gw.rss_kib();
+
+    // Publish until the stalled client is closed at its bound.
+    let closed = "sse_gateway_streams_closed_total{reason=\"slow_client\"}";
+    let mut sent = Vec::new();
+    let mut rss_peak = rss_before;
+    while fx.gw.metric(closed).await != Some(1.0) {
+        assert!(sent.len() < MAX_EVENTS, "the stalled client is still open after {} events of {EVENT_BYTES} bytes", sent.len());
+        for _ in 0..4 {
+            let mut v = sse_gateway_tests::payloads::valid("deal.created");
+            v["title"] = format!("{}:{}", sent.len(), "x".repeat(EVENT_BYTES)).into();
+            let body = v.to_string();
+            fx.publish("deals", "deal.created", &body).await;
+            sent.push(body);
         }
-        got
-    });
-    let mut sent = Vec::with_capacity(N);
-    for i in 0..N {
-        let mut v = sse_gateway_tests::payloads::valid("deal.created");
-        v["title"] = format!("{i}:{}", "x".repeat(64 * 1024)).into();
-        let body = v.to_string();
+        rss_peak = rss_peak.max(fx.gw.rss_kib());
+    }
+    let until_closed = sent.len();
+    // A few more after the close: the others keep getting everything.
+    for _ in 0..20 {
+        let body = valid_text("deal.created");
         fx.publish("deals", "deal.created", &body).await;
         sent.push(body);
     }
-    let got = ::tokio::time::timeout(4 * WAIT, collect).await.expect("the reader got every event in time").unwrap();
-    assert!(got == sent, "the reading client lost or reordered events ({} of {N})", got.len());
-    fx.gw.wait_metric("sse_gateway_streams_closed_total{reason=\"slow_client\"}", 1.0).await;
-    drop(stalled);
+    fx.publish("deals", "deal.updated", &marker).await;
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = ::tokio::time::timeout(6 * WAIT, r).await.unwrap_or_else(|_| panic!("hare{i} still reading")).unwrap();
+        assert_eq!(got.len(), sent.len(), "hare{i} got {} of {} events", got.len(), sent.len());
+        assert!(got == sent, "hare{i} got the events reordered or altered");
+    }
+    // The gateway really closed the stalled connection: what the kernel held, then the end.
+    let mut drained = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let eof = ::tokio::time::timeout(WAIT, async {
+        loop {
+            match ::tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "the stalled connection is still open ({drained} bytes read from it)");
+    let rss_after = fx.gw.rss_kib();
+    eprintln!(
+        "{}: stalled client closed after {until_closed} events of ~{EVENT_BYTES} bytes ({drained} bytes had reached it); \
+         {READERS} readers got all {} events; gateway RSS {rss_before} KiB before, {rss_peak} KiB at most while \
+         publishing, {rss_after} KiB after",
+        bin.file_name(),
+        sent.len()
+    );
+    const BOUND_KIB: u64 = 200 * 1024;
+    assert!(rss_peak < BOUND_KIB && rss_after < BOUND_KIB, "gateway RSS {rss_peak} / {rss_after} KiB past {BOUND_KIB} KiB");
 }
 
 async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
@@ -180,6 +231,6 @@ for_each_binary!(
     the_open_streams_gauge_counts_streams_and_returns_to_zero,
     past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evicted,
     with_the_reject_policy_the_limit_always_answers_409,
-    a_client_that_stops_reading_is_closed_without_delaying_the_others,
+    a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others,
     sigterm_sends_every_stream_a_retry_closes_them_and_exits,
 );
