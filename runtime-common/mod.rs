@@ -26,10 +26,12 @@
 //!
 //! Files: [`shards`] (the handle to the shard threads, and starting them), [`shard`] (one
 //! shard's loop and its streams' writers), [`request`] (accepting, request heads, the answers
-//! that are not streams), [`amqp`] and [`inproc`] (the two kinds of source), and [`run`] below.
+//! that are not streams), [`listen`] (the listening socket, bound with a deep accept queue),
+//! [`amqp`] and [`inproc`] (the two kinds of source), and [`run`] below.
 
 pub(crate) mod amqp;
 pub(crate) mod inproc;
+pub(crate) mod listen;
 pub(crate) mod request;
 pub(crate) mod shard;
 pub(crate) mod shards;

@@ -12,9 +12,9 @@ use crate::driver::Socket;
 pub(crate) struct Listener(Arc<Async<std::net::TcpListener>>);
 
 impl Listener {
-    /// Binds `addr` (`host:port`, resolved).
+    /// Binds `addr` (`host:port`, resolved) with the deep accept queue of `common::listen`.
     pub(crate) async fn bind(addr: &str) -> io::Result<Listener> {
-        smol::net::TcpListener::bind(addr).await.map(|l| Listener(l.into()))
+        Async::new(crate::common::listen::bind(addr)?).map(|l| Listener(Arc::new(l)))
     }
 
     /// The bound address (the port chosen for `:0`).

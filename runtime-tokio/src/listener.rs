@@ -11,9 +11,9 @@ use crate::driver::Socket;
 pub(crate) struct Listener(TcpListener);
 
 impl Listener {
-    /// Binds `addr` (`host:port`, resolved).
+    /// Binds `addr` (`host:port`, resolved) with the deep accept queue of `common::listen`.
     pub(crate) async fn bind(addr: &str) -> io::Result<Listener> {
-        TcpListener::bind(addr).await.map(Listener)
+        TcpListener::from_std(crate::common::listen::bind(addr)?).map(Listener)
     }
 
     /// The bound address (the port chosen for `:0`).
