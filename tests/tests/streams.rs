@@ -116,9 +116,25 @@ async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
     assert!(early.iter().all(|e| e.event != "error") && !first.is_closed(), "{early:?}");
 }
 
-/// Reads `s` until the marker; returns the data before it (a task of its own per stream).
-async fn data_until(mut s: sse_gateway_tests::SseClient, marker: String, who: String) -> Vec<String> {
-    s.data_until(&marker, &who).await
+/// Reads `s` until the marker; returns the data before it, counting each event in `progress`.
+async fn data_until(
+    mut s: sse_gateway_tests::SseClient,
+    marker: String,
+    who: String,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = s.next_with_id(3 * WAIT).await.unwrap_or_else(|| {
+            panic!("{who}: stream {} after {} events", if s.is_closed() { "closed" } else { "silent" }, seen.len())
+        });
+        assert_ne!(ev.event, "error", "{who}: {ev:?}");
+        if ev.data == marker {
+            return seen;
+        }
+        seen.push(ev.data);
+        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// D11: a client that stops reading is closed once its unsent output passes
@@ -145,21 +161,34 @@ async fn a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others
 
     // A hundred clients that read everything, concurrently.
     let marker = valid_text("deal.updated");
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut readers = Vec::with_capacity(READERS);
     for i in 0..READERS {
         let who = format!("hare{i}");
         let s = fx.gw.stream("deals", &user(&who, &[])).await;
-        readers.push(::tokio::spawn(data_until(s, marker.clone(), who)));
+        readers.push(::tokio::spawn(data_until(s, marker.clone(), who, progress.clone())));
     }
     fx.gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", (READERS + 1) as f64).await;
     let rss_before = fx.gw.rss_kib();
 
-    // Publish until the stalled client is closed at its bound.
+    // Publish until the stalled client is closed at its bound, four events at a time, each round
+    // once the readers have every earlier event: the readers are never the slow ones (this test
+    // process shares two cores with the gateway and other tests), only the stalled client is.
+    // Were the stalled client to hold the others up, their progress would stop here.
     let closed = "sse_gateway_streams_closed_total{reason=\"slow_client\"}";
     let mut sent = Vec::new();
     let mut rss_peak = rss_before;
-    while fx.gw.metric(closed).await != Some(1.0) {
-        assert!(sent.len() < MAX_EVENTS, "the stalled client is still open after {} events of {EVENT_BYTES} bytes", sent.len());
+    while fx.gw.metric(closed).await.unwrap_or(0.0) < 1.0 {
+        if sent.len() >= MAX_EVENTS {
+            let m = fx.gw.metrics().await;
+            let closes: Vec<&str> = m.lines().filter(|l| l.starts_with("sse_gateway_streams_closed_total{")).collect();
+            panic!(
+                "the stalled client is still open after {} events of {EVENT_BYTES} bytes; gateway RSS {} KiB \
+                 (at start {rss_before} KiB); {closes:?}",
+                sent.len(),
+                fx.gw.rss_kib()
+            );
+        }
         for _ in 0..4 {
             let mut v = sse_gateway_tests::payloads::valid("deal.created");
             v["title"] = format!("{}:{}", sent.len(), "x".repeat(EVENT_BYTES)).into();
@@ -167,8 +196,20 @@ async fn a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others
             fx.publish("deals", "deal.created", &body).await;
             sent.push(body);
         }
+        let want = READERS * sent.len();
+        let deadline = std::time::Instant::now() + 3 * WAIT;
+        while progress.load(std::sync::atomic::Ordering::Relaxed) < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the readers got {} of {want} events within {:?}",
+                progress.load(std::sync::atomic::Ordering::Relaxed),
+                3 * WAIT
+            );
+            sleep(Duration::from_millis(2)).await;
+        }
         rss_peak = rss_peak.max(fx.gw.rss_kib());
     }
+    assert_eq!(fx.gw.metric(closed).await, Some(1.0), "only the stalled client was closed as slow");
     let until_closed = sent.len();
     // A few more after the close: the others keep getting everything.
     for _ in 0..20 {
