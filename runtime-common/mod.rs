@@ -107,7 +107,10 @@ pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {
 /// Work a task does in a row before it lets the others on its thread run: neither executor
 /// preempts a task that is always ready (a busy channel, a backlog of accepts or of output).
 #[derive(Debug, Default)]
-pub(crate) struct Budget(u32);
+pub(crate) struct Budget {
+    steps: u32,
+    bytes: usize,
+}
 
 impl Budget {
     /// Steps in a row between two yields.
@@ -115,9 +118,16 @@ impl Budget {
 
     /// Counts one step; every [`Budget::STEPS`]-th yields to the executor.
     pub(crate) async fn step(&mut self) {
-        self.0 += 1;
-        if self.0 == Budget::STEPS {
-            self.0 = 0;
+        self.spend(0, usize::MAX).await;
+    }
+
+    /// Counts one step that queued `bytes` for other tasks to write; yields after
+    /// [`Budget::STEPS`] steps or once `max_bytes` were queued since the last yield.
+    pub(crate) async fn spend(&mut self, bytes: usize, max_bytes: usize) {
+        self.steps += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.steps >= Budget::STEPS || self.bytes >= max_bytes {
+            (self.steps, self.bytes) = (0, 0);
             future::yield_now().await;
         }
     }

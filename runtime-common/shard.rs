@@ -9,7 +9,10 @@
 //! awaits, and a stream's wake is a `Cell`, not a lock.
 //!
 //! Neither executor preempts a task that is always ready, so the loop and the writers yield
-//! after a bounded run of work ([`Budget`]).
+//! after a bounded run of work ([`Budget`]). The loop also yields once the events it handled in a
+//! row add up to a quarter of a stream's output bound (`streams.max_pending_bytes`): the writers
+//! then take them before the next, so a burst of events waiting in the channel is never mistaken
+//! for a slow client.
 
 use std::cell::{Cell, RefCell};
 use std::future::{pending, poll_fn, Future};
@@ -104,6 +107,7 @@ impl Shard {
         let mut armed: Option<Instant> = None;
         let mut drain_until: Option<Instant> = None;
         let mut budget = Budget::default();
+        let yield_after = self.settings.config.streams.max_pending_bytes / 4;
         loop {
             let next = self.gw.borrow().poll_timeout().map(|(at, _)| at);
             if next != armed {
@@ -133,13 +137,19 @@ impl Shard {
                     }
                 }
             };
+            let mut queued = 0;
             match future::or(deadline, other).await {
                 Wake::Deadline => {
                     self.gw.borrow_mut().handle_timeout(Instant::now());
                     // Re-arm from the core's answer, even if it is the same instant.
                     armed = None;
                 }
-                Wake::Command(cmd) => self.apply(cmd, &mut drain_until),
+                Wake::Command(cmd) => {
+                    if let Command::Event(ev) = &cmd {
+                        queued = ev.frame().len();
+                    }
+                    self.apply(cmd, &mut drain_until);
+                }
                 Wake::Tick => {}
                 Wake::DrainOver => {
                     let left = self.gw.borrow().slots_in_use();
@@ -151,7 +161,7 @@ impl Shard {
             if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 {
                 return;
             }
-            budget.step().await;
+            budget.spend(queued, yield_after).await;
         }
     }
 
