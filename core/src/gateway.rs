@@ -511,12 +511,12 @@ impl Gateway {
 
     fn warn_channel(&mut self, channel: ChannelId, now: Instant) {
         let frame = sse::warning("source_unavailable", &self.settings.channel(channel).name);
-        let members = std::mem::take(&mut self.channels[channel.index()].members);
-        for &id in &members {
+        // A copy: `push` closes a stream over its bound, which edits the member list.
+        let members = self.channels[channel.index()].members.clone();
+        for id in members {
             self.push(id, frame.clone());
         }
         let c = &mut self.channels[channel.index()];
-        c.members = members;
         let at = now + self.settings.config.streams.warning_interval;
         c.warning_at = Some(at);
         self.timers.insert((at, Timer::Warning(channel)));

@@ -512,6 +512,30 @@ fn a_stream_that_stops_reading_is_closed_at_its_bound_and_others_keep_receiving(
 }
 
 #[test]
+fn an_outage_warning_that_overflows_a_stalled_stream_closes_it_cleanly() {
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let deals = h.channel("deals");
+    let stalled = h.open("slow", "deals");
+    let other = h.open("other", "deals");
+    h.reading.insert(stalled, false);
+    // Fill the stalled stream to just under its bound.
+    while h.gw.pending_bytes(stalled) + 400 < 4096 {
+        h.publish("deals", "deal.created", deal_created("x"));
+    }
+    let fill = 4096 - h.gw.pending_bytes(stalled) - 10;
+    let mut m = msg("deal.created", deal_created(&"y".repeat(fill.saturating_sub(200))));
+    m.message_id = None;
+    let _ = h.publish_msg("deals", m);
+    assert!(!h.closed.contains_key(&stalled));
+    h.gw.source_down(deals, h.now);
+    h.drain();
+    h.advance(Duration::from_secs(61));
+    assert_eq!(h.closed.get(&stalled), Some(&CloseReason::SlowClient));
+    assert!(h.take_events(other).contains("source_unavailable"));
+    assert_eq!(h.gw.stream_count(), 1);
+}
+
+#[test]
 fn shutdown_sends_each_stream_a_retry_and_closes_it() {
     let mut h = Harness::new("");
     let a = h.open("u1", "deals");
