@@ -42,10 +42,10 @@ mkdir -p "$BENCH_DIR"
 log() { echo "== $*" >&2; }
 
 build() {
-  (cd "$ROOT" && cargo build --release -p sse-gateway-tokio -p sse-gateway-smol -p sse-gateway-tests --bin sse-gateway --bin sse-gateway-smol --bin load)
+  (cd "$ROOT" && cargo build --release -p sse-gateway-tokio -p sse-gateway-smol -p sse-gateway-tests --bin sse-gateway --bin sse-gateway-smol --bin load --bin hold)
   mkdir -p "$BIN"
   # A snapshot: other builds in the work tree do not change the binaries under test mid-run.
-  cp "$ROOT/target/release/sse-gateway" "$ROOT/target/release/sse-gateway-smol" "$ROOT/target/release/load" "$BIN/"
+  cp "$ROOT/target/release/sse-gateway" "$ROOT/target/release/sse-gateway-smol" "$ROOT/target/release/load" "$ROOT/target/release/hold" "$BIN/"
   (cd "$ROOT" && git rev-parse --short HEAD) > "$BIN/commit"
   log "binaries of $(cat "$BIN/commit") in $BIN"
 }
@@ -162,17 +162,39 @@ latency() {
   for s in $(servers "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
-      load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration 20 --drain 10
+      load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration "${DURATION:-20}" --drain 10
       stop
     done
   done
 }
 
+# Server memory: VmRSS of the watched PIDs, summed, in KiB.
+rss_kib() { local t=0 p; for p in $(echo "$PIDS" | sed 's/--pid//g'); do t=$((t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
+
+# (c) The gateways hold the streams with tests/src/bin/hold.rs (the smol issue's tool); nchan,
+# which hold cannot speak to, with the load tool's connect mode (the same measurement).
 idle() {
+  local n=${IDLE_STREAMS:-19000}
   for s in $(servers "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
-      load "idle run=$r" "$s" --mode connect --streams "${IDLE_STREAMS:-19000}" --settle 5
+      if [ "$s" = nchan ]; then
+        load "idle run=$r" "$s" --mode connect --streams "$n" --settle 5
+      else
+        local la before after line
+        la=$(quiet)
+        log "idle run=$r on $s: $n streams held by hold (load average $la)"
+        before=$(rss_kib)
+        "$BIN/hold" --addr "$ADDR" --secret "$SECRET" --count "$n" --seconds 3600 > "$BENCH_DIR/hold.out" &
+        local hold=$!
+        for _ in $(seq 1 600); do grep -q "^open" "$BENCH_DIR/hold.out" && break; kill -0 $hold 2>/dev/null || break; sleep 0.2; done
+        line=$(head -1 "$BENCH_DIR/hold.out")
+        sleep 5
+        after=$(rss_kib)
+        kill $hold 2>/dev/null || true; wait $hold 2>/dev/null || true
+        printf '{"label":"scenario=idle run=%s server=%s workers=%s loadavg=%s commit=%s","mode":"hold","streams":%s,"hold":"%s","rss_kib_before":%s,"rss_kib_connected":%s,"rss_bytes_per_stream":%s}\n' \
+          "$r" "$s" "$WORKERS" "$la" "$(cat "$BIN/commit")" "$n" "$line" "$before" "$after" "$(( (after - before) * 1024 / n ))" | tee -a "$RESULTS"
+      fi
       stop
     done
   done

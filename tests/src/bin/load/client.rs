@@ -6,10 +6,11 @@
 //! must get from now on), `wait TIMEOUT_MS` (until every stream has got `LAST` or was closed,
 //! then report), `disconnect`, `quit`.
 //!
-//! Each stream tracks, in the window: events received, events skipped (a gap in `n`: the
-//! servers deliver in order, so a gap is a loss), duplicates, events from before the window
-//! (a resume that replayed too much), the first `n` it got, and, for the gateway's ids
-//! (`<epoch>-<seq>`), whether `seq - n` stays the same (the replay carries the right ids).
+//! Each stream keeps a bitmap of the window's events it got, so it counts exactly: distinct
+//! events received (the rest of the window is lost), duplicates, events that came after a later
+//! one (out of order), events from before the window (a resume that replayed too much), the first
+//! `n` it got, and, for the gateway's ids (`<epoch>-<seq>`), whether `seq - n` stays the same
+//! (the replay carries the right ids).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -87,9 +88,11 @@ impl Default for SmallId {
 #[derive(Default, Clone)]
 struct StreamState {
     last_id: SmallId,
-    next_n: u64,
+    /// Bit `n - first` is set once event `n` of the window arrived.
+    seen: Vec<u64>,
+    max_n: Option<u64>,
     received: u32,
-    gap_lost: u64,
+    out_of_order: u32,
     dups: u32,
     stale: u32,
     first_n: Option<u64>,
@@ -145,13 +148,18 @@ impl Shared {
             return;
         }
         st.first_n.get_or_insert(n);
-        if n >= st.next_n {
-            st.gap_lost += n - st.next_n;
-            st.received += 1;
-            st.next_n = n + 1;
-        } else {
+        let bit = (n - first) as usize;
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        if st.seen[word] & mask != 0 {
             st.dups += 1;
+        } else {
+            st.seen[word] |= mask;
+            st.received += 1;
         }
+        if st.max_n.is_some_and(|m| n < m) {
+            st.out_of_order += 1;
+        }
+        st.max_n = Some(st.max_n.map_or(n, |m| m.max(n)));
         if let Some(seq) = f.id.and_then(id_seq) {
             let off = seq - n as i64;
             match st.id_offset {
@@ -165,7 +173,7 @@ impl Shared {
             let _ = self.hist.borrow_mut().record(us.max(1));
         }
         self.last_rx_ns.set(now_ns);
-        if n == last && !st.done {
+        if st.received as u64 == last - first + 1 && !st.done {
             st.done = true;
             self.done.set(self.done.get() + 1);
             self.done_at_ns.set(now_ns);
@@ -174,10 +182,13 @@ impl Shared {
 
     fn set_window(&self, first: u64, last: u64) {
         self.window.set((first, last));
+        let words = ((last.saturating_sub(first) + 1) as usize).div_ceil(64);
         for st in self.streams.borrow_mut().iter_mut() {
-            st.next_n = first;
+            st.seen.clear();
+            st.seen.resize(words, 0);
+            st.max_n = None;
             st.received = 0;
-            st.gap_lost = 0;
+            st.out_of_order = 0;
             st.dups = 0;
             st.stale = 0;
             st.first_n = None;
@@ -388,7 +399,7 @@ async fn stream(shared: Rc<Shared>, i: usize, req: Vec<u8>, sem: Rc<Semaphore>) 
     streams[i].closed_by_server = true;
 }
 
-/// Waits until every stream got the window's last event or is closed, at most `timeout`.
+/// Waits until every stream got every event of the window or is closed, at most `timeout`.
 async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
     let t0 = Instant::now();
     loop {
@@ -407,13 +418,13 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
     let mut r = json!({});
     let (mut received, mut lost, mut lossy, mut dups, mut stale, mut mism, mut errors, mut closed, mut exact, mut open) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut gap = 0u64;
+    let mut ooo = 0u64;
     for st in streams.iter() {
         received += st.received as u64;
         let missing = width.saturating_sub(st.received as u64);
         lost += missing;
         lossy += u64::from(missing > 0);
-        gap += st.gap_lost;
+        ooo += st.out_of_order as u64;
         dups += st.dups as u64;
         stale += st.stale as u64;
         mism += st.id_mismatch as u64;
@@ -421,7 +432,12 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
         closed += u64::from(st.closed_by_server);
         open += u64::from(st.open);
         exact += u64::from(
-            missing == 0 && st.dups == 0 && st.stale == 0 && st.id_mismatch == 0 && st.first_n == Some(first),
+            missing == 0
+                && st.dups == 0
+                && st.stale == 0
+                && st.out_of_order == 0
+                && st.id_mismatch == 0
+                && st.first_n == Some(first),
         );
     }
     let hist = shared.hist.borrow();
@@ -432,7 +448,7 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
     r["received"] = json!(received);
     r["lost"] = json!(lost);
     r["lossy_streams"] = json!(lossy);
-    r["gap_lost"] = json!(gap);
+    r["out_of_order"] = json!(ooo);
     r["dups"] = json!(dups);
     r["stale"] = json!(stale);
     r["id_mismatch"] = json!(mism);

@@ -3,6 +3,8 @@
 //! time `t` (Unix ns) so subscribers count losses and latency without a shared map.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -10,6 +12,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// A valid `deal.updated` payload (seed catalogue) with the bench fields first.
 pub fn payload(n: u64) -> Vec<u8> {
@@ -24,9 +27,11 @@ pub fn payload(n: u64) -> Vec<u8> {
 pub enum Publisher {
     /// RabbitMQ: a topic exchange the gateway's channel is bound to; publisher confirms on,
     /// mandatory (an unroutable message counts as failed, not as the gateway's loss).
-    Amqp { _conn: Connection, channel: Channel, exchange: String, routing_key: String, confirms: Vec<PublisherConfirm> },
-    /// nchan: `POST /pub/{channel}` on a kept-alive connection, one request at a time.
-    Http { sock: TcpStream, addr: SocketAddr, path: String, buf: Vec<u8>, failed: u64 },
+    Amqp { _conn: Connection, channel: Channel, exchange: String, routing_key: String, confirms: Vec<PublisherConfirm>, failed: u64 },
+    /// nchan: `POST /pub/{channel}` over several kept-alive connections, event `n` on connection
+    /// `n % k`, each one request at a time (nchan answers a publish once it has fanned it out,
+    /// so one connection alone would hold the rate down to its fan-out time).
+    Http { txs: Vec<mpsc::UnboundedSender<u64>>, sent: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64> },
 }
 
 impl Publisher {
@@ -42,20 +47,47 @@ impl Publisher {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             confirms: Vec::new(),
+            failed: 0,
         })
     }
 
-    pub async fn http(addr: SocketAddr, channel: &str) -> anyhow::Result<Publisher> {
-        let sock = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
-        sock.set_nodelay(true)?;
-        Ok(Publisher::Http { sock, addr, path: format!("/pub/{channel}"), buf: Vec::new(), failed: 0 })
+    /// `k` publishing connections to nchan at `addr`.
+    pub async fn http(addr: SocketAddr, channel: &str, k: usize) -> anyhow::Result<Publisher> {
+        let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut txs = Vec::new();
+        for _ in 0..k.max(1) {
+            let mut sock = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+            sock.set_nodelay(true)?;
+            let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+            let (path, done, failed) = (format!("/pub/{channel}"), done.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(n) = rx.recv().await {
+                    let body = payload(n);
+                    let head = format!(
+                        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let ok = match sock.write_all(&[head.as_bytes(), &body].concat()).await {
+                        Ok(()) => read_response(&mut sock, &mut buf).await.is_ok_and(|s| s.starts_with('2')),
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            txs.push(tx);
+        }
+        Ok(Publisher::Http { txs, sent: 0, done, failed })
     }
 
-    /// Publishes event `n` now.
+    /// Publishes event `n` now (nchan: hands it to its connection, which sends it when free).
     pub async fn publish(&mut self, n: u64) -> anyhow::Result<()> {
-        let body = payload(n);
         match self {
             Publisher::Amqp { channel, exchange, routing_key, confirms, .. } => {
+                let body = payload(n);
                 let props = BasicProperties::default().with_type("deal.updated".into());
                 let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let c = channel
@@ -63,34 +95,39 @@ impl Publisher {
                     .await?;
                 confirms.push(c);
             }
-            Publisher::Http { sock, addr, path, buf, failed } => {
-                let head = format!(
-                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                sock.write_all(&[head.as_bytes(), &body].concat()).await?;
-                if !read_response(sock, buf).await?.starts_with('2') {
-                    *failed += 1;
-                }
+            Publisher::Http { txs, sent, .. } => {
+                let k = txs.len() as u64;
+                txs[(n % k) as usize].send(n).context("a publishing connection ended")?;
+                *sent += 1;
             }
         }
         Ok(())
     }
 
-    /// Waits for every confirm; returns how many publishes failed (not confirmed, or returned
-    /// as unroutable, or refused by nchan).
-    pub async fn settle(&mut self) -> u64 {
+    /// Waits until the server took everything published so far (confirms; nchan's answers).
+    pub async fn flush(&mut self) {
         match self {
-            Publisher::Amqp { confirms, .. } => {
-                let mut failed = 0;
+            Publisher::Amqp { confirms, failed, .. } => {
                 for c in confirms.drain(..) {
                     if !matches!(c.await, Ok(Confirmation::Ack(None))) {
-                        failed += 1;
+                        *failed += 1;
                     }
                 }
-                failed
             }
-            Publisher::Http { failed, .. } => std::mem::take(failed),
+            Publisher::Http { sent, done, .. } => {
+                while done.load(Ordering::Relaxed) < *sent {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes that failed so far (not confirmed, returned as unroutable, refused by nchan);
+    /// call after [`Publisher::flush`].
+    pub fn failed(&self) -> u64 {
+        match self {
+            Publisher::Amqp { failed, .. } => *failed,
+            Publisher::Http { failed, .. } => failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -135,7 +172,8 @@ async fn read_response(sock: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Resul
 }
 
 /// Publishes `count` events numbered from `first` at `rate` per second (on schedule: a late
-/// tick publishes what is due). Returns the time it took.
+/// tick publishes what is due) and waits until the server took them all ([`Publisher::flush`]).
+/// Returns the time it took.
 pub async fn at_rate(p: &mut Publisher, first: u64, count: u64, rate: f64) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -149,5 +187,6 @@ pub async fn at_rate(p: &mut Publisher, first: u64, count: u64, rate: f64) -> an
             sent += 1;
         }
     }
+    p.flush().await;
     Ok(start.elapsed())
 }
