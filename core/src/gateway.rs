@@ -300,7 +300,8 @@ impl Gateway {
             Some((k, _)) => k.clone(),
             None => Arc::from(req.identity.user.as_str()),
         };
-        let expiry_secs = req.identity.expires_at.saturating_add(limits_leeway(&self.settings)).saturating_sub(unix_now);
+        // Closed when the token stops verifying: at `exp` plus the leeway the verifier allows.
+        let expiry_secs = req.identity.expires_at.saturating_add(self.settings.config.auth.leeway_secs).saturating_sub(unix_now);
         let expires_at = now.checked_add(Duration::from_secs(expiry_secs));
         let heartbeat_at = now + self.settings.config.streams.heartbeat;
         let id = self.alloc(Stream {
@@ -772,8 +773,4 @@ impl Gateway {
 fn push_raw(st: &mut Stream, frame: Bytes) {
     st.pending_bytes += frame.len();
     st.pending.push_back(frame);
-}
-
-fn limits_leeway(settings: &Settings) -> u64 {
-    settings.config.auth.leeway_secs
 }
