@@ -3,6 +3,7 @@
 //! is not a stream: ops endpoints, the demo page and the publish endpoint. Streams go to their
 //! user's shard as a `std::net::TcpStream` with their `StreamRequest`.
 
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -45,17 +46,30 @@ pub(crate) async fn serve(listener: Listener, ctx: Rc<Ctx>) {
     }
 }
 
+/// Bytes read at once from a connection's request.
+const READ_CHUNK: usize = 4096;
+
+/// Reads up to `want` more bytes onto the end of `buf`, before `deadline` (`None` after it).
+/// Into the buffer's own heap memory: a read array in the connection's task would make every
+/// task 4 KiB larger, and a task is copied as it is spawned.
+async fn read_more(sock: &mut Socket, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Option<io::Result<usize>> {
+    let len = buf.len();
+    buf.resize(len + want, 0);
+    let read = until(deadline, sock.read(&mut buf[len..])).await;
+    buf.truncate(len + read.as_ref().and_then(|r| r.as_ref().ok()).copied().unwrap_or(0));
+    read
+}
+
 async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
     let _ = sock.get_ref().set_nodelay(true);
     let server = &ctx.front.settings().config.server;
     let deadline = Instant::now() + server.head_timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+    let mut buf = Vec::new();
     let routed = loop {
-        match until(deadline, sock.read(&mut chunk)).await {
+        match read_more(&mut sock, &mut buf, READ_CHUNK, deadline).await {
             Some(Ok(0)) | Some(Err(_)) => return,
             None => return debug!(%peer, "head timeout"),
-            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Some(Ok(_)) => {}
         }
         match ctx.front.route(&buf, unix_now()) {
             Routed::Partial => continue,
@@ -111,11 +125,10 @@ async fn publish(
     ctx: &Ctx,
 ) -> Option<Response> {
     let end = p.head_len + p.content_length;
-    let mut chunk = [0u8; 4096];
     while buf.len() < end {
-        let want = (end - buf.len()).min(chunk.len());
-        match until(deadline, sock.read(&mut chunk[..want])).await {
-            Some(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+        let want = (end - buf.len()).min(READ_CHUNK);
+        match read_more(sock, buf, want, deadline).await {
+            Some(Ok(n)) if n > 0 => {}
             _ => return None,
         }
     }

@@ -20,7 +20,7 @@ use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
@@ -42,7 +42,13 @@ const IOV_MAX: usize = 64;
 
 /// Runs a shard until it has drained after [`Command::Shutdown`] (or its senders are gone).
 pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settings>, metrics: Arc<Metrics>) {
-    let shard = Rc::new(Shard { gw: RefCell::new(gw), conns: RefCell::new(Vec::new()), settings, metrics });
+    let shard = Rc::new(Shard {
+        gw: RefCell::new(gw),
+        scratch: RefCell::new(Vec::new()),
+        conns: RefCell::new(Vec::new()),
+        settings,
+        metrics,
+    });
     shard.run(rx).await;
 }
 
@@ -95,6 +101,10 @@ impl Notify {
 
 struct Shard {
     gw: RefCell<Gateway>,
+    /// Where a writer takes its stream's output to write it at once: shared, so an idle stream
+    /// keeps no buffer of its own (only what its socket did not take waits in the writer).
+    /// Borrowed only between awaits.
+    scratch: RefCell<Vec<Bytes>>,
     /// Writer links by `StreamId::index` (the full id is checked on use).
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
     settings: Arc<Settings>,
@@ -211,12 +221,8 @@ impl Shard {
             Ok(s) => s,
             Err(e) => return debug!(error = %e, "cannot adopt a connection"),
         };
-        let log = StreamLog {
-            user: req.identity.user.clone(),
-            channel: req.channel,
-            version: req.version,
-            opened: Instant::now(),
-        };
+        let log = StreamLog { channel: req.channel, version: req.version, opened: Instant::now() };
+        let user = req.identity.user.clone();
         let result = self.gw.borrow_mut().open(req, log.opened, unix_now());
         self.metrics.response(match &result {
             Ok(_) => 200,
@@ -232,12 +238,12 @@ impl Shard {
                     }
                     conns[id.index()] = Some(conn.clone());
                 }
-                let channel = self.settings.channel(log.channel).name.clone();
-                info!(stream = %id, user = %log.user, channel = %channel, version = log.version, "stream opened");
-                spawn(self.clone().writer(conn, sock, log, channel));
+                let channel = &self.settings.channel(log.channel).name;
+                info!(stream = %id, user = %user, channel = %channel, version = log.version, "stream opened");
+                spawn(self.clone().writer(conn, sock, log));
             }
             Err(resp) => {
-                info!(user = %log.user, status = resp.status, "stream refused");
+                info!(user = %user, status = resp.status, "stream refused");
                 spawn(async move {
                     let mut sock = sock;
                     until(Instant::now() + WRITE_TIMEOUT, async {
@@ -251,24 +257,29 @@ impl Shard {
     }
 
     /// Writes one stream until it closes, then releases it.
-    async fn writer(self: Rc<Self>, conn: Rc<Conn>, mut sock: Socket, log: StreamLog, channel: String) {
+    ///
+    /// Kept small, because every idle stream holds one: its output goes from the core straight
+    /// into the shard's scratch and the socket ([`Shard::write_now`]); only what the socket does
+    /// not take at once waits in `out`, and the rare paths (a close, its last bytes, the log
+    /// line) are boxed or computed when they happen.
+    async fn writer(self: Rc<Self>, conn: Rc<Conn>, mut sock: Socket, log: StreamLog) {
         let mut out: Vec<Bytes> = Vec::new();
-        let mut scratch = [0u8; 64];
         let mut budget = Budget::default();
         let why = loop {
-            self.gw.borrow_mut().take_output(conn.id, &mut out);
-            // A resume continues inside take_output and may queue outputs of its own.
-            self.drain();
+            if out.is_empty() {
+                if self.write_now(&conn, &mut sock, &mut out).is_err() {
+                    break conn.closing.get().unwrap_or(CloseReason::ClientGone);
+                }
+            } else {
+                self.gw.borrow_mut().take_output(conn.id, &mut out);
+                self.drain();
+            }
+            // The socket is full: wait until it takes the rest (or the stream is closed).
             if !out.is_empty() && write_out(&mut sock, &mut out, &conn).await.is_err() {
                 break conn.closing.get().unwrap_or(CloseReason::ClientGone);
             }
             if let Some(why) = conn.closing.get() {
-                self.gw.borrow_mut().take_output(conn.id, &mut out);
-                until(Instant::now() + WRITE_TIMEOUT, async {
-                    write_all_vectored(&mut sock, &mut out).await?;
-                    sock.close().await
-                })
-                .await;
+                Box::pin(self.finish(&conn, &mut sock, &mut out)).await;
                 break why;
             }
             budget.step().await;
@@ -279,6 +290,7 @@ impl Shard {
                 },
                 async {
                     // A client has nothing to say on a stream; what it sends is ignored.
+                    let mut scratch = [0u8; 16];
                     matches!(sock.read(&mut scratch).await, Ok(0) | Err(_))
                 },
             );
@@ -286,6 +298,7 @@ impl Shard {
                 break CloseReason::ClientGone;
             }
         };
+        let user = self.gw.borrow().user_of(conn.id).unwrap_or_default().to_string();
         drop(sock);
         self.gw.borrow_mut().on_closed(conn.id);
         if let Some(slot) = self.conns.borrow_mut().get_mut(conn.id.index()) {
@@ -294,14 +307,49 @@ impl Shard {
             }
         }
         let secs = log.opened.elapsed().as_secs_f64();
-        info!(stream = %conn.id, user = %log.user, channel = %channel, version = log.version,
+        let channel = &self.settings.channel(log.channel).name;
+        info!(stream = %conn.id, user = %user, channel = %channel, version = log.version,
               reason = why.label(), duration_s = format_args!("{secs:.1}"), "stream closed");
+    }
+
+    /// Takes the stream's output into the shard's scratch and writes what the socket takes now,
+    /// without waiting; what it does not take moves into `out` (so `out` is empty unless the
+    /// socket is full). An error means the connection is gone.
+    fn write_now(&self, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) -> io::Result<()> {
+        let mut scratch = self.scratch.borrow_mut();
+        self.gw.borrow_mut().take_output(conn.id, &mut scratch);
+        // A resume continues inside take_output and may queue outputs of its own.
+        self.drain();
+        // A waker that does nothing: when the socket is full, the writer awaits the rest in
+        // `write_out`, which polls again with the task's own waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut start = 0;
+        let result = loop {
+            match poll_write_from(&mut cx, sock, &mut scratch, &mut start) {
+                Poll::Ready(Ok(true)) | Poll::Pending => break Ok(()),
+                Poll::Ready(Ok(false)) => continue,
+                Poll::Ready(Err(e)) => break Err(e),
+            }
+        };
+        out.extend(scratch.drain(..).skip(start));
+        result
+    }
+
+    /// The stream is closing: its last bytes, within [`WRITE_TIMEOUT`], then the write side
+    /// shut down. Boxed by the caller, so idle writers do not carry its state.
+    async fn finish(&self, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) {
+        self.gw.borrow_mut().take_output(conn.id, out);
+        until(Instant::now() + WRITE_TIMEOUT, async {
+            write_all_vectored(sock, out).await?;
+            sock.close().await
+        })
+        .await;
     }
 }
 
-/// What is logged about a stream (never its token).
+/// What is logged about a stream (never its token; its user is read from the core when it
+/// closes).
 struct StreamLog {
-    user: String,
     channel: ChannelId,
     version: u32,
     opened: Instant,
@@ -312,8 +360,9 @@ async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn) -> io::
     let mut write = pin!(write_all_vectored(sock, out));
     loop {
         if conn.closing.get().is_some() {
+            // Boxed: the timer is needed only by a stream that closes while its socket is full.
             let timed_out = || Err(io::ErrorKind::TimedOut.into());
-            return until(Instant::now() + WRITE_TIMEOUT, write).await.unwrap_or_else(timed_out);
+            return Box::pin(until(Instant::now() + WRITE_TIMEOUT, write)).await.unwrap_or_else(timed_out);
         }
         // A wake here is either more output (picked up after this write) or a close.
         let done = future::or(async { Some((&mut write).await) }, async {
@@ -327,39 +376,53 @@ async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn) -> io::
 }
 
 /// Writes every buffer with `writev`, handling partial writes; leaves `bufs` empty on success.
-/// The `IoSlice` array lives on the stack of each poll, not in the task (it is 1 KiB a stream).
 async fn write_all_vectored(sock: &mut Socket, bufs: &mut Vec<Bytes>) -> io::Result<()> {
     let mut start = 0;
-    loop {
-        while bufs.get(start).is_some_and(Bytes::is_empty) {
-            start += 1;
-        }
-        if start >= bufs.len() {
-            bufs.clear();
-            return Ok(());
-        }
-        let pending = &bufs[start..];
-        let mut n = poll_fn(|cx| {
-            let mut iov = [IoSlice::new(&[]); IOV_MAX];
-            let k = pending.len().min(IOV_MAX);
-            for (slot, b) in iov.iter_mut().zip(pending) {
-                *slot = IoSlice::new(b);
+    poll_fn(|cx| loop {
+        match poll_write_from(cx, sock, bufs, &mut start) {
+            Poll::Ready(Ok(true)) => {
+                bufs.clear();
+                return Poll::Ready(Ok(()));
             }
-            Pin::new(&mut *sock).poll_write_vectored(cx, &iov[..k])
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            Poll::Ready(Ok(false)) => continue,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
         }
-        while n > 0 {
-            let b = &mut bufs[start];
-            if n >= b.len() {
-                n -= b.len();
-                start += 1;
-            } else {
-                b.advance(n);
-                n = 0;
-            }
+    })
+    .await
+}
+
+/// One `writev` of `bufs[*start..]` (at most [`IOV_MAX`] buffers); moves `*start` past what was
+/// written (the first buffer not wholly written is advanced). `Ready(Ok(true))` once nothing is
+/// left. The `IoSlice` array lives on this call's stack, not in any task (it is 1 KiB).
+fn poll_write_from(cx: &mut Context<'_>, sock: &mut Socket, bufs: &mut [Bytes], start: &mut usize) -> Poll<io::Result<bool>> {
+    while bufs.get(*start).is_some_and(Bytes::is_empty) {
+        *start += 1;
+    }
+    if *start >= bufs.len() {
+        return Poll::Ready(Ok(true));
+    }
+    let pending = &bufs[*start..];
+    let mut iov = [IoSlice::new(&[]); IOV_MAX];
+    let k = pending.len().min(IOV_MAX);
+    for (slot, b) in iov.iter_mut().zip(pending) {
+        *slot = IoSlice::new(b);
+    }
+    let mut n = match Pin::new(&mut *sock).poll_write_vectored(cx, &iov[..k]) {
+        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        Poll::Ready(Ok(n)) => n,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => return Poll::Pending,
+    };
+    while n > 0 {
+        let b = &mut bufs[*start];
+        if n >= b.len() {
+            n -= b.len();
+            *start += 1;
+        } else {
+            b.advance(n);
+            n = 0;
         }
     }
+    Poll::Ready(Ok(*start >= bufs.len()))
 }
