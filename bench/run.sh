@@ -2,9 +2,9 @@
 # Side-by-side benchmarks of sse-gateway (tokio), sse-gateway-smol and nchan (BENCHMARKS.md).
 #
 #   bench/run.sh build                      build the binaries and the load tool, snapshot them
-#   bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE events/s for DURATION s
-#   bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES without loss (STEP_SECS each)
-#   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for 20 s
+#   bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE (100) events/s for DURATION (20) s
+#   bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES sustained without loss (STEP_SECS each)
+#   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s
 #   bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
 #   bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
 #   bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
@@ -17,9 +17,11 @@
 # average at its start) to $RESULTS and prints its table on stderr.
 #
 # Environment: WORKERS (server.workers of both gateways = nchan's worker_processes, default 2),
-# RUNS (repetitions of each measurement, default 2), QUIET (wait until the 1-minute load average
-# is below this before each measurement, default 0.5; QUIET_MAX seconds at most, default 600,
-# then it runs anyway and the label says so), BENCH_DIR (default /tmp/sse-bench).
+# RUNS (repetitions of each measurement, default 2), QUIET (before the first measurement of a
+# command, wait until the 1-minute load average is below this, default 0.5; QUIET_MAX seconds at
+# most, default 600, then it runs anyway and the label says so; the benchmark's own runs keep the
+# load average up afterwards, so later runs only record it: QUIET_EACH=1 waits before every run),
+# BENCH_DIR (default /tmp/sse-bench).
 #
 # Loopback only: servers listen on 127.0.0.1, clients come from 127.x.y.z. Needs RabbitMQ
 # (.ci/ensure-rabbitmq starts it) and `apt-get install -y nginx libnginx-mod-nchan` for nchan;
@@ -33,6 +35,7 @@ WORKERS=${WORKERS:-2}
 RUNS=${RUNS:-2}
 QUIET=${QUIET:-0.5}
 QUIET_MAX=${QUIET_MAX:-600}
+QUIET_EACH=${QUIET_EACH:-0}
 GW_PORT=${GW_PORT:-18080}
 NCHAN_PORT=${NCHAN_PORT:-18090}
 BIN=$BENCH_DIR/bin
@@ -120,10 +123,17 @@ stop() {
 }
 trap stop EXIT
 
+# The load average now (and, before the first run or with QUIET_EACH=1, after waiting for quiet).
+# Sets LA (not a subshell: FIRST must stay changed).
+FIRST=1
+loadavg() {
+  if [ "$FIRST" = 1 ] || [ "$QUIET_EACH" = 1 ]; then FIRST=0; LA=$(quiet); else LA=$(cut -d' ' -f1 /proc/loadavg); fi
+}
+
 # load SCENARIO SERVER ARGS...: one measurement on the running server.
 load() {
   local scenario=$1 server=$2; shift 2
-  local la; la=$(quiet)
+  local la; loadavg; la=$LA
   log "$scenario on $server (workers $WORKERS, load average $la)"
   # shellcheck disable=SC2086
   "$BIN/load" --target "$TARGET" --addr "$ADDR" $PIDS --secret "$SECRET" \
@@ -144,22 +154,31 @@ fanout() {
   done
 }
 
+# (a) Max rate without loss: the first rate in RATES that loses an event or is not delivered at
+# 90 % of the offered deliveries/s (nchan does not drop: its publish waits for its fan-out, so it
+# falls behind instead) ends the run; the rate before it is the answer.
 steps() {
   for s in $(servers "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
-      for rate in ${RATES:-5 10 20 40 60 80 100}; do
-        out=$(load "steps-10k rate=$rate run=$r" "$s" --mode fanout --streams 10000 --rate "$rate" --duration "${STEP_SECS:-10}" --drain 10)
+      for rate in ${RATES:-2 5 10 20 40 70 100 150}; do
+        load "steps-10k rate=$rate run=$r" "$s" --mode fanout --streams 10000 --rate "$rate" --duration "${STEP_SECS:-5}" --drain 10 > "$BENCH_DIR/step.json"
+        out=$(cat "$BENCH_DIR/step.json"); echo "$out"
         lost=$(echo "$out" | sed -n 's/.*"lost":\([0-9]*\).*/\1/p')
-        if [ "${lost:-1}" != 0 ]; then log "$s: loss at $rate events/s"; break; fi
+        dps=$(echo "$out" | sed -n 's/.*"deliveries_per_s":\([0-9.e+]*\).*/\1/p')
+        if [ "${lost:-1}" != 0 ] || ! awk -v d="${dps:-0}" -v o="$((rate * 10000))" 'BEGIN { exit !(d >= 0.9 * o) }'; then
+          log "$s: not sustained at $rate events/s (lost ${lost:-?}, ${dps:-?} deliveries/s)"; break
+        fi
       done
       stop
     done
   done
 }
 
+# (b) Through RabbitMQ: the gateways by default (nchan on request: `latency nchan`).
 latency() {
-  for s in $(servers "$@"); do
+  local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
+  for s in $list; do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
       load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration "${DURATION:-20}" --drain 10
@@ -182,7 +201,7 @@ idle() {
         load "idle run=$r" "$s" --mode connect --streams "$n" --settle 5
       else
         local la before after line
-        la=$(quiet)
+        loadavg; la=$LA
         log "idle run=$r on $s: $n streams held by hold (load average $la)"
         before=$(rss_kib)
         "$BIN/hold" --addr "$ADDR" --secret "$SECRET" --count "$n" --seconds 3600 > "$BENCH_DIR/hold.out" &
@@ -222,7 +241,8 @@ resume() {
 
 hotpath() {
   for r in $(seq 1 "$RUNS"); do
-    log "core hot path, run $r (load average $(quiet))"
+    loadavg
+    log "core hot path, run $r (load average $LA)"
     (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path 2>/dev/null) | tee -a "$BENCH_DIR/hotpath.txt"
   done
 }

@@ -338,8 +338,10 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             out["events"] = json!(count);
             out["publish_secs"] = json!(took.as_secs_f64());
             let received = wait["received"].as_u64().unwrap_or(0);
+            // From the first publish to the last delivery, but never shorter than the schedule
+            // (with few events the span between the first and the last is one interval short).
             let end_ns = wait["last_rx_ns"].as_u64().unwrap_or(start_ns).max(start_ns + 1);
-            let secs = (end_ns - start_ns) as f64 / 1e9;
+            let secs = ((end_ns - start_ns) as f64 / 1e9).max(count as f64 / args.rate);
             out["deliveries_per_s"] = json!(received as f64 / secs);
             out["offered_per_s"] = json!(args.rate * args.streams as f64);
             out["cpu_secs"] = json!(cpu1 - cpu0);

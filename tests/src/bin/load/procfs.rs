@@ -55,6 +55,7 @@ pub fn cpu_secs(pids: &[u32]) -> f64 {
 
 /// Samples summed `VmRSS` on a thread of its own every `every` until dropped; keeps the peak.
 pub struct PeakSampler {
+    pids: Vec<u32>,
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -65,23 +66,24 @@ impl PeakSampler {
     pub fn start(pids: Vec<u32>, every: Duration) -> PeakSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(rss_kib(&pids)));
-        let (s, p) = (stop.clone(), peak.clone());
+        let (s, p, watched) = (stop.clone(), peak.clone(), pids.clone());
         let thread = std::thread::spawn(move || {
+            let pids = watched;
             while !s.load(Ordering::Relaxed) {
                 p.fetch_max(rss_kib(&pids), Ordering::Relaxed);
                 std::thread::sleep(every);
             }
         });
-        PeakSampler { stop, peak, thread: Some(thread) }
+        PeakSampler { pids, stop, peak, thread: Some(thread) }
     }
 
-    /// Stops and returns the peak, in KiB.
+    /// Stops and returns the peak (a last sample included), in KiB.
     pub fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peak.load(Ordering::Relaxed)
+        self.peak.load(Ordering::Relaxed).max(rss_kib(&self.pids))
     }
 }
 
