@@ -358,21 +358,30 @@ struct StreamLog {
 /// Writes `out`; if the stream is told to close meanwhile, gives the rest [`WRITE_TIMEOUT`].
 async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn) -> io::Result<()> {
     let mut write = pin!(write_all_vectored(sock, out));
-    loop {
+    let mut woken = false;
+    let result = loop {
         if conn.closing.get().is_some() {
             // Boxed: the timer is needed only by a stream that closes while its socket is full.
             let timed_out = || Err(io::ErrorKind::TimedOut.into());
-            return Box::pin(until(Instant::now() + WRITE_TIMEOUT, write)).await.unwrap_or_else(timed_out);
+            break Box::pin(until(Instant::now() + WRITE_TIMEOUT, write)).await.unwrap_or_else(timed_out);
         }
         // A wake here is either more output (picked up after this write) or a close.
         let done = future::or(async { Some((&mut write).await) }, async {
             conn.wake.notified().await;
             None
         });
-        if let Some(r) = done.await {
-            return r;
+        match done.await {
+            Some(r) => break r,
+            None => woken = true,
         }
+    };
+    if woken {
+        // The wake was taken here: give it back, or the writer would wait for another one while
+        // the core, its Transmit already sent, waits for the writer (until the stream passes its
+        // bound and is closed as slow although its client reads).
+        conn.wake.notify();
     }
+    result
 }
 
 /// Writes every buffer with `writev`, handling partial writes; leaves `bufs` empty on success.
