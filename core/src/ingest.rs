@@ -158,7 +158,47 @@ impl Ingest {
         r
     }
 
+    /// Validates and encodes one message read back from the channel's log (a RabbitMQ stream)
+    /// for a resuming client: the same rules as [`Ingest::handle_message`] and the id its
+    /// `position` gives, but nothing is counted and the live state (the last position, the
+    /// `message_id` window) is neither read nor changed, so read-backs can run beside the live
+    /// consumer, in any number, in any order. A message without a position is dropped
+    /// (`bad_header`): a log's messages always carry one. Never panics.
+    pub fn read_back(&self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+        let Some(position) = msg.position else {
+            return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read back from the log has no position".into() });
+        };
+        let checked = self.validate(msg)?;
+        Ok(self.encode(checked, position))
+    }
+
     fn check(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+        let checked = self.validate(msg)?;
+        let seq = match (msg.position, self.last_seq) {
+            (Some(p), Some(last)) if p <= last => {
+                return Err(Dropped { reason: DropReason::Duplicate, detail: format!("position {p} already seen") });
+            }
+            (Some(p), _) => p,
+            (None, last) => last.map_or(1, |l| l.saturating_add(1)),
+        };
+        if let Some(mid) = msg.message_id.as_deref().filter(|m| !m.is_empty()) {
+            if self.recent_set.contains(mid) {
+                return Err(Dropped { reason: DropReason::Duplicate, detail: format!("message_id {mid:?} already seen") });
+            }
+            self.recent_set.insert(mid.into());
+            self.recent_ids.push_back(mid.into());
+            if self.recent_ids.len() > self.window {
+                if let Some(old) = self.recent_ids.pop_front() {
+                    self.recent_set.remove(&old);
+                }
+            }
+        }
+        self.last_seq = Some(seq);
+        Ok(self.encode(checked, seq))
+    }
+
+    /// The channel's rules (D3, D4, D5), without state.
+    fn validate<'m>(&self, msg: &'m UpstreamMessage) -> Result<Checked<'m>, Dropped> {
         let drop = |reason, detail: String| Err(Dropped { reason, detail });
         let ch = self.settings.channel(self.channel);
         if msg.body.len() > self.max_body {
@@ -212,43 +252,33 @@ impl Ingest {
             let shown: String = event_type.chars().take(64).collect();
             return drop(reason, format!("{shown:?} v{version}: {inv}"));
         }
-        let seq = match (msg.position, self.last_seq) {
-            (Some(p), Some(last)) if p <= last => {
-                return drop(DropReason::Duplicate, format!("position {p} already seen"));
-            }
-            (Some(p), _) => p,
-            (None, last) => last.map_or(1, |l| l.saturating_add(1)),
-        };
-        if let Some(mid) = msg.message_id.as_deref().filter(|m| !m.is_empty()) {
-            if self.recent_set.contains(mid) {
-                return drop(DropReason::Duplicate, format!("message_id {mid:?} already seen"));
-            }
-            self.recent_set.insert(mid.into());
-            self.recent_ids.push_back(mid.into());
-            if self.recent_ids.len() > self.window {
-                if let Some(old) = self.recent_ids.pop_front() {
-                    self.recent_set.remove(&old);
-                }
-            }
-        }
-        self.last_seq = Some(seq);
-        let id = EventId { epoch: self.epoch, seq };
         // Valid JSON cannot hold a raw line break inside a string, so splitting lines in the
         // frame keeps the payload intact (the client joins data lines with "\n").
-        let data = std::str::from_utf8(&msg.body).map_err(|_| Dropped {
-            reason: DropReason::NotJson,
-            detail: "body is not UTF-8".into(),
-        })?;
-        let frame = sse::frame(Some(&id.to_string()), event_type, data.trim());
-        Ok(Event(Arc::new(EventInner {
+        let data = std::str::from_utf8(&msg.body)
+            .map_err(|_| Dropped { reason: DropReason::NotJson, detail: "body is not UTF-8".into() })?;
+        Ok(Checked { version, recipients, event_type, data })
+    }
+
+    fn encode(&self, c: Checked<'_>, seq: u64) -> Event {
+        let id = EventId { epoch: self.epoch, seq };
+        let frame = sse::frame(Some(&id.to_string()), c.event_type, c.data.trim());
+        Event(Arc::new(EventInner {
             channel: self.channel,
             id,
-            version,
-            recipients,
-            event_type: event_type.into(),
+            version: c.version,
+            recipients: c.recipients,
+            event_type: c.event_type.into(),
             frame,
-        })))
+        }))
     }
+}
+
+/// A message that passed the channel's rules, not yet numbered.
+struct Checked<'m> {
+    version: u32,
+    recipients: Option<Box<[Box<str>]>>,
+    event_type: &'m str,
+    data: &'m str,
 }
 
 /// Reads the development publish endpoint's body (D14):
@@ -273,4 +303,48 @@ pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
         body: Bytes::from(data.to_string()),
         position: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deal(position: Option<u64>, message_id: &str) -> UpstreamMessage {
+        let body = r#"{"deal_id":"7f1c2a4e-0000-4000-8000-000000000001","client_id":"7f1c2a4e-0000-4000-8000-000000000002","title":"t","status":"new","created_at":"2024-01-01T00:00:00Z"}"#;
+        UpstreamMessage {
+            kind: Some("deal.created".into()),
+            message_id: Some(message_id.into()),
+            body: Bytes::from(body),
+            position,
+            ..UpstreamMessage::default()
+        }
+    }
+
+    #[test]
+    fn a_read_back_validates_and_numbers_by_position_without_touching_the_live_state() {
+        let settings = Arc::new(Settings::seed());
+        let metrics = Arc::new(Metrics::new(&settings));
+        let deals = settings.channel_id("deals").unwrap();
+        let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 9);
+        let live = ingest.handle_message(&deal(Some(10), "m10")).expect("valid");
+        assert_eq!(live.id(), EventId { epoch: 9, seq: 10 });
+        let before = metrics.render();
+
+        // Older than the live position, and a message_id the live window holds: both fine here.
+        let old = ingest.read_back(&deal(Some(3), "m10")).expect("a read-back ignores the live state");
+        assert_eq!(old.id(), EventId { epoch: 9, seq: 3 });
+        assert!(std::str::from_utf8(old.frame()).unwrap().starts_with("id: 9-3\nevent: deal.created\ndata: {"));
+        // The channel's rules still apply, and a message without a position is refused.
+        let mut bad = deal(Some(4), "m4");
+        bad.body = Bytes::from_static(b"[1]");
+        assert_eq!(ingest.read_back(&bad).unwrap_err().reason, DropReason::NotAnObject);
+        assert_eq!(ingest.read_back(&deal(None, "m5")).unwrap_err().reason, DropReason::BadHeader);
+        assert_eq!(metrics.render(), before, "a read-back counts nothing");
+
+        // The live ingest is where it was: 11 is next, 10 and m10 are still duplicates.
+        assert_eq!(ingest.last_id(), Some(EventId { epoch: 9, seq: 10 }));
+        assert_eq!(ingest.handle_message(&deal(Some(10), "m-other")).unwrap_err().reason, DropReason::Duplicate);
+        assert_eq!(ingest.handle_message(&deal(Some(11), "m10")).unwrap_err().reason, DropReason::Duplicate);
+        assert_eq!(ingest.handle_message(&deal(Some(11), "m11")).unwrap().id().seq, 11);
+    }
 }
