@@ -60,6 +60,14 @@ impl ResumeBuffer {
         true
     }
 
+    /// Forgets everything: the next event starts the buffer again, as after a restart.
+    pub(crate) fn clear(&mut self) {
+        self.events.clear();
+        self.epoch = None;
+        self.floor = 0;
+        self.last = None;
+    }
+
     pub(crate) fn lookup(&self, after: EventId) -> Lookup {
         match (self.epoch, self.last) {
             (Some(e), Some(last)) if e == after.epoch && after.seq > last => Lookup::Ahead(after.seq - last),

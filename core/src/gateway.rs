@@ -34,9 +34,11 @@ pub enum Output {
     /// Flush what `take_output` still returns, close the connection, then call
     /// [`Gateway::on_closed`]. The stream receives nothing more.
     Close(StreamId, CloseReason),
-    /// Read the channel's log from position `after.seq + 1` and hand every message (valid or
+    /// Read the channel's log from position `after.seq` (the client's own last event, so the
+    /// first message proves the log still holds the range) and hand every message (valid or
     /// dropped) to [`Gateway::backfill_message`] until it answers `Finished`; if the log ends or
-    /// fails first, call [`Gateway::backfill_done`]. Only asked for channels marked with
+    /// fails first, call [`Gateway::backfill_done`]. Positions increase, with at most
+    /// [`LOG_SKIP`] left out between two messages. Only asked for channels marked with
     /// [`Gateway::set_history`].
     Backfill {
         /// The stream waiting for them.
@@ -49,6 +51,19 @@ pub enum Output {
         /// has seen nothing of the log yet; read to its end).
         until: u64,
     },
+}
+
+/// Positions a log may leave out between two of its messages without having lost one: a
+/// RabbitMQ stream spends single offsets on records of its own (a tracking snapshot at some
+/// segment starts), while retention removes whole segments, far more than one position. A
+/// longer jump between two messages read in one go means the log lost messages meanwhile (its
+/// retention overtook the reader).
+pub const LOG_SKIP: u64 = 1;
+
+/// Whether a log read in one go went from position `prev` to `next` without losing a message
+/// (see [`LOG_SKIP`]).
+pub fn log_continues(prev: u64, next: u64) -> bool {
+    next <= prev.saturating_add(1 + LOG_SKIP)
 }
 
 /// What [`Gateway::backfill_message`] wants next.
@@ -109,12 +124,20 @@ struct Stream {
     /// Resuming: the last event the client has. While set, live events are not queued directly;
     /// the stream reads them from the buffer (or the source) in order, as its socket drains.
     cursor: Option<EventId>,
-    /// The cursor is older than the buffer and the source is reading back for it, up to this
-    /// position.
-    backfilling: Option<u64>,
+    /// The cursor is older than the buffer and the source is reading back for it.
+    backfilling: Option<ReadBack>,
     /// Live events up to this seq are not sent: the client resumed from an id this shard had not
     /// seen yet (another instance was ahead), so it already has them.
     skip_through: Option<u64>,
+}
+
+/// A read-back in progress for one stream.
+#[derive(Debug, Clone, Copy)]
+struct ReadBack {
+    /// The last position to read: the buffer holds everything after it.
+    until: u64,
+    /// A first message was handed over (and proved the log still holds the cursor).
+    started: bool,
 }
 
 #[derive(Debug)]
@@ -399,7 +422,7 @@ impl Gateway {
             // The log has it, or (nothing consumed yet) may have it: read it back.
             Lookup::Older | Lookup::Unknown if history => {
                 let until = channel.buffer.last().map_or(u64::MAX, |_| channel.buffer.floor());
-                st.backfilling = Some(until);
+                st.backfilling = Some(ReadBack { until, started: false });
                 Next::Backfill(Output::Backfill { stream: id, channel: st.channel, after, until })
             }
             // Another instance is a little ahead of this one: live from the client's id.
@@ -510,6 +533,27 @@ impl Gateway {
         self.metrics.source_state(channel, true);
     }
 
+    /// The channel's log lost events this shard never received: its source came back from an
+    /// outage and the log no longer held everything after the last event seen (retention
+    /// removed it meanwhile). Every open stream of the channel that is live gets `history_gap`
+    /// (its client refetches), and the buffer forgets what it holds, so no later resume is
+    /// replayed across the hole: an id from before it is read back from the log, which answers
+    /// `history_gap` too. Drain [`Gateway::poll_output`] after.
+    pub fn log_gap(&mut self, channel: ChannelId) {
+        let Some(c) = self.channels.get_mut(channel.index()) else { return };
+        c.buffer.clear();
+        let frame = sse::warning("history_gap", &self.settings.channel(channel).name);
+        // A copy: `push` may close a stream over its bound, which edits the member list.
+        let members = c.members.clone();
+        for id in members {
+            // A stream still resuming finds its cursor older than the buffer on its next batch.
+            if self.stream(id).is_some_and(|s| s.cursor.is_none()) {
+                self.metrics.history_gap();
+                self.push(id, frame.clone());
+            }
+        }
+    }
+
     fn warn_channel(&mut self, channel: ChannelId, now: Instant) {
         let frame = sse::warning("source_unavailable", &self.settings.channel(channel).name);
         // A copy: `push` closes a stream over its bound, which edits the member list.
@@ -559,23 +603,30 @@ impl Gateway {
     }
 
     /// One message read back from the log for stream `id` (see [`Output::Backfill`]): its
-    /// position, and its event when it passed validation (`None` for a dropped message, so the
-    /// positions stay contiguous). A first position after the one asked for means the log no
-    /// longer holds the range: the stream gets `history_gap` and goes live.
+    /// position, and its event when it passed validation (`None` for a dropped message).
+    /// Positions at or before the cursor are overlaps, skipped. The log lost part of the range
+    /// (retention) when the first message of a read-back is past `after.seq + 1` (asked for the
+    /// client's last event, the log starts later), or when a later one jumps further than
+    /// [`log_continues`] allows: the stream then gets `history_gap` and goes live.
     pub fn backfill_message(&mut self, id: StreamId, position: u64, ev: Option<&Event>) -> BackfillStep {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
-        let (Some(after), Some(until)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
-        if position <= after.seq {
-            return BackfillStep::Continue; // an overlap: already sent
-        }
-        if position > after.seq + 1 {
+        let (Some(after), Some(mut rb)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
+        let first = !rb.started;
+        rb.started = true;
+        st.backfilling = Some(rb);
+        let lost = if first { position > after.seq.saturating_add(1) } else { !log_continues(after.seq, position) };
+        if lost {
             st.backfilling = None;
             st.cursor = None;
             self.history_gap(id);
             self.wake(id);
             return BackfillStep::Finished;
         }
+        if position <= after.seq {
+            return BackfillStep::Continue; // an overlap: already sent
+        }
+        let until = rb.until;
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
         if let Some(ev) = ev.filter(|e| e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
             push_raw(st, ev.frame().clone());

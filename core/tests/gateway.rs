@@ -579,11 +579,13 @@ fn a_resume_older_than_the_buffer_reads_the_log_back_when_the_source_keeps_one()
     assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: after(1), until: 2 }]);
     // A live event meanwhile pushes 3 out of the buffer: it is not sent ahead of the read-back.
     let live = h.publish("deals", "deal.created", deal_created("live"));
+    // The read starts at the client's own event: it proves the log still holds it, and is skipped.
     assert_eq!(h.gw.backfill_message(id, 1, Some(&evs[0])), BackfillStep::Continue, "an overlap is skipped");
     assert_eq!(h.gw.backfill_message(id, 2, Some(&evs[1])), BackfillStep::Finished);
     h.drain();
     // So a second read is asked for, from where the first ended.
     assert_eq!(h.backfills[1], Output::Backfill { stream: id, channel: deals, after: after(2), until: 3 });
+    assert_eq!(h.gw.backfill_message(id, 2, Some(&evs[1])), BackfillStep::Continue);
     assert_eq!(h.gw.backfill_message(id, 3, Some(&evs[2])), BackfillStep::Finished);
     h.drain();
     let w = h.take_events(id);
@@ -599,7 +601,7 @@ fn a_log_that_no_longer_holds_the_range_ends_the_read_back_in_history_gap() {
     h.gw.set_history(deals, Some(1000));
     let evs: Vec<Event> = (0..4).map(|i| h.publish("deals", "deal.created", deal_created(&format!("d{i}")))).collect();
     let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
-    // The log starts at 3 now (retention): 2 is lost.
+    // The log starts at 3 now (retention): asked for 1, it answers from 3; 2 is lost.
     assert_eq!(h.gw.backfill_message(id, 3, Some(&evs[2])), BackfillStep::Finished);
     h.drain();
     let w = h.take_events(id);
@@ -629,7 +631,7 @@ fn a_read_back_pauses_at_the_output_bound() {
     let deals = h.channel("deals");
     h.gw.set_history(deals, Some(1000));
     let evs: Vec<Event> = (0..40).map(|i| h.publish("deals", "deal.created", deal_created(&"x".repeat(i % 3 + 100)))).collect();
-    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-0"]).unwrap();
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
     h.reading.insert(id, false);
     let mut pos = 1;
     loop {
@@ -651,8 +653,84 @@ fn a_read_back_pauses_at_the_output_bound() {
     h.flush(id);
     let w = h.take_events(id);
     let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
-    assert_eq!(ids, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(ids, (2..=40).collect::<Vec<u64>>());
     assert!(h.closed.is_empty());
+}
+
+#[test]
+fn a_read_back_accepts_positions_the_log_skipped() {
+    // A RabbitMQ stream spends offsets on records of its own: 3 and 6 are not messages.
+    let mut h = Harness::new("buffer_events = 1\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let mut evs = Vec::new();
+    for pos in [1, 2, 4, 5, 7, 8] {
+        let mut m = msg("deal.created", deal_created(&format!("d{pos}")));
+        m.position = Some(pos);
+        evs.push(h.publish_msg("deals", m).unwrap());
+    }
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-2"]).unwrap();
+    assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: EventId { epoch: 1000, seq: 2 }, until: 7 }]);
+    assert_eq!(h.gw.backfill_message(id, 2, Some(&evs[1])), BackfillStep::Continue);
+    assert_eq!(h.gw.backfill_message(id, 4, Some(&evs[2])), BackfillStep::Continue);
+    assert_eq!(h.gw.backfill_message(id, 5, Some(&evs[3])), BackfillStep::Continue);
+    assert_eq!(h.gw.backfill_message(id, 7, Some(&evs[4])), BackfillStep::Finished);
+    h.drain();
+    let w = h.take_events(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-4", "1000-5", "1000-7", "1000-8"], "{w}");
+    assert!(!w.contains("history_gap"), "{w}");
+}
+
+#[test]
+fn a_read_back_that_jumps_over_more_than_one_position_ends_in_history_gap() {
+    let mut h = Harness::new("buffer_events = 1\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let evs: Vec<Event> = (0..10).map(|i| h.publish("deals", "deal.created", deal_created(&format!("d{i}")))).collect();
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-2"]).unwrap();
+    // The client's own event is gone but the next is there: nothing lost.
+    assert_eq!(h.gw.backfill_message(id, 3, Some(&evs[2])), BackfillStep::Continue);
+    // Then retention overtakes the reader: 4 and 5 are gone.
+    assert_eq!(h.gw.backfill_message(id, 6, Some(&evs[5])), BackfillStep::Finished);
+    h.drain();
+    let w = h.take_events(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-3"], "{w}");
+    assert!(w.ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
+    assert!(log_continues(3, 5) && !log_continues(3, 6));
+}
+
+#[test]
+fn a_log_gap_warns_live_streams_and_no_resume_replays_across_it() {
+    let mut h = Harness::new("buffer_events = 8\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let at = |h: &mut Harness, pos: u64| {
+        let mut m = msg("deal.created", deal_created(&format!("d{pos}")));
+        m.position = Some(pos);
+        h.publish_msg("deals", m).unwrap()
+    };
+    for pos in 1..=3 {
+        at(&mut h, pos);
+    }
+    let live = h.open("u1", "deals");
+    h.take_events(live);
+    // The source was away; when it came back, the log had lost 4..=9 (retention).
+    h.gw.log_gap(deals);
+    h.drain();
+    assert_eq!(h.take_events(live), "event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n");
+    at(&mut h, 10);
+    assert!(h.take_events(live).starts_with("id: 1000-10\n"));
+    // A client that had 2 is not replayed 3 then 10 from memory: the log is asked, from 2.
+    let resumed = h.open_path("u2", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-2"]).unwrap();
+    assert_eq!(h.backfills, vec![Output::Backfill { stream: resumed, channel: deals, after: EventId { epoch: 1000, seq: 2 }, until: 9 }]);
+    // The log starts at 10 now: history_gap, then live.
+    assert_eq!(h.gw.backfill_message(resumed, 10, None), BackfillStep::Finished);
+    h.drain();
+    let w = h.take_events(resumed);
+    assert!(w.ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
+    assert!(!w.contains("id: "), "{w}");
 }
 
 #[test]
