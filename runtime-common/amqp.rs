@@ -1,4 +1,5 @@
-//! RabbitMQ sources (D4, D8): one connection, one AMQP channel and consumer per gateway channel.
+//! RabbitMQ sources (D4, D6, D8): one connection, one AMQP channel and consumer per gateway
+//! channel.
 //!
 //! Each source runs its own loop: get a channel on the shared connection (connecting if needed),
 //! declare its topology, consume with manual acks; each delivery is mapped to an
@@ -6,6 +7,12 @@
 //! dropped message is logged once and acked too: nothing is redelivered in a loop). When the
 //! connection, the channel or the consumer ends, the source is down (the shards warn its
 //! streams), and it retries with capped exponential backoff and jitter.
+//!
+//! A channel with `stream = true` reads a RabbitMQ stream queue instead ([`stream_log`] has the
+//! details): its event ids are `<epoch>-<offset>`, the same on every instance and after restarts;
+//! it starts at the stream's last chunk, resumes after a loss from the last offset it saw (and
+//! tells the shards when the stream no longer held it), and resumes older than the shards'
+//! buffers are read back from the stream on a connection of their own.
 //!
 //! Runtime-neutral: lapin connects with the `async_rs` runtime handle the binary passes in
 //! (`crate::driver::amqp_runtime()`), the shared connection sits behind an `async-lock` mutex,
@@ -24,37 +31,47 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
-use sse_gateway_core::{ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{log_continues, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, info, warn};
 
 use super::shards::Shards;
 use super::{sleep, until};
 use crate::driver::{spawn, AmqpRuntime};
 
+pub(crate) mod stream_log;
+
+use stream_log::{LogReader, StartAt};
+
 /// Time to establish the connection before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The shared connection, (re)established by whichever source needs it first.
+/// A shared connection, (re)established by whichever user needs it first.
 struct Link {
     uri: String,
     runtime: AmqpRuntime,
+    /// The connection's name in the broker's management views.
+    name: &'static str,
     conn: Mutex<Option<Connection>>,
 }
 
 impl Link {
+    fn new(uri: String, runtime: AmqpRuntime, name: &'static str) -> Link {
+        Link { uri, runtime, name, conn: Mutex::new(None) }
+    }
+
     async fn channel(&self) -> Result<Channel, String> {
         let mut conn = self.conn.lock().await;
         if let Some(c) = conn.as_ref().filter(|c| c.status().connected()) {
             return c.create_channel().await.map_err(|e| e.to_string());
         }
-        let props = ConnectionProperties::default().with_connection_name("sse-gateway".into());
+        let props = ConnectionProperties::default().with_connection_name(self.name.into());
         let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
         let c = match until(Instant::now() + CONNECT_TIMEOUT, connect).await {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(format!("cannot connect to the broker: {e}")),
             None => return Err("cannot connect to the broker: timed out".into()),
         };
-        info!("connected to the broker");
+        info!(connection = self.name, "connected to the broker");
         let ch = c.create_channel().await.map_err(|e| e.to_string());
         *conn = Some(c);
         ch
@@ -72,7 +89,10 @@ fn with_heartbeat(uri: &str) -> String {
 }
 
 /// Starts every channel's source on the broker, as tasks on this thread's executor; lapin runs
-/// on `runtime`. Event ids use `epoch` (the process start).
+/// on `runtime`. Event ids use `epoch` (the process start), except on stream channels, whose
+/// ids carry their stream's configured epoch. With any stream channel, the shards get the
+/// [`LogReader`] that reads resumes back from the streams (before any stream can open: the
+/// shards' queues are empty now).
 pub(crate) fn start(
     runtime: AmqpRuntime,
     settings: &Arc<Settings>,
@@ -81,9 +101,16 @@ pub(crate) fn start(
     shards: &Shards,
     epoch: u64,
 ) {
-    let link = Arc::new(Link { uri: with_heartbeat(&broker.url), runtime, conn: Mutex::new(None) });
+    let uri = with_heartbeat(&broker.url);
+    let link = Arc::new(Link::new(uri.clone(), runtime.clone(), "sse-gateway"));
+    if settings.channels.iter().any(|c| c.log.is_some()) {
+        // Read-backs get a connection of their own: a resume storm never delays live events.
+        let reader = LogReader::new(Link::new(uri, runtime, "sse-gateway read-back"), settings, metrics, shards.clone());
+        shards.history(Arc::new(reader));
+    }
     for ch in &settings.channels {
         let Some(id) = settings.channel_id(&ch.name) else { continue };
+        let epoch = ch.log.as_ref().map_or(epoch, |log| log.epoch);
         let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
         let source = Source { link: link.clone(), settings: settings.clone(), shards: shards.clone(), id, name: ch.name.clone() };
         spawn(source.run(ingest, broker.clone()));
@@ -98,13 +125,24 @@ struct Source {
     name: String,
 }
 
+/// Where a stream source is in its stream, across reconnects.
+#[derive(Debug, Default)]
+struct Offsets {
+    /// The offset of the last delivery taken (valid or dropped).
+    last: Option<u64>,
+    /// A consumer was established once: with nothing delivered since, everything in the stream
+    /// is new.
+    consumed: bool,
+}
+
 impl Source {
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
         let mut delay = broker.reconnect_min;
         let mut failures = 0u64;
+        let mut offsets = Offsets::default();
         loop {
             let mut consumed = false;
-            let why = match self.consume(&mut ingest, &broker, &mut consumed).await {
+            let why = match self.consume(&mut ingest, &broker, &mut consumed, &mut offsets).await {
                 Ok(()) => "the consumer was cancelled".to_string(),
                 Err(e) => e,
             };
@@ -131,8 +169,10 @@ impl Source {
     }
 
     /// Declares, consumes until the consumer ends; `consumed` turns true once it is consuming.
-    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, consumed: &mut bool) -> Result<(), String> {
+    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, consumed: &mut bool, offsets: &mut Offsets) -> Result<(), String> {
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        let log = self.settings.channel(self.id).log.as_ref();
+        let queue_args = log.map(stream_log::queue_args).unwrap_or_default();
         let mut chan = self.link.channel().await?;
         let queue = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
@@ -153,7 +193,7 @@ impl Source {
                         .await
                         .map_err(e("exchange declare"))?;
                 }
-                chan = self.declare_queue(chan, queue).await?;
+                chan = self.declare_queue(chan, queue, &queue_args).await?;
                 for key in routing_keys {
                     chan.queue_bind(queue.as_str().into(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
                         .await
@@ -162,22 +202,64 @@ impl Source {
                 queue
             }
             SourceSettings::Queue { queue } => {
-                chan = self.declare_queue(chan, queue).await?;
+                chan = self.declare_queue(chan, queue, &queue_args).await?;
                 queue
             }
         };
         chan.basic_qos(broker.prefetch, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
         let tag = format!("sse-gateway.{}", self.name);
+        // A stream is read from where this source left it (the last offset it took, which must
+        // still be there), else from everything new since its first consumer, else from the last
+        // chunk (recent events for the buffers).
+        let start = match (log, offsets.last) {
+            (None, _) => None,
+            (Some(_), Some(last)) => Some(StartAt::Offset(last)),
+            (Some(_), None) if offsets.consumed => Some(StartAt::First),
+            (Some(_), None) => Some(StartAt::Last),
+        };
+        let args = start.map(StartAt::consumer_args).unwrap_or_default();
         let mut consumer = chan
-            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args)
             .await
             .map_err(e("basic.consume"))?;
-        info!(channel = %self.name, queue = %queue, "source consuming");
+        match start {
+            None => info!(channel = %self.name, queue = %queue, "source consuming"),
+            Some(at) => info!(channel = %self.name, queue = %queue, from = %at, "source consuming the stream"),
+        }
         *consumed = true;
+        offsets.consumed = true;
         self.shards.source(self.id, true).await;
+        let mut resuming = offsets.last;
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.map_err(e("consumer"))?;
-            match ingest.handle_message(&message(&delivery)) {
+            let mut msg = message(&delivery);
+            if log.is_some() {
+                let Some(pos) = stream_log::offset(&delivery) else {
+                    // Unacked, so a classic queue keeps it; the source goes down and says why.
+                    return Err(format!("queue {queue} delivered a message without x-stream-offset: is it a stream queue?"));
+                };
+                if let Some(last) = offsets.last {
+                    // Resumed at `last`, the stream must start there (or right after it, if
+                    // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
+                    let lost = if resuming.take().is_some() { pos > last + 1 } else { !log_continues(last, pos) };
+                    if lost {
+                        // Retention removed what came between (during an outage, or because
+                        // this source fell that far behind): the shards must not pretend
+                        // continuity.
+                        warn!(channel = %self.name, queue = %queue, last_seen = last, next = pos,
+                              "the stream lost events before this source read them (retention); streams get history_gap");
+                        self.shards.log_gap(self.id).await;
+                    }
+                }
+                if offsets.last.is_some_and(|last| pos <= last) {
+                    // Where it left off (proof the stream still holds it): already handled.
+                    delivery.ack(BasicAckOptions::default()).await.map_err(e("basic.ack"))?;
+                    continue;
+                }
+                offsets.last = Some(pos);
+                msg.position = Some(pos);
+            }
+            match ingest.handle_message(&msg) {
                 Ok(ev) => self.shards.event(&ev).await,
                 Err(d) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
             }
@@ -186,10 +268,11 @@ impl Source {
         Ok(())
     }
 
-    /// Declares `queue` durable; if it exists with other arguments, checks it passively instead.
-    async fn declare_queue(&self, chan: Channel, queue: &str) -> Result<Channel, String> {
+    /// Declares `queue` durable with `args` (a stream's type and retention, or none); if it
+    /// exists with other arguments, checks it passively instead and uses it as it is.
+    async fn declare_queue(&self, chan: Channel, queue: &str, args: &FieldTable) -> Result<Channel, String> {
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        match chan.queue_declare(queue.into(), opts, FieldTable::default()).await {
+        match chan.queue_declare(queue.into(), opts, args.clone()).await {
             Ok(_) => Ok(chan),
             Err(err) => {
                 warn!(channel = %self.name, queue = %queue, error = %err, "queue declare refused; checking it exists");
@@ -205,7 +288,8 @@ impl Source {
 }
 
 /// Maps a delivery to the core's message (D4): type property, routing key, two headers,
-/// message id, body. The position is `None`: classic queues have no offsets.
+/// message id, body. The position is `None` here (classic queues have no offsets); a stream's
+/// reader sets it from [`stream_log::offset`].
 fn message(d: &Delivery) -> UpstreamMessage {
     let p = &d.properties;
     let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).map(header_value);

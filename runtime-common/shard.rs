@@ -13,6 +13,11 @@
 //! row add up to a quarter of a stream's output bound (`streams.max_pending_bytes`): the writers
 //! then take them before the next, so a burst of events waiting in the channel is never mistaken
 //! for a slow client.
+//!
+//! `Backfill` (a resume older than the buffer, on a channel read from a RabbitMQ stream) starts
+//! a read-back task on this thread ([`read_back`]).
+
+mod read_back;
 
 use std::cell::{Cell, RefCell};
 use std::future::{pending, poll_fn, Future};
@@ -31,6 +36,7 @@ use sse_gateway_core::cli::unix_now;
 use sse_gateway_core::{ChannelId, CloseReason, Gateway, Metrics, Output, Settings, StreamId, StreamRequest};
 use tracing::{debug, info, warn};
 
+use super::amqp::stream_log::LogReader;
 use super::shards::Command;
 use super::{until, Budget};
 use crate::driver::{spawn, Socket, Timer};
@@ -44,6 +50,7 @@ const IOV_MAX: usize = 64;
 pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settings>, metrics: Arc<Metrics>) {
     let shard = Rc::new(Shard {
         gw: RefCell::new(gw),
+        log: RefCell::new(None),
         scratch: RefCell::new(Vec::new()),
         conns: RefCell::new(Vec::new()),
         settings,
@@ -66,6 +73,8 @@ struct Conn {
     id: StreamId,
     wake: Notify,
     closing: Cell<Option<CloseReason>>,
+    /// The writer wrote what it took, or ended: a paused read-back looks again.
+    drained: Notify,
 }
 
 /// A wake-up for the one task that waits on it, kept until that task looks (so none is lost
@@ -101,6 +110,8 @@ impl Notify {
 
 struct Shard {
     gw: RefCell<Gateway>,
+    /// Reads streams back for `Output::Backfill` (set by `Command::History`).
+    log: RefCell<Option<Arc<LogReader>>>,
     /// Where a writer takes its stream's output to write it at once: shared, so an idle stream
     /// keeps no buffer of its own (only what its socket did not take waits in the writer).
     /// Borrowed only between awaits.
@@ -181,6 +192,14 @@ impl Shard {
             Command::Event(ev) => self.gw.borrow_mut().handle_event(&ev),
             Command::SourceDown(ch) => self.gw.borrow_mut().source_down(ch, Instant::now()),
             Command::SourceUp(ch) => self.gw.borrow_mut().source_up(ch),
+            Command::History(reader) => {
+                let mut gw = self.gw.borrow_mut();
+                for (ch, epoch) in reader.channels() {
+                    gw.set_history(ch, Some(epoch));
+                }
+                *self.log.borrow_mut() = Some(reader);
+            }
+            Command::LogGap(ch) => self.gw.borrow_mut().log_gap(ch),
             Command::Shutdown => {
                 self.gw.borrow_mut().shutdown();
                 *drain_until = Some(Instant::now() + self.settings.config.server.shutdown_drain);
@@ -192,7 +211,7 @@ impl Shard {
         self.conns.borrow().get(id.index()).and_then(|c| c.clone()).filter(|c| c.id == id)
     }
 
-    fn drain(&self) {
+    fn drain(self: &Rc<Self>) {
         loop {
             let out = self.gw.borrow_mut().poll_output();
             match out {
@@ -209,9 +228,7 @@ impl Shard {
                     }
                     None => self.gw.borrow_mut().on_closed(id),
                 },
-                // Only asked for channels marked with `set_history`, which this frontend never
-                // calls yet; answer "incomplete" so the stream gets history_gap and goes live.
-                Some(Output::Backfill { stream, .. }) => self.gw.borrow_mut().backfill_done(stream, false),
+                Some(Output::Backfill { stream, channel, after, .. }) => self.read_back(stream, channel, after),
             }
         }
     }
@@ -230,7 +247,7 @@ impl Shard {
         });
         match result {
             Ok(id) => {
-                let conn = Rc::new(Conn { id, wake: Notify::default(), closing: Cell::new(None) });
+                let conn = Rc::new(Conn { id, wake: Notify::default(), closing: Cell::new(None), drained: Notify::default() });
                 {
                     let mut conns = self.conns.borrow_mut();
                     if conns.len() <= id.index() {
@@ -278,6 +295,7 @@ impl Shard {
             if !out.is_empty() && write_out(&mut sock, &mut out, &conn).await.is_err() {
                 break conn.closing.get().unwrap_or(CloseReason::ClientGone);
             }
+            conn.drained.notify();
             if let Some(why) = conn.closing.get() {
                 Box::pin(self.finish(&conn, &mut sock, &mut out)).await;
                 break why;
@@ -300,6 +318,7 @@ impl Shard {
         };
         let user = self.gw.borrow().user_of(conn.id).unwrap_or_default().to_string();
         drop(sock);
+        conn.drained.notify();
         self.gw.borrow_mut().on_closed(conn.id);
         if let Some(slot) = self.conns.borrow_mut().get_mut(conn.id.index()) {
             if slot.as_ref().is_some_and(|c| c.id == conn.id) {
@@ -315,7 +334,7 @@ impl Shard {
     /// Takes the stream's output into the shard's scratch and writes what the socket takes now,
     /// without waiting; what it does not take moves into `out` (so `out` is empty unless the
     /// socket is full). An error means the connection is gone.
-    fn write_now(&self, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) -> io::Result<()> {
+    fn write_now(self: &Rc<Self>, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) -> io::Result<()> {
         let mut scratch = self.scratch.borrow_mut();
         self.gw.borrow_mut().take_output(conn.id, &mut scratch);
         // A resume continues inside take_output and may queue outputs of its own.

@@ -10,8 +10,9 @@ use std::thread::JoinHandle;
 
 use async_channel::Sender;
 use sse_gateway_core::{shard_of, ChannelId, Event, Gateway, Metrics, Settings, StreamRequest};
-use tracing::debug;
+use tracing::{debug, error};
 
+use super::amqp::stream_log::LogReader;
 use crate::driver::Executor;
 
 /// Commands queued per shard before senders wait.
@@ -28,6 +29,11 @@ pub(crate) enum Command {
     SourceDown(ChannelId),
     /// The channel's source is back.
     SourceUp(ChannelId),
+    /// Streams read back from RabbitMQ stream queues: mark those channels (`set_history`) and
+    /// answer `Output::Backfill` with this reader.
+    History(Arc<LogReader>),
+    /// The channel's stream lost events this process never received (`Gateway::log_gap`).
+    LogGap(ChannelId),
     /// Stop (D12): close every stream, exit once they are gone or the drain time passed.
     Shutdown,
 }
@@ -70,6 +76,28 @@ impl Shards {
         for tx in self.txs.iter() {
             let _ = tx.send(if up { Command::SourceUp(ch) } else { Command::SourceDown(ch) }).await;
         }
+    }
+
+    /// Hands every shard the stream reader. Called once at start, before any stream can open,
+    /// while the shards' queues are still empty (so it never waits).
+    pub(crate) fn history(&self, reader: Arc<LogReader>) {
+        for tx in self.txs.iter() {
+            if tx.try_send(Command::History(reader.clone())).is_err() {
+                error!("a shard did not take the stream reader: resumes past its buffer get history_gap");
+            }
+        }
+    }
+
+    /// Tells every shard that the channel's stream lost events this process never received.
+    pub(crate) async fn log_gap(&self, ch: ChannelId) {
+        for tx in self.txs.iter() {
+            let _ = tx.send(Command::LogGap(ch)).await;
+        }
+    }
+
+    /// Whether the channel's source is up now.
+    pub(crate) fn is_up(&self, ch: ChannelId) -> bool {
+        self.sources.get(ch.index()).is_some_and(|s| s.load(Ordering::Relaxed) == UP)
     }
 
     /// Names of the channels whose source is not up now (never reached yet, or lost): `/readyz`

@@ -1,0 +1,267 @@
+//! RabbitMQ stream queues as the event log (D6): the queue and consumer arguments, a delivery's
+//! offset, and [`LogReader`], which reads a stream back for resuming clients.
+//!
+//! Facts this relies on (RabbitMQ 3.9+, AMQP 0-9-1):
+//! * A stream queue is declared durable, non-exclusive, `x-queue-type = "stream"`, with its
+//!   retention (`x-max-age`, `x-max-length-bytes`). Retention removes whole segments (500 MB
+//!   unless `x-stream-max-segment-size-bytes` says otherwise), oldest first: the resume window
+//!   is at least the configured retention.
+//! * Consuming needs `basic.qos` (prefetch) and manual acks; an ack only refills the prefetch
+//!   window (nothing is removed). The consumer argument `x-stream-offset` says where to start:
+//!   `"first"`, `"last"` (the last chunk), `"next"` or an offset (a long-long integer).
+//! * Every delivery carries its offset in header `x-stream-offset`. Offsets increase, but not
+//!   always by one: the stream spends single offsets on records of its own (measured on 3.10:
+//!   one now and then at a segment start; never two in a row), which consumers do not see. A
+//!   consumer that retention overtakes jumps a whole segment: the core's `log_continues` tells
+//!   the two apart.
+//! * An offset the stream no longer holds is clamped silently to its first one. So a reader
+//!   starts at the offset the client (or the live source) already has: if the first delivery is
+//!   that offset (or the next, when only that one is gone), nothing was lost; if it is later,
+//!   the range is gone.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_lock::{Semaphore, SemaphoreGuardArc};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Consumer};
+use sse_gateway_core::config::{SourceSettings, StreamLog};
+use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, Settings};
+
+use super::{message, Link};
+use crate::common::shards::Shards;
+use crate::common::until;
+
+/// Read-backs running at once in the process; more wait their turn (each holds an AMQP
+/// channel, a consumer and up to [`PREFETCH`] messages in flight).
+pub(crate) const READ_BACKS: usize = 8;
+/// Messages a read-back has in flight (`basic.qos`).
+const PREFETCH: u16 = 64;
+/// Deliveries acked at once (`multiple`), to spare a frame per message.
+const ACK_EVERY: u64 = 32;
+/// A read-back that receives nothing for this long has reached the end of the stream.
+pub(crate) const IDLE: Duration = Duration::from_millis(1500);
+
+/// The arguments that make a queue a stream with this retention.
+pub(crate) fn queue_args(log: &StreamLog) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    args.insert("x-max-age".into(), AMQPValue::LongString(log.max_age.as_str().into()));
+    if let Some(bytes) = log.max_length_bytes {
+        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(i64::try_from(bytes).unwrap_or(i64::MAX)));
+    }
+    args
+}
+
+/// Where a stream consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAt {
+    /// The stream's first retained message.
+    First,
+    /// The stream's last chunk (its most recent messages).
+    Last,
+    /// This offset (clamped by the broker to the first retained one).
+    Offset(u64),
+}
+
+impl StartAt {
+    /// The `basic.consume` arguments.
+    pub(crate) fn consumer_args(self) -> FieldTable {
+        let value = match self {
+            StartAt::First => AMQPValue::LongString("first".into()),
+            StartAt::Last => AMQPValue::LongString("last".into()),
+            // A number sent as a string is refused: it must be a long-long integer.
+            StartAt::Offset(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), value);
+        args
+    }
+}
+
+impl fmt::Display for StartAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartAt::First => f.write_str("first"),
+            StartAt::Last => f.write_str("last"),
+            StartAt::Offset(o) => write!(f, "offset {o}"),
+        }
+    }
+}
+
+/// The stream offset of a delivery (header `x-stream-offset`), if it has one.
+pub(crate) fn offset(d: &Delivery) -> Option<u64> {
+    let headers = d.properties.headers().as_ref()?;
+    offset_of(headers.inner().get("x-stream-offset")?)
+}
+
+fn offset_of(v: &AMQPValue) -> Option<u64> {
+    match v {
+        AMQPValue::LongLongInt(o) => u64::try_from(*o).ok(),
+        AMQPValue::LongInt(o) => u64::try_from(*o).ok(),
+        AMQPValue::LongUInt(o) => Some((*o).into()),
+        _ => None,
+    }
+}
+
+/// A stream channel as the reader sees it.
+struct Log {
+    id: ChannelId,
+    queue: String,
+    epoch: u64,
+    /// Validates and numbers what is read back (`Ingest::read_back`: no live state, no counts).
+    ingest: Ingest,
+}
+
+/// Reads streams back for resuming clients (`Output::Backfill`), shared by every shard: one
+/// connection of its own (opened on first use), at most [`READ_BACKS`] read-backs at once in the
+/// process, each on its own AMQP channel with a small prefetch.
+pub(crate) struct LogReader {
+    link: Link,
+    permits: Arc<Semaphore>,
+    /// By channel index; `None` for a channel that is not a stream.
+    logs: Vec<Option<Log>>,
+    /// The live sources' state: a read-back is only tried while its channel's source is up.
+    shards: Shards,
+}
+
+impl fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogReader").field("streams", &self.channels().count()).finish_non_exhaustive()
+    }
+}
+
+impl LogReader {
+    pub(super) fn new(link: Link, settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: Shards) -> LogReader {
+        let logs = settings
+            .channels
+            .iter()
+            .map(|ch| {
+                let log = ch.log.as_ref()?;
+                let id = settings.channel_id(&ch.name)?;
+                let queue = match &ch.source {
+                    SourceSettings::Exchange { queue, .. } | SourceSettings::Queue { queue } => queue.clone(),
+                };
+                let ingest = Ingest::new(settings.clone(), metrics.clone(), id, log.epoch);
+                Some(Log { id, queue, epoch: log.epoch, ingest })
+            })
+            .collect();
+        LogReader { link, permits: Arc::new(Semaphore::new(READ_BACKS)), logs, shards }
+    }
+
+    /// The stream channels and the epoch of their ids (for `Gateway::set_history`).
+    pub(crate) fn channels(&self) -> impl Iterator<Item = (ChannelId, u64)> + '_ {
+        self.logs.iter().flatten().map(|log| (log.id, log.epoch))
+    }
+
+    /// Waits for a turn (one of [`READ_BACKS`]).
+    pub(crate) async fn permit(&self) -> SemaphoreGuardArc {
+        self.permits.acquire_arc().await
+    }
+
+    /// Opens a consumer on `channel`'s stream at offset `at`, holding `permit` until the cursor
+    /// is closed or dropped.
+    pub(crate) async fn open(&self, channel: ChannelId, at: u64, permit: SemaphoreGuardArc) -> Result<LogCursor<'_>, String> {
+        let log = self.logs.get(channel.index()).and_then(Option::as_ref).ok_or("not a stream channel")?;
+        if !self.shards.is_up(channel) {
+            // During an outage a read-back would only wait for the connect timeout, one after
+            // the other: answer at once (the stream gets history_gap).
+            return Err("the channel's source is down".into());
+        }
+        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        let chan = self.link.channel().await?;
+        chan.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
+        let consumer = chan
+            .basic_consume(
+                log.queue.as_str().into(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                StartAt::Offset(at).consumer_args(),
+            )
+            .await
+            .map_err(e("basic.consume"))?;
+        Ok(LogCursor { log, chan, consumer, unacked: None, taken: 0, _permit: permit })
+    }
+}
+
+/// One read-back's consumer. Close it with [`LogCursor::close`] (dropping it leaves the AMQP
+/// channel open until the connection ends).
+pub(crate) struct LogCursor<'r> {
+    log: &'r Log,
+    chan: Channel,
+    consumer: Consumer,
+    /// The last delivery not acked yet.
+    unacked: Option<Delivery>,
+    taken: u64,
+    _permit: SemaphoreGuardArc,
+}
+
+impl LogCursor<'_> {
+    /// The next message: its offset, and its event if it passes the channel's rules. `None`
+    /// once nothing arrived for `idle` (the end of the stream, as far as anyone can tell).
+    pub(crate) async fn next(&mut self, idle: Duration) -> Result<Option<(u64, Option<Event>)>, String> {
+        let d = match until(Instant::now() + idle, self.consumer.next()).await {
+            None => return Ok(None),
+            Some(None) => return Err("the read-back consumer was cancelled".into()),
+            Some(Some(Err(e))) => return Err(format!("read-back consumer: {e}")),
+            Some(Some(Ok(d))) => d,
+        };
+        let pos = offset(&d).ok_or("a stream delivery without x-stream-offset")?;
+        let mut msg = message(&d);
+        msg.position = Some(pos);
+        // Dropped messages were logged when the live source met them; here they only hold a place.
+        let ev = self.log.ingest.read_back(&msg).ok();
+        self.taken += 1;
+        self.unacked = Some(d);
+        if self.taken.is_multiple_of(ACK_EVERY) {
+            self.ack().await?;
+        }
+        Ok(Some((pos, ev)))
+    }
+
+    /// Acks every delivery so far (refills the prefetch window).
+    async fn ack(&mut self) -> Result<(), String> {
+        if let Some(d) = self.unacked.take() {
+            d.ack(BasicAckOptions { multiple: true }).await.map_err(|e| format!("basic.ack: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Cancels the consumer and closes its channel (which lets the permit go).
+    pub(crate) async fn close(mut self) {
+        let _ = self.ack().await;
+        let _ = self.chan.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()).await;
+        let _ = self.chan.close(200, "read-back done".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_is_declared_with_its_type_and_retention() {
+        let log = StreamLog { max_age: "7D".into(), max_length_bytes: Some(1 << 30), epoch: 1 };
+        let args = queue_args(&log);
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(get("x-queue-type"), Some(AMQPValue::LongString("stream".into())));
+        assert_eq!(get("x-max-age"), Some(AMQPValue::LongString("7D".into())));
+        assert_eq!(get("x-max-length-bytes"), Some(AMQPValue::LongLongInt(1 << 30)));
+        let no_size = queue_args(&StreamLog { max_length_bytes: None, ..log });
+        assert!(no_size.inner().get("x-max-length-bytes").is_none());
+    }
+
+    #[test]
+    fn an_offset_is_asked_for_as_a_long_long_integer_and_read_back_from_any_integer() {
+        let args = StartAt::Offset(42).consumer_args();
+        assert_eq!(args.inner().get("x-stream-offset"), Some(&AMQPValue::LongLongInt(42)));
+        assert_eq!(StartAt::Last.consumer_args().inner().get("x-stream-offset"), Some(&AMQPValue::LongString("last".into())));
+        assert_eq!(offset_of(&AMQPValue::LongLongInt(7)), Some(7));
+        assert_eq!(offset_of(&AMQPValue::LongLongInt(-1)), None);
+        assert_eq!(offset_of(&AMQPValue::LongString("7".into())), None);
+    }
+}

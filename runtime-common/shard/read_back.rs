@@ -1,0 +1,137 @@
+//! The shard side of reading a stream back for a resuming client (`Output::Backfill`).
+//!
+//! A read-back is a task on the shard's thread. It waits for a turn (the process runs at most
+//! `READ_BACKS` at once; the rest queue, holding nothing but their place), opens a consumer at
+//! the client's last offset and hands each message to `Gateway::backfill_message` until the core
+//! says `Finished`. The first message proves the stream still holds that offset; the core
+//! answers `history_gap` otherwise. When the stream's output is at its bound (`Pause`) the task
+//! waits for the writer; if the client takes longer than [`PAUSE_HOLD`], the task closes its
+//! consumer and gives its turn up, and opens a new one at the last offset it handed over once
+//! the client has read (that offset must still be first, or the stream gets `history_gap`).
+//! Nothing delivered for `IDLE` is the end of the stream: `backfill_done(true)`, and the core
+//! continues from the buffer. Any error: `backfill_done(false)` (`history_gap`, then live).
+//!
+//! So a read-back holds at most one AMQP channel, `PREFETCH` messages and the stream's output
+//! bound, and a client that stops reading holds none of the shared turns for long.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sse_gateway_core::{BackfillStep, ChannelId, EventId, StreamId};
+use tracing::debug;
+
+use super::Shard;
+use crate::common::amqp::stream_log::{LogReader, IDLE};
+use crate::common::until;
+use crate::driver::spawn;
+
+/// How long a paused read-back keeps its consumer and its turn for a client to read.
+const PAUSE_HOLD: Duration = Duration::from_secs(2);
+
+/// How a read-back ended without an error.
+enum End {
+    /// The core has what it needs (or the stream is gone).
+    Finished,
+    /// Nothing more arrived: the end of the stream.
+    LogEnd,
+}
+
+impl Shard {
+    /// Answers `Output::Backfill` for `stream`: reads `channel`'s stream from `after`'s offset
+    /// in a task of its own; without a reader (no stream source) the stream gets `history_gap`.
+    pub(super) fn read_back(self: &Rc<Self>, stream: StreamId, channel: ChannelId, after: EventId) {
+        let reader = self.log.borrow().clone();
+        match reader {
+            Some(reader) => spawn(self.clone().read_back_task(reader, stream, channel, after.seq)),
+            None => self.gw.borrow_mut().backfill_done(stream, false),
+        }
+    }
+
+    async fn read_back_task(self: Rc<Self>, reader: Arc<LogReader>, id: StreamId, channel: ChannelId, from: u64) {
+        let end = self.read_log(&reader, id, channel, from).await;
+        match end {
+            Ok(End::Finished) => {}
+            Ok(End::LogEnd) => self.gw.borrow_mut().backfill_done(id, true),
+            Err(e) => {
+                debug!(stream = %id, error = %e, "read-back failed; the stream gets history_gap");
+                self.gw.borrow_mut().backfill_done(id, false);
+            }
+        }
+        self.drain();
+    }
+
+    async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64) -> Result<End, String> {
+        let mut at = from;
+        let mut reopened = false;
+        loop {
+            let permit = reader.permit().await;
+            if self.gw.borrow().channel_of(id).is_none() {
+                return Ok(End::Finished); // the client left while waiting its turn
+            }
+            let mut cursor = reader.open(channel, at, permit).await?;
+            let mut first = true;
+            loop {
+                let next = cursor.next(IDLE).await;
+                let (pos, ev) = match next {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        cursor.close().await;
+                        return Ok(End::LogEnd);
+                    }
+                    Err(e) => {
+                        cursor.close().await;
+                        return Err(e);
+                    }
+                };
+                if std::mem::take(&mut first) && reopened && pos > at {
+                    // The core checked the first read; a re-opened one is checked here.
+                    cursor.close().await;
+                    return Err(format!("the stream no longer holds offset {at}"));
+                }
+                let step = self.gw.borrow_mut().backfill_message(id, pos, ev.as_ref());
+                self.drain();
+                at = pos;
+                match step {
+                    BackfillStep::Continue => {}
+                    BackfillStep::Finished => {
+                        cursor.close().await;
+                        return Ok(End::Finished);
+                    }
+                    BackfillStep::Pause => {
+                        if self.drained(id, Some(Instant::now() + PAUSE_HOLD)).await {
+                            continue;
+                        }
+                        // A slow reader: give the turn and the consumer up meanwhile.
+                        debug!(stream = %id, offset = at, "read-back paused: the client is not reading; its turn goes to the next");
+                        cursor.close().await;
+                        self.drained(id, None).await;
+                        reopened = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the stream's output is below its bound again (or the stream is gone); false
+    /// if `deadline` passed first.
+    async fn drained(&self, id: StreamId, deadline: Option<Instant>) -> bool {
+        let max = self.settings.config.streams.max_pending_bytes;
+        loop {
+            let below = {
+                let gw = self.gw.borrow();
+                gw.channel_of(id).is_none() || gw.pending_bytes(id) < max
+            };
+            let Some(conn) = self.conn(id).filter(|_| !below) else { return true };
+            match deadline {
+                Some(at) => {
+                    if until(at, conn.drained.notified()).await.is_none() {
+                        return false;
+                    }
+                }
+                None => conn.drained.notified().await,
+            }
+        }
+    }
+}
