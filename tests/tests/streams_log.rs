@@ -1,0 +1,575 @@
+//! RabbitMQ stream queues as the event log (D6, issue 5): a channel with `stream = true` numbers
+//! its events by stream offset (`<epoch>-<offset>`), so a client resumes exactly across gateway
+//! restarts and across instances, and resumes older than the in-memory buffer are read back
+//! from the stream. Every test uses its own exchange and stream queue and deletes them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use sse_gateway_tests::broker::{amqp_addr, amqp_url};
+use sse_gateway_tests::payloads::uuid;
+use sse_gateway_tests::token::user;
+use sse_gateway_tests::{
+    for_each_binary, Bin, Broker, ConfigBuilder, GatewayProcess, Message, SseClient, TcpProxy, Topology, WAIT,
+};
+
+/// The epoch the test streams' ids carry.
+const EPOCH: u64 = 42;
+
+/// One test's stream channel: `deals`, read from a stream queue bound to the test's exchange;
+/// the other channels are off. Its broker helper deletes the exchange and the stream when it is
+/// dropped: declare gateways after it, so they stop first.
+struct StreamSetup {
+    broker: Broker,
+    topo: Topology,
+    config: String,
+    n: AtomicU64,
+}
+
+impl StreamSetup {
+    /// `cfg` plus the broker at `amqp_url` and `deals` on a stream.
+    async fn new(cfg: ConfigBuilder, amqp_url: &str) -> StreamSetup {
+        let topo = Topology::unique();
+        let broker = Broker::connect().await;
+        broker.declare_exchange(&topo.deals).await;
+        broker.own_queue(&topo.bind_queue("deals"));
+        let src = "channels.deals.source";
+        let mut cfg = cfg
+            .str("broker", "url", amqp_url)
+            .str(src, "exchange", &topo.deals)
+            .strs(src, "routing_keys", &["#"])
+            .str(src, "bind_queue", &topo.bind_queue("deals"))
+            .raw(src, "stream", "true")
+            .raw(src, "epoch", &EPOCH.to_string());
+        for other in ["tasks", "payments", "notifications"] {
+            cfg = cfg.raw(&format!("channels.{other}"), "enabled", "false");
+        }
+        StreamSetup { broker, topo, config: cfg.render(), n: AtomicU64::new(0) }
+    }
+
+    /// The stream queue's name.
+    fn queue(&self) -> String {
+        self.topo.bind_queue("deals")
+    }
+
+    /// Starts a gateway on this configuration and waits until it consumes.
+    async fn start(&self, bin: Bin) -> GatewayProcess {
+        self.start_with_env(bin, &[]).await
+    }
+
+    /// [`StreamSetup::start`] with environment variables (`RUST_LOG`).
+    async fn start_with_env(&self, bin: Bin, env: &[(&str, &str)]) -> GatewayProcess {
+        let gw = GatewayProcess::start_with_env(bin, &self.config, env).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// `n` numbered `deal.created` messages (their titles are `ev-<k>`, unique in the test).
+    fn messages(&self, n: usize) -> (Vec<Message>, Vec<String>) {
+        self.messages_padded(n, 0)
+    }
+
+    /// Like [`StreamSetup::messages`], each title padded with `pad` bytes.
+    fn messages_padded(&self, n: usize, pad: usize) -> (Vec<Message>, Vec<String>) {
+        let mut msgs = Vec::with_capacity(n);
+        let mut titles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.n.fetch_add(1, Ordering::Relaxed);
+            let title = format!("ev-{k}{}", ".".repeat(pad));
+            let body = serde_json::json!({
+                "deal_id": uuid(), "client_id": uuid(), "title": title,
+                "status": "draft", "created_at": "2024-05-01T12:30:00Z"
+            });
+            msgs.push(self.topo.message("deals", "deal.created", body.to_string()).kind("deal.created"));
+            titles.push(title);
+        }
+        (msgs, titles)
+    }
+
+    /// Publishes `n` numbered events (with confirms); returns their titles in order.
+    async fn publish(&self, n: usize) -> Vec<String> {
+        let (msgs, titles) = self.messages(n);
+        self.broker.publish_all(&msgs).await;
+        titles
+    }
+}
+
+/// The title of a `deal.created` event.
+fn title(data: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data}"));
+    v["title"].as_str().unwrap_or_else(|| panic!("no title: {data}")).to_string()
+}
+
+/// The offset part of a `<epoch>-<offset>` id, checking the epoch.
+fn offset(id: &str) -> u64 {
+    let (epoch, offset) = id.split_once('-').unwrap_or_else(|| panic!("id {id:?} is not <epoch>-<offset>"));
+    assert_eq!(epoch, EPOCH.to_string(), "id {id:?} carries the stream's configured epoch");
+    offset.parse().unwrap_or_else(|_| panic!("id {id:?}: the offset is not a number"))
+}
+
+/// What a stream delivered: titles of its events (in order), their ids, and the warnings.
+#[derive(Debug, Default)]
+struct Got {
+    titles: Vec<String>,
+    ids: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Reads `s` until `n` events arrived; warnings are kept (a replay must have none). Panics on an
+/// error frame, a close, or nothing for `3 x WAIT`.
+async fn read_events(s: &mut SseClient, n: usize, who: &str) -> Got {
+    let mut got = Got::default();
+    while got.titles.len() < n {
+        let ev = s.next_non_heartbeat(3 * WAIT).await.unwrap_or_else(|| {
+            let state = if s.is_closed() { "closed" } else { "silent" };
+            panic!("{who}: stream {state} after {} of {n} events ({got:?})", got.titles.len())
+        });
+        match (&ev.id, ev.event.as_str()) {
+            (_, "error") => panic!("{who}: {ev:?}"),
+            (None, _) => got.warnings.push(ev.data),
+            (Some(id), _) => {
+                got.ids.push(id.clone());
+                got.titles.push(title(&ev.data));
+            }
+        }
+    }
+    got
+}
+
+/// Asserts that nothing but heartbeats arrives on `s` for a short while (no duplicate, no late
+/// extra event).
+async fn nothing_more(s: &mut SseClient, who: &str) {
+    let extra: Vec<_> = s.events_within(Duration::from_millis(300)).await.into_iter().filter(|e| e.event != "heartbeat").collect();
+    assert!(extra.is_empty(), "{who}: unexpected frames after the expected ones: {extra:?}");
+}
+
+fn assert_increasing(ids: &[String], who: &str) {
+    let offsets: Vec<u64> = ids.iter().map(|id| offset(id)).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{who}: ids do not increase: {ids:?}");
+}
+
+/// A consumer of the test's own on `queue` at `at`: the offset of the first delivery.
+async fn first_offset(queue: &str, at: AMQPValue) -> Option<u64> {
+    let conn = Connection::connect_with_runtime(&amqp_url(), ConnectionProperties::default(), async_rs::Runtime::tokio_current())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("a channel");
+    ch.basic_qos(1, BasicQosOptions::default()).await.expect("qos");
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), at);
+    let mut consumer = ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), args).await.expect("consume");
+    let next = ::tokio::time::timeout(Duration::from_secs(2), consumer.next()).await.ok().flatten().and_then(Result::ok);
+    let first = next.map(|d| {
+        match d.properties.headers().as_ref().and_then(|h| h.inner().get("x-stream-offset").cloned()) {
+            Some(AMQPValue::LongLongInt(o)) => o as u64,
+            other => panic!("a stream delivery without an integer x-stream-offset: {other:?}"),
+        }
+    });
+    let _ = conn.close(200, "done".into()).await;
+    first
+}
+
+/// Declares `queue` as a stream of `retain` bytes in segments of `segment` bytes, as an
+/// operator would ahead of the gateway (whose own declare then differs: it uses it as it is).
+/// Retention drops whole segments, so small ones make a small retention truly truncate.
+async fn declare_small_stream(queue: &str, retain: i64, segment: i64) {
+    let conn = Connection::connect_with_runtime(&amqp_url(), ConnectionProperties::default(), async_rs::Runtime::tokio_current())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("a channel");
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(retain));
+    args.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(segment));
+    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), opts, args).await.expect("declare the stream");
+    let _ = conn.close(200, "done".into()).await;
+}
+
+// ---- the scenarios ----
+
+async fn a_client_resumes_exactly_across_a_gateway_killed_and_restarted(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
+    let alice = user("alice", &[]);
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &alice).await;
+    let before = setup.publish(5).await;
+    let got = read_events(&mut s, 5, "before the restart").await;
+    assert_eq!(got.titles, before);
+    assert_increasing(&got.ids, "before the restart");
+    let last = s.last_event_id();
+    drop(s);
+
+    drop(gw); // SIGKILL: no drain, nothing saved
+    let missed = setup.publish(7).await;
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    let got = read_events(&mut s, 7, "after the restart").await;
+    assert_eq!(got.titles, missed, "exactly the missed events, in order");
+    assert!(got.warnings.is_empty(), "no history_gap: {:?}", got.warnings);
+    assert!(offset(&got.ids[0]) > offset(&last));
+    assert_increasing(&got.ids, "after the restart");
+    let live = setup.publish(1).await;
+    assert_eq!(read_events(&mut s, 1, "live after the replay").await.titles, live);
+    nothing_more(&mut s, "after the restart").await;
+}
+
+async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
+    let alice = user("alice", &[]);
+    let a = setup.start(bin).await;
+    let b = setup.start(bin).await;
+    let mut s = a.stream("deals", &alice).await;
+    let first = setup.publish(4).await;
+    let got_a = read_events(&mut s, 4, "on instance A").await;
+    assert_eq!(got_a.titles, first);
+    let last = s.last_event_id();
+    drop(s);
+
+    let missed = setup.publish(6).await;
+    let mut s = b.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    let got_b = read_events(&mut s, 6, "on instance B").await;
+    assert_eq!(got_b.titles, missed, "exactly the events missed while moving, in order");
+    assert!(got_b.warnings.is_empty(), "no history_gap: {:?}", got_b.warnings);
+    // Both instances number an event the same: B's ids continue A's.
+    let all: Vec<String> = got_a.ids.iter().chain(&got_b.ids).cloned().collect();
+    assert_increasing(&all, "A then B");
+    let last = s.last_event_id();
+    drop(s);
+
+    // And back to A, which saw every event live meanwhile.
+    let missed = setup.publish(3).await;
+    let mut s = a.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    let got = read_events(&mut s, 3, "back on instance A").await;
+    assert_eq!(got.titles, missed);
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+    nothing_more(&mut s, "back on A").await;
+}
+
+async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "10");
+    let setup = StreamSetup::new(cfg, &amqp_url()).await;
+    let alice = user("alice", &[]);
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &alice).await;
+    setup.publish(1).await;
+    read_events(&mut s, 1, "the first event").await;
+    let last = s.last_event_id();
+    drop(s);
+
+    let missed = setup.publish(1000).await; // the buffer holds the last 10 of them
+    let mut s = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    let got = read_events(&mut s, 1000, "the cold replay").await;
+    assert!(got.warnings.is_empty(), "no history_gap: {:?}", got.warnings);
+    assert_eq!(got.titles, missed, "all 1,000 missed events, in order");
+    assert_increasing(&got.ids, "the cold replay");
+    let live = setup.publish(2).await;
+    assert_eq!(read_events(&mut s, 2, "live after the cold replay").await.titles, live);
+    nothing_more(&mut s, "after the cold replay").await;
+    let replays = gw.metric("sse_gateway_events_replayed_total{channel=\"deals\"}").await;
+    assert!(replays.unwrap_or(0.0) >= 1000.0, "replayed events counted: {replays:?}");
+}
+
+async fn a_storm_of_a_thousand_resumes_gets_exact_replays_in_bounded_memory(bin: Bin) {
+    const CLIENTS: usize = 1000;
+    const EVENTS: usize = 400;
+    let _ = rlimit::increase_nofile_limit(8192);
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "20").raw("streams", "max_per_user", "1");
+    let setup = StreamSetup::new(cfg, &amqp_url()).await;
+    let gw = setup.start(bin).await;
+
+    // One reader learns every event's id.
+    let mut s = gw.stream("deals", &user("observer", &[])).await;
+    let titles = setup.publish(EVENTS).await;
+    let got = read_events(&mut s, EVENTS, "the observer").await;
+    assert_eq!(got.titles, titles);
+    let ids = got.ids;
+    drop(s);
+    let rss_before = gw.rss_kib();
+
+    // Client k resumes after event k % (EVENTS - 1): most of them far older than the buffer.
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let sampling = {
+        let (peak, pid) = (peak.clone(), gw.pid());
+        ::tokio::spawn(async move {
+            loop {
+                if let Some(kib) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| sse_gateway_tests::process::parse_vm_rss_kib(&s))
+                {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                ::tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let addr = gw.addr;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for k in 0..CLIENTS {
+        let from = k % (EVENTS - 1);
+        let id = ids[from].clone();
+        let token = user(&format!("storm-{k}"), &[]);
+        clients.push(::tokio::spawn(async move {
+            let auth = format!("Bearer {token}");
+            let s = SseClient::open(addr, "/api/v1/streams/deals", &[("Authorization", &auth), ("Last-Event-ID", &id)]).await;
+            assert_eq!(s.status, 200, "client {k}");
+            (k, from, s)
+        }));
+    }
+    let mut open = Vec::with_capacity(CLIENTS);
+    for c in clients {
+        open.push(c.await.expect("a client connects"));
+    }
+    let marker = setup.publish(1).await.remove(0);
+    let mut readers = Vec::with_capacity(CLIENTS);
+    for (k, from, mut s) in open {
+        let want: Vec<String> = titles[from + 1..].iter().cloned().chain([marker.clone()]).collect();
+        readers.push(::tokio::spawn(async move {
+            let got = read_events(&mut s, want.len(), &format!("client {k}")).await;
+            assert!(got.warnings.is_empty(), "client {k} (after event {from}): {:?}", got.warnings);
+            assert_eq!(got.titles, want, "client {k} resuming after event {from}: exact replay, then live");
+        }));
+    }
+    for r in readers {
+        r.await.expect("every client gets its exact replay");
+    }
+    let took = started.elapsed();
+    sampling.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    let replayed: usize = (0..CLIENTS).map(|k| EVENTS - 1 - k % (EVENTS - 1)).sum();
+    eprintln!(
+        "resume storm on {}: {CLIENTS} clients, {replayed} events replayed in {:.1}s; VmRSS {} KiB before, peak {} KiB during, {} KiB after",
+        bin.file_name(),
+        took.as_secs_f64(),
+        rss_before,
+        peak,
+        gw.rss_kib()
+    );
+    // 1,000 streams at their 256 KiB output bound would be 250 MiB; the read-backs run 8 at a
+    // time and pause at that bound, so the gateway stays far below it.
+    assert!(peak < rss_before + 128 * 1024, "VmRSS peaked at {peak} KiB (before: {rss_before} KiB)");
+}
+
+async fn read_backs_for_clients_that_stop_reading_give_their_turn_up(bin: Bin) {
+    // More stalled clients than read-backs run at once (8), each owed about 8 MB: far past the
+    // socket buffers and the 256 KiB output bound, so every one of their read-backs pauses.
+    const STALLED: usize = 10;
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "10");
+    let setup = StreamSetup::new(cfg, &amqp_url()).await;
+    let debug = [("RUST_LOG", "info,sse_gateway=debug,sse_gateway_smol=debug")];
+    let gw = setup.start_with_env(bin, &debug).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    setup.publish(1).await;
+    read_events(&mut s, 1, "the first event").await;
+    let first = s.last_event_id();
+    drop(s);
+    let (big, titles) = setup.messages_padded(1000, 8 * 1024);
+    setup.broker.publish_all(&big).await;
+
+    let mut stalled = Vec::new();
+    for k in 0..STALLED {
+        stalled.push(gw.stream_with("deals", &user(&format!("stalled-{k}"), &[]), &[("Last-Event-ID", &first)]).await);
+    }
+    // Each read-back pauses at the client's bound; after holding its turn 2 s it gives it up.
+    let deadline = Instant::now() + 3 * WAIT;
+    while gw.stderr().matches("read-back paused").count() < STALLED {
+        assert!(Instant::now() < deadline, "stalled read-backs gave their turn up: {}", gw.stderr().matches("read-back paused").count());
+        sse_gateway_tests::sleep(Duration::from_millis(100)).await;
+    }
+    // A client that reads gets its whole replay while the stalled ones wait for their readers.
+    let started = Instant::now();
+    let mut prompt = gw.stream_with("deals", &user("prompt", &[]), &[("Last-Event-ID", &first)]).await;
+    let got = read_events(&mut prompt, 1000, "the prompt client").await;
+    assert_eq!(got.titles, titles);
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+    eprintln!("{}: a replay of 8 MB beside {STALLED} stalled ones took {:.1}s; VmRSS {} KiB", bin.file_name(), started.elapsed().as_secs_f64(), gw.rss_kib());
+
+    // The stalled clients read now: each gets everything, exactly, from where it paused.
+    for (k, s) in stalled.iter_mut().enumerate() {
+        let got = read_events(s, 1000, &format!("stalled client {k}")).await;
+        assert!(got.warnings.is_empty(), "stalled client {k}: {:?}", got.warnings);
+        assert!(got.titles == titles, "stalled client {k}: not the exact replay");
+    }
+    let live = setup.publish(1).await;
+    for (k, s) in stalled.iter_mut().enumerate() {
+        assert_eq!(read_events(s, 1, &format!("stalled client {k}, live")).await.titles, live);
+    }
+}
+
+async fn a_broker_outage_delivers_what_the_stream_kept_afterwards(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let cfg = ConfigBuilder::new()
+        .str("streams", "warning_interval", "1s")
+        .str("broker", "reconnect_min", "100ms")
+        .str("broker", "reconnect_max", "500ms");
+    let setup = StreamSetup::new(cfg, &proxy.amqp_url()).await;
+    let gw = setup.start(bin).await;
+    let alice = user("alice", &[]);
+    let mut s = gw.stream("deals", &alice).await;
+    let first = setup.publish(3).await;
+    assert_eq!(read_events(&mut s, 3, "before the cut").await.titles, first);
+
+    // A burst, and the cut right behind it: some of it is not delivered before the link drops.
+    let (burst, burst_titles) = setup.messages(300);
+    setup.broker.publish_all(&burst).await;
+    proxy.cut();
+    let during = setup.publish(20).await; // straight to RabbitMQ: the stream keeps them
+    let mut warned = false;
+    let deadline = Instant::now() + WAIT;
+    let mut got = Got::default();
+    // Whatever of the burst arrived before the cut, then the warning.
+    while !warned {
+        let ev = s.next_non_heartbeat(deadline.saturating_duration_since(Instant::now())).await.expect("a warning after the cut");
+        match ev.id {
+            Some(id) => {
+                got.ids.push(id);
+                got.titles.push(title(&ev.data));
+            }
+            None => {
+                assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+                warned = true;
+            }
+        }
+    }
+    proxy.restore();
+    let want: Vec<String> = burst_titles.iter().chain(&during).cloned().collect();
+    let rest = read_events(&mut s, want.len() - got.titles.len(), "after the outage").await;
+    assert!(
+        rest.warnings.iter().all(|w| w.contains("source_unavailable")),
+        "only source_unavailable warnings, no history_gap: {:?}",
+        rest.warnings
+    );
+    got.titles.extend(rest.titles);
+    got.ids.extend(rest.ids);
+    assert_eq!(got.titles, want, "every event published before and during the cut, in order, once");
+    assert_increasing(&got.ids, "across the outage");
+    gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
+    let live = setup.publish(1).await;
+    let after = read_events(&mut s, 1, "live after the outage").await;
+    assert_eq!(after.titles, live);
+    nothing_more(&mut s, "after the outage").await;
+    assert!(gw.stderr().contains("source unavailable"), "the loss is logged");
+}
+
+async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "5");
+    let setup = StreamSetup::new(cfg, &amqp_url()).await;
+    // Retention drops whole segments: small ones (5 KB), so 20 KB of retention truly truncates.
+    // The gateway finds the stream declared with other arguments and uses it as it is.
+    declare_small_stream(&setup.queue(), 20_000, 5_000).await;
+    let gw = setup.start(bin).await;
+    assert!(gw.stderr().contains("queue declare refused"), "the gateway used the stream as it was declared");
+    let alice = user("alice", &[]);
+    let mut s = gw.stream("deals", &alice).await;
+    setup.publish(1).await;
+    read_events(&mut s, 1, "the first event").await;
+    let oldest = s.last_event_id();
+    drop(s);
+
+    // About 100 KB in 20-event steps the gateway keeps up with: the first segments go.
+    let mut bob = gw.stream("deals", &user("bob", &[])).await;
+    let mut recent = Vec::new();
+    for _ in 0..15 {
+        let titles = setup.publish(20).await;
+        let got = read_events(&mut bob, 20, "bob, live").await;
+        assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+        assert_eq!(got.titles, titles);
+        recent = got.ids.into_iter().zip(titles).collect::<Vec<_>>();
+    }
+    // Offset 0 is gone: a consumer at "first" starts later.
+    let first = first_offset(&setup.queue(), AMQPValue::LongString("first".into())).await.expect("the stream has messages");
+    assert!(first > offset(&oldest), "retention removed the start of the stream (first offset now {first})");
+
+    // Alice's id is older than what the stream holds: history_gap, then live events only.
+    let mut s = gw.stream_with("deals", &alice, &[("Last-Event-ID", &oldest)]).await;
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a first frame");
+    assert_eq!(ev.event, "warning", "{ev:?}");
+    assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}));
+    let live = setup.publish(1).await;
+    let got = read_events(&mut s, 1, "live after the gap").await;
+    assert_eq!(got.titles, live, "no partial replay after a gap");
+    assert!(got.warnings.is_empty());
+
+    // An id the stream still holds, older than the 5-event buffer, still replays exactly.
+    let (from, _) = &recent[9];
+    let mut carol = gw.stream_with("deals", &user("carol", &[]), &[("Last-Event-ID", from)]).await;
+    let want: Vec<String> = recent[10..].iter().map(|(_, t)| t.clone()).chain(live).collect();
+    let got = read_events(&mut carol, want.len(), "carol, inside the retention").await;
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+    assert_eq!(got.titles, want);
+    nothing_more(&mut carol, "carol").await;
+}
+
+async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let cfg = ConfigBuilder::new()
+        .str("streams", "warning_interval", "1s")
+        .str("broker", "reconnect_min", "100ms")
+        .str("broker", "reconnect_max", "500ms");
+    let setup = StreamSetup::new(cfg, &proxy.amqp_url()).await;
+    // 10 KB of retention in 2 KB segments: what is published during the outage pushes the
+    // events the gateway saw last out of the stream.
+    declare_small_stream(&setup.queue(), 10_000, 2_000).await;
+    let gw = setup.start(bin).await;
+    let bob = user("bob", &[]);
+    let mut s = gw.stream("deals", &bob).await;
+    let before = setup.publish(5).await;
+    assert_eq!(read_events(&mut s, 5, "before the cut").await.titles, before);
+    let last_before = s.last_event_id();
+
+    proxy.cut();
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning after the cut");
+    assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+    let during = setup.publish(300).await; // about 75 KB: most of it goes too
+    let first = first_offset(&setup.queue(), AMQPValue::LongString("first".into())).await.expect("messages");
+    assert!(first > offset(&last_before) + 1, "retention removed what followed the last event seen (first offset now {first})");
+    proxy.restore();
+
+    // A history_gap before anything past the hole, then what the stream kept, in order, to the end.
+    let mut gap = false;
+    let mut titles = Vec::new();
+    while titles.last() != during.last() {
+        let ev = s.next_non_heartbeat(3 * WAIT).await.expect("events after the outage");
+        match &ev.id {
+            None if ev.json()["code"] == "source_unavailable" => {}
+            None => {
+                assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
+                assert!(titles.is_empty(), "history_gap comes before the events after the hole");
+                gap = true;
+            }
+            Some(_) => {
+                assert!(gap, "an event after the hole came before history_gap: {ev:?}");
+                titles.push(title(&ev.data));
+            }
+        }
+    }
+    let kept = &during[during.len() - titles.len()..];
+    assert_eq!(titles, kept, "what the stream kept, in order, once");
+    assert!(titles.len() < during.len());
+    assert!(gw.stderr().contains("the stream lost events"), "the loss is logged");
+
+    // A client resuming from before the hole is told too (the buffer forgot across it).
+    let mut late = gw.stream_with("deals", &user("carol", &[]), &[("Last-Event-ID", &last_before)]).await;
+    let ev = late.next_non_heartbeat(WAIT).await.expect("a first frame");
+    assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
+    let live = setup.publish(1).await;
+    assert_eq!(read_events(&mut late, 1, "carol, live").await.titles, live);
+    assert_eq!(read_events(&mut s, 1, "bob, live").await.titles, live);
+}
+
+for_each_binary!(
+    a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
+    a_client_moves_between_two_instances_with_its_last_event_id,
+    a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live,
+    a_storm_of_a_thousand_resumes_gets_exact_replays_in_bounded_memory,
+    read_backs_for_clients_that_stop_reading_give_their_turn_up,
+    a_broker_outage_delivers_what_the_stream_kept_afterwards,
+    an_id_older_than_the_retention_gets_history_gap,
+    a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on,
+);
