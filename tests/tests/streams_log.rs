@@ -148,6 +148,15 @@ async fn nothing_more(s: &mut SseClient, who: &str) {
     assert!(extra.is_empty(), "{who}: unexpected frames after the expected ones: {extra:?}");
 }
 
+/// Waits until the gateway's logs contain `needle` (they are read from its stderr as they come).
+async fn logged(gw: &GatewayProcess, needle: &str, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !gw.stderr().contains(needle) {
+        assert!(Instant::now() < deadline, "{what}: no {needle:?} in the gateway's logs");
+        sse_gateway_tests::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn assert_increasing(ids: &[String], who: &str) {
     let offsets: Vec<u64> = ids.iter().map(|id| offset(id)).collect();
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{who}: ids do not increase: {ids:?}");
@@ -163,7 +172,7 @@ async fn first_offset(queue: &str, at: AMQPValue) -> Option<u64> {
     let mut args = FieldTable::default();
     args.insert("x-stream-offset".into(), at);
     let mut consumer = ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), args).await.expect("consume");
-    let next = ::tokio::time::timeout(Duration::from_secs(2), consumer.next()).await.ok().flatten().and_then(Result::ok);
+    let next = ::tokio::time::timeout(WAIT, consumer.next()).await.ok().flatten().and_then(Result::ok);
     let first = next.map(|d| {
         match d.properties.headers().as_ref().and_then(|h| h.inner().get("x-stream-offset").cloned()) {
             Some(AMQPValue::LongLongInt(o)) => o as u64,
@@ -454,17 +463,17 @@ async fn a_broker_outage_delivers_what_the_stream_kept_afterwards(bin: Bin) {
     let after = read_events(&mut s, 1, "live after the outage").await;
     assert_eq!(after.titles, live);
     nothing_more(&mut s, "after the outage").await;
-    assert!(gw.stderr().contains("source unavailable"), "the loss is logged");
+    logged(&gw, "source unavailable", "the loss is logged").await;
 }
 
 async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
     let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "5");
     let setup = StreamSetup::new(cfg, &amqp_url()).await;
-    // Retention drops whole segments: small ones (5 KB), so 20 KB of retention truly truncates.
+    // Retention drops whole segments: small ones (10 KB), so 50 KB of retention truly truncates.
     // The gateway finds the stream declared with other arguments and uses it as it is.
-    declare_small_stream(&setup.queue(), 20_000, 5_000).await;
+    declare_small_stream(&setup.queue(), 50_000, 10_000).await;
     let gw = setup.start(bin).await;
-    assert!(gw.stderr().contains("queue declare refused"), "the gateway used the stream as it was declared");
+    logged(&gw, "queue declare refused", "the gateway used the stream as it was declared").await;
     let alice = user("alice", &[]);
     let mut s = gw.stream("deals", &alice).await;
     setup.publish(1).await;
@@ -472,10 +481,10 @@ async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
     let oldest = s.last_event_id();
     drop(s);
 
-    // About 100 KB in 20-event steps the gateway keeps up with: the first segments go.
+    // About 180 KB in 20-event steps the gateway keeps up with: the first segments go.
     let mut bob = gw.stream("deals", &user("bob", &[])).await;
     let mut recent = Vec::new();
-    for _ in 0..15 {
+    for _ in 0..30 {
         let titles = setup.publish(20).await;
         let got = read_events(&mut bob, 20, "bob, live").await;
         assert!(got.warnings.is_empty(), "{:?}", got.warnings);
@@ -513,9 +522,9 @@ async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_o
         .str("broker", "reconnect_min", "100ms")
         .str("broker", "reconnect_max", "500ms");
     let setup = StreamSetup::new(cfg, &proxy.amqp_url()).await;
-    // 10 KB of retention in 2 KB segments: what is published during the outage pushes the
+    // 50 KB of retention in 10 KB segments: what is published during the outage pushes the
     // events the gateway saw last out of the stream.
-    declare_small_stream(&setup.queue(), 10_000, 2_000).await;
+    declare_small_stream(&setup.queue(), 50_000, 10_000).await;
     let gw = setup.start(bin).await;
     let bob = user("bob", &[]);
     let mut s = gw.stream("deals", &bob).await;
@@ -526,7 +535,7 @@ async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_o
     proxy.cut();
     let ev = s.next_non_heartbeat(WAIT).await.expect("a warning after the cut");
     assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
-    let during = setup.publish(300).await; // about 75 KB: most of it goes too
+    let during = setup.publish(600).await; // about 180 KB: most of it goes too
     let first = first_offset(&setup.queue(), AMQPValue::LongString("first".into())).await.expect("messages");
     assert!(first > offset(&last_before) + 1, "retention removed what followed the last event seen (first offset now {first})");
     proxy.restore();
@@ -552,7 +561,7 @@ async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_o
     let kept = &during[during.len() - titles.len()..];
     assert_eq!(titles, kept, "what the stream kept, in order, once");
     assert!(titles.len() < during.len());
-    assert!(gw.stderr().contains("the stream lost events"), "the loss is logged");
+    logged(&gw, "the stream lost events", "the loss is logged").await;
 
     // A client resuming from before the hole is told too (the buffer forgot across it).
     let mut late = gw.stream_with("deals", &user("carol", &[]), &[("Last-Event-ID", &last_before)]).await;
