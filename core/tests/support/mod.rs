@@ -2,6 +2,8 @@
 //! stream would have put on the wire.
 #![allow(dead_code)]
 
+pub mod model;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
