@@ -161,7 +161,7 @@ steps() {
   for s in $(servers "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
-      for rate in ${RATES:-2 5 10 20 40 70 100 150}; do
+      for rate in ${RATES:-2 5 10 20 40 70 100 150 200 300 400 600}; do
         load "steps-10k rate=$rate run=$r" "$s" --mode fanout --streams 10000 --rate "$rate" --duration "${STEP_SECS:-5}" --drain 10 > "$BENCH_DIR/step.json"
         out=$(cat "$BENCH_DIR/step.json"); echo "$out"
         lost=$(echo "$out" | sed -n 's/.*"lost":\([0-9]*\).*/\1/p')
@@ -233,7 +233,9 @@ resume() {
   for s in $(servers "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
-      load "resume-storm-10k run=$r" "$s" --mode resume --streams 10000 --warm 10 --behind 100 --drain 60
+      # One publishing connection: nchan orders a channel's messages as their publishes arrive,
+      # and the replay is checked against the publishing order.
+      load "resume-storm-10k run=$r" "$s" --mode resume --streams 10000 --warm 10 --behind 100 --drain 60 --publishers 1
       stop
     done
   done
