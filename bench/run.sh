@@ -5,6 +5,7 @@
 #   bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE (100) events/s for DURATION (20) s
 #   bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES sustained without loss (STEP_SECS each)
 #   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s
+#   bench/run.sh sweep   [SERVER...]        (b) the same 1,000 subscribers at SWEEP_RATES (100 300 600) events/s
 #   bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
 #   bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
 #   bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
@@ -192,6 +193,21 @@ rss_kib() { local t=0 p; for p in $(echo "$PIDS" | sed 's/--pid//g'); do t=$((t 
 
 # (c) The gateways hold the streams with tests/src/bin/hold.rs (the smol issue's tool); nchan,
 # which hold cannot speak to, with the load tool's connect mode (the same measurement).
+# (b), around it: the same 1,000 subscribers at lower rates (SWEEP_RATES), to show where the
+# p99 goal holds on this machine.
+sweep() {
+  local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
+  for s in $list; do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      for rate in ${SWEEP_RATES:-100 300 600}; do
+        load "sweep-1k rate=$rate run=$r" "$s" --mode fanout --streams 1000 --rate "$rate" --duration "${SWEEP_SECS:-10}" --drain 10
+      done
+      stop
+    done
+  done
+}
+
 idle() {
   local n=${IDLE_STREAMS:-19000}
   for s in $(servers "$@"); do
@@ -253,10 +269,10 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case $cmd in
   build) build ;;
-  fanout | steps | latency | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
+  fanout | steps | latency | sweep | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
   hotpath) hotpath ;;
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
-    fanout; steps; latency; idle; accept; resume; hotpath ;;
-  *) sed -n '2,26p' "$0"; exit 2 ;;
+    fanout; steps; latency; sweep; idle; accept; resume; hotpath ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
 esac

@@ -73,6 +73,16 @@ table(
     ],
 )
 
+print("### (b) around it: 1,000 subscribers at lower rates\n")
+table(
+    ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s"],
+    [
+        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
+         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}"]
+        for r in of("sweep-1k")
+    ],
+)
+
 print("### (c) Idle streams\n")
 rows = []
 for r in of("idle"):
