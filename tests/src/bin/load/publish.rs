@@ -24,6 +24,7 @@ pub fn payload(n: u64) -> Vec<u8> {
 }
 
 /// Where events go.
+#[allow(clippy::large_enum_variant)] // one per process
 pub enum Publisher {
     /// RabbitMQ: a topic exchange the gateway's channel is bound to; publisher confirms on,
     /// mandatory (an unroutable message counts as failed, not as the gateway's loss).
