@@ -245,12 +245,16 @@ async fn collect_lines<R: AsyncRead + Unpin>(
 ) {
     let mut lines = BufReader::new(from).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(tx) = first.take() {
-            let _ = tx.send(line.clone());
+        // Keep the line before telling the waiter: a test that reads the buffer right after the
+        // first line arrived must find it there.
+        {
+            let mut all = into.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
         }
-        let mut all = into.lock().unwrap();
-        all.push_str(&line);
-        all.push('\n');
+        if let Some(tx) = first.take() {
+            let _ = tx.send(line);
+        }
     }
 }
 
