@@ -182,12 +182,11 @@ impl Response {
 
 /// The shard that owns `user`'s streams, so the per-user limit needs no lock (FNV-1a).
 pub fn shard_of(user: &str, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in user.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % shards.max(1) as u64) as usize
+    (fnv1a(user) % shards.max(1) as u64) as usize
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Routes request heads: parsing, auth, channel access. Immutable and shareable between threads.
@@ -522,7 +521,7 @@ fn jitter_ms(user: &str, unix_now: u64, max: u64) -> u64 {
     if max == 0 {
         return 0;
     }
-    (shard_of(user, usize::MAX) as u64 ^ unix_now.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % max
+    (fnv1a(user) ^ unix_now.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % max
 }
 
 #[cfg(test)]
