@@ -34,6 +34,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// Outage warnings every second and broker reconnects within half a second, so outage
+    /// scenarios finish quickly.
+    pub fn fast_outage(self) -> ConfigBuilder {
+        self.str("streams", "warning_interval", "1s")
+            .str("broker", "reconnect_min", "100ms")
+            .str("broker", "reconnect_max", "500ms")
+    }
+
     /// Sets `key` in `[section]` to a string.
     pub fn str(self, section: &str, key: &str, value: &str) -> ConfigBuilder {
         // A JSON string literal is a valid TOML basic string.

@@ -22,10 +22,7 @@ async fn expect_warning(s: &mut SseClient, what: &str) {
 
 async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
     let proxy = TcpProxy::start(&amqp_addr()).await;
-    let cfg = ConfigBuilder::new()
-        .str("streams", "warning_interval", "1s")
-        .str("broker", "reconnect_min", "100ms")
-        .str("broker", "reconnect_max", "500ms");
+    let cfg = ConfigBuilder::new().fast_outage();
     let fx = Fixture::start_with(bin, cfg, &proxy.amqp_url()).await;
     let alice = user("alice", &[]);
     let mut s = fx.gw.stream("deals", &alice).await;

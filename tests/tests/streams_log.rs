@@ -413,10 +413,7 @@ async fn read_backs_for_clients_that_stop_reading_give_their_turn_up(bin: Bin) {
 
 async fn a_broker_outage_delivers_what_the_stream_kept_afterwards(bin: Bin) {
     let proxy = TcpProxy::start(&amqp_addr()).await;
-    let cfg = ConfigBuilder::new()
-        .str("streams", "warning_interval", "1s")
-        .str("broker", "reconnect_min", "100ms")
-        .str("broker", "reconnect_max", "500ms");
+    let cfg = ConfigBuilder::new().fast_outage();
     let setup = StreamSetup::new(cfg, &proxy.amqp_url()).await;
     let gw = setup.start(bin).await;
     let alice = user("alice", &[]);
@@ -517,10 +514,7 @@ async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
 
 async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on(bin: Bin) {
     let proxy = TcpProxy::start(&amqp_addr()).await;
-    let cfg = ConfigBuilder::new()
-        .str("streams", "warning_interval", "1s")
-        .str("broker", "reconnect_min", "100ms")
-        .str("broker", "reconnect_max", "500ms");
+    let cfg = ConfigBuilder::new().fast_outage();
     let setup = StreamSetup::new(cfg, &proxy.amqp_url()).await;
     // 50 KB of retention in 10 KB segments: what is published during the outage pushes the
     // events the gateway saw last out of the stream.
