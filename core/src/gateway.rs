@@ -414,8 +414,10 @@ impl Gateway {
                         n += 1;
                     }
                 }
-                if done {
-                    st.cursor = None; // caught up: live from here
+                // Caught up: live from here, unless the output is still at its bound (a stalled
+                // client): then live events would overrun it; the next drain finishes the catch-up.
+                if done && st.pending_bytes < max {
+                    st.cursor = None;
                 }
                 Next::Queued
             }
