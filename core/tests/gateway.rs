@@ -874,3 +874,33 @@ fn a_replay_larger_than_the_output_bound_flows_in_batches_without_closing_the_st
     assert_eq!(ids, (1..=61).collect::<Vec<u64>>());
     assert!(h.closed.is_empty());
 }
+
+#[test]
+fn a_catch_up_that_fills_the_output_bound_waits_for_the_client_before_going_live() {
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 100\n");
+    let first = h.publish("deals", "deal.created", deal_created("same size title"));
+    // Just enough events that the replay's last one takes the output to its bound.
+    let n = 4096usize.div_ceil(first.frame().len());
+    for _ in 1..n {
+        h.publish("deals", "deal.created", deal_created("same size title"));
+    }
+    let t = h.token("u1", &[], 3600);
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}"), "Last-Event-ID: 1000-0"]);
+    let Routed::Stream(req) = h.route(&raw) else { panic!("routing") };
+    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    h.reading.insert(id, false);
+    h.drain();
+    assert!(h.gw.pending_bytes(id) >= 4096, "the replay filled the output");
+    // The client is stalled; live events meanwhile must not overrun its bound.
+    h.publish("deals", "deal.created", deal_created("same size title"));
+    h.publish("deals", "deal.created", deal_created("same size title"));
+    assert!(h.closed.is_empty(), "a stalled catch-up was closed as slow: {:?}", h.closed);
+    h.reading.insert(id, true);
+    for _ in 0..4 {
+        h.flush(id);
+        h.drain();
+    }
+    let w = h.take_events(id);
+    let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(ids, (1..=n as u64 + 2).collect::<Vec<u64>>());
+}
