@@ -4,7 +4,9 @@
 //! Each source runs its own loop: get a channel on the shared connection (connecting if needed),
 //! declare its topology, consume with manual acks; each delivery is mapped to an
 //! `UpstreamMessage`, validated by the channel's `Ingest`, sent to every shard, then acked (a
-//! dropped message is logged once and acked too: nothing is redelivered in a loop). When the
+//! dropped message is logged once and acked too: nothing is redelivered in a loop). Acks are
+//! sent as one `multiple` ack for what was handled, once no delivery waits or after
+//! [`ACK_BATCH`] (each single ack was a round of thread wake-ups through lapin's I/O loop). When the
 //! connection, the channel or the consumer ends, the source is down (the shards warn its
 //! streams), and it retries with capped exponential backoff and jitter.
 //!
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_lock::Mutex;
-use futures_lite::StreamExt;
+use futures_lite::{future, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -44,6 +46,9 @@ use stream_log::{LogReader, StartAt};
 
 /// Time to establish the connection before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries handled before their ack is sent even if more are waiting (well under any useful
+/// prefetch, so the broker never stops delivering for want of acks).
+const ACK_BATCH: u32 = 32;
 
 /// A shared connection, (re)established by whichever user needs it first.
 struct Link {
@@ -230,7 +235,17 @@ impl Source {
         offsets.consumed = true;
         self.shards.source(self.id, true).await;
         let mut resuming = offsets.last;
-        while let Some(delivery) = consumer.next().await {
+        let mut acks = Acks::default();
+        loop {
+            let next = match future::poll_once(consumer.next()).await {
+                Some(next) => next,
+                None => {
+                    // Nothing waits: ack what was handled before waiting.
+                    acks.flush().await.map_err(e("basic.ack"))?;
+                    consumer.next().await
+                }
+            };
+            let Some(delivery) = next else { break };
             let delivery = delivery.map_err(e("consumer"))?;
             let mut msg = message(&delivery);
             if log.is_some() {
@@ -253,7 +268,7 @@ impl Source {
                 }
                 if offsets.last.is_some_and(|last| pos <= last) {
                     // Where it left off (proof the stream still holds it): already handled.
-                    delivery.ack(BasicAckOptions::default()).await.map_err(e("basic.ack"))?;
+                    acks.handled(delivery.acker).await.map_err(e("basic.ack"))?;
                     continue;
                 }
                 offsets.last = Some(pos);
@@ -263,7 +278,7 @@ impl Source {
                 Ok(ev) => self.shards.event(&ev).await,
                 Err(d) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
             }
-            delivery.ack(BasicAckOptions::default()).await.map_err(e("basic.ack"))?;
+            acks.handled(delivery.acker).await.map_err(e("basic.ack"))?;
         }
         Ok(())
     }
@@ -338,5 +353,36 @@ mod tests {
         assert_eq!(header_value(&AMQPValue::LongInt(2)), HeaderValue::Int(2));
         assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), HeaderValue::Text("a,b".into()));
         assert_eq!(header_value(&AMQPValue::Double(1.0)), HeaderValue::Other);
+    }
+}
+
+/// Acks owed on one consumer's channel: the last handled delivery's acker and how many it
+/// stands for. Deliveries on a channel are handled in order, so one `multiple` ack of the last
+/// covers them all. Unsent acks are lost with the channel, and the broker redelivers those
+/// messages to the next consumer, as it would any unacked message.
+#[derive(Default)]
+struct Acks {
+    last: Option<lapin::Acker>,
+    owed: u32,
+}
+
+impl Acks {
+    /// Records a handled delivery; sends the ack once [`ACK_BATCH`] are owed.
+    async fn handled(&mut self, acker: lapin::Acker) -> lapin::Result<()> {
+        self.last = Some(acker);
+        self.owed += 1;
+        if self.owed >= ACK_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Acks every delivery handled so far, in one frame.
+    async fn flush(&mut self) -> lapin::Result<()> {
+        self.owed = 0;
+        match self.last.take() {
+            Some(acker) => acker.ack(BasicAckOptions { multiple: true }).await.map(drop),
+            None => Ok(()),
+        }
     }
 }

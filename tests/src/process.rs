@@ -22,6 +22,7 @@ pub struct GatewayProcess {
     /// Which binary runs.
     pub bin: Bin,
     child: Child,
+    config: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -86,7 +87,12 @@ impl GatewayProcess {
             .strip_prefix("listening on http://")
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("first stdout line is not `listening on http://ADDR`: {line:?}"));
-        GatewayProcess { addr, bin, child, stdout, stderr, _dir: dir }
+        GatewayProcess { addr, bin, child, config: config_toml.to_string(), stdout, stderr, _dir: dir }
+    }
+
+    /// The configuration file text it was started with (to start another like it).
+    pub fn config(&self) -> &str {
+        &self.config
     }
 
     /// Everything the gateway wrote to stderr so far (its logs).
