@@ -4,8 +4,10 @@
 #   bench/run.sh build                      build the binaries and the load tool, snapshot them
 #   bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE (100) events/s for DURATION (20) s
 #   bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES sustained without loss (STEP_SECS each)
-#   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s
+#   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s,
+#                                           with LATENCY_WORKERS ("1 2") workers in turn
 #   bench/run.sh sweep   [SERVER...]        (b) the same 1,000 subscribers at SWEEP_RATES (100 300 600) events/s
+#   bench/run.sh burst   [SERVER...]        (b') 10 subscribers, a burst of BURST_RATE (20000) events/s for BURST_SECS (2) s
 #   bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
 #   bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
 #   bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
@@ -179,10 +181,28 @@ steps() {
 # (b) Through RabbitMQ: the gateways by default (nchan on request: `latency nchan`).
 latency() {
   local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
+  local w workers=$WORKERS
+  for w in ${LATENCY_WORKERS:-1 2}; do
+    WORKERS=$w
+    for s in $list; do
+      for r in $(seq 1 "$RUNS"); do
+        start "$s"
+        load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration "${DURATION:-20}" --drain 10
+        stop
+      done
+    done
+  done
+  WORKERS=$workers
+}
+
+# (b') A burst through RabbitMQ: BURST_RATE events/s for BURST_SECS s to 10 subscribers, so the
+# source's per-message cost (consume, validate, ack) is what is measured, not the fan-out.
+burst() {
+  local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
   for s in $list; do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
-      load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration "${DURATION:-20}" --drain 10
+      load "burst-10 rate=${BURST_RATE:-20000} run=$r" "$s" --mode fanout --streams 10 --rate "${BURST_RATE:-20000}" --duration "${BURST_SECS:-2}" --drain 10
       stop
     done
   done
@@ -269,10 +289,10 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case $cmd in
   build) build ;;
-  fanout | steps | latency | sweep | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
+  fanout | steps | latency | burst | sweep | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
   hotpath) hotpath ;;
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
-    fanout; steps; latency; sweep; idle; accept; resume; hotpath ;;
-  *) sed -n '2,30p' "$0"; exit 2 ;;
+    fanout; steps; latency; burst; sweep; idle; accept; resume; hotpath ;;
+  *) sed -n '2,32p' "$0"; exit 2 ;;
 esac
