@@ -65,11 +65,22 @@ table(
 
 print("### (b) 1,000 subscribers x 1,000 events/s\n")
 table(
-    ["server", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "RSS peak MiB"],
+    ["server", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "RSS peak MiB"],
     [
-        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
+        [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", mib(r.get("rss_kib_peak"))]
         for r in of("latency-1k")
+    ],
+)
+
+print("### (b') A burst through RabbitMQ: 10 subscribers, 20,000 events/s offered for 2 s\n")
+table(
+    ["server", "commit", "run", "load avg", "published in s", "events/s taken", "deliveries/s", "lost", "p50 ms", "p99 ms", "max ms", "CPU s"],
+    [
+        [server(r), r["tags"].get("commit", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['publish_secs']:.2f}",
+         f"{r['deliveries_per_s'] / r['streams']:,.0f}", f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
+         lat(r, "p50"), lat(r, "p99"), lat(r, "max"), f"{r['cpu_secs']:.2f}"]
+        for r in of("burst-10")
     ],
 )
 
