@@ -13,7 +13,8 @@
 //!   Unpin` that completes at that instant (re-armed with `set_at`).
 //! * `crate::driver::Socket`: a registered TCP stream implementing futures-io `AsyncRead +
 //!   AsyncWrite + Unpin`; `Socket::new(std::net::TcpStream)` adopts one on the current thread,
-//!   `into_inner()` gives it back (to move it to a shard thread), `get_ref()` reaches the socket.
+//!   `into_inner()` gives it back (to move it to a shard thread), `get_ref()` reaches the socket,
+//!   `readable()` waits until a read would not block (without reading).
 //! * `crate::driver::AmqpRuntime` and `amqp_runtime()`: the `async_rs` runtime handle lapin
 //!   connects with. Chosen explicitly: with both runtime features on in one workspace build,
 //!   lapin's default would pick tokio even under smol.

@@ -71,6 +71,11 @@ impl Socket {
     pub(crate) fn get_ref(&self) -> &TcpStream {
         &self.0
     }
+
+    /// Waits until the connection is readable (data, EOF or an error), reading nothing.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.0.readable().await
+    }
 }
 
 impl From<TcpStream> for Socket {

@@ -80,6 +80,18 @@ async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) 
         user("alice", &[])
     );
     assert!(request.len() > 120);
+    // Five clients that connect and say nothing: the head timeout cuts them off too.
+    let mut silent = ::tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let addr = gw.addr;
+        silent.spawn(async move {
+            let start = Instant::now();
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let mut buf = [0u8; 64];
+            let read = ::tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+            (matches!(read, Ok(Ok(0)) | Ok(Err(_))), start.elapsed())
+        });
+    }
     // Twenty such clients at once; the gateway keeps answering others meanwhile.
     let mut slow = ::tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -99,6 +111,10 @@ async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) 
         assert!(!got.starts_with(b"HTTP/1.1 200"), "a trickled head was answered 200: {:?}", String::from_utf8_lossy(&got));
         times.push(took);
         answers.insert(String::from_utf8_lossy(&got[..got.len().min(40)]).into_owned());
+    }
+    while let Some(r) = silent.join_next().await {
+        let (closed, took) = r.expect("a silent client");
+        assert!(closed, "a silent connection was still open after {took:?} (head_timeout is 2s)");
     }
     times.sort();
     eprintln!(
