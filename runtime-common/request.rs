@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use sse_gateway_core::cli::unix_now;
-use sse_gateway_core::{demo, parse_publish, Front, PublishRequest, Response, Routed};
-use tracing::{debug, warn};
+use sse_gateway_core::{demo, parse_publish, Front, PublishRequest, Refusal, Response, Routed};
+use tracing::{debug, info, warn};
 
 use super::inproc::Inproc;
 use super::shards::Shards;
@@ -92,8 +92,16 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
     let settings = ctx.front.settings();
     let resp = match routed {
         Routed::Partial => return,
-        // Counted by the core.
-        Routed::Respond(r) => return respond(sock, r, deadline).await,
+        // Counted by the core; refusals logged here (never the token, nor the query: it may
+        // carry one).
+        Routed::Respond(r) => {
+            match r.refusal {
+                Some(Refusal { code, reason: "" }) => info!(%peer, status = r.status, code, "request refused"),
+                Some(Refusal { code, reason }) => info!(%peer, status = r.status, code, reason, "request refused"),
+                None => {}
+            }
+            return respond(sock, r, deadline).await;
+        }
         Routed::Stream(req) => {
             match sock.into_inner() {
                 Ok(std) => ctx.shards.open(std, req).await,

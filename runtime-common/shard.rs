@@ -260,7 +260,7 @@ impl Shard {
                 spawn(self.clone().writer(conn, sock, log));
             }
             Err(resp) => {
-                info!(user = %user, status = resp.status, "stream refused");
+                info!(user = %user, status = resp.status, code = resp.refusal.map_or("-", |r| r.code), "stream refused");
                 spawn(async move {
                     let mut sock = sock;
                     until(Instant::now() + WRITE_TIMEOUT, async {

@@ -24,6 +24,18 @@ pub struct Response {
     pub status: u16,
     /// The bytes to write.
     pub bytes: Bytes,
+    /// Set when this answer refuses the request: what a frontend logs about it. `None` for
+    /// answers that are not refusals.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why a request was refused, for the log (never anything the client sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The `code` of the JSON body (`forbidden` for a forbidden stream).
+    pub code: &'static str,
+    /// A finer reason when there is one (why a token was invalid), else `""`.
+    pub reason: &'static str,
 }
 
 /// Where a resumed stream starts (D6).
@@ -127,13 +139,14 @@ impl Response {
         h.push_str("\r\n");
         let mut v = h.into_bytes();
         v.extend_from_slice(body);
-        Response { status, bytes: Bytes::from(v) }
+        Response { status, bytes: Bytes::from(v), refusal: None }
     }
 
     /// A JSON error `{"code":..,"message":..}` (D10), with `extra` header lines (each ending `\r\n`).
-    pub fn error(status: u16, code: &str, message: &str, extra: &str, cors: Option<&str>) -> Response {
+    pub fn error(status: u16, code: &'static str, message: &str, extra: &str, cors: Option<&str>) -> Response {
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
-        Response::with_body(status, "application/json", extra, cors, body.as_bytes())
+        let refusal = Some(Refusal { code, reason: "" });
+        Response { refusal, ..Response::with_body(status, "application/json", extra, cors, body.as_bytes()) }
     }
 
     /// `200 ok` in plain text (`/healthz`).
@@ -421,13 +434,15 @@ impl Front {
                 cors,
             ))),
             Token::Found(t) => self.verifier.verify(&t, unix_now).map_err(|e: TokenError| {
-                Routed::Respond(Response::error(
+                let resp = Response::error(
                     401,
                     "unauthorized",
                     &format!("invalid token: {}", e.reason()),
                     "WWW-Authenticate: Bearer realm=\"sse-gateway\", error=\"invalid_token\"\r\n",
                     cors,
-                ))
+                );
+                let refusal = Some(Refusal { code: "unauthorized", reason: e.reason() });
+                Routed::Respond(Response { refusal, ..resp })
             }),
         }
     }
@@ -463,7 +478,8 @@ impl Front {
                     "supported": ch.versions,
                 })
                 .to_string();
-                return Routed::Respond(Response::with_body(400, "application/json", "", cors, body.as_bytes()));
+                let resp = Response::with_body(400, "application/json", "", cors, body.as_bytes());
+                return Routed::Respond(Response { refusal: Some(Refusal { code: "unsupported_version", reason: "" }), ..resp });
             }
         };
         if !ch.roles.is_empty() && !identity.roles.iter().any(|r| ch.roles.contains(r)) {
@@ -474,7 +490,8 @@ impl Front {
             let mut v = Response::stream_head(cors).to_vec();
             v.extend_from_slice(&sse::retry(retry));
             v.extend_from_slice(&sse::error("forbidden"));
-            return Routed::Respond(Response { status: 200, bytes: Bytes::from(v) });
+            let refusal = Some(Refusal { code: "forbidden", reason: "" });
+            return Routed::Respond(Response { status: 200, bytes: Bytes::from(v), refusal });
         }
         let resume = head.last_event_id.map(<[u8]>::to_vec).or(query_resume.map(String::into_bytes)).map(|raw| {
             match EventId::parse(raw.trim_ascii()) {

@@ -47,7 +47,7 @@ pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, TokenError, Toke
 pub use catalogue::Catalogue;
 pub use config::{Config, ConfigError, Settings};
 pub use gateway::{log_continues, BackfillStep, Gateway, Output, TimerReason, LOG_SKIP};
-pub use http::{shard_of, Front, PublishRequest, Response, Resume, Routed, StreamRequest};
+pub use http::{shard_of, Front, PublishRequest, Refusal, Response, Resume, Routed, StreamRequest};
 pub use ids::{ChannelId, EventId, StreamId};
 pub use ingest::{parse_publish, Dropped, Event, HeaderValue, Ingest, UpstreamMessage};
 pub use metrics::{CloseReason, DropReason, Metrics};

@@ -157,6 +157,34 @@ fn a_bad_token_gets_401_with_invalid_token() {
 }
 
 #[test]
+fn every_refusal_says_its_code_for_the_log_and_an_invalid_token_why() {
+    let h = Harness::new("");
+    let refusal = |raw: &[u8]| match h.route(raw) {
+        Routed::Respond(r) => r.refusal,
+        other => panic!("not answered at once: {other:?}"),
+    };
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "u1", "exp": h.unix + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-!!"),
+    )
+    .unwrap();
+    let bad = format!("Authorization: Bearer {forged}");
+    let sales = format!("Authorization: Bearer {}", h.token("u1", &["sales"], 3600));
+    let cases: [(&[u8], &str, &str); 6] = [
+        (&Harness::head("/api/v1/streams/deals", &[]), "unauthorized", ""),
+        (&Harness::head("/api/v1/streams/deals", &[&bad]), "unauthorized", "bad_signature"),
+        (&Harness::head("/api/v1/streams/payments", &[&sales]), "forbidden", ""),
+        (&Harness::head("/api/v1/streams/deals", &[&sales, "Accept: text/html"]), "not_acceptable", ""),
+        (&Harness::head("/nowhere", &[]), "not_found", ""),
+        (b"\x00\x01 garbage\r\n\r\n", "bad_request", ""),
+    ];
+    for (raw, code, reason) in cases {
+        assert_eq!(refusal(raw), Some(Refusal { code, reason }), "{}", String::from_utf8_lossy(raw));
+    }
+}
+
+#[test]
 fn an_expired_token_gets_401() {
     let mut h = Harness::new(""); // the default leeway of 30 s
     let t = h.token("u1", &[], 10);

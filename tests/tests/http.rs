@@ -156,6 +156,44 @@ async fn a_token_may_come_from_the_configured_cookie_or_query_parameter_and_is_n
     assert!(!gw.stderr().contains(&t), "a token was written to the log:\n{}", gw.stderr());
 }
 
+async fn refusals_are_logged_with_status_code_and_peer_but_never_the_token(bin: Bin) {
+    let gw = gateway(bin).await;
+    let forged = token("not-the-gateway-secret-0123456789-abcdef", "mallory", &["finance_manager"], 3600);
+    let sales = user("bob", &["sales_manager"]);
+    let bearer = |t: &str| format!("Bearer {t}");
+    assert_eq!(gw.get("/no/such/route", &[]).await.status, 404);
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Authorization", &bearer(&forged))]).await.status, 401);
+    // The query parameter is off by default: a token there is not read, and not logged either.
+    assert_eq!(gw.open(&format!("/api/v1/streams/deals?access_token={forged}"), &[]).await.status, 401);
+    let mut s = gw.stream("payments", &sales).await;
+    let _ = s.until_closed(WAIT).await;
+    let _ = gw.get("/metrics", &[]).await; // give the logs a moment to be written
+    let log = gw.stderr();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("request refused")).collect();
+    // (status, code, reason): the forged token's bad signature, the query's token never read.
+    let expected = [
+        (404, "not_found", None),
+        (401, "unauthorized", Some("bad_signature")),
+        (401, "unauthorized", None),
+        (200, "forbidden", None),
+    ];
+    for (status, code, reason) in expected {
+        let lines: Vec<_> = refused
+            .iter()
+            .filter(|l| l.contains(&format!("status={status} ")) && l.contains(&format!("code=\"{code}\"")))
+            .filter(|l| match reason {
+                Some(r) => l.contains(&format!("reason=\"{r}\"")),
+                None => !l.contains("reason="),
+            })
+            .collect();
+        assert_eq!(lines.len(), 1, "refusal {status} {code} {reason:?} logged {} times:\n{log}", lines.len());
+        assert!(lines.iter().all(|l| l.contains("peer=127.0.0.1:")), "no peer in {lines:?}");
+    }
+    for t in [&forged, &sales] {
+        assert!(!log.contains(t.as_str()), "a token was written to the log:\n{log}");
+    }
+}
+
 async fn cors_answers_configured_origins_only_with_credentials_and_the_resume_header(bin: Bin) {
     let origin = "https://app.example.com";
     let cfg = ConfigBuilder::new().strs("server", "cors_origins", &[origin]);
@@ -208,6 +246,7 @@ for_each_binary!(
     an_unknown_version_is_400_listing_the_supported_ones,
     the_jwt_secret_comes_from_the_environment_when_set,
     a_token_may_come_from_the_configured_cookie_or_query_parameter_and_is_never_logged,
+    refusals_are_logged_with_status_code_and_peer_but_never_the_token,
     cors_answers_configured_origins_only_with_credentials_and_the_resume_header,
     a_wrong_method_on_a_stream_is_405,
 );
