@@ -138,6 +138,18 @@ struct Offsets {
     /// A consumer was established once: with nothing delivered since, everything in the stream
     /// is new.
     consumed: bool,
+    /// Set once the stream's offsets went back (it was deleted and recreated under its name):
+    /// its offsets would give out event ids already given out, so the source stays down, saying
+    /// why, until the gateway restarts with a new `epoch`.
+    went_back: Option<String>,
+}
+
+impl Offsets {
+    /// Stops the source for good (see `went_back`); returns why, for the caller's error.
+    fn stop(&mut self, why: String) -> String {
+        self.went_back = Some(why.clone());
+        why
+    }
 }
 
 impl Source {
@@ -176,8 +188,14 @@ impl Source {
     /// Declares, consumes until the consumer ends; `consumed` turns true once it is consuming.
     async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, consumed: &mut bool, offsets: &mut Offsets) -> Result<(), String> {
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        if let Some(why) = &offsets.went_back {
+            return Err(why.clone());
+        }
         let log = self.settings.channel(self.id).log.as_ref();
         let queue_args = log.map(stream_log::queue_args).unwrap_or_default();
+        // A stream this source has read from can only be missing if it was deleted.
+        let known = log.is_some() && offsets.last.is_some();
+        let gone;
         let mut chan = self.link.channel().await?;
         let queue = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
@@ -198,7 +216,7 @@ impl Source {
                         .await
                         .map_err(e("exchange declare"))?;
                 }
-                chan = self.declare_queue(chan, queue, &queue_args).await?;
+                (chan, gone) = self.declare_queue(chan, queue, &queue_args, known).await?;
                 for key in routing_keys {
                     chan.queue_bind(queue.as_str().into(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
                         .await
@@ -207,10 +225,21 @@ impl Source {
                 queue
             }
             SourceSettings::Queue { queue } => {
-                chan = self.declare_queue(chan, queue, &queue_args).await?;
+                (chan, gone) = self.declare_queue(chan, queue, &queue_args, known).await?;
                 queue
             }
         };
+        if gone {
+            // Declared (and bound) again so that it keeps what is published meanwhile, but not
+            // read: its offsets restart at 0 and would give out ids already given out.
+            let last = offsets.last.unwrap_or_default();
+            return Err(offsets.stop(format!(
+                "stream queue {queue} is gone (it had offset {last}) and was declared again, empty: its offsets restart \
+                 at 0 and would give out event ids already given out; set channels.{}.source.epoch to a new value and \
+                 restart the gateway",
+                self.name
+            )));
+        }
         chan.basic_qos(broker.prefetch, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
         let tag = format!("sse-gateway.{}", self.name);
         // A stream is read from where this source left it (the last offset it took, which must
@@ -254,9 +283,20 @@ impl Source {
                     return Err(format!("queue {queue} delivered a message without x-stream-offset: is it a stream queue?"));
                 };
                 if let Some(last) = offsets.last {
+                    let resumed = resuming.take().is_some();
+                    // Offsets only grow in a stream: one below the last taken (or equal to it,
+                    // other than as a resume's first delivery) is another stream by that name.
+                    if pos < last || (pos == last && !resumed) {
+                        return Err(offsets.stop(format!(
+                            "stream queue {queue} went back from offset {last} to {pos}: it was deleted and recreated, and \
+                             its offsets would give out event ids already given out; set channels.{}.source.epoch to a \
+                             new value and restart the gateway",
+                            self.name
+                        )));
+                    }
                     // Resumed at `last`, the stream must start there (or right after it, if
                     // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
-                    let lost = if resuming.take().is_some() { pos > last + 1 } else { !log_continues(last, pos) };
+                    let lost = if resumed { pos > last + 1 } else { !log_continues(last, pos) };
                     if lost {
                         // Retention removed what came between (during an outage, or because
                         // this source fell that far behind): the shards must not pretend
@@ -284,11 +324,25 @@ impl Source {
     }
 
     /// Declares `queue` durable with `args` (a stream's type and retention, or none); if it
-    /// exists with other arguments, checks it passively instead and uses it as it is.
-    async fn declare_queue(&self, chan: Channel, queue: &str, args: &FieldTable) -> Result<Channel, String> {
+    /// exists with other arguments, checks it passively instead and uses it as it is. With
+    /// `known` (a stream this source has read), first looks whether it still exists: the flag
+    /// returned says it did not (it was deleted; the declare made a new, empty one).
+    async fn declare_queue(&self, mut chan: Channel, queue: &str, args: &FieldTable, known: bool) -> Result<(Channel, bool), String> {
+        let mut gone = false;
+        if known {
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            if let Err(err) = chan.queue_declare(queue.into(), passive, FieldTable::default()).await {
+                if !is_not_found(&err) {
+                    return Err(format!("queue declare (passive): {err}"));
+                }
+                // The 404 closed the channel.
+                gone = true;
+                chan = self.link.channel().await?;
+            }
+        }
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
         match chan.queue_declare(queue.into(), opts, args.clone()).await {
-            Ok(_) => Ok(chan),
+            Ok(_) => Ok((chan, gone)),
             Err(err) => {
                 warn!(channel = %self.name, queue = %queue, error = %err, "queue declare refused; checking it exists");
                 let chan = self.link.channel().await?;
@@ -296,10 +350,16 @@ impl Source {
                 chan.queue_declare(queue.into(), passive, FieldTable::default())
                     .await
                     .map_err(|e| format!("queue declare: {e}"))?;
-                Ok(chan)
+                Ok((chan, gone))
             }
         }
     }
+}
+
+/// Whether the broker answered 404 NOT_FOUND (a passive declare of a queue that does not exist).
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)))
 }
 
 /// Maps a delivery to the core's message (D4): type property, routing key, two headers,

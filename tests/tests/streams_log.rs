@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use sse_gateway_tests::broker::{amqp_addr, amqp_url};
@@ -566,7 +566,60 @@ async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_o
     assert_eq!(read_events(&mut s, 1, "bob, live").await.titles, live);
 }
 
+/// Deletes `queue` (as an operator purging a stream would).
+async fn delete_queue(queue: &str) {
+    let conn = Connection::connect_with_runtime(&amqp_url(), ConnectionProperties::default(), async_rs::Runtime::tokio_current())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("a channel");
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.expect("delete the stream");
+    let _ = conn.close(200, "done".into()).await;
+}
+
+async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &amqp_url()).await;
+    let gw = setup.start(bin).await;
+    let carol = user("carol", &[]);
+    let mut s = gw.stream("deals", &carol).await;
+    let before = setup.publish(5).await;
+    let got = read_events(&mut s, 5, "before the delete").await;
+    assert_eq!(got.titles, before);
+
+    // The stream goes; the gateway's consumer is cancelled and it reconnects. It finds the stream
+    // gone: declaring it makes a new one whose offsets start at 0 again.
+    delete_queue(&setup.queue()).await;
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning when the stream goes");
+    assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+    logged(&gw, "is gone (it had offset 4)", "the log names the lost stream").await;
+    logged(&gw, "set channels.deals.source.epoch to a new value", "the log says what to do").await;
+    assert_eq!(gw.get("/readyz", &[]).await.status, 503, "not ready while the source is stopped");
+    // The new stream is declared and bound (it keeps what is published), but not read: none of
+    // its events reaches the client under an id it may already hold. The warnings repeat.
+    let kept = setup.publish(3).await;
+    let frames = s.events_within(Duration::from_secs(2)).await;
+    assert!(frames.iter().any(|e| e.json()["code"] == "source_unavailable"), "no repeated warning: {frames:?}");
+    assert!(frames.iter().all(|e| e.id.is_none()), "an event came from the new stream: {frames:?}");
+    assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
+    assert_eq!(first_offset(&setup.queue(), AMQPValue::LongString("first".into())).await, Some(0), "the new stream kept them");
+    drop(s);
+    drop(gw);
+
+    // The remedy: a new epoch. The new gateway's ids cannot be confused with the old ones.
+    let config = setup.config.replace(&format!("epoch = {EPOCH}"), &format!("epoch = {}", EPOCH + 1));
+    assert_ne!(config, setup.config, "the epoch is in the rendered configuration");
+    let gw = GatewayProcess::start(bin, &config).await;
+    gw.wait_ready().await;
+    let mut s = gw.stream("deals", &carol).await;
+    let live = setup.publish(2).await;
+    let got = read_events(&mut s, 2, "after the epoch bump").await;
+    assert_eq!(got.titles, live);
+    let new_epoch = format!("{}-", EPOCH + 1);
+    let offsets: Vec<u64> = got.ids.iter().filter_map(|id| id.strip_prefix(&new_epoch)?.parse().ok()).collect();
+    assert_eq!(offsets, [kept.len() as u64, kept.len() as u64 + 1], "the new epoch, the new stream's offsets: {:?}", got.ids);
+}
+
 for_each_binary!(
+    a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
     a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
     a_client_moves_between_two_instances_with_its_last_event_id,
     a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live,
