@@ -376,6 +376,7 @@ fn message(d: &Delivery) -> UpstreamMessage {
         message_id: p.message_id().as_ref().map(|m| m.as_str().to_string()),
         body: d.data.clone().into(),
         position: None,
+        received: Some(Instant::now()),
     }
 }
 

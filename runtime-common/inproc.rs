@@ -38,7 +38,8 @@ impl Inproc {
     }
 
     /// Validates and publishes one message; `None` if the channel's task is gone.
-    pub(crate) async fn publish(&self, ch: ChannelId, msg: UpstreamMessage) -> Option<Result<EventId, Dropped>> {
+    pub(crate) async fn publish(&self, ch: ChannelId, mut msg: UpstreamMessage) -> Option<Result<EventId, Dropped>> {
+        msg.received = Some(Instant::now());
         let (tx, rx) = bounded(1);
         self.txs.get(ch.index())?.send((msg, tx)).await.ok()?;
         rx.recv().await.ok()

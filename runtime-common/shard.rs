@@ -288,7 +288,7 @@ impl Shard {
                     break conn.closing.get().unwrap_or(CloseReason::ClientGone);
                 }
             } else {
-                self.gw.borrow_mut().take_output(conn.id, &mut out);
+                self.gw.borrow_mut().take_output(conn.id, &mut out, Instant::now());
                 self.drain();
             }
             // The socket is full: wait until it takes the rest (or the stream is closed).
@@ -336,7 +336,7 @@ impl Shard {
     /// socket is full). An error means the connection is gone.
     fn write_now(self: &Rc<Self>, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) -> io::Result<()> {
         let mut scratch = self.scratch.borrow_mut();
-        self.gw.borrow_mut().take_output(conn.id, &mut scratch);
+        self.gw.borrow_mut().take_output(conn.id, &mut scratch, Instant::now());
         // A resume continues inside take_output and may queue outputs of its own.
         self.drain();
         // A waker that does nothing: when the socket is full, the writer awaits the rest in
@@ -357,7 +357,7 @@ impl Shard {
     /// The stream is closing: its last bytes, within [`WRITE_TIMEOUT`], then the write side
     /// shut down. Boxed by the caller, so idle writers do not carry its state.
     async fn finish(&self, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) {
-        self.gw.borrow_mut().take_output(conn.id, out);
+        self.gw.borrow_mut().take_output(conn.id, out, Instant::now());
         until(Instant::now() + WRITE_TIMEOUT, async {
             write_all_vectored(sock, out).await?;
             sock.close().await

@@ -70,20 +70,22 @@ fn run(streams: usize, events: usize) {
     }
     let open_time = t0.elapsed();
     let mut out = Vec::with_capacity(64);
-    drain(&mut gw, &mut out);
+    drain(&mut gw, &mut out, now);
 
     let body = r#"{"deal_id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","changes":{"status":"issuing"},"updated_at":"2026-11-28T10:00:00Z","version":5}"#;
     let msg = |_| UpstreamMessage {
         kind: Some("deal.updated".into()),
         routing_key: "deal.updated".into(),
         body: bytes::Bytes::from_static(body.as_bytes()),
+        // Timed as the frontends' are: each take records a delay.
+        received: Some(now),
         ..Default::default()
     };
     // Warm-up: grow every queue to its steady-state capacity.
     for i in 0..10 {
         let ev = ingest.handle_message(&msg(i)).unwrap();
         gw.handle_event(&ev);
-        drain(&mut gw, &mut out);
+        drain(&mut gw, &mut out, now);
     }
     let evs: Vec<Event> = (0..events).map(|i| ingest.handle_message(&msg(i)).unwrap()).collect();
     let a0 = ALLOCS.load(Relaxed);
@@ -93,7 +95,7 @@ fn run(streams: usize, events: usize) {
         let f0 = Instant::now();
         gw.handle_event(ev);
         fanout += f0.elapsed();
-        drain(&mut gw, &mut out);
+        drain(&mut gw, &mut out, now);
     }
     let total = t0.elapsed();
     let allocs = ALLOCS.load(Relaxed) - a0;
@@ -109,10 +111,10 @@ fn run(streams: usize, events: usize) {
 }
 
 /// What a frontend does after an input: every Transmit takes the stream's frames.
-fn drain(gw: &mut Gateway, out: &mut Vec<bytes::Bytes>) {
+fn drain(gw: &mut Gateway, out: &mut Vec<bytes::Bytes>, now: Instant) {
     while let Some(o) = gw.poll_output() {
         if let Output::Transmit(id) = o {
-            gw.take_output(id, out);
+            gw.take_output(id, out, now);
             out.clear();
         }
     }

@@ -99,6 +99,7 @@ pub fn sample(channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
         message_id: None,
         body: Bytes::from(data.to_string()),
         position: None,
+        received: None,
     })
 }
 

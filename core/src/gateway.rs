@@ -22,7 +22,7 @@ use crate::buffer::{Lookup, ResumeBuffer};
 use crate::config::{LimitPolicy, Settings};
 use crate::http::{Response, Resume, StreamRequest};
 use crate::ingest::Event;
-use crate::metrics::{CloseReason, Metrics};
+use crate::metrics::{CloseReason, DelayHistogram, Metrics};
 use crate::{sse, ChannelId, EventId, StreamId};
 
 /// What the frontend must do next.
@@ -118,6 +118,9 @@ struct Stream {
     expires_at: Option<Instant>,
     pending: VecDeque<Bytes>,
     pending_bytes: usize,
+    /// When the oldest live event in `pending` arrived (`Event::received`), for the delay
+    /// histogram; cleared when the output is taken.
+    waiting_since: Option<Instant>,
     transmit_queued: bool,
     /// Index in its channel's member list; `None` once closing.
     member: Option<usize>,
@@ -182,6 +185,8 @@ impl Rng {
 pub struct Gateway {
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
+    /// This shard's `sse_gateway_delivery_delay_seconds` counts.
+    delays: Arc<DelayHistogram>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     open: usize,
@@ -210,6 +215,7 @@ impl Gateway {
             .collect();
         Gateway {
             settings,
+            delays: metrics.delay_histogram(),
             metrics,
             slots: Vec::new(),
             free: Vec::new(),
@@ -336,6 +342,7 @@ impl Gateway {
             expires_at,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            waiting_since: None,
             transmit_queued: false,
             member: None,
             cursor: None,
@@ -483,6 +490,9 @@ impl Gateway {
             }
             st.pending_bytes += frame.len();
             st.pending.push_back(frame.clone());
+            if st.waiting_since.is_none() {
+                st.waiting_since = ev.received();
+            }
             delivered += 1;
             if !st.transmit_queued {
                 st.transmit_queued = true;
@@ -585,22 +595,29 @@ impl Gateway {
     }
 
     /// Moves the stream's unsent bytes into `out` (appending); returns how many bytes. A resuming
-    /// stream's replay continues here, a bounded batch at a time.
-    pub fn take_output(&mut self, id: StreamId, out: &mut Vec<Bytes>) -> usize {
-        let mut n = self.drain_pending(id, out);
+    /// stream's replay continues here, a bounded batch at a time. `now` is when they are written:
+    /// the wait of the oldest live event among them goes into `sse_gateway_delivery_delay_seconds`.
+    pub fn take_output(&mut self, id: StreamId, out: &mut Vec<Bytes>, now: Instant) -> usize {
+        let mut n = self.drain_pending(id, out, now);
         if self.stream(id).is_some_and(|s| s.cursor.is_some() && s.backfilling.is_none() && s.member.is_some()) {
             self.refill(id);
-            n += self.drain_pending(id, out);
+            n += self.drain_pending(id, out, now);
         }
         n
     }
 
-    fn drain_pending(&mut self, id: StreamId, out: &mut Vec<Bytes>) -> usize {
-        let Some(st) = self.stream_mut(id) else { return 0 };
+    fn drain_pending(&mut self, id: StreamId, out: &mut Vec<Bytes>, now: Instant) -> usize {
+        let Some(st) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut())
+        else {
+            return 0;
+        };
         let n = st.pending_bytes;
         out.extend(st.pending.drain(..));
         st.pending_bytes = 0;
         st.transmit_queued = false;
+        if let Some(since) = st.waiting_since.take() {
+            self.delays.record(now.saturating_duration_since(since));
+        }
         n
     }
 
@@ -817,6 +834,7 @@ impl Gateway {
             if let Some(st) = self.stream_mut(id) {
                 st.pending.clear();
                 st.pending_bytes = 0;
+                st.waiting_since = None;
             }
         }
         self.outputs.push_back(Output::Close(id, why));

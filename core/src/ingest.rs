@@ -6,6 +6,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -45,6 +46,9 @@ pub struct UpstreamMessage {
     /// The source's own position (a stream offset), when it has one; else the ingest numbers
     /// events itself.
     pub position: Option<u64>,
+    /// When the frontend received it: `sse_gateway_delivery_delay_seconds` counts from here.
+    /// `None`: not timed (read-backs, tests).
+    pub received: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,7 @@ struct EventInner {
     recipients: Option<Box<[Box<str>]>>,
     event_type: Box<str>,
     frame: Bytes,
+    received: Option<Instant>,
 }
 
 /// A validated event with its encoded frame; clones share everything.
@@ -81,6 +86,10 @@ impl Event {
     /// The users it is for, when it names them (D3); `None` = everyone on the channel.
     pub fn recipients(&self) -> Option<&[Box<str>]> {
         self.0.recipients.as_deref()
+    }
+    /// When the frontend received its message ([`UpstreamMessage::received`]).
+    pub fn received(&self) -> Option<Instant> {
+        self.0.received
     }
     /// The SSE frame: `id:`, `event:`, `data:` lines.
     pub fn frame(&self) -> &Bytes {
@@ -169,7 +178,7 @@ impl Ingest {
             return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read back from the log has no position".into() });
         };
         let checked = self.validate(msg)?;
-        Ok(self.encode(checked, position))
+        Ok(self.encode(checked, position, None))
     }
 
     fn check(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
@@ -194,7 +203,7 @@ impl Ingest {
             }
         }
         self.last_seq = Some(seq);
-        Ok(self.encode(checked, seq))
+        Ok(self.encode(checked, seq, msg.received))
     }
 
     /// The channel's rules (D3, D4, D5), without state.
@@ -259,7 +268,7 @@ impl Ingest {
         Ok(Checked { version, recipients, event_type, data })
     }
 
-    fn encode(&self, c: Checked<'_>, seq: u64) -> Event {
+    fn encode(&self, c: Checked<'_>, seq: u64, received: Option<Instant>) -> Event {
         let id = EventId { epoch: self.epoch, seq };
         let frame = sse::frame(Some(&id.to_string()), c.event_type, c.data.trim());
         Event(Arc::new(EventInner {
@@ -269,6 +278,7 @@ impl Ingest {
             recipients: c.recipients,
             event_type: c.event_type.into(),
             frame,
+            received,
         }))
     }
 }
@@ -302,6 +312,7 @@ pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
         message_id: text("message_id"),
         body: Bytes::from(data.to_string()),
         position: None,
+        received: None,
     })
 }
 

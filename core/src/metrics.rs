@@ -1,10 +1,13 @@
 //! Counters shared by every shard and ingest of one process, rendered as Prometheus text (D13).
 //!
 //! Plain relaxed atomics: each is bumped at most once per event per shard (never per delivery),
-//! so sharing them across worker threads costs nothing measurable.
+//! so sharing them across worker threads costs nothing measurable. The one count per write, the
+//! delivery-delay histogram, is kept per shard and summed when rendered.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::config::Settings;
 use crate::ChannelId;
@@ -113,6 +116,34 @@ struct PerChannel {
     source_up: AtomicI64,
 }
 
+/// Upper bounds, in microseconds, of the buckets of `sse_gateway_delivery_delay_seconds`.
+const DELAY_BOUNDS_US: [u64; 13] =
+    [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000];
+
+/// One shard's counts for `sse_gateway_delivery_delay_seconds`: only that shard writes them, so
+/// a count per write never bounces a cache line between cores.
+#[derive(Debug, Default)]
+pub(crate) struct DelayHistogram {
+    /// Per bucket (not cumulative); above the last bound only `count` has it.
+    buckets: [AtomicU64; 13],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl DelayHistogram {
+    /// Called by the owning shard only: a load and a store, no locked read-modify-write (this is
+    /// once per write, on the hot path).
+    pub(crate) fn record(&self, d: Duration) {
+        let bump = |a: &AtomicU64, n: u64| a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+        let us = d.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(d.subsec_micros()));
+        if let Some(i) = DELAY_BOUNDS_US.iter().position(|b| us <= *b) {
+            bump(&self.buckets[i], 1);
+        }
+        bump(&self.count, 1);
+        bump(&self.sum_us, us);
+    }
+}
+
 /// Status codes counted in `sse_gateway_http_responses_total`.
 const STATUSES: [u16; 15] = [200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 411, 413, 422, 431, 503];
 
@@ -128,6 +159,8 @@ pub struct Metrics {
     evictions: AtomicU64,
     limit_rejections: AtomicU64,
     forbidden: AtomicU64,
+    /// One per shard ([`Metrics::delay_histogram`]), summed when rendered.
+    delays: Mutex<Vec<Arc<DelayHistogram>>>,
 }
 
 impl Metrics {
@@ -147,7 +180,15 @@ impl Metrics {
             evictions: AtomicU64::new(0),
             limit_rejections: AtomicU64::new(0),
             forbidden: AtomicU64::new(0),
+            delays: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A new shard's delay histogram, counted in `/metrics` from now on.
+    pub(crate) fn delay_histogram(&self) -> Arc<DelayHistogram> {
+        let h = Arc::new(DelayHistogram::default());
+        self.delays.lock().unwrap_or_else(|e| e.into_inner()).push(h.clone());
+        h
     }
 
     fn ch(&self, c: ChannelId) -> &PerChannel {
@@ -283,6 +324,31 @@ impl Metrics {
         for (name, help, c) in singles {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }
+        self.render_delays(&mut o);
         o
+    }
+
+    fn render_delays(&self, o: &mut String) {
+        let (mut buckets, mut count, mut sum_us) = ([0u64; 13], 0u64, 0u64);
+        for h in self.delays.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for (b, c) in buckets.iter_mut().zip(&h.buckets) {
+                *b += c.load(Relaxed);
+            }
+            count += h.count.load(Relaxed);
+            sum_us += h.sum_us.load(Relaxed);
+        }
+        let name = "sse_gateway_delivery_delay_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} From an event's arrival at the gateway to the write that carries it, per write (its oldest event).\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, b) in DELAY_BOUNDS_US.iter().zip(buckets) {
+            cumulative += b;
+            let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+        }
+        // Read without a lock, the total may trail the buckets for a moment.
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", count.max(cumulative));
+        let _ = writeln!(o, "{name}_sum {}\n{name}_count {}", sum_us as f64 / 1e6, count.max(cumulative));
     }
 }

@@ -590,7 +590,7 @@ fn a_closed_stream_is_forgotten_and_its_stale_id_is_harmless() {
     assert_eq!(a.index(), b.index(), "the slot is reused");
     h.gw.on_closed(a); // stale: no effect on b
     let mut out = Vec::new();
-    assert_eq!(h.gw.take_output(a, &mut out), 0);
+    assert_eq!(h.gw.take_output(a, &mut out, h.now), 0);
     assert_eq!(h.gw.stream_count(), 1);
     assert_eq!(h.gw.user_of(b), Some("u2"));
 }
@@ -931,4 +931,40 @@ fn a_catch_up_that_fills_the_output_bound_waits_for_the_client_before_going_live
     let w = h.take_events(id);
     let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
     assert_eq!(ids, (1..=n as u64 + 2).collect::<Vec<u64>>());
+}
+
+#[test]
+fn the_delay_histogram_counts_from_an_events_arrival_to_the_write_that_carries_it() {
+    let mut h = Harness::new("");
+    let a = h.open("u1", "deals");
+    let b = h.open("u2", "deals");
+    h.reading.insert(b, false); // b's writer is busy: its output waits
+    let _ = h.take_events(a);
+    let mut m = msg("deal.created", deal_created("first"));
+    m.received = Some(h.now);
+    h.publish_msg("deals", m).unwrap();
+    // a took it at once (0 s); b takes it 3 ms later, with a second event that came at 2 ms:
+    // one write, counted once, from the older arrival.
+    h.advance(Duration::from_millis(2));
+    let mut m = msg("deal.created", deal_created("second"));
+    m.received = Some(h.now);
+    h.publish_msg("deals", m).unwrap();
+    h.advance(Duration::from_millis(1));
+    h.flush(b);
+    assert_eq!(h.take_events(b).matches("event: deal.created").count(), 2);
+    // Frames that are not live events (a heartbeat) are not counted.
+    h.advance(Duration::from_secs(30));
+    h.flush(b);
+    let text = h.metrics.render();
+    let sample = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let name = "sse_gateway_delivery_delay_seconds";
+    assert_eq!(sample(&format!("{name}_count")), 3.0, "a: twice at once; b: once\n{text}");
+    assert_eq!(sample(&format!("{name}_bucket{{le=\"0.0005\"}}")), 2.0, "{text}");
+    assert_eq!(sample(&format!("{name}_bucket{{le=\"0.0025\"}}")), 2.0, "{text}");
+    assert_eq!(sample(&format!("{name}_bucket{{le=\"0.005\"}}")), 3.0, "{text}");
+    assert_eq!(sample(&format!("{name}_bucket{{le=\"+Inf\"}}")), 3.0, "{text}");
+    assert!((sample(&format!("{name}_sum")) - 0.003).abs() < 1e-9, "{text}");
 }

@@ -117,7 +117,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if !ids.is_empty() {
                     let id = ids[pick as usize % ids.len()];
                     let mut out = Vec::new();
-                    gw.take_output(id, &mut out);
+                    gw.take_output(id, &mut out, now);
                     check_frames(&out, &open[&id], &published);
                 }
             }
@@ -126,7 +126,7 @@ fuzz_target!(|ops: Vec<Op>| {
         while let Some(out) = gw.poll_output() {
             if let Output::Close(id, _) = out {
                 let mut rest = Vec::new();
-                gw.take_output(id, &mut rest);
+                gw.take_output(id, &mut rest, now);
                 if let Some(who) = open.get(&id) {
                     check_frames(&rest, who, &published);
                 }

@@ -38,6 +38,7 @@ fuzz_target!(|msgs: Vec<Msg>| {
             message_id: msg.message_id,
             body: bytes::Bytes::from(msg.body),
             position: msg.position,
+            received: None,
         };
         let before = ingests[i].last_id();
         if let Ok(ev) = ingests[i].handle_message(&up) {

@@ -204,6 +204,10 @@ async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_agai
         assert_eq!(&ev.data, body, "burst event {i}");
     }
     fx.gw.wait_metric("sse_gateway_events_in_total{channel=\"deals\"}", BURST as f64).await;
+    // Each write to the stream is one sample of the delay histogram (writes carry several).
+    let writes = fx.gw.metric("sse_gateway_delivery_delay_seconds_count").await.expect("the delay histogram");
+    assert!((1.0..=BURST as f64).contains(&writes), "{writes} writes for {BURST} events");
+    assert_eq!(fx.gw.metric("sse_gateway_delivery_delay_seconds_bucket{le=\"+Inf\"}").await, Some(writes));
     drop(s);
 
     let config = fx.gw.config().to_string();

@@ -175,7 +175,7 @@ impl Harness {
 
     pub fn flush(&mut self, id: StreamId) {
         let mut out = Vec::new();
-        self.gw.take_output(id, &mut out);
+        self.gw.take_output(id, &mut out, self.now);
         let w = self.wire.entry(id).or_default();
         for b in out {
             w.extend_from_slice(&b);
