@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks of sse-gateway (tokio), sse-gateway-smol and nchan (BENCHMARKS.md).
 #
-#   bench/run.sh build                      build the binaries and the load tool, snapshot them
-#   bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE (100) events/s for DURATION (20) s
-#   bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES sustained without loss (STEP_SECS each)
-#   bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s,
-#                                           with LATENCY_WORKERS ("1 2") workers in turn
-#   bench/run.sh sweep   [SERVER...]        (b) the same 1,000 subscribers at SWEEP_RATES (100 300 600) events/s
-#   bench/run.sh burst   [SERVER...]        (b') 10 subscribers, a burst of BURST_RATE (20000) events/s for BURST_SECS (2) s
-#   bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
-#   bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
-#   bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
-#   bench/run.sh hotpath                    the core micro-benchmark
-#   bench/run.sh all                        every scenario above on every server
+#   tests/bench/run.sh build                      build the binaries and the load tool, snapshot them
+#   tests/bench/run.sh fanout  [SERVER...]        (a) 10,000 subscribers, RATE (100) events/s for DURATION (20) s
+#   tests/bench/run.sh steps   [SERVER...]        (a) the highest rate in RATES sustained without loss (STEP_SECS each)
+#   tests/bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s,
+#                                                 with LATENCY_WORKERS ("1 2") workers in turn
+#   tests/bench/run.sh sweep   [SERVER...]        (b) the same 1,000 subscribers at SWEEP_RATES (100 300 600) events/s
+#   tests/bench/run.sh burst   [SERVER...]        (b') 10 subscribers, a burst of BURST_RATE (20000) events/s for BURST_SECS (2) s
+#   tests/bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
+#   tests/bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
+#   tests/bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
+#   tests/bench/run.sh hotpath                    the core micro-benchmark
+#   tests/bench/run.sh all                        every scenario above on every server
 #
 # SERVER is tokio (sse-gateway), smol (sse-gateway-smol) or nchan; default all three. Each
 # scenario starts a fresh server, runs the load tool (tests/src/bin/load.rs) and stops it. Every
@@ -31,7 +31,7 @@
 # nginx runs from a temp dir with its own pid, logs and temp paths, never as the system service.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/sse-bench}
 RESULTS=${RESULTS:-$BENCH_DIR/results.jsonl}
 WORKERS=${WORKERS:-2}
@@ -76,7 +76,7 @@ SERVER_PID=""
 start_gateway() { # $1 = binary name
   local dir=$BENCH_DIR/gw
   rm -rf "$dir"; mkdir -p "$dir"
-  sed -e "s/@PORT@/$GW_PORT/" -e "s/@WORKERS@/$WORKERS/" "$ROOT/bench/gateway.toml" > "$dir/gateway.toml"
+  sed -e "s/@PORT@/$GW_PORT/" -e "s/@WORKERS@/$WORKERS/" "$ROOT/tests/bench/gateway.toml" > "$dir/gateway.toml"
   # A fresh queue: nothing left over from an earlier run reaches the new process.
   rabbitmqctl -q delete_queue sse-gateway.bench.deals >/dev/null 2>&1 || true
   "$BIN/$1" --config "$dir/gateway.toml" > "$dir/stdout" 2> "$dir/stderr" &
@@ -96,7 +96,7 @@ start_gateway() { # $1 = binary name
 start_nchan() {
   local dir=$BENCH_DIR/nchan
   rm -rf "$dir"; mkdir -p "$dir"
-  sed -e "s|@DIR@|$dir|g" -e "s/@PORT@/$NCHAN_PORT/" -e "s/@WORKERS@/$WORKERS/" "$ROOT/bench/nchan/nginx.conf" > "$dir/nginx.conf"
+  sed -e "s|@DIR@|$dir|g" -e "s/@PORT@/$NCHAN_PORT/" -e "s/@WORKERS@/$WORKERS/" "$ROOT/tests/bench/nchan/nginx.conf" > "$dir/nginx.conf"
   nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
   for _ in $(seq 1 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
   [ -s "$dir/nginx.pid" ] || { cat "$dir/error.log" >&2; return 1; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown tables from bench/run.sh results (one JSON line per run): `bench/tables.py [RESULTS]`.
+"""Markdown tables from tests/bench/run.sh results (one JSON line per run): `tests/bench/tables.py [RESULTS]`.
 
 Every run is a row (RUNS=2 gives two rows per server), so both measurements stay visible."""
 import json

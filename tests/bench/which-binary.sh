@@ -3,7 +3,7 @@
 # streams, for sse-gateway (tokio) and sse-gateway-smol, measured the same way for both.
 #
 #   cargo build --release --workspace
-#   bench/which-binary.sh [sse-gateway|sse-gateway-smol]...    (default: both)
+#   tests/bench/which-binary.sh [sse-gateway|sse-gateway-smol]...    (default: both)
 #
 # Each binary starts with the default configuration (127.0.0.1:8080, server.workers = 0) and a
 # known secret (SSE_GATEWAY_JWT_SECRET; the environment is not the configuration file), or with
@@ -12,7 +12,7 @@
 # 127.0.0.3..., and VmRSS is read again 3 s after /metrics counts them all open. Needs port 8080
 # free. The open-files limit here is 20,000 per process, so COUNT stays below about 19,900.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 COUNT=${COUNT:-10000}
 export SSE_GATEWAY_JWT_SECRET=measure-secret-0123456789abcdef
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
