@@ -95,9 +95,13 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         // Counted by the core; refusals logged here (never the token, nor the query: it may
         // carry one).
         Routed::Respond(r) => {
-            match r.refusal {
-                Some(Refusal { code, reason: "" }) => info!(%peer, status = r.status, code, "request refused"),
-                Some(Refusal { code, reason }) => info!(%peer, status = r.status, code, reason, "request refused"),
+            match &r.refusal {
+                Some(Refusal { code, forbidden: Some((user, ch)), .. }) => {
+                    let channel = &ctx.front.settings().channel(*ch).name;
+                    info!(%peer, status = r.status, code, %user, %channel, "request refused");
+                }
+                Some(Refusal { code, reason: "", .. }) => info!(%peer, status = r.status, code, "request refused"),
+                Some(Refusal { code, reason, .. }) => info!(%peer, status = r.status, code, reason, "request refused"),
                 None => {}
             }
             return respond(sock, r, deadline).await;

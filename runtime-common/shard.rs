@@ -260,7 +260,9 @@ impl Shard {
                 spawn(self.clone().writer(conn, sock, log));
             }
             Err(resp) => {
-                info!(user = %user, status = resp.status, code = resp.refusal.map_or("-", |r| r.code), "stream refused");
+                let channel = &self.settings.channel(log.channel).name;
+                let code = resp.refusal.as_ref().map_or("-", |r| r.code);
+                info!(user = %user, channel = %channel, status = resp.status, code, "stream refused");
                 spawn(async move {
                     let mut sock = sock;
                     until(Instant::now() + WRITE_TIMEOUT, async {

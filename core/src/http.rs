@@ -29,13 +29,22 @@ pub struct Response {
     pub refusal: Option<Refusal>,
 }
 
-/// Why a request was refused, for the log (never anything the client sent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a request was refused, for the log (never the token, nor anything the client sent that
+/// was not verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The `code` of the JSON body (`forbidden` for a forbidden stream).
     pub code: &'static str,
     /// A finer reason when there is one (why a token was invalid), else `""`.
     pub reason: &'static str,
+    /// For `forbidden`: the (authenticated) user and the channel it may not read.
+    pub forbidden: Option<(Box<str>, ChannelId)>,
+}
+
+impl Refusal {
+    fn new(code: &'static str, reason: &'static str) -> Refusal {
+        Refusal { code, reason, forbidden: None }
+    }
 }
 
 /// Where a resumed stream starts (D6).
@@ -145,7 +154,7 @@ impl Response {
     /// A JSON error `{"code":..,"message":..}` (D10), with `extra` header lines (each ending `\r\n`).
     pub fn error(status: u16, code: &'static str, message: &str, extra: &str, cors: Option<&str>) -> Response {
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
-        let refusal = Some(Refusal { code, reason: "" });
+        let refusal = Some(Refusal::new(code, ""));
         Response { refusal, ..Response::with_body(status, "application/json", extra, cors, body.as_bytes()) }
     }
 
@@ -441,7 +450,7 @@ impl Front {
                     "WWW-Authenticate: Bearer realm=\"sse-gateway\", error=\"invalid_token\"\r\n",
                     cors,
                 );
-                let refusal = Some(Refusal { code: "unauthorized", reason: e.reason() });
+                let refusal = Some(Refusal::new("unauthorized", e.reason()));
                 Routed::Respond(Response { refusal, ..resp })
             }),
         }
@@ -479,7 +488,7 @@ impl Front {
                 })
                 .to_string();
                 let resp = Response::with_body(400, "application/json", "", cors, body.as_bytes());
-                return Routed::Respond(Response { refusal: Some(Refusal { code: "unsupported_version", reason: "" }), ..resp });
+                return Routed::Respond(Response { refusal: Some(Refusal::new("unsupported_version", "")), ..resp });
             }
         };
         if !ch.roles.is_empty() && !identity.roles.iter().any(|r| ch.roles.contains(r)) {
@@ -490,7 +499,7 @@ impl Front {
             let mut v = Response::stream_head(cors).to_vec();
             v.extend_from_slice(&sse::retry(retry));
             v.extend_from_slice(&sse::error("forbidden"));
-            let refusal = Some(Refusal { code: "forbidden", reason: "" });
+            let refusal = Some(Refusal { forbidden: Some((identity.user.as_str().into(), id)), ..Refusal::new("forbidden", "") });
             return Routed::Respond(Response { status: 200, bytes: Bytes::from(v), refusal });
         }
         let resume = head.last_event_id.map(<[u8]>::to_vec).or(query_resume.map(String::into_bytes)).map(|raw| {

@@ -180,7 +180,10 @@ fn every_refusal_says_its_code_for_the_log_and_an_invalid_token_why() {
         (b"\x00\x01 garbage\r\n\r\n", "bad_request", ""),
     ];
     for (raw, code, reason) in cases {
-        assert_eq!(refusal(raw), Some(Refusal { code, reason }), "{}", String::from_utf8_lossy(raw));
+        let got = refusal(raw).unwrap_or_else(|| panic!("not a refusal: {}", String::from_utf8_lossy(raw)));
+        assert_eq!((got.code, got.reason), (code, reason), "{}", String::from_utf8_lossy(raw));
+        let who = (code == "forbidden").then(|| ("u1".into(), h.channel("payments")));
+        assert_eq!(got.forbidden, who, "only a forbidden answer names the user and channel");
     }
 }
 

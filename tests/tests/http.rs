@@ -189,6 +189,8 @@ async fn refusals_are_logged_with_status_code_and_peer_but_never_the_token(bin: 
         assert_eq!(lines.len(), 1, "refusal {status} {code} {reason:?} logged {} times:\n{log}", lines.len());
         assert!(lines.iter().all(|l| l.contains("peer=127.0.0.1:")), "no peer in {lines:?}");
     }
+    let forbidden: Vec<_> = refused.iter().filter(|l| l.contains("code=\"forbidden\"")).collect();
+    assert!(forbidden[0].contains("user=bob") && forbidden[0].contains("channel=payments"), "{forbidden:?}");
     for t in [&forged, &sales] {
         assert!(!log.contains(t.as_str()), "a token was written to the log:\n{log}");
     }
