@@ -49,6 +49,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries handled before their ack is sent even if more are waiting (well under any useful
 /// prefetch, so the broker never stops delivering for want of acks).
 const ACK_BATCH: u32 = 32;
+/// How long an ack may take to be handed to the connection. An ack queued as the connection
+/// dies may never be answered by lapin (its promise stays pending): past this, the link is
+/// taken for lost, so the source goes down (and its streams are warned) instead of hanging.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Acks every delivery of the channel up to `acker`'s (one `multiple` ack), within
+/// [`ACK_TIMEOUT`].
+pub(crate) async fn ack_through(acker: &lapin::Acker) -> Result<(), String> {
+    match until(Instant::now() + ACK_TIMEOUT, acker.ack(BasicAckOptions { multiple: true })).await {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) => Err("basic.ack not sent: the channel failed".into()),
+        Some(Err(e)) => Err(format!("basic.ack: {e}")),
+        None => Err(format!("basic.ack not sent within {ACK_TIMEOUT:?}: the connection is gone")),
+    }
+}
 
 /// A shared connection, (re)established by whichever user needs it first.
 struct Link {
@@ -269,13 +284,33 @@ impl Source {
             let next = match future::poll_once(consumer.next()).await {
                 Some(next) => next,
                 None => {
-                    // Nothing waits: ack what was handled before waiting.
-                    acks.flush().await.map_err(e("basic.ack"))?;
-                    consumer.next().await
+                    // Nothing waits: ack what was handled before waiting. lapin may leave a
+                    // consumer whose connection just died waiting, so the channel's state is
+                    // looked at every second meanwhile.
+                    acks.flush().await?;
+                    let dead = async {
+                        while chan.status().connected() {
+                            sleep(Duration::from_secs(1)).await;
+                        }
+                    };
+                    match future::or(async { Some(consumer.next().await) }, async {
+                        dead.await;
+                        None
+                    })
+                    .await
+                    {
+                        Some(next) => next,
+                        None => return Err("the channel is no longer connected".into()),
+                    }
                 }
             };
             let Some(delivery) = next else { break };
             let delivery = delivery.map_err(e("consumer"))?;
+            if delivery.acker.poisoned() {
+                // Delivered before the channel failed, not acked, and never will be: it comes
+                // again on the next consumer, so it is not passed on now (no duplicate).
+                return Err("the channel failed (deliveries it had buffered come again)".into());
+            }
             let mut msg = message(&delivery);
             if log.is_some() {
                 let Some(pos) = stream_log::offset(&delivery) else {
@@ -308,7 +343,7 @@ impl Source {
                 }
                 if offsets.last.is_some_and(|last| pos <= last) {
                     // Where it left off (proof the stream still holds it): already handled.
-                    acks.handled(delivery.acker).await.map_err(e("basic.ack"))?;
+                    acks.handled(delivery.acker).await?;
                     continue;
                 }
                 offsets.last = Some(pos);
@@ -318,7 +353,7 @@ impl Source {
                 Ok(ev) => self.shards.event(&ev).await,
                 Err(d) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
             }
-            acks.handled(delivery.acker).await.map_err(e("basic.ack"))?;
+            acks.handled(delivery.acker).await?;
         }
         Ok(())
     }
@@ -429,7 +464,7 @@ struct Acks {
 
 impl Acks {
     /// Records a handled delivery; sends the ack once [`ACK_BATCH`] are owed.
-    async fn handled(&mut self, acker: lapin::Acker) -> lapin::Result<()> {
+    async fn handled(&mut self, acker: lapin::Acker) -> Result<(), String> {
         self.last = Some(acker);
         self.owed += 1;
         if self.owed >= ACK_BATCH {
@@ -439,10 +474,10 @@ impl Acks {
     }
 
     /// Acks every delivery handled so far, in one frame.
-    async fn flush(&mut self) -> lapin::Result<()> {
+    async fn flush(&mut self) -> Result<(), String> {
         self.owed = 0;
         match self.last.take() {
-            Some(acker) => acker.ack(BasicAckOptions { multiple: true }).await.map(drop),
+            Some(acker) => ack_through(&acker).await,
             None => Ok(()),
         }
     }

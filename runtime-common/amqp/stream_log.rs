@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use async_lock::{Semaphore, SemaphoreGuardArc};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
@@ -226,7 +226,7 @@ impl LogCursor<'_> {
     /// Acks every delivery so far (refills the prefetch window).
     async fn ack(&mut self) -> Result<(), String> {
         if let Some(d) = self.unacked.take() {
-            d.ack(BasicAckOptions { multiple: true }).await.map_err(|e| format!("basic.ack: {e}"))?;
+            super::ack_through(&d.acker).await?;
         }
         Ok(())
     }
