@@ -607,10 +607,7 @@ impl Gateway {
     }
 
     fn drain_pending(&mut self, id: StreamId, out: &mut Vec<Bytes>, now: Instant) -> usize {
-        let Some(st) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut())
-        else {
-            return 0;
-        };
+        let Some(st) = self.stream_mut(id) else { return 0 };
         let n = st.pending_bytes;
         out.extend(st.pending.drain(..));
         st.pending_bytes = 0;
