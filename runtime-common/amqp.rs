@@ -56,12 +56,49 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Acks every delivery of the channel up to `acker`'s (one `multiple` ack), within
 /// [`ACK_TIMEOUT`].
-pub(crate) async fn ack_through(acker: &lapin::Acker) -> Result<(), String> {
+async fn ack_through(acker: &lapin::Acker) -> Result<(), String> {
     match until(Instant::now() + ACK_TIMEOUT, acker.ack(BasicAckOptions { multiple: true })).await {
         Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => Err("basic.ack not sent: the channel failed".into()),
         Some(Err(e)) => Err(format!("basic.ack: {e}")),
         None => Err(format!("basic.ack not sent within {ACK_TIMEOUT:?}: the connection is gone")),
+    }
+}
+
+/// Acks owed on one consumer's channel: the last handled delivery's acker and how many it
+/// stands for. Deliveries on a channel are handled in order, so one `multiple` ack of the last
+/// covers them all. Unsent acks are lost with the channel, and the broker redelivers those
+/// messages to the next consumer, as it would any unacked message. Used by the live sources and
+/// by the stream read-backs.
+pub(crate) struct Acks {
+    last: Option<lapin::Acker>,
+    owed: u32,
+    /// Owed acks sent at once even while more deliveries wait.
+    batch: u32,
+}
+
+impl Acks {
+    pub(crate) fn new(batch: u32) -> Acks {
+        Acks { last: None, owed: 0, batch }
+    }
+
+    /// Records a handled delivery; sends the ack once `batch` are owed.
+    pub(crate) async fn handled(&mut self, acker: lapin::Acker) -> Result<(), String> {
+        self.last = Some(acker);
+        self.owed += 1;
+        if self.owed >= self.batch {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Acks every delivery handled so far, in one frame.
+    pub(crate) async fn flush(&mut self) -> Result<(), String> {
+        self.owed = 0;
+        match self.last.take() {
+            Some(acker) => ack_through(&acker).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -160,8 +197,13 @@ struct Offsets {
 }
 
 impl Offsets {
-    /// Stops the source for good (see `went_back`); returns why, for the caller's error.
-    fn stop(&mut self, why: String) -> String {
+    /// Stops the source of `channel` for good (see `went_back`) because of `what`; returns why,
+    /// with what to do, for the caller's error.
+    fn stop(&mut self, what: &str, channel: &str) -> String {
+        let why = format!(
+            "{what}, and its offsets would give out event ids already given out; set channels.{channel}.source.epoch \
+             to a new value and restart the gateway"
+        );
         self.went_back = Some(why.clone());
         why
     }
@@ -248,12 +290,8 @@ impl Source {
             // Declared (and bound) again so that it keeps what is published meanwhile, but not
             // read: its offsets restart at 0 and would give out ids already given out.
             let last = offsets.last.unwrap_or_default();
-            return Err(offsets.stop(format!(
-                "stream queue {queue} is gone (it had offset {last}) and was declared again, empty: its offsets restart \
-                 at 0 and would give out event ids already given out; set channels.{}.source.epoch to a new value and \
-                 restart the gateway",
-                self.name
-            )));
+            let what = format!("stream queue {queue} is gone (it had offset {last}) and was declared again, empty: its offsets restart at 0");
+            return Err(offsets.stop(&what, &self.name));
         }
         chan.basic_qos(broker.prefetch, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
         let tag = format!("sse-gateway.{}", self.name);
@@ -279,7 +317,7 @@ impl Source {
         offsets.consumed = true;
         self.shards.source(self.id, true).await;
         let mut resuming = offsets.last;
-        let mut acks = Acks::default();
+        let mut acks = Acks::new(ACK_BATCH);
         loop {
             let next = match future::poll_once(consumer.next()).await {
                 Some(next) => next,
@@ -292,16 +330,9 @@ impl Source {
                         while chan.status().connected() {
                             sleep(Duration::from_secs(1)).await;
                         }
+                        Err("the channel is no longer connected".to_string())
                     };
-                    match future::or(async { Some(consumer.next().await) }, async {
-                        dead.await;
-                        None
-                    })
-                    .await
-                    {
-                        Some(next) => next,
-                        None => return Err("the channel is no longer connected".into()),
-                    }
+                    future::or(async { Ok(consumer.next().await) }, dead).await?
                 }
             };
             let Some(delivery) = next else { break };
@@ -312,6 +343,7 @@ impl Source {
                 return Err("the channel failed (deliveries it had buffered come again)".into());
             }
             let mut msg = message(&delivery);
+            msg.received = Some(Instant::now());
             if log.is_some() {
                 let Some(pos) = stream_log::offset(&delivery) else {
                     // Unacked, so a classic queue keeps it; the source goes down and says why.
@@ -322,12 +354,8 @@ impl Source {
                     // Offsets only grow in a stream: one below the last taken (or equal to it,
                     // other than as a resume's first delivery) is another stream by that name.
                     if pos < last || (pos == last && !resumed) {
-                        return Err(offsets.stop(format!(
-                            "stream queue {queue} went back from offset {last} to {pos}: it was deleted and recreated, and \
-                             its offsets would give out event ids already given out; set channels.{}.source.epoch to a \
-                             new value and restart the gateway",
-                            self.name
-                        )));
+                        let what = format!("stream queue {queue} went back from offset {last} to {pos}: it was deleted and recreated");
+                        return Err(offsets.stop(&what, &self.name));
                     }
                     // Resumed at `last`, the stream must start there (or right after it, if
                     // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
@@ -399,7 +427,7 @@ fn is_not_found(err: &lapin::Error) -> bool {
 
 /// Maps a delivery to the core's message (D4): type property, routing key, two headers,
 /// message id, body. The position is `None` here (classic queues have no offsets); a stream's
-/// reader sets it from [`stream_log::offset`].
+/// reader sets it from [`stream_log::offset`]. `received` is set by the live source only.
 fn message(d: &Delivery) -> UpstreamMessage {
     let p = &d.properties;
     let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).map(header_value);
@@ -411,7 +439,7 @@ fn message(d: &Delivery) -> UpstreamMessage {
         message_id: p.message_id().as_ref().map(|m| m.as_str().to_string()),
         body: d.data.clone().into(),
         position: None,
-        received: Some(Instant::now()),
+        received: None,
     }
 }
 
@@ -449,36 +477,5 @@ mod tests {
         assert_eq!(header_value(&AMQPValue::LongInt(2)), HeaderValue::Int(2));
         assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), HeaderValue::Text("a,b".into()));
         assert_eq!(header_value(&AMQPValue::Double(1.0)), HeaderValue::Other);
-    }
-}
-
-/// Acks owed on one consumer's channel: the last handled delivery's acker and how many it
-/// stands for. Deliveries on a channel are handled in order, so one `multiple` ack of the last
-/// covers them all. Unsent acks are lost with the channel, and the broker redelivers those
-/// messages to the next consumer, as it would any unacked message.
-#[derive(Default)]
-struct Acks {
-    last: Option<lapin::Acker>,
-    owed: u32,
-}
-
-impl Acks {
-    /// Records a handled delivery; sends the ack once [`ACK_BATCH`] are owed.
-    async fn handled(&mut self, acker: lapin::Acker) -> Result<(), String> {
-        self.last = Some(acker);
-        self.owed += 1;
-        if self.owed >= ACK_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Acks every delivery handled so far, in one frame.
-    async fn flush(&mut self) -> Result<(), String> {
-        self.owed = 0;
-        match self.last.take() {
-            Some(acker) => ack_through(&acker).await,
-            None => Ok(()),
-        }
     }
 }

@@ -32,7 +32,7 @@ use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
 use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, Settings};
 
-use super::{message, Link};
+use super::{message, Acks, Link};
 use crate::common::shards::Shards;
 use crate::common::until;
 
@@ -42,7 +42,7 @@ pub(crate) const READ_BACKS: usize = 8;
 /// Messages a read-back has in flight (`basic.qos`).
 const PREFETCH: u16 = 64;
 /// Deliveries acked at once (`multiple`), to spare a frame per message.
-const ACK_EVERY: u64 = 32;
+const ACK_EVERY: u32 = 32;
 /// A read-back that receives nothing for this long has reached the end of the stream.
 pub(crate) const IDLE: Duration = Duration::from_millis(1500);
 
@@ -184,7 +184,7 @@ impl LogReader {
             )
             .await
             .map_err(e("basic.consume"))?;
-        Ok(LogCursor { log, chan, consumer, unacked: None, taken: 0, _permit: permit })
+        Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit })
     }
 }
 
@@ -194,9 +194,7 @@ pub(crate) struct LogCursor<'r> {
     log: &'r Log,
     chan: Channel,
     consumer: Consumer,
-    /// The last delivery not acked yet.
-    unacked: Option<Delivery>,
-    taken: u64,
+    acks: Acks,
     _permit: SemaphoreGuardArc,
 }
 
@@ -215,25 +213,14 @@ impl LogCursor<'_> {
         msg.position = Some(pos);
         // Dropped messages were logged when the live source met them; here they only hold a place.
         let ev = self.log.ingest.read_back(&msg).ok();
-        self.taken += 1;
-        self.unacked = Some(d);
-        if self.taken.is_multiple_of(ACK_EVERY) {
-            self.ack().await?;
-        }
+        // Acks only refill the prefetch window here.
+        self.acks.handled(d.acker).await?;
         Ok(Some((pos, ev)))
-    }
-
-    /// Acks every delivery so far (refills the prefetch window).
-    async fn ack(&mut self) -> Result<(), String> {
-        if let Some(d) = self.unacked.take() {
-            super::ack_through(&d.acker).await?;
-        }
-        Ok(())
     }
 
     /// Cancels the consumer and closes its channel (which lets the permit go).
     pub(crate) async fn close(mut self) {
-        let _ = self.ack().await;
+        let _ = self.acks.flush().await;
         let _ = self.chan.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()).await;
         let _ = self.chan.close(200, "read-back done".into()).await;
     }
