@@ -144,17 +144,26 @@ load() {
 }
 
 servers() { if [ $# -eq 0 ]; then echo tokio smol nchan; else echo "$@"; fi; }
+# The scenarios through RabbitMQ default to the gateways only.
+gateways() { if [ $# -eq 0 ]; then echo tokio smol; else echo "$@"; fi; }
+
+# each SERVERS SCENARIO LOAD-ARGS...: RUNS runs on each server of the list, a fresh server for
+# each, one measurement labelled "SCENARIO run=N".
+each() {
+  local list=$1 scenario=$2 s r; shift 2
+  for s in $list; do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "$scenario run=$r" "$s" "$@"
+      stop
+    done
+  done
+}
 
 # ---- scenarios ----
 
 fanout() {
-  for s in $(servers "$@"); do
-    for r in $(seq 1 "$RUNS"); do
-      start "$s"
-      load "fanout-10k run=$r" "$s" --mode fanout --streams 10000 --rate "${RATE:-100}" --duration "${DURATION:-20}" --drain 15
-      stop
-    done
-  done
+  each "$(servers "$@")" fanout-10k --mode fanout --streams 10000 --rate "${RATE:-100}" --duration "${DURATION:-20}" --drain 15
 }
 
 # (a) Max rate without loss: the first rate in RATES that loses an event or is not delivered at
@@ -180,17 +189,10 @@ steps() {
 
 # (b) Through RabbitMQ: the gateways by default (nchan on request: `latency nchan`).
 latency() {
-  local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
   local w workers=$WORKERS
   for w in ${LATENCY_WORKERS:-1 2}; do
     WORKERS=$w
-    for s in $list; do
-      for r in $(seq 1 "$RUNS"); do
-        start "$s"
-        load "latency-1k-x-1000 run=$r" "$s" --mode fanout --streams 1000 --rate 1000 --duration "${DURATION:-20}" --drain 10
-        stop
-      done
-    done
+    each "$(gateways "$@")" latency-1k-x-1000 --mode fanout --streams 1000 --rate 1000 --duration "${DURATION:-20}" --drain 10
   done
   WORKERS=$workers
 }
@@ -198,26 +200,16 @@ latency() {
 # (b') A burst through RabbitMQ: BURST_RATE events/s for BURST_SECS s to 10 subscribers, so the
 # source's per-message cost (consume, validate, ack) is what is measured, not the fan-out.
 burst() {
-  local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
-  for s in $list; do
-    for r in $(seq 1 "$RUNS"); do
-      start "$s"
-      load "burst-10 rate=${BURST_RATE:-20000} run=$r" "$s" --mode fanout --streams 10 --rate "${BURST_RATE:-20000}" --duration "${BURST_SECS:-2}" --drain 10
-      stop
-    done
-  done
+  each "$(gateways "$@")" "burst-10 rate=${BURST_RATE:-20000}" --mode fanout --streams 10 --rate "${BURST_RATE:-20000}" --duration "${BURST_SECS:-2}" --drain 10
 }
 
 # Server memory: VmRSS of the watched PIDs, summed, in KiB.
 rss_kib() { local t=0 p; for p in $(echo "$PIDS" | sed 's/--pid//g'); do t=$((t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
 
-# (c) The gateways hold the streams with tests/src/bin/hold.rs (the smol issue's tool); nchan,
-# which hold cannot speak to, with the load tool's connect mode (the same measurement).
 # (b), around it: the same 1,000 subscribers at lower rates (SWEEP_RATES), to show where the
 # p99 goal holds on this machine.
 sweep() {
-  local list; if [ $# -eq 0 ]; then list="tokio smol"; else list="$*"; fi
-  for s in $list; do
+  for s in $(gateways "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
       for rate in ${SWEEP_RATES:-100 300 600}; do
@@ -228,6 +220,8 @@ sweep() {
   done
 }
 
+# (c) The gateways hold the streams with tests/src/bin/hold.rs (the smol issue's tool); nchan,
+# which hold cannot speak to, with the load tool's connect mode (the same measurement).
 idle() {
   local n=${IDLE_STREAMS:-19000}
   for s in $(servers "$@"); do
@@ -256,25 +250,13 @@ idle() {
 }
 
 accept() {
-  for s in $(servers "$@"); do
-    for r in $(seq 1 "$RUNS"); do
-      start "$s"
-      load "accept-10k run=$r" "$s" --mode connect --streams 10000 --settle 1
-      stop
-    done
-  done
+  each "$(servers "$@")" accept-10k --mode connect --streams 10000 --settle 1
 }
 
 resume() {
-  for s in $(servers "$@"); do
-    for r in $(seq 1 "$RUNS"); do
-      start "$s"
-      # One publishing connection: nchan orders a channel's messages as their publishes arrive,
-      # and the replay is checked against the publishing order.
-      load "resume-storm-10k run=$r" "$s" --mode resume --streams 10000 --warm 10 --behind 100 --drain 60 --publishers 1
-      stop
-    done
-  done
+  # One publishing connection: nchan orders a channel's messages as their publishes arrive,
+  # and the replay is checked against the publishing order.
+  each "$(servers "$@")" resume-storm-10k --mode resume --streams 10000 --warm 10 --behind 100 --drain 60 --publishers 1
 }
 
 hotpath() {
