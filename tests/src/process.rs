@@ -100,6 +100,20 @@ impl GatewayProcess {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until the gateway's logs (read from its stderr as they come, so a line the gateway
+    /// has written may not be here yet) satisfy `done`, at most `timeout`; returns the logs
+    /// either way, for the caller's assertions to say what is missing.
+    pub async fn log_until(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.stderr();
+            if done(&log) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            crate::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything the gateway wrote to stdout so far (the contract: exactly one line).
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()

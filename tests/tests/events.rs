@@ -119,11 +119,12 @@ async fn invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow(b
     fx.publish("deals", "deal.updated", &next).await;
     assert_eq!(s.expect_event("the next valid event").await.data, next, "the duplicate was delivered");
 
-    let reasons = bad.iter().map(|(_, _, r)| *r).chain(["unsupported_version", "duplicate"]);
+    let reasons: Vec<&str> = bad.iter().map(|(_, _, r)| *r).chain(["unsupported_version", "duplicate"]).collect();
+    let log = fx.gw.log_until(sse_gateway_tests::WAIT, |l| reasons.iter().all(|r| l.contains(r))).await;
     for reason in reasons {
         let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
         assert_eq!(fx.gw.metric(&sample).await, Some(1.0), "{sample}");
-        assert!(fx.gw.stderr().contains(reason), "the drop for {reason} is not logged with its reason");
+        assert!(log.contains(reason), "the drop for {reason} is not logged with its reason");
     }
     assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
 }

@@ -109,9 +109,10 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
         assert_eq!(fx.gw.metric(&sample).await, Some(*n as f64), "{sample}");
     }
     // D4: logged once, with the reason.
-    let log = fx.gw.stderr();
+    let count = |log: &str, reason: &str| log.lines().filter(|l| l.contains(reason)).count();
+    let log = fx.gw.log_until(sse_gateway_tests::WAIT, |l| expected.iter().all(|(r, n)| count(l, r) >= *n)).await;
     for (reason, n) in &expected {
-        let lines = log.lines().filter(|l| l.contains(reason)).count();
+        let lines = count(&log, reason);
         assert_eq!(lines, *n, "{reason}: {n} drops but {lines} log lines name the reason:\n{log}");
     }
     assert!(!log.contains("\nevent: pwned"), "a type's line break went into the log raw:\n{log}");

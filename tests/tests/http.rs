@@ -167,11 +167,7 @@ async fn refusals_are_logged_with_status_code_and_peer_but_never_the_token(bin: 
     assert_eq!(gw.open(&format!("/api/v1/streams/deals?access_token={forged}"), &[]).await.status, 401);
     let mut s = gw.stream("payments", &sales).await;
     let _ = s.until_closed(WAIT).await;
-    // The test reads the gateway's stderr as it comes: wait for the four lines to be read.
-    let deadline = std::time::Instant::now() + WAIT;
-    while gw.stderr().matches("request refused").count() < 4 && std::time::Instant::now() < deadline {
-        sse_gateway_tests::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let _ = gw.log_until(WAIT, |l| l.matches("request refused").count() >= 4).await;
     let _ = gw.get("/metrics", &[]).await; // and for any extra line to show up too
     let log = gw.stderr();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("request refused")).collect();

@@ -150,11 +150,8 @@ async fn nothing_more(s: &mut SseClient, who: &str) {
 
 /// Waits until the gateway's logs contain `needle` (they are read from its stderr as they come).
 async fn logged(gw: &GatewayProcess, needle: &str, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !gw.stderr().contains(needle) {
-        assert!(Instant::now() < deadline, "{what}: no {needle:?} in the gateway's logs");
-        sse_gateway_tests::sleep(Duration::from_millis(50)).await;
-    }
+    let log = gw.log_until(WAIT, |l| l.contains(needle)).await;
+    assert!(log.contains(needle), "{what}: no {needle:?} in the gateway's logs");
 }
 
 fn assert_increasing(ids: &[String], who: &str) {
@@ -386,11 +383,8 @@ async fn read_backs_for_clients_that_stop_reading_give_their_turn_up(bin: Bin) {
         stalled.push(gw.stream_with("deals", &user(&format!("stalled-{k}"), &[]), &[("Last-Event-ID", &first)]).await);
     }
     // Each read-back pauses at the client's bound; after holding its turn 2 s it gives it up.
-    let deadline = Instant::now() + 3 * WAIT;
-    while gw.stderr().matches("read-back paused").count() < STALLED {
-        assert!(Instant::now() < deadline, "stalled read-backs gave their turn up: {}", gw.stderr().matches("read-back paused").count());
-        sse_gateway_tests::sleep(Duration::from_millis(100)).await;
-    }
+    let paused = gw.log_until(3 * WAIT, |l| l.matches("read-back paused").count() >= STALLED).await.matches("read-back paused").count();
+    assert!(paused >= STALLED, "stalled read-backs gave their turn up: {paused}");
     // A client that reads gets its whole replay while the stalled ones wait for their readers.
     let started = Instant::now();
     let mut prompt = gw.stream_with("deals", &user("prompt", &[]), &[("Last-Event-ID", &first)]).await;
