@@ -14,7 +14,8 @@
 //! * `crate::driver::Socket`: a registered TCP stream implementing futures-io `AsyncRead +
 //!   AsyncWrite + Unpin`; `Socket::new(std::net::TcpStream)` adopts one on the current thread,
 //!   `into_inner()` gives it back (to move it to a shard thread), `get_ref()` reaches the socket,
-//!   `readable()` waits until a read would not block (without reading).
+//!   `readable()` waits until a read would not block (without reading), `poll_readable(cx)`
+//!   polls the same through the socket's own waker slot (no re-registration per wait).
 //! * `crate::driver::AmqpRuntime` and `amqp_runtime()`: the `async_rs` runtime handle lapin
 //!   connects with. Chosen explicitly: with both runtime features on in one workspace build,
 //!   lapin's default would pick tokio even under smol.

@@ -309,7 +309,13 @@ impl Shard {
                     false
                 },
                 async {
-                    // A client has nothing to say on a stream; what it sends is ignored.
+                    // A client has nothing to say on a stream; what it sends is ignored. Wait for
+                    // readiness before reading (smol's read tries the socket first: a `recv` per
+                    // write on every stream), through the socket's own waker slot (smol's
+                    // `readable()` future re-arms epoll each time: an `epoll_ctl` per write).
+                    if poll_fn(|cx| sock.poll_readable(cx)).await.is_err() {
+                        return true;
+                    }
                     let mut scratch = [0u8; 16];
                     matches!(sock.read(&mut scratch).await, Ok(0) | Err(_))
                 },

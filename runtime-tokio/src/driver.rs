@@ -72,6 +72,12 @@ impl Socket {
         &self.0
     }
 
+    /// Ready once the connection is readable (data, EOF or an error), reading nothing; as
+    /// async-io's `Async::poll_readable`, which the smol frontend's `Socket` is.
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_read_ready(cx)
+    }
+
     /// Waits until the connection is readable (data, EOF or an error), reading nothing.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         self.0.readable().await
