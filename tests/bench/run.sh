@@ -11,6 +11,8 @@
 #   tests/bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
 #   tests/bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
 #   tests/bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
+#   tests/bench/run.sh floor                      what one loopback write costs here, no server at all
+#                                                 (1,000 connections; FLOOR_BYTES "150 1800")
 #   tests/bench/run.sh hotpath                    the core micro-benchmark
 #   tests/bench/run.sh all                        every scenario above on every server
 #
@@ -48,10 +50,10 @@ mkdir -p "$BENCH_DIR"
 log() { echo "== $*" >&2; }
 
 build() {
-  (cd "$ROOT" && cargo build --release -p sse-gateway-tokio -p sse-gateway-smol -p sse-gateway-tests --bin sse-gateway --bin sse-gateway-smol --bin load --bin hold)
+  (cd "$ROOT" && cargo build --release -p sse-gateway-tokio -p sse-gateway-smol -p sse-gateway-tests --bin sse-gateway --bin sse-gateway-smol --bin load --bin hold --bin floor)
   mkdir -p "$BIN"
   # A snapshot: other builds in the work tree do not change the binaries under test mid-run.
-  cp "$ROOT/target/release/sse-gateway" "$ROOT/target/release/sse-gateway-smol" "$ROOT/target/release/load" "$ROOT/target/release/hold" "$BIN/"
+  cp "$ROOT/target/release/sse-gateway" "$ROOT/target/release/sse-gateway-smol" "$ROOT/target/release/load" "$ROOT/target/release/hold" "$ROOT/target/release/floor" "$BIN/"
   (cd "$ROOT" && git rev-parse --short HEAD) > "$BIN/commit"
   log "binaries of $(cat "$BIN/commit") in $BIN"
 }
@@ -203,6 +205,24 @@ burst() {
   each "$(gateways "$@")" "burst-10 rate=${BURST_RATE:-20000}" --mode fanout --streams 10 --rate "${BURST_RATE:-20000}" --duration "${BURST_SECS:-2}" --drain 10
 }
 
+# (b), underneath it: the kernel's cost of one write to a loopback connection, from one thread to
+# 1,000 connections in turn, with a thread reading them (as subscribers do) and without one
+# (only the sender's side). A server's fan-out round costs at least 1,000 times this.
+floor() {
+  need_bins
+  local b r mode la; loadavg; la=$LA
+  for b in ${FLOOR_BYTES:-150 1800}; do
+    for mode in --reader --no-reader; do
+      for r in $(seq 1 "$RUNS"); do
+        log "floor: 1,000 connections, $b bytes per write, $mode, run $r (load average $la)"
+        # shellcheck disable=SC2046
+        "$BIN/floor" --label "scenario=floor $mode run=$r loadavg=$la commit=$(cat "$BIN/commit")" \
+          --streams 1000 --bytes "$b" $([ "$mode" = --reader ] && echo --reader) | tee -a "$RESULTS"
+      done
+    done
+  done
+}
+
 # Server memory: VmRSS of the watched PIDs, summed, in KiB.
 rss_kib() { local t=0 p; for p in $(echo "$PIDS" | sed 's/--pid//g'); do t=$((t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
 
@@ -273,8 +293,9 @@ case $cmd in
   build) build ;;
   fanout | steps | latency | burst | sweep | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
   hotpath) hotpath ;;
+  floor) floor ;;
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
-    fanout; steps; latency; burst; sweep; idle; accept; resume; hotpath ;;
+    fanout; steps; latency; burst; sweep; idle; accept; resume; floor; hotpath ;;
   *) sed -n '2,32p' "$0"; exit 2 ;;
 esac

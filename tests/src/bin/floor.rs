@@ -1,0 +1,108 @@
+//! What one write to a loopback TCP connection costs on this machine, with no server around it:
+//! the floor under any SSE server's fan-out round (BENCHMARKS.md, (b)). A server that writes one
+//! event to N streams makes N `write` calls; on loopback each one also runs the receiver's TCP
+//! input inside the sender's call, so N x (the figure here) is the least CPU a round can take.
+//!
+//! It opens `--streams` connections to itself on 127.0.0.1, then writes `--bytes` bytes to each in
+//! turn, `--rounds` times, from one thread (as a gateway shard does), with `TCP_NODELAY` on. With
+//! `--reader`, a second thread reads every connection in turn (non-blocking, as a subscriber process
+//! would); without it the bytes stay queued at the receiver, so only the sender's side is counted.
+//! Prints one JSON line: wall and on-CPU time per write (the thread's own schedstat), and the
+//! reader's on-CPU time per read that got bytes.
+//!
+//!   floor [--streams 1000] [--bytes 150] [--rounds N] [--reader] [--label TEXT]
+//!
+//! `--rounds` defaults to 300 with a reader, and to what fits in 32 KiB per connection without.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Nanoseconds this thread has run on a CPU (the first field of /proc/thread-self/schedstat).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|f| f.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .map(|i| {
+            let v = args.get(i + 1).unwrap_or_else(|| panic!("{name} needs a value"));
+            v.parse().unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
+        })
+        .unwrap_or(default)
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let streams = arg(&args, "--streams", 1000);
+    let bytes = arg(&args, "--bytes", 150);
+    let reader = args.iter().any(|a| a == "--reader");
+    let rounds = arg(&args, "--rounds", if reader { 300 } else { (32 * 1024 / bytes.max(1)).max(1) });
+    let label = args.iter().position(|a| a == "--label").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
+    // Without a reader everything written stays queued at the receiver: keep it well inside the
+    // receive buffer, so no write ever waits for room.
+    assert!(reader || rounds * bytes <= 64 * 1024, "without --reader, rounds x bytes must stay under 64 KiB per stream");
+
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut senders = Vec::with_capacity(streams);
+    let mut receivers = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let r = TcpStream::connect(addr)?;
+        let (s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        r.set_nonblocking(true)?;
+        senders.push(s);
+        receivers.push(r);
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    // Without a reader the receiving ends stay open, unread, until the end.
+    let (mut receivers, idle) = if reader { (receivers, Vec::new()) } else { (Vec::new(), receivers) };
+    let read_thread = reader.then(|| {
+        let done = done.clone();
+        let mut receivers = std::mem::take(&mut receivers);
+        std::thread::spawn(move || {
+            let (cpu0, mut reads, mut buf) = (thread_cpu_ns(), 0u64, vec![0u8; 64 * 1024]);
+            while !done.load(Ordering::Relaxed) {
+                for r in receivers.iter_mut() {
+                    match r.read(&mut buf) {
+                        Ok(n) if n > 0 => reads += 1,
+                        Err(e) if e.kind() != ErrorKind::WouldBlock => panic!("read: {e}"),
+                        _ => {}
+                    }
+                }
+            }
+            (thread_cpu_ns() - cpu0, reads)
+        })
+    });
+
+    let payload = vec![b'x'; bytes];
+    let (cpu0, start) = (thread_cpu_ns(), Instant::now());
+    for _ in 0..rounds {
+        for s in senders.iter_mut() {
+            s.write_all(&payload)?;
+        }
+    }
+    let (wall, cpu) = (start.elapsed().as_nanos() as f64, (thread_cpu_ns() - cpu0) as f64);
+    done.store(true, Ordering::Relaxed);
+    let (read_cpu, reads) = read_thread.map(|t| t.join().expect("reader")).unwrap_or((0, 0));
+    drop(idle);
+
+    let writes = (streams * rounds) as f64;
+    let per_read = if reads > 0 { format!("{:.2}", read_cpu as f64 / reads as f64 / 1e3) } else { "null".into() };
+    println!(
+        "{{\"label\":{label:?},\"streams\":{streams},\"bytes\":{bytes},\"rounds\":{rounds},\"reader\":{reader},\"writes\":{writes},\
+         \"us_per_write_wall\":{:.2},\"us_per_write_cpu\":{:.2},\"round_ms_cpu\":{:.2},\"reads\":{reads},\"us_per_read_cpu\":{per_read}}}",
+        wall / writes / 1e3,
+        cpu / writes / 1e3,
+        cpu / rounds as f64 / 1e6,
+    );
+    Ok(())
+}
