@@ -329,8 +329,10 @@ impl Gateway {
             Some((k, _)) => k.clone(),
             None => Arc::from(req.identity.user.as_str()),
         };
-        // Closed when the token stops verifying: at `exp` plus the leeway the verifier allows.
-        let expiry_secs = req.identity.expires_at.saturating_add(self.settings.config.auth.leeway_secs).saturating_sub(unix_now);
+        // Closed at `exp` (D1). The verifier's leeway only tolerates clock skew when a token is
+        // presented: one presented within the leeway after its `exp` opens a stream that ends at
+        // once with `token_expired`, which tells the client to fetch a fresh token.
+        let expiry_secs = req.identity.expires_at.saturating_sub(unix_now);
         let expires_at = now.checked_add(Duration::from_secs(expiry_secs));
         let heartbeat_at = now + self.settings.config.streams.heartbeat;
         let id = self.alloc(Stream {

@@ -312,7 +312,8 @@ fn the_reject_policy_always_answers_409() {
     let mut h = Harness::new("limit_policy = \"reject\"\nmax_per_user = 2\n");
     h.open("u1", "deals");
     h.open("u1", "deals");
-    h.advance(Duration::from_secs(3600));
+    // However old the open streams (their tokens last an hour).
+    h.advance(Duration::from_secs(3599));
     let r = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap_err();
     assert_eq!(r.status, 409);
     assert!(h.closed.is_empty());
@@ -321,20 +322,35 @@ fn the_reject_policy_always_answers_409() {
 #[test]
 fn a_token_that_expires_mid_stream_ends_it_with_token_expired() {
     let mut h = Harness::new("");
-    // leeway 30 s (default); token valid for 100 s: closed at exp + leeway.
+    // Token valid for 100 s: closed at exp (D1), not at exp + leeway (30 s by default).
     let t = h.token("u1", &[], 100);
     let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
     let Routed::Stream(req) = h.route(&raw) else { panic!() };
     let id = h.gw.open(req, h.now, h.unix).unwrap();
     h.drain();
     h.take_wire(id);
-    h.advance(Duration::from_secs(129));
+    h.advance(Duration::from_secs(99));
     assert!(!h.closed.contains_key(&id));
     h.take_wire(id);
     h.advance(Duration::from_secs(1));
     assert_eq!(h.take_wire(id), "event: error\ndata: {\"code\":\"token_expired\"}\n\n");
     assert_eq!(h.closed.get(&id), Some(&CloseReason::TokenExpired));
     assert_eq!(h.gw.stream_count(), 0);
+}
+
+#[test]
+fn a_token_presented_within_the_leeway_after_exp_ends_its_stream_at_once() {
+    let mut h = Harness::new("");
+    let t = h.token("u1", &[], 0);
+    h.advance(Duration::from_secs(10)); // 10 s past exp, inside the 30-s leeway: it verifies
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
+    let Routed::Stream(req) = h.route(&raw) else { panic!("a token within the leeway verifies") };
+    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    h.drain();
+    h.advance(Duration::ZERO);
+    let wire = h.take_wire(id);
+    assert!(wire.ends_with("event: error\ndata: {\"code\":\"token_expired\"}\n\n"), "{wire:?}");
+    assert_eq!(h.closed.get(&id), Some(&CloseReason::TokenExpired));
 }
 
 #[test]
@@ -838,6 +854,26 @@ fn cors_preflight_allows_configured_origins_with_credentials() {
     assert!(r.contains("Access-Control-Allow-Headers: Authorization, Last-Event-ID"));
     let other = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n";
     assert!(respond(front.route(other, 0)).starts_with("HTTP/1.1 403"));
+}
+
+#[test]
+fn a_shard_at_its_stream_bound_answers_503_overloaded_until_one_closes() {
+    let mut h = Harness::new("");
+    h.gw = Gateway::new(h.settings.clone(), h.metrics.clone(), 3, 7);
+    let open: Vec<StreamId> = ["a", "b", "c"].iter().map(|u| h.open(u, "deals")).collect();
+    let r = h.open_path("d", &[], "/api/v1/streams/deals", &[]).unwrap_err();
+    assert_eq!(r.status, 503);
+    let text = String::from_utf8_lossy(&r.bytes).into_owned();
+    assert!(text.contains("\"code\":\"overloaded\""), "{text}");
+    assert!(h.closed.is_empty(), "a full shard closes nothing to make room");
+    assert_eq!(h.gw.stream_count(), 3);
+    // A stream that ends frees its place.
+    h.gw.on_closed(open[1]);
+    let d = h.open("d", "deals");
+    assert_eq!(h.gw.stream_count(), 3);
+    h.take_wire(d);
+    h.publish("deals", "deal.created", deal_created("after"));
+    assert!(h.take_wire(d).contains("event: deal.created"));
 }
 
 #[test]
