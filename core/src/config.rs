@@ -389,7 +389,7 @@ impl Settings {
             });
             let (source, log) = match file.source {
                 None => (source, None),
-                Some(src) => resolve_source(name, src)?,
+                Some(src) => resolve_source(name, with_default_origin(src, source))?,
             };
             let buffer_events = file.buffer_events.unwrap_or(s.buffer_events);
             channels.push(ChannelSettings {
@@ -429,6 +429,26 @@ impl Settings {
     pub fn channel(&self, id: crate::ChannelId) -> &ChannelSettings {
         &self.channels[id.0 as usize]
     }
+}
+
+/// A `[channels.<name>.source]` that names neither an exchange nor a queue keeps the channel's
+/// default origin (the shipped one, or the queue of its own name) and changes only the keys it
+/// sets: `stream = true` alone moves the shipped exchange's channel onto a stream queue. One that
+/// names either replaces the default origin as a whole.
+fn with_default_origin(mut src: SourceConfig, default: SourceSettings) -> SourceConfig {
+    if src.exchange.is_some() || src.queue.is_some() {
+        return src;
+    }
+    match default {
+        SourceSettings::Exchange { exchange, kind, routing_keys, queue: _ } => {
+            // The bound queue's default follows `stream` (resolve_source names it).
+            src.exchange = Some(exchange);
+            src.exchange_kind = src.exchange_kind.or(Some(kind));
+            src.routing_keys = src.routing_keys.or(Some(routing_keys));
+        }
+        SourceSettings::Queue { queue } => src.queue = Some(queue),
+    }
+    src
 }
 
 fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Option<StreamLog>), ConfigError> {
@@ -519,6 +539,16 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 mod tests {
     use super::*;
 
+    /// The seed's source of `deals`, bound with `queue`.
+    fn crm_domain(queue: &str) -> SourceSettings {
+        SourceSettings::Exchange {
+            exchange: "crm.domain".into(),
+            kind: "topic".into(),
+            routing_keys: vec!["#".into()],
+            queue: queue.into(),
+        }
+    }
+
     #[test]
     fn empty_file_gives_the_seed_defaults() {
         let c = Config::from_toml("").unwrap();
@@ -564,15 +594,7 @@ mod tests {
         assert!(s.channel_id("tasks").is_none());
         let deals = s.channel(s.channel_id("deals").unwrap());
         assert_eq!(deals.roles, ["sales"]);
-        assert_eq!(
-            deals.source,
-            SourceSettings::Exchange {
-                exchange: "crm.domain".into(),
-                kind: "topic".into(),
-                routing_keys: vec!["#".into()],
-                queue: "sse-gateway.deals".into(),
-            }
-        );
+        assert_eq!(deals.source, crm_domain("sse-gateway.deals"));
         let pay = s.channel(s.channel_id("payments").unwrap());
         assert_eq!(pay.source, SourceSettings::Queue { queue: "pay.q".into() });
         assert_eq!(pay.roles, ["finance_manager"]);
@@ -615,6 +637,28 @@ mod tests {
         assert!(Settings::new(bad, Catalogue::seed()).unwrap_err().0.contains("max_age"));
         let stray = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nepoch = 2\n").unwrap();
         assert!(Settings::new(stray, Catalogue::seed()).unwrap_err().0.contains("stream = true"));
+    }
+
+    #[test]
+    fn a_source_table_without_exchange_or_queue_keeps_the_default_origin() {
+        let c = Config::from_toml(
+            "[channels.deals.source]\nstream = true\n[channels.tasks.source]\nrouting_keys = [\"task.#\"]\n\
+             [channels.notifications.source]\nstream = true\nmax_age = \"1D\"\n",
+        )
+        .unwrap();
+        let s = Settings::new(c, Catalogue::seed()).unwrap();
+        let deals = s.channel(s.channel_id("deals").unwrap());
+        assert_eq!(deals.source, crm_domain("sse-gateway.deals.stream"));
+        assert_eq!(deals.log, Some(StreamLog { max_age: "1h".into(), max_length_bytes: None, epoch: 1 }));
+        let tasks = s.channel(s.channel_id("tasks").unwrap());
+        assert!(matches!(&tasks.source, SourceSettings::Exchange { exchange, routing_keys, queue, .. }
+            if exchange == "tasks.events" && routing_keys == &["task.#"] && queue == "sse-gateway.tasks"));
+        let notes = s.channel(s.channel_id("notifications").unwrap());
+        assert_eq!(notes.source, SourceSettings::Queue { queue: "notifications.internal".into() });
+        assert_eq!(notes.log.as_ref().map(|l| l.max_age.as_str()), Some("1D"));
+        // Keys of the other kind of origin are still refused.
+        let c = Config::from_toml("[channels.notifications.source]\nrouting_keys = [\"a\"]\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.contains("only apply to an exchange source"));
     }
 
     #[test]
