@@ -33,7 +33,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
-use sse_gateway_core::{log_continues, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{log_continues, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, info, warn};
 
 use super::shards::Shards;
@@ -211,7 +211,7 @@ impl Offsets {
 
 impl Source {
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
-        let mut delay = broker.reconnect_min;
+        let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max);
         let mut failures = 0u64;
         let mut offsets = Offsets::default();
         loop {
@@ -221,7 +221,7 @@ impl Source {
                 Err(e) => e,
             };
             if consumed {
-                delay = broker.reconnect_min;
+                backoff.reset();
                 failures = 0;
             }
             failures += 1;
@@ -234,11 +234,7 @@ impl Source {
                 debug!(channel = %self.name, error = %why, failures, "reconnect failed");
             }
             self.shards.source(self.id, false).await;
-            // Full jitter over the upper half: [delay/2, delay].
-            let half = delay / 2;
-            let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
-            sleep(half + Duration::from_millis(jitter)).await;
-            delay = (delay * 2).min(broker.reconnect_max).max(broker.reconnect_min);
+            sleep(backoff.next_wait(getrandom::u64().unwrap_or(0))).await;
         }
     }
 

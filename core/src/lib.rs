@@ -29,6 +29,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
+mod backoff;
 mod buffer;
 pub mod catalogue;
 pub mod cli;
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod setup;
 pub mod sse;
 
+pub use backoff::Backoff;
 pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, TokenError, TokenVerifier};
 pub use catalogue::Catalogue;
 pub use config::{Config, ConfigError, Settings};
