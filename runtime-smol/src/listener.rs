@@ -22,8 +22,18 @@ impl Listener {
         self.0.get_ref().local_addr()
     }
 
-    /// The next connection.
+    /// The next connection. Waits through the listener's own waker slot (`poll_readable`):
+    /// async-io's `accept()` waits "optimistically", trying again at every wake of the task it
+    /// runs in, and the main thread's task is woken by every task of its executor (an `accept4`
+    /// and an `epoll_ctl` per wake: about one per event with a RabbitMQ source).
     pub(crate) async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
-        self.0.accept().await
+        loop {
+            match self.0.get_ref().accept() {
+                Ok((sock, peer)) => return Ok((Async::new(sock)?, peer)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            std::future::poll_fn(|cx| self.0.poll_readable(cx)).await?;
+        }
     }
 }
