@@ -208,6 +208,16 @@ fn check_confirm(m: &Message, confirm: lapin::Result<Confirmation>) {
     }
 }
 
+impl Broker {
+    /// Deletes queue `name` now (as an operator or another application might).
+    pub async fn delete_queue(&self, name: &str) {
+        self.channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete queue {name}: {e}"));
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let exchanges = std::mem::take(&mut *self.owned_exchanges.lock().unwrap());

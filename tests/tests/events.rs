@@ -193,18 +193,29 @@ async fn a_message_with_recipients_reaches_only_them(bin: Bin) {
 /// Acks go out as one `multiple` ack per run of deliveries (runtime-common/amqp.rs): once a
 /// burst is handled and the source is idle, everything in it is acked, so a gateway that takes
 /// over the queue gets none of it again (each redelivered message would be a duplicate event).
+/// Invalid messages in the burst are acked too (D4: dropped, never redelivered in a loop).
 async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_again(bin: Bin) {
     const BURST: usize = 517; // not a multiple of the ack batch: the rest is acked when idle
+    const INVALID: usize = 11; // one after every 47th valid message
+    let not_json = "sse_gateway_events_dropped_total{reason=\"not_json\"}";
     let mut fx = Fixture::start(bin, ConfigBuilder::new()).await;
     let mut s = fx.gw.stream("deals", &user("ursula", &[])).await;
     let bodies: Vec<String> = (0..BURST).map(|_| valid_text("deal.updated")).collect();
-    let burst: Vec<_> = bodies.iter().map(|b| fx.msg("deals", "deal.updated", b)).collect();
+    let mut burst = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        burst.push(fx.msg("deals", "deal.updated", b));
+        if i % 47 == 46 {
+            burst.push(fx.msg("deals", "deal.updated", "{not json"));
+        }
+    }
+    assert_eq!(burst.len(), BURST + INVALID);
     fx.publish_all(&burst).await;
     for (i, body) in bodies.iter().enumerate() {
         let ev = s.expect_event(&format!("burst event {i}")).await;
         assert_eq!(&ev.data, body, "burst event {i}");
     }
     fx.gw.wait_metric("sse_gateway_events_in_total{channel=\"deals\"}", BURST as f64).await;
+    fx.gw.wait_metric(not_json, INVALID as f64).await;
     // Each write to the stream is one sample of the delay histogram (writes carry several).
     let writes = fx.gw.metric("sse_gateway_delivery_delay_seconds_count").await.expect("the delay histogram");
     assert!((1.0..=BURST as f64).contains(&writes), "{writes} writes for {BURST} events");
@@ -223,6 +234,7 @@ async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_agai
     // it opened in time, and the count of events in says so either way.
     assert_eq!(s.expect_event("the marker").await.data, marker, "a burst message came again");
     assert_eq!(fx.gw.metric("sse_gateway_events_in_total{channel=\"deals\"}").await, Some(1.0), "burst messages came again");
+    assert!(fx.gw.metric(not_json).await.unwrap_or(0.0) == 0.0, "invalid messages came again");
 }
 
 for_each_binary!(

@@ -66,4 +66,36 @@ async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
     fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
 }
 
-for_each_binary!(a_broker_outage_warns_repeatedly_and_loses_nothing);
+/// D8: a consumer the broker cancels (its queue deleted under it) is an outage like a lost
+/// connection: the streams are told, the source declares and binds its queue again, and events
+/// flow on the same streams.
+async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new().fast_outage()).await;
+    let mut s = fx.gw.stream("deals", &user("carol", &[])).await;
+    let before = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &before).await;
+    assert_eq!(s.expect_event("the event before the cancel").await.data, before);
+
+    fx.broker.delete_queue(&fx.topo.bind_queue("deals")).await;
+    expect_warning(&mut s, "after the gateway's queue was deleted").await;
+    // Back once it consumes again (the publish below needs the queue bound: it is mandatory).
+    fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
+    let after = valid_text("deal.updated");
+    fx.publish("deals", "deal.updated", &after).await;
+    // Warnings sent while it was down may come first.
+    let ev = loop {
+        let ev = s.next_non_heartbeat(WAIT).await.expect("the event after the cancel");
+        if !is_source_unavailable(&ev) {
+            break ev;
+        }
+    };
+    assert_eq!(ev.data, after, "{ev:?}");
+    assert!(!s.is_closed(), "the stream stays open");
+    let log = fx.gw.log_until(WAIT, |l| l.contains("source unavailable")).await;
+    assert!(log.contains("source unavailable"), "the cancel is not logged:\n{log}");
+}
+
+for_each_binary!(
+    a_broker_outage_warns_repeatedly_and_loses_nothing,
+    a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back,
+);

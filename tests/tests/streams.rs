@@ -258,7 +258,49 @@ async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// D12's bound: a client that stopped reading cannot hold the shutdown past `shutdown_drain`.
+async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading(bin: Bin) {
+    const EVENT_BYTES: usize = 16 * 1024;
+    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "2s").raw("streams", "max_pending_bytes", "67108864");
+    let mut fx = Fixture::start(bin, cfg).await;
+    let sock = ::tokio::net::TcpSocket::new_v4().expect("a socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stalled = sock.connect(fx.gw.addr).await.expect("connect");
+    let auth = format!("Bearer {}", user("sloth", &[]));
+    let path = "/api/v1/streams/deals";
+    sse_gateway_tests::http::write_get(&mut stalled, fx.gw.addr, path, &[("Accept", "text/event-stream"), ("Authorization", &auth)]).await;
+    let mut reader = fx.gw.stream("deals", &user("hare", &[])).await;
+    fx.gw.wait_metric("sse_gateway_streams_open{channel=\"deals\"}", 2.0).await;
+    // 8 MiB for a client that reads nothing: far past what the kernel's buffers take, well
+    // inside its output bound, so its writer still has output when the signal comes.
+    let mut last = String::new();
+    for i in 0..512 {
+        let mut v = sse_gateway_tests::payloads::valid("deal.created");
+        v["title"] = format!("{i}:{}", "x".repeat(EVENT_BYTES)).into();
+        last = v.to_string();
+        fx.publish("deals", "deal.created", &last).await;
+    }
+    loop {
+        let ev = reader.expect_event("the reader's events").await;
+        if ev.data == last {
+            break;
+        }
+    }
+    assert_eq!(fx.gw.metric("sse_gateway_streams_open{channel=\"deals\"}").await, Some(2.0), "the stalled stream is still open");
+
+    fx.gw.terminate();
+    reader.until_closed(WAIT).await.expect("the reading client's stream closes at SIGTERM");
+    assert_eq!(reader.retry_fields(), 2, "a retry: before the close");
+    let status = fx.gw.wait_exit(3 * WAIT).await.expect("the gateway exits though a client stopped reading");
+    assert!(status.success(), "exit status {status:?}");
+    let drained = "shutdown drain time passed; closing the remaining streams";
+    let log = fx.gw.log_until(WAIT, |l| l.contains(drained)).await;
+    assert!(log.contains(drained), "the drain did not run out:\n{log}");
+    drop(stalled);
+}
+
 for_each_binary!(
+    sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading,
     heartbeats_follow_every_idle_second,
     a_token_expiring_mid_stream_ends_it_with_token_expired,
     the_open_streams_gauge_counts_streams_and_returns_to_zero,
