@@ -121,17 +121,47 @@ pub struct Ingest {
     channel: ChannelId,
     epoch: u64,
     last_seq: Option<u64>,
-    recent_ids: VecDeque<Box<str>>,
-    recent_set: HashSet<Box<str>>,
-    window: usize,
+    recent: RecentIds,
     max_body: usize,
+}
+
+/// The `message_id`s of the last `window` events, to drop a publisher's retries (D4).
+#[derive(Debug)]
+pub struct RecentIds {
+    order: VecDeque<Box<str>>,
+    set: HashSet<Box<str>>,
+    window: usize,
+}
+
+impl RecentIds {
+    /// Remembers the last `window` ids (at least one).
+    pub fn new(window: usize) -> RecentIds {
+        RecentIds { order: VecDeque::new(), set: HashSet::new(), window: window.max(1) }
+    }
+
+    /// `Err(Duplicate)` when a non-empty `message_id` is among the remembered ones; otherwise it
+    /// is remembered (forgetting the oldest past the window).
+    fn admit(&mut self, message_id: Option<&str>) -> Result<(), Dropped> {
+        let Some(mid) = message_id.filter(|m| !m.is_empty()) else { return Ok(()) };
+        if self.set.contains(mid) {
+            return Err(Dropped { reason: DropReason::Duplicate, detail: format!("message_id {mid:?} already seen") });
+        }
+        self.set.insert(mid.into());
+        self.order.push_back(mid.into());
+        if self.order.len() > self.window {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Ingest {
     /// An ingest for `channel` whose ids belong to `epoch` (for the in-process source: a value
     /// that differs on every process start, such as the start time in milliseconds).
     pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, channel: ChannelId, epoch: u64) -> Ingest {
-        let window = settings.channel(channel).buffer_events.max(1);
+        let window = settings.channel(channel).buffer_events;
         let max_body = settings.config.broker.as_ref().map_or(256 * 1024, |b| b.max_message_bytes);
         Ingest {
             settings,
@@ -139,9 +169,7 @@ impl Ingest {
             channel,
             epoch,
             last_seq: None,
-            recent_ids: VecDeque::new(),
-            recent_set: HashSet::new(),
-            window,
+            recent: RecentIds::new(window),
             max_body,
         }
     }
@@ -172,13 +200,21 @@ impl Ingest {
     /// `position` gives, but nothing is counted and the live state (the last position, the
     /// `message_id` window) is neither read nor changed, so read-backs can run beside the live
     /// consumer, in any number, in any order. A message without a position is dropped
-    /// (`bad_header`): a log's messages always carry one. Never panics.
-    pub fn read_back(&self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+    /// (`bad_header`): a log's messages always carry one. `seen` is the read-back's own window
+    /// ([`Ingest::read_back_window`]): a publisher's retry that the live consumer dropped as a
+    /// duplicate is dropped here too when its original is in the same read-back. Never panics.
+    pub fn read_back(&self, msg: &UpstreamMessage, seen: &mut RecentIds) -> Result<Event, Dropped> {
         let Some(position) = msg.position else {
             return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read back from the log has no position".into() });
         };
         let checked = self.validate(msg)?;
+        seen.admit(msg.message_id.as_deref())?;
         Ok(self.encode(checked, position, None))
+    }
+
+    /// A fresh `message_id` window for one read-back, as wide as the live one.
+    pub fn read_back_window(&self) -> RecentIds {
+        RecentIds::new(self.recent.window)
     }
 
     fn check(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
@@ -190,18 +226,7 @@ impl Ingest {
             (Some(p), _) => p,
             (None, last) => last.map_or(1, |l| l.saturating_add(1)),
         };
-        if let Some(mid) = msg.message_id.as_deref().filter(|m| !m.is_empty()) {
-            if self.recent_set.contains(mid) {
-                return Err(Dropped { reason: DropReason::Duplicate, detail: format!("message_id {mid:?} already seen") });
-            }
-            self.recent_set.insert(mid.into());
-            self.recent_ids.push_back(mid.into());
-            if self.recent_ids.len() > self.window {
-                if let Some(old) = self.recent_ids.pop_front() {
-                    self.recent_set.remove(&old);
-                }
-            }
-        }
+        self.recent.admit(msg.message_id.as_deref())?;
         self.last_seq = Some(seq);
         Ok(self.encode(checked, seq, msg.received))
     }
@@ -342,14 +367,20 @@ mod tests {
         let before = metrics.render();
 
         // Older than the live position, and a message_id the live window holds: both fine here.
-        let old = ingest.read_back(&deal(Some(3), "m10")).expect("a read-back ignores the live state");
+        let mut seen = ingest.read_back_window();
+        let old = ingest.read_back(&deal(Some(3), "m10"), &mut seen).expect("a read-back ignores the live state");
         assert_eq!(old.id(), EventId { epoch: 9, seq: 3 });
         assert!(std::str::from_utf8(old.frame()).unwrap().starts_with("id: 9-3\nevent: deal.created\ndata: {"));
         // The channel's rules still apply, and a message without a position is refused.
         let mut bad = deal(Some(4), "m4");
         bad.body = Bytes::from_static(b"[1]");
-        assert_eq!(ingest.read_back(&bad).unwrap_err().reason, DropReason::NotAnObject);
-        assert_eq!(ingest.read_back(&deal(None, "m5")).unwrap_err().reason, DropReason::BadHeader);
+        assert_eq!(ingest.read_back(&bad, &mut seen).unwrap_err().reason, DropReason::NotAnObject);
+        assert_eq!(ingest.read_back(&deal(None, "m5"), &mut seen).unwrap_err().reason, DropReason::BadHeader);
+        // A retry of a message this read-back met is a duplicate here as it was live; another
+        // read-back has its own window.
+        assert_eq!(ingest.read_back(&deal(Some(5), "m10"), &mut seen).unwrap_err().reason, DropReason::Duplicate);
+        assert_eq!(ingest.read_back(&deal(Some(6), "m6"), &mut seen).unwrap().id().seq, 6);
+        assert!(ingest.read_back(&deal(Some(5), "m10"), &mut ingest.read_back_window()).is_ok());
         assert_eq!(metrics.render(), before, "a read-back counts nothing");
 
         // The live ingest is where it was: 11 is next, 10 and m10 are still duplicates.

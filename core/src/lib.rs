@@ -51,5 +51,5 @@ pub use config::{Config, ConfigError, Settings};
 pub use gateway::{log_continues, BackfillStep, Gateway, Output, TimerReason, LOG_SKIP};
 pub use http::{shard_of, Front, PublishRequest, Refusal, Response, Resume, Routed, StreamRequest};
 pub use ids::{ChannelId, EventId, StreamId};
-pub use ingest::{parse_publish, Dropped, Event, HeaderValue, Ingest, UpstreamMessage};
+pub use ingest::{parse_publish, Dropped, Event, HeaderValue, Ingest, RecentIds, UpstreamMessage};
 pub use metrics::{CloseReason, DropReason, Metrics};

@@ -30,7 +30,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
-use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, Settings};
+use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings};
 
 use super::{message, Acks, Link};
 use crate::common::shards::Shards;
@@ -184,7 +184,7 @@ impl LogReader {
             )
             .await
             .map_err(e("basic.consume"))?;
-        Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit })
+        Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), seen: log.ingest.read_back_window(), _permit: permit })
     }
 }
 
@@ -195,6 +195,8 @@ pub(crate) struct LogCursor<'r> {
     chan: Channel,
     consumer: Consumer,
     acks: Acks,
+    /// The `message_id`s this read-back met: a publisher's retry is dropped as it was live.
+    seen: RecentIds,
     _permit: SemaphoreGuardArc,
 }
 
@@ -212,7 +214,7 @@ impl LogCursor<'_> {
         let mut msg = message(&d);
         msg.position = Some(pos);
         // Dropped messages were logged when the live source met them; here they only hold a place.
-        let ev = self.log.ingest.read_back(&msg).ok();
+        let ev = self.log.ingest.read_back(&msg, &mut self.seen).ok();
         // Acks only refill the prefetch window here.
         self.acks.handled(d.acker).await?;
         Ok(Some((pos, ev)))

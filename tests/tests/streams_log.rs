@@ -69,6 +69,17 @@ impl StreamSetup {
         gw
     }
 
+    /// Starts a gateway, opens `token`'s stream and reads one event published to it: the
+    /// gateway, the stream and that event's id (a resume point older than what comes next).
+    async fn start_after_one_event(&self, bin: Bin, token: &str) -> (GatewayProcess, SseClient, String) {
+        let gw = self.start(bin).await;
+        let mut s = gw.stream("deals", token).await;
+        self.publish(1).await;
+        read_events(&mut s, 1, "the first event").await;
+        let last = s.last_event_id();
+        (gw, s, last)
+    }
+
     /// `n` numbered `deal.created` messages (their titles are `ev-<k>`, unique in the test).
     fn messages(&self, n: usize) -> (Vec<Message>, Vec<String>) {
         self.messages_padded(n, 0)
@@ -261,11 +272,7 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "10");
     let setup = StreamSetup::new(cfg, &amqp_url()).await;
     let alice = user("alice", &[]);
-    let gw = setup.start(bin).await;
-    let mut s = gw.stream("deals", &alice).await;
-    setup.publish(1).await;
-    read_events(&mut s, 1, "the first event").await;
-    let last = s.last_event_id();
+    let (gw, s, last) = setup.start_after_one_event(bin, &alice).await;
     drop(s);
 
     let missed = setup.publish(1000).await; // the buffer holds the last 10 of them
@@ -279,6 +286,36 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     nothing_more(&mut s, "after the cold replay").await;
     let replays = gw.metric("sse_gateway_events_replayed_total{channel=\"deals\"}").await;
     assert!(replays.unwrap_or(0.0) >= 1000.0, "replayed events counted: {replays:?}");
+}
+
+/// D4 on a read-back: a publisher's retry (the same `message_id`) that the live consumer dropped
+/// is in the stream queue too (a stream keeps everything); a resume read back from the stream
+/// drops it as well.
+async fn a_read_back_drops_a_publishers_retry_as_the_live_consumer_did(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "4");
+    let setup = StreamSetup::new(cfg, &amqp_url()).await;
+    let alice = user("alice", &[]);
+    let (gw, mut s, last) = setup.start_after_one_event(bin, &alice).await;
+
+    let (mut msgs, titles) = setup.messages(20);
+    for (m, t) in msgs.iter_mut().zip(&titles) {
+        m.message_id = Some(format!("mid-{t}"));
+    }
+    let retry = msgs[5].clone();
+    msgs.insert(6, retry);
+    setup.broker.publish_all(&msgs).await;
+    let live = read_events(&mut s, 20, "live").await;
+    assert_eq!(live.titles, titles, "live: the retry is dropped");
+    nothing_more(&mut s, "live").await;
+    assert_eq!(gw.metric("sse_gateway_events_dropped_total{reason=\"duplicate\"}").await, Some(1.0));
+
+    // Older than the 4-event buffer: read back from the stream, where the retry is.
+    let mut r = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    let got = read_events(&mut r, 20, "the read-back").await;
+    assert!(got.warnings.is_empty(), "no history_gap: {:?}", got.warnings);
+    assert_eq!(got.titles, titles, "the read-back: every event once, the retry dropped");
+    assert_increasing(&got.ids, "the read-back");
+    nothing_more(&mut r, "after the read-back").await;
 }
 
 async fn a_storm_of_a_thousand_resumes_gets_exact_replays_in_bounded_memory(bin: Bin) {
@@ -613,6 +650,7 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
 }
 
 for_each_binary!(
+    a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
     a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
     a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
     a_client_moves_between_two_instances_with_its_last_event_id,
