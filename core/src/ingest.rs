@@ -190,7 +190,7 @@ impl Ingest {
         let r = self.check(msg);
         match &r {
             Ok(_) => self.metrics.event_in(self.channel),
-            Err(d) => self.metrics.dropped(d.reason),
+            Err(d) => self.metrics.dropped(self.channel, d.reason),
         }
         r
     }

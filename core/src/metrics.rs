@@ -114,6 +114,8 @@ struct PerChannel {
     deliveries: AtomicU64,
     replayed: AtomicU64,
     source_up: AtomicI64,
+    /// By [`DropReason::ALL`] index.
+    dropped: [AtomicU64; 10],
 }
 
 /// Upper bounds, in microseconds, of the buckets of `sse_gateway_delivery_delay_seconds`.
@@ -151,7 +153,6 @@ const STATUSES: [u16; 15] = [200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 4
 #[derive(Debug)]
 pub struct Metrics {
     channels: Vec<(String, PerChannel)>,
-    dropped: [AtomicU64; 10],
     closed: [AtomicU64; 5],
     responses: [AtomicU64; 15],
     replays: AtomicU64,
@@ -172,7 +173,6 @@ impl Metrics {
                 .iter()
                 .map(|c| (c.name.clone(), PerChannel { source_up: AtomicI64::new(1), ..Default::default() }))
                 .collect(),
-            dropped: Default::default(),
             closed: Default::default(),
             responses: Default::default(),
             replays: AtomicU64::new(0),
@@ -226,9 +226,9 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn dropped(&self, why: DropReason) {
+    pub(crate) fn dropped(&self, c: ChannelId, why: DropReason) {
         let i = DropReason::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
-        self.dropped[i].fetch_add(1, Relaxed);
+        self.ch(c).dropped[i].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn history_gap(&self) {
@@ -260,10 +260,10 @@ impl Metrics {
         self.ch(c).source_up.store(up as i64, Relaxed);
     }
 
-    /// Messages dropped for `why` so far.
+    /// Messages dropped for `why` so far, on every channel.
     pub fn dropped_count(&self, why: DropReason) -> u64 {
         let i = DropReason::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
-        self.dropped[i].load(Relaxed)
+        self.channels.iter().map(|(_, p)| p.dropped[i].load(Relaxed)).sum()
     }
 
     /// Streams open on a channel now.
@@ -300,9 +300,11 @@ impl Metrics {
             }
         }
         let name = "sse_gateway_events_dropped_total";
-        let _ = writeln!(o, "# HELP {name} Upstream messages sent to no one, by reason.\n# TYPE {name} counter");
-        for (r, c) in DropReason::ALL.iter().zip(&self.dropped) {
-            let _ = writeln!(o, "{name}{{reason=\"{}\"}} {}", r.label(), c.load(Relaxed));
+        let _ = writeln!(o, "# HELP {name} Upstream messages sent to no one, by channel and reason.\n# TYPE {name} counter");
+        for (ch, p) in &self.channels {
+            for (r, c) in DropReason::ALL.iter().zip(&p.dropped) {
+                let _ = writeln!(o, "{name}{{channel=\"{ch}\",reason=\"{}\"}} {}", r.label(), c.load(Relaxed));
+            }
         }
         let name = "sse_gateway_streams_closed_total";
         let _ = writeln!(o, "# HELP {name} Streams ended, by reason.\n# TYPE {name} counter");

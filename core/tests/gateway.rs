@@ -380,7 +380,7 @@ fn a_per_user_message_without_recipients_is_dropped_and_counted() {
     assert_eq!(r.unwrap_err().reason, DropReason::NoRecipient);
     assert_eq!(h.metrics.dropped_count(DropReason::NoRecipient), 1);
     assert_eq!(h.take_wire(a), "");
-    assert!(h.metrics.render().contains("sse_gateway_events_dropped_total{reason=\"no_recipient\"} 1\n"));
+    assert!(h.metrics.render().contains("sse_gateway_events_dropped_total{channel=\"notifications\",reason=\"no_recipient\"} 1\n"));
 }
 
 #[test]

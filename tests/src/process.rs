@@ -208,7 +208,7 @@ impl GatewayProcess {
     }
 
     /// The value of one sample of `/metrics`, named exactly as exposed
-    /// (`sse_gateway_events_dropped_total{reason="not_json"}`); `None` when absent.
+    /// (`sse_gateway_events_dropped_total{channel="deals",reason="not_json"}`); `None` when absent.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         parse_metric(&self.metrics().await, sample)
     }

@@ -122,7 +122,7 @@ async fn invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow(b
     let reasons: Vec<&str> = bad.iter().map(|(_, _, r)| *r).chain(["unsupported_version", "duplicate"]).collect();
     let log = fx.gw.log_until(sse_gateway_tests::WAIT, |l| reasons.iter().all(|r| l.contains(r))).await;
     for reason in reasons {
-        let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
+        let sample = format!("sse_gateway_events_dropped_total{{channel=\"deals\",reason=\"{reason}\"}}");
         assert_eq!(fx.gw.metric(&sample).await, Some(1.0), "{sample}");
         assert!(log.contains(reason), "the drop for {reason} is not logged with its reason");
     }
@@ -172,7 +172,7 @@ async fn a_message_with_recipients_reaches_only_them(bin: Bin) {
     for ((u, s), want) in users.iter().zip(&mut notif).zip(&expected) {
         assert_eq!(&data_until(s, &marker, u).await, want, "notifications seen by {u}");
     }
-    fx.gw.wait_metric("sse_gateway_events_dropped_total{reason=\"no_recipient\"}", 1.0).await;
+    fx.gw.wait_metric("sse_gateway_events_dropped_total{channel=\"notifications\",reason=\"no_recipient\"}", 1.0).await;
 
     // On a broadcast channel too, recipients narrow who gets it; without them all do.
     let only_u2 = valid_text("deal.created");
@@ -197,7 +197,7 @@ async fn a_message_with_recipients_reaches_only_them(bin: Bin) {
 async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_again(bin: Bin) {
     const BURST: usize = 517; // not a multiple of the ack batch: the rest is acked when idle
     const INVALID: usize = 11; // one after every 47th valid message
-    let not_json = "sse_gateway_events_dropped_total{reason=\"not_json\"}";
+    let not_json = "sse_gateway_events_dropped_total{channel=\"deals\",reason=\"not_json\"}";
     let mut fx = Fixture::start(bin, ConfigBuilder::new()).await;
     let mut s = fx.gw.stream("deals", &user("ursula", &[])).await;
     let bodies: Vec<String> = (0..BURST).map(|_| valid_text("deal.updated")).collect();

@@ -100,12 +100,17 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
     let got = until_marker(&mut notes, &note_marker, "notifications").await;
     assert_eq!(got, vec![("notification.sent".to_string(), good_note.clone())], "notifications");
 
+    // Counted by channel (notifications are published to its queue through the default exchange)
+    // and reason; logged by reason.
+    let channel_of = |m: &Message| if m.exchange.is_empty() { "notifications" } else { "deals" };
+    let mut by_channel = std::collections::BTreeMap::<(&str, &str), usize>::new();
     let mut expected = std::collections::BTreeMap::<&str, usize>::new();
-    for (_, reason) in &bad {
+    for (m, reason) in &bad {
+        *by_channel.entry((channel_of(m), reason)).or_default() += 1;
         *expected.entry(reason).or_default() += 1;
     }
-    for (reason, n) in &expected {
-        let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
+    for ((channel, reason), n) in &by_channel {
+        let sample = format!("sse_gateway_events_dropped_total{{channel=\"{channel}\",reason=\"{reason}\"}}");
         assert_eq!(fx.gw.metric(&sample).await, Some(*n as f64), "{sample}");
     }
     // D4: logged once, with the reason.
@@ -132,8 +137,8 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
     let ev = deals.expect_event("the valid event after the flood").await;
     assert_eq!((ev.event.as_str(), ev.data.as_str()), ("deal.created", last.as_str()), "nothing of the flood leaked");
     for (reason, n) in [("not_json", 500), ("oversized", 500), ("unknown_type", 500), ("not_an_object", 500)] {
-        let sample = format!("sse_gateway_events_dropped_total{{reason=\"{reason}\"}}");
-        let total = n + expected.get(reason).copied().unwrap_or(0);
+        let sample = format!("sse_gateway_events_dropped_total{{channel=\"deals\",reason=\"{reason}\"}}");
+        let total = n + by_channel.get(&("deals", reason)).copied().unwrap_or(0);
         fx.gw.wait_metric(&sample, total as f64).await;
     }
     let extra: Vec<_> = deals.events_within(std::time::Duration::from_millis(300)).await.into_iter().filter(|e| e.id.is_some()).collect();

@@ -307,7 +307,7 @@ async fn a_read_back_drops_a_publishers_retry_as_the_live_consumer_did(bin: Bin)
     let live = read_events(&mut s, 20, "live").await;
     assert_eq!(live.titles, titles, "live: the retry is dropped");
     nothing_more(&mut s, "live").await;
-    assert_eq!(gw.metric("sse_gateway_events_dropped_total{reason=\"duplicate\"}").await, Some(1.0));
+    assert_eq!(gw.metric("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"duplicate\"}").await, Some(1.0));
 
     // Older than the 4-event buffer: read back from the stream, where the retry is.
     let mut r = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
