@@ -1,5 +1,5 @@
-//! Upstream messages into the validator: never a panic; an accepted event's frame is well formed
-//! (only id/event/data lines, ending in one blank line).
+//! Upstream messages into the validator, live and read back from a log: never a panic; an
+//! accepted event's frame is well formed (only id/event/data lines, ending in one blank line).
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +28,7 @@ fuzz_target!(|msgs: Vec<Msg>| {
     let mut ingests: Vec<Ingest> = (0..n)
         .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 7))
         .collect();
+    let mut seen: Vec<RecentIds> = ingests.iter().map(Ingest::read_back_window).collect();
     for msg in msgs {
         let i = msg.channel as usize % n;
         let up = UpstreamMessage {
@@ -43,26 +44,37 @@ fuzz_target!(|msgs: Vec<Msg>| {
         let before = ingests[i].last_id();
         if let Ok(ev) = ingests[i].handle_message(&up) {
             assert!(before.is_none_or(|b| b < ev.id()), "ids strictly increase");
-            let frame = std::str::from_utf8(ev.frame()).expect("frames are UTF-8");
-            let body = frame.strip_suffix("\n\n").expect("a frame ends with a blank line");
-            for line in body.split('\n') {
-                assert!(
-                    line.starts_with("id: ") || line.starts_with("event: ") || line.starts_with("data:"),
-                    "unexpected line {line:?}"
-                );
-                assert!(!line.contains('\r'));
-            }
-            let data: String = body
-                .split('\n')
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|l| l.strip_prefix(' ').unwrap_or(l))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let v: serde_json::Value = serde_json::from_str(&data).expect("data is the JSON payload");
-            assert!(v.is_object());
-            if s.channels[i].per_user {
-                assert!(ev.recipients().is_some_and(|r| !r.is_empty()), "per-user events name someone");
-            }
+            check_frame(&ev, s.channels[i].per_user);
+        }
+        // The same message read back from a log: numbered by its position, the same frame rules.
+        if let Ok(ev) = ingests[i].read_back(&up, &mut seen[i]) {
+            assert_eq!(Some(ev.id().seq), up.position, "a read-back is numbered by its position");
+            check_frame(&ev, s.channels[i].per_user);
         }
     }
 });
+
+/// Only id/event/data lines, ending in one blank line; the data is a JSON object; a per-user
+/// event names someone.
+fn check_frame(ev: &Event, per_user: bool) {
+    let frame = std::str::from_utf8(ev.frame()).expect("frames are UTF-8");
+    let body = frame.strip_suffix("\n\n").expect("a frame ends with a blank line");
+    for line in body.split('\n') {
+        assert!(
+            line.starts_with("id: ") || line.starts_with("event: ") || line.starts_with("data:"),
+            "unexpected line {line:?}"
+        );
+        assert!(!line.contains('\r'));
+    }
+    let data: String = body
+        .split('\n')
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v: serde_json::Value = serde_json::from_str(&data).expect("data is the JSON payload");
+    assert!(v.is_object());
+    if per_user {
+        assert!(ev.recipients().is_some_and(|r| !r.is_empty()), "per-user events name someone");
+    }
+}
