@@ -121,3 +121,11 @@ table(
       "-" if r.get("serve_all_secs") is None else f"{r['serve_all_secs']:.3f}", f"{mib(r['rss_kib_before'])} / {mib(r['rss_kib_peak'])}", f"{r['cpu_secs']:.1f}"]
      for r in of("resume-storm")],
 )
+
+print("### (b) underneath it: one loopback write, no server (1,000 connections)\n")
+table(
+    ["bytes per write", "reader", "run", "load avg", "µs per write (CPU)", "µs per read (CPU)", "1,000 writes, ms of one core"],
+    [[f"{r['bytes']:,}", "yes" if r["reader"] else "no", r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['us_per_write_cpu']:.2f}",
+      "-" if r.get("us_per_read_cpu") is None else f"{r['us_per_read_cpu']:.2f}", f"{r['round_ms_cpu']:.1f}"]
+     for r in of("floor")],
+)
