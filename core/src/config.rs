@@ -369,6 +369,15 @@ impl Settings {
         if config.server.max_head_bytes < 512 {
             return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
         }
+        if let Some(b) = &config.broker {
+            // A zero delay would reconnect to a broker that is down as fast as the CPU allows.
+            if b.reconnect_min < Duration::from_millis(10) {
+                return Err(ConfigError("broker.reconnect_min: must be at least 10ms".into()));
+            }
+            if b.reconnect_max < b.reconnect_min {
+                return Err(ConfigError("broker.reconnect_max: must be at least broker.reconnect_min".into()));
+            }
+        }
         for name in config.channels.keys() {
             if catalogue.channel(name).is_none() {
                 return Err(ConfigError(format!(
@@ -659,6 +668,16 @@ mod tests {
         // Keys of the other kind of origin are still refused.
         let c = Config::from_toml("[channels.notifications.source]\nrouting_keys = [\"a\"]\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.contains("only apply to an exchange source"));
+    }
+
+    #[test]
+    fn reconnect_delays_must_be_positive_and_ordered() {
+        let c = Config::from_toml("[broker]\nreconnect_min = \"0s\"\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("broker.reconnect_min"));
+        let c = Config::from_toml("[broker]\nreconnect_min = \"2s\"\nreconnect_max = \"1s\"\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("broker.reconnect_max"));
+        let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).is_ok());
     }
 
     #[test]
