@@ -369,7 +369,17 @@ impl Settings {
         if config.server.max_head_bytes < 512 {
             return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
         }
+        if config.server.head_timeout.is_zero() {
+            return Err(ConfigError("server.head_timeout: must be greater than zero".into()));
+        }
+        if config.demo.interval < Duration::from_millis(10) {
+            return Err(ConfigError("demo.interval: must be at least 10ms".into()));
+        }
         if let Some(b) = &config.broker {
+            // AMQP's prefetch 0 means no limit: a backlog would be delivered into memory at once.
+            if b.prefetch == 0 {
+                return Err(ConfigError("broker.prefetch: must be at least 1 (0 would be unbounded)".into()));
+            }
             // A zero delay would reconnect to a broker that is down as fast as the CPU allows.
             if b.reconnect_min < Duration::from_millis(10) {
                 return Err(ConfigError("broker.reconnect_min: must be at least 10ms".into()));
@@ -678,6 +688,18 @@ mod tests {
         assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with("broker.reconnect_max"));
         let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).is_ok());
+    }
+
+    #[test]
+    fn zero_prefetch_head_timeout_or_demo_interval_is_refused() {
+        for (toml, key) in [
+            ("[broker]\nprefetch = 0\n", "broker.prefetch"),
+            ("[server]\nhead_timeout = \"0s\"\n", "server.head_timeout"),
+            ("[demo]\ninterval = \"0s\"\n", "demo.interval"),
+        ] {
+            let c = Config::from_toml(toml).unwrap();
+            assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with(key), "{toml}");
+        }
     }
 
     #[test]
