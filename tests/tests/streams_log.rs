@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use sse_gateway_tests::broker::{amqp_addr, amqp_url};
@@ -598,15 +598,6 @@ async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_o
 }
 
 /// Deletes `queue` (as an operator purging a stream would).
-async fn delete_queue(queue: &str) {
-    let conn = Connection::connect_with_runtime(&amqp_url(), ConnectionProperties::default(), async_rs::Runtime::tokio_current())
-        .await
-        .expect("connect");
-    let ch = conn.create_channel().await.expect("a channel");
-    ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.expect("delete the stream");
-    let _ = conn.close(200, "done".into()).await;
-}
-
 async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &amqp_url()).await;
     let gw = setup.start(bin).await;
@@ -618,7 +609,7 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
 
     // The stream goes; the gateway's consumer is cancelled and it reconnects. It finds the stream
     // gone: declaring it makes a new one whose offsets start at 0 again.
-    delete_queue(&setup.queue()).await;
+    setup.broker.delete_queue(&setup.queue()).await;
     let ev = s.next_non_heartbeat(WAIT).await.expect("a warning when the stream goes");
     assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
     logged(&gw, "is gone (it had offset 4)", "the log names the lost stream").await;
