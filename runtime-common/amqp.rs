@@ -20,6 +20,7 @@
 //! (`crate::driver::amqp_runtime()`), the shared connection sits behind an `async-lock` mutex,
 //! and the sources run as tasks on the calling thread's executor.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,30 +109,59 @@ struct Link {
     runtime: AmqpRuntime,
     /// The connection's name in the broker's management views.
     name: &'static str,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<LinkState>,
+    /// Connection attempts ended so far (read before taking the lock: see [`Link::channel`]).
+    attempts: AtomicU64,
+}
+
+#[derive(Default)]
+struct LinkState {
+    conn: Option<Connection>,
+    /// Why the last attempt failed, if it did.
+    failed: Option<String>,
 }
 
 impl Link {
     fn new(uri: String, runtime: AmqpRuntime, name: &'static str) -> Link {
-        Link { uri, runtime, name, conn: Mutex::new(None) }
+        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0) }
     }
 
+    /// A new channel on the connection, connecting first when there is none. Users that waited
+    /// while another one's attempt failed get that failure at once rather than each trying in
+    /// turn: with a broker that does not answer, every channel's source reports its outage
+    /// after one connect timeout, not one timeout per channel (D8: warn at once).
     async fn channel(&self) -> Result<Channel, String> {
-        let mut conn = self.conn.lock().await;
-        if let Some(c) = conn.as_ref().filter(|c| c.status().connected()) {
+        let seen = self.attempts.load(Ordering::Acquire);
+        let mut state = self.conn.lock().await;
+        if let Some(c) = state.conn.as_ref().filter(|c| c.status().connected()) {
             return c.create_channel().await.map_err(|e| e.to_string());
+        }
+        if self.attempts.load(Ordering::Acquire) != seen {
+            if let Some(e) = &state.failed {
+                return Err(e.clone()); // an attempt failed while this one waited for the lock
+            }
         }
         let props = ConnectionProperties::default().with_connection_name(self.name.into());
         let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
-        let c = match until(Instant::now() + CONNECT_TIMEOUT, connect).await {
+        let attempt = until(Instant::now() + CONNECT_TIMEOUT, connect).await;
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let c = match attempt {
             Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(format!("cannot connect to the broker: {e}")),
-            None => return Err("cannot connect to the broker: timed out".into()),
+            Some(Err(e)) => return Err(state.fail(format!("cannot connect to the broker: {e}"))),
+            None => return Err(state.fail("cannot connect to the broker: timed out".into())),
         };
         info!(connection = self.name, "connected to the broker");
         let ch = c.create_channel().await.map_err(|e| e.to_string());
-        *conn = Some(c);
+        *state = LinkState { conn: Some(c), failed: None };
         ch
+    }
+}
+
+impl LinkState {
+    fn fail(&mut self, why: String) -> String {
+        self.conn = None;
+        self.failed = Some(why.clone());
+        why
     }
 }
 

@@ -95,7 +95,43 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
     assert!(log.contains("source unavailable"), "the cancel is not logged:\n{log}");
 }
 
+/// D8 "at once" with a broker that accepts connections and never answers (a hung broker, a
+/// black-holing firewall): every channel's source waits for the one connect attempt in flight
+/// and reports its outage when it fails, rather than each trying in turn, one connect timeout
+/// after the other. Counted without a clock: when both streams have their warning, the broker
+/// address has seen one connection (retries are minutes away).
+async fn a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt(bin: Bin) {
+    let silent = ::tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = silent.local_addr().expect("address");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let holder = ::tokio::spawn(async move {
+        let mut held = Vec::new(); // open, never written to
+        while let Ok((sock, _)) = silent.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(sock);
+        }
+    });
+    let cfg = ConfigBuilder::new()
+        .str("broker", "url", &format!("amqp://guest:guest@{addr}/%2f"))
+        .str("broker", "reconnect_min", "5m")
+        .str("broker", "reconnect_max", "5m");
+    let gw = sse_gateway_tests::GatewayProcess::start(bin, &cfg.render()).await;
+    let mut deals = gw.stream("deals", &user("dana", &[])).await;
+    let mut tasks = gw.stream("tasks", &user("dana", &[])).await;
+    // Up to a connect timeout (10 s) and the gateway's own start: a generous bound, not a timing.
+    let patience = Duration::from_secs(40);
+    for (name, s) in [("deals", &mut deals), ("tasks", &mut tasks)] {
+        let ev = s.next_non_heartbeat(patience).await.unwrap_or_else(|| panic!("{name}: no warning"));
+        assert_eq!(ev.event, "warning", "{name}: {ev:?}");
+        assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": name}));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the channels connected in turn:\n{}", gw.stderr());
+    holder.abort();
+}
+
 for_each_binary!(
     a_broker_outage_warns_repeatedly_and_loses_nothing,
     a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back,
+    a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt,
 );
