@@ -538,6 +538,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("`{text}` is not a duration like 30s, 500ms, 2m, 1h")),
     };
+    bounded(d).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// The longest duration any setting takes: a year. Longer ones are refused when the file is
+/// read, not found later as an overflowing deadline.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn bounded(d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err("longer than a year (8760h), the longest any setting takes".into());
+    }
     Ok(d)
 }
 
@@ -549,7 +560,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Text(String),
     }
     match Raw::deserialize(d)? {
-        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Secs(n) => bounded(Duration::from_secs(n)).map_err(|e| serde::de::Error::custom(format!("{n}: {e}"))),
         Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
@@ -592,6 +603,21 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn durations_past_a_year_are_refused_when_read() {
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+        assert!(parse_duration("8761h").unwrap_err().contains("longer than a year"));
+        assert!(parse_duration("18446744073709551615h").unwrap_err().contains("longer than a year"));
+        for toml in [
+            "[streams]\nheartbeat = 18446744073709551615\n",
+            "[server]\nhead_timeout = \"9999999h\"\n",
+            "[server]\nshutdown_drain = 31536001\n",
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert!(e.0.contains("longer than a year"), "{toml}: {e:?}");
+        }
     }
 
     #[test]

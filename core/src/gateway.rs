@@ -108,6 +108,9 @@ impl Timer {
     }
 }
 
+/// How far control frames may take a catching-up stream's output past its bound ([`Gateway::push`]).
+const CONTROL_SLACK: usize = 1024;
+
 #[derive(Debug)]
 struct Stream {
     user: Arc<str>,
@@ -122,6 +125,9 @@ struct Stream {
     /// histogram; cleared when the output is taken.
     waiting_since: Option<Instant>,
     transmit_queued: bool,
+    /// Output was waiting at the last heartbeat tick and none has been taken since: at the next
+    /// tick, a stream still in that state has not taken a frame for a whole interval (stalled).
+    unsent_at_tick: bool,
     /// Index in its channel's member list; `None` once closing.
     member: Option<usize>,
     /// Resuming: the last event the client has. While set, live events are not queued directly;
@@ -346,6 +352,7 @@ impl Gateway {
             pending_bytes: 0,
             waiting_since: None,
             transmit_queued: false,
+            unsent_at_tick: false,
             member: None,
             cursor: None,
             backfilling: None,
@@ -614,6 +621,7 @@ impl Gateway {
         out.extend(st.pending.drain(..));
         st.pending_bytes = 0;
         st.transmit_queued = false;
+        st.unsent_at_tick = false;
         if let Some(since) = st.waiting_since.take() {
             self.delays.record(now.saturating_duration_since(since));
         }
@@ -628,8 +636,17 @@ impl Gateway {
     /// [`log_continues`] allows: the stream then gets `history_gap` and goes live.
     pub fn backfill_message(&mut self, id: StreamId, position: u64, ev: Option<&Event>) -> BackfillStep {
         let max = self.settings.config.streams.max_pending_bytes;
+        let Some(ch) = self.stream(id).map(|s| s.channel) else { return BackfillStep::Finished };
+        // Where the buffer takes over: a read-back asked for before anything arrived live had no
+        // end (`u64::MAX`); once live events are buffered, it ends where they begin (on a busy
+        // channel the log would otherwise never fall idle, and the read-back never end).
+        let buffer = &self.channels[ch.index()].buffer;
+        let live_from = buffer.last().map(|_| buffer.floor());
         let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
         let (Some(after), Some(mut rb)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
+        if rb.until == u64::MAX {
+            rb.until = live_from.unwrap_or(u64::MAX);
+        }
         let first = !rb.started;
         rb.started = true;
         st.backfilling = Some(rb);
@@ -702,8 +719,17 @@ impl Gateway {
                     // Keep the cadence, but never schedule into the past after a stall.
                     let next = if at + interval > now { at + interval } else { now + interval };
                     st.heartbeat_at = next;
+                    // Output waiting keeps the connection busy: no heartbeat then. Waiting at two
+                    // ticks with nothing taken between them: the client stopped reading for a
+                    // whole interval (a catch-up waits on it too); it resumes by id.
+                    let (idle, stalled) = (st.pending.is_empty(), st.unsent_at_tick);
+                    st.unsent_at_tick = !idle;
                     self.timers.insert((next, Timer::Heartbeat(id)));
-                    self.push(id, sse::heartbeat());
+                    if idle {
+                        self.push(id, sse::heartbeat());
+                    } else if stalled {
+                        self.close_stream(id, CloseReason::SlowClient);
+                    }
                 }
                 Timer::Expiry(id) => {
                     if self.stream(id).is_some_and(|s| s.member.is_some() && s.expires_at == Some(at)) {
@@ -769,14 +795,18 @@ impl Gateway {
         }
     }
 
-    /// Queues a control frame (heartbeat, warning); closes the stream if it is over its bound.
+    /// Queues a control frame (heartbeat, warning); closes a stream it would take over its bound.
+    /// A stream catching up gets [`CONTROL_SLACK`] more: its catch-up fills the output to the
+    /// bound by design, so a warning arriving then says nothing about the client (one that
+    /// stopped reading is closed by the heartbeat tick).
     fn push(&mut self, id: StreamId, frame: Bytes) {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return };
         if st.member.is_none() {
             return;
         }
-        if st.pending_bytes + frame.len() > max {
+        let bound = if st.cursor.is_some() { max + CONTROL_SLACK } else { max };
+        if st.pending_bytes + frame.len() > bound {
             self.close_stream(id, CloseReason::SlowClient);
             return;
         }

@@ -126,10 +126,15 @@ pub struct Ingest {
 }
 
 /// The `message_id`s of the last `window` events, to drop a publisher's retries (D4).
+///
+/// A retry is the same message again: the same `message_id` with the same event type, schema
+/// version and recipients. Two messages that share a `message_id` but differ in one of those
+/// (the v1 and v2 copies of a dual-published event, D5; one notification per user under one
+/// id) are different events and both go out; only their payloads may differ between retries.
 #[derive(Debug)]
 pub struct RecentIds {
-    order: VecDeque<Box<str>>,
-    set: HashSet<Box<str>>,
+    order: VecDeque<(Box<str>, u64)>,
+    set: HashSet<(Box<str>, u64)>,
     window: usize,
 }
 
@@ -139,15 +144,17 @@ impl RecentIds {
         RecentIds { order: VecDeque::new(), set: HashSet::new(), window: window.max(1) }
     }
 
-    /// `Err(Duplicate)` when a non-empty `message_id` is among the remembered ones; otherwise it
-    /// is remembered (forgetting the oldest past the window).
-    fn admit(&mut self, message_id: Option<&str>) -> Result<(), Dropped> {
+    /// `Err(Duplicate)` when a non-empty `message_id` is among the remembered ones for the same
+    /// type, version and recipients; otherwise it is remembered (forgetting the oldest past the
+    /// window).
+    fn admit(&mut self, message_id: Option<&str>, checked: &Checked<'_>) -> Result<(), Dropped> {
         let Some(mid) = message_id.filter(|m| !m.is_empty()) else { return Ok(()) };
-        if self.set.contains(mid) {
+        let key: (Box<str>, u64) = (mid.into(), checked.fingerprint());
+        if self.set.contains(&key) {
             return Err(Dropped { reason: DropReason::Duplicate, detail: format!("message_id {mid:?} already seen") });
         }
-        self.set.insert(mid.into());
-        self.order.push_back(mid.into());
+        self.set.insert(key.clone());
+        self.order.push_back(key);
         if self.order.len() > self.window {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
@@ -208,7 +215,7 @@ impl Ingest {
             return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read back from the log has no position".into() });
         };
         let checked = self.validate(msg)?;
-        seen.admit(msg.message_id.as_deref())?;
+        seen.admit(msg.message_id.as_deref(), &checked)?;
         Ok(self.encode(checked, position, None))
     }
 
@@ -226,7 +233,7 @@ impl Ingest {
             (Some(p), _) => p,
             (None, last) => last.map_or(1, |l| l.saturating_add(1)),
         };
-        self.recent.admit(msg.message_id.as_deref())?;
+        self.recent.admit(msg.message_id.as_deref(), &checked)?;
         self.last_seq = Some(seq);
         Ok(self.encode(checked, seq, msg.received))
     }
@@ -316,6 +323,17 @@ struct Checked<'m> {
     data: &'m str,
 }
 
+impl Checked<'_> {
+    /// What tells a retry from another event under the same `message_id` ([`RecentIds`]): the
+    /// type, the version and the (sorted) recipients. The same on every run (fixed-key hasher).
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (self.event_type, self.version, &self.recipients).hash(&mut h);
+        h.finish()
+    }
+}
+
 /// Reads the development publish endpoint's body (D14):
 /// `{"type": "...", "data": {...}, "recipient_ids": "u1,u2", "schema_version": 1, "message_id": "..."}`.
 pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
@@ -324,7 +342,13 @@ pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
     let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
     let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad("`type` (string) is required"))?;
     let data = obj.get("data").ok_or_else(|| bad("`data` is required"))?;
-    let text = |k: &str| obj.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    // An optional string field: absent or null is none; anything else but a string is refused
+    // (a list of recipients read as "none" would broadcast a message meant for a few, D3).
+    let text = |k: &str| match obj.get(k) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad(&format!("`{k}` must be a string"))),
+    };
     let schema_version = match obj.get("schema_version") {
         None | Some(serde_json::Value::Null) => None,
         Some(x) => Some(x.as_i64().map(HeaderValue::Int).unwrap_or(HeaderValue::Other)),
@@ -332,9 +356,9 @@ pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
     Ok(UpstreamMessage {
         kind: Some(kind.to_string()),
         routing_key: kind.to_string(),
-        recipient_ids: text("recipient_ids").map(HeaderValue::Text),
+        recipient_ids: text("recipient_ids")?.map(HeaderValue::Text),
         schema_version,
-        message_id: text("message_id"),
+        message_id: text("message_id")?,
         body: Bytes::from(data.to_string()),
         position: None,
         received: None,

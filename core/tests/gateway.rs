@@ -434,6 +434,60 @@ fn a_redelivered_message_id_is_dropped_as_duplicate() {
     assert_eq!(h.take_wire(id).matches("event: deal.created").count(), 1);
 }
 
+/// A harness with version 2 of `deals` (fixtures/catalogue_v2.toml) and a stream of each
+/// version, their heads taken.
+fn two_version_streams() -> (Harness, StreamId, StreamId) {
+    let cat = Catalogue::from_toml(include_str!("fixtures/catalogue_v2.toml")).unwrap();
+    let mut h = Harness::with_catalogue("", cat);
+    let v1 = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
+    let v2 = h.open_path("u2", &[], "/api/v1/streams/deals?version=2", &[]).unwrap();
+    h.take_wire(v1);
+    h.take_wire(v2);
+    (h, v1, v2)
+}
+
+/// A valid version-2 `deal.created` payload.
+fn deal_created_v2(name: &str) -> serde_json::Value {
+    serde_json::json!({"deal_id": UUID1, "client_id": UUID2, "owner_id": UUID2, "name": name, "status": "draft", "created_at": "2026-11-28T10:00:00Z"})
+}
+
+#[test]
+fn one_message_id_on_different_versions_or_recipients_is_not_a_duplicate() {
+    let (mut h, v1, v2) = two_version_streams();
+    let alice = h.open("alice", "notifications");
+    let bob = h.open("bob", "notifications");
+    for id in [alice, bob] {
+        h.take_wire(id);
+    }
+    // A dual-published event (D5): its v1 and v2 copies carry the same message_id.
+    let b1 = deal_created("v1 title");
+    let mut m1 = msg("deal.created", b1.clone());
+    m1.message_id = Some("deal-42".into());
+    let b2 = deal_created_v2("v2 name");
+    let mut m2 = msg("deal.created", b2.clone());
+    m2.schema_version = Some(HeaderValue::Int(2));
+    m2.message_id = Some("deal-42".into());
+    h.publish_msg("deals", m1.clone()).unwrap();
+    h.publish_msg("deals", m2.clone()).unwrap();
+    assert_eq!(h.take_wire(v1), frame("1000-1", "deal.created", &b1));
+    assert_eq!(h.take_wire(v2), frame("1000-2", "deal.created", &b2));
+    // A retry of either copy is still a duplicate, even with a payload that changed.
+    assert_eq!(h.publish_msg("deals", m2).unwrap_err().reason, DropReason::Duplicate);
+    m1.body = bytes::Bytes::from(deal_created("retried").to_string());
+    assert_eq!(h.publish_msg("deals", m1).unwrap_err().reason, DropReason::Duplicate);
+
+    // One notification per user under one message_id: each reaches its own user.
+    let body = notification_sent("hi");
+    for user in ["alice", "bob"] {
+        let mut m = msg("notification.sent", body.clone());
+        m.recipient_ids = Some(HeaderValue::Text(user.into()));
+        m.message_id = Some("n-7".into());
+        h.publish_msg("notifications", m).unwrap();
+    }
+    assert_eq!(h.take_wire(alice), frame("1000-1", "notification.sent", &body));
+    assert_eq!(h.take_wire(bob), frame("1000-2", "notification.sent", &body));
+}
+
 #[test]
 fn the_type_falls_back_to_the_routing_key() {
     let mut h = Harness::new("");
@@ -447,15 +501,10 @@ fn the_type_falls_back_to_the_routing_key() {
 
 #[test]
 fn version_streams_each_get_only_their_own_events() {
-    let cat = Catalogue::from_toml(include_str!("fixtures/catalogue_v2.toml")).unwrap();
-    let mut h = Harness::with_catalogue("", cat);
-    let v1 = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
-    let v2 = h.open_path("u2", &[], "/api/v1/streams/deals?version=2", &[]).unwrap();
-    h.take_wire(v1);
-    h.take_wire(v2);
+    let (mut h, v1, v2) = two_version_streams();
     let b1 = deal_created("v1 title");
     h.publish("deals", "deal.created", b1.clone());
-    let b2 = serde_json::json!({"deal_id": UUID1, "client_id": UUID2, "owner_id": UUID2, "name": "v2 name", "status": "draft", "created_at": "2026-11-28T10:00:00Z"});
+    let b2 = deal_created_v2("v2 name");
     let mut m = msg("deal.created", b2.clone());
     m.schema_version = Some(HeaderValue::Int(2));
     h.publish_msg("deals", m).unwrap();
@@ -804,26 +853,57 @@ fn an_id_slightly_ahead_of_this_shard_goes_live_after_it_without_duplicates() {
     assert!(h.take_events(no_log).contains("history_gap"));
 }
 
-#[test]
-fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
+/// A deal at a source position (a stream offset).
+fn deal_at(seq: u64) -> UpstreamMessage {
+    let mut m = msg("deal.created", deal_created(&format!("d{seq}")));
+    m.position = Some(seq);
+    m
+}
+
+/// A stream resuming from 1000-7 on a channel with a log, before anything arrived live: the
+/// read-back it asks for has no known end.
+fn resumed_before_anything_arrived() -> (Harness, ChannelId, StreamId) {
     let mut h = Harness::new("");
     let deals = h.channel("deals");
     h.gw.set_history(deals, Some(1000));
     let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-7"]).unwrap();
     assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: EventId { epoch: 1000, seq: 7 }, until: u64::MAX }]);
+    (h, deals, id)
+}
+
+#[test]
+fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
+    let (mut h, _, id) = resumed_before_anything_arrived();
     h.gw.backfill_done(id, true); // the log ends at 7
     h.drain();
     assert!(h.gw.poll_output().is_none(), "no second read-back");
     // The live consumer then catches up from its start position: 7 is skipped, 8 is sent.
-    let mut m = msg("deal.created", deal_created("seven"));
-    m.position = Some(7);
-    h.publish_msg("deals", m).unwrap();
-    let mut m = msg("deal.created", deal_created("eight"));
-    m.position = Some(8);
-    h.publish_msg("deals", m).unwrap();
+    h.publish_msg("deals", deal_at(7)).unwrap();
+    h.publish_msg("deals", deal_at(8)).unwrap();
     let w = h.take_events(id);
     let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
     assert_eq!(ids, ["1000-8"], "{w}");
+}
+
+#[test]
+fn a_read_back_asked_for_before_anything_arrived_ends_where_live_events_begin() {
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    let at = |h: &Harness, seq: u64| {
+        let ingest = &h.ingest[deals.index()];
+        ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap()
+    };
+    let e8 = at(&h, 8);
+    assert_eq!(h.gw.backfill_message(id, 8, Some(&e8)), BackfillStep::Continue, "nothing live yet: no end known");
+    // The live consumer starts meanwhile (the channel is busy: the log never falls idle).
+    h.publish_msg("deals", deal_at(10)).unwrap();
+    h.publish_msg("deals", deal_at(11)).unwrap();
+    let e9 = at(&h, 9);
+    assert_eq!(h.gw.backfill_message(id, 9, Some(&e9)), BackfillStep::Finished, "the buffer takes over from 10");
+    h.drain();
+    let w = h.take_events(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
+    assert!(h.gw.poll_output().is_none(), "no second read-back");
 }
 
 #[test]
@@ -909,6 +989,19 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     assert_eq!(&m.body[..], br#"{"a":1}"#);
     assert_eq!(m.recipient_ids, Some(HeaderValue::Text("u1".into())));
     assert_eq!(parse_publish(b"[]").unwrap_err().status, 400);
+    // Recipients that are not a string are refused, never read as "no recipients" (which would
+    // broadcast the event); null is the same as absent.
+    for body in [
+        &br#"{"type":"deal.created","data":{},"recipient_ids":["u1"]}"#[..],
+        br#"{"type":"deal.created","data":{},"recipient_ids":42}"#,
+        br#"{"type":"deal.created","data":{},"message_id":7}"#,
+    ] {
+        let e = parse_publish(body).unwrap_err();
+        assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(body));
+        assert!(String::from_utf8_lossy(&e.bytes).contains("must be a string"), "{:?}", e.bytes);
+    }
+    let m = parse_publish(br#"{"type":"deal.created","data":{},"recipient_ids":null}"#).unwrap();
+    assert_eq!(m.recipient_ids, None);
 }
 
 #[test]
@@ -951,25 +1044,72 @@ fn a_catch_up_that_fills_the_output_bound_waits_for_the_client_before_going_live
     for _ in 1..n {
         h.publish("deals", "deal.created", deal_created("same size title"));
     }
-    let t = h.token("u1", &[], 3600);
-    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}"), "Last-Event-ID: 1000-0"]);
-    let Routed::Stream(req) = h.route(&raw) else { panic!("routing") };
-    let id = h.gw.open(req, h.now, h.unix).unwrap();
-    h.reading.insert(id, false);
-    h.drain();
+    let id = resume_without_reading(&mut h, "u1");
     assert!(h.gw.pending_bytes(id) >= 4096, "the replay filled the output");
     // The client is stalled; live events meanwhile must not overrun its bound.
     h.publish("deals", "deal.created", deal_created("same size title"));
     h.publish("deals", "deal.created", deal_created("same size title"));
     assert!(h.closed.is_empty(), "a stalled catch-up was closed as slow: {:?}", h.closed);
+    let (ids, _) = read_on(&mut h, id, 4);
+    assert_eq!(ids, (1..=n as u64 + 2).collect::<Vec<u64>>());
+}
+
+/// A `deals` stream resuming from the start (1000-0) whose client does not read yet.
+fn resume_without_reading(h: &mut Harness, user: &str) -> StreamId {
+    let t = h.token(user, &[], 3600);
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}"), "Last-Event-ID: 1000-0"]);
+    let Routed::Stream(req) = h.route(&raw) else { panic!("routing") };
+    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    h.reading.insert(id, false);
+    h.drain();
+    id
+}
+
+/// The client of `id` reads again, for `rounds` writes: the ids (of `deals`, epoch 1000) and
+/// the text it got.
+fn read_on(h: &mut Harness, id: StreamId, rounds: usize) -> (Vec<u64>, String) {
     h.reading.insert(id, true);
-    for _ in 0..4 {
+    for _ in 0..rounds {
         h.flush(id);
         h.drain();
     }
     let w = h.take_events(id);
-    let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
-    assert_eq!(ids, (1..=n as u64 + 2).collect::<Vec<u64>>());
+    let ids = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
+    (ids, w)
+}
+
+/// A catch-up at its output bound with a client that reads slowly: a heartbeat tick or an
+/// outage warning then must not close it (the catch-up filled the output, not the client); a
+/// client that takes nothing for a whole heartbeat interval is closed as slow.
+#[test]
+fn a_catch_up_at_its_bound_survives_a_heartbeat_and_a_warning_but_not_a_whole_stalled_interval() {
+    let mut h = Harness::new("max_pending_bytes = 4096
+buffer_events = 200
+");
+    let deals = h.channel("deals");
+    for i in 0..100 {
+        h.publish("deals", "deal.created", deal_created(&format!("title {i}")));
+    }
+    let slow = resume_without_reading(&mut h, "slow");
+    let stalled = resume_without_reading(&mut h, "stalled");
+    for id in [slow, stalled] {
+        assert!(h.gw.pending_bytes(id) >= 4096 - 1024, "the catch-up filled the output");
+    }
+    // Past the first heartbeat tick, with the source down (a warning each).
+    h.gw.source_down(deals, h.now);
+    h.drain();
+    h.advance(Duration::from_secs(31));
+    assert!(h.closed.is_empty(), "closed at its bound: {:?}", h.closed);
+    // `slow` takes one batch before the next tick; `stalled` takes nothing.
+    h.flush(slow);
+    h.drain();
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.closed.get(&stalled), Some(&CloseReason::SlowClient));
+    assert!(!h.closed.contains_key(&slow));
+    h.gw.source_up(deals);
+    let (ids, w) = read_on(&mut h, slow, 40);
+    assert_eq!(ids, (1..=100).collect::<Vec<u64>>(), "every event, once, in order");
+    assert!(w.contains("source_unavailable"), "{w}");
 }
 
 #[test]
