@@ -10,9 +10,10 @@
 //!
 //! Neither executor preempts a task that is always ready, so the loop and the writers yield
 //! after a bounded run of work ([`Budget`]). The loop also yields once the events it handled in a
-//! row add up to a quarter of a stream's output bound (`streams.max_pending_bytes`): the writers
-//! then take them before the next, so a burst of events waiting in the channel is never mistaken
-//! for a slow client.
+//! row add up to a quarter of a stream's output bound (`streams.max_pending_bytes`), and after a
+//! run of events it waits until every writer it woke has run ([`Shard::let_writers_run`]): the
+//! writers take them before the next, so a burst of events waiting in the channel is never
+//! mistaken for a slow client.
 //!
 //! `Backfill` (a resume older than the buffer, on a channel read from a RabbitMQ stream) starts
 //! a read-back task on this thread ([`read_back`]).
@@ -50,6 +51,7 @@ const IOV_MAX: usize = 64;
 pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settings>, metrics: Arc<Metrics>) {
     let shard = Rc::new(Shard {
         gw: RefCell::new(gw),
+        woken: Rc::new(Cell::new(0)),
         log: RefCell::new(None),
         scratch: RefCell::new(Vec::new()),
         conns: RefCell::new(Vec::new()),
@@ -83,19 +85,44 @@ struct Conn {
 struct Notify {
     set: Cell<bool>,
     waker: Cell<Option<Waker>>,
+    /// Counts the wakes set and not yet taken, across the notifies sharing it (the writers':
+    /// [`Shard::woken`]).
+    count: Option<Rc<Cell<usize>>>,
+}
+
+impl Drop for Notify {
+    /// A wake never taken (the stream ended first) is not counted as waiting any more.
+    fn drop(&mut self) {
+        if self.set.get() {
+            self.bump(0, 1);
+        }
+    }
 }
 
 impl Notify {
+    fn counted(count: Rc<Cell<usize>>) -> Notify {
+        Notify { set: Cell::new(false), waker: Cell::new(None), count: Some(count) }
+    }
+
     fn notify(&self) {
-        self.set.set(true);
+        if !self.set.replace(true) {
+            self.bump(1, 0);
+        }
         if let Some(w) = self.waker.take() {
             w.wake();
+        }
+    }
+
+    fn bump(&self, add: usize, sub: usize) {
+        if let Some(c) = &self.count {
+            c.set((c.get() + add).saturating_sub(sub));
         }
     }
 
     fn notified(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(move |cx| {
             if self.set.replace(false) {
+                self.bump(0, 1);
                 return Poll::Ready(());
             }
             let w = match self.waker.take() {
@@ -110,6 +137,9 @@ impl Notify {
 
 struct Shard {
     gw: RefCell<Gateway>,
+    /// Writers woken and not yet run: after a run of events the loop lets them all run before
+    /// the next ([`Shard::let_writers_run`]).
+    woken: Rc<Cell<usize>>,
     /// Reads streams back for `Output::Backfill` (set by `Command::History`).
     log: RefCell<Option<Arc<LogReader>>>,
     /// Where a writer takes its stream's output to write it at once: shared, so an idle stream
@@ -182,7 +212,28 @@ impl Shard {
             if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 {
                 return;
             }
-            budget.spend(queued, yield_after).await;
+            if budget.spend(queued, yield_after).await {
+                self.let_writers_run().await;
+            }
+        }
+    }
+
+    /// Yields until every writer woken so far has run (or none of them runs any more: those left
+    /// wait on their sockets). One yield is not always enough: an executor may run only so many
+    /// tasks before it polls the loop again (tokio's LocalSet: 61), so with more streams than
+    /// that the loop would queue its next run of events to writers that have not taken the last
+    /// one, and a stream whose client reads would pass its output bound and be closed as slow
+    /// (`tests/tests/outage.rs`, the backlog burst).
+    async fn let_writers_run(&self) {
+        loop {
+            let before = self.woken.get();
+            if before == 0 {
+                return;
+            }
+            future::yield_now().await;
+            if self.woken.get() >= before {
+                return;
+            }
         }
     }
 
@@ -247,7 +298,8 @@ impl Shard {
         });
         match result {
             Ok(id) => {
-                let conn = Rc::new(Conn { id, wake: Notify::default(), closing: Cell::new(None), drained: Notify::default() });
+                let wake = Notify::counted(self.woken.clone());
+                let conn = Rc::new(Conn { id, wake, closing: Cell::new(None), drained: Notify::default() });
                 {
                     let mut conns = self.conns.borrow_mut();
                     if conns.len() <= id.index() {
