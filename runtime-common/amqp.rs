@@ -217,9 +217,10 @@ struct Source {
 struct Offsets {
     /// The offset of the last delivery taken (valid or dropped).
     last: Option<u64>,
-    /// A consumer was established once: with nothing delivered since, everything in the stream
-    /// is new.
-    consumed: bool,
+    /// When a consumer was first established (POSIX seconds): with nothing delivered since,
+    /// what was written from then on is new. Not "the stream's first message": a consumer that
+    /// failed before its first delivery would then replay the whole stream as live events.
+    consumed_at: Option<u64>,
     /// Set once the stream's offsets went back (it was deleted and recreated under its name):
     /// its offsets would give out event ids already given out, so the source stays down, saying
     /// why, until the gateway restarts with a new `epoch`.
@@ -322,13 +323,13 @@ impl Source {
         chan.basic_qos(broker.prefetch, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
         let tag = format!("sse-gateway.{}", self.name);
         // A stream is read from where this source left it (the last offset it took, which must
-        // still be there), else from everything new since its first consumer, else from the last
-        // chunk (recent events for the buffers).
+        // still be there), else from the chunks written since its first consumer (a second of
+        // slack for the seconds' resolution: at most that and one chunk come again), else from
+        // the last chunk (recent events for the buffers).
         let start = match (log, offsets.last) {
             (None, _) => None,
             (Some(_), Some(last)) => Some(StartAt::Offset(last)),
-            (Some(_), None) if offsets.consumed => Some(StartAt::First),
-            (Some(_), None) => Some(StartAt::Last),
+            (Some(_), None) => Some(offsets.consumed_at.map_or(StartAt::Last, |t| StartAt::Since(t.saturating_sub(1)))),
         };
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
         let mut consumer = chan
@@ -340,7 +341,7 @@ impl Source {
             Some(at) => info!(channel = %self.name, queue = %queue, from = %at, "source consuming the stream"),
         }
         *consumed = true;
-        offsets.consumed = true;
+        offsets.consumed_at.get_or_insert_with(sse_gateway_core::cli::unix_now);
         self.shards.source(self.id, true).await;
         let mut resuming = offsets.last;
         let mut acks = Acks::new(ACK_BATCH);

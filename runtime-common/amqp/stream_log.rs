@@ -60,8 +60,9 @@ pub(crate) fn queue_args(log: &StreamLog) -> FieldTable {
 /// Where a stream consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StartAt {
-    /// The stream's first retained message.
-    First,
+    /// The first chunk written at or after this time (POSIX seconds; the broker clamps it to
+    /// the stream's first retained chunk).
+    Since(u64),
     /// The stream's last chunk (its most recent messages).
     Last,
     /// This offset (clamped by the broker to the first retained one).
@@ -72,7 +73,7 @@ impl StartAt {
     /// The `basic.consume` arguments.
     pub(crate) fn consumer_args(self) -> FieldTable {
         let value = match self {
-            StartAt::First => AMQPValue::LongString("first".into()),
+            StartAt::Since(t) => AMQPValue::Timestamp(t),
             StartAt::Last => AMQPValue::LongString("last".into()),
             // A number sent as a string is refused: it must be a long-long integer.
             StartAt::Offset(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
@@ -86,7 +87,7 @@ impl StartAt {
 impl fmt::Display for StartAt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartAt::First => f.write_str("first"),
+            StartAt::Since(t) => write!(f, "chunks written since unix time {t}"),
             StartAt::Last => f.write_str("last"),
             StartAt::Offset(o) => write!(f, "offset {o}"),
         }
@@ -249,6 +250,7 @@ mod tests {
         let args = StartAt::Offset(42).consumer_args();
         assert_eq!(args.inner().get("x-stream-offset"), Some(&AMQPValue::LongLongInt(42)));
         assert_eq!(StartAt::Last.consumer_args().inner().get("x-stream-offset"), Some(&AMQPValue::LongString("last".into())));
+        assert_eq!(StartAt::Since(1_800_000_000).consumer_args().inner().get("x-stream-offset"), Some(&AMQPValue::Timestamp(1_800_000_000)));
         assert_eq!(offset_of(&AMQPValue::LongLongInt(7)), Some(7));
         assert_eq!(offset_of(&AMQPValue::LongLongInt(-1)), None);
         assert_eq!(offset_of(&AMQPValue::LongString("7".into())), None);

@@ -494,6 +494,26 @@ async fn a_broker_outage_delivers_what_the_stream_kept_afterwards(bin: Bin) {
     logged(&gw, "source unavailable", "the loss is logged").await;
 }
 
+/// The source's first consumer took nothing (the stream was empty) before the link was cut:
+/// after the outage it reads the chunks written since that consumer began, so what was
+/// published meanwhile arrives, once, in order, and nothing older would.
+async fn a_source_that_took_nothing_before_an_outage_delivers_what_came_during_it(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &proxy.amqp_url()).await;
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &user("erin", &[])).await;
+    proxy.cut();
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning after the cut");
+    assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+    let during = setup.publish(3).await; // straight to RabbitMQ: the stream keeps them
+    proxy.restore();
+    let got = read_events(&mut s, 3, "after the outage").await;
+    assert_eq!(got.titles, during, "what was published during the outage, in order, once");
+    assert_increasing(&got.ids, "after the outage");
+    nothing_more(&mut s, "after the outage").await;
+    logged(&gw, "from=chunks written since unix time", "the second consumer starts at its first one's time").await;
+}
+
 async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
     let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "5");
     let setup = StreamSetup::new(cfg, &amqp_url()).await;
@@ -649,6 +669,7 @@ for_each_binary!(
     a_storm_of_a_thousand_resumes_gets_exact_replays_in_bounded_memory,
     read_backs_for_clients_that_stop_reading_give_their_turn_up,
     a_broker_outage_delivers_what_the_stream_kept_afterwards,
+    a_source_that_took_nothing_before_an_outage_delivers_what_came_during_it,
     an_id_older_than_the_retention_gets_history_gap,
     a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on,
 );
