@@ -46,6 +46,8 @@ use crate::driver::{spawn, Socket, Timer};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffers handed to one `writev`.
 const IOV_MAX: usize = 64;
+/// Bytes a client may send on its open stream (it has nothing to say) before it is closed.
+const MAX_CLIENT_BYTES: usize = 4096;
 
 /// Runs a shard until it has drained after [`Command::Shutdown`] (or its senders are gone).
 pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settings>, metrics: Arc<Metrics>) {
@@ -336,6 +338,7 @@ impl Shard {
     async fn writer(self: Rc<Self>, conn: Rc<Conn>, mut sock: Socket, log: StreamLog) {
         let mut out: Vec<Bytes> = Vec::new();
         let mut budget = Budget::default();
+        let mut client_sent = 0usize;
         let why = loop {
             if out.is_empty() {
                 if self.write_now(&conn, &mut sock, &mut out).is_err() {
@@ -369,7 +372,15 @@ impl Shard {
                         return true;
                     }
                     let mut scratch = [0u8; 16];
-                    matches!(sock.read(&mut scratch).await, Ok(0) | Err(_))
+                    match sock.read(&mut scratch).await {
+                        Ok(0) | Err(_) => true,
+                        // A client that keeps sending would cost the shard a read per 16
+                        // bytes; past a few KiB it is not an SSE client: closed.
+                        Ok(n) => {
+                            client_sent += n;
+                            client_sent > MAX_CLIENT_BYTES
+                        }
+                    }
                 },
             );
             if client_left.await {

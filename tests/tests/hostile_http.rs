@@ -1,6 +1,7 @@
 //! Hostile HTTP (D6, D10): oversized heads get 431, a head trickled in is cut off at the head
-//! timeout, hostile bytes in a resume id are never reflected into a stream, and ten thousand
-//! garbage or half-open connections do not cost a hundred valid streams a single event.
+//! timeout, hostile bytes in a resume id are never reflected into a stream, a client that keeps
+//! sending on its stream is closed, and ten thousand garbage or half-open connections do not
+//! cost a hundred valid streams a single event.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -337,7 +338,67 @@ async fn ten_thousand_garbage_connections_cost_a_hundred_streams_nothing(bin: Bi
     assert_eq!(late.expect_event("an event on a stream opened after the flood").await.data, last);
 }
 
+/// A stream opened by hand on a raw socket: the response head read, the socket returned.
+async fn raw_stream(fx: &Fixture, who: &str) -> TcpStream {
+    let mut s = TcpStream::connect(fx.gw.addr).await.expect("connect");
+    let head = format!(
+        "GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\nAuthorization: Bearer {}\r\n\r\n",
+        user(who, &[])
+    );
+    s.write_all(head.as_bytes()).await.expect("send the head");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = ::tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("a response head").expect("read");
+        assert!(n > 0, "{who}: closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{who}: {}", String::from_utf8_lossy(&got));
+    s
+}
+
+/// A client has nothing to say on its stream. A few bytes are ignored (the stream goes on); one
+/// that keeps sending (past 4 KiB) would cost its shard a read per 16 bytes, and is closed.
+async fn a_client_that_keeps_sending_on_its_stream_is_closed(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut quiet = raw_stream(&fx, "quiet").await;
+    let mut chatty = raw_stream(&fx, "chatty").await;
+    quiet.write_all(&[b'\n'; 100]).await.expect("a few bytes");
+    let body = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &body).await;
+    let mut parser = EventStreamParser::new();
+    let mut buf = [0u8; 4096];
+    let ev = loop {
+        if let Some(ev) = parser.next_event() {
+            if ev.id.is_some() {
+                break ev;
+            }
+            continue;
+        }
+        let n = ::tokio::time::timeout(WAIT, quiet.read(&mut buf)).await.expect("the event").expect("read");
+        assert!(n > 0, "the quiet client's stream was closed");
+        parser.feed(&buf[..n]);
+    };
+    assert_eq!(ev.data, body, "the stream goes on after a few bytes from its client");
+
+    let _ = chatty.write_all(&[b'x'; 8192]).await;
+    let closed = ::tokio::time::timeout(WAIT, async {
+        loop {
+            match chatty.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client that keeps sending is not closed");
+    let closed_line = |l: &str| l.contains("stream closed") && l.contains("user=chatty");
+    let log = fx.gw.log_until(WAIT, |log| log.lines().any(closed_line)).await;
+    assert!(log.lines().any(|l| closed_line(l) && l.contains("reason=\"client_gone\"")), "{log}");
+}
+
 for_each_binary!(
+    a_client_that_keeps_sending_on_its_stream_is_closed,
     request_heads_past_the_bound_get_431,
     a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout,
     hostile_bytes_in_last_event_id_are_never_reflected_into_a_stream,
