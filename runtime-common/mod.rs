@@ -120,22 +120,18 @@ impl Budget {
 
     /// Counts one step; every [`Budget::STEPS`]-th yields to the executor.
     pub(crate) async fn step(&mut self) {
-        let _ = self.spend(0, usize::MAX).await;
+        self.spend(0, usize::MAX).await;
     }
 
     /// Counts one step that queued `bytes` for other tasks to write; yields after
-    /// [`Budget::STEPS`] steps or once `max_bytes` were queued since the last yield, and then
-    /// says whether any bytes were queued since the yield before.
-    pub(crate) async fn spend(&mut self, bytes: usize, max_bytes: usize) -> bool {
+    /// [`Budget::STEPS`] steps or once `max_bytes` were queued since the last yield.
+    pub(crate) async fn spend(&mut self, bytes: usize, max_bytes: usize) {
         self.steps += 1;
         self.bytes = self.bytes.saturating_add(bytes);
         if self.steps >= Budget::STEPS || self.bytes >= max_bytes {
-            let queued = self.bytes > 0;
             (self.steps, self.bytes) = (0, 0);
             future::yield_now().await;
-            return queued;
         }
-        false
     }
 }
 

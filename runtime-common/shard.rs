@@ -9,11 +9,10 @@
 //! awaits, and a stream's wake is a `Cell`, not a lock.
 //!
 //! Neither executor preempts a task that is always ready, so the loop and the writers yield
-//! after a bounded run of work ([`Budget`]). The loop also yields once the events it handled in a
-//! row add up to a quarter of a stream's output bound (`streams.max_pending_bytes`), and after a
-//! run of events it waits until every writer it woke has run ([`Shard::let_writers_run`]): the
-//! writers take them before the next, so a burst of events waiting in the channel is never
-//! mistaken for a slow client.
+//! after a bounded run of work ([`Budget`]). Once the events it queued since its writers last had
+//! all run add up to a quarter of a stream's output bound (`streams.max_pending_bytes`), the loop
+//! waits until every writer it woke has run ([`Shard::let_writers_run`]): they take them before
+//! the next, so a burst of events waiting in the channel is never mistaken for a slow client.
 //!
 //! `Backfill` (a resume older than the buffer, on a channel read from a RabbitMQ stream) starts
 //! a read-back task on this thread ([`read_back`]).
@@ -139,8 +138,7 @@ impl Notify {
 
 struct Shard {
     gw: RefCell<Gateway>,
-    /// Writers woken and not yet run: after a run of events the loop lets them all run before
-    /// the next ([`Shard::let_writers_run`]).
+    /// Writers woken and not yet run ([`Shard::let_writers_run`]).
     woken: Rc<Cell<usize>>,
     /// Reads streams back for `Output::Backfill` (set by `Command::History`).
     log: RefCell<Option<Arc<LogReader>>>,
@@ -161,6 +159,7 @@ impl Shard {
         let mut drain_until: Option<Instant> = None;
         let mut budget = Budget::default();
         let yield_after = self.settings.config.streams.max_pending_bytes / 4;
+        let mut unread = 0usize;
         loop {
             let next = self.gw.borrow().poll_timeout().map(|(at, _)| at);
             if next != armed {
@@ -191,7 +190,11 @@ impl Shard {
                 }
             };
             let mut queued = 0;
-            match future::or(deadline, other).await {
+            let wake = future::or(deadline, other).await;
+            if self.woken.get() == 0 {
+                unread = 0; // every writer has taken what it was woken for
+            }
+            match wake {
                 Wake::Deadline => {
                     self.gw.borrow_mut().handle_timeout(Instant::now());
                     // Re-arm from the core's answer, even if it is the same instant.
@@ -214,9 +217,15 @@ impl Shard {
             if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 {
                 return;
             }
-            if budget.spend(queued, yield_after).await {
+            // Bytes queued to writers since they last had all run: past a quarter of the bound,
+            // the loop waits for them (not after every run of events: that would hold each new
+            // event back for a whole round of writers).
+            unread += queued;
+            if unread >= yield_after {
                 self.let_writers_run().await;
+                unread = 0;
             }
+            budget.spend(queued, yield_after).await;
         }
     }
 
