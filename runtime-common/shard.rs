@@ -95,7 +95,7 @@ impl Drop for Notify {
     /// A wake never taken (the stream ended first) is not counted as waiting any more.
     fn drop(&mut self) {
         if self.set.get() {
-            self.bump(0, 1);
+            self.tally(false);
         }
     }
 }
@@ -107,23 +107,24 @@ impl Notify {
 
     fn notify(&self) {
         if !self.set.replace(true) {
-            self.bump(1, 0);
+            self.tally(true);
         }
         if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
 
-    fn bump(&self, add: usize, sub: usize) {
+    /// One more (`up`) or one fewer wake waiting in the shared count, if there is one.
+    fn tally(&self, up: bool) {
         if let Some(c) = &self.count {
-            c.set((c.get() + add).saturating_sub(sub));
+            c.set(if up { c.get() + 1 } else { c.get().saturating_sub(1) });
         }
     }
 
     fn notified(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(move |cx| {
             if self.set.replace(false) {
-                self.bump(0, 1);
+                self.tally(false);
                 return Poll::Ready(());
             }
             let w = match self.waker.take() {
@@ -225,7 +226,7 @@ impl Shard {
                 self.let_writers_run().await;
                 unread = 0;
             }
-            budget.spend(queued, yield_after).await;
+            budget.step().await;
         }
     }
 
