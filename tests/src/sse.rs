@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -226,6 +226,12 @@ impl SseClient {
     /// Whether the server closed the connection (end of body seen).
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Sends `bytes` on the open stream, as a client that talks on it would (an SSE client has
+    /// nothing to say after its request). A write error (the server closed) is returned.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
     }
 
     /// The last `retry:` value received, in milliseconds.

@@ -338,60 +338,24 @@ async fn ten_thousand_garbage_connections_cost_a_hundred_streams_nothing(bin: Bi
     assert_eq!(late.expect_event("an event on a stream opened after the flood").await.data, last);
 }
 
-/// A stream opened by hand on a raw socket: the response head read, the socket returned.
-async fn raw_stream(fx: &Fixture, who: &str) -> TcpStream {
-    let mut s = TcpStream::connect(fx.gw.addr).await.expect("connect");
-    let head = format!(
-        "GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\nAuthorization: Bearer {}\r\n\r\n",
-        user(who, &[])
-    );
-    s.write_all(head.as_bytes()).await.expect("send the head");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = ::tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("a response head").expect("read");
-        assert!(n > 0, "{who}: closed before the head");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{who}: {}", String::from_utf8_lossy(&got));
-    s
-}
-
 /// A client has nothing to say on its stream. A few bytes are ignored (the stream goes on); one
 /// that keeps sending (past 4 KiB) would cost its shard a read per 16 bytes, and is closed.
 async fn a_client_that_keeps_sending_on_its_stream_is_closed(bin: Bin) {
     let fx = Fixture::start(bin, ConfigBuilder::new()).await;
-    let mut quiet = raw_stream(&fx, "quiet").await;
-    let mut chatty = raw_stream(&fx, "chatty").await;
-    quiet.write_all(&[b'\n'; 100]).await.expect("a few bytes");
+    let mut quiet = fx.gw.stream("deals", &user("quiet", &[])).await;
+    let mut chatty = fx.gw.stream("deals", &user("chatty", &[])).await;
+    quiet.send(&[b'\n'; 100]).await.expect("a few bytes");
     let body = valid_text("deal.created");
     fx.publish("deals", "deal.created", &body).await;
-    let mut parser = EventStreamParser::new();
-    let mut buf = [0u8; 4096];
-    let ev = loop {
-        if let Some(ev) = parser.next_event() {
-            if ev.id.is_some() {
-                break ev;
-            }
-            continue;
-        }
-        let n = ::tokio::time::timeout(WAIT, quiet.read(&mut buf)).await.expect("the event").expect("read");
-        assert!(n > 0, "the quiet client's stream was closed");
-        parser.feed(&buf[..n]);
-    };
+    let ev = quiet.expect_event("the event after a few bytes from the client").await;
     assert_eq!(ev.data, body, "the stream goes on after a few bytes from its client");
 
-    let _ = chatty.write_all(&[b'x'; 8192]).await;
-    let closed = ::tokio::time::timeout(WAIT, async {
-        loop {
-            match chatty.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a client that keeps sending is not closed");
+    let _ = chatty.send(&[b'x'; 8192]).await;
+    let deadline = Instant::now() + WAIT;
+    while !chatty.is_closed() && Instant::now() < deadline {
+        let _ = chatty.next_event(deadline.saturating_duration_since(Instant::now())).await;
+    }
+    assert!(chatty.is_closed(), "a client that keeps sending is not closed");
     let closed_line = |l: &str| l.contains("stream closed") && l.contains("user=chatty");
     let log = fx.gw.log_until(WAIT, |log| log.lines().any(closed_line)).await;
     assert!(log.lines().any(|l| closed_line(l) && l.contains("reason=\"client_gone\"")), "{log}");
