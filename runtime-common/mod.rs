@@ -111,6 +111,7 @@ pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
     steps: u32,
+    bytes: usize,
 }
 
 impl Budget {
@@ -119,9 +120,16 @@ impl Budget {
 
     /// Counts one step; every [`Budget::STEPS`]-th yields to the executor.
     pub(crate) async fn step(&mut self) {
+        self.spend(0, usize::MAX).await;
+    }
+
+    /// Counts one step that queued `bytes` for other tasks to write; yields after
+    /// [`Budget::STEPS`] steps or once `max_bytes` were queued since the last yield.
+    pub(crate) async fn spend(&mut self, bytes: usize, max_bytes: usize) {
         self.steps += 1;
-        if self.steps >= Budget::STEPS {
-            self.steps = 0;
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.steps >= Budget::STEPS || self.bytes >= max_bytes {
+            (self.steps, self.bytes) = (0, 0);
             future::yield_now().await;
         }
     }

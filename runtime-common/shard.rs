@@ -226,7 +226,7 @@ impl Shard {
                 self.let_writers_run().await;
                 unread = 0;
             }
-            budget.step().await;
+            budget.spend(queued, yield_after).await;
         }
     }
 
