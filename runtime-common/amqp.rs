@@ -199,7 +199,14 @@ pub(crate) fn start(
         let Some(id) = settings.channel_id(&ch.name) else { continue };
         let epoch = ch.log.as_ref().map_or(epoch, |log| log.epoch);
         let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
-        let source = Source { link: link.clone(), settings: settings.clone(), shards: shards.clone(), id, name: ch.name.clone() };
+        let source = Source {
+            link: link.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            shards: shards.clone(),
+            id,
+            name: ch.name.clone(),
+        };
         spawn(source.run(ingest, broker.clone()));
     }
 }
@@ -207,6 +214,7 @@ pub(crate) fn start(
 struct Source {
     link: Arc<Link>,
     settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
     shards: Shards,
     id: ChannelId,
     name: String,
@@ -215,11 +223,14 @@ struct Source {
 /// Where a stream source is in its stream, across reconnects.
 #[derive(Debug, Default)]
 struct Offsets {
+    /// When the source started (POSIX seconds): before any stream of its channel could open.
+    started: u64,
     /// The offset of the last delivery taken (valid or dropped).
     last: Option<u64>,
-    /// When a consumer was first established (POSIX seconds): with nothing delivered since,
-    /// what was written from then on is new. Not "the stream's first message": a consumer that
-    /// failed before its first delivery would then replay the whole stream as live events.
+    /// With nothing delivered yet, what was written from then on (POSIX seconds) is new: when
+    /// the first consumer was established, or [`Offsets::started`] if streams were open before
+    /// it was (the broker was not reached at once). Not "the stream's first message": a consumer
+    /// that failed before its first delivery would then replay the whole stream as live events.
     consumed_at: Option<u64>,
     /// Set once the stream's offsets went back (it was deleted and recreated under its name):
     /// its offsets would give out event ids already given out, so the source stays down, saying
@@ -244,7 +255,7 @@ impl Source {
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
         let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max);
         let mut failures = 0u64;
-        let mut offsets = Offsets::default();
+        let mut offsets = Offsets { started: sse_gateway_core::cli::unix_now(), ..Offsets::default() };
         loop {
             let mut consumed = false;
             let why = match self.consume(&mut ingest, &broker, &mut consumed, &mut offsets).await {
@@ -325,7 +336,12 @@ impl Source {
         // A stream is read from where this source left it (the last offset it took, which must
         // still be there), else from the chunks written since its first consumer (a second of
         // slack for the seconds' resolution: at most that and one chunk come again), else from
-        // the last chunk (recent events for the buffers).
+        // the last chunk (recent events for the buffers). Streams that opened before the first
+        // consumer (the broker was not reached at once) are owed everything since they opened,
+        // not only the last chunk: then it starts at the chunks written since the source started.
+        if log.is_some() && offsets.consumed_at.is_none() && self.metrics.streams_open(self.id) > 0 {
+            offsets.consumed_at = Some(offsets.started);
+        }
         let start = match (log, offsets.last) {
             (None, _) => None,
             (Some(_), Some(last)) => Some(StartAt::Offset(last)),

@@ -123,6 +123,15 @@ fn offset(id: &str) -> u64 {
     offset.parse().unwrap_or_else(|_| panic!("id {id:?}: the offset is not a number"))
 }
 
+/// Reads `want.len()` events from `s` and asserts they are `want` (by title), in order, with
+/// increasing ids, and that nothing follows them.
+async fn exactly(s: &mut SseClient, want: &[String], who: &str) {
+    let got = read_events(s, want.len(), who).await;
+    assert_eq!(got.titles, want, "{who}: in order, once");
+    assert_increasing(&got.ids, who);
+    nothing_more(s, who).await;
+}
+
 /// What a stream delivered: titles of its events (in order), their ids, and the warnings.
 #[derive(Debug, Default)]
 struct Got {
@@ -507,11 +516,28 @@ async fn a_source_that_took_nothing_before_an_outage_delivers_what_came_during_i
     assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
     let during = setup.publish(3).await; // straight to RabbitMQ: the stream keeps them
     proxy.restore();
-    let got = read_events(&mut s, 3, "after the outage").await;
-    assert_eq!(got.titles, during, "what was published during the outage, in order, once");
-    assert_increasing(&got.ids, "after the outage");
-    nothing_more(&mut s, "after the outage").await;
+    exactly(&mut s, &during, "after the outage: what was published during it").await;
     logged(&gw, "from=chunks written since unix time", "the second consumer starts at its first one's time").await;
+}
+
+async fn streams_opened_before_the_broker_is_reached_get_everything_published_since(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &proxy.amqp_url()).await;
+    // A first gateway declares and binds the stream (empty), so that it keeps what comes next.
+    drop(setup.start(bin).await);
+    proxy.cut();
+    let gw = GatewayProcess::start(bin, &setup.config).await;
+    let mut s = gw.stream("deals", &user("erin", &[])).await;
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning while the broker is not reached");
+    assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+    // One at a time, with confirms: three chunks, of which only the last is the stream's "last".
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        during.extend(setup.publish(1).await);
+    }
+    proxy.restore();
+    exactly(&mut s, &during, "once the broker is reached: everything published since the stream opened").await;
+    logged(&gw, "from=chunks written since unix time", "the first consumer starts at the source's start").await;
 }
 
 async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
@@ -661,6 +687,7 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
 }
 
 for_each_binary!(
+    streams_opened_before_the_broker_is_reached_get_everything_published_since,
     a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
     a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
     a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
