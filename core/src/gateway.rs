@@ -135,8 +135,11 @@ struct Stream {
     cursor: Option<EventId>,
     /// The cursor is older than the buffer and the source is reading back for it.
     backfilling: Option<ReadBack>,
-    /// Live events up to this seq are not sent: the client resumed from an id this shard had not
-    /// seen yet (another instance was ahead), so it already has them.
+    /// Live events up to this seq are not sent: the client resumed from an id of a log channel
+    /// that this shard had not seen yet (another instance was ahead, or the read-back ended before
+    /// the live source reached it), so it already has them. Also after a `history_gap` on a
+    /// resume from the log's epoch: the client refetches what it missed, but its ids must still
+    /// only grow.
     skip_through: Option<u64>,
 }
 
@@ -430,9 +433,10 @@ impl Gateway {
                         n += 1;
                     }
                 }
-                // Caught up: live from here, unless the output is still at its bound (a stalled
-                // client): then live events would overrun it; the next drain finishes the catch-up.
-                if done && st.pending_bytes < max {
+                // Caught up: live from here, unless the output is still over half its bound:
+                // the next live event could overrun it and close a client that reads (a stalled
+                // one is closed by the heartbeat tick); the next drain finishes the catch-up.
+                if done && st.pending_bytes <= max / 2 {
                     st.cursor = None;
                 }
                 Next::Queued
@@ -450,7 +454,7 @@ impl Gateway {
                 Next::Queued
             }
             Lookup::Older | Lookup::Unknown | Lookup::Ahead(_) => {
-                st.cursor = None;
+                gap_then_live(st, history);
                 Next::Gap
             }
         };
@@ -493,7 +497,9 @@ impl Gateway {
             if st.skip_through.is_some_and(|s| ev.id().seq <= s) {
                 return;
             }
-            if st.pending_bytes + frame.len() > max {
+            // A frame larger than the bound still goes into an empty output (as in a catch-up):
+            // one large event is not a slow client.
+            if st.pending_bytes > 0 && st.pending_bytes + frame.len() > max {
                 overflow.push(id);
                 return;
             }
@@ -653,7 +659,7 @@ impl Gateway {
         let lost = if first { position > after.seq.saturating_add(1) } else { !log_continues(after.seq, position) };
         if lost {
             st.backfilling = None;
-            st.cursor = None;
+            gap_then_live(st, true);
             self.history_gap(id);
             self.wake(id);
             return BackfillStep::Finished;
@@ -661,7 +667,16 @@ impl Gateway {
         if position <= after.seq {
             return BackfillStep::Continue; // an overlap: already sent
         }
-        let until = rb.until;
+        // The buffer moved on while this read-back ran (the live source was catching up): it
+        // reads on to where the buffer begins now, rather than end here and leave the rest to a
+        // new read-back (without this one's `message_id` window, so a retry would get through).
+        let until = match live_from.filter(|&floor| position >= rb.until && position < floor) {
+            Some(floor) => {
+                st.backfilling = Some(ReadBack { until: floor, ..rb });
+                floor
+            }
+            None => rb.until,
+        };
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
         if let Some(ev) = ev.filter(|e| e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
             push_raw(st, ev.frame().clone());
@@ -691,7 +706,7 @@ impl Gateway {
             return;
         }
         if !complete {
-            st.cursor = None;
+            gap_then_live(st, true);
             self.history_gap(id);
         } else if !seen_live {
             // The log had nothing more and nothing has arrived live yet: live from here.
@@ -867,6 +882,16 @@ impl Gateway {
             }
         }
         self.outputs.push_back(Output::Close(id, why));
+    }
+}
+
+/// A resume that ends in `history_gap` goes live. From an id of the channel's log (`in_log`),
+/// live events up to it are still not sent: this shard may be behind that id (another instance
+/// delivered it, or the read-back failed before anything arrived live), and ids only grow.
+fn gap_then_live(st: &mut Stream, in_log: bool) {
+    let cursor = st.cursor.take();
+    if in_log {
+        st.skip_through = cursor.map(|c| c.seq).max(st.skip_through);
     }
 }
 

@@ -677,13 +677,11 @@ fn a_resume_older_than_the_buffer_reads_the_log_back_when_the_source_keeps_one()
     let live = h.publish("deals", "deal.created", deal_created("live"));
     // The read starts at the client's own event: it proves the log still holds it, and is skipped.
     assert_eq!(h.gw.backfill_message(id, 1, Some(&evs[0])), BackfillStep::Continue, "an overlap is skipped");
-    assert_eq!(h.gw.backfill_message(id, 2, Some(&evs[1])), BackfillStep::Finished);
-    h.drain();
-    // So a second read is asked for, from where the first ended.
-    assert_eq!(h.backfills[1], Output::Backfill { stream: id, channel: deals, after: after(2), until: 3 });
+    // So the read-back goes on past 2, to where the buffer begins now.
     assert_eq!(h.gw.backfill_message(id, 2, Some(&evs[1])), BackfillStep::Continue);
     assert_eq!(h.gw.backfill_message(id, 3, Some(&evs[2])), BackfillStep::Finished);
     h.drain();
+    assert_eq!(h.backfills.len(), 1, "{:?}", h.backfills);
     let w = h.take_events(id);
     let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
     assert_eq!(ids, ["1000-2", "1000-3", "1000-4", "1000-5", "1000-6"], "{w}");
@@ -907,6 +905,39 @@ fn a_read_back_asked_for_before_anything_arrived_ends_where_live_events_begin() 
 }
 
 #[test]
+fn a_read_back_overtaken_by_the_buffer_reads_on_instead_of_asking_for_another() {
+    let mut h = Harness::new("buffer_events = 2\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    for pos in 1..=5 {
+        h.publish_msg("deals", deal_at(pos)).unwrap();
+    }
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: EventId { epoch: 1000, seq: 1 }, until: 3 }]);
+    let at = |h: &Harness, seq: u64| {
+        let ingest = &h.ingest[deals.index()];
+        ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap()
+    };
+    let e2 = at(&h, 2);
+    assert_eq!(h.gw.backfill_message(id, 2, Some(&e2)), BackfillStep::Continue);
+    // The live source, catching up, moves the buffer on past where the read-back was to end.
+    for pos in 6..=8 {
+        h.publish_msg("deals", deal_at(pos)).unwrap();
+    }
+    for pos in 3..=5 {
+        let ev = at(&h, pos);
+        assert_eq!(h.gw.backfill_message(id, pos, Some(&ev)), BackfillStep::Continue, "{pos}: the buffer begins after 6 now");
+    }
+    let e6 = at(&h, 6);
+    assert_eq!(h.gw.backfill_message(id, 6, Some(&e6)), BackfillStep::Finished);
+    h.drain();
+    assert_eq!(h.backfills.len(), 1, "one read-back (one message_id window) all the way: {:?}", h.backfills);
+    let w = h.take_events(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-2", "1000-3", "1000-4", "1000-5", "1000-6", "1000-7", "1000-8"], "{w}");
+}
+
+#[test]
 fn a_cookie_or_query_token_works_only_when_enabled() {
     let h = Harness::new("");
     let t = h.token("u1", &[], 3600);
@@ -1037,14 +1068,8 @@ fn a_replay_larger_than_the_output_bound_flows_in_batches_without_closing_the_st
 
 #[test]
 fn a_catch_up_that_fills_the_output_bound_waits_for_the_client_before_going_live() {
-    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 100\n");
-    let first = h.publish("deals", "deal.created", deal_created("same size title"));
     // Just enough events that the replay's last one takes the output to its bound.
-    let n = 4096usize.div_ceil(first.frame().len());
-    for _ in 1..n {
-        h.publish("deals", "deal.created", deal_created("same size title"));
-    }
-    let id = resume_without_reading(&mut h, "u1");
+    let (mut h, id, n, _) = catch_up_over_equal_events(|len| 4096usize.div_ceil(len));
     assert!(h.gw.pending_bytes(id) >= 4096, "the replay filled the output");
     // The client is stalled; live events meanwhile must not overrun its bound.
     h.publish("deals", "deal.created", deal_created("same size title"));
@@ -1052,6 +1077,89 @@ fn a_catch_up_that_fills_the_output_bound_waits_for_the_client_before_going_live
     assert!(h.closed.is_empty(), "a stalled catch-up was closed as slow: {:?}", h.closed);
     let (ids, _) = read_on(&mut h, id, 4);
     assert_eq!(ids, (1..=n as u64 + 2).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_catch_up_that_ends_near_its_bound_goes_live_only_once_a_live_event_cannot_overrun_it() {
+    // A replay that ends between half the bound and the bound, one frame short of it.
+    let (mut h, id, n, len) = catch_up_over_equal_events(|len| (4096 - len - 1) / len);
+    assert!(h.gw.pending_bytes(id) > 2048 && h.gw.pending_bytes(id) < 4096);
+    // A live event larger than what is left of the bound, before the client's first read.
+    h.publish("deals", "deal.created", deal_created(&"t".repeat(len * 2)));
+    assert!(h.closed.is_empty(), "a catch-up whose client had not read yet was closed as slow: {:?}", h.closed);
+    let (ids, _) = read_on(&mut h, id, 3);
+    assert_eq!(ids, (1..=n as u64 + 1).collect::<Vec<u64>>());
+}
+
+#[test]
+fn an_event_larger_than_the_output_bound_reaches_idle_streams() {
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let a = h.open("u1", "deals");
+    let b = h.open("u2", "deals");
+    h.take_wire(a);
+    h.take_wire(b);
+    let big = h.publish("deals", "deal.created", deal_created(&"x".repeat(6000)));
+    assert!(big.frame().len() > 4096);
+    assert!(h.closed.is_empty(), "streams with nothing queued were closed as slow: {:?}", h.closed);
+    for id in [a, b] {
+        assert_eq!(h.take_wire(id), String::from_utf8(big.frame().to_vec()).unwrap());
+    }
+}
+
+#[test]
+fn a_resume_that_ends_in_history_gap_on_a_log_channel_gets_no_id_at_or_below_its_own() {
+    // Far ahead of this shard (more than a buffer): history_gap, and this shard's live events up
+    // to the client's id are not sent when it catches up.
+    let mut h = Harness::new("buffer_events = 8\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    h.publish_msg("deals", deal_at(1)).unwrap();
+    let far = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-400"]).unwrap();
+    assert!(h.take_events(far).contains("history_gap"));
+    for pos in [2, 399, 400, 401] {
+        h.publish_msg("deals", deal_at(pos)).unwrap();
+    }
+    let w = h.take_wire(far);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-401"]);
+
+    // A read-back that failed before anything arrived live: the same.
+    let (mut h, _, id) = resumed_before_anything_arrived();
+    h.gw.backfill_done(id, false);
+    h.drain();
+    assert!(h.take_events(id).contains("history_gap"));
+    for pos in [5, 7, 8] {
+        h.publish_msg("deals", deal_at(pos)).unwrap();
+    }
+    let w = h.take_wire(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-8"]);
+
+    // The log lost the range after the client's id (retention): the same.
+    let (mut h, _, id) = resumed_before_anything_arrived();
+    assert_eq!(h.gw.backfill_message(id, 12, None), BackfillStep::Finished);
+    h.drain();
+    assert!(h.take_events(id).contains("history_gap"));
+    for pos in [6, 13] {
+        h.publish_msg("deals", deal_at(pos)).unwrap();
+    }
+    let w = h.take_wire(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-13"]);
+}
+
+/// `n` equal events on `deals` (`n` from one event's frame length) and a stream resuming from
+/// the start whose client does not read yet (4 KiB output bound): the harness, the stream, `n`
+/// and the frame length.
+fn catch_up_over_equal_events(n: impl Fn(usize) -> usize) -> (Harness, StreamId, usize, usize) {
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 100\n");
+    let len = h.publish("deals", "deal.created", deal_created("same size title")).frame().len();
+    let n = n(len);
+    for _ in 1..n {
+        h.publish("deals", "deal.created", deal_created("same size title"));
+    }
+    let id = resume_without_reading(&mut h, "u1");
+    (h, id, n, len)
 }
 
 /// A `deals` stream resuming from the start (1000-0) whose client does not read yet.
