@@ -251,18 +251,37 @@ impl Offsets {
     }
 }
 
+/// How far one connection of a source got.
+#[derive(Debug, Default)]
+struct Attempt {
+    /// When its consumer started.
+    consuming_since: Option<Instant>,
+    /// It took a delivery (handled and acked it).
+    took: bool,
+}
+
+impl Attempt {
+    /// A consumer that took a delivery, or that ran as long as the longest reconnect wait, was
+    /// healthy: the next outage starts the backoff afresh. One that fails at once every time (a
+    /// message it cannot take, a queue of the wrong kind) backs off instead of reconnecting, and
+    /// telling its streams `source_unavailable`, several times a second.
+    fn healthy(&self, reconnect_max: Duration) -> bool {
+        self.took || self.consuming_since.is_some_and(|t| t.elapsed() >= reconnect_max)
+    }
+}
+
 impl Source {
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
         let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max);
         let mut failures = 0u64;
         let mut offsets = Offsets { started: sse_gateway_core::cli::unix_now(), ..Offsets::default() };
         loop {
-            let mut consumed = false;
-            let why = match self.consume(&mut ingest, &broker, &mut consumed, &mut offsets).await {
+            let mut attempt = Attempt::default();
+            let why = match self.consume(&mut ingest, &broker, &mut attempt, &mut offsets).await {
                 Ok(()) => "the consumer was cancelled".to_string(),
                 Err(e) => e,
             };
-            if consumed {
+            if attempt.healthy(broker.reconnect_max) {
                 backoff.reset();
                 failures = 0;
             }
@@ -280,8 +299,8 @@ impl Source {
         }
     }
 
-    /// Declares, consumes until the consumer ends; `consumed` turns true once it is consuming.
-    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, consumed: &mut bool, offsets: &mut Offsets) -> Result<(), String> {
+    /// Declares, consumes until the consumer ends; `attempt` says how far it got.
+    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, attempt: &mut Attempt, offsets: &mut Offsets) -> Result<(), String> {
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         if let Some(why) = &offsets.went_back {
             return Err(why.clone());
@@ -356,7 +375,7 @@ impl Source {
             None => info!(channel = %self.name, queue = %queue, "source consuming"),
             Some(at) => info!(channel = %self.name, queue = %queue, from = %at, "source consuming the stream"),
         }
-        *consumed = true;
+        attempt.consuming_since = Some(Instant::now());
         offsets.consumed_at.get_or_insert_with(sse_gateway_core::cli::unix_now);
         self.shards.source(self.id, true).await;
         let mut resuming = offsets.last;
@@ -415,6 +434,7 @@ impl Source {
                 if offsets.last.is_some_and(|last| pos <= last) {
                     // Where it left off (proof the stream still holds it): already handled.
                     acks.handled(delivery.acker).await?;
+                    attempt.took = true;
                     continue;
                 }
                 offsets.last = Some(pos);
@@ -425,6 +445,7 @@ impl Source {
                 Err(d) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
             }
             acks.handled(delivery.acker).await?;
+            attempt.took = true;
         }
         Ok(())
     }
@@ -520,5 +541,16 @@ mod tests {
         assert_eq!(header_value(&AMQPValue::LongInt(2)), HeaderValue::Int(2));
         assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), HeaderValue::Text("a,b".into()));
         assert_eq!(header_value(&AMQPValue::Double(1.0)), HeaderValue::Other);
+    }
+
+    #[test]
+    fn only_a_consumer_that_took_a_delivery_or_ran_a_while_restarts_the_backoff() {
+        let max = Duration::from_secs(30);
+        assert!(!Attempt::default().healthy(max), "never consumed");
+        let just_now = Attempt { consuming_since: Some(Instant::now()), took: false };
+        assert!(!just_now.healthy(max), "consumed and failed at once (a delivery it cannot take, a flapping link)");
+        assert!(Attempt { took: true, ..just_now }.healthy(max), "took a delivery");
+        let Some(long_ago) = Instant::now().checked_sub(max) else { return };
+        assert!(Attempt { consuming_since: Some(long_ago), took: false }.healthy(max), "an idle consumer that ran a while");
     }
 }

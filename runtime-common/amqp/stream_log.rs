@@ -164,10 +164,20 @@ impl LogReader {
         self.permits.acquire_arc().await
     }
 
+    /// The `message_id` window one read-back of `channel` keeps across its cursors (a paused
+    /// read-back opens a new one): a publisher's retry is dropped as it was live.
+    pub(crate) fn window(&self, channel: ChannelId) -> Result<RecentIds, String> {
+        Ok(self.log(channel)?.ingest.read_back_window())
+    }
+
+    fn log(&self, channel: ChannelId) -> Result<&Log, String> {
+        self.logs.get(channel.index()).and_then(Option::as_ref).ok_or_else(|| "not a stream channel".to_string())
+    }
+
     /// Opens a consumer on `channel`'s stream at offset `at`, holding `permit` until the cursor
     /// is closed or dropped.
     pub(crate) async fn open(&self, channel: ChannelId, at: u64, permit: SemaphoreGuardArc) -> Result<LogCursor<'_>, String> {
-        let log = self.logs.get(channel.index()).and_then(Option::as_ref).ok_or("not a stream channel")?;
+        let log = self.log(channel)?;
         if !self.shards.is_up(channel) {
             // During an outage a read-back would only wait for the connect timeout, one after
             // the other: answer at once (the stream gets history_gap).
@@ -185,7 +195,7 @@ impl LogReader {
             )
             .await
             .map_err(e("basic.consume"))?;
-        Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), seen: log.ingest.read_back_window(), _permit: permit })
+        Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit })
     }
 }
 
@@ -196,15 +206,14 @@ pub(crate) struct LogCursor<'r> {
     chan: Channel,
     consumer: Consumer,
     acks: Acks,
-    /// The `message_id`s this read-back met: a publisher's retry is dropped as it was live.
-    seen: RecentIds,
     _permit: SemaphoreGuardArc,
 }
 
 impl LogCursor<'_> {
     /// The next message: its offset, and its event if it passes the channel's rules. `None`
     /// once nothing arrived for `idle` (the end of the stream, as far as anyone can tell).
-    pub(crate) async fn next(&mut self, idle: Duration) -> Result<Option<(u64, Option<Event>)>, String> {
+    /// `seen` is the read-back's `message_id` window ([`LogReader::window`]).
+    pub(crate) async fn next(&mut self, idle: Duration, seen: &mut RecentIds) -> Result<Option<(u64, Option<Event>)>, String> {
         let d = match until(Instant::now() + idle, self.consumer.next()).await {
             None => return Ok(None),
             Some(None) => return Err("the read-back consumer was cancelled".into()),
@@ -215,7 +224,7 @@ impl LogCursor<'_> {
         let mut msg = message(&d);
         msg.position = Some(pos);
         // Dropped messages were logged when the live source met them; here they only hold a place.
-        let ev = self.log.ingest.read_back(&msg, &mut self.seen).ok();
+        let ev = self.log.ingest.read_back(&msg, seen).ok();
         // Acks only refill the prefetch window here.
         self.acks.handled(d.acker).await?;
         Ok(Some((pos, ev)))

@@ -64,6 +64,8 @@ impl Shard {
     async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64) -> Result<End, String> {
         let mut at = from;
         let mut reopened = false;
+        // One window for the whole read-back: a retry after a pause is still a retry.
+        let mut seen = reader.window(channel)?;
         loop {
             let permit = reader.permit().await;
             if self.gw.borrow().channel_of(id).is_none() {
@@ -72,7 +74,7 @@ impl Shard {
             let mut cursor = reader.open(channel, at, permit).await?;
             let mut first = true;
             loop {
-                let next = cursor.next(IDLE).await;
+                let next = cursor.next(IDLE, &mut seen).await;
                 let (pos, ev) = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => {
