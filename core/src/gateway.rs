@@ -664,6 +664,13 @@ impl Gateway {
             self.wake(id);
             return BackfillStep::Finished;
         }
+        if live_from.is_some_and(|floor| after.seq >= floor) {
+            // Live events arrived and the buffer holds everything after the cursor (or the
+            // cursor is ahead of them: a log that starts before it would only overlap, forever
+            // on a busy channel): the buffer takes over.
+            self.backfill_done(id, true);
+            return BackfillStep::Finished;
+        }
         if position <= after.seq {
             return BackfillStep::Continue; // an overlap: already sent
         }

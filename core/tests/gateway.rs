@@ -858,6 +858,12 @@ fn deal_at(seq: u64) -> UpstreamMessage {
     m
 }
 
+/// The deal at `seq` as a read-back of `channel`'s log gives it.
+fn read_back_deal(h: &Harness, channel: ChannelId, seq: u64) -> Event {
+    let ingest = &h.ingest[channel.index()];
+    ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap()
+}
+
 /// A stream resuming from 1000-7 on a channel with a log, before anything arrived live: the
 /// read-back it asks for has no known end.
 fn resumed_before_anything_arrived() -> (Harness, ChannelId, StreamId) {
@@ -886,22 +892,35 @@ fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
 #[test]
 fn a_read_back_asked_for_before_anything_arrived_ends_where_live_events_begin() {
     let (mut h, deals, id) = resumed_before_anything_arrived();
-    let at = |h: &Harness, seq: u64| {
-        let ingest = &h.ingest[deals.index()];
-        ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap()
-    };
-    let e8 = at(&h, 8);
+    let e8 = read_back_deal(&h, deals, 8);
     assert_eq!(h.gw.backfill_message(id, 8, Some(&e8)), BackfillStep::Continue, "nothing live yet: no end known");
     // The live consumer starts meanwhile (the channel is busy: the log never falls idle).
     h.publish_msg("deals", deal_at(10)).unwrap();
     h.publish_msg("deals", deal_at(11)).unwrap();
-    let e9 = at(&h, 9);
+    let e9 = read_back_deal(&h, deals, 9);
     assert_eq!(h.gw.backfill_message(id, 9, Some(&e9)), BackfillStep::Finished, "the buffer takes over from 10");
     h.drain();
     let w = h.take_events(id);
     let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
     assert_eq!(ids, ["1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
     assert!(h.gw.poll_output().is_none(), "no second read-back");
+}
+
+#[test]
+fn a_read_back_behind_a_cursor_that_live_events_reach_ends_instead_of_skipping_overlaps_forever() {
+    // The client's id (7) is ahead of what this instance's log delivers (it starts at 3).
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    let e3 = read_back_deal(&h, deals, 3);
+    assert_eq!(h.gw.backfill_message(id, 3, Some(&e3)), BackfillStep::Continue, "an overlap, nothing live yet");
+    h.publish_msg("deals", deal_at(3)).unwrap();
+    h.publish_msg("deals", deal_at(4)).unwrap();
+    let e4 = read_back_deal(&h, deals, 4);
+    assert_eq!(h.gw.backfill_message(id, 4, Some(&e4)), BackfillStep::Finished, "the buffer takes over");
+    h.drain();
+    h.publish_msg("deals", deal_at(8)).unwrap();
+    let w = h.take_wire(id);
+    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, ["1000-8"], "{w}");
 }
 
 #[test]
@@ -914,21 +933,17 @@ fn a_read_back_overtaken_by_the_buffer_reads_on_instead_of_asking_for_another() 
     }
     let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
     assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: EventId { epoch: 1000, seq: 1 }, until: 3 }]);
-    let at = |h: &Harness, seq: u64| {
-        let ingest = &h.ingest[deals.index()];
-        ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap()
-    };
-    let e2 = at(&h, 2);
+    let e2 = read_back_deal(&h, deals, 2);
     assert_eq!(h.gw.backfill_message(id, 2, Some(&e2)), BackfillStep::Continue);
     // The live source, catching up, moves the buffer on past where the read-back was to end.
     for pos in 6..=8 {
         h.publish_msg("deals", deal_at(pos)).unwrap();
     }
     for pos in 3..=5 {
-        let ev = at(&h, pos);
+        let ev = read_back_deal(&h, deals, pos);
         assert_eq!(h.gw.backfill_message(id, pos, Some(&ev)), BackfillStep::Continue, "{pos}: the buffer begins after 6 now");
     }
-    let e6 = at(&h, 6);
+    let e6 = read_back_deal(&h, deals, 6);
     assert_eq!(h.gw.backfill_message(id, 6, Some(&e6)), BackfillStep::Finished);
     h.drain();
     assert_eq!(h.backfills.len(), 1, "one read-back (one message_id window) all the way: {:?}", h.backfills);
