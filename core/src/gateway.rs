@@ -643,15 +643,17 @@ impl Gateway {
     pub fn backfill_message(&mut self, id: StreamId, position: u64, ev: Option<&Event>) -> BackfillStep {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return BackfillStep::Finished };
-        // Where the buffer takes over: a read-back asked for before anything arrived live had no
-        // end (`u64::MAX`); once live events are buffered, it ends where they begin (on a busy
-        // channel the log would otherwise never fall idle, and the read-back never end).
+        // Where the buffer takes over: once live events are buffered, where they begin now (on a
+        // busy channel the log would otherwise never fall idle, and a read-back asked for before
+        // anything arrived live, with no end, never end). The live source may move it on while
+        // the read-back runs (it was catching up): reading on to there, rather than ending and
+        // leaving the rest to a new read-back, keeps this one's `message_id` window.
         let buffer = &self.channels[ch.index()].buffer;
         let live_from = buffer.last().map(|_| buffer.floor());
         let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
         let (Some(after), Some(mut rb)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
-        if rb.until == u64::MAX {
-            rb.until = live_from.unwrap_or(u64::MAX);
+        if let Some(floor) = live_from {
+            rb.until = floor;
         }
         let first = !rb.started;
         rb.started = true;
@@ -674,16 +676,7 @@ impl Gateway {
         if position <= after.seq {
             return BackfillStep::Continue; // an overlap: already sent
         }
-        // The buffer moved on while this read-back ran (the live source was catching up): it
-        // reads on to where the buffer begins now, rather than end here and leave the rest to a
-        // new read-back (without this one's `message_id` window, so a retry would get through).
-        let until = match live_from.filter(|&floor| position >= rb.until && position < floor) {
-            Some(floor) => {
-                st.backfilling = Some(ReadBack { until: floor, ..rb });
-                floor
-            }
-            None => rb.until,
-        };
+        let until = rb.until;
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
         if let Some(ev) = ev.filter(|e| e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
             push_raw(st, ev.frame().clone());
