@@ -683,7 +683,7 @@ fn a_resume_older_than_the_buffer_reads_the_log_back_when_the_source_keeps_one()
     h.drain();
     assert_eq!(h.backfills.len(), 1, "{:?}", h.backfills);
     let w = h.take_events(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-2", "1000-3", "1000-4", "1000-5", "1000-6"], "{w}");
     assert_eq!(live.id().seq, 6);
 }
@@ -771,7 +771,7 @@ fn a_read_back_accepts_positions_the_log_skipped() {
     assert_eq!(h.gw.backfill_message(id, 7, Some(&evs[4])), BackfillStep::Finished);
     h.drain();
     let w = h.take_events(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-4", "1000-5", "1000-7", "1000-8"], "{w}");
     assert!(!w.contains("history_gap"), "{w}");
 }
@@ -789,7 +789,7 @@ fn a_read_back_that_jumps_over_more_than_one_position_ends_in_history_gap() {
     assert_eq!(h.gw.backfill_message(id, 6, Some(&evs[5])), BackfillStep::Finished);
     h.drain();
     let w = h.take_events(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-3"], "{w}");
     assert!(w.ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
     assert!(log_continues(3, 5) && !log_continues(3, 6));
@@ -840,7 +840,7 @@ fn an_id_slightly_ahead_of_this_shard_goes_live_after_it_without_duplicates() {
         h.publish("deals", "deal.created", deal_created(&format!("d{i}")));
     }
     let w = h.take_wire(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-4"]);
     // Far ahead (more than a buffer) is not believed: history_gap.
     let far = h.open_path("u2", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-400"]).unwrap();
@@ -858,10 +858,16 @@ fn deal_at(seq: u64) -> UpstreamMessage {
     m
 }
 
-/// The deal at `seq` as a read-back of `channel`'s log gives it.
-fn read_back_deal(h: &Harness, channel: ChannelId, seq: u64) -> Event {
+/// Hands stream `id` the deal at `seq` as a read-back of `channel`'s log gives it.
+fn read_back(h: &mut Harness, channel: ChannelId, id: StreamId, seq: u64) -> BackfillStep {
     let ingest = &h.ingest[channel.index()];
-    ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap()
+    let ev = ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap();
+    h.gw.backfill_message(id, seq, Some(&ev))
+}
+
+/// The `id:` values of an SSE text, in order.
+fn ids_in(w: &str) -> Vec<&str> {
+    w.lines().filter_map(|l| l.strip_prefix("id: ")).collect()
 }
 
 /// A stream resuming from 1000-7 on a channel with a log, before anything arrived live: the
@@ -885,23 +891,21 @@ fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
     h.publish_msg("deals", deal_at(7)).unwrap();
     h.publish_msg("deals", deal_at(8)).unwrap();
     let w = h.take_events(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-8"], "{w}");
 }
 
 #[test]
 fn a_read_back_asked_for_before_anything_arrived_ends_where_live_events_begin() {
     let (mut h, deals, id) = resumed_before_anything_arrived();
-    let e8 = read_back_deal(&h, deals, 8);
-    assert_eq!(h.gw.backfill_message(id, 8, Some(&e8)), BackfillStep::Continue, "nothing live yet: no end known");
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue, "nothing live yet: no end known");
     // The live consumer starts meanwhile (the channel is busy: the log never falls idle).
     h.publish_msg("deals", deal_at(10)).unwrap();
     h.publish_msg("deals", deal_at(11)).unwrap();
-    let e9 = read_back_deal(&h, deals, 9);
-    assert_eq!(h.gw.backfill_message(id, 9, Some(&e9)), BackfillStep::Finished, "the buffer takes over from 10");
+    assert_eq!(read_back(&mut h, deals, id, 9), BackfillStep::Finished, "the buffer takes over from 10");
     h.drain();
     let w = h.take_events(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
     assert!(h.gw.poll_output().is_none(), "no second read-back");
 }
@@ -910,16 +914,14 @@ fn a_read_back_asked_for_before_anything_arrived_ends_where_live_events_begin() 
 fn a_read_back_behind_a_cursor_that_live_events_reach_ends_instead_of_skipping_overlaps_forever() {
     // The client's id (7) is ahead of what this instance's log delivers (it starts at 3).
     let (mut h, deals, id) = resumed_before_anything_arrived();
-    let e3 = read_back_deal(&h, deals, 3);
-    assert_eq!(h.gw.backfill_message(id, 3, Some(&e3)), BackfillStep::Continue, "an overlap, nothing live yet");
+    assert_eq!(read_back(&mut h, deals, id, 3), BackfillStep::Continue, "an overlap, nothing live yet");
     h.publish_msg("deals", deal_at(3)).unwrap();
     h.publish_msg("deals", deal_at(4)).unwrap();
-    let e4 = read_back_deal(&h, deals, 4);
-    assert_eq!(h.gw.backfill_message(id, 4, Some(&e4)), BackfillStep::Finished, "the buffer takes over");
+    assert_eq!(read_back(&mut h, deals, id, 4), BackfillStep::Finished, "the buffer takes over");
     h.drain();
     h.publish_msg("deals", deal_at(8)).unwrap();
     let w = h.take_wire(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-8"], "{w}");
 }
 
@@ -933,22 +935,19 @@ fn a_read_back_overtaken_by_the_buffer_reads_on_instead_of_asking_for_another() 
     }
     let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
     assert_eq!(h.backfills, vec![Output::Backfill { stream: id, channel: deals, after: EventId { epoch: 1000, seq: 1 }, until: 3 }]);
-    let e2 = read_back_deal(&h, deals, 2);
-    assert_eq!(h.gw.backfill_message(id, 2, Some(&e2)), BackfillStep::Continue);
+    assert_eq!(read_back(&mut h, deals, id, 2), BackfillStep::Continue);
     // The live source, catching up, moves the buffer on past where the read-back was to end.
     for pos in 6..=8 {
         h.publish_msg("deals", deal_at(pos)).unwrap();
     }
     for pos in 3..=5 {
-        let ev = read_back_deal(&h, deals, pos);
-        assert_eq!(h.gw.backfill_message(id, pos, Some(&ev)), BackfillStep::Continue, "{pos}: the buffer begins after 6 now");
+        assert_eq!(read_back(&mut h, deals, id, pos), BackfillStep::Continue, "{pos}: the buffer begins after 6 now");
     }
-    let e6 = read_back_deal(&h, deals, 6);
-    assert_eq!(h.gw.backfill_message(id, 6, Some(&e6)), BackfillStep::Finished);
+    assert_eq!(read_back(&mut h, deals, id, 6), BackfillStep::Finished);
     h.drain();
     assert_eq!(h.backfills.len(), 1, "one read-back (one message_id window) all the way: {:?}", h.backfills);
     let w = h.take_events(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-2", "1000-3", "1000-4", "1000-5", "1000-6", "1000-7", "1000-8"], "{w}");
 }
 
@@ -1135,7 +1134,7 @@ fn a_resume_that_ends_in_history_gap_on_a_log_channel_gets_no_id_at_or_below_its
         h.publish_msg("deals", deal_at(pos)).unwrap();
     }
     let w = h.take_wire(far);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-401"]);
 
     // A read-back that failed before anything arrived live: the same.
@@ -1147,7 +1146,7 @@ fn a_resume_that_ends_in_history_gap_on_a_log_channel_gets_no_id_at_or_below_its
         h.publish_msg("deals", deal_at(pos)).unwrap();
     }
     let w = h.take_wire(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-8"]);
 
     // The log lost the range after the client's id (retention): the same.
@@ -1159,7 +1158,7 @@ fn a_resume_that_ends_in_history_gap_on_a_log_channel_gets_no_id_at_or_below_its
         h.publish_msg("deals", deal_at(pos)).unwrap();
     }
     let w = h.take_wire(id);
-    let ids: Vec<&str> = w.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let ids = ids_in(&w);
     assert_eq!(ids, ["1000-13"]);
 }
 
