@@ -7,6 +7,7 @@
 #   tests/bench/run.sh latency [SERVER...]        (b) 1,000 subscribers x 1,000 events/s for DURATION (20) s,
 #                                                 with LATENCY_WORKERS ("1 2") workers in turn
 #   tests/bench/run.sh sweep   [SERVER...]        (b) the same 1,000 subscribers at SWEEP_RATES (100 300 600) events/s
+#   tests/bench/run.sh scale   [SERVER...]        (b) 1,000 events/s to SCALE_STREAMS (10 100 300 1000) subscribers
 #   tests/bench/run.sh burst   [SERVER...]        (b') 10 subscribers, a burst of BURST_RATE (20000) events/s for BURST_SECS (2) s
 #   tests/bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
 #   tests/bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
@@ -206,18 +207,18 @@ burst() {
 }
 
 # (b), underneath it: the kernel's cost of one write to a loopback connection, from one thread to
-# 1,000 connections in turn, with a thread reading them (as subscribers do) and without one
-# (only the sender's side). A server's fan-out round costs at least 1,000 times this.
+# 1,000 connections in turn, with a thread reading them (spinning, or waiting for readiness as
+# subscribers do) and without one (only the sender's side). A server's fan-out round costs at least 1,000 times this.
 floor() {
   need_bins
   local b r mode la; loadavg; la=$LA
   for b in ${FLOOR_BYTES:-150 1800}; do
-    for mode in --reader --no-reader; do
+    for mode in --reader --reader-wait --no-reader; do
       for r in $(seq 1 "$RUNS"); do
         log "floor: 1,000 connections, $b bytes per write, $mode, run $r (load average $la)"
         # shellcheck disable=SC2046
         "$BIN/floor" --label "scenario=floor $mode run=$r loadavg=$la commit=$(cat "$BIN/commit")" \
-          --streams 1000 --bytes "$b" $([ "$mode" = --reader ] && echo --reader) | tee -a "$RESULTS"
+          --streams 1000 --bytes "$b" $(case $mode in --reader) echo --reader ;; --reader-wait) echo --reader --wait ;; esac) | tee -a "$RESULTS"
       done
     done
   done
@@ -234,6 +235,20 @@ sweep() {
       start "$s"
       for rate in ${SWEEP_RATES:-100 300 600}; do
         load "sweep-1k rate=$rate run=$r" "$s" --mode fanout --streams 1000 --rate "$rate" --duration "${SWEEP_SECS:-10}" --drain 10
+      done
+      stop
+    done
+  done
+}
+
+# (b), underneath it: the same 1,000 events/s to SCALE_STREAMS (10 100 300 1000) subscribers, to
+# show what the path through RabbitMQ costs alone (10) and what the fan-out adds.
+scale() {
+  for s in $(gateways "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      for n in ${SCALE_STREAMS:-10 100 300 1000}; do
+        load "scale streams=$n run=$r" "$s" --mode fanout --streams "$n" --rate 1000 --duration "${SCALE_SECS:-10}" --drain 10
       done
       stop
     done
@@ -291,11 +306,11 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case $cmd in
   build) build ;;
-  fanout | steps | latency | burst | sweep | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
+  fanout | steps | latency | burst | sweep | scale | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
   hotpath) hotpath ;;
   floor) floor ;;
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
     fanout; steps; latency; burst; sweep; idle; accept; resume; floor; hotpath ;;
-  *) sed -n '2,32p' "$0"; exit 2 ;;
+  *) sed -n '2,33p' "$0"; exit 2 ;;
 esac

@@ -24,6 +24,12 @@ def server(r):
     return {"tokio": "sse-gateway", "smol": "sse-gateway-smol", "nchan": "nchan"}.get(r["tags"].get("server"), "?")
 
 
+def machine(r):
+    """The load tool's CPU seconds and the machine's idle share while events were published."""
+    own, idle = r.get("load_tool_cpu_secs"), r.get("machine_idle_pct")
+    return ["-" if own is None else f"{own:.1f}", "-" if idle is None else f"{idle:.0f}"]
+
+
 def lat(r, q):
     l = (r.get("result") or {}).get("latency_ms")
     return "-" if not l else f"{l[q]:.1f}"
@@ -65,10 +71,10 @@ table(
 
 print("### (b) 1,000 subscribers x 1,000 events/s\n")
 table(
-    ["server", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "RSS peak MiB"],
+    ["server", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", "RSS peak MiB"],
     [
         [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
-         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", mib(r.get("rss_kib_peak"))]
+         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), mib(r.get("rss_kib_peak"))]
         for r in of("latency-1k")
     ],
 )
@@ -91,6 +97,16 @@ table(
         [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}"]
         for r in of("sweep-1k")
+    ],
+)
+
+print("### (b) underneath it: 1,000 events/s to fewer subscribers\n")
+table(
+    ["server", "workers", "run", "load avg", "streams", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %"],
+    [
+        [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['streams']:,}", f"{r['deliveries_per_s']:,.0f}",
+         r["result"]["lost"], lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r)]
+        for r in of("scale")
     ],
 )
 
@@ -125,7 +141,7 @@ table(
 print("### (b) underneath it: one loopback write, no server (1,000 connections)\n")
 table(
     ["bytes per write", "reader", "run", "load avg", "µs per write (CPU)", "µs per read (CPU)", "1,000 writes, ms of one core"],
-    [[f"{r['bytes']:,}", "yes" if r["reader"] else "no", r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['us_per_write_cpu']:.2f}",
+    [[f"{r['bytes']:,}", ("waits" if r.get("wait") else "spins") if r["reader"] else "no", r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['us_per_write_cpu']:.2f}",
       "-" if r.get("us_per_read_cpu") is None else f"{r['us_per_read_cpu']:.2f}", f"{r['round_ms_cpu']:.1f}"]
      for r in of("floor")],
 )

@@ -7,10 +7,13 @@
 //! turn, `--rounds` times, from one thread (as a gateway shard does), with `TCP_NODELAY` on. With
 //! `--reader`, a second thread reads every connection in turn (non-blocking, as a subscriber process
 //! would); without it the bytes stay queued at the receiver, so only the sender's side is counted.
+//! With `--wait` too, the reader waits for readiness instead (a tokio current-thread runtime, a
+//! task per connection, like the load tool's subscribers): a write to a connection whose reader
+//! sleeps also wakes it, which a spinning reader never needs.
 //! Prints one JSON line: wall and on-CPU time per write (the thread's own schedstat), and the
 //! reader's on-CPU time per read that got bytes.
 //!
-//!   floor [--streams 1000] [--bytes 150] [--rounds N] [--reader] [--label TEXT]
+//!   floor [--streams 1000] [--bytes 150] [--rounds N] [--reader [--wait]] [--label TEXT]
 //!
 //! `--rounds` defaults to 300 with a reader, and to what fits in 32 KiB per connection without.
 
@@ -45,13 +48,16 @@ struct Args {
     /// A second thread reads every connection in turn.
     #[arg(long)]
     reader: bool,
+    /// The reader waits for readiness (epoll, through tokio) instead of spinning.
+    #[arg(long, requires = "reader")]
+    wait: bool,
     /// Copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
 }
 
 fn main() -> std::io::Result<()> {
-    let Args { streams, bytes, rounds, reader, label } = Args::parse();
+    let Args { streams, bytes, rounds, reader, wait, label } = Args::parse();
     let rounds = rounds.unwrap_or(if reader { 300 } else { (32 * 1024 / bytes.max(1)).max(1) });
     // Without a reader everything written stays queued at the receiver: keep it well inside the
     // receive buffer, so no write ever waits for room.
@@ -77,6 +83,9 @@ fn main() -> std::io::Result<()> {
         let done = done.clone();
         let mut receivers = std::mem::take(&mut receivers);
         std::thread::spawn(move || {
+            if wait {
+                return read_waiting(receivers, &done);
+            }
             let (cpu0, mut reads, mut buf) = (thread_cpu_ns(), 0u64, vec![0u8; 64 * 1024]);
             while !done.load(Ordering::Relaxed) {
                 for r in receivers.iter_mut() {
@@ -106,11 +115,41 @@ fn main() -> std::io::Result<()> {
     let writes = (streams * rounds) as f64;
     let per_read = if reads > 0 { format!("{:.2}", read_cpu as f64 / reads as f64 / 1e3) } else { "null".into() };
     println!(
-        "{{\"label\":{label:?},\"streams\":{streams},\"bytes\":{bytes},\"rounds\":{rounds},\"reader\":{reader},\"writes\":{writes},\
+        "{{\"label\":{label:?},\"streams\":{streams},\"bytes\":{bytes},\"rounds\":{rounds},\"reader\":{reader},\"wait\":{wait},\"writes\":{writes},\
          \"us_per_write_wall\":{:.2},\"us_per_write_cpu\":{:.2},\"round_ms_cpu\":{:.2},\"reads\":{reads},\"us_per_read_cpu\":{per_read}}}",
         wall / writes / 1e3,
         cpu / writes / 1e3,
         cpu / rounds as f64 / 1e6,
     );
     Ok(())
+}
+
+/// The reader of `--wait`: a task per connection on a current-thread runtime, each reading
+/// whenever its connection is readable, until `done`. Returns its on-CPU ns and the reads that
+/// got bytes.
+fn read_waiting(receivers: Vec<TcpStream>, done: &AtomicBool) -> (u64, u64) {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    let reads = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let cpu0 = thread_cpu_ns();
+    local.block_on(&rt, async {
+        for r in receivers {
+            let mut r = tokio::net::TcpStream::from_std(r).expect("adopt");
+            let reads = reads.clone();
+            tokio::task::spawn_local(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    reads.set(reads.get() + 1);
+                }
+            });
+        }
+        while !done.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    (thread_cpu_ns() - cpu0, reads.get())
 }

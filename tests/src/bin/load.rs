@@ -196,6 +196,11 @@ impl Children {
         Ok(Children { procs })
     }
 
+    /// This process and the subscriber processes.
+    fn own_pids(&self) -> Vec<u32> {
+        std::iter::once(std::process::id()).chain(self.procs.iter().filter_map(|(c, _, _)| c.id())).collect()
+    }
+
     /// Sends `cmd` to every child, returns their answers.
     async fn all(&mut self, cmd: &str) -> anyhow::Result<Vec<Value>> {
         for (_, stdin, _) in &mut self.procs {
@@ -327,11 +332,18 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let count = (args.rate * args.duration).round() as u64;
             kids.all(&format!("window 0 {}", count.saturating_sub(1))).await?;
             let cpu0 = procfs::cpu_secs(&pids);
+            let (own0, machine0) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
             let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(50));
             let start_ns = unix_ns();
             let took = publish::at_rate(p, 0, count, args.rate).await?;
+            let (own1, machine1) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
             let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
             let cpu1 = procfs::cpu_secs(&pids);
+            // Who else used the machine while events were published: this tool (the publisher
+            // and the subscriber processes) and how much of every CPU stayed idle.
+            out["load_tool_cpu_secs"] = json!(own1 - own0);
+            let (idle, total) = (machine1.0.saturating_sub(machine0.0), machine1.1.saturating_sub(machine0.1));
+            out["machine_idle_pct"] = json!(if total > 0 { 100.0 * idle as f64 / total as f64 } else { 0.0 });
             out["rss_kib_peak"] = json!(sampler.finish());
             out["publish_failed"] = json!(p.failed());
             out["rate"] = json!(args.rate);
@@ -410,6 +422,9 @@ fn table(o: &Value) -> String {
     }
     if let Some(cpu) = o["cpu_secs"].as_f64() {
         row("server CPU", format!("{cpu:.2} s ({:.0} %)", o["cpu_pct"].as_f64().unwrap_or(0.0)));
+    }
+    if let (Some(own), Some(idle)) = (o["load_tool_cpu_secs"].as_f64(), o["machine_idle_pct"].as_f64()) {
+        row("while publishing", format!("load tool CPU {own:.2} s, machine idle {idle:.0} %"));
     }
     let r = &o["result"];
     if !r.is_null() {

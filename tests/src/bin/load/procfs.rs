@@ -53,6 +53,17 @@ pub fn cpu_secs(pids: &[u32]) -> f64 {
     ticks as f64 / USER_HZ
 }
 
+/// The whole machine's CPU time from the first line of `/proc/stat`: (idle, total) in ticks
+/// (idle and iowait count as idle).
+pub fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return (0, 0) };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (idle, v.iter().take(8).sum())
+}
+
 /// Samples summed `VmRSS` on a thread of its own every `every` until dropped; keeps the peak.
 pub struct PeakSampler {
     pids: Vec<u32>,
