@@ -45,6 +45,10 @@ const PREFETCH: u16 = 64;
 const ACK_EVERY: u32 = 32;
 /// A read-back that receives nothing for this long has reached the end of the stream.
 pub(crate) const IDLE: Duration = Duration::from_millis(1500);
+/// How long a read-back's consumer waits for its first message, the one at its offset (a stream
+/// that holds it sends it at once; a broker seeking far into a long stream may take a while).
+/// Nothing by then: nothing proves the client's place (`history_gap`).
+pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(5);
 
 /// The arguments that make a queue a stream with this retention.
 pub(crate) fn queue_args(log: &StreamLog) -> FieldTable {

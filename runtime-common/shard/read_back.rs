@@ -8,8 +8,10 @@
 //! waits for the writer; if the client takes longer than [`PAUSE_HOLD`], the task closes its
 //! consumer and gives its turn up, and opens a new one at the last offset it handed over once
 //! the client has read (that offset must still be first, or the stream gets `history_gap`).
-//! Nothing delivered for `IDLE` is the end of the stream: `backfill_done(true)`, and the core
-//! continues from the buffer. Any error: `backfill_done(false)` (`history_gap`, then live).
+//! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
+//! the core continues from the buffer. Nothing at all from a consumer within `FIRST_WAIT` (not
+//! even the message at its offset), or any error: `backfill_done(false)` (`history_gap`, then
+//! live).
 //!
 //! So a read-back holds at most one AMQP channel, `PREFETCH` messages and the stream's output
 //! bound, and a client that stops reading holds none of the shared turns for long.
@@ -22,7 +24,7 @@ use sse_gateway_core::{BackfillStep, ChannelId, EventId, StreamId};
 use tracing::debug;
 
 use super::Shard;
-use crate::common::amqp::stream_log::{LogReader, IDLE};
+use crate::common::amqp::stream_log::{LogReader, FIRST_WAIT, IDLE};
 use crate::common::until;
 use crate::driver::spawn;
 
@@ -74,9 +76,16 @@ impl Shard {
             let mut cursor = reader.open(channel, at, permit).await?;
             let mut first = true;
             loop {
-                let next = cursor.next(IDLE, &mut seen).await;
+                let next = cursor.next(if first { FIRST_WAIT } else { IDLE }, &mut seen).await;
                 let (pos, ev) = match next {
                     Ok(Some(m)) => m,
+                    Ok(None) if first => {
+                        // Not even the message at `at` came: a broker slow to seek, or an offset
+                        // the stream does not hold. Going live would skip whatever it holds past
+                        // `at`; nothing proves the client's place: history_gap.
+                        cursor.close().await;
+                        return Err(format!("nothing arrived from offset {at} within {FIRST_WAIT:?}"));
+                    }
                     Ok(None) => {
                         cursor.close().await;
                         return Ok(End::LogEnd);

@@ -659,6 +659,25 @@ async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_o
     assert_eq!(read_events(&mut s, 1, "bob, live").await.titles, live);
 }
 
+/// A read-back that gets nothing at all (not even the message at the client's offset: what a
+/// broker slow to seek looks like, or an id the stream never had) cannot vouch for the client's
+/// place: the stream says `history_gap` before going live, and ids still never go back.
+async fn a_read_back_that_gets_nothing_at_all_says_history_gap(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
+    let gw = setup.start(bin).await;
+    // The stream is empty and so is this instance's buffer: the id is read back from the
+    // stream, which does not hold offset 5.
+    let claimed = format!("{EPOCH}-5");
+    let mut s = gw.stream_with("deals", &user("dave", &[]), &[("Last-Event-ID", &claimed)]).await;
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a first frame: the read-back found nothing to vouch for the id");
+    assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
+    let titles = setup.publish(8).await;
+    let got = read_events(&mut s, 2, "live after the gap").await;
+    assert_eq!(got.titles, titles[6..], "only the events past the client's id");
+    assert_eq!(got.ids.iter().map(|id| offset(id)).collect::<Vec<_>>(), [6, 7]);
+    nothing_more(&mut s, "after the gap").await;
+}
+
 /// Deletes `queue` (as an operator purging a stream would).
 async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &amqp_url()).await;
@@ -715,4 +734,5 @@ for_each_binary!(
     a_source_that_took_nothing_before_an_outage_delivers_what_came_during_it,
     an_id_older_than_the_retention_gets_history_gap,
     a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on,
+    a_read_back_that_gets_nothing_at_all_says_history_gap,
 );
