@@ -71,9 +71,9 @@ table(
 
 print("### (b) 1,000 subscribers x 1,000 events/s\n")
 table(
-    ["server", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", "RSS peak MiB"],
+    ["server", "commit", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", "RSS peak MiB"],
     [
-        [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
+        [server(r), r["tags"].get("commit", "?"), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), mib(r.get("rss_kib_peak"))]
         for r in of("latency-1k")
     ],
