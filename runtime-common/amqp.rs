@@ -256,7 +256,8 @@ impl Offsets {
 struct Attempt {
     /// When its consumer started.
     consuming_since: Option<Instant>,
-    /// It took a delivery (handled and acked it).
+    /// It took a new delivery (handled and acked it; a stream's resume point, delivered again
+    /// first on every resume, does not count).
     took: bool,
 }
 
@@ -432,9 +433,10 @@ impl Source {
                     }
                 }
                 if offsets.last.is_some_and(|last| pos <= last) {
-                    // Where it left off (proof the stream still holds it): already handled.
+                    // Where it left off (proof the stream still holds it): already handled. Not
+                    // progress: every resume gets it first, so a consumer that fails right after
+                    // it every time must still back off (`Attempt::healthy`).
                     acks.handled(delivery.acker).await?;
-                    attempt.took = true;
                     continue;
                 }
                 offsets.last = Some(pos);
