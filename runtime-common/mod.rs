@@ -80,16 +80,18 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx), signal).await;
         info!("shutting down: draining streams");
+        // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes
+        // sure the process exits even if a shard does not. Armed before this executor is
+        // dropped: tokio's waits for its blocking tasks (a DNS lookup of the broker's host, say)
+        // with no time limit.
+        let limit = server.shutdown_drain + Duration::from_secs(2);
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            std::process::exit(0);
+        });
         shards.shutdown().await;
         anyhow::Ok(())
     })?;
-    // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes sure
-    // the process exits even if a shard does not.
-    let limit = server.shutdown_drain + Duration::from_secs(2);
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        std::process::exit(0);
-    });
     for t in threads {
         let _ = t.join();
     }
