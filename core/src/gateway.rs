@@ -811,8 +811,9 @@ impl Gateway {
     }
 
     /// Queues a control frame (heartbeat, warning); closes a stream it would take over its bound.
-    /// A stream catching up gets [`CONTROL_SLACK`] more: its catch-up fills the output to the
-    /// bound by design, so a warning arriving then says nothing about the client (one that
+    /// A stream catching up gets [`CONTROL_SLACK`] more, over its bound or over what its
+    /// catch-up queued (whose last event may take it past the bound): the catch-up fills the
+    /// output by design, so a warning arriving then says nothing about the client (one that
     /// stopped reading is closed by the heartbeat tick).
     fn push(&mut self, id: StreamId, frame: Bytes) {
         let max = self.settings.config.streams.max_pending_bytes;
@@ -820,7 +821,7 @@ impl Gateway {
         if st.member.is_none() {
             return;
         }
-        let bound = if st.cursor.is_some() { max + CONTROL_SLACK } else { max };
+        let bound = if st.cursor.is_some() { max.max(st.pending_bytes) + CONTROL_SLACK } else { max };
         if st.pending_bytes + frame.len() > bound {
             self.close_stream(id, CloseReason::SlowClient);
             return;

@@ -1106,6 +1106,25 @@ fn a_catch_up_that_ends_near_its_bound_goes_live_only_once_a_live_event_cannot_o
 }
 
 #[test]
+fn an_outage_warning_does_not_close_a_catch_up_whose_last_event_took_it_past_its_bound() {
+    // Events of about 3 KB under a 4 KiB bound: the catch-up's second event takes the output
+    // past the bound (by most of an event, not by the 1 KiB a warning may add).
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 100\n");
+    let deals = h.channel("deals");
+    for k in 0..4 {
+        h.publish("deals", "deal.created", deal_created(&format!("{k}{}", "t".repeat(3000))));
+    }
+    let id = resume_without_reading(&mut h, "u1");
+    assert!(h.gw.pending_bytes(id) > 4096 + 1024, "the catch-up passed its bound by a whole event");
+    h.gw.source_down(deals, h.now);
+    h.drain();
+    assert!(h.closed.is_empty(), "a catch-up whose client had not read yet was closed as slow: {:?}", h.closed);
+    let (ids, w) = read_on(&mut h, id, 6);
+    assert_eq!(ids, [1, 2, 3, 4], "every event once, in order");
+    assert!(w.contains("source_unavailable"), "the warning reached the client: {w}");
+}
+
+#[test]
 fn an_event_larger_than_the_output_bound_reaches_idle_streams() {
     let mut h = Harness::new("max_pending_bytes = 4096\n");
     let a = h.open("u1", "deals");
