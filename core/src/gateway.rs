@@ -428,7 +428,8 @@ impl Gateway {
                         break;
                     }
                     st.cursor = Some(ev.id());
-                    if ev.version() == st.version && ev.visible_to(&st.user) {
+                    let skipped = st.skip_through.is_some_and(|s| ev.id().seq <= s);
+                    if ev.version() == st.version && ev.visible_to(&st.user) && !skipped {
                         push_raw(st, ev.frame().clone());
                         n += 1;
                     }
@@ -454,7 +455,7 @@ impl Gateway {
                 Next::Queued
             }
             Lookup::Older | Lookup::Unknown | Lookup::Ahead(_) => {
-                gap_then_live(st, history);
+                gap_then_live(st, history, channel.buffer.last(), max);
                 Next::Gap
             }
         };
@@ -650,6 +651,7 @@ impl Gateway {
         // leaving the rest to a new read-back, keeps this one's `message_id` window.
         let buffer = &self.channels[ch.index()].buffer;
         let live_from = buffer.last().map(|_| buffer.floor());
+        let live_point = buffer.last();
         let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
         let (Some(after), Some(mut rb)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
         if let Some(floor) = live_from {
@@ -661,7 +663,7 @@ impl Gateway {
         let lost = if first { position > after.seq.saturating_add(1) } else { !log_continues(after.seq, position) };
         if lost {
             st.backfilling = None;
-            gap_then_live(st, true);
+            gap_then_live(st, true, live_point, max);
             self.history_gap(id);
             self.wake(id);
             return BackfillStep::Finished;
@@ -700,15 +702,16 @@ impl Gateway {
     /// failed (the stream gets `history_gap` and goes live).
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return };
-        let seen_live = self.channels[ch.index()].buffer.last().is_some();
+        let live_point = self.channels[ch.index()].buffer.last();
+        let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return };
         if st.backfilling.take().is_none() {
             return;
         }
         if !complete {
-            gap_then_live(st, true);
+            gap_then_live(st, true, live_point, max);
             self.history_gap(id);
-        } else if !seen_live {
+        } else if live_point.is_none() {
             // The log had nothing more and nothing has arrived live yet: live from here.
             st.skip_through = st.cursor.take().map(|c| c.seq);
         } else {
@@ -889,10 +892,16 @@ impl Gateway {
 /// A resume that ends in `history_gap` goes live. From an id of the channel's log (`in_log`),
 /// live events up to it are still not sent: this shard may be behind that id (another instance
 /// delivered it, or the read-back failed before anything arrived live), and ids only grow.
-fn gap_then_live(st: &mut Stream, in_log: bool) {
+fn gap_then_live(st: &mut Stream, in_log: bool, live_point: Option<EventId>, max: usize) {
     let cursor = st.cursor.take();
     if in_log {
         st.skip_through = cursor.map(|c| c.seq).max(st.skip_through);
+    }
+    // An output still over half its bound (a catch-up stopped by the gap) goes live through the
+    // buffer, as a catch-up does: from its newest event, once it drained (`refill`). Live at
+    // once, the next live event could overrun it and close a client that reads.
+    if st.pending_bytes > max / 2 {
+        st.cursor = live_point;
     }
 }
 

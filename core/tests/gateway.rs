@@ -870,6 +870,38 @@ fn ids_in(w: &str) -> Vec<&str> {
     w.lines().filter_map(|l| l.strip_prefix("id: ")).collect()
 }
 
+#[test]
+fn a_read_back_that_ends_in_history_gap_with_a_full_output_goes_live_once_it_drained() {
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 1\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    h.publish_msg("deals", deal_at(40)).unwrap(); // the buffer holds 40 only
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    h.reading.insert(id, false);
+    let mut last = 0;
+    for seq in 1..40 {
+        last = seq;
+        match read_back(&mut h, deals, id, seq) {
+            BackfillStep::Continue => {}
+            BackfillStep::Pause => break,
+            BackfillStep::Finished => panic!("finished at {seq}"),
+        }
+    }
+    assert!(h.gw.pending_bytes(id) >= 4096, "paused at the bound");
+    // The read-back fails there (its consumer broke): history_gap, then live. A live event
+    // before the client's next read must not find its output full and close it as slow.
+    h.gw.backfill_done(id, false);
+    h.drain();
+    h.publish_msg("deals", deal_at(41)).unwrap();
+    assert!(h.closed.is_empty(), "a client that had not read its catch-up yet was closed as slow: {:?}", h.closed);
+    let (ids, w) = read_on(&mut h, id, 3);
+    let want: Vec<u64> = (2..=last).chain([41]).collect();
+    assert_eq!(ids, want, "the read-back, then live after the gap: nothing at or below the client's id");
+    assert!(w.find("history_gap").unwrap() > w.find(&format!("id: 1000-{last}")).unwrap(), "the gap after what was read back");
+    h.publish_msg("deals", deal_at(42)).unwrap();
+    assert_eq!(ids_in(&h.take_wire(id)), ["1000-42"], "live");
+}
+
 /// A stream resuming from 1000-7 on a channel with a log, before anything arrived live: the
 /// read-back it asks for has no known end.
 fn resumed_before_anything_arrived() -> (Harness, ChannelId, StreamId) {
