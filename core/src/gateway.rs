@@ -125,6 +125,9 @@ struct Stream {
     /// histogram; cleared when the output is taken.
     waiting_since: Option<Instant>,
     transmit_queued: bool,
+    /// Bytes of control frames (heartbeats, warnings) in `pending`: what is left is the events'
+    /// level, which a catch-up may take past the bound and the slack is counted from.
+    control_bytes: u32,
     /// Output was waiting at the last heartbeat tick and none has been taken since: at the next
     /// tick, a stream still in that state has not taken a frame for a whole interval (stalled).
     unsent_at_tick: bool,
@@ -360,6 +363,7 @@ impl Gateway {
             cursor: None,
             backfilling: None,
             skip_through: None,
+            control_bytes: 0,
         });
         self.open += 1;
         self.metrics.stream_opened(ch);
@@ -627,6 +631,7 @@ impl Gateway {
         let n = st.pending_bytes;
         out.extend(st.pending.drain(..));
         st.pending_bytes = 0;
+        st.control_bytes = 0;
         st.transmit_queued = false;
         st.unsent_at_tick = false;
         if let Some(since) = st.waiting_since.take() {
@@ -680,7 +685,10 @@ impl Gateway {
         }
         let until = rb.until;
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
-        if let Some(ev) = ev.filter(|e| e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
+        // Ids never go back below what the client already has (a read-back from a live point
+        // older than that, after a gap).
+        let skipped = st.skip_through.is_some_and(|s| position <= s);
+        if let Some(ev) = ev.filter(|e| !skipped && e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
             push_raw(st, ev.frame().clone());
             let ch = st.channel;
             self.metrics.replayed(ch, 1);
@@ -814,21 +822,24 @@ impl Gateway {
     }
 
     /// Queues a control frame (heartbeat, warning); closes a stream it would take over its bound.
-    /// A stream catching up gets [`CONTROL_SLACK`] more, over its bound or over what its
-    /// catch-up queued (whose last event may take it past the bound): the catch-up fills the
-    /// output by design, so a warning arriving then says nothing about the client (one that
-    /// stopped reading is closed by the heartbeat tick).
+    /// A stream catching up gets [`CONTROL_SLACK`] more, over its bound or over the events its
+    /// catch-up queued (whose last may take them past the bound): the catch-up fills the output
+    /// by design, so a warning arriving then says nothing about the client (one that stopped
+    /// reading is closed by the heartbeat tick). Control frames already queued count against the
+    /// slack: however often a source flaps, the output stays bounded.
     fn push(&mut self, id: StreamId, frame: Bytes) {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return };
         if st.member.is_none() {
             return;
         }
-        let bound = if st.cursor.is_some() { max.max(st.pending_bytes) + CONTROL_SLACK } else { max };
+        let events = st.pending_bytes - st.control_bytes as usize;
+        let bound = if st.cursor.is_some() { max.max(events) + CONTROL_SLACK } else { max };
         if st.pending_bytes + frame.len() > bound {
             self.close_stream(id, CloseReason::SlowClient);
             return;
         }
+        st.control_bytes = st.control_bytes.saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
         push_raw(st, frame);
         self.wake(id);
     }
@@ -882,6 +893,7 @@ impl Gateway {
             if let Some(st) = self.stream_mut(id) {
                 st.pending.clear();
                 st.pending_bytes = 0;
+                st.control_bytes = 0;
                 st.waiting_since = None;
             }
         }

@@ -902,6 +902,56 @@ fn a_read_back_that_ends_in_history_gap_with_a_full_output_goes_live_once_it_dra
     assert_eq!(ids_in(&h.take_wire(id)), ["1000-42"], "live");
 }
 
+#[test]
+fn a_catch_up_parked_after_a_gap_behind_the_clients_id_never_sends_an_id_at_or_below_it() {
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 1\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    h.reading.insert(id, false);
+    for seq in 1..=13 {
+        assert_eq!(read_back(&mut h, deals, id, seq), BackfillStep::Continue);
+    }
+    assert!(h.gw.pending_bytes(id) > 2048, "over half the bound");
+    // The live consumer lags far behind the read-back: the buffer starts at 3, so 13 is more
+    // than a buffer ahead of it: history_gap, and the catch-up parks at the live point (3).
+    h.publish_msg("deals", deal_at(3)).unwrap();
+    assert_eq!(read_back(&mut h, deals, id, 14), BackfillStep::Finished);
+    // The live point leaves the buffer before the client reads: reading on asks the log again,
+    // from 3.
+    for seq in 4..=8 {
+        h.publish_msg("deals", deal_at(seq)).unwrap();
+    }
+    let (first, w) = read_on(&mut h, id, 2);
+    assert_eq!(first, (2..=13).collect::<Vec<u64>>());
+    assert!(w.contains("history_gap"));
+    let Some(&Output::Backfill { after, .. }) = h.backfills.last() else { panic!("a read-back: {:?}", h.backfills) };
+    assert_eq!(after.seq, 3);
+    for seq in 3..=7 {
+        let _ = read_back(&mut h, deals, id, seq);
+    }
+    h.publish_msg("deals", deal_at(14)).unwrap();
+    let (then, _) = read_on(&mut h, id, 3);
+    assert_eq!(then, [14], "nothing at or below the client's 13 again");
+}
+
+#[test]
+fn a_flapping_source_cannot_grow_a_catch_ups_output_past_its_slack() {
+    let (mut h, id, _, _) = catch_up_over_equal_events(|len| 4096 / len + 2);
+    let deals = h.channel("deals");
+    let level = h.gw.pending_bytes(id);
+    for _ in 0..200 {
+        h.gw.source_down(deals, h.now);
+        h.gw.source_up(deals);
+        h.drain();
+        if !h.closed.is_empty() {
+            break;
+        }
+        assert!(h.gw.pending_bytes(id) <= level.max(4096) + 1024, "{} queued", h.gw.pending_bytes(id));
+    }
+    assert_eq!(h.closed.get(&id), Some(&CloseReason::SlowClient), "the slack ran out: closed as slow");
+}
+
 /// A stream resuming from 1000-7 on a channel with a log, before anything arrived live: the
 /// read-back it asks for has no known end.
 fn resumed_before_anything_arrived() -> (Harness, ChannelId, StreamId) {
