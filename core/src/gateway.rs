@@ -911,9 +911,11 @@ fn gap_then_live(st: &mut Stream, in_log: bool, live_point: Option<EventId>, max
     }
     // An output still over half its bound (a catch-up stopped by the gap) goes live through the
     // buffer, as a catch-up does: from its newest event, once it drained (`refill`). Live at
-    // once, the next live event could overrun it and close a client that reads.
+    // once, the next live event could overrun it and close a client that reads. With nothing
+    // live yet on a log channel, from the client's own place (once drained, the buffer or the
+    // log takes it from there).
     if st.pending_bytes > max / 2 {
-        st.cursor = live_point;
+        st.cursor = live_point.or(if in_log { cursor } else { None });
     }
 }
 

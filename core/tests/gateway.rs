@@ -872,28 +872,9 @@ fn ids_in(w: &str) -> Vec<&str> {
 
 #[test]
 fn a_read_back_that_ends_in_history_gap_with_a_full_output_goes_live_once_it_drained() {
-    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 1\n");
-    let deals = h.channel("deals");
-    h.gw.set_history(deals, Some(1000));
-    h.publish_msg("deals", deal_at(40)).unwrap(); // the buffer holds 40 only
-    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
-    h.reading.insert(id, false);
-    let mut last = 0;
-    for seq in 1..40 {
-        last = seq;
-        match read_back(&mut h, deals, id, seq) {
-            BackfillStep::Continue => {}
-            BackfillStep::Pause => break,
-            BackfillStep::Finished => panic!("finished at {seq}"),
-        }
-    }
-    assert!(h.gw.pending_bytes(id) >= 4096, "paused at the bound");
-    // The read-back fails there (its consumer broke): history_gap, then live. A live event
-    // before the client's next read must not find its output full and close it as slow.
-    h.gw.backfill_done(id, false);
-    h.drain();
-    h.publish_msg("deals", deal_at(41)).unwrap();
-    assert!(h.closed.is_empty(), "a client that had not read its catch-up yet was closed as slow: {:?}", h.closed);
+    let (mut h, deals, id) = resumed_from_one_without_reading("buffer_events = 1\n", &[40]); // the buffer holds 40 only
+    let last = read_back_until_paused(&mut h, deals, id);
+    fail_then_live_event(&mut h, id, 41);
     let (ids, w) = read_on(&mut h, id, 3);
     let want: Vec<u64> = (2..=last).chain([41]).collect();
     assert_eq!(ids, want, "the read-back, then live after the gap: nothing at or below the client's id");
@@ -903,12 +884,27 @@ fn a_read_back_that_ends_in_history_gap_with_a_full_output_goes_live_once_it_dra
 }
 
 #[test]
+fn a_read_back_that_fails_with_a_full_output_before_anything_arrived_live_goes_live_once_drained() {
+    let (mut h, deals, id) = resumed_from_one_without_reading("", &[]);
+    let last = read_back_until_paused(&mut h, deals, id);
+    fail_then_live_event(&mut h, id, 71); // the live consumer's first event
+    let (ids, w) = read_on(&mut h, id, 2);
+    assert_eq!(ids, (2..=last).collect::<Vec<u64>>());
+    assert!(w.contains("history_gap"));
+    // Drained: the log is asked again from where the client is, up to where the buffer begins.
+    let Some(&Output::Backfill { after, until, .. }) = h.backfills.last() else { panic!("a read-back: {:?}", h.backfills) };
+    assert_eq!((after.seq, until), (last, 70));
+    for seq in last..=70 {
+        let _ = read_back(&mut h, deals, id, seq);
+    }
+    h.publish_msg("deals", deal_at(72)).unwrap();
+    let (then, _) = read_on(&mut h, id, 4);
+    assert_eq!(then, (last + 1..=72).collect::<Vec<u64>>(), "in order, once, then live");
+}
+
+#[test]
 fn a_catch_up_parked_after_a_gap_behind_the_clients_id_never_sends_an_id_at_or_below_it() {
-    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 1\n");
-    let deals = h.channel("deals");
-    h.gw.set_history(deals, Some(1000));
-    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
-    h.reading.insert(id, false);
+    let (mut h, deals, id) = resumed_from_one_without_reading("buffer_events = 1\n", &[]);
     for seq in 1..=13 {
         assert_eq!(read_back(&mut h, deals, id, seq), BackfillStep::Continue);
     }
@@ -950,6 +946,46 @@ fn a_flapping_source_cannot_grow_a_catch_ups_output_past_its_slack() {
         assert!(h.gw.pending_bytes(id) <= level.max(4096) + 1024, "{} queued", h.gw.pending_bytes(id));
     }
     assert_eq!(h.closed.get(&id), Some(&CloseReason::SlowClient), "the slack ran out: closed as slow");
+}
+
+/// `deals` with a log (epoch 1000) and a 4 KiB output bound (plus `extra` settings), the deals
+/// at `live` arrived live, and a stream of `u1` resuming from 1000-1 (a read-back) whose client
+/// does not read yet.
+fn resumed_from_one_without_reading(extra: &str, live: &[u64]) -> (Harness, ChannelId, StreamId) {
+    let mut h = Harness::new(&format!("max_pending_bytes = 4096\n{extra}"));
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    for &seq in live {
+        h.publish_msg("deals", deal_at(seq)).unwrap();
+    }
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-1"]).unwrap();
+    h.reading.insert(id, false);
+    (h, deals, id)
+}
+
+/// The read-back of `id` fails (its consumer broke): history_gap, then live. A live event (the
+/// deal at `seq`) before the client's next read must not find its output full and close it as
+/// slow.
+fn fail_then_live_event(h: &mut Harness, id: StreamId, seq: u64) {
+    h.gw.backfill_done(id, false);
+    h.drain();
+    h.publish_msg("deals", deal_at(seq)).unwrap();
+    assert!(h.closed.is_empty(), "a client that had not read its catch-up yet was closed as slow: {:?}", h.closed);
+}
+
+/// Hands `id` the deals at 1, 2, ... until its output is at the bound; the last position handed.
+fn read_back_until_paused(h: &mut Harness, channel: ChannelId, id: StreamId) -> u64 {
+    for seq in 1..1000 {
+        match read_back(h, channel, id, seq) {
+            BackfillStep::Continue => {}
+            BackfillStep::Pause => {
+                assert!(h.gw.pending_bytes(id) >= 4096, "paused at the bound");
+                return seq;
+            }
+            BackfillStep::Finished => panic!("finished at {seq}"),
+        }
+    }
+    panic!("never paused");
 }
 
 /// A stream resuming from 1000-7 on a channel with a log, before anything arrived live: the
