@@ -34,7 +34,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
-use sse_gateway_core::{log_continues, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{log_continues, log_resumes, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, info, warn};
 
 use super::shards::Shards;
@@ -422,7 +422,7 @@ impl Source {
                     }
                     // Resumed at `last`, the stream must start there (or right after it, if
                     // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
-                    let lost = if resumed { pos > last + 1 } else { !log_continues(last, pos) };
+                    let lost = if resumed { !log_resumes(last, pos) } else { !log_continues(last, pos) };
                     if lost {
                         // Retention removed what came between (during an outage, or because
                         // this source fell that far behind): the shards must not pretend

@@ -66,6 +66,13 @@ pub fn log_continues(prev: u64, next: u64) -> bool {
     next <= prev.saturating_add(1 + LOG_SKIP)
 }
 
+/// Whether a read of a log opened at position `at` (the last one its reader has) and first
+/// delivering `first` still holds what follows `at`: it starts at `at`, or right after it if only
+/// `at` itself is gone.
+pub fn log_resumes(at: u64, first: u64) -> bool {
+    first <= at.saturating_add(1)
+}
+
 /// What [`Gateway::backfill_message`] wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -144,6 +151,14 @@ struct Stream {
     /// resume from the log's epoch: the client refetches what it missed, but its ids must still
     /// only grow.
     skip_through: Option<u64>,
+}
+
+impl Stream {
+    /// The client has the event at `seq` already (`skip_through`): it is not sent, so ids only
+    /// grow.
+    fn already_has(&self, seq: u64) -> bool {
+        self.skip_through.is_some_and(|s| seq <= s)
+    }
 }
 
 /// A read-back in progress for one stream.
@@ -432,8 +447,7 @@ impl Gateway {
                         break;
                     }
                     st.cursor = Some(ev.id());
-                    let skipped = st.skip_through.is_some_and(|s| ev.id().seq <= s);
-                    if ev.version() == st.version && ev.visible_to(&st.user) && !skipped {
+                    if ev.version() == st.version && ev.visible_to(&st.user) && !st.already_has(ev.id().seq) {
                         push_raw(st, ev.frame().clone());
                         n += 1;
                     }
@@ -499,7 +513,7 @@ impl Gateway {
             if st.version != ev.version() || st.cursor.is_some() || st.member.is_none() {
                 return;
             }
-            if st.skip_through.is_some_and(|s| ev.id().seq <= s) {
+            if st.already_has(ev.id().seq) {
                 return;
             }
             // A frame larger than the bound still goes into an empty output (as in a catch-up):
@@ -655,8 +669,8 @@ impl Gateway {
         // the read-back runs (it was catching up): reading on to there, rather than ending and
         // leaving the rest to a new read-back, keeps this one's `message_id` window.
         let buffer = &self.channels[ch.index()].buffer;
-        let live_from = buffer.last().map(|_| buffer.floor());
         let live_point = buffer.last();
+        let live_from = live_point.map(|_| buffer.floor());
         let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
         let (Some(after), Some(mut rb)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
         if let Some(floor) = live_from {
@@ -665,7 +679,7 @@ impl Gateway {
         let first = !rb.started;
         rb.started = true;
         st.backfilling = Some(rb);
-        let lost = if first { position > after.seq.saturating_add(1) } else { !log_continues(after.seq, position) };
+        let lost = if first { !log_resumes(after.seq, position) } else { !log_continues(after.seq, position) };
         if lost {
             st.backfilling = None;
             gap_then_live(st, true, live_point, max);
@@ -687,7 +701,7 @@ impl Gateway {
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
         // Ids never go back below what the client already has (a read-back from a live point
         // older than that, after a gap).
-        let skipped = st.skip_through.is_some_and(|s| position <= s);
+        let skipped = st.already_has(position);
         if let Some(ev) = ev.filter(|e| !skipped && e.channel() == st.channel && e.version() == st.version && e.visible_to(&st.user)) {
             push_raw(st, ev.frame().clone());
             let ch = st.channel;

@@ -793,6 +793,7 @@ fn a_read_back_that_jumps_over_more_than_one_position_ends_in_history_gap() {
     assert_eq!(ids, ["1000-3"], "{w}");
     assert!(w.ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
     assert!(log_continues(3, 5) && !log_continues(3, 6));
+    assert!(log_resumes(3, 3) && log_resumes(3, 4) && !log_resumes(3, 5));
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! answers `history_gap` otherwise. When the stream's output is at its bound (`Pause`) the task
 //! waits for the writer; if the client takes longer than [`PAUSE_HOLD`], the task closes its
 //! consumer and gives its turn up, and opens a new one at the last offset it handed over once
-//! the client has read (that offset, or the one after it, must come first, or the stream gets `history_gap`).
+//! the client has read (that offset, or the one after it, must come first, or the stream gets
+//! `history_gap`).
 //! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
 //! the core continues from the buffer. Nothing at all from a consumer within `FIRST_WAIT` (not
 //! even the message at its offset), or any error: `backfill_done(false)` (`history_gap`, then
@@ -20,7 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sse_gateway_core::{BackfillStep, ChannelId, EventId, StreamId};
+use sse_gateway_core::{log_resumes, BackfillStep, ChannelId, EventId, StreamId};
 use tracing::debug;
 
 use super::Shard;
@@ -95,9 +96,9 @@ impl Shard {
                         return Err(e);
                     }
                 };
-                if std::mem::take(&mut first) && reopened && pos > at.saturating_add(1) {
+                if std::mem::take(&mut first) && reopened && !log_resumes(at, pos) {
                     // The core checked the first read; a re-opened one is checked here, by the
-                    // same rule (`at` itself may be gone, nothing after it).
+                    // same rule.
                     cursor.close().await;
                     return Err(format!("the stream no longer holds offset {at}"));
                 }
