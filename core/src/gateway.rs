@@ -679,7 +679,10 @@ impl Gateway {
         let first = !rb.started;
         rb.started = true;
         st.backfilling = Some(rb);
-        let lost = if first { !log_resumes(after.seq, position) } else { !log_continues(after.seq, position) };
+        // A loss at or below what the client already has (a catch-up parked behind its id) is
+        // none of its concern: it would only be warned twice.
+        let have = st.skip_through.map_or(after.seq, |s| s.max(after.seq));
+        let lost = if first { !log_resumes(have, position) } else { !log_continues(have, position) };
         if lost {
             st.backfilling = None;
             gap_then_live(st, true, live_point, max);
