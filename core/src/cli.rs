@@ -216,8 +216,9 @@ fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
         Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
     }
     let metrics = Arc::new(Metrics::new(&setup.settings));
+    // Each worker holds a share of `max_streams` (at least one stream each).
     let workers = match setup.settings.config.server.workers {
-        0 => workers_for_zero.max(1),
+        0 => workers_for_zero.clamp(1, setup.settings.config.server.max_streams.max(1)),
         n => n,
     };
     let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -320,5 +321,9 @@ mod tests {
         let setup = setup::load(Some("[server]\nworkers = 2\n"), &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32])
             .unwrap();
         assert_eq!(launch(setup, false, 1).workers, 2);
+        // No more workers than streams to share out: none would hold a share of 0.
+        let setup = setup::load(Some("[server]\nmax_streams = 2\n"), &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32])
+            .unwrap();
+        assert_eq!(launch(setup, false, 8).workers, 2);
     }
 }

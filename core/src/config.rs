@@ -366,6 +366,21 @@ impl Settings {
                 "demo.enabled: demo events use the in-process source; turn it off or remove [broker]".into(),
             ));
         }
+        if config.server.max_streams == 0 {
+            return Err(ConfigError("server.max_streams: must be at least 1".into()));
+        }
+        if config.server.workers > config.server.max_streams {
+            return Err(ConfigError(
+                "server.workers: must be at most server.max_streams (each worker holds a share of the streams)".into(),
+            ));
+        }
+        // Any origin echoed with credentials while a cookie carries the token: any web page the
+        // user visits could open and read that user's streams.
+        if config.auth.cookie.is_some() && config.server.cors_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError(
+                "server.cors_origins: \"*\" cannot be used with auth.cookie (any site could read the user's streams); list the origins".into(),
+            ));
+        }
         if config.server.max_head_bytes < 512 {
             return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
         }
@@ -714,12 +729,19 @@ mod tests {
             ("[broker]\nprefetch = 0\n", "broker.prefetch"),
             ("[server]\nhead_timeout = \"0s\"\n", "server.head_timeout"),
             ("[demo]\ninterval = \"0s\"\n", "demo.interval"),
+            ("[server]\nmax_streams = 0\n", "server.max_streams"),
+            ("[server]\nmax_streams = 3\nworkers = 4\n", "server.workers"),
+            ("[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\", \"*\"]\n", "server.cors_origins"),
         ] {
             let c = Config::from_toml(toml).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with(key), "{toml}");
         }
         let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the smallest delays allowed");
+        for ok in ["[server]\ncors_origins = [\"*\"]\n", "[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\"]\n"] {
+            let c = Config::from_toml(ok).unwrap();
+            assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{ok}");
+        }
     }
 
     #[test]

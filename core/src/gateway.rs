@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::buffer::{Lookup, ResumeBuffer};
 use crate::config::{LimitPolicy, Settings};
-use crate::http::{Response, Resume, StreamRequest};
+use crate::http::{Refusal, Response, Resume, StreamRequest};
 use crate::ingest::Event;
 use crate::metrics::{CloseReason, DelayHistogram, Metrics};
 use crate::{sse, ChannelId, EventId, StreamId};
@@ -330,8 +330,17 @@ impl Gateway {
     /// `unix_now` (seconds) places the token's `exp` on the `now` clock.
     pub fn open(&mut self, req: StreamRequest, now: Instant, unix_now: u64) -> Result<StreamId, Response> {
         let cors = req.cors_origin.as_deref();
-        if self.shutting_down || self.open >= self.max_streams {
-            return Err(Response::error(503, "overloaded", "the gateway holds all the streams it can", "", cors));
+        if req.identity.expires_at <= unix_now {
+            // D1: a token presented within the verifier's leeway after its `exp` (clock skew)
+            // would open a stream that ends at once with `token_expired`, telling the client to
+            // fetch a fresh one. Answered so without opening it: it takes no slot and evicts
+            // none of the user's streams.
+            let retry = self.retry_ms();
+            return Err(Response::stream_refusal(retry, cors, Refusal::new("token_expired", "within_leeway")));
+        }
+        let overloaded = || Err(Response::error(503, "overloaded", "the gateway holds all the streams it can", "", cors));
+        if self.shutting_down {
+            return overloaded();
         }
         let limits = &self.settings.config.streams;
         let mut evict = None;
@@ -346,6 +355,10 @@ impl Gateway {
                 evict = Some(oldest);
             }
         }
+        // A user at the limit whose oldest stream gives way frees the slot it takes.
+        if evict.is_none() && self.open >= self.max_streams {
+            return overloaded();
+        }
         if let Some(old) = evict {
             self.metrics.eviction();
             self.close_with(old, sse::error("stream_limit"), CloseReason::StreamLimit);
@@ -356,9 +369,8 @@ impl Gateway {
             Some((k, _)) => k.clone(),
             None => Arc::from(req.identity.user.as_str()),
         };
-        // Closed at `exp` (D1). The verifier's leeway only tolerates clock skew when a token is
-        // presented: one presented within the leeway after its `exp` opens a stream that ends at
-        // once with `token_expired`, which tells the client to fetch a fresh token.
+        // Closed at `exp` (D1); the verifier's leeway only tolerates clock skew when a token is
+        // presented.
         let expiry_secs = req.identity.expires_at.saturating_sub(unix_now);
         let expires_at = now.checked_add(Duration::from_secs(expiry_secs));
         let heartbeat_at = now + self.settings.config.streams.heartbeat;
@@ -391,8 +403,7 @@ impl Gateway {
             self.timers.insert((at, Timer::Expiry(id)));
         }
 
-        let s = &self.settings.config.streams;
-        let retry = s.retry.as_millis() as u64 + self.rng.below(s.retry_jitter.as_millis() as u64 + 1);
+        let retry = self.retry_ms();
         let stream = self.stream_mut(id).expect("just allocated");
         stream.member = Some(pos);
         push_raw(stream, Response::stream_head(cors));
@@ -411,6 +422,13 @@ impl Gateway {
         }
         self.wake(id);
         Ok(id)
+    }
+
+    /// The `retry:` a stream gets: the configured time plus jitter, so clients dropped together
+    /// do not come back together.
+    fn retry_ms(&mut self) -> u64 {
+        let s = &self.settings.config.streams;
+        s.retry.as_millis() as u64 + self.rng.below(s.retry_jitter.as_millis() as u64 + 1)
     }
 
     fn resume(&mut self, id: StreamId, after: EventId) {

@@ -42,7 +42,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: &'static str, reason: &'static str) -> Refusal {
+    pub(crate) fn new(code: &'static str, reason: &'static str) -> Refusal {
         Refusal { code, reason, forbidden: None }
     }
 }
@@ -149,6 +149,15 @@ impl Response {
         let mut v = h.into_bytes();
         v.extend_from_slice(body);
         Response { status, bytes: Bytes::from(v), refusal: None }
+    }
+
+    /// A 200 event stream that is only an answer (D1, D2): the head, `retry:` (ms), then
+    /// `event: error` with `refusal`'s code; the connection closes after it.
+    pub(crate) fn stream_refusal(retry_ms: u64, cors: Option<&str>, refusal: Refusal) -> Response {
+        let mut v = Response::stream_head(cors).to_vec();
+        v.extend_from_slice(&sse::retry(retry_ms));
+        v.extend_from_slice(&sse::error(refusal.code));
+        Response { status: 200, bytes: Bytes::from(v), refusal: Some(refusal) }
     }
 
     /// A JSON error `{"code":..,"message":..}` (D10), with `extra` header lines (each ending `\r\n`).
@@ -496,13 +505,13 @@ impl Front {
             let s = &self.settings.config.streams;
             // D2: a long retry so a native EventSource does not hammer; this is an answer, not a stream.
             let retry = s.forbidden_retry.as_millis() as u64 + jitter_ms(&identity.user, unix_now, s.retry_jitter.as_millis() as u64);
-            let mut v = Response::stream_head(cors).to_vec();
-            v.extend_from_slice(&sse::retry(retry));
-            v.extend_from_slice(&sse::error("forbidden"));
-            let refusal = Some(Refusal { forbidden: Some((identity.user.as_str().into(), id)), ..Refusal::new("forbidden", "") });
-            return Routed::Respond(Response { status: 200, bytes: Bytes::from(v), refusal });
+            let refusal = Refusal { forbidden: Some((identity.user.as_str().into(), id)), ..Refusal::new("forbidden", "") };
+            return Routed::Respond(Response::stream_refusal(retry, cors, refusal));
         }
-        let resume = head.last_event_id.map(<[u8]>::to_vec).or(query_resume.map(String::into_bytes)).map(|raw| {
+        // An empty header says nothing (browsers send none before the first id): the query's
+        // id, if any, applies.
+        let header = head.last_event_id.filter(|v| !v.trim_ascii().is_empty());
+        let resume = header.map(<[u8]>::to_vec).or(query_resume.map(String::into_bytes)).map(|raw| {
             match EventId::parse(raw.trim_ascii()) {
                 Some(id) => Resume::After(id),
                 None => Resume::Malformed,

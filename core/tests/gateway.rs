@@ -308,6 +308,21 @@ fn the_sixth_stream_is_refused_409_while_the_oldest_is_younger_than_min_age() {
 }
 
 #[test]
+fn a_full_shard_still_lets_a_user_at_the_limit_replace_their_oldest_stream() {
+    let mut h = Harness::new("");
+    h.gw = Gateway::new(h.settings.clone(), h.metrics.clone(), 5, 7); // room for 5 streams
+    let ids: Vec<_> = (0..5).map(|_| h.open("u1", "deals")).collect();
+    h.advance(Duration::from_secs(10));
+    let r = h.open_path("u2", &[], "/api/v1/streams/deals", &[]).unwrap_err();
+    assert_eq!(r.status, 503, "full");
+    // u1's sixth evicts its oldest, which frees the slot the new one takes.
+    let new = h.open_path("u1", &[], "/api/v1/streams/tasks", &[]).expect("not 503");
+    assert_eq!(h.closed.get(&ids[0]), Some(&CloseReason::StreamLimit));
+    assert!(h.take_wire(new).starts_with(STREAM_HEAD));
+    assert_eq!(h.gw.stream_count(), 5);
+}
+
+#[test]
 fn the_reject_policy_always_answers_409() {
     let mut h = Harness::new("limit_policy = \"reject\"\nmax_per_user = 2\n");
     h.open("u1", "deals");
@@ -339,18 +354,24 @@ fn a_token_that_expires_mid_stream_ends_it_with_token_expired() {
 }
 
 #[test]
-fn a_token_presented_within_the_leeway_after_exp_ends_its_stream_at_once() {
+fn a_token_presented_within_the_leeway_after_exp_is_answered_token_expired_without_taking_a_slot() {
     let mut h = Harness::new("");
+    let mine: Vec<_> = (0..5).map(|_| h.open("u1", "deals")).collect();
+    h.advance(Duration::from_secs(600)); // all five older than min_stream_age: evictable
     let t = h.token("u1", &[], 0);
     h.advance(Duration::from_secs(10)); // 10 s past exp, inside the 30-s leeway: it verifies
     let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
     let Routed::Stream(req) = h.route(&raw) else { panic!("a token within the leeway verifies") };
-    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    let r = h.gw.open(req, h.now, h.unix).unwrap_err();
+    let text = String::from_utf8(r.bytes.to_vec()).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nretry: 3000\n\nevent: error\ndata: {\"code\":\"token_expired\"}\n\n"), "{text}");
+    assert_eq!(r.refusal.map(|r| r.code), Some("token_expired"));
     h.drain();
-    h.advance(Duration::ZERO);
-    let wire = h.take_wire(id);
-    assert!(wire.ends_with("event: error\ndata: {\"code\":\"token_expired\"}\n\n"), "{wire:?}");
-    assert_eq!(h.closed.get(&id), Some(&CloseReason::TokenExpired));
+    assert!(h.closed.is_empty(), "none of the user's streams evicted: {:?}", h.closed);
+    assert_eq!(h.gw.streams_of("u1"), 5);
+    assert!(mine.iter().all(|id| !h.closed.contains_key(id)));
 }
 
 #[test]
@@ -542,6 +563,9 @@ fn a_resume_inside_the_window_replays_every_later_event_without_gap_or_duplicate
         .unwrap();
     assert_eq!(h.take_events(q), "retry: 3000\n\n");
     let q = h.open_path("u3", &[], "/api/v1/streams/deals?last_event_id=1000-5", &[]).unwrap();
+    assert_eq!(h.take_events(q), format!("retry: 3000\n\n{}", frame("1000-6", "deal.created", &deal_created("live"))));
+    // An empty header says nothing: the query's id applies.
+    let q = h.open_path("u4", &[], "/api/v1/streams/deals?last_event_id=1000-5", &["Last-Event-ID: "]).unwrap();
     assert_eq!(h.take_events(q), format!("retry: 3000\n\n{}", frame("1000-6", "deal.created", &deal_created("live"))));
 }
 
