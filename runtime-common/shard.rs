@@ -33,7 +33,7 @@ use bytes::{Buf, Bytes};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use sse_gateway_core::cli::unix_now;
-use sse_gateway_core::{ChannelId, CloseReason, Gateway, Metrics, Output, Settings, StreamId, StreamRequest};
+use sse_gateway_core::{ChannelId, CloseReason, Gateway, Metrics, Output, Settings, StreamId, StreamRequest, KEEP_FRAMES};
 use tracing::{debug, info, warn};
 
 use super::amqp::stream_log::LogReader;
@@ -361,6 +361,9 @@ impl Shard {
             // The socket is full: wait until it takes the rest (or the stream is closed).
             if !out.is_empty() && write_out(&mut sock, &mut out, &conn).await.is_err() {
                 break conn.closing.get().unwrap_or(CloseReason::ClientGone);
+            }
+            if out.capacity() > KEEP_FRAMES {
+                out = Vec::new(); // what a burst grew is not kept by a stream that idles after it
             }
             conn.drained.notify();
             if let Some(why) = conn.closing.get() {

@@ -115,6 +115,10 @@ impl Timer {
     }
 }
 
+/// Frames a stream's drained output queue keeps room for; a larger one (grown by a catch-up)
+/// is freed.
+pub const KEEP_FRAMES: usize = 32;
+
 /// How far control frames may take a catching-up stream's output past its bound ([`Gateway::push`]).
 const CONTROL_SLACK: usize = 1024;
 
@@ -282,6 +286,11 @@ impl Gateway {
     /// Unsent bytes held for a stream.
     pub fn pending_bytes(&self, id: StreamId) -> usize {
         self.stream(id).map_or(0, |s| s.pending_bytes)
+    }
+
+    /// Frames a stream's output queue has room for without growing (memory held per stream).
+    pub fn output_capacity(&self, id: StreamId) -> usize {
+        self.stream(id).map_or(0, |s| s.pending.capacity())
     }
 
     /// The user of a stream.
@@ -662,6 +671,10 @@ impl Gateway {
         let Some(st) = self.stream_mut(id) else { return 0 };
         let n = st.pending_bytes;
         out.extend(st.pending.drain(..));
+        if st.pending.capacity() > KEEP_FRAMES {
+            // What a catch-up's burst grew is not kept by a stream that idles after it.
+            st.pending = VecDeque::new();
+        }
         st.pending_bytes = 0;
         st.control_bytes = 0;
         st.transmit_queued = false;

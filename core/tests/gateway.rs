@@ -570,6 +570,20 @@ fn a_resume_inside_the_window_replays_every_later_event_without_gap_or_duplicate
 }
 
 #[test]
+fn a_stream_that_idles_after_a_catch_up_does_not_keep_the_room_the_catch_up_took() {
+    let mut h = Harness::new("buffer_events = 200\n");
+    for i in 0..150 {
+        h.publish("deals", "deal.created", deal_created(&format!("d{i}")));
+    }
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-0"]).unwrap();
+    let (ids, _) = read_on(&mut h, id, 2);
+    assert_eq!(ids, (1..=150).collect::<Vec<u64>>());
+    assert!(h.gw.output_capacity(id) <= KEEP_FRAMES, "{} frames of room kept", h.gw.output_capacity(id));
+    h.publish("deals", "deal.created", deal_created("live"));
+    assert_eq!(ids_in(&h.take_wire(id)), ["1000-151"]);
+}
+
+#[test]
 fn a_replay_skips_what_the_user_may_not_see() {
     let mut h = Harness::new("");
     h.publish_to("notifications", "notification.sent", notification_sent("for bob"), "bob");
