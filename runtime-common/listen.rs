@@ -1,4 +1,5 @@
-//! The listening socket both runtimes adopt: bound here with a deep accept queue.
+//! The listening socket both runtimes adopt, bound here with a deep accept queue, and the
+//! options of a stream's socket.
 //!
 //! `std`, mio (under tokio) and async-net (under smol) all listen with a backlog of 128. A
 //! connection storm (every client of a restarted instance reconnecting, the resume storm of
@@ -7,7 +8,8 @@
 //! connecting at once: 1.0-1.4 s for 2,000 streams with 128, the time of the retries.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
@@ -37,9 +39,34 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(sock.into())
 }
 
+/// A stream's socket: a client that acknowledges nothing for two heartbeat intervals is gone
+/// (`TCP_USER_TIMEOUT`). A client that vanishes without a FIN or RST (a laptop put to sleep, a
+/// network switched) is otherwise noticed only when TCP gives up retransmitting, about 15
+/// minutes later: its heartbeats fit in the send buffer, so nothing else notices, and meanwhile
+/// the stream holds one of the user's slots (`limit_policy = "reject"` refuses the user's new
+/// ones) and a file descriptor.
+pub(crate) fn stream_socket(sock: &TcpStream, heartbeat: Duration) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    socket2::SockRef::from(sock).set_tcp_user_timeout(Some(heartbeat.saturating_mul(2)))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = (sock, heartbeat);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_stream_socket_gives_up_on_a_silent_client_after_two_heartbeats() {
+        let l = bind("127.0.0.1:0").expect("bind");
+        let _client = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+        l.set_nonblocking(false).unwrap();
+        let (server, _) = l.accept().expect("accept");
+        stream_socket(&server, Duration::from_secs(30)).expect("set");
+        assert_eq!(socket2::SockRef::from(&server).tcp_user_timeout().unwrap(), Some(Duration::from_secs(60)));
+    }
 
     #[test]
     fn binds_port_zero_with_the_deep_queue() {

@@ -108,7 +108,12 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         }
         Routed::Stream(req) => {
             match sock.into_inner() {
-                Ok(std) => ctx.shards.open(std, req).await,
+                Ok(std) => {
+                    if let Err(e) = super::listen::stream_socket(&std, settings.config.streams.heartbeat) {
+                        debug!(%peer, error = %e, "cannot set the stream socket's options");
+                    }
+                    ctx.shards.open(std, req).await
+                }
                 Err(e) => debug!(%peer, error = %e, "cannot hand over a connection"),
             }
             return;
