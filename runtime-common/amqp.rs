@@ -20,6 +20,7 @@
 //! (`crate::driver::amqp_runtime()`), the shared connection sits behind an `async-lock` mutex,
 //! and the sources run as tasks on the calling thread's executor.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,16 @@ const ACK_BATCH: u32 = 32;
 /// dies may never be answered by lapin (its promise stays pending): past this, the link is
 /// taken for lost, so the source goes down (and its streams are warned) instead of hanging.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long any other call to the broker (a channel, a declare, a bind, qos, consume) may take.
+/// As with acks, lapin may leave a call made as the connection dies unsettled: past this the
+/// attempt fails (the source goes down and retries) instead of hanging.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`'s own result, or an error when the broker did not answer within [`CALL_TIMEOUT`].
+pub(crate) async fn answered<T>(call: impl Future<Output = Result<T, lapin::Error>>) -> Result<Result<T, lapin::Error>, String> {
+    until(Instant::now() + CALL_TIMEOUT, call).await.ok_or_else(|| format!("the broker did not answer within {CALL_TIMEOUT:?}"))
+}
 
 /// Acks every delivery of the channel up to `acker`'s (one `multiple` ack), within
 /// [`ACK_TIMEOUT`].
@@ -134,7 +145,10 @@ impl Link {
         let seen = self.attempts.load(Ordering::Acquire);
         let mut state = self.conn.lock().await;
         if let Some(c) = state.conn.as_ref().filter(|c| c.status().connected()) {
-            return c.create_channel().await.map_err(|e| e.to_string());
+            return match answered(c.create_channel()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(why) => Err(state.fail(why)), // the connection is taken for lost
+            };
         }
         if self.attempts.load(Ordering::Acquire) != seen {
             if let Some(e) = &state.failed {
@@ -151,7 +165,7 @@ impl Link {
             None => return Err(state.fail("cannot connect to the broker: timed out".into())),
         };
         info!(connection = self.name, "connected to the broker");
-        let ch = c.create_channel().await.map_err(|e| e.to_string());
+        let ch = answered(c.create_channel()).await.and_then(|r| r.map_err(|e| e.to_string()));
         *state = LinkState { conn: Some(c), failed: None };
         ch
     }
@@ -322,20 +336,19 @@ impl Source {
                     other => ExchangeKind::Custom(other.to_string()),
                 };
                 let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
-                if let Err(err) = chan.exchange_declare(exchange.as_str().into(), kind.clone(), opts, FieldTable::default()).await {
+                if let Err(err) = answered(chan.exchange_declare(exchange.as_str().into(), kind.clone(), opts, FieldTable::default())).await? {
                     // It exists with other settings: use it as it is (the failed declare closed the channel).
                     warn!(channel = %self.name, exchange = %exchange, error = %err, "exchange declare refused; checking it exists");
                     chan = self.link.channel().await?;
                     let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
-                    chan.exchange_declare(exchange.as_str().into(), kind, passive, FieldTable::default())
-                        .await
+                    answered(chan.exchange_declare(exchange.as_str().into(), kind, passive, FieldTable::default()))
+                        .await?
                         .map_err(e("exchange declare"))?;
                 }
                 (chan, gone) = self.declare_queue(chan, queue, &queue_args, known).await?;
                 for key in routing_keys {
-                    chan.queue_bind(queue.as_str().into(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-                        .await
-                        .map_err(e("queue bind"))?;
+                    let bind = chan.queue_bind(queue.as_str().into(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default());
+                    answered(bind).await?.map_err(e("queue bind"))?;
                 }
                 queue
             }
@@ -351,7 +364,7 @@ impl Source {
             let what = format!("stream queue {queue} is gone (it had offset {last}) and was declared again, empty: its offsets restart at 0");
             return Err(offsets.stop(&what, &self.name));
         }
-        chan.basic_qos(broker.prefetch, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
+        answered(chan.basic_qos(broker.prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
         let tag = format!("sse-gateway.{}", self.name);
         // A stream is read from where this source left it (the last offset it took, which must
         // still be there), else from the chunks written since its first consumer (a second of
@@ -368,9 +381,8 @@ impl Source {
             (Some(_), None) => Some(offsets.consumed_at.map_or(StartAt::Last, |t| StartAt::Since(t.saturating_sub(1)))),
         };
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
-        let mut consumer = chan
-            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args)
-            .await
+        let mut consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
+            .await?
             .map_err(e("basic.consume"))?;
         match start {
             None => info!(channel = %self.name, queue = %queue, "source consuming"),
@@ -460,7 +472,7 @@ impl Source {
         let mut gone = false;
         if known {
             let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            if let Err(err) = chan.queue_declare(queue.into(), passive, FieldTable::default()).await {
+            if let Err(err) = answered(chan.queue_declare(queue.into(), passive, FieldTable::default())).await? {
                 if !is_not_found(&err) {
                     return Err(format!("queue declare (passive): {err}"));
                 }
@@ -470,14 +482,14 @@ impl Source {
             }
         }
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        match chan.queue_declare(queue.into(), opts, args.clone()).await {
+        match answered(chan.queue_declare(queue.into(), opts, args.clone())).await? {
             Ok(_) => Ok((chan, gone)),
             Err(err) => {
                 warn!(channel = %self.name, queue = %queue, error = %err, "queue declare refused; checking it exists");
                 let chan = self.link.channel().await?;
                 let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                chan.queue_declare(queue.into(), passive, FieldTable::default())
-                    .await
+                answered(chan.queue_declare(queue.into(), passive, FieldTable::default()))
+                    .await?
                     .map_err(|e| format!("queue declare: {e}"))?;
                 Ok((chan, gone))
             }

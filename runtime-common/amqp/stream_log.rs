@@ -32,7 +32,7 @@ use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
 use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings};
 
-use super::{message, Acks, Link};
+use super::{answered, message, Acks, Link};
 use crate::common::shards::Shards;
 use crate::common::until;
 
@@ -189,16 +189,14 @@ impl LogReader {
         }
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         let chan = self.link.channel().await?;
-        chan.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(e("basic.qos"))?;
-        let consumer = chan
-            .basic_consume(
-                log.queue.as_str().into(),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                StartAt::Offset(at).consumer_args(),
-            )
-            .await
-            .map_err(e("basic.consume"))?;
+        answered(chan.basic_qos(PREFETCH, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
+        let consume = chan.basic_consume(
+            log.queue.as_str().into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            StartAt::Offset(at).consumer_args(),
+        );
+        let consumer = answered(consume).await?.map_err(e("basic.consume"))?;
         Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit })
     }
 }
@@ -234,11 +232,12 @@ impl LogCursor<'_> {
         Ok(Some((pos, ev)))
     }
 
-    /// Cancels the consumer and closes its channel (which lets the permit go).
+    /// Cancels the consumer and closes its channel; lets the permit go in any case, at the
+    /// latest when the broker did not answer (each call within its timeout).
     pub(crate) async fn close(mut self) {
         let _ = self.acks.flush().await;
-        let _ = self.chan.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()).await;
-        let _ = self.chan.close(200, "read-back done".into()).await;
+        let _ = answered(self.chan.basic_cancel(self.consumer.tag(), BasicCancelOptions::default())).await;
+        let _ = answered(self.chan.close(200, "read-back done".into())).await;
     }
 }
 
