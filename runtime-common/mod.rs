@@ -108,6 +108,40 @@ pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {
     .await
 }
 
+/// How long an answer that ends a connection waits for the client to stop sending
+/// ([`answer_and_close`]), and how much it reads meanwhile.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Writes `bytes`, an answer after which the connection ends (by `write_by`), then closes so
+/// that the client gets it: the write side is shut down (FIN) and what the client still sends
+/// is read and dropped, until it closes too, for at most [`LINGER`] and [`LINGER_BYTES`]. A
+/// socket closed with bytes unread (a request body refused by its head, a head cut off at
+/// 431) is reset by the kernel instead, and a client still sending (curl, a browser) gets
+/// "connection reset" in place of the answer, or loses it.
+pub(crate) async fn answer_and_close(mut sock: crate::driver::Socket, bytes: &[u8], write_by: Instant) {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let written = until(write_by, async {
+        sock.write_all(bytes).await?;
+        sock.flush().await
+    })
+    .await;
+    if !matches!(written, Some(Ok(()))) || socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    until(Instant::now() + LINGER, async {
+        while let Ok(n @ 1..) = sock.read(&mut sink).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Work a task does in a row before it lets the others on its thread run: neither executor
 /// preempts a task that is always ready (a busy channel, a backlog of accepts or of output).
 #[derive(Debug, Default)]

@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use sse_gateway_core::cli::unix_now;
 use sse_gateway_core::{demo, parse_publish, Front, PublishRequest, Refusal, Response, Routed};
 use tracing::{debug, info, warn};
 
 use super::inproc::Inproc;
 use super::shards::Shards;
-use super::{sleep, until, Budget};
+use super::{answer_and_close, sleep, until, Budget};
 use crate::driver::{spawn, Socket};
 use crate::listener::Listener;
 
@@ -135,13 +135,8 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
 }
 
 /// Writes a whole response and closes, within the head deadline (at least a second).
-async fn respond(mut sock: Socket, resp: Response, deadline: Instant) {
-    let at = deadline.max(Instant::now() + Duration::from_secs(1));
-    until(at, async {
-        sock.write_all(&resp.bytes).await?;
-        sock.close().await
-    })
-    .await;
+async fn respond(sock: Socket, resp: Response, deadline: Instant) {
+    answer_and_close(sock, &resp.bytes, deadline.max(Instant::now() + Duration::from_secs(1))).await;
 }
 
 /// Reads the body (the rest of it: part may have come with the head), validates and publishes

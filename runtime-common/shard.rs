@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::amqp::stream_log::LogReader;
 use super::shards::Command;
-use super::{until, Budget};
+use super::{answer_and_close, until, Budget};
 use crate::driver::{spawn, Socket, Timer};
 
 /// Time a closing stream (and a refused one) gets to take its last bytes.
@@ -327,14 +327,7 @@ impl Shard {
                 let channel = &self.settings.channel(log.channel).name;
                 let code = resp.refusal.as_ref().map_or("-", |r| r.code);
                 info!(user = %user, channel = %channel, status = resp.status, code, "stream refused");
-                spawn(async move {
-                    let mut sock = sock;
-                    until(Instant::now() + WRITE_TIMEOUT, async {
-                        sock.write_all(&resp.bytes).await?;
-                        sock.close().await
-                    })
-                    .await;
-                });
+                spawn(async move { answer_and_close(sock, &resp.bytes, Instant::now() + WRITE_TIMEOUT).await });
             }
         }
     }

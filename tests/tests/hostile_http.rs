@@ -1,7 +1,8 @@
 //! Hostile HTTP (D6, D10): oversized heads get 431, a head trickled in is cut off at the head
 //! timeout, hostile bytes in a resume id are never reflected into a stream, a client that keeps
-//! sending on its stream is closed, and ten thousand garbage or half-open connections do not
-//! cost a hundred valid streams a single event.
+//! sending on its stream is closed, a body sent after an answer from the head meets no reset,
+//! and ten thousand garbage or half-open connections do not cost a hundred valid streams a
+//! single event.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -361,7 +362,36 @@ async fn a_client_that_keeps_sending_on_its_stream_is_closed(bin: Bin) {
     assert!(log.lines().any(|l| closed_line(l) && l.contains("reason=\"client_gone\"")), "{log}");
 }
 
+/// A request answered from its head alone, its body unread (here a POST to a stream, 405): a
+/// client that sends its whole body before it reads (curl, most HTTP libraries) can send it
+/// and then reads the answer. A socket closed with the body unread is reset by the kernel, and
+/// the client meets the reset mid-body instead of the answer.
+async fn a_body_sent_after_an_answer_from_the_head_does_not_meet_a_reset(bin: Bin) {
+    let gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let body_len = 512 * 1024;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let head = format!("POST /api/v1/streams/deals HTTP/1.1\r\nHost: h\r\nContent-Length: {body_len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("the head");
+    // The answer is there before the body goes out.
+    let mut first = [0u8; 12];
+    let n = ::tokio::time::timeout(WAIT, s.peek(&mut first)).await.expect("an answer").expect("peek");
+    assert_eq!(&first[..n], b"HTTP/1.1 405", "answered from the head");
+    let chunk = vec![b'x'; 16 * 1024];
+    for i in 0..body_len / chunk.len() {
+        if let Err(e) = s.write_all(&chunk).await {
+            panic!("the body's chunk {i} of {}: {e}", body_len / chunk.len());
+        }
+        ::tokio::time::sleep(Duration::from_millis(2)).await; // time for a reset to arrive
+    }
+    s.shutdown().await.expect("the client is done");
+    let mut got = Vec::new();
+    ::tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await.expect("the end").expect("the answer, then a clean end");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && text.contains("\"code\":\"method_not_allowed\""), "{text}");
+}
+
 for_each_binary!(
+    a_body_sent_after_an_answer_from_the_head_does_not_meet_a_reset,
     a_client_that_keeps_sending_on_its_stream_is_closed,
     request_heads_past_the_bound_get_431,
     a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout,
