@@ -6,11 +6,13 @@
 use std::future::Future;
 use std::io;
 
+use std::cell::RefCell;
+
 use smol::LocalExecutor;
 
 thread_local! {
     /// This thread's executor: [`spawn`] puts tasks here, [`Executor::block_on`] runs them.
-    static LOCAL: LocalExecutor<'static> = const { LocalExecutor::new() };
+    static LOCAL: RefCell<LocalExecutor<'static>> = const { RefCell::new(LocalExecutor::new()) };
 }
 
 /// A thread's executor (its `LocalExecutor` lives in a thread-local, created on first use).
@@ -21,15 +23,23 @@ impl Executor {
         Ok(Executor)
     }
 
-    /// Runs `fut` (and what it spawns) on this thread until it completes.
+    /// Runs `fut` (and what it spawns) on this thread until it completes; then drops the tasks
+    /// still there (closing their sockets), as tokio's `LocalSet` does when it is dropped. Left
+    /// in the thread-local executor, they would hold their connections, unpolled, until the
+    /// process exits (the main thread's, during the shutdown drain).
     pub(crate) fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        LOCAL.with(|ex| smol::block_on(ex.run(fut)))
+        let out = LOCAL.with(|ex| smol::block_on(ex.borrow().run(fut)));
+        // Out of the borrow before the tasks are dropped: dropping one may spawn (into the new,
+        // never-run executor).
+        let rest = LOCAL.with(|ex| ex.replace(LocalExecutor::new()));
+        drop(rest);
+        out
     }
 }
 
 /// Spawns a task on this thread's executor; it runs to its end unless the thread stops first.
 pub(crate) fn spawn(fut: impl Future<Output = ()> + 'static) {
-    LOCAL.with(|ex| ex.spawn(fut).detach());
+    LOCAL.with(|ex| ex.borrow().spawn(fut).detach());
 }
 
 /// A timer completing at an instant, re-armed with `set_at`.
