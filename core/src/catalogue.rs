@@ -327,6 +327,9 @@ fn nullable(mut schema: Value) -> Value {
     schema
 }
 
+/// The largest float below which every integer is a float (2^53): JavaScript's safe integers.
+const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
+
 impl FieldKind {
     /// The kind's name as written in the catalogue (`uuid`, `string`, `datetime`, `date`,
     /// `number`, `integer`, `object`, `boolean`, `enum`); also [`Invalid::WrongKind`]'s
@@ -353,7 +356,12 @@ impl FieldKind {
             (FieldKind::DateTime, Value::String(s)) => is_datetime(s),
             (FieldKind::Date, Value::String(s)) => is_date(s),
             (FieldKind::Number, Value::Number(_)) => true,
-            (FieldKind::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            // As JSON Schema's `integer` (what the published contract says): a number without
+            // a fractional part, `5.0` and `1e3` too (Python's json writes floats so). Written as
+            // a float, only where a float holds every integer exactly (|x| <= 2^53).
+            (FieldKind::Integer, Value::Number(n)) => {
+                n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() <= MAX_EXACT_FLOAT_INT)
+            }
             (FieldKind::Object, Value::Object(_)) => true,
             (FieldKind::Boolean, Value::Bool(_)) => true,
             (FieldKind::Enum(values), Value::String(s)) => values.iter().any(|v| v == s),
@@ -1542,19 +1550,26 @@ mod tests {
     }
 
     #[test]
-    fn integer_rejects_one_and_a_half_and_accepts_64_bit_extremes() {
+    fn integer_is_json_schemas_integer_and_accepts_64_bit_extremes() {
         let c = one_field("\"integer\"");
         assert_eq!(check(&c, json!({"f": 5})), Ok(()));
         assert_eq!(check(&c, json!({"f": -5})), Ok(()));
         assert_eq!(check(&c, json!({"f": i64::MIN})), Ok(()));
         assert_eq!(check(&c, json!({"f": u64::MAX})), Ok(()));
+        let parsed = |text: &str| -> Value { serde_json::from_str(&format!(r#"{{"f": {text}}}"#)).expect("json") };
+        // What JSON Schema's `integer` (the published contract) accepts: no fractional part.
+        for ok in ["1.0", "-3.0", "1e3", "2.5e1", "0.5e1", "9007199254740992.0", "-9007199254740992.0"] {
+            assert_eq!(check(&c, parsed(ok)), Ok(()), "{ok}");
+        }
         let wrong = Err(Invalid::WrongKind {
             field: "f".into(),
             expected: "integer",
         });
         assert_eq!(check(&c, json!({"f": 1.5})), wrong);
-        let parsed: Value = serde_json::from_str(r#"{"f": 1.0}"#).expect("json");
-        assert_eq!(check(&c, parsed), wrong);
+        // Past 2^53 a float no longer holds every integer: the value sent may not be the one meant.
+        for bad in ["1e300", "9007199254740994.0", "1.0000000001"] {
+            assert_eq!(check(&c, parsed(bad)), wrong, "{bad}");
+        }
         assert_eq!(check(&c, json!({"f": "12"})), wrong);
     }
 
