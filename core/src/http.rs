@@ -244,6 +244,7 @@ struct Head<'a> {
     last_event_id: Option<&'a [u8]>,
     cookie: Option<&'a [u8]>,
     origin: Option<&'a [u8]>,
+    host: Option<&'a [u8]>,
     content_length: Option<&'a [u8]>,
     len: usize,
 }
@@ -277,6 +278,7 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "last-event-id" => &mut head.last_event_id,
             "cookie" => &mut head.cookie,
             "origin" => &mut head.origin,
+            "host" => &mut head.host,
             "content-length" => &mut head.content_length,
             _ => continue,
         };
@@ -314,9 +316,19 @@ fn cookie_value<'a>(cookies: &'a [u8], name: &str) -> Option<&'a str> {
     })
 }
 
+/// Whether the request's `Origin` names the host it was sent to (`Host`): the gateway's own
+/// page (some browsers send `Origin` on same-origin requests too).
+fn same_origin(head: &Head<'_>) -> bool {
+    let (Some(origin), Some(host)) = (head.origin, head.host) else { return false };
+    let authority = origin.split(|&b| b == b'/').nth(2).unwrap_or_default();
+    !authority.is_empty() && origin.windows(3).any(|w| w == b"://") && authority.eq_ignore_ascii_case(host.trim_ascii())
+}
+
 enum Token<'a> {
     None,
     Found(std::borrow::Cow<'a, str>),
+    /// From the cookie: the browser sends it on requests any site makes.
+    Cookie(&'a str),
 }
 
 impl Front {
@@ -431,7 +443,7 @@ impl Front {
         }
         if let (Some(name), Some(c)) = (&auth.cookie, head.cookie) {
             if let Some(t) = cookie_value(c, name) {
-                return Token::Found(t.into());
+                return Token::Cookie(t);
             }
         }
         if auth.query_param {
@@ -451,18 +463,30 @@ impl Front {
                 "WWW-Authenticate: Bearer realm=\"sse-gateway\"\r\n",
                 cors,
             ))),
-            Token::Found(t) => self.verifier.verify(&t, unix_now).map_err(|e: TokenError| {
-                let resp = Response::error(
-                    401,
-                    "unauthorized",
-                    &format!("invalid token: {}", e.reason()),
-                    "WWW-Authenticate: Bearer realm=\"sse-gateway\", error=\"invalid_token\"\r\n",
-                    cors,
-                );
-                let refusal = Some(Refusal::new("unauthorized", e.reason()));
-                Routed::Respond(Response { refusal, ..resp })
-            }),
+            // A cookie goes with requests that any page makes (an `EventSource` or a form on
+            // another site): from an origin that is neither allowed nor this one, it is not the
+            // user asking. A page elsewhere could otherwise open streams as the user (evicting
+            // theirs) or publish. Browsers send no `Origin` on a same-origin `EventSource`.
+            Token::Cookie(_) if head.origin.is_some() && self.allowed_origin(head.origin).is_none() && !same_origin(head) => {
+                Err(Routed::Respond(Response::error(403, "origin_not_allowed", "origin not allowed", "", None)))
+            }
+            Token::Cookie(t) => self.verify(t, cors, unix_now),
+            Token::Found(t) => self.verify(&t, cors, unix_now),
         }
+    }
+
+    fn verify(&self, t: &str, cors: Option<&str>, unix_now: u64) -> Result<Identity, Routed> {
+        self.verifier.verify(t, unix_now).map_err(|e: TokenError| {
+            let resp = Response::error(
+                401,
+                "unauthorized",
+                &format!("invalid token: {}", e.reason()),
+                "WWW-Authenticate: Bearer realm=\"sse-gateway\", error=\"invalid_token\"\r\n",
+                cors,
+            );
+            let refusal = Some(Refusal::new("unauthorized", e.reason()));
+            Routed::Respond(Response { refusal, ..resp })
+        })
     }
 
     fn route_stream(&self, head: &Head<'_>, channel: &str, cors: Option<&str>, unix_now: u64) -> Routed {

@@ -1141,6 +1141,27 @@ fn a_cookie_or_query_token_works_only_when_enabled() {
 }
 
 #[test]
+fn a_cookie_token_from_a_page_of_another_origin_is_refused() {
+    let h = Harness::with_auth("cookie = \"sse_token\"\n", "[server]\ncors_origins = [\"https://crm.example\"]\n");
+    let t = h.token("u1", &[], 3600);
+    let cookie = format!("Cookie: sse_token={t}");
+    let bearer = format!("Authorization: Bearer {t}");
+    let route = |headers: &[&str]| h.route(&Harness::head("/api/v1/streams/deals", headers));
+    // No Origin (a same-origin EventSource), the gateway's own origin, an allowed one: the user.
+    for origin in [None, Some("Origin: http://gw"), Some("Origin: https://crm.example")] {
+        let headers: Vec<&str> = [cookie.as_str()].into_iter().chain(origin).collect();
+        assert!(matches!(route(&headers), Routed::Stream(_)), "{origin:?}");
+    }
+    // Any other page the user visits: its EventSource carries the cookie, not the user's intent.
+    for origin in ["Origin: https://evil.example", "Origin: null", "Origin: http://gw.evil.example"] {
+        let r = respond(route(&[cookie.as_str(), origin]));
+        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && r.contains("\"code\":\"origin_not_allowed\""), "{origin}: {r}");
+    }
+    // A bearer header cannot come from another site without CORS's consent: not concerned.
+    assert!(matches!(route(&[bearer.as_str(), "Origin: https://evil.example"]), Routed::Stream(_)));
+}
+
+#[test]
 fn cors_preflight_allows_configured_origins_with_credentials() {
     let h = Harness::new("").front; // default: no origins
     let pre = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://crm.example\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n";
