@@ -88,7 +88,8 @@ pub enum FieldKind {
     Date,
     /// Any JSON number.
     Number,
-    /// A JSON number written without fraction or exponent that fits `i64` or `u64`.
+    /// A JSON number without a fractional part (JSON Schema's `integer`): `i64` and `u64` in
+    /// full, written as a float (`5.0`, `1e3`) up to 2^53 in magnitude.
     Integer,
     /// Any JSON object (its contents are not checked).
     Object,
@@ -472,7 +473,7 @@ fn describe_kind(name: &str) -> &'static str {
         "datetime" => "an RFC 3339 date-time string with offset (e.g. 2024-05-01T12:30:00Z)",
         "date" => "a calendar date string (YYYY-MM-DD)",
         "number" => "a number",
-        "integer" => "an integer (no fraction or exponent, fits 64 bits)",
+        "integer" => "an integer (no fractional part; as a float at most 2^53)",
         "object" => "a JSON object",
         "boolean" => "true or false",
         "enum" => "a string among the field's enum values",
