@@ -350,10 +350,11 @@ impl Front {
     fn allowed_origin(&self, origin: Option<&[u8]>) -> Option<String> {
         let o = std::str::from_utf8(origin?).ok()?;
         let list = &self.settings.config.server.cors_origins;
-        let ok = list.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o));
-        // An origin is echoed into a header: only plain ASCII without controls or spaces.
-        let clean = o.bytes().all(|b| b.is_ascii_graphic());
-        (ok && clean).then(|| o.to_string())
+        let entry = list.iter().find(|a| *a == "*" || a.eq_ignore_ascii_case(o))?;
+        // The configured origin is written back, not the request's spelling of it; only `"*"`
+        // echoes the request's, and only plain ASCII without controls or spaces.
+        let echoed = if entry == "*" { o } else { entry.as_str() };
+        echoed.bytes().all(|b| b.is_ascii_graphic()).then(|| echoed.to_string())
     }
 
     /// Routes the bytes read so far from a new connection. `unix_now` (seconds) judges `exp`/`nbf`.
@@ -606,7 +607,9 @@ mod tests {
 
     #[test]
     fn users_spread_over_shards_deterministically() {
-        assert_eq!(shard_of("alice", 4), shard_of("alice", 4));
+        // FNV-1a (64 bits): the published test vector, then users pinned to their shards.
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!([shard_of("alice", 4), shard_of("bob", 4), shard_of("carol", 4)], [3, 0, 2]);
         assert_eq!(shard_of("alice", 1), 0);
         let used: std::collections::HashSet<_> = (0..100).map(|i| shard_of(&format!("u{i}"), 4)).collect();
         assert_eq!(used.len(), 4);
