@@ -46,7 +46,10 @@ impl Shard {
     pub(super) fn read_back(self: &Rc<Self>, stream: StreamId, channel: ChannelId, after: EventId) {
         let reader = self.log.borrow().clone();
         match reader {
-            Some(reader) => spawn(self.clone().read_back_task(reader, stream, channel, after.seq)),
+            Some(reader) => {
+                debug!(stream = %stream, offset = after.seq, "reading the stream back");
+                spawn(self.clone().read_back_task(reader, stream, channel, after.seq))
+            }
             None => self.gw.borrow_mut().backfill_done(stream, false),
         }
     }

@@ -280,7 +280,10 @@ describe('a broker that refuses connections', () => {
     await gw?.stop();
   });
 
-  test('source_unavailable reaches the page at once and repeats; the stream stays open', async () => {
+  // That the warning is queued with the stream's first bytes is the core's test
+  // (source_outage_warns_at_once_and_every_sixty_seconds_until_it_recovers); here: it reaches a
+  // browser, repeats, and closes nothing.
+  test('source_unavailable reaches the page and repeats; the stream stays open', async () => {
     const ready = await fetch(`${gw.base}/readyz`);
     assert.equal(ready.status, 503);
     assert.deepEqual((await ready.json()).sources_down.sort(), CHANNELS);
@@ -288,11 +291,8 @@ describe('a broker that refuses connections', () => {
     const page = await chrome.context.newPage();
     await page.goto(`${gw.base}/healthz`);
     await installRecorder(page);
-    const t0 = Date.now();
     await page.evaluate((types) => window.openStream('deals', '/api/v1/streams/deals', { types }), TYPES.deals);
     await until('the first warning', () => page.evaluate(() => window.rec.deals.warnings.length >= 1));
-    const first = Date.now() - t0;
-    assert.ok(first < 1500, `the first warning comes at once (${first} ms)`);
     await until('a repeated warning', () => page.evaluate(() => window.rec.deals.warnings.length >= 2), 5000);
     const rec = await page.evaluate(() => ({ ...window.rec.deals, readyState: window.es.deals.readyState }));
     for (const w of rec.warnings) assert.deepEqual(w, { code: 'source_unavailable', channel: 'deals' });

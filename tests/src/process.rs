@@ -114,6 +114,19 @@ impl GatewayProcess {
         }
     }
 
+    /// The logs once everything asked of the gateway before this call has been logged: a
+    /// request refused at once (406) goes last and its log line is awaited (the main thread
+    /// writes its lines in order; a shard logs a stream's opening before its first bytes).
+    pub async fn settled_log(&self) -> String {
+        let marker = "status=406";
+        let before = self.stderr().matches(marker).count();
+        let r = self.get("/api/v1/streams/deals", &[("Accept", "text/html")]).await;
+        assert_eq!(r.status, 406, "the marker request");
+        let log = self.log_until(WAIT, |l| l.matches(marker).count() > before).await;
+        assert!(log.matches(marker).count() > before, "the marker request's log line never came:\n{log}");
+        log
+    }
+
     /// Everything the gateway wrote to stdout so far (the contract: exactly one line).
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()

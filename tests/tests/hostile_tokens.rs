@@ -78,11 +78,8 @@ async fn assert_all_refused(gw: &GatewayProcess, cases: &[(String, String)]) {
 
 /// Neither a token nor its signature part appears in the gateway's stdout or stderr.
 async fn assert_never_logged(gw: &GatewayProcess, tokens: &[&str]) {
-    // /metrics is answered after every earlier request was handled; then give the log writer a
-    // moment.
-    let _ = gw.metrics().await;
-    sse_gateway_tests::sleep(std::time::Duration::from_millis(200)).await;
-    let (out, err) = (gw.stdout(), gw.stderr());
+    let err = gw.settled_log().await;
+    let out = gw.stdout();
     for t in tokens {
         let sig = t.rsplit('.').next().unwrap_or_default();
         let mut needles = vec![("token", *t)];

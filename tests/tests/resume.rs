@@ -86,10 +86,12 @@ async fn an_unknown_last_event_id_gets_history_gap_first_then_live_events(bin: B
     let real = s.expect_event("a second event").await.id.unwrap();
     drop(s);
     let mut stale = vec!["garbage".to_string(), format!("{real}-7")];
-    if let Some((epoch, seq)) = real.split_once('-').and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?))) {
-        stale.push(format!("{}-{seq}", epoch.saturating_sub(1))); // an earlier epoch
-        stale.push(format!("{epoch}-{}", seq + 1_000_000)); // never issued
-    }
+    let (epoch, seq) = real
+        .split_once('-')
+        .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("an id of the in-process source is <epoch>-<seq>: {real}"));
+    stale.push(format!("{}-{seq}", epoch.saturating_sub(1))); // an earlier epoch
+    stale.push(format!("{epoch}-{}", seq + 1_000_000)); // never issued
     for id in &stale {
         let mut s = fx.gw.stream_with("deals", &user("alice", &[]), &[("Last-Event-ID", id)]).await;
         let ev = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a first frame");

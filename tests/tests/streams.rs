@@ -262,7 +262,7 @@ async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
 /// D12's bound: a client that stopped reading cannot hold the shutdown past `shutdown_drain`.
 async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading(bin: Bin) {
     const EVENT_BYTES: usize = 16 * 1024;
-    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "2s").raw("streams", "max_pending_bytes", "67108864");
+    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "5s").raw("streams", "max_pending_bytes", "67108864");
     let mut fx = Fixture::start(bin, cfg).await;
     let sock = ::tokio::net::TcpSocket::new_v4().expect("a socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");

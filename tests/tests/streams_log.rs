@@ -110,6 +110,9 @@ impl StreamSetup {
     }
 }
 
+/// Logs at debug from the gateways' own code (the read-back's lines).
+const DEBUG: [(&str, &str); 1] = [("RUST_LOG", "info,sse_gateway=debug,sse_gateway_smol=debug")];
+
 /// The title of a `deal.created` event.
 fn title(data: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data}"));
@@ -281,7 +284,11 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "10");
     let setup = StreamSetup::new(cfg, &amqp_url()).await;
     let alice = user("alice", &[]);
-    let (gw, s, last) = setup.start_after_one_event(bin, &alice).await;
+    let gw = setup.start_with_env(bin, &DEBUG).await;
+    let mut s = gw.stream("deals", &alice).await;
+    setup.publish(1).await;
+    read_events(&mut s, 1, "the first event").await;
+    let last = s.last_event_id();
     drop(s);
 
     let missed = setup.publish(1000).await; // the buffer holds the last 10 of them
@@ -295,6 +302,9 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     nothing_more(&mut s, "after the cold replay").await;
     let replays = gw.metric("sse_gateway_events_replayed_total{channel=\"deals\"}").await;
     assert!(replays.unwrap_or(0.0) >= 1000.0, "replayed events counted: {replays:?}");
+    // From the stream, not from memory (the buffer holds 10).
+    let log = gw.settled_log().await;
+    assert_eq!(log.matches("reading the stream back").count(), 1, "one read-back:\n{log}");
 }
 
 /// D4 on a read-back: a publisher's retry (the same `message_id`) that the live consumer dropped
@@ -414,8 +424,7 @@ async fn read_backs_for_clients_that_stop_reading_give_their_turn_up(bin: Bin) {
     const STALLED: usize = 10;
     let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "10");
     let setup = StreamSetup::new(cfg, &amqp_url()).await;
-    let debug = [("RUST_LOG", "info,sse_gateway=debug,sse_gateway_smol=debug")];
-    let gw = setup.start_with_env(bin, &debug).await;
+    let gw = setup.start_with_env(bin, &DEBUG).await;
     let mut s = gw.stream("deals", &user("alice", &[])).await;
     setup.publish(1).await;
     read_events(&mut s, 1, "the first event").await;

@@ -9,7 +9,10 @@
 //! - every stream receives exactly the channel's events after its start it may see (after its
 //!   resume id when that is inside the window, else after the last event when it opened);
 //! - no two heartbeats on a stream are further apart than the interval;
-//! - every stream of a down source has had a warning within the warning interval.
+//! - every stream of a down source has been warned since it went down, and within the warning
+//!   interval;
+//! - a stream is closed only for a reason it has: evicted by its user's new stream past the
+//!   limit (its oldest, and old enough), or its token expired.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +27,9 @@ const LIMIT: usize = 3;
 const BUFFER: usize = 6;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const WARNING: Duration = Duration::from_secs(60);
+const MIN_AGE: Duration = Duration::from_secs(5);
+/// Tokens the harness signs last this long.
+const TOKEN_TTL: u64 = 3600;
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -73,6 +79,11 @@ struct Watch {
     last_warning: Option<std::time::Instant>,
     parsed_upto: usize,
     saw_gap: bool,
+    /// Open order (the gateway evicts a user's oldest) and time.
+    opened: u64,
+    opened_at: std::time::Instant,
+    /// When its token expires (Unix seconds).
+    expires: u64,
 }
 
 pub struct Model {
@@ -80,6 +91,7 @@ pub struct Model {
     events: Vec<Vec<Published>>,
     watches: HashMap<StreamId, Watch>,
     down: [Option<std::time::Instant>; 4],
+    opens: u64,
 }
 
 fn payload(channel: &str, v2: bool) -> (&'static str, serde_json::Value) {
@@ -111,6 +123,7 @@ impl Model {
             events: vec![Vec::new(); 4],
             watches: HashMap::new(),
             down: [None; 4],
+            opens: 0,
         }
     }
 
@@ -172,6 +185,12 @@ impl Model {
             }
             Op::Down { channel } => {
                 let ch = self.h.channel(CHANNELS[channel]);
+                if self.down[channel].is_none() {
+                    // A new outage: its streams must be warned now, not count an earlier warning.
+                    for w in self.watches.values_mut().filter(|w| w.channel == channel) {
+                        w.last_warning = None;
+                    }
+                }
                 self.h.gw.source_down(ch, self.h.now);
                 self.h.drain();
                 self.down[channel].get_or_insert(self.h.now);
@@ -221,10 +240,11 @@ impl Model {
                     None => evs.last().map(|e| e.seq),
                 };
                 let gap_expected = header.is_some() && inside.is_none();
+                self.opens += 1;
                 self.watches.insert(
                     id,
                     Watch {
-                        user: user_name,
+                        user: user_name.clone(),
                         channel,
                         version,
                         finance,
@@ -234,6 +254,9 @@ impl Model {
                         last_warning: None,
                         parsed_upto: 0,
                         saw_gap: false,
+                        opened: self.opens,
+                        opened_at: self.h.now,
+                        expires: self.h.unix + TOKEN_TTL,
                     },
                 );
                 self.collect(id);
@@ -250,13 +273,17 @@ impl Model {
                 );
             }
         }
-        // Streams evicted by this open are gone.
-        let closed: Vec<_> = self.h.closed.keys().copied().collect();
-        for id in closed {
-            if self.watches.contains_key(&id) {
-                self.collect(id);
-                self.watches.remove(&id);
-            }
+        // A stream evicted by this open: the user's oldest, old enough, and only past the limit.
+        let mut evicted: Vec<_> = self.h.closed.iter().filter(|(_, &why)| why == CloseReason::StreamLimit).map(|(&id, _)| id).collect();
+        assert!(evicted.len() <= 1, "one open evicted {evicted:?}");
+        if let Some(id) = evicted.pop() {
+            self.h.closed.remove(&id);
+            self.collect(id);
+            let w = self.watches.remove(&id).expect("an evicted stream was open");
+            assert!(w.user == user_name && before >= LIMIT, "evicted {}'s stream for {user_name} at {before} streams", w.user);
+            let oldest = self.watches.values().filter(|o| o.user == w.user).all(|o| o.opened > w.opened);
+            assert!(oldest, "evicted a stream of {} that was not its oldest", w.user);
+            assert!(self.h.now - w.opened_at >= MIN_AGE, "evicted a stream {:?} old", self.h.now - w.opened_at);
         }
     }
 
@@ -265,9 +292,12 @@ impl Model {
         for id in ids {
             self.collect(id);
         }
-        let closed: Vec<_> = self.h.closed.drain().map(|(id, _)| id).collect();
-        for id in closed {
-            self.watches.remove(&id);
+        // Anything else the gateway closed: only a stream whose token expired.
+        let closed: Vec<_> = self.h.closed.drain().collect();
+        for (id, why) in closed {
+            let Some(w) = self.watches.remove(&id) else { continue };
+            assert_eq!(why, CloseReason::TokenExpired, "{}'s stream on {} closed", w.user, CHANNELS[w.channel]);
+            assert!(self.h.unix >= w.expires, "closed as expired {} s before its token's exp", w.expires - self.h.unix);
         }
     }
 
