@@ -28,12 +28,6 @@ impl Bin {
         }
     }
 
-    /// Whether a missing file fails the test (tokio) rather than skipping it (smol, not written
-    /// yet).
-    pub fn required(self) -> bool {
-        matches!(self, Bin::Tokio)
-    }
-
     /// Whether the executable exists.
     pub fn exists(self) -> bool {
         self.path().is_file()

@@ -64,28 +64,19 @@ pub async fn sleep(d: Duration) {
     tokio::time::sleep(d).await
 }
 
-/// Runs one scenario against one binary: skips (with a note on stderr) when the binary is
-/// optional and not built yet, panics with the build command when a required one is missing.
+/// Runs one scenario against one binary; panics with the build command when it is missing.
 pub async fn run<F, Fut>(bin: Bin, scenario: F, name: &str)
 where
     F: FnOnce(Bin) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    if !bin.exists() {
-        if bin.required() {
-            panic!(
-                "{} not found at {}: build it first: cargo build --release --workspace",
-                bin.file_name(),
-                bin.path().display()
-            );
-        }
-        eprintln!(
-            "SKIPPED {name} on {}: {} does not exist yet (build it to run this case)",
-            bin.file_name(),
-            bin.path().display()
-        );
-        return;
-    }
+    // Both binaries are built by the test command; a missing one fails, never skips.
+    assert!(
+        bin.exists(),
+        "{name}: {} not found at {}: build it first: cargo build --release --workspace",
+        bin.file_name(),
+        bin.path().display()
+    );
     scenario(bin).await
 }
 
