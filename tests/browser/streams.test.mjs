@@ -111,9 +111,10 @@ describe('in-process source with the publish endpoint', () => {
     await publish(sent.length); // live again
 
     await until('seven events', () => page.evaluate(() => window.rec.deals.events.length >= 7));
-    await sleep(300); // a duplicate would arrive now
+    await publish(sent.length); // a marker: a duplicate would come before it
+    await until('eight events', () => page.evaluate(() => window.rec.deals.events.length >= 8));
     const rec = await page.evaluate(() => window.rec.deals);
-    assert.deepEqual(rec.events, sent, 'every event exactly once, in order');
+    assert.deepEqual(rec.events, sent, 'every event exactly once, in order, then the marker');
     assert.equal(requests.length, 2, 'one reconnect');
     const first = await requests[0].allHeaders();
     const second = await requests[1].allHeaders();

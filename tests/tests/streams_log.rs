@@ -128,11 +128,11 @@ fn offset(id: &str) -> u64 {
 
 /// Reads `want.len()` events from `s` and asserts they are `want` (by title), in order, with
 /// increasing ids, and that nothing follows them.
-async fn exactly(s: &mut SseClient, want: &[String], who: &str) {
+async fn exactly(setup: &StreamSetup, s: &mut SseClient, want: &[String], who: &str) {
     let got = read_events(s, want.len(), who).await;
     assert_eq!(got.titles, want, "{who}: in order, once");
     assert_increasing(&got.ids, who);
-    nothing_more(s, who).await;
+    nothing_more(setup, s, who).await;
 }
 
 /// What a stream delivered: titles of its events (in order), their ids, and the warnings.
@@ -164,9 +164,17 @@ async fn read_events(s: &mut SseClient, n: usize, who: &str) -> Got {
     got
 }
 
-/// Asserts that nothing but heartbeats arrives on `s` for a short while (no duplicate, no late
-/// extra event).
-async fn nothing_more(s: &mut SseClient, who: &str) {
+/// Asserts that nothing but heartbeats came after what was read from `s`: a marker event
+/// published now is its next frame (a late duplicate or extra event would come before it).
+async fn nothing_more(setup: &StreamSetup, s: &mut SseClient, who: &str) {
+    let marker = setup.publish(1).await;
+    let ev = s.next_non_heartbeat(3 * WAIT).await.unwrap_or_else(|| panic!("{who}: the marker event never came"));
+    assert!(ev.id.is_some() && title(&ev.data) == marker[0], "{who}: unexpected frame after the expected ones: {ev:?}");
+}
+
+/// Like [`nothing_more`] where the test goes on reading the channel (a marker would be one
+/// more event there): nothing but heartbeats for a short while.
+async fn nothing_for_a_while(s: &mut SseClient, who: &str) {
     let extra: Vec<_> = s.events_within(Duration::from_millis(300)).await.into_iter().filter(|e| e.event != "heartbeat").collect();
     assert!(extra.is_empty(), "{who}: unexpected frames after the expected ones: {extra:?}");
 }
@@ -245,7 +253,7 @@ async fn a_client_resumes_exactly_across_a_gateway_killed_and_restarted(bin: Bin
     assert_increasing(&got.ids, "after the restart");
     let live = setup.publish(1).await;
     assert_eq!(read_events(&mut s, 1, "live after the replay").await.titles, live);
-    nothing_more(&mut s, "after the restart").await;
+    nothing_more(&setup, &mut s, "after the restart").await;
 }
 
 async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
@@ -277,7 +285,7 @@ async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
     let got = read_events(&mut s, 3, "back on instance A").await;
     assert_eq!(got.titles, missed);
     assert!(got.warnings.is_empty(), "{:?}", got.warnings);
-    nothing_more(&mut s, "back on A").await;
+    nothing_more(&setup, &mut s, "back on A").await;
 }
 
 async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live(bin: Bin) {
@@ -299,7 +307,7 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     assert_increasing(&got.ids, "the cold replay");
     let live = setup.publish(2).await;
     assert_eq!(read_events(&mut s, 2, "live after the cold replay").await.titles, live);
-    nothing_more(&mut s, "after the cold replay").await;
+    nothing_more(&setup, &mut s, "after the cold replay").await;
     let replays = gw.metric("sse_gateway_events_replayed_total{channel=\"deals\"}").await;
     assert!(replays.unwrap_or(0.0) >= 1000.0, "replayed events counted: {replays:?}");
     // From the stream, not from memory (the buffer holds 10).
@@ -325,7 +333,7 @@ async fn a_read_back_drops_a_publishers_retry_as_the_live_consumer_did(bin: Bin)
     setup.broker.publish_all(&msgs).await;
     let live = read_events(&mut s, 20, "live").await;
     assert_eq!(live.titles, titles, "live: the retry is dropped");
-    nothing_more(&mut s, "live").await;
+    nothing_for_a_while(&mut s, "live").await;
     assert_eq!(gw.metric("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"duplicate\"}").await, Some(1.0));
 
     // Older than the 4-event buffer: read back from the stream, where the retry is.
@@ -334,7 +342,7 @@ async fn a_read_back_drops_a_publishers_retry_as_the_live_consumer_did(bin: Bin)
     assert!(got.warnings.is_empty(), "no history_gap: {:?}", got.warnings);
     assert_eq!(got.titles, titles, "the read-back: every event once, the retry dropped");
     assert_increasing(&got.ids, "the read-back");
-    nothing_more(&mut r, "after the read-back").await;
+    nothing_more(&setup, &mut r, "after the read-back").await;
 }
 
 async fn a_storm_of_a_thousand_resumes_gets_exact_replays_in_bounded_memory(bin: Bin) {
@@ -524,7 +532,7 @@ async fn a_broker_outage_delivers_what_the_stream_kept_afterwards(bin: Bin) {
     let live = setup.publish(1).await;
     let after = read_events(&mut s, 1, "live after the outage").await;
     assert_eq!(after.titles, live);
-    nothing_more(&mut s, "after the outage").await;
+    nothing_more(&setup, &mut s, "after the outage").await;
     logged(&gw, "source unavailable", "the loss is logged").await;
 }
 
@@ -541,7 +549,7 @@ async fn a_source_that_took_nothing_before_an_outage_delivers_what_came_during_i
     assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
     let during = setup.publish(3).await; // straight to RabbitMQ: the stream keeps them
     proxy.restore();
-    exactly(&mut s, &during, "after the outage: what was published during it").await;
+    exactly(&setup, &mut s, &during, "after the outage: what was published during it").await;
     logged(&gw, "from=chunks written since unix time", "the second consumer starts at its first one's time").await;
 }
 
@@ -561,7 +569,7 @@ async fn streams_opened_before_the_broker_is_reached_get_everything_published_si
         during.extend(setup.publish(1).await);
     }
     proxy.restore();
-    exactly(&mut s, &during, "once the broker is reached: everything published since the stream opened").await;
+    exactly(&setup, &mut s, &during, "once the broker is reached: everything published since the stream opened").await;
     logged(&gw, "from=chunks written since unix time", "the first consumer starts at the source's start").await;
 }
 
@@ -611,7 +619,7 @@ async fn an_id_older_than_the_retention_gets_history_gap(bin: Bin) {
     let got = read_events(&mut carol, want.len(), "carol, inside the retention").await;
     assert!(got.warnings.is_empty(), "{:?}", got.warnings);
     assert_eq!(got.titles, want);
-    nothing_more(&mut carol, "carol").await;
+    nothing_more(&setup, &mut carol, "carol").await;
 }
 
 async fn a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on(bin: Bin) {
@@ -684,7 +692,7 @@ async fn a_read_back_that_gets_nothing_at_all_says_history_gap(bin: Bin) {
     let got = read_events(&mut s, 2, "live after the gap").await;
     assert_eq!(got.titles, titles[6..], "only the events past the client's id");
     assert_eq!(got.ids.iter().map(|id| offset(id)).collect::<Vec<_>>(), [6, 7]);
-    nothing_more(&mut s, "after the gap").await;
+    nothing_more(&setup, &mut s, "after the gap").await;
 }
 
 /// Deletes `queue` (as an operator purging a stream would).
