@@ -15,7 +15,8 @@
 #   tests/bench/run.sh floor                      what one loopback write costs here, no server at all
 #                                                 (1,000 connections; FLOOR_BYTES "150 1800")
 #   tests/bench/run.sh hotpath                    the core micro-benchmark
-#   tests/bench/run.sh all                        every scenario above on every server
+#   tests/bench/run.sh all                        every scenario above but scale (latency, burst and
+#                                                 sweep on the two gateways only)
 #
 # SERVER is tokio (sse-gateway), smol (sse-gateway-smol) or nchan; default all three. Each
 # scenario starts a fresh server, runs the load tool (tests/src/bin/load.rs) and stops it. Every
