@@ -3,10 +3,9 @@
 //! `Async<TcpStream>`. async-io has one reactor for the process; whichever thread is blocked in
 //! `block_on` polls it for all.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-
-use std::cell::RefCell;
 
 use smol::LocalExecutor;
 
