@@ -324,6 +324,22 @@ fn same_origin(head: &Head<'_>) -> bool {
     !authority.is_empty() && origin.windows(3).any(|w| w == b"://") && authority.eq_ignore_ascii_case(host.trim_ascii())
 }
 
+/// A CORS preflight, answered for `cors` (the request's origin when allowed).
+fn preflight(cors: Option<&str>, methods: &str) -> Routed {
+    let Some(origin) = cors else { return origin_not_allowed() };
+    let extra = format!(
+        "Access-Control-Allow-Methods: {methods}\r\n\
+         Access-Control-Allow-Headers: Authorization, Last-Event-ID, Accept, Cache-Control, Content-Type\r\n\
+         Access-Control-Max-Age: 600\r\n"
+    );
+    Routed::Respond(Response::with_body(204, "text/plain", &extra, Some(origin), b""))
+}
+
+/// 403 for a request from an origin the gateway does not serve.
+fn origin_not_allowed() -> Routed {
+    Routed::Respond(Response::error(403, "origin_not_allowed", "origin not allowed", "", None))
+}
+
 enum Token<'a> {
     None,
     Found(std::borrow::Cow<'a, str>),
@@ -396,14 +412,14 @@ impl Front {
         if let Some(channel) = head.path.strip_prefix("/api/v1/streams/") {
             return match head.method {
                 "GET" => self.route_stream(head, channel, cors, unix_now),
-                "OPTIONS" => self.preflight(head, "GET, OPTIONS"),
+                "OPTIONS" => preflight(cors, "GET, OPTIONS"),
                 _ => not_allowed("GET, OPTIONS"),
             };
         }
         if let Some(channel) = head.path.strip_prefix("/api/v1/publish/").filter(|_| server.publish_endpoint) {
             return match head.method {
                 "POST" => self.route_publish(head, channel, cors, unix_now),
-                "OPTIONS" => self.preflight(head, "POST, OPTIONS"),
+                "OPTIONS" => preflight(cors, "POST, OPTIONS"),
                 _ => not_allowed("POST, OPTIONS"),
             };
         }
@@ -418,20 +434,6 @@ impl Front {
             ops
         } else {
             not_allowed("GET")
-        }
-    }
-
-    fn preflight(&self, head: &Head<'_>, methods: &str) -> Routed {
-        match self.allowed_origin(head.origin) {
-            Some(origin) => {
-                let extra = format!(
-                    "Access-Control-Allow-Methods: {methods}\r\n\
-                     Access-Control-Allow-Headers: Authorization, Last-Event-ID, Accept, Cache-Control, Content-Type\r\n\
-                     Access-Control-Max-Age: 600\r\n"
-                );
-                Routed::Respond(Response::with_body(204, "text/plain", &extra, Some(&origin), b""))
-            }
-            None => Routed::Respond(Response::error(403, "origin_not_allowed", "origin not allowed", "", None)),
         }
     }
 
@@ -468,9 +470,7 @@ impl Front {
             // another site): from an origin that is neither allowed nor this one, it is not the
             // user asking. A page elsewhere could otherwise open streams as the user (evicting
             // theirs) or publish. Browsers send no `Origin` on a same-origin `EventSource`.
-            Token::Cookie(_) if head.origin.is_some() && self.allowed_origin(head.origin).is_none() && !same_origin(head) => {
-                Err(Routed::Respond(Response::error(403, "origin_not_allowed", "origin not allowed", "", None)))
-            }
+            Token::Cookie(_) if head.origin.is_some() && cors.is_none() && !same_origin(head) => Err(origin_not_allowed()),
             Token::Cookie(t) => self.verify(t, cors, unix_now),
             Token::Found(t) => self.verify(&t, cors, unix_now),
         }

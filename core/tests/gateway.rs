@@ -937,22 +937,14 @@ fn a_read_back_that_fails_with_a_full_output_before_anything_arrived_live_goes_l
     // Drained: the log is asked again from where the client is, up to where the buffer begins.
     let Some(&Output::Backfill { after, until, .. }) = h.backfills.last() else { panic!("a read-back: {:?}", h.backfills) };
     assert_eq!((after.seq, until), (last, 70));
-    for seq in last..=70 {
-        let _ = read_back(&mut h, deals, id, seq);
-    }
-    h.publish_msg("deals", deal_at(72)).unwrap();
-    let (then, _) = read_on(&mut h, id, 4);
+    let (then, _) = read_back_then_live(&mut h, deals, id, last..=70, 72, 4);
     assert_eq!(then, (last + 1..=72).collect::<Vec<u64>>(), "in order, once, then live");
 }
 
 #[test]
 fn a_catch_up_parked_after_a_gap_behind_the_clients_id_never_sends_an_id_at_or_below_it() {
     let (mut h, deals, id) = parked_at_3_behind_a_client_at_13();
-    for seq in 3..=7 {
-        let _ = read_back(&mut h, deals, id, seq);
-    }
-    h.publish_msg("deals", deal_at(14)).unwrap();
-    let (then, _) = read_on(&mut h, id, 3);
+    let (then, _) = read_back_then_live(&mut h, deals, id, 3..=7, 14, 3);
     assert_eq!(then, [14], "nothing at or below the client's 13 again");
 }
 
@@ -960,13 +952,19 @@ fn a_catch_up_parked_after_a_gap_behind_the_clients_id_never_sends_an_id_at_or_b
 fn a_parked_catch_up_reading_back_again_is_not_warned_of_a_loss_it_does_not_care_about() {
     let (mut h, deals, id) = parked_at_3_behind_a_client_at_13();
     // The log lost 4 meanwhile: the client, at 13, has it, so that is no gap for it.
-    for seq in 5..=7 {
-        let _ = read_back(&mut h, deals, id, seq);
-    }
-    h.publish_msg("deals", deal_at(14)).unwrap();
-    let (then, w) = read_on(&mut h, id, 3);
+    let (then, w) = read_back_then_live(&mut h, deals, id, 5..=7, 14, 3);
     assert!(!w.contains("history_gap"), "a second history_gap for a loss below the client's id: {w}");
     assert_eq!(then, [14]);
+}
+
+/// Hands `id` the deals at `log` as its read-back, then the deal at `live` arrives live; what the
+/// client reads then in `rounds` reads (ids and text).
+fn read_back_then_live(h: &mut Harness, channel: ChannelId, id: StreamId, log: std::ops::RangeInclusive<u64>, live: u64, rounds: usize) -> (Vec<u64>, String) {
+    for seq in log {
+        let _ = read_back(h, channel, id, seq);
+    }
+    h.publish_msg("deals", deal_at(live)).unwrap();
+    read_on(h, id, rounds)
 }
 
 /// A catch-up read back to 13 whose live point (3) lagged more than a buffer behind it
