@@ -1,19 +1,35 @@
-//! A TCP forwarder between the gateway and RabbitMQ that a test can cut and restore, to make
-//! the broker unreachable without touching the broker itself.
+//! A TCP forwarder between the gateway and RabbitMQ that a test can cut, freeze and restore, to
+//! make the broker unreachable (or silent) without touching the broker itself.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Forwards `127.0.0.1:PORT` to an upstream address. While cut, live connections are dropped
-/// and new ones are accepted and closed at once (the client sees the broker go away).
+/// What the proxy does with the bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Link {
+    /// Forwards both ways.
+    Open,
+    /// Live connections are dropped; new ones are accepted and closed at once (the client sees
+    /// the broker go away).
+    Cut,
+    /// Nothing moves and nothing closes: live connections and new ones are held open, never
+    /// written to (a hung broker, or a link that drops packets: no FIN, no RST). They are dropped
+    /// when the link is restored.
+    Frozen,
+}
+
+/// Forwards `127.0.0.1:PORT` to an upstream address; see [`TcpProxy::cut`] and [`TcpProxy::freeze`].
 pub struct TcpProxy {
     /// Where the proxy listens.
     pub addr: SocketAddr,
-    cut: watch::Sender<bool>,
+    link: watch::Sender<Link>,
+    held: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -22,29 +38,43 @@ impl TcpProxy {
     pub async fn start(upstream: &str) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let (cut, cut_rx) = watch::channel(false);
+        let (link, link_rx) = watch::channel(Link::Open);
         let upstream = upstream.to_string();
+        let held = Arc::new(AtomicUsize::new(0));
+        let count = held.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
-                if *cut_rx.borrow() {
-                    drop(client);
-                    continue;
-                }
-                let mut rx = cut_rx.clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let mut client = client;
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.wait_for(|cut| *cut) => {}
+                let mut rx = link_rx.clone();
+                let now = *rx.borrow();
+                match now {
+                    Link::Cut => drop(client),
+                    Link::Frozen => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(async move {
+                            let _held = client;
+                            let _ = rx.wait_for(|l| *l != Link::Frozen).await;
+                        });
                     }
-                    // Both sockets drop here: the gateway sees its broker connection end.
-                });
+                    Link::Open => {
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move {
+                            let mut client = client;
+                            let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                            let changed = tokio::select! {
+                                _ = copy_bidirectional(&mut client, &mut server) => None,
+                                l = rx.wait_for(|l| *l != Link::Open) => l.ok().map(|l| *l),
+                            };
+                            if changed == Some(Link::Frozen) {
+                                let _ = rx.wait_for(|l| *l != Link::Frozen).await;
+                            }
+                            // Both sockets drop here: the gateway sees its broker connection end.
+                        });
+                    }
+                }
             }
         });
-        TcpProxy { addr, cut, task }
+        TcpProxy { addr, link, held, task }
     }
 
     /// An AMQP URL through the proxy (guest/guest, vhost `/`).
@@ -54,18 +84,29 @@ impl TcpProxy {
 
     /// Drops every live connection and refuses new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.link.send_replace(Link::Cut);
     }
 
-    /// Forwards again.
+    /// Stops forwarding without closing anything: live connections and new ones are held open
+    /// and silent until [`TcpProxy::restore`], which drops them.
+    pub fn freeze(&self) {
+        self.link.send_replace(Link::Frozen);
+    }
+
+    /// How many connections were accepted (and held) while frozen, over the proxy's life.
+    pub fn accepted_while_frozen(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Forwards again (connections held by a freeze are dropped).
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.link.send_replace(Link::Open);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.cut.send_replace(true);
+        self.link.send_replace(Link::Cut);
         self.task.abort();
     }
 }

@@ -20,6 +20,18 @@ async fn expect_warning(s: &mut SseClient, what: &str) {
     assert!(is_source_unavailable(&ev), "{what}: expected source_unavailable for deals, got {ev:?}");
 }
 
+/// The next events with an id on `s` are `during`'s bodies, in order, once (warnings, which
+/// have no id, may come between them).
+async fn expect_backlog(s: &mut SseClient, during: &[String], on: &str) {
+    let mut got = Vec::new();
+    for _ in 0..during.len() {
+        let ev = s.expect_event(&format!("an event published during the outage, on {on}")).await;
+        assert_ne!(ev.event, "error", "{ev:?}");
+        got.push(ev.data);
+    }
+    assert_eq!(got, during, "{on}: every event published during the outage, in order, once");
+}
+
 async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
     let proxy = TcpProxy::start(&amqp_addr()).await;
     let cfg = ConfigBuilder::new().fast_outage();
@@ -50,13 +62,7 @@ async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
 
     proxy.restore();
     for (who, stream) in [("alice", &mut s), ("bob", &mut late)] {
-        let mut got = Vec::new();
-        for _ in 0..during.len() {
-            let ev = stream.expect_event(&format!("an event published during the outage, on {who}'s stream")).await;
-            assert_ne!(ev.event, "error", "{ev:?}");
-            got.push(ev.data);
-        }
-        assert_eq!(got, during, "{who}: every event published during the outage, in order, once");
+        expect_backlog(stream, &during, &format!("{who}'s stream")).await;
     }
     let after = valid_text("deal.updated");
     fx.publish("deals", "deal.updated", &after).await;
@@ -65,6 +71,46 @@ async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
     fx.publish("deals", "deal.updated", &marker).await;
     assert_eq!(s.expect_event("the marker event").await.data, marker, "a duplicate trailed the event after the outage");
     fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
+}
+
+/// D8 with a broker that stops answering mid-session (a hung broker, or a link that drops
+/// packets: no FIN, no RST, the TCP connection stays up): the gateway notices from the missing
+/// AMQP heartbeats (`heartbeat=1` in the URL: silence for 2 s), warns its streams, keeps trying,
+/// and once the broker answers again delivers what was published meanwhile, in order, once.
+async fn a_broker_that_stops_answering_is_an_outage_and_loses_nothing(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let cfg = ConfigBuilder::new().fast_outage();
+    let fx = Fixture::start_with(bin, cfg, &format!("{}?heartbeat=1", proxy.amqp_url())).await;
+    let mut s = fx.gw.stream("deals", &user("erin", &[])).await;
+    let before = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &before).await;
+    assert_eq!(s.expect_event("the event before the freeze").await.data, before);
+
+    proxy.freeze();
+    expect_warning(&mut s, "after the broker went silent").await;
+    let mut during = Vec::new();
+    for kind in ["deal.updated", "calculation.added"] {
+        let body = valid_text(kind);
+        fx.publish("deals", kind, &body).await;
+        during.push(body);
+    }
+    // A reconnect attempt to the silent broker hangs; it is given up (the connect timeout, 10 s)
+    // and another made: a second connection reaches the frozen proxy. A generous bound, not a timing.
+    let patience = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.accepted_while_frozen() < 2 {
+        assert!(std::time::Instant::now() < patience, "no second reconnect attempt:\n{}", fx.gw.stderr());
+        ::tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!s.is_closed(), "the stream stays open while the broker is silent");
+    fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 0.0).await;
+
+    proxy.restore();
+    expect_backlog(&mut s, &during, "erin's stream").await;
+    let marker = valid_text("deal.updated");
+    fx.publish("deals", "deal.updated", &marker).await;
+    assert_eq!(s.expect_event("the marker event").await.data, marker, "a duplicate came before the marker");
+    let log = fx.gw.log_until(WAIT, |l| l.contains("source unavailable")).await;
+    assert!(log.contains("heartbeat"), "the log does not say why the source went down:\n{log}");
 }
 
 /// D8: a consumer the broker cancels (its queue deleted under it) is an outage like a lost
@@ -173,6 +219,7 @@ async fn a_backlog_burst_reaches_many_streams_on_one_shard_without_slow_client_c
 for_each_binary!(
     a_backlog_burst_reaches_many_streams_on_one_shard_without_slow_client_closes,
     a_broker_outage_warns_repeatedly_and_loses_nothing,
+    a_broker_that_stops_answering_is_an_outage_and_loses_nothing,
     a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back,
     a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt,
 );
