@@ -244,6 +244,7 @@ struct Head<'a> {
     last_event_id: Option<&'a [u8]>,
     cookie: Option<&'a [u8]>,
     origin: Option<&'a [u8]>,
+    sec_fetch_site: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
     content_length: Option<&'a [u8]>,
     len: usize,
@@ -278,6 +279,7 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "last-event-id" => &mut head.last_event_id,
             "cookie" => &mut head.cookie,
             "origin" => &mut head.origin,
+            "sec-fetch-site" => &mut head.sec_fetch_site,
             "host" => &mut head.host,
             "content-length" => &mut head.content_length,
             _ => continue,
@@ -322,6 +324,11 @@ fn same_origin(head: &Head<'_>) -> bool {
     let (Some(origin), Some(host)) = (head.origin, head.host) else { return false };
     let authority = origin.split(|&b| b == b'/').nth(2).unwrap_or_default();
     !authority.is_empty() && origin.windows(3).any(|w| w == b"://") && authority.eq_ignore_ascii_case(host.trim_ascii())
+}
+
+/// Whether the browser says another site made the request (`Sec-Fetch-Site: cross-site`).
+fn cross_site(head: &Head<'_>) -> bool {
+    head.sec_fetch_site.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"cross-site"))
 }
 
 /// A CORS preflight, answered for `cors` (the request's origin when allowed).
@@ -469,8 +476,12 @@ impl Front {
             // A cookie goes with requests that any page makes (an `EventSource` or a form on
             // another site): from an origin that is neither allowed nor this one, it is not the
             // user asking. A page elsewhere could otherwise open streams as the user (evicting
-            // theirs) or publish. Browsers send no `Origin` on a same-origin `EventSource`.
-            Token::Cookie(_) if head.origin.is_some() && cors.is_none() && !same_origin(head) => Err(origin_not_allowed()),
+            // theirs) or publish. Browsers send no `Origin` on a same-origin `EventSource`, nor
+            // on a page's `<img>`/`<script>` loads or navigations: for those, the fetch metadata
+            // browsers send (`Sec-Fetch-Site: cross-site`) tells another site's request apart.
+            Token::Cookie(_) if cors.is_none() && !same_origin(head) && (head.origin.is_some() || cross_site(head)) => {
+                Err(origin_not_allowed())
+            }
             Token::Cookie(t) => self.verify(t, cors, unix_now),
             Token::Found(t) => self.verify(&t, cors, unix_now),
         }
@@ -507,7 +518,9 @@ impl Front {
         for (k, v) in form_urlencoded::parse(head.query.as_bytes()) {
             match &*k {
                 "version" if version.is_none() => version = Some(v.parse::<u32>().ok()),
-                "last_event_id" if query_resume.is_none() => query_resume = Some(v.into_owned()),
+                // An empty value says nothing, as an empty header (a page that always appends
+                // the id it remembers sends one before it has any).
+                "last_event_id" if query_resume.is_none() && !v.trim().is_empty() => query_resume = Some(v.into_owned()),
                 _ => {}
             }
         }

@@ -567,6 +567,11 @@ fn a_resume_inside_the_window_replays_every_later_event_without_gap_or_duplicate
     // An empty header says nothing: the query's id applies.
     let q = h.open_path("u4", &[], "/api/v1/streams/deals?last_event_id=1000-5", &["Last-Event-ID: "]).unwrap();
     assert_eq!(h.take_events(q), format!("retry: 3000\n\n{}", frame("1000-6", "deal.created", &deal_created("live"))));
+    // So does an empty query value: a fresh stream, not a malformed id's history_gap.
+    let q = h.open_path("u5", &[], "/api/v1/streams/deals?last_event_id=", &[]).unwrap();
+    assert_eq!(h.take_events(q), "retry: 3000\n\n");
+    let q = h.open_path("u6", &[], "/api/v1/streams/deals?last_event_id=&last_event_id=1000-5", &[]).unwrap();
+    assert_eq!(h.take_events(q), format!("retry: 3000\n\n{}", frame("1000-6", "deal.created", &deal_created("live"))));
 }
 
 #[test]
@@ -1159,6 +1164,20 @@ fn a_cookie_token_from_a_page_of_another_origin_is_refused() {
         let r = respond(route(&[cookie.as_str(), origin]));
         assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && r.contains("\"code\":\"origin_not_allowed\""), "{origin}: {r}");
     }
+    // Requests of another site's page that carry no Origin (an `<img>`, a `<script>`, a
+    // navigation): the browser's fetch metadata says so. Without it (older browsers), or from
+    // the user's own address bar (`none`) or a page of this site, the request stands.
+    for origin in [None, Some("Origin: https://evil.example")] {
+        let headers: Vec<&str> = [cookie.as_str(), "Sec-Fetch-Site: cross-site"].into_iter().chain(origin).collect();
+        let r = respond(route(&headers));
+        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && r.contains("\"code\":\"origin_not_allowed\""), "{origin:?}: {r}");
+    }
+    for site in ["Sec-Fetch-Site: same-origin", "Sec-Fetch-Site: same-site", "Sec-Fetch-Site: none"] {
+        assert!(matches!(route(&[cookie.as_str(), site]), Routed::Stream(_)), "{site}");
+    }
+    // A cross-site request from an allowed origin is the CORS case the configuration asks for.
+    let allowed = [cookie.as_str(), "Sec-Fetch-Site: cross-site", "Origin: https://crm.example"];
+    assert!(matches!(route(&allowed), Routed::Stream(_)));
     // A bearer header cannot come from another site without CORS's consent: not concerned.
     assert!(matches!(route(&[bearer.as_str(), "Origin: https://evil.example"]), Routed::Stream(_)));
 }
