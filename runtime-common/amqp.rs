@@ -346,10 +346,7 @@ impl Source {
                         .map_err(e("exchange declare"))?;
                 }
                 (chan, gone) = self.declare_queue(chan, queue, &queue_args, known).await?;
-                for key in routing_keys {
-                    let bind = chan.queue_bind(queue.as_str().into(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default());
-                    answered(bind).await?.map_err(e("queue bind"))?;
-                }
+                bind(&chan, queue, exchange, routing_keys).await?;
                 queue
             }
             SourceSettings::Queue { queue } => {
@@ -393,6 +390,13 @@ impl Source {
         self.shards.source(self.id, true).await;
         let mut resuming = offsets.last;
         let mut acks = Acks::new(ACK_BATCH);
+        // RabbitMQ drops a queue's bindings with their exchange and tells no consumer: an idle
+        // source binds again now and then (a 404 is an outage; the reconnect declares it again).
+        let rebind = match &self.settings.channel(self.id).source {
+            SourceSettings::Exchange { exchange, routing_keys, .. } => Some((exchange, routing_keys)),
+            SourceSettings::Queue { .. } => None,
+        };
+        let mut bound_at = Instant::now();
         loop {
             let next = match future::poll_once(consumer.next()).await {
                 Some(next) => next,
@@ -403,6 +407,10 @@ impl Source {
                     acks.flush().await?;
                     let dead = async {
                         while chan.status().connected() {
+                            if let Some((exchange, keys)) = rebind.filter(|_| bound_at.elapsed() >= broker.rebind_interval) {
+                                bind(&chan, queue, exchange, keys).await?;
+                                bound_at = Instant::now();
+                            }
                             sleep(Duration::from_secs(1)).await;
                         }
                         Err("the channel is no longer connected".to_string())
@@ -495,6 +503,15 @@ impl Source {
             }
         }
     }
+}
+
+/// Binds `queue` to `exchange` with each of `keys` (again: a binding that exists is kept).
+async fn bind(chan: &Channel, queue: &str, exchange: &str, keys: &[String]) -> Result<(), String> {
+    for key in keys {
+        let bind = chan.queue_bind(queue.into(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default());
+        answered(bind).await?.map_err(|e| format!("queue bind of {queue} to exchange {exchange}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Whether the broker answered 404 NOT_FOUND (a passive declare of a queue that does not exist).

@@ -165,6 +165,11 @@ pub struct BrokerConfig {
     pub reconnect_max: Duration,
     /// Largest message body accepted; larger ones are dropped (`oversized`). Default 256 KiB.
     pub max_message_bytes: usize,
+    /// How often an idle source binds its queue to its exchange again: RabbitMQ drops a
+    /// queue's bindings, without telling its consumers, when the exchange is deleted (and
+    /// perhaps recreated). Default 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub rebind_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -175,6 +180,7 @@ impl Default for BrokerConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_message_bytes: 256 * 1024,
+            rebind_interval: Duration::from_secs(30),
         }
     }
 }
@@ -401,6 +407,9 @@ impl Settings {
             }
             if b.reconnect_max < b.reconnect_min {
                 return Err(ConfigError("broker.reconnect_max: must be at least broker.reconnect_min".into()));
+            }
+            if b.rebind_interval < Duration::from_secs(1) {
+                return Err(ConfigError("broker.rebind_interval: must be at least 1s".into()));
             }
         }
         for name in config.channels.keys() {
@@ -727,6 +736,7 @@ mod tests {
             ("[broker]\nreconnect_min = \"0s\"\n", "broker.reconnect_min"),
             ("[broker]\nreconnect_min = \"2s\"\nreconnect_max = \"1s\"\n", "broker.reconnect_max"),
             ("[broker]\nprefetch = 0\n", "broker.prefetch"),
+            ("[broker]\nrebind_interval = \"500ms\"\n", "broker.rebind_interval"),
             ("[server]\nhead_timeout = \"0s\"\n", "server.head_timeout"),
             ("[demo]\ninterval = \"0s\"\n", "demo.interval"),
             ("[server]\nmax_streams = 0\n", "server.max_streams"),

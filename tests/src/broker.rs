@@ -197,18 +197,36 @@ impl Broker {
 }
 
 fn check_confirm(m: &Message, confirm: lapin::Result<Confirmation>) {
+    assert!(routed(m, confirm), "unroutable: no queue bound for {:?}/{:?} (is the gateway consuming?)", m.exchange, m.routing_key);
+}
+
+/// Whether a confirmed publish reached a queue; panics when the broker did not take it.
+fn routed(m: &Message, confirm: lapin::Result<Confirmation>) -> bool {
     let confirm = confirm.unwrap_or_else(|e| panic!("confirm of a publish to {:?}/{:?}: {e}", m.exchange, m.routing_key));
     match confirm {
-        Confirmation::Ack(None) => {}
-        Confirmation::Ack(Some(_)) => panic!(
-            "unroutable: no queue bound for {:?}/{:?} (is the gateway consuming?)",
-            m.exchange, m.routing_key
-        ),
+        Confirmation::Ack(None) => true,
+        Confirmation::Ack(Some(_)) => false,
         other => panic!("broker did not take the message to {:?}/{:?}: {other:?}", m.exchange, m.routing_key),
     }
 }
 
 impl Broker {
+    /// Publishes and waits for the broker's confirm; whether a queue took it (false: no queue
+    /// is bound for it). Panics when the broker refuses it.
+    pub async fn publish_routed(&self, m: &Message) -> bool {
+        let confirm = self.send(m).await;
+        routed(m, confirm.await)
+    }
+
+    /// Deletes exchange `name` now (as a deploy tool or an operator might); RabbitMQ drops
+    /// every binding from it.
+    pub async fn delete_exchange(&self, name: &str) {
+        self.channel
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete exchange {name}: {e}"));
+    }
+
     /// Deletes queue `name` now (as an operator or another application might).
     pub async fn delete_queue(&self, name: &str) {
         self.channel

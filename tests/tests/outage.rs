@@ -142,6 +142,42 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
     assert!(log.contains("source unavailable"), "the cancel is not logged:\n{log}");
 }
 
+/// RabbitMQ drops a queue's bindings when their exchange is deleted and tells no consumer: the
+/// source, idle, binds again every `rebind_interval`. An exchange deleted is an outage (the
+/// streams are told; the reconnect declares it again); one deleted and declared again by
+/// someone else (a deploy tool) is bound again. Either way events reach the same streams.
+async fn a_deleted_or_recreated_exchange_is_noticed_and_bound_again(bin: Bin) {
+    let cfg = ConfigBuilder::new().fast_outage().str("broker", "rebind_interval", "1s");
+    let fx = Fixture::start(bin, cfg).await;
+    let mut s = fx.gw.stream("deals", &user("frank", &[])).await;
+    let exchange = fx.topo.exchange("deals");
+
+    fx.broker.delete_exchange(exchange).await;
+    expect_warning(&mut s, "after the exchange was deleted").await;
+    // Up again once the gateway declared and bound it (a publish before that would find no exchange).
+    fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
+    let back = valid_text("deal.created");
+    publish_once_routed(&fx, &fx.msg("deals", "deal.created", &back)).await;
+    assert_eq!(s.expect_event("the event after the exchange was declared again").await.data, back);
+
+    fx.broker.delete_exchange(exchange).await;
+    fx.broker.declare_exchange(exchange).await;
+    let rebound = valid_text("deal.updated");
+    publish_once_routed(&fx, &fx.msg("deals", "deal.updated", &rebound)).await;
+    assert_eq!(s.expect_event("the event on the recreated exchange").await.data, rebound);
+    assert!(!s.is_closed(), "the stream stays open");
+}
+
+/// Publishes `m` (mandatory) until a queue takes it: unroutable ones are returned, not kept.
+async fn publish_once_routed(fx: &Fixture, m: &sse_gateway_tests::Message) {
+    // A generous bound, not a timing: rebind_interval is 1 s.
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !fx.broker.publish_routed(m).await {
+        assert!(std::time::Instant::now() < patience, "the gateway's queue was not bound again:\n{}", fx.gw.stderr());
+        ::tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// D8 "at once" with a broker that accepts connections and never answers (a hung broker, a
 /// black-holing firewall): every channel's source waits for the one connect attempt in flight
 /// and reports its outage when it fails, rather than each trying in turn, one connect timeout
@@ -220,6 +256,7 @@ for_each_binary!(
     a_backlog_burst_reaches_many_streams_on_one_shard_without_slow_client_closes,
     a_broker_outage_warns_repeatedly_and_loses_nothing,
     a_broker_that_stops_answering_is_an_outage_and_loses_nothing,
+    a_deleted_or_recreated_exchange_is_noticed_and_bound_again,
     a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back,
     a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt,
 );
