@@ -324,7 +324,7 @@ impl Source {
         let queue_args = log.map(stream_log::queue_args).unwrap_or_default();
         // A stream this source has read from can only be missing if it was deleted.
         let known = log.is_some() && offsets.last.is_some();
-        let gone;
+        let (gone, consumers);
         let mut chan = self.link.channel().await?;
         let queue = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
@@ -345,12 +345,12 @@ impl Source {
                         .await?
                         .map_err(e("exchange declare"))?;
                 }
-                (chan, gone) = self.declare_queue(chan, queue, &queue_args, known).await?;
+                (chan, gone, consumers) = self.declare_queue(chan, queue, &queue_args, known).await?;
                 bind(&chan, queue, exchange, routing_keys).await?;
                 queue
             }
             SourceSettings::Queue { queue } => {
-                (chan, gone) = self.declare_queue(chan, queue, &queue_args, known).await?;
+                (chan, gone, consumers) = self.declare_queue(chan, queue, &queue_args, known).await?;
                 queue
             }
         };
@@ -392,11 +392,15 @@ impl Source {
         let mut acks = Acks::new(ACK_BATCH);
         // RabbitMQ drops a queue's bindings with their exchange and tells no consumer: an idle
         // source binds again now and then (a 404 is an outage; the reconnect declares it again).
+        // And consumers of a classic queue compete: a second instance on it takes part of the
+        // events from this one's streams, which is looked for at the same time.
         let rebind = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, routing_keys, .. } => Some((exchange, routing_keys)),
             SourceSettings::Queue { .. } => None,
         };
-        let mut bound_at = Instant::now();
+        let classic = log.is_none();
+        let mut shared = classic && self.note_sharing(queue, consumers, false);
+        let mut checked_at = Instant::now();
         loop {
             let next = match future::poll_once(consumer.next()).await {
                 Some(next) => next,
@@ -407,9 +411,18 @@ impl Source {
                     acks.flush().await?;
                     let dead = async {
                         while chan.status().connected() {
-                            if let Some((exchange, keys)) = rebind.filter(|_| bound_at.elapsed() >= broker.rebind_interval) {
-                                bind(&chan, queue, exchange, keys).await?;
-                                bound_at = Instant::now();
+                            if checked_at.elapsed() >= broker.check_interval {
+                                if let Some((exchange, keys)) = rebind {
+                                    bind(&chan, queue, exchange, keys).await?;
+                                }
+                                if classic {
+                                    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                                    let q = answered(chan.queue_declare(queue.as_str().into(), passive, FieldTable::default()))
+                                        .await?
+                                        .map_err(e("queue declare (passive)"))?;
+                                    shared = self.note_sharing(queue, q.consumer_count().saturating_sub(1), shared);
+                                }
+                                checked_at = Instant::now();
                             }
                             sleep(Duration::from_secs(1)).await;
                         }
@@ -472,11 +485,25 @@ impl Source {
         Ok(())
     }
 
+    /// Says when the classic queue `queue` has `others` consumers besides this source, or no
+    /// longer has (`was`: it had); returns whether it has.
+    fn note_sharing(&self, queue: &str, others: u32, was: bool) -> bool {
+        if others > 0 && !was {
+            warn!(channel = %self.name, queue = %queue, others,
+                  "queue shared: its consumers compete, so each gets only part of the events (another instance on the same \
+                   queue, or this one's previous connection not yet closed by the broker); give each instance its own bind_queue");
+        } else if others == 0 && was {
+            info!(channel = %self.name, queue = %queue, "queue no longer shared");
+        }
+        others > 0
+    }
+
     /// Declares `queue` durable with `args` (a stream's type and retention, or none); if it
     /// exists with other arguments, checks it passively instead and uses it as it is. With
     /// `known` (a stream this source has read), first looks whether it still exists: the flag
-    /// returned says it did not (it was deleted; the declare made a new, empty one).
-    async fn declare_queue(&self, mut chan: Channel, queue: &str, args: &FieldTable, known: bool) -> Result<(Channel, bool), String> {
+    /// returned says it did not (it was deleted; the declare made a new, empty one). Also
+    /// returns how many consumers the queue has (before this source's).
+    async fn declare_queue(&self, mut chan: Channel, queue: &str, args: &FieldTable, known: bool) -> Result<(Channel, bool, u32), String> {
         let mut gone = false;
         if known {
             let passive = QueueDeclareOptions { passive: true, ..Default::default() };
@@ -491,15 +518,15 @@ impl Source {
         }
         let opts = QueueDeclareOptions { durable: true, ..Default::default() };
         match answered(chan.queue_declare(queue.into(), opts, args.clone())).await? {
-            Ok(_) => Ok((chan, gone)),
+            Ok(q) => Ok((chan, gone, q.consumer_count())),
             Err(err) => {
                 warn!(channel = %self.name, queue = %queue, error = %err, "queue declare refused; checking it exists");
                 let chan = self.link.channel().await?;
                 let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                answered(chan.queue_declare(queue.into(), passive, FieldTable::default()))
+                let q = answered(chan.queue_declare(queue.into(), passive, FieldTable::default()))
                     .await?
                     .map_err(|e| format!("queue declare: {e}"))?;
-                Ok((chan, gone))
+                Ok((chan, gone, q.consumer_count()))
             }
         }
     }

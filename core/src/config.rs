@@ -165,11 +165,12 @@ pub struct BrokerConfig {
     pub reconnect_max: Duration,
     /// Largest message body accepted; larger ones are dropped (`oversized`). Default 256 KiB.
     pub max_message_bytes: usize,
-    /// How often an idle source binds its queue to its exchange again: RabbitMQ drops a
-    /// queue's bindings, without telling its consumers, when the exchange is deleted (and
-    /// perhaps recreated). Default 30 s.
+    /// How often an idle source checks its queue: binds it to its exchange again (RabbitMQ
+    /// drops a queue's bindings, without telling its consumers, when the exchange is deleted
+    /// and perhaps recreated) and counts the queue's other consumers (competing ones take part
+    /// of the events). Default 30 s.
     #[serde(deserialize_with = "de_duration")]
-    pub rebind_interval: Duration,
+    pub check_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -180,7 +181,7 @@ impl Default for BrokerConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_message_bytes: 256 * 1024,
-            rebind_interval: Duration::from_secs(30),
+            check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -408,8 +409,8 @@ impl Settings {
             if b.reconnect_max < b.reconnect_min {
                 return Err(ConfigError("broker.reconnect_max: must be at least broker.reconnect_min".into()));
             }
-            if b.rebind_interval < Duration::from_secs(1) {
-                return Err(ConfigError("broker.rebind_interval: must be at least 1s".into()));
+            if b.check_interval < Duration::from_secs(1) {
+                return Err(ConfigError("broker.check_interval: must be at least 1s".into()));
             }
         }
         for name in config.channels.keys() {
@@ -736,7 +737,7 @@ mod tests {
             ("[broker]\nreconnect_min = \"0s\"\n", "broker.reconnect_min"),
             ("[broker]\nreconnect_min = \"2s\"\nreconnect_max = \"1s\"\n", "broker.reconnect_max"),
             ("[broker]\nprefetch = 0\n", "broker.prefetch"),
-            ("[broker]\nrebind_interval = \"500ms\"\n", "broker.rebind_interval"),
+            ("[broker]\ncheck_interval = \"500ms\"\n", "broker.check_interval"),
             ("[server]\nhead_timeout = \"0s\"\n", "server.head_timeout"),
             ("[demo]\ninterval = \"0s\"\n", "demo.interval"),
             ("[server]\nmax_streams = 0\n", "server.max_streams"),

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_rs::Runtime;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
@@ -225,6 +225,17 @@ impl Broker {
             .exchange_delete(name.into(), ExchangeDeleteOptions::default())
             .await
             .unwrap_or_else(|e| panic!("delete exchange {name}: {e}"));
+    }
+
+    /// Starts a consumer on queue `name` on a channel of its own (as another instance of the
+    /// gateway would); it takes its share of the queue's messages (unacked) until dropped.
+    pub async fn consume(&self, name: &str) -> (Channel, lapin::Consumer) {
+        let ch = self.conn.create_channel().await.expect("a channel");
+        let consumer = ch
+            .basic_consume(name.into(), "another-instance".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("consume from {name}: {e}"));
+        (ch, consumer)
     }
 
     /// Deletes queue `name` now (as an operator or another application might).

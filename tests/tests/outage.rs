@@ -143,11 +143,11 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
 }
 
 /// RabbitMQ drops a queue's bindings when their exchange is deleted and tells no consumer: the
-/// source, idle, binds again every `rebind_interval`. An exchange deleted is an outage (the
+/// source, idle, binds again every `check_interval`. An exchange deleted is an outage (the
 /// streams are told; the reconnect declares it again); one deleted and declared again by
 /// someone else (a deploy tool) is bound again. Either way events reach the same streams.
 async fn a_deleted_or_recreated_exchange_is_noticed_and_bound_again(bin: Bin) {
-    let cfg = ConfigBuilder::new().fast_outage().str("broker", "rebind_interval", "1s");
+    let cfg = ConfigBuilder::new().fast_outage().str("broker", "check_interval", "1s");
     let fx = Fixture::start(bin, cfg).await;
     let mut s = fx.gw.stream("deals", &user("frank", &[])).await;
     let exchange = fx.topo.exchange("deals");
@@ -168,9 +168,26 @@ async fn a_deleted_or_recreated_exchange_is_noticed_and_bound_again(bin: Bin) {
     assert!(!s.is_closed(), "the stream stays open");
 }
 
+/// Consumers of one classic queue compete (two instances with the same `bind_queue` each get
+/// part of the events): a source that finds others on its queue says so in its log, and says
+/// when they are gone.
+async fn a_classic_queue_shared_with_another_consumer_is_reported(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("broker", "check_interval", "1s");
+    let fx = Fixture::start(bin, cfg).await;
+    let queue = fx.topo.bind_queue("deals");
+    let (other, consumer) = fx.broker.consume(&queue).await;
+    let log = fx.gw.log_until(WAIT, |l| l.contains("queue shared")).await;
+    let line = log.lines().find(|l| l.contains("queue shared")).unwrap_or_else(|| panic!("not reported:\n{log}"));
+    assert!(line.contains("deals") && line.contains(&queue), "{line}");
+    drop(consumer);
+    other.close(200, "done".into()).await.expect("close the other consumer's channel");
+    let log = fx.gw.log_until(WAIT, |l| l.contains("queue no longer shared")).await;
+    assert!(log.contains("queue no longer shared"), "its end is not reported:\n{log}");
+}
+
 /// Publishes `m` (mandatory) until a queue takes it: unroutable ones are returned, not kept.
 async fn publish_once_routed(fx: &Fixture, m: &sse_gateway_tests::Message) {
-    // A generous bound, not a timing: rebind_interval is 1 s.
+    // A generous bound, not a timing: check_interval is 1 s.
     let patience = std::time::Instant::now() + Duration::from_secs(30);
     while !fx.broker.publish_routed(m).await {
         assert!(std::time::Instant::now() < patience, "the gateway's queue was not bound again:\n{}", fx.gw.stderr());
@@ -257,6 +274,7 @@ for_each_binary!(
     a_broker_outage_warns_repeatedly_and_loses_nothing,
     a_broker_that_stops_answering_is_an_outage_and_loses_nothing,
     a_deleted_or_recreated_exchange_is_noticed_and_bound_again,
+    a_classic_queue_shared_with_another_consumer_is_reported,
     a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back,
     a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt,
 );
