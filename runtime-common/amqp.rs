@@ -48,6 +48,10 @@ use stream_log::{LogReader, StartAt};
 
 /// Time to establish the connection before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A source whose channel (and, first, connection) takes longer than this is reported down
+/// while the attempt goes on: a broker that accepts connections and never answers is an outage
+/// for the streams (D8: at once) long before the attempt times out.
+const SLOW_CONNECT: Duration = Duration::from_secs(2);
 /// Deliveries handled before their ack is sent even if more are waiting (well under any useful
 /// prefetch, so the broker never stops delivering for want of acks).
 const ACK_BATCH: u32 = 32;
@@ -325,7 +329,18 @@ impl Source {
         // A stream this source has read from can only be missing if it was deleted.
         let known = log.is_some() && offsets.last.is_some();
         let (gone, consumers);
-        let mut chan = self.link.channel().await?;
+        let mut chan = {
+            let channel = self.link.channel();
+            futures_lite::pin!(channel);
+            match until(Instant::now() + SLOW_CONNECT, channel.as_mut()).await {
+                Some(chan) => chan?,
+                None => {
+                    info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
+                    self.shards.source(self.id, false).await;
+                    channel.await?
+                }
+            }
+        };
         let queue = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
                 let kind = match kind.as_str() {

@@ -196,10 +196,11 @@ async fn publish_once_routed(fx: &Fixture, m: &sse_gateway_tests::Message) {
 }
 
 /// D8 "at once" with a broker that accepts connections and never answers (a hung broker, a
-/// black-holing firewall): every channel's source waits for the one connect attempt in flight
-/// and reports its outage when it fails, rather than each trying in turn, one connect timeout
-/// after the other. Counted without a clock: when both streams have their warning, the broker
-/// address has seen one connection (retries are minutes away).
+/// black-holing firewall): every channel's source is reported down while the one connect
+/// attempt is still in flight (after 2 s of silence, not when it times out at 10 s), rather
+/// than each trying in turn, one connect timeout after the other. Counted without a clock: when
+/// both streams have their warning, the broker address has seen one connection (retries are
+/// minutes away), and the log says each channel was reported before the attempt failed.
 async fn a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt(bin: Bin) {
     let silent = ::tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = silent.local_addr().expect("address");
@@ -227,6 +228,14 @@ async fn a_broker_that_never_answers_is_reported_on_every_channel_after_one_atte
         assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": name}));
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the channels connected in turn:\n{}", gw.stderr());
+    let failed = "cannot connect to the broker: timed out";
+    let log = gw.log_until(patience, |l| l.contains(failed)).await;
+    let at = |what: &str, channel: &str| log.lines().position(|l| l.contains(what) && l.contains(channel));
+    let end = at(failed, "").unwrap_or_else(|| panic!("the attempt did not fail:\n{log}"));
+    for name in ["deals", "tasks"] {
+        let told = at("has not answered yet", name).unwrap_or_else(|| panic!("{name}: not reported while waiting:\n{log}"));
+        assert!(told < end, "{name}: reported only once the attempt failed:\n{log}");
+    }
     holder.abort();
 }
 
