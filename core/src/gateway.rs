@@ -670,9 +670,14 @@ impl Gateway {
     fn drain_pending(&mut self, id: StreamId, out: &mut Vec<Bytes>, now: Instant) -> usize {
         let Some(st) = self.stream_mut(id) else { return 0 };
         let n = st.pending_bytes;
+        let (frames, live) = (st.pending.len(), st.waiting_since.is_some());
         out.extend(st.pending.drain(..));
-        if st.pending.capacity() > KEEP_FRAMES {
-            // What a catch-up's burst grew is not kept by a stream that idles after it.
+        // What a burst grew (a catch-up, a backlog) is freed once it is over, so a stream that
+        // idles after it does not keep it. A stream whose live events keep filling most of it
+        // (a busy channel, several events per write) keeps it, rather than growing it again,
+        // an allocation per doubling, on every write.
+        let cap = st.pending.capacity();
+        if cap > KEEP_FRAMES && !(live && frames * 4 > cap) {
             st.pending = VecDeque::new();
         }
         st.pending_bytes = 0;

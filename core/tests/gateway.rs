@@ -589,6 +589,30 @@ fn a_stream_that_idles_after_a_catch_up_does_not_keep_the_room_the_catch_up_took
 }
 
 #[test]
+fn a_stream_kept_busy_by_live_events_keeps_its_room_until_the_burst_is_over() {
+    let mut h = Harness::new("");
+    let id = h.open("u1", "deals");
+    h.take_wire(id);
+    // Live events faster than the stream is written: many per write, write after write. (A
+    // frontend stamps when it received each message; the delay histogram and this rule use it.)
+    let live = |body: serde_json::Value| UpstreamMessage { received: Some(std::time::Instant::now()), ..msg("deal.created", body) };
+    for round in 0..3 {
+        h.reading.insert(id, false); // the writer's turn comes after 100 events
+        for i in 0..100 {
+            h.publish_msg("deals", live(deal_created(&format!("r{round}e{i}")))).expect("valid event");
+        }
+        h.reading.insert(id, true);
+        h.flush(id);
+        assert_eq!(ids_in(&h.take_wire(id)).len(), 100);
+        assert!(h.gw.output_capacity(id) >= 100, "round {round}: the room was freed ({} frames)", h.gw.output_capacity(id));
+    }
+    // Then one event per write: the burst is over, the room goes.
+    h.publish_msg("deals", live(deal_created("last"))).expect("valid event");
+    assert_eq!(ids_in(&h.take_wire(id)), ["1000-301"]);
+    assert!(h.gw.output_capacity(id) <= KEEP_FRAMES, "{} frames of room kept", h.gw.output_capacity(id));
+}
+
+#[test]
 fn a_replay_skips_what_the_user_may_not_see() {
     let mut h = Harness::new("");
     h.publish_to("notifications", "notification.sent", notification_sent("for bob"), "bob");
