@@ -21,6 +21,7 @@
 //! and the sources run as tasks on the calling thread's executor.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,6 +128,8 @@ struct Link {
     conn: Mutex<LinkState>,
     /// Connection attempts ended so far (read before taking the lock: see [`Link::channel`]).
     attempts: AtomicU64,
+    /// When the connection attempt in progress started.
+    connecting_since: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -138,7 +141,16 @@ struct LinkState {
 
 impl Link {
     fn new(uri: String, runtime: AmqpRuntime, name: &'static str) -> Link {
-        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0) }
+        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0), connecting_since: Default::default() }
+    }
+
+    /// When the connection attempt in progress started, if one is.
+    fn connecting_since(&self) -> Option<Instant> {
+        *self.connecting_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_connecting(&self, since: Option<Instant>) {
+        *self.connecting_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
     }
 
     /// A new channel on the connection, connecting first when there is none. Users that waited
@@ -161,7 +173,10 @@ impl Link {
         }
         let props = ConnectionProperties::default().with_connection_name(self.name.into());
         let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
-        let attempt = until(Instant::now() + CONNECT_TIMEOUT, connect).await;
+        let started = Instant::now();
+        self.set_connecting(Some(started));
+        let attempt = until(started + CONNECT_TIMEOUT, connect).await;
+        self.set_connecting(None);
         self.attempts.fetch_add(1, Ordering::AcqRel);
         let c = match attempt {
             Some(Ok(c)) => c,
@@ -269,6 +284,20 @@ impl Offsets {
     }
 }
 
+/// A queue check in progress ([`Source::check_queue`]).
+type QueueCheck<'a> = Pin<Box<dyn Future<Output = Result<bool, String>> + 'a>>;
+
+/// What ended a source's wait for its next delivery.
+enum Wake<T> {
+    Delivery(T),
+    /// The consumer's channel is no longer connected.
+    Dead,
+    /// The queue check finished (`Source::check_queue`).
+    Checked(Result<bool, String>),
+    /// The queue check is due.
+    CheckDue,
+}
+
 /// How far one connection of a source got.
 #[derive(Debug, Default)]
 struct Attempt {
@@ -330,14 +359,24 @@ impl Source {
         let known = log.is_some() && offsets.last.is_some();
         let (gone, consumers);
         let mut chan = {
+            // Slow only while a connection attempt has waited SLOW_CONNECT for the broker (not
+            // while channels of other sources are opened first, one at a time).
             let channel = self.link.channel();
             futures_lite::pin!(channel);
-            match until(Instant::now() + SLOW_CONNECT, channel.as_mut()).await {
-                Some(chan) => chan?,
-                None => {
-                    info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
-                    self.shards.source(self.id, false).await;
-                    channel.await?
+            let mut look_at = Instant::now() + SLOW_CONNECT;
+            loop {
+                if let Some(chan) = until(look_at, channel.as_mut()).await {
+                    break chan?;
+                }
+                match self.link.connecting_since() {
+                    Some(t) if t.elapsed() >= SLOW_CONNECT => {
+                        if self.shards.source(self.id, false).await {
+                            info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
+                        }
+                        break channel.await?;
+                    }
+                    Some(t) => look_at = t + SLOW_CONNECT,
+                    None => look_at = Instant::now() + SLOW_CONNECT,
                 }
             }
         };
@@ -361,7 +400,7 @@ impl Source {
                         .map_err(e("exchange declare"))?;
                 }
                 (chan, gone, consumers) = self.declare_queue(chan, queue, &queue_args, known).await?;
-                bind(&chan, queue, exchange, routing_keys).await?;
+                bind(&chan, queue, exchange, routing_keys).await?.map_err(e("queue bind"))?;
                 queue
             }
             SourceSettings::Queue { queue } => {
@@ -405,45 +444,56 @@ impl Source {
         self.shards.source(self.id, true).await;
         let mut resuming = offsets.last;
         let mut acks = Acks::new(ACK_BATCH);
-        // RabbitMQ drops a queue's bindings with their exchange and tells no consumer: an idle
-        // source binds again now and then (a 404 is an outage; the reconnect declares it again).
-        // And consumers of a classic queue compete: a second instance on it takes part of the
-        // events from this one's streams, which is looked for at the same time.
-        let rebind = match &self.settings.channel(self.id).source {
-            SourceSettings::Exchange { exchange, routing_keys, .. } => Some((exchange, routing_keys)),
-            SourceSettings::Queue { .. } => None,
-        };
+        // Every check_interval, the queue is checked beside the deliveries (`check_queue`).
         let classic = log.is_none();
         let mut shared = classic && self.note_sharing(queue, consumers, false);
         let mut checked_at = Instant::now();
+        let mut check: Option<QueueCheck<'_>> = None;
         loop {
+            if check.is_none() && checked_at.elapsed() >= broker.check_interval {
+                checked_at = Instant::now();
+                check = Some(Box::pin(self.check_queue(queue, classic, shared)));
+            }
+            if let Some(done) = check.as_mut().map(|c| future::poll_once(c.as_mut())) {
+                if let Some(r) = done.await {
+                    check = None;
+                    shared = r?;
+                }
+            }
             let next = match future::poll_once(consumer.next()).await {
                 Some(next) => next,
                 None => {
                     // Nothing waits: ack what was handled before waiting. lapin may leave a
                     // consumer whose connection just died waiting, so the channel's state is
-                    // looked at every second meanwhile.
+                    // looked at every second meanwhile; a check in progress goes on, and one
+                    // that falls due is started.
                     acks.flush().await?;
-                    let dead = async {
-                        while chan.status().connected() {
-                            if checked_at.elapsed() >= broker.check_interval {
-                                if let Some((exchange, keys)) = rebind {
-                                    bind(&chan, queue, exchange, keys).await?;
-                                }
-                                if classic {
-                                    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                                    let q = answered(chan.queue_declare(queue.as_str().into(), passive, FieldTable::default()))
-                                        .await?
-                                        .map_err(e("queue declare (passive)"))?;
-                                    shared = self.note_sharing(queue, q.consumer_count().saturating_sub(1), shared);
-                                }
-                                checked_at = Instant::now();
+                    let other = async {
+                        loop {
+                            if !chan.status().connected() {
+                                return Wake::Dead;
                             }
-                            sleep(Duration::from_secs(1)).await;
+                            match check.as_mut() {
+                                Some(c) => {
+                                    if let Some(r) = until(Instant::now() + Duration::from_secs(1), c.as_mut()).await {
+                                        return Wake::Checked(r);
+                                    }
+                                }
+                                None if checked_at.elapsed() >= broker.check_interval => return Wake::CheckDue,
+                                None => sleep(Duration::from_secs(1)).await,
+                            }
                         }
-                        Err("the channel is no longer connected".to_string())
                     };
-                    future::or(async { Ok(consumer.next().await) }, dead).await?
+                    match future::or(async { Wake::Delivery(consumer.next().await) }, other).await {
+                        Wake::Delivery(next) => next,
+                        Wake::Dead => return Err("the channel is no longer connected".to_string()),
+                        Wake::Checked(r) => {
+                            check = None;
+                            shared = r?;
+                            continue;
+                        }
+                        Wake::CheckDue => continue,
+                    }
                 }
             };
             let Some(delivery) = next else { break };
@@ -500,6 +550,54 @@ impl Source {
         Ok(())
     }
 
+    /// The periodic check of a consuming source's queue (`broker.check_interval`). RabbitMQ drops
+    /// a queue's bindings with their exchange and tells no consumer: the queue is bound to its
+    /// exchange again. A classic queue's consumers compete (a second instance on it takes part of
+    /// the events from this one's streams): they are counted. Returns whether the queue is shared
+    /// (`was`: it was). Done on a channel of its own, closed after: lapin records every bind on
+    /// the channel that made it, and an error closes the channel it came on, not the consumer's.
+    /// A deleted exchange (or queue) is an outage (`Err`: the reconnect declares it again); a
+    /// check the broker does not answer, or refuses otherwise, is logged and made again at the
+    /// next interval.
+    async fn check_queue(&self, queue: &str, classic: bool, was: bool) -> Result<bool, String> {
+        let chan = match self.link.channel().await {
+            Ok(chan) => chan,
+            Err(why) => {
+                warn!(channel = %self.name, queue = %queue, error = %why, "queue check failed; made again after check_interval");
+                return Ok(was);
+            }
+        };
+        let checked = self.check_on(&chan, queue, classic, was).await;
+        let _ = answered(chan.close(200, "queue check done".into())).await;
+        let shared = match checked {
+            Ok(shared) => shared,
+            Err(Ok(e)) if is_not_found(&e) => return Err(format!("queue check: {e}")),
+            Err(Ok(e)) => {
+                warn!(channel = %self.name, queue = %queue, error = %e, "queue check refused; made again after check_interval");
+                was
+            }
+            Err(Err(why)) => {
+                warn!(channel = %self.name, queue = %queue, error = %why, "queue check failed; made again after check_interval");
+                was
+            }
+        };
+        Ok(shared)
+    }
+
+    /// [`Source::check_queue`]'s calls on `chan`: the broker's error, or a call it did not answer.
+    async fn check_on(&self, chan: &Channel, queue: &str, classic: bool, was: bool) -> Result<bool, Result<lapin::Error, String>> {
+        if let SourceSettings::Exchange { exchange, routing_keys, .. } = &self.settings.channel(self.id).source {
+            bind(chan, queue, exchange, routing_keys).await.map_err(Err)?.map_err(Ok)?;
+        }
+        if !classic {
+            return Ok(was);
+        }
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let q = answered(chan.queue_declare(queue.into(), passive, FieldTable::default())).await.map_err(Err)?.map_err(Ok)?;
+        // Less this source's own consumer, on its other channel.
+        Ok(self.note_sharing(queue, q.consumer_count().saturating_sub(1), was))
+    }
+
     /// Says when the classic queue `queue` has `others` consumers besides this source, or no
     /// longer has (`was`: it had); returns whether it has.
     fn note_sharing(&self, queue: &str, others: u32, was: bool) -> bool {
@@ -547,13 +645,16 @@ impl Source {
     }
 }
 
-/// Binds `queue` to `exchange` with each of `keys` (again: a binding that exists is kept).
-async fn bind(chan: &Channel, queue: &str, exchange: &str, keys: &[String]) -> Result<(), String> {
+/// Binds `queue` to `exchange` with each of `keys` (again: a binding that exists is kept). As
+/// [`answered`]: the outer error is a call not answered in time, the inner one the broker's.
+async fn bind(chan: &Channel, queue: &str, exchange: &str, keys: &[String]) -> Result<Result<(), lapin::Error>, String> {
     for key in keys {
         let bind = chan.queue_bind(queue.into(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default());
-        answered(bind).await?.map_err(|e| format!("queue bind of {queue} to exchange {exchange}: {e}"))?;
+        if let Err(e) = answered(bind).await? {
+            return Ok(Err(e));
+        }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Whether the broker answered 404 NOT_FOUND (a passive declare of a queue that does not exist).

@@ -67,15 +67,16 @@ impl Shards {
     }
 
     /// Records a source's state and tells every shard when it changed (a source that fails
-    /// again while down, during reconnects, is no news).
-    pub(crate) async fn source(&self, ch: ChannelId, up: bool) {
+    /// again while down, during reconnects, is no news); returns whether it changed.
+    pub(crate) async fn source(&self, ch: ChannelId, up: bool) -> bool {
         let new = if up { UP } else { DOWN };
         if self.sources[ch.index()].swap(new, Ordering::Relaxed) == new {
-            return;
+            return false;
         }
         for tx in self.txs.iter() {
             let _ = tx.send(if up { Command::SourceUp(ch) } else { Command::SourceDown(ch) }).await;
         }
+        true
     }
 
     /// Hands every shard the stream reader. Called once at start, before any stream can open,

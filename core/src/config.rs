@@ -165,7 +165,7 @@ pub struct BrokerConfig {
     pub reconnect_max: Duration,
     /// Largest message body accepted; larger ones are dropped (`oversized`). Default 256 KiB.
     pub max_message_bytes: usize,
-    /// How often an idle source checks its queue: binds it to its exchange again (RabbitMQ
+    /// How often a consuming source checks its queue: binds it to its exchange again (RabbitMQ
     /// drops a queue's bindings, without telling its consumers, when the exchange is deleted
     /// and perhaps recreated) and counts the queue's other consumers (competing ones take part
     /// of the events). Default 30 s.

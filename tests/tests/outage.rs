@@ -143,7 +143,7 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
 }
 
 /// RabbitMQ drops a queue's bindings when their exchange is deleted and tells no consumer: the
-/// source, idle, binds again every `check_interval`. An exchange deleted is an outage (the
+/// source binds again every `check_interval`. An exchange deleted is an outage (the
 /// streams are told; the reconnect declares it again); one deleted and declared again by
 /// someone else (a deploy tool) is bound again. Either way events reach the same streams.
 async fn a_deleted_or_recreated_exchange_is_noticed_and_bound_again(bin: Bin) {
