@@ -134,7 +134,8 @@ struct Link {
 
 #[derive(Default)]
 struct LinkState {
-    conn: Option<Connection>,
+    /// Shared with queue checks in progress ([`Link::channel_if_connected`]).
+    conn: Option<Arc<Connection>>,
     /// Why the last attempt failed, if it did.
     failed: Option<String>,
 }
@@ -151,6 +152,19 @@ impl Link {
 
     fn set_connecting(&self, since: Option<Instant>) {
         *self.connecting_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    /// A new channel on the connection, only if there is one and no source is using the link
+    /// right now (`None`): the queue check's, which never connects, never waits behind a
+    /// connect, never holds the link while the broker answers, and never takes the connection
+    /// for lost (its consumers notice that themselves).
+    async fn channel_if_connected(&self) -> Result<Option<Channel>, String> {
+        let conn = {
+            let Some(state) = self.conn.try_lock() else { return Ok(None) };
+            let Some(conn) = state.conn.clone().filter(|c| c.status().connected()) else { return Ok(None) };
+            conn
+        };
+        Ok(Some(answered(conn.create_channel()).await?.map_err(|e| e.to_string())?))
     }
 
     /// A new channel on the connection, connecting first when there is none. Users that waited
@@ -175,8 +189,9 @@ impl Link {
         let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
         let started = Instant::now();
         self.set_connecting(Some(started));
+        let connecting = Connecting(self);
         let attempt = until(started + CONNECT_TIMEOUT, connect).await;
-        self.set_connecting(None);
+        drop(connecting);
         self.attempts.fetch_add(1, Ordering::AcqRel);
         let c = match attempt {
             Some(Ok(c)) => c,
@@ -185,7 +200,7 @@ impl Link {
         };
         info!(connection = self.name, "connected to the broker");
         let ch = answered(c.create_channel()).await.and_then(|r| r.map_err(|e| e.to_string()));
-        *state = LinkState { conn: Some(c), failed: None };
+        *state = LinkState { conn: Some(Arc::new(c)), failed: None };
         ch
     }
 }
@@ -286,6 +301,24 @@ impl Offsets {
 
 /// A queue check in progress ([`Source::check_queue`]).
 type QueueCheck<'a> = Pin<Box<dyn Future<Output = Result<bool, String>> + 'a>>;
+
+/// Clears [`Link::connecting_since`] when the attempt ends, or is dropped.
+struct Connecting<'a>(&'a Link);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.set_connecting(None);
+    }
+}
+
+/// A queue check's result; before an error (an outage) is returned, the deliveries handled so
+/// far are acked.
+async fn acked_first(checked: Result<bool, String>, acks: &mut Acks) -> Result<bool, String> {
+    if checked.is_err() {
+        acks.flush().await?;
+    }
+    checked
+}
 
 /// What ended a source's wait for its next delivery.
 enum Wake<T> {
@@ -457,7 +490,9 @@ impl Source {
             if let Some(done) = check.as_mut().map(|c| future::poll_once(c.as_mut())) {
                 if let Some(r) = done.await {
                     check = None;
-                    shared = r?;
+                    // The consumer's channel is healthy: what was handled is acked before the
+                    // outage a check found ends it (else it comes again, a duplicate).
+                    shared = acked_first(r, &mut acks).await?;
                 }
             }
             let next = match future::poll_once(consumer.next()).await {
@@ -489,14 +524,17 @@ impl Source {
                         Wake::Dead => return Err("the channel is no longer connected".to_string()),
                         Wake::Checked(r) => {
                             check = None;
-                            shared = r?;
+                            shared = acked_first(r, &mut acks).await?;
                             continue;
                         }
                         Wake::CheckDue => continue,
                     }
                 }
             };
-            let Some(delivery) = next else { break };
+            let Some(delivery) = next else {
+                acks.flush().await?; // cancelled by the broker: the channel still takes acks
+                break;
+            };
             let delivery = delivery.map_err(e("consumer"))?;
             if delivery.acker.poisoned() {
                 // Delivered before the channel failed, not acked, and never will be: it comes
@@ -560,8 +598,9 @@ impl Source {
     /// check the broker does not answer, or refuses otherwise, is logged and made again at the
     /// next interval.
     async fn check_queue(&self, queue: &str, classic: bool, was: bool) -> Result<bool, String> {
-        let chan = match self.link.channel().await {
-            Ok(chan) => chan,
+        let chan = match self.link.channel_if_connected().await {
+            Ok(Some(chan)) => chan,
+            Ok(None) => return Ok(was), // the link is busy or down: the next interval
             Err(why) => {
                 warn!(channel = %self.name, queue = %queue, error = %why, "queue check failed; made again after check_interval");
                 return Ok(was);
