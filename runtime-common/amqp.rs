@@ -187,10 +187,8 @@ impl Link {
         }
         let props = ConnectionProperties::default().with_connection_name(self.name.into());
         let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
-        let started = Instant::now();
-        self.set_connecting(Some(started));
-        let connecting = Connecting(self);
-        let attempt = until(started + CONNECT_TIMEOUT, connect).await;
+        let connecting = Connecting::start(self);
+        let attempt = until(connecting.1 + CONNECT_TIMEOUT, connect).await;
         drop(connecting);
         self.attempts.fetch_add(1, Ordering::AcqRel);
         let c = match attempt {
@@ -302,8 +300,17 @@ impl Offsets {
 /// A queue check in progress ([`Source::check_queue`]).
 type QueueCheck<'a> = Pin<Box<dyn Future<Output = Result<bool, String>> + 'a>>;
 
-/// Clears [`Link::connecting_since`] when the attempt ends, or is dropped.
-struct Connecting<'a>(&'a Link);
+/// A connection attempt in progress: sets [`Link::connecting_since`], and clears it when the
+/// attempt ends or is dropped.
+struct Connecting<'a>(&'a Link, Instant);
+
+impl<'a> Connecting<'a> {
+    fn start(link: &'a Link) -> Connecting<'a> {
+        let now = Instant::now();
+        link.set_connecting(Some(now));
+        Connecting(link, now)
+    }
+}
 
 impl Drop for Connecting<'_> {
     fn drop(&mut self) {
@@ -391,28 +398,7 @@ impl Source {
         // A stream this source has read from can only be missing if it was deleted.
         let known = log.is_some() && offsets.last.is_some();
         let (gone, consumers);
-        let mut chan = {
-            // Slow only while a connection attempt has waited SLOW_CONNECT for the broker (not
-            // while channels of other sources are opened first, one at a time).
-            let channel = self.link.channel();
-            futures_lite::pin!(channel);
-            let mut look_at = Instant::now() + SLOW_CONNECT;
-            loop {
-                if let Some(chan) = until(look_at, channel.as_mut()).await {
-                    break chan?;
-                }
-                match self.link.connecting_since() {
-                    Some(t) if t.elapsed() >= SLOW_CONNECT => {
-                        if self.shards.source(self.id, false).await {
-                            info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
-                        }
-                        break channel.await?;
-                    }
-                    Some(t) => look_at = t + SLOW_CONNECT,
-                    None => look_at = Instant::now() + SLOW_CONNECT,
-                }
-            }
-        };
+        let mut chan = self.first_channel().await?;
         let queue = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
                 let kind = match kind.as_str() {
@@ -588,6 +574,30 @@ impl Source {
         Ok(())
     }
 
+    /// The channel a consumer starts on, from the link; the source is reported down meanwhile
+    /// once the connection attempt has waited [`SLOW_CONNECT`] for the broker (not while
+    /// channels of other sources are opened first, one at a time).
+    async fn first_channel(&self) -> Result<Channel, String> {
+        let channel = self.link.channel();
+        futures_lite::pin!(channel);
+        let mut look_at = Instant::now() + SLOW_CONNECT;
+        loop {
+            if let Some(chan) = until(look_at, channel.as_mut()).await {
+                return chan;
+            }
+            match self.link.connecting_since() {
+                Some(t) if t.elapsed() >= SLOW_CONNECT => {
+                    if self.shards.source(self.id, false).await {
+                        info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
+                    }
+                    return channel.await;
+                }
+                Some(t) => look_at = t + SLOW_CONNECT,
+                None => look_at = Instant::now() + SLOW_CONNECT,
+            }
+        }
+    }
+
     /// The periodic check of a consuming source's queue (`broker.check_interval`). RabbitMQ drops
     /// a queue's bindings with their exchange and tells no consumer: the queue is bound to its
     /// exchange again. A classic queue's consumers compete (a second instance on it takes part of
@@ -598,16 +608,15 @@ impl Source {
     /// check the broker does not answer, or refuses otherwise, is logged and made again at the
     /// next interval.
     async fn check_queue(&self, queue: &str, classic: bool, was: bool) -> Result<bool, String> {
-        let chan = match self.link.channel_if_connected().await {
-            Ok(Some(chan)) => chan,
-            Ok(None) => return Ok(was), // the link is busy or down: the next interval
-            Err(why) => {
-                warn!(channel = %self.name, queue = %queue, error = %why, "queue check failed; made again after check_interval");
-                return Ok(was);
+        let checked = match self.link.channel_if_connected().await {
+            Ok(Some(chan)) => {
+                let checked = self.check_on(&chan, queue, classic, was).await;
+                let _ = answered(chan.close(200, "queue check done".into())).await;
+                checked
             }
+            Ok(None) => return Ok(was), // the link is busy or down: the next interval
+            Err(why) => Err(Err(why)),
         };
-        let checked = self.check_on(&chan, queue, classic, was).await;
-        let _ = answered(chan.close(200, "queue check done".into())).await;
         let shared = match checked {
             Ok(shared) => shared,
             Err(Ok(e)) if is_not_found(&e) => return Err(format!("queue check: {e}")),
@@ -631,8 +640,7 @@ impl Source {
         if !classic {
             return Ok(was);
         }
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let q = answered(chan.queue_declare(queue.into(), passive, FieldTable::default())).await.map_err(Err)?.map_err(Ok)?;
+        let q = look_up(chan, queue).await.map_err(Err)?.map_err(Ok)?;
         // Less this source's own consumer, on its other channel.
         Ok(self.note_sharing(queue, q.consumer_count().saturating_sub(1), was))
     }
@@ -658,8 +666,7 @@ impl Source {
     async fn declare_queue(&self, mut chan: Channel, queue: &str, args: &FieldTable, known: bool) -> Result<(Channel, bool, u32), String> {
         let mut gone = false;
         if known {
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            if let Err(err) = answered(chan.queue_declare(queue.into(), passive, FieldTable::default())).await? {
+            if let Err(err) = look_up(&chan, queue).await? {
                 if !is_not_found(&err) {
                     return Err(format!("queue declare (passive): {err}"));
                 }
@@ -674,14 +681,17 @@ impl Source {
             Err(err) => {
                 warn!(channel = %self.name, queue = %queue, error = %err, "queue declare refused; checking it exists");
                 let chan = self.link.channel().await?;
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                let q = answered(chan.queue_declare(queue.into(), passive, FieldTable::default()))
-                    .await?
-                    .map_err(|e| format!("queue declare: {e}"))?;
+                let q = look_up(&chan, queue).await?.map_err(|e| format!("queue declare: {e}"))?;
                 Ok((chan, gone, q.consumer_count()))
             }
         }
     }
+}
+
+/// Declares `queue` passively: whether it exists, and its counts. As [`answered`].
+async fn look_up(chan: &Channel, queue: &str) -> Result<Result<lapin::Queue, lapin::Error>, String> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    answered(chan.queue_declare(queue.into(), passive, FieldTable::default())).await
 }
 
 /// Binds `queue` to `exchange` with each of `keys` (again: a binding that exists is kept). As
