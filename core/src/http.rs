@@ -294,20 +294,36 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
 }
 
 /// Does an `Accept` value admit `text/event-stream` (D10)? Absent means anything (RFC 9110).
+/// The most specific range that matches decides (RFC 9110 12.5.1): `text/event-stream;q=0, */*`
+/// refuses event streams.
 fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
     let Some(v) = accept else { return true };
     let Ok(v) = std::str::from_utf8(v) else { return false };
-    v.split(',').any(|range| {
+    // (specificity, acceptable) of the most specific matching range so far.
+    let mut best: Option<(u8, bool)> = None;
+    for range in v.split(',') {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let specificity = match media.as_str() {
+            "text/event-stream" => 3,
+            "text/*" => 2,
+            "*/*" => 1,
+            _ => continue,
+        };
         let zero_q = parts.any(|p| {
             let p = p.trim();
             p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).is_some_and(|q| {
                 q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
             })
         });
-        !zero_q && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
-    })
+        best = match best {
+            // Two ranges as specific as each other: either one admitting is enough.
+            Some((s, ok)) if s == specificity => Some((s, ok || !zero_q)),
+            Some((s, ok)) if s > specificity => Some((s, ok)),
+            _ => Some((specificity, !zero_q)),
+        };
+    }
+    best.is_some_and(|(_, ok)| ok)
 }
 
 fn cookie_value<'a>(cookies: &'a [u8], name: &str) -> Option<&'a str> {
@@ -610,6 +626,16 @@ mod tests {
         assert!(!accepts_event_stream(Some(b"application/json")));
         assert!(!accepts_event_stream(Some(b"text/event-stream;q=0")));
         assert!(!accepts_event_stream(Some(b"\xff")));
+    }
+
+    #[test]
+    fn the_most_specific_accept_range_decides() {
+        // RFC 9110 12.5.1: an explicit refusal is not overridden by a wildcard.
+        assert!(!accepts_event_stream(Some(b"text/event-stream;q=0, */*")));
+        assert!(!accepts_event_stream(Some(b"*/*, text/*;q=0")));
+        assert!(accepts_event_stream(Some(b"text/*;q=0, text/event-stream")));
+        assert!(accepts_event_stream(Some(b"*/*;q=0, text/event-stream;q=0.1")));
+        assert!(accepts_event_stream(Some(b"text/event-stream;q=0, text/event-stream")));
     }
 
     #[test]
