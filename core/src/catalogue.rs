@@ -614,6 +614,10 @@ fn expect_table<'a, 'i>(
     }
 }
 
+/// The event names the gateway writes itself (`sse::error`, `sse::warning`, `sse::HEARTBEAT`):
+/// no catalogue event may take one.
+const GATEWAY_EVENTS: [&str; 3] = ["error", "warning", "heartbeat"];
+
 /// Channel and event names go into SSE frames, URLs and metric labels: `[a-z0-9._-]{1,128}`.
 fn check_name(
     loc: &Loc<'_>,
@@ -760,6 +764,16 @@ fn parse_version(
             ..loc.clone()
         };
         check_name(&loc, key.span(), "event type", name)?;
+        if GATEWAY_EVENTS.contains(&name) {
+            return Err(loc.error(
+                key.span(),
+                format!(
+                    "event type name {name:?} is the gateway's own event; a browser could not \
+                     tell the two apart (reserved: {})",
+                    GATEWAY_EVENTS.join(", ")
+                ),
+            ));
+        }
         let table = expect_table(&loc, v, "an event type")?;
         let mut fields = Vec::new();
         for (fkey, fvalue) in sorted_by_position(table) {
@@ -1929,6 +1943,15 @@ mod tests {
         ))
         .is_ok());
         assert!(Catalogue::from_toml("[channels.\"a-b_c.9\".versions.1.\"x.y-z_0\"]\n").is_ok());
+    }
+
+    #[test]
+    fn the_gateways_own_event_names_are_not_catalogue_events() {
+        for name in ["error", "warning", "heartbeat"] {
+            let e = err(&format!("[channels.c.versions.1.{name}]\n"));
+            assert!(e.contains("the gateway's own event"), "{name}: {e}");
+        }
+        assert!(Catalogue::from_toml("[channels.c.versions.1.\"error.raised\"]\n").is_ok());
     }
 
     #[test]
