@@ -493,10 +493,14 @@ impl Gateway {
                 st.backfilling = Some(ReadBack { until, started: false });
                 Next::Backfill(Output::Backfill { stream: id, channel: st.channel, after, until })
             }
-            // Another instance is a little ahead of this one: live from the client's id.
+            // Another instance is a little ahead of this one: live from the client's id; with
+            // the output still over half its bound (a read-back that overtook the live source),
+            // once it drained (the next `take_output` looks again), as a catch-up does.
             Lookup::Ahead(by) if history && by <= channel.buffer.capacity().max(1) as u64 => {
-                st.cursor = None;
-                st.skip_through = Some(after.seq);
+                if st.pending_bytes <= max / 2 {
+                    st.cursor = None;
+                    st.skip_through = Some(after.seq);
+                }
                 Next::Queued
             }
             Lookup::Older | Lookup::Unknown | Lookup::Ahead(_) => {
@@ -721,6 +725,10 @@ impl Gateway {
         let lost = if first { !log_resumes(have, position) } else { !log_continues(have, position) };
         if lost {
             st.backfilling = None;
+            // What lies between is gone and the client is told so once: from here on, the
+            // client's place is just before this message (a read-back after its output drained
+            // starts there, and does not find the same loss again).
+            st.cursor = Some(EventId { epoch: after.epoch, seq: position - 1 });
             gap_then_live(st, true, live_point, max);
             self.history_gap(id);
             self.wake(id);
@@ -773,8 +781,13 @@ impl Gateway {
             gap_then_live(st, true, live_point, max);
             self.history_gap(id);
         } else if live_point.is_none() {
-            // The log had nothing more and nothing has arrived live yet: live from here.
-            st.skip_through = st.cursor.take().map(|c| c.seq);
+            // The log had nothing more and nothing has arrived live yet: live from here; with
+            // the output still over half its bound, once it drained (`take_output` reads on from
+            // the cursor then: the log, or the buffer if live events arrived meanwhile), or the
+            // next live event could overrun it and close a client that reads.
+            if st.pending_bytes <= max / 2 {
+                st.skip_through = st.cursor.take().map(|c| c.seq);
+            }
         } else {
             self.refill(id);
         }
@@ -875,11 +888,13 @@ impl Gateway {
     }
 
     /// Queues a control frame (heartbeat, warning); closes a stream it would take over its bound.
-    /// A stream catching up gets [`CONTROL_SLACK`] more, over its bound or over the events its
-    /// catch-up queued (whose last may take them past the bound): the catch-up fills the output
-    /// by design, so a warning arriving then says nothing about the client (one that stopped
-    /// reading is closed by the heartbeat tick). Control frames already queued count against the
-    /// slack: however often a source flaps, the output stays bounded.
+    /// Every stream gets [`CONTROL_SLACK`] more, over its bound or over the events it has queued
+    /// (one event larger than the bound goes into an empty output; a catch-up's last event may
+    /// take it past the bound): a catch-up fills the output by design, and a live stream may be
+    /// in the middle of writing one large event, so a warning arriving then says nothing about
+    /// the client (one that stopped reading is closed by the heartbeat tick; D8: an outage keeps
+    /// streams open). Control frames already queued count against the slack: however often a
+    /// source flaps, the output stays bounded.
     fn push(&mut self, id: StreamId, frame: Bytes) {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return };
@@ -887,7 +902,7 @@ impl Gateway {
             return;
         }
         let events = st.pending_bytes - st.control_bytes as usize;
-        let bound = if st.cursor.is_some() { max.max(events) + CONTROL_SLACK } else { max };
+        let bound = max.max(events) + CONTROL_SLACK;
         if st.pending_bytes + frame.len() > bound {
             self.close_stream(id, CloseReason::SlowClient);
             return;

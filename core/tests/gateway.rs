@@ -675,7 +675,7 @@ fn a_stream_that_stops_reading_is_closed_at_its_bound_and_others_keep_receiving(
 }
 
 #[test]
-fn an_outage_warning_that_overflows_a_stalled_stream_closes_it_cleanly() {
+fn an_outage_warning_does_not_close_a_stalled_stream_its_heartbeat_tick_does() {
     let mut h = Harness::new("max_pending_bytes = 4096\n");
     let deals = h.channel("deals");
     let stalled = h.open("slow", "deals");
@@ -692,12 +692,18 @@ fn an_outage_warning_that_overflows_a_stalled_stream_closes_it_cleanly() {
     assert!(!h.closed.contains_key(&stalled));
     h.gw.source_down(deals, h.now);
     h.drain();
-    // The warning itself overflows it: closed at once, as slow, with nothing half-written.
+    // The warning takes it past its bound by the control slack, no more (D8: an outage closes no
+    // stream); a client that does not read for a whole heartbeat interval is closed by the tick,
+    // as slow, with nothing half-written.
+    assert!(!h.closed.contains_key(&stalled), "closed by the warning");
+    assert!(h.gw.pending_bytes(stalled) <= 4096 + 1024);
+    assert!(h.take_events(other).contains("source_unavailable"));
+    h.advance(Duration::from_secs(31));
+    assert!(!h.closed.contains_key(&stalled), "closed at the first tick");
+    h.advance(Duration::from_secs(31));
     assert_eq!(h.closed.get(&stalled), Some(&CloseReason::SlowClient));
     let wire = h.take_wire(stalled);
     assert!(wire.is_empty() || wire.ends_with("\n\n"), "whole frames only: {wire:?}");
-    assert!(h.take_events(other).contains("source_unavailable"));
-    h.advance(Duration::from_secs(61));
     assert!(h.take_events(other).contains("source_unavailable"), "the other stream goes on being warned");
     assert_eq!(h.gw.stream_count(), 1);
 }
@@ -1369,6 +1375,31 @@ fn an_outage_warning_does_not_close_a_catch_up_whose_last_event_took_it_past_its
 }
 
 #[test]
+fn an_outage_warning_does_not_close_a_live_stream_writing_a_large_event() {
+    // One event of nearly the whole bound, not yet written, then the source goes down: D8 keeps
+    // the stream open; it gets the event, then the warning.
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let deals = h.channel("deals");
+    let id = h.open("u1", "deals");
+    h.take_wire(id);
+    h.reading.insert(id, false);
+    for size in [4000, 6000] {
+        let big = h.publish("deals", "deal.created", deal_created(&"x".repeat(size)));
+        assert!(h.gw.pending_bytes(id) + 100 > 4096, "the output is at its bound");
+        h.gw.source_down(deals, h.now);
+        h.drain();
+        assert!(h.closed.is_empty(), "a live stream was closed as slow by a warning: {:?}", h.closed);
+        h.flush(id);
+        let w = h.take_wire(id);
+        assert!(w.starts_with(std::str::from_utf8(big.frame()).unwrap()), "the event first: {w}");
+        assert!(w.contains("source_unavailable"), "then the warning: {w}");
+        h.gw.source_up(deals);
+        h.drain();
+        h.take_wire(id);
+    }
+}
+
+#[test]
 fn an_event_larger_than_the_output_bound_reaches_idle_streams() {
     let mut h = Harness::new("max_pending_bytes = 4096\n");
     let a = h.open("u1", "deals");
@@ -1531,4 +1562,97 @@ fn the_delay_histogram_counts_from_an_events_arrival_to_the_write_that_carries_i
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
+}
+
+/// A deal at log position `seq` with a title of about `size` bytes.
+fn big_deal_at(seq: u64, size: usize) -> UpstreamMessage {
+    let mut m = msg("deal.created", deal_created(&format!("d{seq}{}", "x".repeat(size))));
+    m.position = Some(seq);
+    m
+}
+
+/// Hands stream `id` `m` as a read-back of `channel`'s log gives it.
+fn read_back_msg(h: &mut Harness, channel: ChannelId, id: StreamId, m: &UpstreamMessage) -> BackfillStep {
+    let ingest = &h.ingest[channel.index()];
+    let ev = ingest.read_back(m, &mut ingest.read_back_window()).unwrap();
+    h.gw.backfill_message(id, m.position.unwrap(), Some(&ev))
+}
+
+/// A stream of `u1` on a log channel (bound 4 KiB) resuming from `1000-7`, whose client does not
+/// read for now.
+fn resuming_without_reading() -> (Harness, ChannelId, StreamId) {
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-7"]).unwrap();
+    h.reading.insert(id, false);
+    (h, deals, id)
+}
+
+/// The client reads again: everything it is sent until its output stays empty.
+fn read_all(h: &mut Harness, id: StreamId) -> String {
+    h.reading.insert(id, true);
+    for _ in 0..4 {
+        h.flush(id);
+        h.drain();
+    }
+    h.take_events(id)
+}
+
+#[test]
+fn a_loss_a_read_back_finds_while_the_output_is_full_is_reported_once() {
+    let (mut h, deals, id) = resuming_without_reading();
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(8, 3000)), BackfillStep::Continue);
+    assert!(h.gw.pending_bytes(id) > 2048, "the output is over half its bound");
+    // 9..19 are gone from the log.
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(20, 10)), BackfillStep::Finished);
+    h.drain();
+    let w = read_all(&mut h, id);
+    // Once drained, the read-back goes on from just before 20: not from 8, which would find the
+    // same loss again and warn a second time.
+    let after = EventId { epoch: 1000, seq: 19 };
+    assert_eq!(h.backfills.last(), Some(&Output::Backfill { stream: id, channel: deals, after, until: u64::MAX }));
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(20, 10)), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.drain();
+    let w = w + &read_all(&mut h, id);
+    assert_eq!(w.matches("history_gap").count(), 1, "{w}");
+    assert_eq!(ids_in(&w), ["1000-8", "1000-20"]);
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn a_read_back_that_ends_with_a_full_output_before_anything_arrived_goes_live_once_it_drained() {
+    let (mut h, deals, id) = resuming_without_reading();
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(8, 3000)), BackfillStep::Continue);
+    h.gw.backfill_done(id, true); // the log ends at 8
+    h.drain();
+    // Live at once, this would overrun the output and close a client that reads as slow.
+    h.publish_msg("deals", big_deal_at(9, 3000)).unwrap();
+    assert!(h.closed.is_empty(), "closed as slow: {:?}", h.closed);
+    let w = read_all(&mut h, id);
+    h.publish_msg("deals", deal_at(10)).unwrap();
+    let w = w + &h.take_events(id);
+    assert_eq!(ids_in(&w), ["1000-8", "1000-9", "1000-10"], "{w}");
+    assert!(!w.contains("history_gap"), "{w}");
+}
+
+#[test]
+fn a_read_back_that_overtook_the_live_source_with_a_full_output_goes_live_once_it_drained() {
+    let (mut h, deals, id) = resuming_without_reading();
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(8, 1500)), BackfillStep::Continue);
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(9, 1500)), BackfillStep::Continue);
+    // The live source, behind the read-back, delivers 8: the buffer takes over, one event behind
+    // the client's place.
+    h.publish_msg("deals", big_deal_at(8, 1500)).unwrap();
+    assert_eq!(read_back_msg(&mut h, deals, id, &big_deal_at(10, 10)), BackfillStep::Finished);
+    h.drain();
+    h.publish_msg("deals", big_deal_at(9, 1500)).unwrap();
+    h.publish_msg("deals", big_deal_at(10, 3000)).unwrap();
+    assert!(h.closed.is_empty(), "closed as slow: {:?}", h.closed);
+    let w = read_all(&mut h, id);
+    h.publish_msg("deals", deal_at(11)).unwrap();
+    let w = w + &h.take_events(id);
+    assert_eq!(ids_in(&w), ["1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
+    assert!(!w.contains("history_gap"), "{w}");
 }
