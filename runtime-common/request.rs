@@ -63,6 +63,31 @@ async fn read_more(sock: &mut Socket, buf: &mut Vec<u8>, want: usize, deadline: 
     read
 }
 
+/// When a partial request is worth parsing again: the core parses the whole buffer each time
+/// (httparse keeps no state), so a head that arrives a few bytes at a time is parsed when its
+/// request line is complete (a bad one is refused at once), when its end has arrived (and after
+/// it, for a body), or when it is too large; not on every read in between.
+#[derive(Default)]
+struct HeadScan {
+    line_seen: bool,
+    end_seen: bool,
+}
+
+impl HeadScan {
+    /// `buf[before..]` was just read.
+    fn worth_routing(&mut self, buf: &[u8], before: usize, max_head: usize) -> bool {
+        if self.end_seen {
+            return true;
+        }
+        // The end may straddle two reads: look from up to 3 bytes back.
+        let tail = &buf[before.saturating_sub(3)..];
+        self.end_seen = tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n");
+        let line_now = !self.line_seen && buf[before..].contains(&b'\n');
+        self.line_seen |= line_now;
+        self.end_seen || line_now || buf.len() > max_head
+    }
+}
+
 async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
     let _ = sock.get_ref().set_nodelay(true);
     let server = &ctx.front.settings().config.server;
@@ -75,13 +100,18 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         None => return debug!(%peer, "head timeout"),
     }
     let mut buf = Vec::new();
+    let mut scan = HeadScan::default();
     let routed = loop {
         // 1 KiB first; then as much as is there (at least 1 KiB, at most READ_CHUNK).
         let want = buf.len().clamp(FIRST_READ, READ_CHUNK);
+        let before = buf.len();
         match read_more(&mut sock, &mut buf, want, deadline).await {
             Some(Ok(0)) | Some(Err(_)) => return,
             None => return debug!(%peer, "head timeout"),
             Some(Ok(_)) => {}
+        }
+        if !scan.worth_routing(&buf, before, server.max_head_bytes) {
+            continue;
         }
         match ctx.front.route(&buf, unix_now()) {
             Routed::Partial => continue,
@@ -168,4 +198,41 @@ async fn publish(
         Some(Err(d)) => Response::dropped(&d, cors),
         None => unavailable(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScan;
+
+    /// Feeds `head` in pieces of `step` bytes; returns after which pieces a route was worth it.
+    fn routes(head: &[u8], step: usize, max: usize) -> Vec<usize> {
+        let mut scan = HeadScan::default();
+        let mut buf = Vec::new();
+        let mut at = Vec::new();
+        for (i, piece) in head.chunks(step).enumerate() {
+            let before = buf.len();
+            buf.extend_from_slice(piece);
+            if scan.worth_routing(&buf, before, max) {
+                at.push(i);
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_parsed_at_its_first_line_and_its_end() {
+        let head = b"GET /api/v1/streams/deals HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\n\r\n";
+        let line = head.iter().position(|&b| b == b'\n').unwrap();
+        assert_eq!(routes(head, 1, 16384), [line, head.len() - 1]);
+        // Bare line feeds, and the end split over reads in every way.
+        let bare = b"GET / HTTP/1.1\nHost: x\n\n";
+        assert_eq!(routes(bare, 1, 16384).last(), Some(&(bare.len() - 1)));
+        for step in 1..head.len() {
+            let at = routes(head, step, 16384);
+            assert_eq!(at.last(), Some(&((head.len() - 1) / step)), "step {step}");
+        }
+        // After the end (a body), every read; past the size limit, every read (431).
+        assert_eq!(routes(b"POST / HTTP/1.1\r\n\r\nabc", 1, 16384), [16, 18, 19, 20, 21]);
+        assert_eq!(routes(b"GET / HTTP/1.1\r\nX: yyyyyy", 1, 20), [15, 20, 21, 22, 23, 24]);
+    }
 }
