@@ -595,7 +595,8 @@ fn a_stream_kept_busy_by_live_events_keeps_its_room_until_the_burst_is_over() {
     h.take_wire(id);
     // Live events faster than the stream is written: many per write, write after write. (A
     // frontend stamps when it received each message; the delay histogram and this rule use it.)
-    let live = |body: serde_json::Value| UpstreamMessage { received: Some(std::time::Instant::now()), ..msg("deal.created", body) };
+    let now = h.now;
+    let live = |body: serde_json::Value| UpstreamMessage { received: Some(now), ..msg("deal.created", body) };
     for round in 0..3 {
         h.reading.insert(id, false); // the writer's turn comes after 100 events
         for i in 0..100 {

@@ -156,7 +156,8 @@ describe('in-process source with the publish endpoint', () => {
               const line = buf.slice(0, nl);
               buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
               if (line === '') {
-                if (ev.data.length) log.events.push({ type: ev.event, id: ev.id, data: ev.data.join('\n') });
+                // A heartbeat (1 s in this group) is not an event of the page's.
+                if (ev.data.length && ev.event !== 'heartbeat') log.events.push({ type: ev.event, id: ev.id, data: ev.data.join('\n') });
                 ev = { event: 'message', data: [], id: ev.id };
                 continue;
               }

@@ -294,16 +294,28 @@ impl SseClient {
     }
 
     /// Reads events with ids until one whose data is `marker`; returns the data of those before
-    /// it. Panics (naming `who`) on an error frame, a close, or [`WAIT`] x 3 without an event:
-    /// for "exactly these events, in order" checks under load, with a marker published last.
+    /// it. Panics (naming `who`) on an error frame, a `history_gap`, an id that does not come
+    /// after the one before it (a duplicate, or one going back), a close, or [`WAIT`] x 3
+    /// without an event: for "exactly these events, in order" checks under load, with a marker
+    /// published last. Other warnings (`source_unavailable`) and heartbeats are passed over.
     pub async fn data_until(&mut self, marker: &str, who: &str) -> Vec<String> {
         let mut seen = Vec::new();
+        let mut last: Option<(u64, u64)> = None;
         loop {
-            let ev = self.next_with_id(3 * WAIT).await.unwrap_or_else(|| {
+            let ev = self.next_non_heartbeat(3 * WAIT).await.unwrap_or_else(|| {
                 let state = if self.closed { "closed" } else { "silent" };
                 panic!("{who}: stream {state} after {} events, before the marker", seen.len())
             });
             assert_ne!(ev.event, "error", "{who}: {ev:?}");
+            let Some(id) = &ev.id else {
+                assert!(!ev.data.contains("history_gap"), "{who}: history_gap after {} events: {ev:?}", seen.len());
+                continue;
+            };
+            let at = parse_id(id).unwrap_or_else(|| panic!("{who}: an id not of the form <epoch>-<seq>: {id:?}"));
+            if let Some(prev) = last {
+                assert!(at.0 != prev.0 || at.1 > prev.1, "{who}: id {id} after {prev:?}: a duplicate or out of order");
+            }
+            last = Some(at);
             if ev.data == marker {
                 return seen;
             }
@@ -379,6 +391,12 @@ impl SseClient {
         let body = self.read_body(WAIT).await;
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("body of a {} is not JSON ({e}): {body:?}", self.status))
     }
+}
+
+/// An event id's parts, `<epoch>-<seq>`.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (e, s) = id.split_once('-')?;
+    Some((e.parse().ok()?, s.parse().ok()?))
 }
 
 #[cfg(test)]

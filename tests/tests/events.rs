@@ -5,22 +5,16 @@
 use std::time::Duration;
 
 use sse_gateway_tests::payloads::{valid, valid_text, SEED_EVENTS};
+use sse_gateway_tests::sse::parse_id;
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, Header, SseClient, SseEvent};
-
-/// `<epoch>-<seq>` parsed, when the id has that shape (ids are opaque; this only checks order).
-fn epoch_seq(id: &str) -> Option<(u64, u64)> {
-    let (e, s) = id.split_once('-')?;
-    Some((e.parse().ok()?, s.parse().ok()?))
-}
 
 fn assert_ids_increase(events: &[SseEvent]) {
     for pair in events.windows(2) {
         let (a, b) = (pair[0].id.as_deref().unwrap(), pair[1].id.as_deref().unwrap());
-        assert_ne!(a, b, "two events share an id");
-        if let (Some((ea, sa)), Some((eb, sb))) = (epoch_seq(a), epoch_seq(b)) {
-            assert!(ea == eb && sa < sb, "ids must increase within a channel: {a} then {b}");
-        }
+        let parse = |id| parse_id(id).unwrap_or_else(|| panic!("an id not of the form <epoch>-<seq>: {id:?}"));
+        let ((ea, sa), (eb, sb)) = (parse(a), parse(b));
+        assert!(ea == eb && sa < sb, "ids must increase within a channel: {a} then {b}");
     }
 }
 

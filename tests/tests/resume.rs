@@ -18,6 +18,20 @@ async fn publish_n(fx: &Fixture, n: usize) -> Vec<String> {
     bodies
 }
 
+const DEALS_IN: &str = "sse_gateway_events_in_total{channel=\"deals\"}";
+const DEALS_REPLAYED: &str = "sse_gateway_events_replayed_total{channel=\"deals\"}";
+
+/// Waits until the gateway took `n` deals events in all: the events published while a client was
+/// away are in its buffer before it comes back, so they can only reach it as a replay (not live,
+/// which would pass a resume test with the resume broken).
+async fn gateway_has(fx: &Fixture, n: usize) {
+    fx.gw.wait_metric(DEALS_IN, n as f64).await;
+}
+
+async fn replayed_now(fx: &Fixture) -> f64 {
+    fx.gw.metric(DEALS_REPLAYED).await.unwrap_or(0.0)
+}
+
 fn data(events: &[SseEvent]) -> Vec<String> {
     events.iter().map(|e| e.data.clone()).collect()
 }
@@ -37,6 +51,8 @@ async fn a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live
     drop(s); // the connection drops
 
     let missed = publish_n(&fx, 3).await;
+    gateway_has(&fx, 6).await;
+    let replays_before = replayed_now(&fx).await;
     let mut s = fx.gw.stream_with("deals", &alice, &[("Last-Event-ID", &last_id)]).await;
     let mut replayed = Vec::new();
     for _ in 0..3 {
@@ -45,6 +61,7 @@ async fn a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live
         replayed.push(ev);
     }
     assert_eq!(data(&replayed), missed, "exactly the missed events, in order");
+    assert_eq!(replayed_now(&fx).await - replays_before, 3.0, "the missed events came as a replay");
     let ids: Vec<_> = seen.iter().chain(&replayed).map(|e| e.id.clone().unwrap()).collect();
     let mut unique = ids.clone();
     unique.sort();
@@ -68,6 +85,8 @@ async fn the_last_event_id_query_parameter_resumes_a_first_connect(bin: Bin) {
     let first = s.expect_event("the first event").await;
     drop(s);
     let missed = publish_n(&fx, 2).await;
+    gateway_has(&fx, 3).await;
+    let replays_before = replayed_now(&fx).await;
     let auth = format!("Bearer {alice}");
     let path = format!("/api/v1/streams/deals?last_event_id={}", first.id.unwrap());
     let mut s = fx.gw.open(&path, &[("Authorization", &auth)]).await;
@@ -77,6 +96,7 @@ async fn the_last_event_id_query_parameter_resumes_a_first_connect(bin: Bin) {
         got.push(s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a replayed event"));
     }
     assert_eq!(data(&got), missed);
+    assert_eq!(replayed_now(&fx).await - replays_before, 2.0, "the missed events came as a replay");
 }
 
 async fn an_unknown_last_event_id_gets_history_gap_first_then_live_events(bin: Bin) {
@@ -115,6 +135,7 @@ async fn an_id_older_than_the_buffer_gets_history_gap_and_then_only_live_events(
     let first = s.expect_event("the first event").await;
     drop(s);
     publish_n(&fx, 5).await; // the buffer keeps only the last 2: `first`'s successors are gone
+    gateway_has(&fx, 6).await;
     let mut s = fx.gw.stream_with("deals", &alice, &[("Last-Event-ID", first.id.as_deref().unwrap())]).await;
     let ev = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("a first frame");
     assert_eq!(ev.event, "warning", "{ev:?}");
