@@ -19,7 +19,7 @@ describe('in-process source with the publish endpoint', () => {
   before(async () => {
     gw = await Gateway.start({
       server: 'publish_endpoint = true',
-      rest: '[streams]\nheartbeat = "1s"\nretry = "2s"\nretry_jitter = "1s"\nmin_stream_age = "3s"\n',
+      rest: '[streams]\nheartbeat = "1s"\nretry = "2s"\nretry_jitter = "1s"\nmin_stream_age = "6s"\n',
     });
     chrome = await browser();
   });
@@ -222,7 +222,9 @@ describe('in-process source with the publish endpoint', () => {
     assert.deepEqual(rec.errors, [{ code: 'forbidden' }]);
     assert.deepEqual(rec.events, []);
     assert.equal(rec.readyState, 0, 'the browser schedules a reconnect ...');
-    await sleep(3000);
+    // Past the normal retry of this group (2 s + up to 1 s of jitter) with room to spare: a stream
+    // wrongly given that retry would have come back inside this wait.
+    await sleep(5000);
     assert.equal(requests, 1, '... after the retry of at least 60 s, not now');
     // The retry the gateway asked for, read with fetch (EventSource does not expose it).
     const retry = await page.evaluate(async () => {
@@ -242,7 +244,8 @@ describe('in-process source with the publish endpoint', () => {
         [key, chans[i], TYPES[chans[i]]]);
       await until(`${key} open`, () => page.evaluate((k) => window.rec[k].opens === 1, key));
     }
-    // A sixth stream while the oldest is younger than min_stream_age (3 s): HTTP 409.
+    // A sixth stream while the oldest is younger than min_stream_age (6 s, room for five opens on
+    // a busy machine): HTTP 409.
     const refused = await page.evaluate(async () => {
       const res = await fetch('/api/v1/streams/deals', { headers: { accept: 'text/event-stream' } });
       return { status: res.status, body: await res.json() };
@@ -252,7 +255,7 @@ describe('in-process source with the publish endpoint', () => {
 
     // Once the oldest is older than that, a sixth stream evicts it with `error` stream_limit.
     const openedAt = await page.evaluate(() => window.rec.s1.openedAt[0]);
-    await sleep(Math.max(0, openedAt + 3300 - Date.now()));
+    await sleep(Math.max(0, openedAt + 6300 - Date.now()));
     await page.evaluate((types) => window.openStream('s6', '/api/v1/streams/deals', { types }), TYPES.deals);
     await until('the eviction', () => page.evaluate(() => window.rec.s1.errors.length === 1 && window.rec.s6.opens === 1));
     const rec = await page.evaluate(() => window.rec);

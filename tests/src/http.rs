@@ -143,6 +143,13 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &
             panic!("{method} {path}: connection closed before a full head: {:?}", String::from_utf8_lossy(&buf))
         });
         let head = parse_head(&buf[..end]);
+        if let Some(len) = header(&head.headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
+            assert!(
+                head.status == 204 || head.status == 304 || buf.len() >= end + len,
+                "{method} {path}: closed after {} of the {len} body bytes its Content-Length promised",
+                buf.len() - end
+            );
+        }
         finish(head, &buf[end..])
     })
     .await

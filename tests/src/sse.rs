@@ -106,6 +106,12 @@ impl EventStreamParser {
         &self.last_event_id
     }
 
+    /// Bytes of a frame that has not ended: a line without its end, or fields without the blank
+    /// line that dispatches them. At a close, a frame cut in half.
+    pub fn partial(&self) -> bool {
+        !self.line.is_empty() || !self.data.is_empty() || !self.event_type.is_empty() || self.block_id.is_some()
+    }
+
     fn end_line(&mut self) {
         let raw = std::mem::take(&mut self.line);
         let line = String::from_utf8_lossy(&raw);
@@ -256,14 +262,35 @@ impl SseClient {
             if let Some(ev) = self.parser.next_event() {
                 return Some(ev);
             }
-            if self.closed {
+            if self.closed || !self.read_some(deadline).await {
                 return None;
             }
-            let mut chunk = [0u8; 8192];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Err(_) => return None,
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.parser.feed(&chunk[..n]),
+        }
+    }
+
+    /// Reads once into the parser (marking the stream closed at its end); false if `deadline`
+    /// passed first.
+    async fn read_some(&mut self, deadline: Instant) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+            Ok(Ok(n)) => self.parser.feed(&chunk[..n]),
+        }
+        true
+    }
+
+    /// Reads until the stream has carried `n` `retry:` fields (they dispatch no event, so
+    /// [`SseClient::next_event`] does not stop at one), within [`WAIT`]; false on timeout or close.
+    pub async fn until_retry_fields(&mut self, n: usize) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // Events read on the way stay queued in the parser for the next `next_event`.
+            if self.parser.retry_fields() >= n {
+                return true;
+            }
+            if self.closed || !self.read_some(deadline).await {
+                return false;
             }
         }
     }
@@ -347,7 +374,8 @@ impl SseClient {
     }
 
     /// Reads until the server closes, returning every event on the way; `None` when it is still
-    /// open after `timeout`.
+    /// open after `timeout`. Panics if the close cut a frame in half (the gateway ends a stream
+    /// after whole frames only).
     pub async fn until_closed(&mut self, timeout: Duration) -> Option<Vec<SseEvent>> {
         let deadline = Instant::now() + timeout;
         let mut events = Vec::new();
@@ -355,7 +383,10 @@ impl SseClient {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_event(left).await {
                 Some(ev) => events.push(ev),
-                None if self.closed => return Some(events),
+                None if self.closed => {
+                    assert!(!self.parser.partial(), "the stream closed in the middle of a frame, after {events:?}");
+                    return Some(events);
+                }
                 None => return None,
             }
         }
@@ -468,6 +499,14 @@ mod tests {
         assert_eq!(evs[1].last_event_id, "5");
         assert_eq!(evs[2].last_event_id, "");
         assert_eq!(p.last_event_id(), "");
+    }
+
+    #[test]
+    fn a_frame_cut_in_half_is_partial_and_whole_frames_are_not() {
+        assert!(!parse(&[b"retry: 1\n\nid: 1-1\ndata: a\n\n"]).1.partial());
+        for cut in [&b"data: a\n"[..], b"data: a", b"id: 1-2\n", b"event: x\n"] {
+            assert!(parse(&[b"data: whole\n\n", cut]).1.partial(), "{:?}", String::from_utf8_lossy(cut));
+        }
     }
 
     #[test]

@@ -1,0 +1,79 @@
+//! The command line of both binaries (`--help`): `check-config`, `token` and `catalogue`.
+
+use std::path::Path;
+use std::process::Output;
+
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, GatewayProcess};
+
+/// Runs `bin` with `args` in `dir`, without the environment that would override a file.
+fn run(bin: Bin, dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(bin.path())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SSE_GATEWAY_JWT_SECRET")
+        .env_remove("SSE_GATEWAY_AMQP_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.file_name()))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn check_config_says_ok_or_names_the_bad_key_with_exit_status_2(bin: Bin) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("good.toml"), ConfigBuilder::new().render()).unwrap();
+    let out = run(bin, dir.path(), &["check-config", "good.toml"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "ok");
+
+    let bad = ConfigBuilder::new().str("streams", "heartbeat", "0s").render();
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let out = run(bin, dir.path(), &["check-config", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("streams.heartbeat"), "the error names the key: {err}");
+
+    let out = run(bin, dir.path(), &["check-config", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("missing.toml"), "{}", text(&out.stderr));
+}
+
+async fn a_token_printed_by_the_binary_opens_a_stream_on_a_gateway_with_the_same_config(bin: Bin) {
+    let cfg = ConfigBuilder::new().render();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("gw.toml"), &cfg).unwrap();
+    let out = run(bin, dir.path(), &["token", "--sub", "cli-user", "--ttl", "5m", "--config", "gw.toml"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let gw = GatewayProcess::start(bin, &cfg).await;
+    let mut s = gw.open("/api/v1/streams/deals", &[("Authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(s.status, 200);
+    assert!(s.until_retry_fields(1).await, "the stream starts");
+    // Signed with the file's secret, not some built-in one: another secret refuses it.
+    let other = cfg.replace(sse_gateway_tests::SECRET, "another-secret-of-32-bytes-000000");
+    assert_ne!(other, cfg);
+    let gw2 = GatewayProcess::start(bin, &other).await;
+    let s = gw2.open("/api/v1/streams/deals", &[("Authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(s.status, 401);
+}
+
+async fn catalogue_prints_the_published_contract_documents(bin: Bin) {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (flag, file) in [("--typescript", "events.d.ts"), ("--json-schema", "events.schema.json"), ("--asyncapi", "asyncapi.json")] {
+        let out = run(bin, dir.path(), &["catalogue", flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stderr));
+        let want = std::fs::read_to_string(docs.join(file)).unwrap();
+        assert_eq!(text(&out.stdout).trim_end(), want.trim_end(), "{flag} differs from docs/{file}");
+    }
+    let out = run(bin, dir.path(), &["catalogue"]);
+    assert_eq!(out.status.code(), Some(2), "a format is required");
+}
+
+for_each_binary!(
+    check_config_says_ok_or_names_the_bad_key_with_exit_status_2,
+    a_token_printed_by_the_binary_opens_a_stream_on_a_gateway_with_the_same_config,
+    catalogue_prints_the_published_contract_documents,
+);
