@@ -130,7 +130,7 @@ struct Stream {
     opened_at: Instant,
     heartbeat_at: Instant,
     expires_at: Option<Instant>,
-    pending: VecDeque<Bytes>,
+    pending: Vec<Bytes>,
     pending_bytes: usize,
     /// When the oldest live event in `pending` arrived (`Event::received`), for the delay
     /// histogram; cleared when the output is taken.
@@ -390,7 +390,7 @@ impl Gateway {
             opened_at: now,
             heartbeat_at,
             expires_at,
-            pending: VecDeque::new(),
+            pending: Vec::new(),
             pending_bytes: 0,
             waiting_since: None,
             transmit_queued: false,
@@ -554,7 +554,7 @@ impl Gateway {
                 return;
             }
             st.pending_bytes += frame.len();
-            st.pending.push_back(frame.clone());
+            st.pending.push(frame.clone());
             if st.waiting_since.is_none() {
                 st.waiting_since = ev.received();
             }
@@ -675,14 +675,15 @@ impl Gateway {
         let Some(st) = self.stream_mut(id) else { return 0 };
         let n = st.pending_bytes;
         let (frames, live) = (st.pending.len(), st.waiting_since.is_some());
-        out.extend(st.pending.drain(..));
+        // A move of the handles (no reference count touched), keeping `pending`'s room.
+        out.append(&mut st.pending);
         // What a burst grew (a catch-up, a backlog) is freed once it is over, so a stream that
         // idles after it does not keep it. A stream whose live events keep filling most of it
         // (a busy channel, several events per write) keeps it, rather than growing it again,
         // an allocation per doubling, on every write.
         let cap = st.pending.capacity();
         if cap > KEEP_FRAMES && !(live && frames * 4 > cap) {
-            st.pending = VecDeque::new();
+            st.pending = Vec::new();
         }
         st.pending_bytes = 0;
         st.control_bytes = 0;
@@ -989,5 +990,5 @@ fn gap_then_live(st: &mut Stream, in_log: bool, live_point: Option<EventId>, max
 
 fn push_raw(st: &mut Stream, frame: Bytes) {
     st.pending_bytes += frame.len();
-    st.pending.push_back(frame);
+    st.pending.push(frame);
 }
