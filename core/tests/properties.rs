@@ -12,8 +12,15 @@
 //! - every stream of a down source has had a warning within the warning interval.
 
 mod support;
+#[path = "support/response.rs"]
+mod response;
+
+/// The one origin allowed in the routing properties: the only one a response may echo.
+const ORIGIN: &str = "https://a.example";
+const ORIGIN_CONFIG: &str = "[server]\ncors_origins = [\"https://a.example\"]\n";
 
 use proptest::prelude::*;
+use sse_gateway_core::Routed;
 use support::model::*;
 use support::*;
 
@@ -50,23 +57,31 @@ proptest! {
 
 proptest! {
     #[test]
-    fn routing_never_panics_on_arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let h = Harness::new("");
-        let _ = h.route(&raw);
+    fn routing_arbitrary_bytes_never_panics_and_answers_complete_responses(raw in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let h = Harness::new(ORIGIN_CONFIG);
+        if let Routed::Respond(r) = h.route(&raw) {
+            response::assert_complete_response(&r.bytes, ORIGIN);
+        }
     }
 
     #[test]
-    fn routing_never_panics_on_arbitrary_heads(
+    fn routing_arbitrary_heads_never_panics_and_answers_complete_responses(
         method in "[A-Z]{1,8}",
         path in "/[ -~]{0,64}",
         headers in proptest::collection::vec(("[A-Za-z-]{1,16}", "[ -~]{0,64}"), 0..8),
+        origin in proptest::option::of(prop_oneof![Just(ORIGIN.to_string()), Just("null".to_string()), "[ -~]{0,40}"]),
     ) {
-        let h = Harness::new("");
+        let h = Harness::new(ORIGIN_CONFIG);
         let mut raw = format!("{method} {path} HTTP/1.1\r\n");
         for (k, v) in headers {
             raw.push_str(&format!("{k}: {v}\r\n"));
         }
+        if let Some(o) = origin {
+            raw.push_str(&format!("Origin: {o}\r\n"));
+        }
         raw.push_str("\r\n");
-        let _ = h.route(raw.as_bytes());
+        if let Routed::Respond(r) = h.route(raw.as_bytes()) {
+            response::assert_complete_response(&r.bytes, ORIGIN);
+        }
     }
 }
