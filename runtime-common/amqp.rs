@@ -221,6 +221,24 @@ fn with_heartbeat(uri: &str) -> String {
     }
 }
 
+/// The running sources, to stop at shutdown ([`Sources::stop`]).
+pub(crate) struct Sources {
+    stop: async_channel::Sender<()>,
+    done: async_channel::Receiver<()>,
+}
+
+impl Sources {
+    /// Tells every source to stop taking deliveries and waits until each has acked what it
+    /// handled and ended (a classic queue would otherwise deliver those again to the next
+    /// consumer: duplicates under new ids). A source in the middle of connecting ends when that
+    /// returns; the caller bounds the wait.
+    pub(crate) async fn stop(self) {
+        self.stop.close();
+        // An error once every source has ended (dropped its sender).
+        let _ = self.done.recv().await;
+    }
+}
+
 /// Starts every channel's source on the broker, as tasks on this thread's executor; lapin runs
 /// on `runtime`. Event ids use `epoch` (the process start), except on stream channels, whose
 /// ids carry their stream's configured epoch. With any stream channel, the shards get the
@@ -233,7 +251,9 @@ pub(crate) fn start(
     broker: &BrokerConfig,
     shards: &Shards,
     epoch: u64,
-) {
+) -> Sources {
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let (done_tx, done_rx) = async_channel::bounded::<()>(1);
     let uri = with_heartbeat(&broker.url);
     let link = Arc::new(Link::new(uri.clone(), runtime.clone(), "sse-gateway"));
     if settings.channels.iter().any(|c| c.log.is_some()) {
@@ -252,9 +272,12 @@ pub(crate) fn start(
             shards: shards.clone(),
             id,
             name: ch.name.clone(),
+            stop: stop_rx.clone(),
+            _done: done_tx.clone(),
         };
         spawn(source.run(ingest, broker.clone()));
     }
+    Sources { stop: stop_tx, done: done_rx }
 }
 
 struct Source {
@@ -264,6 +287,10 @@ struct Source {
     shards: Shards,
     id: ChannelId,
     name: String,
+    /// Closed at shutdown ([`Sources::stop`]).
+    stop: async_channel::Receiver<()>,
+    /// Dropped when the source ends: what [`Sources::stop`] waits for.
+    _done: async_channel::Sender<()>,
 }
 
 /// Where a stream source is in its stream, across reconnects.
@@ -336,6 +363,8 @@ enum Wake<T> {
     Checked(Result<bool, String>),
     /// The queue check is due.
     CheckDue,
+    /// Shutdown ([`Sources::stop`]).
+    Stop,
 }
 
 /// How far one connection of a source got.
@@ -365,7 +394,11 @@ impl Source {
         let mut offsets = Offsets { started: sse_gateway_core::cli::unix_now(), ..Offsets::default() };
         loop {
             let mut attempt = Attempt::default();
-            let why = match self.consume(&mut ingest, &broker, &mut attempt, &mut offsets).await {
+            let result = self.consume(&mut ingest, &broker, &mut attempt, &mut offsets).await;
+            if self.stop.is_closed() {
+                return; // shutdown: what was handled is acked (or the channel could not take it)
+            }
+            let why = match result {
                 Ok(()) => "the consumer was cancelled".to_string(),
                 Err(e) => e,
             };
@@ -383,7 +416,10 @@ impl Source {
                 debug!(channel = %self.name, error = %why, failures, "reconnect failed");
             }
             self.shards.source(self.id, false).await;
-            sleep(backoff.next_wait(getrandom::u64().unwrap_or(0))).await;
+            let wait = backoff.next_wait(getrandom::u64().unwrap_or(0));
+            if future::or(async { sleep(wait).await; false }, async { self.stop.recv().await.is_err() }).await {
+                return;
+            }
         }
     }
 
@@ -469,6 +505,12 @@ impl Source {
         let mut checked_at = Instant::now();
         let mut check: Option<QueueCheck<'_>> = None;
         loop {
+            if self.stop.is_closed() {
+                // Shutdown: ack what was handled, take nothing more (unacked, the rest stays
+                // in a classic queue for the next consumer).
+                acks.flush().await?;
+                return Ok(());
+            }
             if check.is_none() && checked_at.elapsed() >= broker.check_interval {
                 checked_at = Instant::now();
                 check = Some(Box::pin(self.check_queue(queue, classic, shared)));
@@ -505,7 +547,11 @@ impl Source {
                             }
                         }
                     };
-                    match future::or(async { Wake::Delivery(consumer.next().await) }, other).await {
+                    let stop = async {
+                        let _ = self.stop.recv().await;
+                        Wake::Stop
+                    };
+                    match future::or(async { Wake::Delivery(consumer.next().await) }, future::or(other, stop)).await {
                         Wake::Delivery(next) => next,
                         Wake::Dead => return Err("the channel is no longer connected".to_string()),
                         Wake::Checked(r) => {
@@ -513,7 +559,7 @@ impl Source {
                             shared = acked_first(r, &mut acks).await?;
                             continue;
                         }
-                        Wake::CheckDue => continue,
+                        Wake::CheckDue | Wake::Stop => continue,
                     }
                 }
             };

@@ -63,12 +63,11 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         let listener =
             Listener::bind(&server.listen).await.with_context(|| format!("cannot listen on {}", server.listen))?;
         let addr = listener.local_addr()?;
-        let inproc = match &settings.config.broker {
+        let (inproc, sources) = match &settings.config.broker {
             Some(broker) => {
-                amqp::start(crate::driver::amqp_runtime(), &settings, &launch.metrics, broker, &shards, launch.epoch);
-                None
+                (None, Some(amqp::start(crate::driver::amqp_runtime(), &settings, &launch.metrics, broker, &shards, launch.epoch)))
             }
-            None => Some(inproc::Inproc::start(&settings, &launch.metrics, &shards, launch.epoch).await),
+            None => (Some(inproc::Inproc::start(&settings, &launch.metrics, &shards, launch.epoch).await), None),
         };
         if let (true, Some(inproc)) = (settings.config.demo.enabled, &inproc) {
             inproc::start_demo(&settings, inproc.clone());
@@ -84,11 +83,16 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         // sure the process exits even if a shard does not. Armed before this executor is
         // dropped: tokio's waits for its blocking tasks (a DNS lookup of the broker's host, say)
         // with no time limit.
-        let limit = server.shutdown_drain + Duration::from_secs(2);
+        let limit = SOURCE_STOP + server.shutdown_drain + Duration::from_secs(2);
         std::thread::spawn(move || {
             std::thread::sleep(limit);
             std::process::exit(0);
         });
+        // The sources ack what they handled before anything else stops (bounded: one may be in
+        // the middle of connecting); the shards then send what they hold and close.
+        if let Some(sources) = sources {
+            until(Instant::now() + SOURCE_STOP, sources.stop()).await;
+        }
         shards.shutdown().await;
         anyhow::Ok(())
     })?;
@@ -98,6 +102,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     info!("stopped");
     Ok(())
 }
+
+/// How long shutdown waits for the sources to ack what they handled.
+const SOURCE_STOP: Duration = Duration::from_secs(3);
 
 /// `fut`'s output, or `None` once `at` has passed (checked only when `fut` is pending).
 pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {

@@ -232,7 +232,69 @@ async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_agai
     assert!(fx.gw.metric(not_json).await.unwrap_or(0.0) == 0.0, "invalid messages came again");
 }
 
+/// D12 with a RabbitMQ source: a SIGTERM while deliveries flow acks what the gateway handled
+/// (all of it reached the open stream before the close) and leaves the rest queued, so the
+/// instance that takes over the queue gets every other event once: none lost, none again (a
+/// redelivered one would be a duplicate under a new id).
+async fn a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest(bin: Bin) {
+    const TOTAL: usize = 4000;
+    const DEALS_IN: &str = "sse_gateway_events_in_total{channel=\"deals\"}";
+    // Fan-out to this many streams makes each event cost the gateway a few hundred writes: the
+    // burst is published faster than it is taken, so the stop comes while deliveries flow (owed
+    // acks, and more deliveries waiting), not while the source idles with everything acked.
+    const FAN: usize = 300;
+    let mut fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut s = fx.gw.stream("deals", &user("ursula", &[])).await;
+    let mut readers = Vec::new();
+    for i in 0..FAN {
+        let mut r = fx.gw.stream("deals", &user(&format!("fan-{i}"), &[])).await;
+        readers.push(::tokio::spawn(async move { r.until_closed(6 * sse_gateway_tests::WAIT).await.is_some() }));
+    }
+    let bodies: Vec<String> = (0..TOTAL).map(|_| valid_text("deal.updated")).collect();
+    assert_eq!(bodies.iter().collect::<std::collections::HashSet<_>>().len(), TOTAL, "distinct bodies");
+    let msgs: Vec<_> = bodies.iter().map(|b| fx.msg("deals", "deal.updated", b)).collect();
+    // Published from another connection while the gateway takes them and is stopped.
+    let publisher = ::tokio::spawn(async move {
+        let broker = sse_gateway_tests::broker::Broker::connect().await;
+        for chunk in msgs.chunks(200) {
+            broker.publish_all(chunk).await;
+        }
+    });
+    let mut first = Vec::new();
+    while first.len() < 300 {
+        first.push(s.expect_event("an event before the stop").await.data);
+    }
+    fx.gw.terminate();
+    let rest = s.until_closed(3 * sse_gateway_tests::WAIT).await.expect("the stream closes at SIGTERM");
+    first.extend(rest.into_iter().filter(|e| e.id.is_some()).map(|e| e.data));
+    assert!(fx.gw.wait_exit(3 * sse_gateway_tests::WAIT).await.is_some(), "the first gateway did not stop");
+    publisher.await.expect("the publisher");
+    for r in readers {
+        assert!(r.await.expect("a reader"), "a fan-out stream still open after the stop");
+    }
+    assert!(first.len() < TOTAL, "the stop came after the whole burst: nothing tested");
+    assert!(first == bodies[..first.len()], "the first gateway's stream: the burst's start, in order, once");
+
+    // The next instance on the same queue takes the rest (it starts consuming at once, before a
+    // stream can open: counted by events in), then a marker published after everything.
+    let config = fx.gw.config().to_string();
+    fx.gw = sse_gateway_tests::GatewayProcess::start(bin, &config).await;
+    fx.gw.wait_ready().await;
+    let mut s = fx.gw.stream("deals", &user("ursula", &[])).await;
+    let marker = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &marker).await;
+    loop {
+        if s.expect_event("the marker").await.data == marker {
+            break;
+        }
+    }
+    // Redelivered messages sit ahead of the marker: all of them are counted by now.
+    let took = fx.gw.metric(DEALS_IN).await.unwrap_or(0.0) as usize;
+    assert_eq!(took, TOTAL - first.len() + 1, "the second gateway took {took} for the {} left and the marker", TOTAL - first.len());
+}
+
 for_each_binary!(
+    a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest,
     every_seed_event_type_arrives_with_id_type_and_data_exactly,
     invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow,
     a_message_with_recipients_reaches_only_them,
