@@ -33,17 +33,37 @@ pub(crate) struct Ctx {
 /// Accepts forever (the caller drops this future to stop), a task per connection.
 pub(crate) async fn serve(listener: Listener, ctx: Rc<Ctx>) {
     let mut budget = Budget::default();
+    // Accept failures in a row that were not one connection's own.
+    let mut failing = 0u64;
     loop {
         match listener.accept().await {
-            Ok((sock, peer)) => spawn(connection(sock, peer, ctx.clone())),
+            Ok((sock, peer)) => {
+                failing = 0;
+                spawn(connection(sock, peer, ctx.clone()))
+            }
+            // A connection that went away before it was accepted: the next one is accepted now
+            // (a pause would hold every other client back).
+            Err(e) if lost_before_accept(&e) => debug!(error = %e, "a connection ended before it was accepted"),
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
+                // Out of file descriptors and the like: back off instead of spinning, and say so
+                // once, then every 100th time while it lasts.
+                if failing.is_multiple_of(100) {
+                    warn!(error = %e, failures = failing + 1, "accept failed");
+                }
+                failing += 1;
                 sleep(Duration::from_millis(100)).await;
             }
         }
         budget.step().await;
     }
+}
+
+/// An accept error that concerns one connection only (accept(2): to be retried at once), not the
+/// listener or the process.
+fn lost_before_accept(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    // EPROTO (71): a protocol error on that connection.
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock) || e.raw_os_error() == Some(71)
 }
 
 /// Bytes read at once from a connection's request, at most.
@@ -202,7 +222,20 @@ async fn publish(
 
 #[cfg(test)]
 mod tests {
-    use super::HeadScan;
+    use super::{lost_before_accept, HeadScan};
+    use std::io;
+
+    #[test]
+    fn only_a_lost_connection_is_accepted_past_at_once() {
+        for kind in [io::ErrorKind::ConnectionAborted, io::ErrorKind::ConnectionReset, io::ErrorKind::Interrupted] {
+            assert!(lost_before_accept(&io::Error::from(kind)), "{kind:?}");
+        }
+        assert!(lost_before_accept(&io::Error::from_raw_os_error(71)), "EPROTO");
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system; backed off.
+        for errno in [24, 23, 105, 12] {
+            assert!(!lost_before_accept(&io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
+    }
 
     /// Feeds `head` in pieces of `step` bytes; returns after which pieces a route was worth it.
     fn routes(head: &[u8], step: usize, max: usize) -> Vec<usize> {
