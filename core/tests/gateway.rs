@@ -932,16 +932,12 @@ fn an_id_slightly_ahead_of_this_shard_goes_live_after_it_without_duplicates() {
 
 /// A deal at a source position (a stream offset).
 fn deal_at(seq: u64) -> UpstreamMessage {
-    let mut m = msg("deal.created", deal_created(&format!("d{seq}")));
-    m.position = Some(seq);
-    m
+    big_deal_at(seq, 0)
 }
 
 /// Hands stream `id` the deal at `seq` as a read-back of `channel`'s log gives it.
 fn read_back(h: &mut Harness, channel: ChannelId, id: StreamId, seq: u64) -> BackfillStep {
-    let ingest = &h.ingest[channel.index()];
-    let ev = ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap();
-    h.gw.backfill_message(id, seq, Some(&ev))
+    read_back_msg(h, channel, id, &deal_at(seq))
 }
 
 /// The `id:` values of an SSE text, in order.

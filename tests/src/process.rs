@@ -242,6 +242,16 @@ impl GatewayProcess {
     }
 }
 
+/// The sample of `sse_gateway_events_in_total` for `channel` (valid events the gateway took).
+pub fn events_in(channel: &str) -> String {
+    format!("sse_gateway_events_in_total{{channel=\"{channel}\"}}")
+}
+
+/// The sample of `sse_gateway_events_replayed_total` for `channel` (event frames replayed).
+pub fn events_replayed(channel: &str) -> String {
+    format!("sse_gateway_events_replayed_total{{channel=\"{channel}\"}}")
+}
+
 /// One sample's value from Prometheus text: the line `SAMPLE VALUE`.
 pub fn parse_metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()

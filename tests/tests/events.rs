@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sse_gateway_tests::payloads::{valid, valid_text, SEED_EVENTS};
+use sse_gateway_tests::process::events_in;
 use sse_gateway_tests::sse::parse_id;
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, Header, SseClient, SseEvent};
@@ -209,7 +210,7 @@ async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_agai
         let ev = s.expect_event(&format!("burst event {i}")).await;
         assert_eq!(&ev.data, body, "burst event {i}");
     }
-    fx.gw.wait_metric("sse_gateway_events_in_total{channel=\"deals\"}", BURST as f64).await;
+    fx.gw.wait_metric(&events_in("deals"), BURST as f64).await;
     fx.gw.wait_metric(not_json, INVALID as f64).await;
     // Each write to the stream is one sample of the delay histogram (writes carry several).
     let writes = fx.gw.metric("sse_gateway_delivery_delay_seconds_count").await.expect("the delay histogram");
@@ -228,7 +229,7 @@ async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_agai
     // Anything redelivered sits in the queue ahead of the marker: the stream sees it first if
     // it opened in time, and the count of events in says so either way.
     assert_eq!(s.expect_event("the marker").await.data, marker, "a burst message came again");
-    assert_eq!(fx.gw.metric("sse_gateway_events_in_total{channel=\"deals\"}").await, Some(1.0), "burst messages came again");
+    assert_eq!(fx.gw.metric(&events_in("deals")).await, Some(1.0), "burst messages came again");
     assert!(fx.gw.metric(not_json).await.unwrap_or(0.0) == 0.0, "invalid messages came again");
 }
 
@@ -238,7 +239,6 @@ async fn a_burst_is_acked_once_handled_so_the_next_consumer_gets_none_of_it_agai
 /// redelivered one would be a duplicate under a new id).
 async fn a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest(bin: Bin) {
     const TOTAL: usize = 4000;
-    const DEALS_IN: &str = "sse_gateway_events_in_total{channel=\"deals\"}";
     // Fan-out to this many streams makes each event cost the gateway a few hundred writes: the
     // burst is published faster than it is taken, so the stop comes while deliveries flow (owed
     // acks, and more deliveries waiting), not while the source idles with everything acked.
@@ -289,7 +289,7 @@ async fn a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest(bin
         }
     }
     // Redelivered messages sit ahead of the marker: all of them are counted by now.
-    let took = fx.gw.metric(DEALS_IN).await.unwrap_or(0.0) as usize;
+    let took = fx.gw.metric(&events_in("deals")).await.unwrap_or(0.0) as usize;
     assert_eq!(took, TOTAL - first.len() + 1, "the second gateway took {took} for the {} left and the marker", TOTAL - first.len());
 }
 

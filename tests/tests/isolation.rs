@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::process::events_in;
 use sse_gateway_tests::rng::Rng;
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, SseClient, WAIT};
@@ -85,7 +86,7 @@ async fn every_user_gets_exactly_the_notifications_naming_them(bin: Bin) {
          {deliveries} deliveries checked, every one to a user it named, in order",
         bin.file_name()
     );
-    fx.gw.wait_metric("sse_gateway_events_in_total{channel=\"notifications\"}", (NOTIFICATIONS + 1) as f64).await;
+    fx.gw.wait_metric(&events_in("notifications"), (NOTIFICATIONS + 1) as f64).await;
 }
 
 for_each_binary!(every_user_gets_exactly_the_notifications_naming_them);

@@ -2,6 +2,7 @@
 
 
 use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::process::{events_in, events_replayed};
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, SseEvent};
 
@@ -18,18 +19,15 @@ async fn publish_n(fx: &Fixture, n: usize) -> Vec<String> {
     bodies
 }
 
-const DEALS_IN: &str = "sse_gateway_events_in_total{channel=\"deals\"}";
-const DEALS_REPLAYED: &str = "sse_gateway_events_replayed_total{channel=\"deals\"}";
-
 /// Waits until the gateway took `n` deals events in all: the events published while a client was
 /// away are in its buffer before it comes back, so they can only reach it as a replay (not live,
 /// which would pass a resume test with the resume broken).
 async fn gateway_has(fx: &Fixture, n: usize) {
-    fx.gw.wait_metric(DEALS_IN, n as f64).await;
+    fx.gw.wait_metric(&events_in("deals"), n as f64).await;
 }
 
 async fn replayed_now(fx: &Fixture) -> f64 {
-    fx.gw.metric(DEALS_REPLAYED).await.unwrap_or(0.0)
+    fx.gw.metric(&events_replayed("deals")).await.unwrap_or(0.0)
 }
 
 fn data(events: &[SseEvent]) -> Vec<String> {

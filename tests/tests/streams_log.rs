@@ -13,6 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use sse_gateway_tests::broker::{amqp_addr, amqp_url};
 use sse_gateway_tests::payloads::uuid;
+use sse_gateway_tests::process::{events_in, events_replayed};
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{
     for_each_binary, Bin, Broker, ConfigBuilder, GatewayProcess, Message, SseClient, TcpProxy, Topology, WAIT,
@@ -256,9 +257,6 @@ async fn a_client_resumes_exactly_across_a_gateway_killed_and_restarted(bin: Bin
     nothing_more(&setup, &mut s, "after the restart").await;
 }
 
-const DEALS_IN: &str = "sse_gateway_events_in_total{channel=\"deals\"}";
-const DEALS_REPLAYED: &str = "sse_gateway_events_replayed_total{channel=\"deals\"}";
-
 async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
     let alice = user("alice", &[]);
@@ -273,12 +271,12 @@ async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
 
     let missed = setup.publish(6).await;
     // B has them all before the client comes: they can only reach it as a replay.
-    b.wait_metric(DEALS_IN, 10.0).await;
-    let replays_b = b.metric(DEALS_REPLAYED).await.unwrap_or(0.0);
+    b.wait_metric(&events_in("deals"), 10.0).await;
+    let replays_b = b.metric(&events_replayed("deals")).await.unwrap_or(0.0);
     let mut s = b.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
     let got_b = read_events(&mut s, 6, "on instance B").await;
     assert_eq!(got_b.titles, missed, "exactly the events missed while moving, in order");
-    assert_eq!(b.metric(DEALS_REPLAYED).await.unwrap_or(0.0) - replays_b, 6.0, "replayed by B");
+    assert_eq!(b.metric(&events_replayed("deals")).await.unwrap_or(0.0) - replays_b, 6.0, "replayed by B");
     assert!(got_b.warnings.is_empty(), "no history_gap: {:?}", got_b.warnings);
     // Both instances number an event the same: B's ids continue A's.
     let all: Vec<String> = got_a.ids.iter().chain(&got_b.ids).cloned().collect();
@@ -288,12 +286,12 @@ async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
 
     // And back to A, which saw every event live meanwhile.
     let missed = setup.publish(3).await;
-    a.wait_metric(DEALS_IN, 13.0).await;
-    let replays_a = a.metric(DEALS_REPLAYED).await.unwrap_or(0.0);
+    a.wait_metric(&events_in("deals"), 13.0).await;
+    let replays_a = a.metric(&events_replayed("deals")).await.unwrap_or(0.0);
     let mut s = a.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
     let got = read_events(&mut s, 3, "back on instance A").await;
     assert_eq!(got.titles, missed);
-    assert_eq!(a.metric(DEALS_REPLAYED).await.unwrap_or(0.0) - replays_a, 3.0, "replayed by A");
+    assert_eq!(a.metric(&events_replayed("deals")).await.unwrap_or(0.0) - replays_a, 3.0, "replayed by A");
     assert!(got.warnings.is_empty(), "{:?}", got.warnings);
     nothing_more(&setup, &mut s, "back on A").await;
 }
@@ -318,7 +316,7 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     let live = setup.publish(2).await;
     assert_eq!(read_events(&mut s, 2, "live after the cold replay").await.titles, live);
     nothing_more(&setup, &mut s, "after the cold replay").await;
-    let replays = gw.metric(DEALS_REPLAYED).await;
+    let replays = gw.metric(&events_replayed("deals")).await;
     assert!(replays.unwrap_or(0.0) >= 1000.0, "replayed events counted: {replays:?}");
     // From the stream, not from memory (the buffer holds 10).
     let log = gw.settled_log().await;
