@@ -56,6 +56,7 @@ use crate::listener::Listener;
 /// sources (RabbitMQ or in-process); `launch.workers` shard threads each own one core `Gateway`
 /// and the sockets of its streams.
 pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
+    abort_on_panic();
     let settings = launch.settings().clone();
     let server = &settings.config.server;
     let (shards, threads) = shards::spawn(launch.workers, &settings, &launch.metrics, server.max_streams)?;
@@ -101,6 +102,31 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Makes every panic, on any thread, log `panic; aborting the process` at error (the panic's
+/// message, where, the thread) and abort
+/// the process.
+///
+/// Both executors catch a panicking task and drop it silently, and a shard thread that panics
+/// just ends: the process would run on with a RabbitMQ source that no longer feeds its channel
+/// (every stream stalled behind heartbeats), or a shard whose streams are gone and which refuses
+/// every new one. A panic is a bug, so the process ends at once instead, loudly, for its
+/// supervisor to restart (the systemd unit's `Restart=on-failure`); browsers reconnect and
+/// resume with `Last-Event-ID` like after any restart.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        let panic = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), location, panic, "panic; aborting the process");
+        std::process::abort();
+    }));
 }
 
 /// How long shutdown waits for the sources to ack what they handled.
@@ -181,4 +207,40 @@ impl Budget {
 /// Sleeps for `d`.
 pub(crate) async fn sleep(d: Duration) {
     Timer::at(Instant::now() + d).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::Command;
+
+    /// Set in the child process that [`a_panic_in_any_thread_aborts_the_process`] starts.
+    const CHILD: &str = "SSE_GATEWAY_TEST_PANIC_CHILD";
+
+    /// A panic in a thread other than main (as in a shard or a task) ends the whole process by
+    /// SIGABRT, with the panic logged. The test runs itself again as a child process that
+    /// installs the hook and panics in a named thread.
+    #[test]
+    fn a_panic_in_any_thread_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            sse_gateway_core::cli::init_logs(false);
+            super::abort_on_panic();
+            let t = std::thread::Builder::new().name("shard-7".into()).spawn(|| panic!("invariant broken: {}", 42)).unwrap();
+            let _ = t.join();
+            // Reached only if the panic did not end the process: the parent sees exit 0.
+            std::process::exit(0);
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "common::tests::a_panic_in_any_thread_aborts_the_process", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(6), "expected SIGABRT, got {:?}; stderr: {stderr}", out.status);
+        let line = stderr.lines().find(|l| l.contains("panic; aborting the process")).unwrap_or_else(|| panic!("no panic line in: {stderr}"));
+        for field in ["thread=\"shard-7\"", "panic=\"invariant broken: 42\"", "location=", "mod.rs:"] {
+            assert!(line.contains(field), "{field} missing from {line}");
+        }
+    }
 }
