@@ -1,6 +1,9 @@
-//! Arbitrary operation sequences into one shard, with the clock taken from the input: never a
-//! panic, never a user above the limit, never an event to a stream that may not see it, and
-//! every stream forgotten once closed.
+//! Arbitrary operation sequences into one shard, with the clock taken from the input (jumps of
+//! up to 200 s, past many deadlines at once): never a panic, never a user above the limit, a
+//! refusal only for its reason (409 at the user's limit, 503 when the shard is full or shutting
+//! down), never an event to a stream that may not see it (channel, role, recipients as
+//! published), ids strictly increasing per stream, a stale stream id ignored, every stream
+//! closed by a shutdown, and every stream forgotten once closed.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -21,10 +24,25 @@ enum Op {
     Down { channel: u8 },
     Up { channel: u8 },
     Take { pick: u16 },
+    /// A call with the id of a stream that was closed (the frontend's late wake-up).
+    Stale { pick: u16 },
     Shutdown,
 }
 
 const LIMIT: usize = 3;
+/// Streams the shard holds: small, so that it fills.
+const CAPACITY: usize = 8;
+
+/// What the target knows of an open stream: user, channel, payments role, last event seq.
+struct Watch {
+    user: String,
+    channel: usize,
+    finance: bool,
+    last_seq: Option<u64>,
+}
+
+/// What it knows of a published event: channel, recipients as published.
+type Published = HashMap<String, (usize, Option<Vec<String>>)>;
 
 fn token(user: &str, finance: bool) -> String {
     let roles: &[&str] = if finance { &["finance_manager"] } else { &[] };
@@ -41,15 +59,19 @@ fuzz_target!(|ops: Vec<Op>| {
     let s = common::settings("[streams]\nmax_per_user = 3\nbuffer_events = 4\nmax_pending_bytes = 4096\n");
     let m = Arc::new(Metrics::new(&s));
     let front = common::front(&s, &m);
-    let mut gw = Gateway::new(s.clone(), m.clone(), 64, 1);
+    let mut gw = Gateway::new(s.clone(), m.clone(), CAPACITY, 1);
     let mut ingests: Vec<Ingest> = (0..s.channels.len())
         .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 5 + i as u64))
         .collect();
     let mut now = Instant::now();
     let unix = 1_900_000_000u64;
-    let mut open: HashMap<StreamId, (String, usize)> = HashMap::new();
+    let mut open: HashMap<StreamId, Watch> = HashMap::new();
+    let mut closed: Vec<StreamId> = Vec::new();
+    let mut shut = false;
     // Event id -> (channel, recipients) of everything published.
-    let mut published: HashMap<String, (usize, Option<Vec<String>>)> = HashMap::new();
+    let mut published: Published = HashMap::new();
+    // The channel that needs the finance role.
+    let payments = s.channel_id("payments").map(|c| c.index());
     for op in ops {
         match op {
             Op::Open { user, channel, finance, resume } => {
@@ -65,8 +87,19 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 head.push_str("\r\n");
                 if let Routed::Stream(req) = front.route(head.as_bytes(), unix) {
-                    if let Ok(id) = gw.open(req, now, unix) {
-                        open.insert(id, (user, ch));
+                    assert!(s.channels[ch].name != "payments" || finance, "payments routed without the role");
+                    let mine = gw.streams_of(&user);
+                    match gw.open(req, now, unix) {
+                        Ok(id) => {
+                            assert!(!shut, "opened while shutting down");
+                            assert!(open.len() < CAPACITY || mine >= LIMIT, "opened past the shard's capacity");
+                            open.insert(id, Watch { user, channel: ch, finance, last_seq: None });
+                        }
+                        Err(r) if r.status == 409 => assert!(mine >= LIMIT && !shut, "409 with {mine} streams"),
+                        Err(r) if r.status == 503 => {
+                            assert!(shut || open.len() >= CAPACITY && mine < LIMIT, "503 with {} open", open.len())
+                        }
+                        Err(r) => panic!("refused {}", r.status),
                     }
                 }
             }
@@ -77,6 +110,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     let id = ids[pick as usize % ids.len()];
                     gw.on_closed(id);
                     open.remove(&id);
+                    closed.push(id);
                 }
             }
             Op::Publish { channel, recipients, valid } => {
@@ -84,17 +118,15 @@ fuzz_target!(|ops: Vec<Op>| {
                 let name = s.channels[ch].name.clone();
                 let body = if valid { demo_body(&name) } else { "{\"x\":1}".to_string() };
                 let kind = demo_kind(&name);
+                let who: Option<Vec<String>> = recipients.map(|r| r.iter().map(|u| format!("u{}", u % 6)).collect());
                 let up = UpstreamMessage {
                     kind: Some(kind.into()),
                     routing_key: kind.into(),
-                    recipient_ids: recipients.map(|r| {
-                        HeaderValue::Text(r.iter().map(|u| format!("u{}", u % 6)).collect::<Vec<_>>().join(","))
-                    }),
+                    recipient_ids: who.as_ref().map(|w| HeaderValue::Text(w.join(","))),
                     body: bytes::Bytes::from(body),
                     ..Default::default()
                 };
                 if let Ok(ev) = ingests[ch].handle_message(&up) {
-                    let who = ev.recipients().map(|r| r.iter().map(|u| u.to_string()).collect());
                     published.insert(ev.id().to_string(), (ch, who));
                     gw.handle_event(&ev);
                 }
@@ -118,21 +150,39 @@ fuzz_target!(|ops: Vec<Op>| {
                     let id = ids[pick as usize % ids.len()];
                     let mut out = Vec::new();
                     gw.take_output(id, &mut out, now);
-                    check_frames(&out, &open[&id], &published);
+                    check_frames(&out, open.get_mut(&id).expect("open"), &published, payments);
                 }
             }
-            Op::Shutdown => gw.shutdown(),
+            Op::Stale { pick } => {
+                if !closed.is_empty() {
+                    let id = closed[pick as usize % closed.len()];
+                    let mut out = Vec::new();
+                    assert_eq!(gw.take_output(id, &mut out, now), 0, "output for a closed stream");
+                    assert!(out.is_empty());
+                    let before = gw.stream_count();
+                    gw.on_closed(id);
+                    assert_eq!(gw.stream_count(), before, "a stale id closed a stream");
+                }
+            }
+            Op::Shutdown => {
+                gw.shutdown();
+                shut = true;
+            }
         }
         while let Some(out) = gw.poll_output() {
             if let Output::Close(id, _) = out {
                 let mut rest = Vec::new();
                 gw.take_output(id, &mut rest, now);
-                if let Some(who) = open.get(&id) {
-                    check_frames(&rest, who, &published);
+                if let Some(w) = open.get_mut(&id) {
+                    check_frames(&rest, w, &published, payments);
                 }
                 gw.on_closed(id);
                 open.remove(&id);
+                closed.push(id);
             }
+        }
+        if shut {
+            assert!(open.is_empty(), "streams open after a shutdown");
         }
         for u in 0..6 {
             assert!(gw.streams_of(&format!("u{u}")) <= LIMIT);
@@ -155,21 +205,23 @@ fuzz_target!(|ops: Vec<Op>| {
     assert_eq!(gw.poll_timeout(), None);
 });
 
-/// Whole frames only, and every event is of the stream's channel and visible to its user.
-fn check_frames(
-    out: &[bytes::Bytes],
-    (user, channel): &(String, usize),
-    published: &HashMap<String, (usize, Option<Vec<String>>)>,
-) {
+/// Whole frames only, and every event is of the stream's channel, visible to its user (and
+/// role: `payments` is the channel that needs it), with ids strictly increasing.
+fn check_frames(out: &[bytes::Bytes], w: &mut Watch, published: &Published, payments: Option<usize>) {
     let text: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
     let text = String::from_utf8(text).expect("utf-8");
     assert!(text.is_empty() || text.ends_with("\n\n"), "whole frames only: {text:?}");
     for id in text.lines().filter_map(|l| l.strip_prefix("id: ")) {
         let (ch, who) = published.get(id).expect("only published events are sent");
-        assert_eq!(ch, channel, "an event of another channel");
-        assert!(who.as_ref().is_none_or(|w| w.contains(user)), "{user} got an event for {who:?}");
+        assert_eq!(*ch, w.channel, "an event of another channel");
+        assert!(who.as_ref().is_none_or(|r| r.contains(&w.user)), "{} got an event for {who:?}", w.user);
+        assert!(w.finance || Some(*ch) != payments, "a payments event without the role");
+        let seq: u64 = id.split_once('-').and_then(|(_, q)| q.parse().ok()).expect("<epoch>-<seq>");
+        assert!(w.last_seq.is_none_or(|l| l < seq), "ids must strictly increase: {:?} then {seq}", w.last_seq);
+        w.last_seq = Some(seq);
     }
 }
+
 
 fn demo_kind(channel: &str) -> &'static str {
     match channel {

@@ -1,7 +1,8 @@
 //! Arbitrary operation sequences into one shard through the property tests' reference model
-//! (`core/tests/support/model.rs`), so the fuzzer checks the same invariants: the per-user limit,
-//! visibility, strictly increasing ids, exact delivery after a resume, heartbeat spacing and
-//! outage warnings.
+//! (`core/tests/support/model.rs`), so the fuzzer checks the same invariants: the per-user limit
+//! and eviction, visibility, strictly increasing ids, exact delivery after a resume and
+//! `history_gap` exactly when due, heartbeat spacing, outage warnings, token expiry, and closes
+//! only for a reason the stream has.
 #![no_main]
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -13,18 +14,22 @@ mod support;
 use support::model::{Model, Op, ResumeChoice, USERS};
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
-    Ok(match u.int_in_range(0u8..=15)? {
+    Ok(match u.int_in_range(0u8..=17)? {
         0..=3 => Op::Open {
             user: u.choose_index(USERS)?,
             channel: u.choose_index(4)?,
             finance: u.arbitrary()?,
             v2: u.arbitrary()?,
-            resume: match u.int_in_range(0u8..=8)? {
+            resume: match u.int_in_range(0u8..=10)? {
                 0..=2 => ResumeChoice::None,
                 3..=6 => ResumeChoice::Back(u.int_in_range(0usize..=9)?),
-                7 => ResumeChoice::Malformed,
+                7 => ResumeChoice::Ahead(u.int_in_range(0usize..=3)?),
+                8 => ResumeChoice::Zero,
+                9 => ResumeChoice::Malformed,
                 _ => ResumeChoice::OtherEpoch,
             },
+            ttl: if u.ratio(1, 4)? { u.int_in_range(1u64..=180)? } else { 3600 },
+            read: !u.ratio(1, 5)?,
         },
         4 | 5 => Op::Close { pick: u.arbitrary()? },
         6..=11 => Op::Publish {
@@ -36,17 +41,20 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
                 None
             },
             v2: u.arbitrary()?,
+            pad: if u.ratio(1, 4)? { u.int_in_range(500usize..=2500)? } else { u.int_in_range(0usize..=40)? },
         },
-        12 | 13 => Op::Advance { ms: u.int_in_range(0u64..=70_000)? },
+        12 | 13 => Op::Advance { ms: u.int_in_range(0u64..=70_000)?, step: !u.ratio(1, 5)? },
         14 => Op::Down { channel: u.choose_index(4)? },
-        _ => Op::Up { channel: u.choose_index(4)? },
+        15 => Op::Up { channel: u.choose_index(4)? },
+        16 => Op::Pause { pick: u.arbitrary()? },
+        _ => Op::Read { pick: u.arbitrary()? },
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let mut model = Model::new();
-    // Bounded like the property test: tokens last an hour of model time.
+    // Bounded like the property test.
     for _ in 0..80 {
         match op(&mut u) {
             Ok(op) => model.apply(op),

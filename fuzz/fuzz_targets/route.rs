@@ -1,4 +1,5 @@
-//! Raw request bytes into the router: never a panic; every answer is a complete HTTP response.
+//! Raw request bytes into the router: never a panic; every answer is a complete HTTP response;
+//! nothing opens a stream or takes a publish without a validly signed token.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sse_gateway_core::*;
@@ -17,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         let m = Arc::new(Metrics::new(&s));
         common::front(&s, &m)
     });
-    if let Routed::Respond(r) = front.route(data, 1_900_000_000) {
-        response::assert_complete_response(&r.bytes, "https://a.example");
+    match front.route(data, 1_900_000_000) {
+        Routed::Respond(r) => response::assert_complete_response(&r.bytes, "https://a.example"),
+        // No input here carries a token signed with the secret: a stream or a publish opened
+        // from one would be an authentication bypass.
+        r @ (Routed::Stream(_) | Routed::Publish(_)) => panic!("opened without a valid token: {r:?}"),
+        _ => {}
     }
 });

@@ -1,18 +1,26 @@
 //! The reference model the property tests and the `model` fuzz target check one shard against.
 //!
-//! Users open and close streams on channels with random roles, versions and resume ids; upstream
-//! events carry random recipients and versions; time advances (stepping through every deadline,
-//! as a frontend does); sources go down and up. After every step the model asserts:
-//! - no user holds more streams than the limit;
+//! Users open and close streams on channels with random roles, versions, token lifetimes and
+//! resume ids; upstream events carry random recipients, versions and sizes; clients stop and
+//! start reading; time advances (stepping through every deadline, as a frontend does, or jumping
+//! past several, as a late timer does); sources go down and up. After every step the model
+//! asserts:
+//! - no user holds more streams than the limit; an open past it evicts exactly the user's oldest
+//!   stream when that is old enough (with an `error` frame `stream_limit`), else is refused 409;
 //! - no event reaches a stream whose user may not see it (channel role, recipients, version);
 //! - ids strictly increase on every stream;
-//! - every stream receives exactly the channel's events after its start it may see (after its
-//!   resume id when that is inside the window, else after the last event when it opened);
-//! - no two heartbeats on a stream are further apart than the interval;
-//! - every stream of a down source has been warned since it went down, and within the warning
-//!   interval;
-//! - a stream is closed only for a reason it has: evicted by its user's new stream past the
-//!   limit (its oldest, and old enough), or its token expired.
+//! - every stream that reads receives exactly the channel's events after its start it may see
+//!   (after its resume id when that is inside the window, else after the last event when it
+//!   opened); `history_gap` comes exactly when a resume id is not inside the window, and after
+//!   the open only to a stream that stopped reading in the middle of a catch-up (then it is live
+//!   from the channel's last event);
+//! - a reading stream is never silent (no event, warning or heartbeat) for longer than the
+//!   heartbeat interval (unless time jumped);
+//! - every reading stream of a down source has been warned since it went down, and within the
+//!   warning interval; a warning names the stream's channel and comes only while it is down;
+//! - a stream is closed only for a reason it has: evicted as above, its token expired (at its
+//!   `exp`, to the second: the gateway takes Unix time in whole seconds; never a stream open
+//!   past it), or, for a client that stopped reading, too slow.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,15 +36,24 @@ const BUFFER: usize = 6;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const WARNING: Duration = Duration::from_secs(60);
 const MIN_AGE: Duration = Duration::from_secs(5);
-/// Tokens the harness signs last this long.
-const TOKEN_TTL: u64 = 3600;
+/// The smallest output bound the configuration takes: a resume of a few large events takes
+/// several batches.
+const MAX_PENDING: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Open { user: usize, channel: usize, finance: bool, v2: bool, resume: ResumeChoice },
+    /// `ttl`: the token's lifetime in seconds (at least 1); `read`: whether the client reads
+    /// from the start (or only after a `Read`).
+    Open { user: usize, channel: usize, finance: bool, v2: bool, resume: ResumeChoice, ttl: u64, read: bool },
     Close { pick: usize },
-    Publish { channel: usize, recipients: Option<Vec<usize>>, v2: bool },
-    Advance { ms: u64 },
+    /// `pad`: characters added to the event's title (large events fill the output bound).
+    Publish { channel: usize, recipients: Option<Vec<usize>>, v2: bool, pad: usize },
+    /// `step`: fire every deadline on the way (a frontend's timer); otherwise one late call.
+    Advance { ms: u64, step: bool },
+    /// The client of a stream stops reading (its output is not taken).
+    Pause { pick: usize },
+    /// The client of a stream reads again: what waits is taken at once.
+    Read { pick: usize },
     Down { channel: usize },
     Up { channel: usize },
 }
@@ -46,6 +63,10 @@ pub enum ResumeChoice {
     None,
     /// The id of the event this many back from the channel's last (may fall outside the window).
     Back(usize),
+    /// An id of this epoch this far past the channel's last event (another instance was ahead).
+    Ahead(usize),
+    /// `<epoch>-0`: before the first event.
+    Zero,
     Malformed,
     OtherEpoch,
 }
@@ -73,12 +94,29 @@ struct Watch {
     finance: bool,
     /// It must receive every event after this seq that it may see (the resume id inside the
     /// window, else the channel's last event when it opened), and nothing else.
+    /// Reset when a `history_gap` after the open makes it live from the channel's last event.
     after_seq: Option<u64>,
     received: Vec<u64>,
-    last_heartbeat: std::time::Instant,
+    last_id: Option<u64>,
+    /// When it last received a frame (an event, a warning, a heartbeat): a heartbeat is due
+    /// only after an interval of silence.
+    last_frame: std::time::Instant,
+    /// Time jumped, or the client did not read, since the last heartbeat: the next may be late.
+    heartbeat_excused: bool,
+    /// Its client stopped reading: what it parses next was sent earlier (a warning, say, from
+    /// before the source came back).
+    late_frames: bool,
     last_warning: Option<std::time::Instant>,
     parsed_upto: usize,
-    saw_gap: bool,
+    /// 1 when its resume id is not inside the window: the first `history_gap` answers it.
+    gaps_owed: u32,
+    /// The answer to its resume was checked (once it first read).
+    open_checked: bool,
+    /// Its client stopped reading while the stream was catching up: the buffer may move past
+    /// it, which it learns as a `history_gap` once it reads.
+    paused_in_catch_up: bool,
+    /// The `error` frames it received (their `code`).
+    errors: Vec<String>,
     /// Open order (the gateway evicts a user's oldest) and time.
     opened: u64,
     opened_at: std::time::Instant,
@@ -88,21 +126,24 @@ struct Watch {
 
 pub struct Model {
     h: Harness,
+    /// The harness's clock at Unix time 1_900_000_000.
+    start: std::time::Instant,
     events: Vec<Vec<Published>>,
     watches: HashMap<StreamId, Watch>,
     down: [Option<std::time::Instant>; 4],
     opens: u64,
 }
 
-fn payload(channel: &str, v2: bool) -> (&'static str, serde_json::Value) {
+fn payload(channel: &str, v2: bool, pad: usize) -> (&'static str, serde_json::Value) {
+    let title = "t".repeat(pad + 1);
     match channel {
         "deals" if v2 => (
             "deal.created",
-            serde_json::json!({"deal_id": UUID1, "client_id": UUID2, "owner_id": UUID2, "name": "n",
+            serde_json::json!({"deal_id": UUID1, "client_id": UUID2, "owner_id": UUID2, "name": title,
                                "status": "draft", "created_at": "2026-11-28T10:00:00Z"}),
         ),
-        "deals" => ("deal.created", deal_created("t")),
-        "notifications" => ("notification.sent", notification_sent("t")),
+        "deals" => ("deal.created", deal_created(&title)),
+        "notifications" => ("notification.sent", notification_sent(&title)),
         "payments" => (
             "payment.overdue",
             serde_json::json!({"payment_id": UUID1, "deal_id": UUID2, "due_date": "2026-12-01", "amount": 10.5}),
@@ -117,9 +158,13 @@ fn payload(channel: &str, v2: bool) -> (&'static str, serde_json::Value) {
 impl Model {
     pub fn new() -> Model {
         let cat = Catalogue::from_toml(include_str!("../fixtures/catalogue_v2.toml")).unwrap();
-        let extra = format!("max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\n");
+        let extra = format!(
+            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\nmax_pending_bytes = {MAX_PENDING}\n"
+        );
+        let h = Harness::with_catalogue(&extra, cat);
         Model {
-            h: Harness::with_catalogue(&extra, cat),
+            start: h.now,
+            h,
             events: vec![Vec::new(); 4],
             watches: HashMap::new(),
             down: [None; 4],
@@ -129,22 +174,46 @@ impl Model {
 
     pub fn apply(&mut self, op: Op) {
         match op {
-            Op::Open { user, channel, finance, v2, resume } => self.open(user, channel, finance, v2, resume),
+            Op::Open { user, channel, finance, v2, resume, ttl, read } => self.open(user, channel, finance, v2, resume, ttl, read),
             Op::Close { pick } => {
-                let mut ids: Vec<_> = self.watches.keys().copied().collect();
-                ids.sort();
-                if !ids.is_empty() {
-                    let id = ids[pick % ids.len()];
+                if let Some(id) = self.pick(pick) {
                     self.h.gw.on_closed(id);
                     self.h.drain();
                     self.collect(id);
                     self.watches.remove(&id);
+                    self.h.reading.remove(&id);
                 }
             }
-            Op::Publish { channel, recipients, v2 } => {
+            Op::Pause { pick } => {
+                if let Some(id) = self.pick(pick) {
+                    self.h.reading.insert(id, false);
+                    // What it is sent meanwhile is parsed when it reads (or closes): late.
+                    if let Some(w) = self.watches.get_mut(&id) {
+                        w.heartbeat_excused = true;
+                        w.late_frames = true;
+                    }
+                }
+            }
+            Op::Read { pick } => {
+                if let Some(id) = self.pick(pick) {
+                    if self.h.reading.insert(id, true) == Some(false) {
+                        let waiting = self.h.gw.pending_bytes(id) > 0;
+                        self.h.flush(id);
+                        self.h.drain();
+                        if let Some(w) = self.watches.get_mut(&id) {
+                            w.heartbeat_excused = true;
+                            // The connection carries what waited now (a response head, say).
+                            if waiting {
+                                w.last_frame = self.h.now;
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Publish { channel, recipients, v2, pad } => {
                 let name = CHANNELS[channel];
                 let v2 = v2 && name == "deals";
-                let (kind, body) = payload(name, v2);
+                let (kind, body) = payload(name, v2, pad);
                 let mut m = msg(kind, body);
                 if v2 {
                     m.schema_version = Some(HeaderValue::Int(2));
@@ -154,32 +223,43 @@ impl Model {
                 if let Some(r) = &recipients {
                     m.recipient_ids = Some(HeaderValue::Text(r.join(",")));
                 }
+                // A stream in the middle of a catch-up that does not read may be passed by the
+                // buffer now.
+                for (id, w) in self.watches.iter_mut().filter(|(_, w)| w.channel == channel) {
+                    if self.h.reading.get(id) == Some(&false) && self.h.gw.pending_bytes(*id) > 0 {
+                        w.paused_in_catch_up = true;
+                    }
+                }
                 match self.h.publish_msg(name, m) {
-                    Ok(ev) => self.events[channel].push(Published {
-                        seq: ev.id().seq,
-                        version: ev.version(),
-                        recipients,
-                    }),
+                    Ok(ev) => {
+                        let version = if v2 { 2 } else { 1 };
+                        assert_eq!(ev.version(), version, "published as v{version}");
+                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients });
+                    }
                     Err(d) => assert!(
                         matches!(d.reason, DropReason::NoRecipient),
                         "only recipient-less or empty-recipient messages are refused here: {d:?}"
                     ),
                 }
             }
-            Op::Advance { ms } => {
+            Op::Advance { ms, step } => {
                 let target = self.h.now + Duration::from_millis(ms);
                 // Step through every deadline, as a frontend's timer does.
-                while let Some((at, _)) = self.h.gw.poll_timeout() {
+                while let Some((at, _)) = self.h.gw.poll_timeout().filter(|_| step) {
                     if at > target {
                         break;
                     }
-                    self.h.now = at.max(self.h.now);
+                    self.set_now(at.max(self.h.now));
                     self.h.gw.handle_timeout(self.h.now);
                     self.h.drain();
                     self.collect_all();
                 }
-                self.h.now = target;
-                self.h.unix = 1_900_000_000 + (target - self.start()).as_secs();
+                if !step && self.h.gw.poll_timeout().is_some_and(|(at, _)| at < target) {
+                    for w in self.watches.values_mut() {
+                        w.heartbeat_excused = true;
+                    }
+                }
+                self.set_now(target);
                 self.h.gw.handle_timeout(self.h.now);
                 self.h.drain();
             }
@@ -205,16 +285,24 @@ impl Model {
         self.check();
     }
 
-    fn start(&self) -> std::time::Instant {
-        // The harness clock started at `now` with unix 1_900_000_000; tokens last an hour, so
-        // advance no further than that in one case (the strategy keeps sequences short).
-        self.h.now - Duration::from_secs(self.h.unix - 1_900_000_000)
+    /// Moves the clock; Unix time follows in whole seconds, as the frontends give it.
+    fn set_now(&mut self, at: std::time::Instant) {
+        self.h.now = at;
+        self.h.unix = 1_900_000_000 + (at - self.start).as_secs();
     }
 
-    fn open(&mut self, user: usize, channel: usize, finance: bool, v2: bool, resume: ResumeChoice) {
+    /// One of the open streams, by a random pick.
+    fn pick(&self, pick: usize) -> Option<StreamId> {
+        let mut ids: Vec<_> = self.watches.keys().copied().collect();
+        ids.sort();
+        (!ids.is_empty()).then(|| ids[pick % ids.len()])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(&mut self, user: usize, channel: usize, finance: bool, v2: bool, resume: ResumeChoice, ttl: u64, read: bool) {
         let name = CHANNELS[channel];
         let version = if v2 && name == "deals" { 2 } else { 1 };
-        let evs = &self.events[channel];
+        let evs = self.events[channel].clone();
         let (header, window_index) = match resume {
             ResumeChoice::None => (None, None),
             ResumeChoice::Malformed => (Some("Last-Event-ID: not-an-id".to_string()), None),
@@ -224,18 +312,51 @@ impl Model {
                 (Some(format!("Last-Event-ID: 1000-{}", evs[i].seq)), Some(i))
             }
             ResumeChoice::Back(_) => (None, None),
+            ResumeChoice::Ahead(n) => {
+                let last = evs.last().map_or(0, |e| e.seq);
+                (Some(format!("Last-Event-ID: 1000-{}", last + 1 + n as u64)), None)
+            }
+            // Before the first event: inside the window while the buffer still holds it.
+            ResumeChoice::Zero if !evs.is_empty() && evs.len() <= BUFFER => {
+                (Some("Last-Event-ID: 1000-0".to_string()), Some(usize::MAX))
+            }
+            ResumeChoice::Zero => (Some("Last-Event-ID: 1000-0".to_string()), None),
         };
         let roles: &[&str] = if finance { &["finance_manager"] } else { &[] };
         let user_name = format!("u{user}");
         let path = format!("/api/v1/streams/{name}?version={version}");
         let extra: Vec<&str> = header.iter().map(String::as_str).collect();
         let before = self.h.gw.streams_of(&user_name);
-        match self.h.open_path(&user_name, roles, &path, &extra) {
+        // What must happen: refused (no role), evict the user's oldest (old enough) past the
+        // limit, refused 409 (its oldest is too young), or open.
+        let oldest = self.watches.iter().filter(|(_, w)| w.user == user_name).min_by_key(|(_, w)| w.opened);
+        let expect_evict = match oldest {
+            Some((&old, w)) if before >= LIMIT && self.h.now - w.opened_at >= MIN_AGE => Some(old),
+            _ => None,
+        };
+        let expect_409 = before >= LIMIT && expect_evict.is_none();
+        let forbidden_expected = name == "payments" && !finance;
+        let ttl = ttl.max(1);
+        let result = self.h.open_path_with(&user_name, roles, &path, &extra, ttl, read);
+        // A stream evicted by this open: exactly the one expected.
+        let evicted: Vec<_> = self.h.closed.iter().filter(|(_, &why)| why == CloseReason::StreamLimit).map(|(&id, _)| id).collect();
+        let expected_evicted: Vec<_> = expect_evict.filter(|_| result.is_ok()).into_iter().collect();
+        assert_eq!(evicted, expected_evicted, "{user_name} opened at {before} streams: evictions");
+        for id in evicted {
+            self.h.closed.remove(&id);
+            self.collect(id);
+            self.h.reading.remove(&id);
+            let w = self.watches.remove(&id).expect("an evicted stream was open");
+            assert_eq!(w.errors, ["stream_limit"], "the evicted stream's error frames");
+        }
+        match result {
             Ok(id) => {
-                assert!(name != "payments" || finance, "payments opened without the role");
+                assert!(!forbidden_expected, "payments opened without the role");
+                assert!(!expect_409, "{user_name} opened a stream at {before} with its oldest too young to evict");
                 // Inside the window: the events after the resume id are all still buffered.
-                let inside = window_index.filter(|&i| evs.len() - 1 - i <= BUFFER);
+                let inside = window_index.filter(|&i| i == usize::MAX || evs.len() - 1 - i <= BUFFER);
                 let after_seq = match inside {
+                    Some(usize::MAX) => Some(0),
                     Some(i) => Some(evs[i].seq),
                     None => evs.last().map(|e| e.seq),
                 };
@@ -250,40 +371,32 @@ impl Model {
                         finance,
                         after_seq,
                         received: Vec::new(),
-                        last_heartbeat: self.h.now,
+                        last_id: None,
+                        last_frame: self.h.now,
+                        heartbeat_excused: !read,
+                        late_frames: !read,
                         last_warning: None,
                         parsed_upto: 0,
-                        saw_gap: false,
+                        gaps_owed: u32::from(gap_expected),
+                        open_checked: false,
+                        paused_in_catch_up: false,
+                        errors: Vec::new(),
                         opened: self.opens,
                         opened_at: self.h.now,
-                        expires: self.h.unix + TOKEN_TTL,
+                        expires: self.h.unix + ttl,
                     },
                 );
                 self.collect(id);
-                if gap_expected {
-                    assert!(self.watches[&id].saw_gap, "resume outside the window without history_gap");
-                }
             }
             Err(r) => {
-                let forbidden = r.status == 200 && String::from_utf8_lossy(&r.bytes).contains("forbidden");
-                assert!(
-                    forbidden && name == "payments" && !finance || r.status == 409 && before >= LIMIT,
-                    "unexpected refusal {} with {before} streams",
-                    r.status
-                );
+                let body = String::from_utf8_lossy(&r.bytes);
+                if forbidden_expected {
+                    assert!(r.status == 200 && body.contains("forbidden"), "payments without the role: {} {body}", r.status);
+                } else {
+                    assert!(expect_409, "{user_name} refused {} at {before} streams: {body}", r.status);
+                    assert!(r.status == 409 && body.contains("\"stream_limit\""), "past the limit: {} {body}", r.status);
+                }
             }
-        }
-        // A stream evicted by this open: the user's oldest, old enough, and only past the limit.
-        let mut evicted: Vec<_> = self.h.closed.iter().filter(|(_, &why)| why == CloseReason::StreamLimit).map(|(&id, _)| id).collect();
-        assert!(evicted.len() <= 1, "one open evicted {evicted:?}");
-        if let Some(id) = evicted.pop() {
-            self.h.closed.remove(&id);
-            self.collect(id);
-            let w = self.watches.remove(&id).expect("an evicted stream was open");
-            assert!(w.user == user_name && before >= LIMIT, "evicted {}'s stream for {user_name} at {before} streams", w.user);
-            let oldest = self.watches.values().filter(|o| o.user == w.user).all(|o| o.opened > w.opened);
-            assert!(oldest, "evicted a stream of {} that was not its oldest", w.user);
-            assert!(self.h.now - w.opened_at >= MIN_AGE, "evicted a stream {:?} old", self.h.now - w.opened_at);
         }
     }
 
@@ -292,12 +405,20 @@ impl Model {
         for id in ids {
             self.collect(id);
         }
-        // Anything else the gateway closed: only a stream whose token expired.
+        // Anything else the gateway closed: a stream whose token expired, or one whose client
+        // stopped reading, as too slow.
         let closed: Vec<_> = self.h.closed.drain().collect();
         for (id, why) in closed {
+            let reading = self.h.reading.remove(&id).unwrap_or(true);
             let Some(w) = self.watches.remove(&id) else { continue };
-            assert_eq!(why, CloseReason::TokenExpired, "{}'s stream on {} closed", w.user, CHANNELS[w.channel]);
-            assert!(self.h.unix >= w.expires, "closed as expired {} s before its token's exp", w.expires - self.h.unix);
+            match why {
+                CloseReason::TokenExpired => {
+                    assert!(self.h.unix >= w.expires, "closed as expired {} s before its token's exp", w.expires - self.h.unix);
+                    assert_eq!(w.errors, ["token_expired"], "the expired stream's error frames");
+                }
+                CloseReason::SlowClient => assert!(!reading, "{}'s stream closed as slow while its client reads", w.user),
+                _ => panic!("{}'s stream on {} closed: {why:?}", w.user, CHANNELS[w.channel]),
+            }
         }
     }
 
@@ -314,14 +435,20 @@ impl Model {
                 break;
             }
             consumed += frame.len();
+            let silence = self.h.now - w.last_frame;
+            if !frame.starts_with("retry:") {
+                w.last_frame = self.h.now;
+            }
             let field = |name: &str| {
                 frame.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_string()))
             };
             let event = field("event:");
+            let data = || -> serde_json::Value { serde_json::from_str(&field("data:").expect("a data line")).expect("data is JSON") };
             if let Some(idtext) = field("id:") {
                 let eid = EventId::parse(idtext.as_bytes()).expect("event ids parse");
                 let seq = eid.seq;
-                assert!(w.received.last().is_none_or(|&l| l < seq), "ids must strictly increase: {:?} then {seq}", w.received);
+                assert!(w.last_id.is_none_or(|l| l < seq), "ids must strictly increase: {:?} then {seq}", w.last_id);
+                w.last_id = Some(seq);
                 let published = self.events[w.channel]
                     .iter()
                     .find(|e| e.seq == seq)
@@ -330,18 +457,41 @@ impl Model {
                 assert!(CHANNELS[w.channel] != "payments" || w.finance);
                 w.received.push(seq);
             } else if event.as_deref() == Some("heartbeat") {
-                let gap = self.h.now - w.last_heartbeat;
-                assert!(gap <= HEARTBEAT, "heartbeats {gap:?} apart");
-                w.last_heartbeat = self.h.now;
+                assert!(w.heartbeat_excused || silence <= HEARTBEAT, "a heartbeat after {silence:?} of silence");
+                w.heartbeat_excused = false;
             } else if event.as_deref() == Some("warning") {
-                if frame.contains("history_gap") {
-                    w.saw_gap = true;
-                } else {
-                    w.last_warning = Some(self.h.now);
+                let d = data();
+                assert_eq!(d["channel"], CHANNELS[w.channel], "a warning names the stream's channel: {d}");
+                match d["code"].as_str() {
+                    Some("history_gap") if w.gaps_owed > 0 => w.gaps_owed -= 1,
+                    Some("history_gap") => {
+                        // Not the answer to its resume id: a stream that did not read in a
+                        // catch-up and was passed by the buffer; live from the channel's last
+                        // event.
+                        assert!(w.paused_in_catch_up, "history_gap to a stream that kept up (or resumed inside the window)");
+                        w.after_seq = self.events[w.channel].last().map(|e| e.seq);
+                        w.received.clear();
+                    }
+                    Some("source_unavailable") => {
+                        assert!(self.down[w.channel].is_some() || w.late_frames, "source_unavailable while {} is up", CHANNELS[w.channel]);
+                        w.last_warning = Some(self.h.now);
+                    }
+                    _ => panic!("unknown warning {d}"),
                 }
+            } else if event.as_deref() == Some("error") {
+                w.errors.push(data()["code"].as_str().expect("an error code").to_string());
+            } else if let Some(e) = event {
+                panic!("unexpected event {e} in {frame:?}");
             }
         }
         w.parsed_upto = consumed;
+        if self.h.reading.get(&id) != Some(&false) {
+            w.late_frames = false;
+            if !w.open_checked {
+                assert_eq!(w.gaps_owed, 0, "a resume outside the window without history_gap");
+                w.open_checked = true;
+            }
+        }
     }
 
     fn check(&mut self) {
@@ -351,8 +501,14 @@ impl Model {
             let model = self.watches.values().filter(|w| w.user == name).count();
             assert_eq!(model, self.h.gw.streams_of(&name), "model and gateway disagree on {name}");
         }
-        for w in self.watches.values() {
-            assert!(self.h.now - w.last_heartbeat < HEARTBEAT, "no heartbeat for {:?}", self.h.now - w.last_heartbeat);
+        for (id, w) in &self.watches {
+            assert!(self.h.unix <= w.expires, "{}'s stream open {} s past its token's exp", w.user, self.h.unix - w.expires);
+            assert!(w.errors.is_empty(), "an open stream got error frames {:?}", w.errors);
+            if self.h.reading.get(id) == Some(&false) {
+                // What it has not read is not checked until it reads.
+                continue;
+            }
+            assert!(self.h.now - w.last_frame < HEARTBEAT, "no frame, not even a heartbeat, for {:?}", self.h.now - w.last_frame);
             if self.down[w.channel].is_some() {
                 let last = w.last_warning.expect("a stream of a down source has been warned");
                 assert!(self.h.now - last < WARNING, "no warning for {:?}", self.h.now - last);
