@@ -101,6 +101,12 @@ impl Shards {
         self.sources.get(ch.index()).is_some_and(|s| s.load(Ordering::Relaxed) == UP)
     }
 
+    /// Whether the channel's source has been up at some time (it may be down now): false only
+    /// while the process has not reached the broker for it yet.
+    pub(crate) fn reached(&self, ch: ChannelId) -> bool {
+        self.sources.get(ch.index()).is_some_and(|s| s.load(Ordering::Relaxed) != UNREACHED)
+    }
+
     /// Names of the channels whose source is not up now (never reached yet, or lost): `/readyz`
     /// is ready when this is empty.
     pub(crate) fn down<'a>(&self, settings: &'a Settings) -> Vec<&'a str> {

@@ -20,6 +20,7 @@
 //!   the range is gone.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,8 @@ struct Log {
 pub(crate) struct LogReader {
     link: Link,
     permits: Arc<Semaphore>,
+    /// Read-backs waiting for a turn now ([`LogReader::others_waiting`]).
+    waiting: AtomicUsize,
     /// By channel index; `None` for a channel that is not a stream.
     logs: Vec<Option<Log>>,
     /// The live sources' state: a read-back is only tried while its channel's source is up.
@@ -155,7 +158,7 @@ impl LogReader {
                 Some(Log { id, queue, epoch: log.epoch, ingest })
             })
             .collect();
-        LogReader { link, permits: Arc::new(Semaphore::new(READ_BACKS)), logs, shards }
+        LogReader { link, permits: Arc::new(Semaphore::new(READ_BACKS)), waiting: AtomicUsize::new(0), logs, shards }
     }
 
     /// The stream channels and the epoch of their ids (for `Gateway::set_history`).
@@ -163,9 +166,41 @@ impl LogReader {
         self.logs.iter().flatten().map(|log| (log.id, log.epoch))
     }
 
-    /// Waits for a turn (one of [`READ_BACKS`]).
-    pub(crate) async fn permit(&self) -> SemaphoreGuardArc {
-        self.permits.acquire_arc().await
+    /// Waits for a turn (one of [`READ_BACKS`]) until `by`; `None` if none came by then.
+    pub(crate) async fn permit(&self, by: Instant) -> Option<SemaphoreGuardArc> {
+        /// Counts a waiter for as long as it waits (also when its task is dropped).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(p) = self.permits.try_acquire_arc() {
+            return Some(p);
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _counted = Waiting(&self.waiting);
+        until(by, self.permits.acquire_arc()).await
+    }
+
+    /// Whether a read-back is waiting for a turn: one that has held its turn a while gives it up.
+    pub(crate) fn others_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Waits while `channel`'s source has not been reached yet since the process started (up
+    /// to [`FIRST_WAIT`]): a client resuming right after a restart is read back once the broker
+    /// answers, rather than answered `history_gap` because the gateway was a moment early.
+    /// An error when the source is down (or still not reached by then).
+    pub(crate) async fn source_ready(&self, channel: ChannelId) -> Result<(), String> {
+        let by = Instant::now() + FIRST_WAIT;
+        while !self.shards.is_up(channel) {
+            if self.shards.reached(channel) || Instant::now() >= by {
+                return Err("the channel's source is down".into());
+            }
+            crate::common::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// The `message_id` window one read-back of `channel` keeps across its cursors (a paused

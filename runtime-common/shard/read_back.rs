@@ -1,9 +1,13 @@
 //! The shard side of reading a stream back for a resuming client (`Output::Backfill`).
 //!
-//! A read-back is a task on the shard's thread. It waits for a turn (the process runs at most
-//! `READ_BACKS` at once; the rest queue, holding nothing but their place), opens a consumer at
-//! the client's last offset and hands each message to `Gateway::backfill_message` until the core
-//! says `Finished`. The first message proves the stream still holds that offset; the core
+//! A read-back is a task on the shard's thread. Right after a start it first waits (up to
+//! `FIRST_WAIT`) for the channel's source to reach the broker. It waits for a turn (the process
+//! runs at most `READ_BACKS` at once; the rest queue, holding nothing but their place, for at
+//! most [`TURN_WAIT`], then `history_gap`), opens a consumer at the client's last offset and
+//! hands each message to `Gateway::backfill_message` until the core says `Finished`. One that has
+//! held its turn for [`TURN`] while others wait gives it up and queues again, continuing where it
+//! stopped (as after a pause, below): a long catch-up for a client that reads slowly but steadily
+//! does not keep the others, which get no live events meanwhile, waiting. The first message proves the stream still holds that offset; the core
 //! answers `history_gap` otherwise. When the stream's output is at its bound (`Pause`) the task
 //! waits for the writer; if the client takes longer than [`PAUSE_HOLD`], the task closes its
 //! consumer and gives its turn up, and opens a new one at the last offset it handed over once
@@ -31,6 +35,10 @@ use crate::driver::spawn;
 
 /// How long a paused read-back keeps its consumer and its turn for a client to read.
 const PAUSE_HOLD: Duration = Duration::from_secs(2);
+/// How long a read-back keeps its turn while others wait for one.
+const TURN: Duration = Duration::from_secs(5);
+/// How long a read-back waits for a turn before its stream gets `history_gap` (and goes live).
+const TURN_WAIT: Duration = Duration::from_secs(30);
 
 /// How a read-back ended without an error.
 enum End {
@@ -72,12 +80,15 @@ impl Shard {
         let mut reopened = false;
         // One window for the whole read-back: a retry after a pause is still a retry.
         let mut seen = reader.window(channel)?;
+        reader.source_ready(channel).await?;
         loop {
-            let permit = reader.permit().await;
+            let permit = reader.permit(Instant::now() + TURN_WAIT).await;
             if self.gw.borrow().channel_of(id).is_none() {
                 return Ok(End::Finished); // the client left while waiting its turn
             }
+            let permit = permit.ok_or_else(|| format!("no read-back turn within {TURN_WAIT:?}"))?;
             let mut cursor = reader.open(channel, at, permit).await?;
+            let turn_ends = Instant::now() + TURN;
             let mut first = true;
             loop {
                 let next = cursor.next(if first { FIRST_WAIT } else { IDLE }, &mut seen).await;
@@ -115,16 +126,23 @@ impl Shard {
                         return Ok(End::Finished);
                     }
                     BackfillStep::Pause => {
-                        if self.drained(id, Some(Instant::now() + PAUSE_HOLD)).await {
-                            continue;
+                        if !self.drained(id, Some(Instant::now() + PAUSE_HOLD)).await {
+                            // A slow reader: give the turn and the consumer up meanwhile.
+                            debug!(stream = %id, offset = at, "read-back paused: the client is not reading; its turn goes to the next");
+                            cursor.close().await;
+                            self.drained(id, None).await;
+                            reopened = true;
+                            break;
                         }
-                        // A slow reader: give the turn and the consumer up meanwhile.
-                        debug!(stream = %id, offset = at, "read-back paused: the client is not reading; its turn goes to the next");
-                        cursor.close().await;
-                        self.drained(id, None).await;
-                        reopened = true;
-                        break;
                     }
+                }
+                if Instant::now() >= turn_ends && reader.others_waiting() {
+                    debug!(stream = %id, offset = at, "read-back gives its turn to a waiting one");
+                    cursor.close().await;
+                    // Let the waiter the turn went to take it before this one queues again.
+                    crate::common::sleep(Duration::from_millis(20)).await;
+                    reopened = true;
+                    break;
                 }
             }
         }

@@ -1,5 +1,6 @@
-//! A TCP forwarder between the gateway and RabbitMQ that a test can cut, freeze and restore, to
-//! make the broker unreachable (or silent) without touching the broker itself.
+//! A TCP forwarder between the gateway and RabbitMQ that a test can cut, freeze, slow down and
+//! restore, to make the broker unreachable (or silent, or slow to answer) without touching the
+//! broker itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,9 +23,13 @@ enum Link {
     /// written to (a hung broker, or a link that drops packets: no FIN, no RST). They are dropped
     /// when the link is restored.
     Frozen,
+    /// Live connections forward; new ones are held silent and go through once restored (a
+    /// broker slow to answer a connect).
+    Slow,
 }
 
-/// Forwards `127.0.0.1:PORT` to an upstream address; see [`TcpProxy::cut`] and [`TcpProxy::freeze`].
+/// Forwards `127.0.0.1:PORT` to an upstream address; see [`TcpProxy::cut`], [`TcpProxy::freeze`]
+/// and [`TcpProxy::slow_connects`].
 pub struct TcpProxy {
     /// Where the proxy listens.
     pub addr: SocketAddr,
@@ -56,25 +61,28 @@ impl TcpProxy {
                             let _ = rx.wait_for(|l| *l != Link::Frozen).await;
                         });
                     }
-                    Link::Open => {
+                    Link::Slow => {
                         let upstream = upstream.clone();
                         tokio::spawn(async move {
-                            let mut client = client;
-                            let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
-                            let changed = tokio::select! {
-                                _ = copy_bidirectional(&mut client, &mut server) => None,
-                                l = rx.wait_for(|l| *l != Link::Open) => l.ok().map(|l| *l),
-                            };
-                            if changed == Some(Link::Frozen) {
-                                let _ = rx.wait_for(|l| *l != Link::Frozen).await;
+                            if rx.wait_for(|l| *l != Link::Slow).await.is_ok_and(|l| *l == Link::Open) {
+                                forward(client, &upstream, rx).await;
                             }
-                            // Both sockets drop here: the gateway sees its broker connection end.
                         });
+                    }
+                    Link::Open => {
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move { forward(client, &upstream, rx).await });
                     }
                 }
             }
         });
         TcpProxy { addr, link, held, task }
+    }
+
+    /// Holds new connections silent (no bytes either way) until [`TcpProxy::restore`], which
+    /// lets them through; live connections go on: a broker slow to answer a connect.
+    pub fn slow_connects(&self) {
+        self.link.send_replace(Link::Slow);
     }
 
     /// An AMQP URL through the proxy (guest/guest, vhost `/`).
@@ -102,6 +110,20 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.link.send_replace(Link::Open);
     }
+}
+
+/// Forwards `client` to `upstream` until either ends or the link is cut or frozen (a slow link
+/// lets live connections be).
+async fn forward(mut client: TcpStream, upstream: &str, mut rx: watch::Receiver<Link>) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    let changed = tokio::select! {
+        _ = copy_bidirectional(&mut client, &mut server) => None,
+        l = rx.wait_for(|l| matches!(l, Link::Cut | Link::Frozen)) => l.ok().map(|l| *l),
+    };
+    if changed == Some(Link::Frozen) {
+        let _ = rx.wait_for(|l| *l != Link::Frozen).await;
+    }
+    // Both sockets drop here: the gateway sees its broker connection end.
 }
 
 impl Drop for TcpProxy {
