@@ -9,7 +9,8 @@
 #   tests/bench/run.sh sweep   [SERVER...]        (b) the same 1,000 subscribers at SWEEP_RATES (100 300 600) events/s
 #   tests/bench/run.sh scale   [SERVER...]        (b) 1,000 events/s to SCALE_STREAMS (10 100 300 1000) subscribers
 #   tests/bench/run.sh burst   [SERVER...]        (b') 10 subscribers, a burst of BURST_RATE (20000) events/s for BURST_SECS (2) s
-#   tests/bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream
+#   tests/bench/run.sh idle    [SERVER...]        (c) IDLE_STREAMS idle streams: server memory per stream open,
+#                                                 read IDLE_SETTLE s (the gateway's heartbeat + 5) after they opened
 #   tests/bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
 #   tests/bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
 #   tests/bench/run.sh floor                      what one loopback write costs here, no server at all
@@ -21,7 +22,9 @@
 # SERVER is tokio (sse-gateway), smol (sse-gateway-smol) or nchan; default all three. Each
 # scenario starts a fresh server, runs the load tool (tests/src/bin/load.rs) and stops it. Every
 # run appends the tool's JSON line (with a label naming scenario, server, workers and the load
-# average at its start) to $RESULTS and prints its table on stderr.
+# average at its start) to $RESULTS and prints its table on stderr. A run that does not measure
+# the server (publishes failed, streams did not open or did not stay open: its "invalid" field)
+# is logged as INVALID, kept in $RESULTS (tables.py marks it) and makes the script exit 1 at the end.
 #
 # Environment: WORKERS (server.workers of both gateways = nchan's worker_processes, default 2),
 # RUNS (repetitions of each measurement, default 2), QUIET (before the first measurement of a
@@ -48,8 +51,13 @@ NCHAN_PORT=${NCHAN_PORT:-18090}
 BIN=$BENCH_DIR/bin
 SECRET=bench-secret-0123456789-0123456789
 mkdir -p "$BENCH_DIR"
+# Runs found invalid so far (the script goes on with the next ones and exits 1 at the end).
+FAILURES=0
 
 log() { echo "== $*" >&2; }
+
+# invalid WHAT: counts and logs an invalid run loudly.
+invalid() { FAILURES=$((FAILURES + 1)); echo "== INVALID: $*" >&2; }
 
 build() {
   (cd "$ROOT" && cargo build --release -p sse-gateway-tokio -p sse-gateway-smol -p sse-gateway-tests --bin sse-gateway --bin sse-gateway-smol --bin load --bin hold --bin floor)
@@ -105,9 +113,19 @@ start_nchan() {
   for _ in $(seq 1 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
   [ -s "$dir/nginx.pid" ] || { cat "$dir/error.log" >&2; return 1; }
   SERVER_PID=$(cat "$dir/nginx.pid")
-  sleep 0.5
+  # The load tool reads the workers' memory and CPU by PID: wait until every worker exists (a
+  # worker forked late would be left out of every figure).
+  local workers=""
+  for _ in $(seq 1 100); do
+    workers=$(pgrep -P "$SERVER_PID" || true)
+    [ "$(echo "$workers" | grep -c .)" -ge "$WORKERS" ] && break
+    sleep 0.1
+  done
+  if [ "$(echo "$workers" | grep -c .)" -lt "$WORKERS" ]; then
+    log "nginx has $(echo "$workers" | grep -c .) of $WORKERS worker processes after 10 s"; cat "$dir/error.log" >&2; return 1
+  fi
   PIDS=""
-  for p in $(pgrep -P "$SERVER_PID"); do PIDS="$PIDS --pid $p"; done
+  for p in $workers; do PIDS="$PIDS --pid $p"; done
   ADDR=127.0.0.1:$NCHAN_PORT; TARGET=nchan
 }
 
@@ -137,14 +155,17 @@ loadavg() {
   if [ "$FIRST" = 1 ] || [ "$QUIET_EACH" = 1 ]; then FIRST=0; LA=$(quiet); else LA=$(cut -d' ' -f1 /proc/loadavg); fi
 }
 
-# load SCENARIO SERVER ARGS...: one measurement on the running server.
+# load SCENARIO SERVER ARGS...: one measurement on the running server (its JSON line also in
+# $BENCH_DIR/last.json).
 load() {
   local scenario=$1 server=$2; shift 2
   local la; loadavg; la=$LA
   log "$scenario on $server (workers $WORKERS, load average $la)"
   # shellcheck disable=SC2086
   "$BIN/load" --target "$TARGET" --addr "$ADDR" $PIDS --secret "$SECRET" \
-    --label "scenario=$scenario server=$server workers=$WORKERS loadavg=$la commit=$(cat "$BIN/commit")" "$@" | tee -a "$RESULTS"
+    --label "scenario=$scenario server=$server workers=$WORKERS loadavg=$la commit=$(cat "$BIN/commit")" "$@" > "$BENCH_DIR/last.json"
+  tee -a "$RESULTS" < "$BENCH_DIR/last.json"
+  grep -q '"invalid":\[\]' "$BENCH_DIR/last.json" || invalid "$scenario on $server: $(sed -n 's/.*"invalid":\(\[[^]]*\]\).*/\1/p' "$BENCH_DIR/last.json")"
 }
 
 servers() { if [ $# -eq 0 ]; then echo tokio smol nchan; else echo "$@"; fi; }
@@ -180,6 +201,8 @@ steps() {
       for rate in ${RATES:-2 5 10 20 40 70 100 150 200 300 400 600}; do
         load "steps-10k rate=$rate run=$r" "$s" --mode fanout --streams 10000 --rate "$rate" --duration "${STEP_SECS:-5}" --drain 10 > "$BENCH_DIR/step.json"
         out=$(cat "$BENCH_DIR/step.json"); echo "$out"
+        # A step whose publishes failed says nothing about the server: stop there (load logged it).
+        if ! echo "$out" | grep -q '"invalid":\[\]'; then log "$s: step $rate invalid, steps end here"; break; fi
         lost=$(echo "$out" | sed -n 's/.*"lost":\([0-9]*\).*/\1/p')
         dps=$(echo "$out" | sed -n 's/.*"deliveries_per_s":\([0-9.e+]*\).*/\1/p')
         if [ "${lost:-1}" != 0 ] || ! awk -v d="${dps:-0}" -v o="$((rate * 10000))" 'BEGIN { exit !(d >= 0.9 * o) }'; then
@@ -225,8 +248,38 @@ floor() {
   done
 }
 
-# Server memory: VmRSS of the watched PIDs, summed, in KiB.
-rss_kib() { local t=0 p; for p in $(echo "$PIDS" | sed 's/--pid//g'); do t=$((t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
+# Server memory: VmRSS of the watched PIDs, summed, in KiB. A process that is gone counts 0, with
+# a warning (not an abort: the caller checks the server and records the run as invalid).
+rss_kib() {
+  local t=0 p v
+  for p in $(echo "$PIDS" | sed 's/--pid//g'); do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    if [ -z "$v" ]; then echo "== warning: process $p is gone, its RSS counts 0" >&2; v=0; fi
+    t=$((t + v))
+  done
+  echo "$t"
+}
+
+# The gateway's heartbeat interval in whole seconds (rounded up): `heartbeat` under [streams] in
+# tests/bench/gateway.toml, else the gateway's default, 30 s.
+heartbeat_secs() {
+  local v
+  v=$(awk '/^\[/ { s = ($1 == "[streams]") } s && /^[ \t]*heartbeat[ \t]*=/ { sub(/^[^=]*=[ \t]*/, ""); sub(/[ \t]*#.*/, ""); gsub(/"/, ""); print; exit }' "$ROOT/tests/bench/gateway.toml")
+  case $v in
+    "") echo 30 ;;
+    *[0-9]ms) echo $(( (${v%ms} + 999) / 1000 )) ;;
+    *[0-9]s) echo "${v%s}" ;;
+    *[0-9]min) echo $(( ${v%min} * 60 )) ;;
+    *[0-9]m) echo $(( ${v%m} * 60 )) ;;
+    *[0-9]h) echo $(( ${v%h} * 3600 )) ;;
+    *[!0-9]*) echo "cannot read streams.heartbeat = $v in tests/bench/gateway.toml" >&2; return 1 ;;
+    *) echo "$v" ;;
+  esac
+}
+
+# Streams the gateway holds now: established TCP connections on its port, its side (hold's own
+# sockets have the port as their peer).
+open_streams() { ss -Htn state established "( sport = :$GW_PORT )" | wc -l; }
 
 # (b), around it: the same 1,000 subscribers at lower rates (SWEEP_RATES), to show where the
 # p99 goal holds on this machine.
@@ -257,32 +310,69 @@ scale() {
 }
 
 # (c) The gateways hold the streams with tests/src/bin/hold.rs (the smol issue's tool); nchan,
-# which hold cannot speak to, with the load tool's connect mode (the same measurement).
+# which hold cannot speak to, with the load tool's connect mode (the same measurement). Memory is
+# read IDLE_SETTLE s after the last stream opened, by default one heartbeat interval of the
+# gateway and 5 s more: every stream has written a heartbeat by then (its writer's state after
+# one is in the figure, not only a freshly opened stream's), and nchan gets the same wait. The
+# growth is divided by the streams still open at that moment.
 idle() {
-  local n=${IDLE_STREAMS:-19000}
+  local n=${IDLE_STREAMS:-19000} hb settle
+  hb=$(heartbeat_secs)
+  settle=${IDLE_SETTLE:-$((hb + 5))}
   for s in $(servers "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
       if [ "$s" = nchan ]; then
-        load "idle run=$r" "$s" --mode connect --streams "$n" --settle 5
+        load "idle run=$r" "$s" --mode connect --streams "$n" --settle "$settle"
       else
-        local la before after line
-        loadavg; la=$LA
-        log "idle run=$r on $s: $n streams held by hold (load average $la)"
-        before=$(rss_kib)
-        "$BIN/hold" --addr "$ADDR" --secret "$SECRET" --count "$n" --seconds 3600 > "$BENCH_DIR/hold.out" &
-        local hold=$!
-        for _ in $(seq 1 600); do grep -q "^open" "$BENCH_DIR/hold.out" && break; kill -0 $hold 2>/dev/null || break; sleep 0.2; done
-        line=$(head -1 "$BENCH_DIR/hold.out")
-        sleep 5
-        after=$(rss_kib)
-        kill $hold 2>/dev/null || true; wait $hold 2>/dev/null || true
-        printf '{"label":"scenario=idle run=%s server=%s workers=%s loadavg=%s commit=%s","mode":"hold","streams":%s,"hold":"%s","rss_kib_before":%s,"rss_kib_connected":%s,"rss_bytes_per_stream":%s}\n' \
-          "$r" "$s" "$WORKERS" "$la" "$(cat "$BIN/commit")" "$n" "$line" "$before" "$after" "$(( (after - before) * 1024 / n ))" | tee -a "$RESULTS"
+        idle_hold "$r" "$s" "$n" "$settle"
       fi
       stop
     done
   done
+}
+
+# The end of hold's stderr on one line, without what would break the JSON string it goes into.
+hold_err() { tail -n 3 "$BENCH_DIR/hold.err" | tr -d '"\\' | tr '\n' ' ' | sed 's/ *$//'; }
+
+# idle_hold RUN SERVER N SETTLE: N streams held by hold on the running gateway; one JSON line.
+idle_hold() {
+  local r=$1 s=$2 n=$3 settle=$4 la before after=0 line opened open_now=0 hold why="" per=null err
+  loadavg; la=$LA
+  log "idle run=$r on $s: $n streams held by hold, memory read $settle s after they opened (load average $la)"
+  before=$(rss_kib)
+  "$BIN/hold" --addr "$ADDR" --secret "$SECRET" --count "$n" --seconds 3600 > "$BENCH_DIR/hold.out" 2> "$BENCH_DIR/hold.err" &
+  hold=$!
+  for _ in $(seq 1 600); do grep -q "^open" "$BENCH_DIR/hold.out" && break; kill -0 $hold 2>/dev/null || break; sleep 0.2; done
+  # hold prints `open N streams in S s` only once every stream answered 200; otherwise it says
+  # on stderr how many failed and exits.
+  line=$(grep -m1 "^open" "$BENCH_DIR/hold.out" || true)
+  opened=$(echo "$line" | sed -n 's/^open \([0-9][0-9]*\) streams.*/\1/p')
+  if [ -z "$opened" ]; then
+    err=$(hold_err); why="hold opened no full set of $n streams${err:+: $err}"
+  elif [ "$opened" -lt "$n" ]; then
+    why="hold opened $opened of $n streams"
+  else
+    sleep "$settle"
+    after=$(rss_kib)
+    open_now=$(open_streams)
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      why="the gateway exited while the streams were held"
+    elif ! kill -0 $hold 2>/dev/null; then
+      err=$(hold_err); why="hold exited while holding${err:+: $err}"
+    elif [ "$open_now" -lt "$opened" ]; then
+      why="only $open_now of $opened streams still open after $settle s"
+    fi
+  fi
+  kill $hold 2>/dev/null || true; wait $hold 2>/dev/null || true
+  if [ -z "$why" ]; then
+    per=$(( (after - before) * 1024 / open_now ))
+  else
+    invalid "idle run=$r on $s: $why"
+  fi
+  printf '{"label":"scenario=idle run=%s server=%s workers=%s loadavg=%s commit=%s","mode":"hold","streams":%s,"streams_open":%s,"settle_secs":%s,"hold":"%s","rss_kib_before":%s,"rss_kib_connected":%s,"rss_bytes_per_stream":%s,"invalid":[%s]}\n' \
+    "$r" "$s" "$WORKERS" "$la" "$(cat "$BIN/commit")" "$n" "$open_now" "$settle" "$line" "$before" "$after" "$per" \
+    "$([ -z "$why" ] || printf '"%s"' "$why")" | tee -a "$RESULTS"
 }
 
 accept() {
@@ -295,11 +385,16 @@ resume() {
   each "$(servers "$@")" resume-storm-10k --mode resume --streams 10000 --warm 10 --behind 100 --drain 60 --publishers 1
 }
 
+# The core's micro-benchmark, built from the working tree (its commit, "-dirty" with local
+# changes, heads each run's lines); a build failure stops here, visibly.
 hotpath() {
+  local commit
+  commit=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- core || echo -dirty)
+  (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path --no-run) >&2 || return 1
   for r in $(seq 1 "$RUNS"); do
     loadavg
     log "core hot path, run $r (load average $LA)"
-    (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path 2>/dev/null) | tee -a "$BENCH_DIR/hotpath.txt"
+    { echo "commit=$commit run=$r loadavg=$LA"; (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path 2>/dev/null); } | tee -a "$BENCH_DIR/hotpath.txt"
   done
 }
 
@@ -313,5 +408,6 @@ case $cmd in
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
     fanout; steps; latency; burst; sweep; idle; accept; resume; floor; hotpath ;;
-  *) sed -n '2,33p' "$0"; exit 2 ;;
+  *) sed -n '2,38p' "$0"; exit 2 ;;
 esac
+if [ "$FAILURES" -gt 0 ]; then log "$FAILURES invalid run(s): see the INVALID lines above (kept in $RESULTS, marked by tables.py)"; exit 1; fi

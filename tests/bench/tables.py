@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Markdown tables from tests/bench/run.sh results (one JSON line per run): `tests/bench/tables.py [RESULTS]`.
 
-Every run is a row (RUNS=2 gives two rows per server), so both measurements stay visible."""
+Every run is a row (RUNS=2 gives two rows per server), so both measurements stay visible. Beside
+the losses, each row shows what a "zero loss, in order" claim rests on: events out of order,
+duplicates, error events, streams the server closed, publishes that failed and streams that
+failed to connect. A run whose publishes failed (their events never reached the server), whose
+streams did not all connect, or whose idle streams were not all open when memory was read does
+not measure the server: its "valid" cell says why and its "lost" cell is not a loss figure.
+Older results lack some fields: "-" there (and "unchecked" for what was not checked then)."""
 import json
 import re
 import sys
@@ -39,6 +45,69 @@ def mib(kib):
     return "-" if kib is None else f"{kib / 1024:.1f}"
 
 
+def res(r, k):
+    v = (r.get("result") or {}).get(k)
+    return "-" if v is None else v
+
+
+def checks(r):
+    """Out of order / duplicates / error events / streams closed by the server."""
+    return " / ".join(str(res(r, k)) for k in ("out_of_order", "dups", "errors", "closed_by_server"))
+
+
+def pub_failed(r):
+    v = r.get("publish_failed")
+    return "-" if v is None else v
+
+
+def conn_failed(r, k="connect"):
+    v = (r.get(k) or {}).get("failed")
+    return "-" if v is None else v
+
+
+def lag(r):
+    """How far the publisher ran behind its schedule, at most and at the end (ms)."""
+    m, e = r.get("publish_lag_max_ms"), r.get("publish_lag_end_ms")
+    return "-" if m is None else f"{m:.1f} / {e:.1f}"
+
+
+def lat_send(r, q):
+    """Latency from the actual send (before: the only figure; now the schedule is the origin)."""
+    l = (r.get("result") or {}).get("latency_from_send_ms")
+    return "-" if not l else f"{l[q]:.1f}"
+
+
+def invalid(r):
+    """Why the run does not measure the server (the tool's and run.sh's reasons, and the same
+    checks made here, so results written before those existed are checked too)."""
+    why = list(r.get("invalid") or [])
+    pf = r.get("publish_failed") or 0
+    if pf > 0 and not any("publishes failed" in w for w in why):
+        why.append(f"{pf} publishes failed")
+    if r.get("mode") in ("fanout", "resume"):
+        for k in ("connect", "reconnect"):
+            f = (r.get(k) or {}).get("failed") or 0
+            if f > 0 and not any(f"failed to {k}" in w for w in why):
+                why.append(f"{f} streams failed to {k}")
+    if r.get("streams_open") is not None and r["streams_open"] < r.get("streams", 0) and not any("open" in w for w in why):
+        why.append(f"only {r['streams_open']} of {r['streams']} streams open")
+    return why
+
+
+def valid(r):
+    why = invalid(r)
+    if why:
+        return "**INVALID**: " + "; ".join(why)
+    if r.get("mode") == "hold" and r.get("streams_open") is None:
+        return "unchecked (streams open not recorded)"
+    return "yes"
+
+
+def lost(r):
+    """Lost events, or why the figure is not one (publishes failed: not the server's loss)."""
+    return f"({res(r, 'lost')}: invalid run)" if invalid(r) else res(r, "lost")
+
+
 def table(head, rows):
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -47,94 +116,115 @@ def table(head, rows):
     print()
 
 
+# The columns every fan-out table ends with.
+CHECK_HEAD = ["out of order / dups / errors / closed by server", "publish failed", "connect failed", "p99 from send ms", "publisher behind max / end ms", "valid"]
+
+
+def check_cells(r):
+    return [checks(r), pub_failed(r), conn_failed(r), lat_send(r, "p99"), lag(r), valid(r)]
+
+
 print("### (a) Fan-out, 10,000 subscribers\n")
+print("Latency from each event's scheduled publish time; \"p99 from send\" from when the publisher actually sent it.\n")
 table(
-    ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "publish s", "CPU s", "RSS connected / peak MiB"],
+    ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "publish s", "CPU s", "RSS connected / peak MiB", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
+        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", lost(r),
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['publish_secs']:.1f}", f"{r['cpu_secs']:.1f}",
-         f"{mib(r.get('rss_kib_connected'))} / {mib(r.get('rss_kib_peak'))}"]
+         f"{mib(r.get('rss_kib_connected'))} / {mib(r.get('rss_kib_peak'))}", *check_cells(r)]
         for r in of("fanout-10k")
     ],
 )
 
 print("### (a) Rate steps, 10,000 subscribers (each step STEP_SECS s; a run ends at the first step not sustained)\n")
 table(
-    ["server", "run", "events/s", "offered/s", "deliveries/s", "lost", "p99 ms", "publish s", "sustained"],
+    ["server", "run", "events/s", "offered/s", "deliveries/s", "lost", "p99 ms", "publish s", "sustained", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("run"), r["rate"], f"{r['offered_per_s']:,.0f}", f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
+        [server(r), r["tags"].get("run"), r["rate"], f"{r['offered_per_s']:,.0f}", f"{r['deliveries_per_s']:,.0f}", lost(r),
          lat(r, "p99"), f"{r['publish_secs']:.1f}",
-         "yes" if r["result"]["lost"] == 0 and r["deliveries_per_s"] >= 0.9 * r["offered_per_s"] else "no"]
+         "invalid" if invalid(r) else "yes" if r["result"]["lost"] == 0 and r["deliveries_per_s"] >= 0.9 * r["offered_per_s"] else "no",
+         *check_cells(r)]
         for r in of("steps-10k")
     ],
 )
 
 print("### (b) 1,000 subscribers x 1,000 events/s\n")
 table(
-    ["server", "commit", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", "RSS peak MiB"],
+    ["server", "commit", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", "RSS peak MiB", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("commit", "?"), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
-         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), mib(r.get("rss_kib_peak"))]
+        [server(r), r["tags"].get("commit", "?"), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", lost(r),
+         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), mib(r.get("rss_kib_peak")), *check_cells(r)]
         for r in of("latency-1k")
     ],
 )
 
 print("### (b') A burst through RabbitMQ: 10 subscribers, 20,000 events/s offered for 2 s\n")
 table(
-    ["server", "commit", "run", "load avg", "published in s", "events/s taken", "deliveries/s", "lost", "p50 ms", "p99 ms", "max ms", "CPU s"],
+    ["server", "commit", "run", "load avg", "published in s", "events/s taken", "deliveries/s", "lost", "p50 ms", "p99 ms", "max ms", "CPU s", *CHECK_HEAD],
     [
         [server(r), r["tags"].get("commit", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['publish_secs']:.2f}",
-         f"{r['deliveries_per_s'] / r['streams']:,.0f}", f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
-         lat(r, "p50"), lat(r, "p99"), lat(r, "max"), f"{r['cpu_secs']:.2f}"]
+         f"{r['deliveries_per_s'] / r['streams']:,.0f}", f"{r['deliveries_per_s']:,.0f}", lost(r),
+         lat(r, "p50"), lat(r, "p99"), lat(r, "max"), f"{r['cpu_secs']:.2f}", *check_cells(r)]
         for r in of("burst-10")
     ],
 )
 
 print("### (b) around it: 1,000 subscribers at lower rates\n")
 table(
-    ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s"],
+    ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", r["result"]["lost"],
-         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}"]
+        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", lost(r),
+         lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *check_cells(r)]
         for r in of("sweep-1k")
     ],
 )
 
 print("### (b) underneath it: 1,000 events/s to fewer subscribers\n")
 table(
-    ["server", "workers", "run", "load avg", "streams", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %"],
+    ["server", "workers", "run", "load avg", "streams", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", *CHECK_HEAD],
     [
         [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['streams']:,}", f"{r['deliveries_per_s']:,.0f}",
-         r["result"]["lost"], lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r)]
+         lost(r), lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), *check_cells(r)]
         for r in of("scale")
     ],
 )
 
 print("### (c) Idle streams\n")
+print("Memory growth divided by the streams open when it was read (\"open\"; older results: the streams asked for),")
+print("read \"settle\" s after the last one opened.\n")
 rows = []
 for r in of("idle"):
     n = r["streams"]
-    per = r["rss_bytes_per_stream"]
+    per = r.get("rss_bytes_per_stream")
     before = r["rss_kib_before"]
-    at100k = (before * 1024 + per * 100_000) / 2**20
-    held = r.get("connect", {}).get("ok", n) if r.get("mode") == "connect" else n
-    rows.append([server(r), r["tags"].get("run"), held, mib(before), mib(r["rss_kib_connected"]), f"{per:,.0f}", f"{at100k:.0f}",
-                 "-" if "pss_bytes_per_stream" not in r else f"{r['pss_bytes_per_stream']:,.0f}"])
-table(["server", "run", "streams", "RSS idle MiB", "RSS with streams MiB", "RSS bytes / stream", "100,000 streams MiB (extrapolated)", "PSS bytes / stream"], rows)
+    at100k = "-" if per is None or invalid(r) else f"{(before * 1024 + per * 100_000) / 2**20:.0f}"
+    if r.get("streams_open") is not None:
+        held = r["streams_open"]
+    else:
+        held = r.get("connect", {}).get("ok", n) if r.get("mode") == "connect" else n
+    pss = r.get("pss_bytes_per_stream")
+    rows.append([server(r), r["tags"].get("run"), f"{n:,}", f"{held:,}", r.get("settle_secs", "-"), mib(before), mib(r["rss_kib_connected"]),
+                 "-" if per is None or invalid(r) else f"{per:,.0f}", at100k, "-" if pss is None or invalid(r) else f"{pss:,.0f}", valid(r)])
+table(["server", "run", "streams asked", "open", "settle s", "RSS idle MiB", "RSS with streams MiB", "RSS bytes / stream", "100,000 streams MiB (extrapolated)", "PSS bytes / stream", "valid"], rows)
 
 print("### (d) New streams per second (10,000 streams, 256 connecting at once per load process, 2 processes)\n")
+print("Seconds from the earliest subscriber process's start to the latest one's last response head (older results: the slowest process alone).\n")
 table(
-    ["server", "run", "load avg", "ok", "failed", "seconds", "streams/s"],
-    [[server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["connect"]["ok"], r["connect"]["failed"], f"{r['connect']['secs']:.3f}", f"{r['connect']['per_s']:,.0f}"]
+    ["server", "run", "load avg", "ok", "failed", "statuses", "seconds", "streams/s", "open after", "valid"],
+    [[server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["connect"]["ok"], r["connect"]["failed"],
+      ", ".join(f"{k}: {v}" for k, v in (r["connect"].get("statuses") or {}).items()),
+      f"{r['connect']['secs']:.3f}", f"{r['connect']['per_s']:,.0f}", r.get("streams_open", "-"), valid(r)]
      for r in of("accept-10k")],
 )
 
 print("### (e) Resume storm: 10,000 clients, each 100 events behind\n")
 table(
-    ["server", "run", "load avg", "exact replays", "lost", "dups", "stale", "id mismatch", "reconnect s", "time to serve all s", "RSS before / peak MiB", "CPU s"],
-    [[server(r), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['result']['exact']:,} / {r['streams']:,}", r["result"]["lost"], r["result"]["dups"],
-      r["result"]["stale"], r["result"]["id_mismatch"], f"{r['reconnect']['secs']:.3f}",
-      "-" if r.get("serve_all_secs") is None else f"{r['serve_all_secs']:.3f}", f"{mib(r['rss_kib_before'])} / {mib(r['rss_kib_peak'])}", f"{r['cpu_secs']:.1f}"]
+    ["server", "run", "load avg", "exact replays", "lost", "dups", "stale", "id mismatch", "out of order", "errors", "closed by server", "publish failed",
+     "connect / reconnect failed", "reconnect s", "time to serve all s", "RSS before / peak MiB", "CPU s", "valid"],
+    [[server(r), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['result']['exact']:,} / {r['streams']:,}", lost(r), res(r, "dups"),
+      res(r, "stale"), res(r, "id_mismatch"), res(r, "out_of_order"), res(r, "errors"), res(r, "closed_by_server"), pub_failed(r),
+      f"{conn_failed(r)} / {conn_failed(r, 'reconnect')}", f"{r['reconnect']['secs']:.3f}",
+      "-" if r.get("serve_all_secs") is None else f"{r['serve_all_secs']:.3f}", f"{mib(r['rss_kib_before'])} / {mib(r['rss_kib_peak'])}", f"{r['cpu_secs']:.1f}", valid(r)]
      for r in of("resume-storm")],
 )
 

@@ -8,15 +8,22 @@
 //!
 //! Modes (each bounded in time and count; loopback only):
 //! - `connect`: open `--streams` streams (`--concurrency` in flight per process), report the time
-//!   to have every response head and the rate; after `--settle` seconds, the server's memory per
-//!   idle stream.
+//!   to have every response head and the rate (from the earliest process's start to the latest
+//!   one's last head, wall clock); after `--settle` seconds, the server's memory per stream still
+//!   open then.
 //! - `fanout`: open the streams, publish `--rate` events/s for `--duration` s (RabbitMQ for the
 //!   gateway, HTTP POST for nchan), wait up to `--drain` s, report deliveries/s, lost events (every
-//!   stream must get every event), publish-to-receive latency, server memory and CPU.
+//!   stream must get every event), latency from each event's scheduled publish time (and from its
+//!   actual send, with how far the publisher fell behind its schedule), server memory and CPU.
 //! - `resume`: open the streams, publish `--warm` events, disconnect every stream, publish
 //!   `--behind` events, reconnect every stream at once with its `Last-Event-ID`, report whether
 //!   each replay is exact (every missed event, once, in order, nothing older; for the gateway its
 //!   ids), the time to serve all of them, and the server's peak memory.
+//!
+//! Every run numbers its events from its own base (wall-clock ms at its start x 1,000), so events
+//! left over from an earlier run on the same server are told apart (`foreign`), not counted.
+//! A run whose publishes failed, or whose streams did not all open, is not a measurement of the
+//! server's loss: its `invalid` field says why.
 //!
 //! Output: one line of JSON on stdout, a human table on stderr.
 
@@ -249,44 +256,95 @@ fn connect_summary(answers: &[Value], wall: Duration) -> Value {
             }
         }
     }
-    let secs = answers.iter().map(|a| a["secs"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max);
+    // Over all processes, wall clock: from the earliest start to the latest last head (the
+    // longest process's own duration would leave out the time one ran before another started).
+    let start = answers.iter().filter_map(|a| a["start_unix_ns"].as_u64()).min().unwrap_or(0);
+    let end = answers.iter().filter_map(|a| a["end_unix_ns"].as_u64()).max().unwrap_or(start);
+    let secs = end.saturating_sub(start) as f64 / 1e9;
     json!({
         "ok": ok,
         "failed": sum(answers, "failed"),
         "secs": secs,
+        "child_secs_max": answers.iter().map(|a| a["secs"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max),
+        "start_unix_ns": start,
+        "end_unix_ns": end,
         "wall_secs": wall.as_secs_f64(),
         "per_s": if secs > 0.0 { ok as f64 / secs } else { 0.0 },
         "statuses": statuses,
     })
 }
 
-/// The children's wait answers as one object (latency histograms merged).
-fn wait_summary(answers: &[Value]) -> Value {
+/// The children's histograms under `key` merged, as quantiles in ms.
+fn latency(answers: &[Value], key: &str) -> Value {
     let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
     for a in answers {
-        for pair in a["hist"].as_array().into_iter().flatten() {
+        for pair in a[key].as_array().into_iter().flatten() {
             let (v, c) = (pair[0].as_u64().unwrap_or(1), pair[1].as_u64().unwrap_or(0));
-            let _ = h.record_n(v.max(1), c);
+            h.saturating_record_n(v.max(1), c);
         }
     }
+    if h.is_empty() {
+        return json!(null);
+    }
+    json!({
+        "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
+        "max": h.max() as f64 / 1000.0,
+        "samples": h.len(),
+    })
+}
+
+/// The children's wait answers as one object (latency histograms merged).
+fn wait_summary(answers: &[Value]) -> Value {
     let mut r = json!({});
-    for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "out_of_order", "dups", "stale", "id_mismatch", "errors", "closed_by_server", "exact"] {
+    for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "out_of_order", "dups", "stale", "foreign", "id_mismatch", "errors", "closed_by_server", "exact"] {
         r[k] = json!(sum(answers, k));
     }
     r["last_rx_ns"] = json!(max(answers, "last_rx_ns"));
     r["done_at_ns"] = json!(max(answers, "done_at_ns"));
-    r["latency_ms"] = if h.is_empty() {
-        json!(null)
-    } else {
-        json!({
-            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
-            "max": h.max() as f64 / 1000.0,
-            "samples": h.len(),
-        })
-    };
+    // From each event's scheduled publish time (the figure), and from its actual send.
+    r["latency_ms"] = latency(answers, "hist");
+    r["latency_from_send_ms"] = latency(answers, "hist_sent");
     r
+}
+
+/// The first `n` of a run: wall-clock ms at its start x 1,000 (room for 1,000 events per ms of
+/// the run before the next run's numbers; under 2^53, so exact in any JSON reader).
+fn n_base() -> u64 {
+    unix_ns() / 1_000_000 * 1_000
+}
+
+/// What the publisher reports about one schedule.
+fn schedule_fields(out: &mut Value, p: &Publisher, s: &publish::Schedule) {
+    out["publish_failed"] = json!(p.failed());
+    let (retries, reconnects) = p.retries();
+    out["publish_retries"] = json!(retries);
+    out["publish_reconnects"] = json!(reconnects);
+    out["publish_secs"] = json!(s.took.as_secs_f64());
+    out["publish_lag_max_ms"] = json!(s.lag_max.as_secs_f64() * 1000.0);
+    out["publish_lag_end_ms"] = json!(s.lag_end.as_secs_f64() * 1000.0);
+}
+
+/// Why a run does not measure the server (empty: it does).
+fn invalid(out: &Value) -> Value {
+    let mut why = Vec::new();
+    let failed = out["publish_failed"].as_u64().unwrap_or(0);
+    if failed > 0 {
+        why.push(format!("{failed} publishes failed (their events are not the server's loss)"));
+    }
+    for k in ["connect", "reconnect"] {
+        let f = out[k]["failed"].as_u64().unwrap_or(0);
+        if f > 0 && out["mode"] != "connect" {
+            why.push(format!("{f} streams failed to {k} (their events count as lost)"));
+        }
+    }
+    if let Some(open) = out["streams_open"].as_u64() {
+        if open < out["streams"].as_u64().unwrap_or(0) {
+            why.push(format!("only {open} of {} streams open when memory was read", out["streams"]));
+        }
+    }
+    json!(why)
 }
 
 async fn parent(args: &Args) -> anyhow::Result<Value> {
@@ -310,6 +368,8 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
         }),
     };
     let mut kids = Children::spawn(args)?;
+    // Every process signs its tokens before any connects (signing is the client's work).
+    kids.all("prepare").await?;
     let t0 = Instant::now();
     let conn = connect_summary(&kids.all("connect").await?, t0.elapsed());
     out["connect"] = conn;
@@ -318,11 +378,16 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
         Mode::Connect => {
             tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
             let mem = procfs::mem(&pids);
-            let ok = out["connect"]["ok"].as_u64().unwrap_or(0).max(1);
+            // The streams open when memory is read (one the server closed during the settle
+            // holds nothing), not the ones asked for.
+            let open = sum(&kids.all("open").await?, "open");
+            out["streams_open"] = json!(open);
+            out["settle_secs"] = json!(args.settle);
             out["rss_kib_connected"] = json!(mem.rss_kib);
             out["pss_kib_connected"] = json!(mem.pss_kib);
-            out["rss_bytes_per_stream"] = json!((mem.rss_kib.saturating_sub(mem0.rss_kib) * 1024) as f64 / ok as f64);
-            out["pss_bytes_per_stream"] = json!((mem.pss_kib.saturating_sub(mem0.pss_kib) * 1024) as f64 / ok as f64);
+            let per = |now: u64, before: u64| if open > 0 { json!((now.saturating_sub(before) * 1024) as f64 / open as f64) } else { json!(null) };
+            out["rss_bytes_per_stream"] = per(mem.rss_kib, mem0.rss_kib);
+            out["pss_bytes_per_stream"] = per(mem.pss_kib, mem0.pss_kib);
         }
         Mode::Fanout => {
             let p = publisher.as_mut().expect("a publisher");
@@ -330,12 +395,14 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let mem = procfs::mem(&pids);
             out["rss_kib_connected"] = json!(mem.rss_kib);
             let count = (args.rate * args.duration).round() as u64;
-            kids.all(&format!("window 0 {}", count.saturating_sub(1))).await?;
+            let base = n_base();
+            out["n_base"] = json!(base);
+            kids.all(&format!("window {base} {base} {}", (base + count).saturating_sub(1))).await?;
             let cpu0 = procfs::cpu_secs(&pids);
             let (own0, machine0) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
             let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(50));
             let start_ns = unix_ns();
-            let took = publish::at_rate(p, 0, count, args.rate).await?;
+            let sched = publish::at_rate(p, base, count, args.rate).await?;
             let (own1, machine1) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
             let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
             let cpu1 = procfs::cpu_secs(&pids);
@@ -345,10 +412,9 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let (idle, total) = (machine1.0.saturating_sub(machine0.0), machine1.1.saturating_sub(machine0.1));
             out["machine_idle_pct"] = json!(if total > 0 { 100.0 * idle as f64 / total as f64 } else { 0.0 });
             out["rss_kib_peak"] = json!(sampler.finish());
-            out["publish_failed"] = json!(p.failed());
+            schedule_fields(&mut out, p, &sched);
             out["rate"] = json!(args.rate);
             out["events"] = json!(count);
-            out["publish_secs"] = json!(took.as_secs_f64());
             let received = wait["received"].as_u64().unwrap_or(0);
             // From the first publish to the last delivery, but never shorter than the schedule
             // (with few events the span between the first and the last is one interval short).
@@ -363,17 +429,21 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
         Mode::Resume => {
             let p = publisher.as_mut().expect("a publisher");
             let warm = args.warm.max(1);
-            kids.all(&format!("window 0 {}", warm - 1)).await?;
-            publish::at_rate(p, 0, warm, 100.0).await?;
+            let base = n_base();
+            out["n_base"] = json!(base);
+            kids.all(&format!("window {base} {base} {}", base + warm - 1)).await?;
+            publish::at_rate(p, base, warm, 100.0).await?;
             let first = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
             out["warm"] = first;
             kids.all("disconnect").await?;
             // Let the server see the closes before the events the streams will miss.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            publish::at_rate(p, warm, args.behind, 2000.0).await?;
-            out["publish_failed"] = json!(p.failed());
+            let sched = publish::at_rate(p, base + warm, args.behind, 2000.0).await?;
+            schedule_fields(&mut out, p, &sched);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            kids.all(&format!("window {warm} {}", warm + args.behind - 1)).await?;
+            kids.all(&format!("window {base} {} {}", base + warm, (base + warm + args.behind).saturating_sub(1))).await?;
+            // Tokens signed (with each stream's Last-Event-ID) before the storm's clock starts.
+            kids.all("prepare").await?;
             let cpu0 = procfs::cpu_secs(&pids);
             let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(10));
             let start_ns = unix_ns();
@@ -393,6 +463,7 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
     }
     let mem = procfs::mem(&pids);
     out["rss_kib_end"] = json!(mem.rss_kib);
+    out["invalid"] = invalid(&out);
     kids.quit().await;
     drop(publisher);
     Ok(out)
@@ -405,9 +476,24 @@ fn table(o: &Value) -> String {
     row("label", o["label"].as_str().unwrap_or("").to_string());
     row("target / mode", format!("{} / {}", o["target"].as_str().unwrap_or(""), o["mode"].as_str().unwrap_or("")));
     row("streams", format!("{} over {} processes", o["streams"], o["procs"]));
+    if let Some(why) = o["invalid"].as_array().filter(|w| !w.is_empty()) {
+        let why: Vec<&str> = why.iter().filter_map(Value::as_str).collect();
+        row("INVALID", why.join("; "));
+    }
     let c = &o["connect"];
     row("connected", format!("{} ok, {} failed {}", c["ok"], c["failed"], c["statuses"]));
-    row("connect time", format!("{:.3} s ({:.0} streams/s)", c["secs"].as_f64().unwrap_or(0.0), c["per_s"].as_f64().unwrap_or(0.0)));
+    row(
+        "connect time",
+        format!(
+            "{:.3} s, earliest start to latest head ({:.0} streams/s; slowest process alone {:.3} s)",
+            c["secs"].as_f64().unwrap_or(0.0),
+            c["per_s"].as_f64().unwrap_or(0.0),
+            c["child_secs_max"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    if let Some(open) = o["streams_open"].as_u64() {
+        row("open at the memory reading", open.to_string());
+    }
     let kib = |k: &str| o[k].as_u64().map(|v| format!("{:.1} MiB", v as f64 / 1024.0)).unwrap_or_else(|| "-".into());
     row("server RSS before", kib("rss_kib_before"));
     row("server RSS connected", kib("rss_kib_connected"));
@@ -418,6 +504,10 @@ fn table(o: &Value) -> String {
     row("server RSS end", kib("rss_kib_end"));
     if let Some(r) = o["rate"].as_f64() {
         row("published", format!("{} events at {r}/s in {:.2} s ({} failed)", o["events"], o["publish_secs"].as_f64().unwrap_or(0.0), o["publish_failed"]));
+        row("publisher behind schedule", format!("max {:.1} ms, at the end {:.1} ms", o["publish_lag_max_ms"].as_f64().unwrap_or(0.0), o["publish_lag_end_ms"].as_f64().unwrap_or(0.0)));
+        if o["target"] == "nchan" {
+            row("publish retries / reconnects", format!("{} / {}", o["publish_retries"], o["publish_reconnects"]));
+        }
         row("deliveries/s", format!("{:.0} (offered {:.0})", o["deliveries_per_s"].as_f64().unwrap_or(0.0), o["offered_per_s"].as_f64().unwrap_or(0.0)));
     }
     if let Some(cpu) = o["cpu_secs"].as_f64() {
@@ -431,9 +521,14 @@ fn table(o: &Value) -> String {
         row("received", format!("{} (complete streams {}/{})", r["received"], r["complete"], r["streams"]));
         row("lost", format!("{} events on {} streams (closed by server {})", r["lost"], r["lossy_streams"], r["closed_by_server"]));
         row("dups / out of order / stale / id mismatch", format!("{} / {} / {} / {}", r["dups"], r["out_of_order"], r["stale"], r["id_mismatch"]));
+        row("error events / foreign (other runs')", format!("{} / {}", r["errors"], r["foreign"]));
         let l = &r["latency_ms"];
         if !l.is_null() {
-            row("latency ms p50/p99/p99.9/max", format!("{} / {} / {} / {}", l["p50"], l["p99"], l["p999"], l["max"]));
+            row("latency ms p50/p99/p99.9/max", format!("{} / {} / {} / {} (from the schedule)", l["p50"], l["p99"], l["p999"], l["max"]));
+        }
+        let l = &r["latency_from_send_ms"];
+        if !l.is_null() {
+            row("  from the actual send", format!("{} / {} / {} / {}", l["p50"], l["p99"], l["p999"], l["max"]));
         }
     }
     if o["mode"] == "resume" {

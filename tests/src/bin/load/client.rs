@@ -1,16 +1,22 @@
 //! The subscriber side, run in a child process (`load --child`): a range of the streams on one
 //! current-thread runtime, driven by one command per stdin line, one JSON answer per stdout line.
 //!
-//! Commands: `connect` (open every stream of the range, sending `Last-Event-ID` when a stream
-//! has seen an id: a reconnect), `window FIRST LAST` (the events, by payload `n`, each stream
-//! must get from now on), `wait TIMEOUT_MS` (until every stream has got `LAST` or was closed,
-//! then report), `disconnect`, `quit`.
+//! Commands: `prepare` (build the requests of the streams that are not open: sign their tokens,
+//! so the clock of the next `connect` measures the server, not our signing), `connect` (open
+//! every stream of the range, sending `Last-Event-ID` when a stream has seen an id: a
+//! reconnect), `window BASE FIRST LAST` (the events, by payload `n`, each stream must get from
+//! now on; `BASE` is the first `n` of this run), `open` (how many streams are open now),
+//! `wait TIMEOUT_MS` (until every stream has got `LAST` or was closed, then report),
+//! `disconnect`, `quit`.
 //!
 //! Each stream keeps a bitmap of the window's events it got, so it counts exactly: distinct
 //! events received (the rest of the window is lost), duplicates, events that came after a later
-//! one (out of order), events from before the window (a resume that replayed too much), the first
-//! `n` it got, and, for the gateway's ids (`<epoch>-<seq>`), whether `seq - n` stays the same
-//! (the replay carries the right ids).
+//! one (out of order), events of this run from before the window (a resume that replayed too
+//! much), the first `n` it got, and, for the gateway's ids (`<epoch>-<seq>`), whether `seq - n`
+//! stays the same (the replay carries the right ids). Every run numbers its events from its own
+//! base (the parent's wall clock at its start), so an event left over from an earlier run on the
+//! same server (still queued in RabbitMQ, still in nchan's buffer) is below `BASE`: counted as
+//! foreign, never as one of this run's. Before the first `window` no event is counted at all.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -95,6 +101,8 @@ struct StreamState {
     out_of_order: u32,
     dups: u32,
     stale: u32,
+    /// Events not of this run (`n` below the run's base or past the window's end).
+    foreign: u32,
     first_n: Option<u64>,
     id_offset: Option<i64>,
     id_mismatch: u32,
@@ -107,19 +115,33 @@ struct StreamState {
 struct Shared {
     spec: Spec,
     streams: RefCell<Vec<StreamState>>,
+    /// Latency from the event's scheduled publish time `t` (µs).
     hist: RefCell<Histogram<u64>>,
-    window: Cell<(u64, u64)>,
+    /// Latency from the time the publisher actually sent it `s` (µs): the figure before the
+    /// schedule became the origin, kept beside it.
+    hist_sent: RefCell<Histogram<u64>>,
+    /// (base, first, last) of the window; `None` until the parent sets one.
+    window: Cell<Option<(u64, u64, u64)>>,
     done: Cell<usize>,
     last_rx_ns: Cell<u64>,
     done_at_ns: Cell<u64>,
     connected: Cell<usize>,
     failed: Cell<usize>,
+    /// When the latest stream of a `connect` got its answer (or failed), Unix ns.
+    last_head_ns: Cell<u64>,
+    /// Requests built by `prepare`, taken by the next `connect`.
+    prepared: RefCell<Vec<(usize, Vec<u8>)>>,
     statuses: RefCell<BTreeMap<String, usize>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
 }
 
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Events in the window `first..=last` (none when `last` is before `first`).
+fn width(first: u64, last: u64) -> u64 {
+    last.checked_sub(first).map_or(0, |d| d.saturating_add(1))
 }
 
 /// The gateway's `<epoch>-<seq>`: the seq.
@@ -139,21 +161,24 @@ impl Shared {
             st.last_id.set(id);
         }
         let Some(n) = f.n else { return };
-        let (first, last) = self.window.get();
+        let Some((base, first, last)) = self.window.get() else { return };
+        if n < base || n > last {
+            st.foreign += 1;
+            return;
+        }
         if n < first {
             st.stale += 1;
             return;
         }
-        if n > last {
-            return;
-        }
-        st.first_n.get_or_insert(n);
         let bit = (n - first) as usize;
         let (word, mask) = (bit / 64, 1u64 << (bit % 64));
-        if st.seen[word] & mask != 0 {
+        // The bitmap covers the window; a miss here would be a bug of ours, not the server's.
+        let Some(w) = st.seen.get_mut(word) else { return };
+        st.first_n.get_or_insert(n);
+        if *w & mask != 0 {
             st.dups += 1;
         } else {
-            st.seen[word] |= mask;
+            *w |= mask;
             st.received += 1;
         }
         if st.max_n.is_some_and(|m| n < m) {
@@ -168,21 +193,31 @@ impl Shared {
                 Some(_) => {}
             }
         }
+        // Both clocks are the machine's wall clock (publisher and subscribers run on it), read
+        // here once per socket read, right after it returned.
         if let Some(t) = f.t {
+            // Saturating: a latency past the histogram's 600 s shows as 600 s, not as nothing.
             let us = now_ns.saturating_sub(t) / 1000;
-            let _ = self.hist.borrow_mut().record(us.max(1));
+            self.hist.borrow_mut().saturating_record(us.max(1));
+        }
+        if let Some(s) = f.s {
+            let us = now_ns.saturating_sub(s) / 1000;
+            self.hist_sent.borrow_mut().saturating_record(us.max(1));
         }
         self.last_rx_ns.set(now_ns);
-        if st.received as u64 == last - first + 1 && !st.done {
+        if st.received as u64 == width(first, last) && !st.done {
             st.done = true;
             self.done.set(self.done.get() + 1);
             self.done_at_ns.set(now_ns);
         }
     }
 
-    fn set_window(&self, first: u64, last: u64) {
-        self.window.set((first, last));
-        let words = ((last.saturating_sub(first) + 1) as usize).div_ceil(64);
+    fn set_window(&self, base: u64, first: u64, last: u64) {
+        // Events of this run from before the window count as stale, so the window starts at the
+        // base at the earliest.
+        let first = first.max(base);
+        self.window.set(Some((base, first, last)));
+        let words = (width(first, last) as usize).div_ceil(64);
         for st in self.streams.borrow_mut().iter_mut() {
             st.seen.clear();
             st.seen.resize(words, 0);
@@ -191,6 +226,7 @@ impl Shared {
             st.out_of_order = 0;
             st.dups = 0;
             st.stale = 0;
+            st.foreign = 0;
             st.first_n = None;
             st.id_mismatch = 0;
             st.errors = 0;
@@ -201,6 +237,7 @@ impl Shared {
         self.last_rx_ns.set(0);
         self.done_at_ns.set(0);
         self.hist.borrow_mut().reset();
+        self.hist_sent.borrow_mut().reset();
     }
 
     fn request(&self, global: usize, last_id: &[u8]) -> Vec<u8> {
@@ -245,12 +282,15 @@ async fn serve(spec: Spec) {
         spec,
         streams: RefCell::new(vec![StreamState::default(); n]),
         hist: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")),
-        window: Cell::new((0, u64::MAX)),
+        hist_sent: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")),
+        window: Cell::new(None),
         done: Cell::new(0),
         last_rx_ns: Cell::new(0),
         done_at_ns: Cell::new(0),
         connected: Cell::new(0),
         failed: Cell::new(0),
+        last_head_ns: Cell::new(0),
+        prepared: RefCell::new(Vec::new()),
         statuses: RefCell::new(BTreeMap::new()),
         tasks: RefCell::new(Vec::new()),
     });
@@ -267,12 +307,26 @@ async fn serve(spec: Spec) {
     while let Some(line) = rx.recv().await {
         let mut words = line.split_whitespace();
         let reply = match words.next() {
+            Some("prepare") => {
+                let todo = prepare(&shared);
+                let k = todo.len();
+                *shared.prepared.borrow_mut() = todo;
+                json!({ "prepared": k })
+            }
             Some("connect") => connect(&shared).await,
             Some("window") => {
-                let first = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-                let last = words.next().and_then(|w| w.parse().ok()).unwrap_or(u64::MAX);
-                shared.set_window(first, last);
-                json!({})
+                let nums: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+                match nums[..] {
+                    [base, first, last] => {
+                        shared.set_window(base, first, last);
+                        json!({})
+                    }
+                    _ => json!({ "error": "window needs BASE FIRST LAST" }),
+                }
+            }
+            Some("open") => {
+                let open = shared.streams.borrow().iter().filter(|s| s.open).count();
+                json!({ "open": open })
             }
             Some("wait") => {
                 let ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(10_000);
@@ -296,24 +350,32 @@ async fn serve(spec: Spec) {
     }
 }
 
+/// The requests of the streams that are not open (tokens signed, `Last-Event-ID` of a reconnect).
+fn prepare(shared: &Shared) -> Vec<(usize, Vec<u8>)> {
+    let streams = shared.streams.borrow();
+    (0..shared.spec.count)
+        .filter(|&i| !streams[i].open)
+        .map(|i| (i, shared.request(shared.spec.first + i, streams[i].last_id.get())))
+        .collect()
+}
+
 /// Opens every stream of the range that is not open; answers once each has its response head
-/// (or failed).
+/// (or failed). Start and end are wall-clock instants (Unix ns), so the parent can take the rate
+/// over all processes from the earliest start to the latest end: each process's own duration
+/// would leave out the time one ran while the other had not started.
 async fn connect(shared: &Rc<Shared>) -> Value {
     let t0 = Instant::now();
     shared.connected.set(0);
     shared.failed.set(0);
+    shared.last_head_ns.set(0);
     shared.statuses.borrow_mut().clear();
     let sem = Rc::new(Semaphore::new(shared.spec.concurrency.max(1)));
-    // Requests (tokens signed) before the clock matters: the stream opens, not our signing.
-    let todo: Vec<(usize, Vec<u8>)> = {
-        let streams = shared.streams.borrow();
-        (0..shared.spec.count)
-            .filter(|&i| !streams[i].open)
-            .map(|i| (i, shared.request(shared.spec.first + i, streams[i].last_id.get())))
-            .collect()
-    };
+    // Requests (tokens signed) before the clock starts: the stream opens, not our signing. Done
+    // by `prepare` when the parent sent it (every process signs before any connects).
+    let prepared = std::mem::take(&mut *shared.prepared.borrow_mut());
+    let todo = if prepared.is_empty() { prepare(shared) } else { prepared };
     let want = todo.len();
-    let t_start = Instant::now();
+    let (t_start, start_ns) = (Instant::now(), unix_ns());
     for (i, req) in todo {
         let task = tokio::task::spawn_local(stream(shared.clone(), i, req, sem.clone()));
         shared.tasks.borrow_mut().push(task);
@@ -321,11 +383,15 @@ async fn connect(shared: &Rc<Shared>) -> Value {
     while shared.connected.get() + shared.failed.get() < want {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let secs = t_start.elapsed().as_secs_f64();
+    // The last answer's own time, not when this loop noticed it (up to 2 ms later).
+    let end_ns = if want == 0 { start_ns } else { shared.last_head_ns.get().max(start_ns) };
     json!({
         "ok": shared.connected.get(),
         "failed": shared.failed.get(),
-        "secs": secs,
+        "secs": (end_ns - start_ns) as f64 / 1e9,
+        "start_unix_ns": start_ns,
+        "end_unix_ns": end_ns,
+        "loop_secs": t_start.elapsed().as_secs_f64(),
         "prepare_secs": (t_start - t0).as_secs_f64(),
         "statuses": *shared.statuses.borrow(),
     })
@@ -358,6 +424,7 @@ async fn stream(shared: Rc<Shared>, i: usize, req: Vec<u8>, sem: Rc<Semaphore>) 
     })
     .await;
     drop(permit);
+    shared.last_head_ns.set(unix_ns());
     let (mut s, head, rest) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
@@ -412,21 +479,24 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (first, last) = shared.window.get();
-    let width = last.saturating_sub(first) + 1;
+    let (first, span) = match shared.window.get() {
+        Some((_, first, last)) => (first, width(first, last)),
+        None => (0, 0),
+    };
     let streams = shared.streams.borrow();
     let mut r = json!({});
     let (mut received, mut lost, mut lossy, mut dups, mut stale, mut mism, mut errors, mut closed, mut exact, mut open) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut ooo = 0u64;
+    let (mut ooo, mut foreign) = (0u64, 0u64);
     for st in streams.iter() {
         received += st.received as u64;
-        let missing = width.saturating_sub(st.received as u64);
+        let missing = span.saturating_sub(st.received as u64);
         lost += missing;
         lossy += u64::from(missing > 0);
         ooo += st.out_of_order as u64;
         dups += st.dups as u64;
         stale += st.stale as u64;
+        foreign += st.foreign as u64;
         mism += st.id_mismatch as u64;
         errors += st.errors as u64;
         closed += u64::from(st.closed_by_server);
@@ -440,8 +510,7 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
                 && st.first_n == Some(first),
         );
     }
-    let hist = shared.hist.borrow();
-    let pairs: Vec<[u64; 2]> = hist.iter_recorded().map(|v| [v.value_iterated_to(), v.count_at_value()]).collect();
+    let pairs = |h: &Histogram<u64>| -> Vec<[u64; 2]> { h.iter_recorded().map(|v| [v.value_iterated_to(), v.count_at_value()]).collect() };
     r["streams"] = json!(shared.spec.count);
     r["open"] = json!(open);
     r["complete"] = json!(shared.done.get());
@@ -451,6 +520,7 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
     r["out_of_order"] = json!(ooo);
     r["dups"] = json!(dups);
     r["stale"] = json!(stale);
+    r["foreign"] = json!(foreign);
     r["id_mismatch"] = json!(mism);
     r["errors"] = json!(errors);
     r["closed_by_server"] = json!(closed);
@@ -458,6 +528,7 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
     r["last_rx_ns"] = json!(shared.last_rx_ns.get());
     r["done_at_ns"] = json!(shared.done_at_ns.get());
     r["waited_secs"] = json!(t0.elapsed().as_secs_f64());
-    r["hist"] = json!(pairs);
+    r["hist"] = json!(pairs(&shared.hist.borrow()));
+    r["hist_sent"] = json!(pairs(&shared.hist_sent.borrow()));
     r
 }

@@ -1,5 +1,6 @@
 //! A fast event-stream reader for the load tool: it only needs each frame's `id:`, `event:` and
-//! the two numbers the publisher put in the data (`"n"`: sequence, `"t"`: publish time, Unix ns),
+//! the numbers the publisher put in the data (`"n"`: sequence, `"t"`: scheduled publish time,
+//! `"s"`: actual send time, both Unix ns),
 //! so it finds frame ends with `memchr`, parses frames where they were read and never builds
 //! strings. The full WHATWG parser (`sse_gateway_tests::EventStreamParser`) allocates per event;
 //! at a million deliveries a second that would measure the client, not the server.
@@ -18,6 +19,8 @@ pub struct Frame<'a> {
     pub n: Option<u64>,
     /// `"t":<digits>` in the data.
     pub t: Option<u64>,
+    /// `"s":<digits>` in the data.
+    pub s: Option<u64>,
 }
 
 /// Feed body bytes as they arrive; complete frames come out of [`FrameReader::feed`].
@@ -74,7 +77,7 @@ fn frames(buf: &[u8], each: &mut impl FnMut(Frame<'_>)) -> usize {
 /// One frame (its lines, each ending in LF, without the blank line; a last line without its LF
 /// is not read).
 fn parse_frame(frame: &[u8]) -> Frame<'_> {
-    let mut f = Frame { id: None, event: None, n: None, t: None };
+    let mut f = Frame { id: None, event: None, n: None, t: None, s: None };
     for line in memchr::memchr_iter(b'\n', frame).scan(0, |start, nl| {
         let line = &frame[*start..nl];
         *start = nl + 1;
@@ -87,6 +90,7 @@ fn parse_frame(frame: &[u8]) -> Frame<'_> {
         if let Some(v) = value(b"data:") {
             f.n = f.n.or_else(|| number_after(v, b"\"n\":"));
             f.t = f.t.or_else(|| number_after(v, b"\"t\":"));
+            f.s = f.s.or_else(|| number_after(v, b"\"s\":"));
         } else if let Some(v) = value(b"id:") {
             f.id = Some(v);
         } else if let Some(v) = value(b"event:") {
@@ -189,6 +193,14 @@ mod tests {
             &[b"retry: 3000\n\nid: 17-4\nevent: deal.updated\ndata: {\"n\":12,\"t\":99", b"7,\"x\":1}\n", b"\nevent: heartbeat\ndata:\n\n"],
         );
         assert_eq!(got, [(None, None, None), (Some("17-4".into()), Some(12), Some(997)), (None, None, None)]);
+    }
+
+    #[test]
+    fn the_publishers_payload_gives_back_its_numbers() {
+        let body = [b"id: 3-9\ndata: ".as_slice(), &crate::publish::payload(1_700_000_000_000_000, 42, 47), b"\n\n"].concat();
+        let mut got = Vec::new();
+        FrameReader::new(false).feed(&body, |f| got.push((f.n, f.t, f.s)));
+        assert_eq!(got, [(Some(1_700_000_000_000_000), Some(42), Some(47))]);
     }
 
     #[test]
