@@ -4,7 +4,7 @@
 //! (awaiting a full one = backpressure).
 
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -44,6 +44,8 @@ pub(crate) struct Shards {
     txs: Arc<[Sender<Command>]>,
     /// Per channel: [`UNREACHED`], [`UP`] or [`DOWN`].
     sources: Arc<[AtomicU8]>,
+    /// Per channel: its source has been up at some time since the process started.
+    ever_up: Arc<[AtomicBool]>,
 }
 
 const UNREACHED: u8 = 0;
@@ -70,6 +72,9 @@ impl Shards {
     /// again while down, during reconnects, is no news); returns whether it changed.
     pub(crate) async fn source(&self, ch: ChannelId, up: bool) -> bool {
         let new = if up { UP } else { DOWN };
+        if up {
+            self.ever_up[ch.index()].store(true, Ordering::Relaxed);
+        }
         if self.sources[ch.index()].swap(new, Ordering::Relaxed) == new {
             return false;
         }
@@ -101,10 +106,11 @@ impl Shards {
         self.sources.get(ch.index()).is_some_and(|s| s.load(Ordering::Relaxed) == UP)
     }
 
-    /// Whether the channel's source has been up at some time (it may be down now): false only
-    /// while the process has not reached the broker for it yet.
-    pub(crate) fn reached(&self, ch: ChannelId) -> bool {
-        self.sources.get(ch.index()).is_some_and(|s| s.load(Ordering::Relaxed) != UNREACHED)
+    /// Whether the channel's source has been up at some time since the process started (it
+    /// may be down now). A source whose first connects were refused, or slow enough to be
+    /// reported unavailable, has not.
+    pub(crate) fn ever_up(&self, ch: ChannelId) -> bool {
+        self.ever_up.get(ch.index()).is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
     /// Names of the channels whose source is not up now (never reached yet, or lost): `/readyz`
@@ -151,5 +157,6 @@ pub(crate) fn spawn(
         threads.push(thread);
     }
     let sources = settings.channels.iter().map(|_| AtomicU8::new(UNREACHED)).collect();
-    Ok((Shards { txs: txs.into(), sources }, threads))
+    let ever_up = settings.channels.iter().map(|_| AtomicBool::new(false)).collect();
+    Ok((Shards { txs: txs.into(), sources, ever_up }, threads))
 }

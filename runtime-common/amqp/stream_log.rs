@@ -129,8 +129,11 @@ struct Log {
 pub(crate) struct LogReader {
     link: Link,
     permits: Arc<Semaphore>,
-    /// Read-backs waiting for a turn now ([`LogReader::others_waiting`]).
+    /// Read-backs waiting for a turn now.
     waiting: AtomicUsize,
+    /// Turns given up for them and not taken yet ([`LogReader::claim_handoff`]): one waiter,
+    /// one holder giving its turn up, not every holder past its time.
+    handing_off: AtomicUsize,
     /// By channel index; `None` for a channel that is not a stream.
     logs: Vec<Option<Log>>,
     /// The live sources' state: a read-back is only tried while its channel's source is up.
@@ -158,7 +161,7 @@ impl LogReader {
                 Some(Log { id, queue, epoch: log.epoch, ingest })
             })
             .collect();
-        LogReader { link, permits: Arc::new(Semaphore::new(READ_BACKS)), waiting: AtomicUsize::new(0), logs, shards }
+        LogReader { link, permits: Arc::new(Semaphore::new(READ_BACKS)), waiting: AtomicUsize::new(0), handing_off: AtomicUsize::new(0), logs, shards }
     }
 
     /// The stream channels and the epoch of their ids (for `Gateway::set_history`).
@@ -168,34 +171,47 @@ impl LogReader {
 
     /// Waits for a turn (one of [`READ_BACKS`]) until `by`; `None` if none came by then.
     pub(crate) async fn permit(&self, by: Instant) -> Option<SemaphoreGuardArc> {
-        /// Counts a waiter for as long as it waits (also when its task is dropped).
-        struct Waiting<'a>(&'a AtomicUsize);
+        /// Counts a waiter while it waits (also when its task is dropped); once it stops
+        /// waiting, a turn given up for a waiter is taken (by it, or it no longer needs it).
+        struct Waiting<'a>(&'a LogReader);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
+                self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+                let _ = self.0.handing_off.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
         }
         if let Some(p) = self.permits.try_acquire_arc() {
             return Some(p);
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _counted = Waiting(&self.waiting);
+        let _waiting = Waiting(self);
         until(by, self.permits.acquire_arc()).await
     }
 
-    /// Whether a read-back is waiting for a turn: one that has held its turn a while gives it up.
-    pub(crate) fn others_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+    /// Whether the caller, a read-back past its time, should give its turn up: true for as many
+    /// callers as there are waiters no turn was given up for yet.
+    pub(crate) fn claim_handoff(&self) -> bool {
+        let mut given = self.handing_off.load(Ordering::Relaxed);
+        loop {
+            if self.waiting.load(Ordering::Relaxed) <= given {
+                return false;
+            }
+            match self.handing_off.compare_exchange(given, given + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => given = now,
+            }
+        }
     }
 
-    /// Waits while `channel`'s source has not been reached yet since the process started (up
-    /// to [`FIRST_WAIT`]): a client resuming right after a restart is read back once the broker
-    /// answers, rather than answered `history_gap` because the gateway was a moment early.
-    /// An error when the source is down (or still not reached by then).
+    /// Waits while `channel`'s source has never been up since the process started (up to
+    /// [`FIRST_WAIT`], whether its first connects are slow or refused meanwhile): a client
+    /// resuming right after a restart is read back once the broker answers, rather than
+    /// answered `history_gap` because the gateway was a moment early. An error when the source
+    /// is down after having been up (an outage), or still not up by then.
     pub(crate) async fn source_ready(&self, channel: ChannelId) -> Result<(), String> {
         let by = Instant::now() + FIRST_WAIT;
         while !self.shards.is_up(channel) {
-            if self.shards.reached(channel) || Instant::now() >= by {
+            if self.shards.ever_up(channel) || Instant::now() >= by {
                 return Err("the channel's source is down".into());
             }
             crate::common::sleep(Duration::from_millis(20)).await;

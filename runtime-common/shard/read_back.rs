@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sse_gateway_core::{log_resumes, BackfillStep, ChannelId, EventId, StreamId};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::Shard;
 use crate::common::amqp::stream_log::{LogReader, FIRST_WAIT, IDLE};
@@ -86,7 +86,10 @@ impl Shard {
             if self.gw.borrow().channel_of(id).is_none() {
                 return Ok(End::Finished); // the client left while waiting its turn
             }
-            let permit = permit.ok_or_else(|| format!("no read-back turn within {TURN_WAIT:?}"))?;
+            let Some(permit) = permit else {
+                info!(stream = %id, offset = at, "no read-back turn within 30 s; the stream gets history_gap");
+                return Err(format!("no read-back turn within {TURN_WAIT:?}"));
+            };
             let mut cursor = reader.open(channel, at, permit).await?;
             let turn_ends = Instant::now() + TURN;
             let mut first = true;
@@ -136,7 +139,7 @@ impl Shard {
                         }
                     }
                 }
-                if Instant::now() >= turn_ends && reader.others_waiting() {
+                if Instant::now() >= turn_ends && reader.claim_handoff() {
                     debug!(stream = %id, offset = at, "read-back gives its turn to a waiting one");
                     cursor.close().await;
                     // Let the waiter the turn went to take it before this one queues again.

@@ -494,8 +494,8 @@ async fn read_backs_for_clients_that_stop_reading_give_their_turn_up(bin: Bin) {
 
 /// A client resuming right after a restart, before the new instance has reached the broker, is
 /// read back once it has (D6: resume holds across restarts), not answered `history_gap` for
-/// coming a moment early.
-async fn a_resume_before_the_broker_answers_a_restarted_instance_is_read_back_once_it_does(bin: Bin) {
+/// coming a moment early: the broker answers `after` the stream opened.
+async fn resume_before_the_broker_answers(bin: Bin, after: Duration) -> Got {
     let proxy = TcpProxy::start(&amqp_addr()).await;
     let setup = StreamSetup::new(ConfigBuilder::new(), &proxy.amqp_url()).await;
     let alice = user("alice", &[]);
@@ -506,15 +506,28 @@ async fn a_resume_before_the_broker_answers_a_restarted_instance_is_read_back_on
     proxy.slow_connects();
     let gw = GatewayProcess::start(bin, &setup.config).await;
     let mut s = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
-    // The broker answers half a second later: within the 2 s after which the gateway reports a
-    // source that does not answer as unavailable.
-    ::tokio::time::sleep(Duration::from_millis(500)).await;
+    ::tokio::time::sleep(after).await;
     assert_eq!(gw.get("/readyz", &[]).await.status, 503, "the source had not reached the broker");
     proxy.restore();
     let got = read_events(&mut s, 5, "resumed before the broker answered").await;
     assert_eq!(got.titles, missed, "exactly the missed events, in order");
-    assert!(got.warnings.is_empty(), "no history_gap, no warning: {:?}", got.warnings);
+    assert!(got.warnings.iter().all(|w| !w.contains("history_gap")), "no history_gap: {:?}", got.warnings);
     nothing_more(&setup, &mut s, "resumed before the broker answered").await;
+    got
+}
+
+/// The broker answers within the 2 s after which a source that does not answer is reported
+/// unavailable: no warning at all.
+async fn a_resume_before_the_broker_answers_a_restarted_instance_is_read_back_once_it_does(bin: Bin) {
+    let got = resume_before_the_broker_answers(bin, Duration::from_millis(500)).await;
+    assert!(got.warnings.is_empty(), "no warning: {:?}", got.warnings);
+}
+
+/// The broker answers 3 s after the stream opened: the stream was told `source_unavailable`
+/// meanwhile (the source was reported down at 2 s), and its read-back still waited for it.
+async fn a_resume_waits_for_a_broker_slower_than_the_outage_warning_after_a_restart(bin: Bin) {
+    let got = resume_before_the_broker_answers(bin, Duration::from_secs(3)).await;
+    assert!(got.warnings.iter().any(|w| w.contains("source_unavailable")), "source_unavailable while waiting: {:?}", got.warnings);
 }
 
 async fn a_broker_outage_delivers_what_the_stream_kept_afterwards(bin: Bin) {
@@ -781,6 +794,7 @@ for_each_binary!(
     a_storm_of_a_thousand_resumes_gets_exact_replays_in_bounded_memory,
     read_backs_for_clients_that_stop_reading_give_their_turn_up,
     a_resume_before_the_broker_answers_a_restarted_instance_is_read_back_once_it_does,
+    a_resume_waits_for_a_broker_slower_than_the_outage_warning_after_a_restart,
     a_broker_outage_delivers_what_the_stream_kept_afterwards,
     a_source_that_took_nothing_before_an_outage_delivers_what_came_during_it,
     an_id_older_than_the_retention_gets_history_gap,
