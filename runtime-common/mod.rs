@@ -105,18 +105,19 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
 }
 
 /// Makes every panic, on any thread, log `panic; aborting the process` at error (the panic's
-/// message, where, the thread) and abort
-/// the process.
+/// message, where, the thread, a backtrace) and abort the process.
 ///
 /// Both executors catch a panicking task and drop it silently, and a shard thread that panics
 /// just ends: the process would run on with a RabbitMQ source that no longer feeds its channel
 /// (every stream stalled behind heartbeats), or a shard whose streams are gone and which refuses
 /// every new one. A panic is a bug, so the process ends at once instead, loudly, for its
 /// supervisor to restart (the systemd unit's `Restart=on-failure`); browsers reconnect and
-/// resume with `Last-Event-ID` like after any restart.
+/// resume with `Last-Event-ID` like after any restart. A plain line goes to stderr first: a
+/// panic inside the log subscriber itself would make the log line a no-op.
 fn abort_on_panic() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         let panic = info
             .payload()
@@ -124,7 +125,9 @@ fn abort_on_panic() {
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(not a string)");
-        tracing::error!(thread = thread.name().unwrap_or("unnamed"), location, panic, "panic; aborting the process");
+        eprintln!("panic in thread {thread} at {location}: {panic}; aborting the process");
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(thread, location, panic, %backtrace, "panic; aborting the process");
         std::process::abort();
     }));
 }
@@ -238,8 +241,9 @@ mod tests {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(6), "expected SIGABRT, got {:?}; stderr: {stderr}", out.status);
+        assert!(stderr.contains("panic in thread shard-7 at "), "no plain panic line in: {stderr}");
         let line = stderr.lines().find(|l| l.contains("panic; aborting the process")).unwrap_or_else(|| panic!("no panic line in: {stderr}"));
-        for field in ["thread=\"shard-7\"", "panic=\"invariant broken: 42\"", "location=", "mod.rs:"] {
+        for field in ["thread=\"shard-7\"", "panic=\"invariant broken: 42\"", "location=", "mod.rs:", "backtrace="] {
             assert!(line.contains(field), "{field} missing from {line}");
         }
     }
