@@ -97,3 +97,65 @@ proptest! {
     }
 }
 
+/// How a token is forged in [`a_stream_request_with_a_forged_token_never_opens`].
+#[derive(Debug, Clone, Copy)]
+enum Forgery {
+    /// `alg: none` with the real claims and no signature.
+    AlgNone,
+    /// Signed with another secret.
+    WrongSecret,
+    /// The real header and signature around another user's claims.
+    GraftedClaims,
+    /// Signed right, but expired a day ago.
+    Expired,
+    /// `HS384` (not a configured algorithm), signed with the right secret.
+    OtherAlgorithm,
+    /// The signature cut short.
+    Truncated,
+}
+
+fn sign(claims: &serde_json::Value, alg: jsonwebtoken::Algorithm, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &jsonwebtoken::EncodingKey::from_secret(secret)).expect("sign")
+}
+
+proptest! {
+    /// A well-formed stream request whose token is forged in any of these ways is refused with
+    /// 401 and opens nothing (the byte-level properties above almost never reach a stream path
+    /// with a token at all).
+    #[test]
+    fn a_stream_request_with_a_forged_token_never_opens(
+        forgery in prop_oneof![
+            Just(Forgery::AlgNone), Just(Forgery::WrongSecret), Just(Forgery::GraftedClaims),
+            Just(Forgery::Expired), Just(Forgery::OtherAlgorithm), Just(Forgery::Truncated),
+        ],
+        channel in prop_oneof![Just("deals"), Just("tasks"), Just("payments"), Just("notifications")],
+        user in "[a-z]{1,12}",
+    ) {
+        let h = Harness::new(ORIGIN_CONFIG);
+        let claims = |sub: &str, exp: u64| serde_json::json!({"sub": sub, "roles": ["finance_manager"], "exp": exp, "iat": h.unix});
+        let good = h.token(&user, &["finance_manager"], 3600);
+        let parts: Vec<&str> = good.split('.').collect();
+        let token = match forgery {
+            // base64url of {"alg":"none","typ":"JWT"}
+            Forgery::AlgNone => format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]),
+            Forgery::WrongSecret => sign(&claims(&user, h.unix + 3600), jsonwebtoken::Algorithm::HS256, b"another-secret-of-at-least-32-bytes!"),
+            Forgery::GraftedClaims => {
+                let other = sign(&claims("someone-else", h.unix + 3600), jsonwebtoken::Algorithm::HS256, b"x");
+                format!("{}.{}.{}", parts[0], other.split('.').nth(1).expect("payload"), parts[2])
+            }
+            Forgery::Expired => sign(&claims(&user, h.unix - 86_400), jsonwebtoken::Algorithm::HS256, SECRET.as_bytes()),
+            Forgery::OtherAlgorithm => sign(&claims(&user, h.unix + 3600), jsonwebtoken::Algorithm::HS384, SECRET.as_bytes()),
+            Forgery::Truncated => good[..good.len() - 3].to_string(),
+        };
+        let auth = format!("Authorization: Bearer {token}");
+        let raw = Harness::head(&format!("/api/v1/streams/{channel}"), &["Accept: text/event-stream", &auth]);
+        match h.route(&raw) {
+            Routed::Respond(r) => {
+                prop_assert_eq!(r.status, 401, "{:?}: {}", forgery, String::from_utf8_lossy(&r.bytes));
+                response::assert_complete_response(&r.bytes, ORIGIN);
+            }
+            other => prop_assert!(false, "{:?} routed as {:?}", forgery, other),
+        }
+    }
+}
+

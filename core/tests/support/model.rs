@@ -112,8 +112,8 @@ struct Watch {
     gaps_owed: u32,
     /// The answer to its resume was checked (once it first read).
     open_checked: bool,
-    /// Its client stopped reading while the stream was catching up: the buffer may move past
-    /// it, which it learns as a `history_gap` once it reads.
+    /// Its client stopped reading with output waiting (a catch-up, perhaps): the buffer may move
+    /// past it, which it learns as a `history_gap` once it reads. Cleared once it has read.
     paused_in_catch_up: bool,
     /// The `error` frames it received (their `code`).
     errors: Vec<String>,
@@ -491,6 +491,9 @@ impl Model {
                 assert_eq!(w.gaps_owed, 0, "a resume outside the window without history_gap");
                 w.open_checked = true;
             }
+            // A client that reads has its catch-up done (the harness takes every batch): a
+            // history_gap it was excused for came with what it just read, or not at all.
+            w.paused_in_catch_up = false;
         }
     }
 
