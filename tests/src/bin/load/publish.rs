@@ -65,20 +65,21 @@ pub struct Stats {
     reconnects: AtomicU64,
     /// The latest send behind its scheduled time, at most, since [`Stats::reset_lag`].
     lag_max_ns: AtomicU64,
-    /// The highest `n` sent since [`Stats::reset_lag`] and how late it went out: at the end of a
-    /// schedule, how far behind the publisher finished.
+    /// The send time (Unix ns) of the latest send since [`Stats::reset_lag`] and how late it went
+    /// out: at the end of a schedule, how far behind the publisher finished (with 8 nchan
+    /// connections, the highest `n` is not always the last to go out).
     last: Mutex<(u64, u64)>,
 }
 
 impl Stats {
-    /// Event `n`, due at `due_ns`, goes out now.
-    fn sending(&self, n: u64, due_ns: u64) -> u64 {
+    /// An event due at `due_ns` goes out now; returns now (Unix ns).
+    fn sending(&self, due_ns: u64) -> u64 {
         let now = unix_ns();
         let lag = now.saturating_sub(due_ns);
         self.lag_max_ns.fetch_max(lag, Ordering::Relaxed);
         let mut last = self.last.lock().expect("never poisoned");
-        if n >= last.0 {
-            *last = (n, lag);
+        if now >= last.0 {
+            *last = (now, lag);
         }
         now
     }
@@ -158,7 +159,7 @@ impl Publisher {
                     stats.finished(false);
                     return Ok(());
                 }
-                let body = payload(n, due_ns, stats.sending(n, due_ns));
+                let body = payload(n, due_ns, stats.sending(due_ns));
                 let props = BasicProperties::default().with_type("deal.updated".into());
                 let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let publish = channel.basic_publish(exchange.as_str().into(), routing_key.as_str().into(), opts, &body, props);
@@ -279,7 +280,7 @@ async fn http_connection(addr: SocketAddr, path: String, sock: TcpStream, mut rx
                 },
             };
             // Every try is a send: a retried event's lag is the one it finally went out with.
-            let body = payload(n, due_ns, stats.sending(n, due_ns));
+            let body = payload(n, due_ns, stats.sending(due_ns));
             let head = format!(
                 "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 body.len()
