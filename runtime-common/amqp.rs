@@ -37,7 +37,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
 use sse_gateway_core::{log_continues, log_resumes, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::shards::Shards;
 use super::{sleep, until};
@@ -610,9 +610,10 @@ impl Source {
                 offsets.last = Some(pos);
                 msg.position = Some(pos);
             }
-            match ingest.handle_message(&msg) {
-                Ok(ev) => self.shards.event(&ev).await,
-                Err(d) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
+            match crate::common::contained(|| ingest.handle_message(&msg)) {
+                Some(Ok(ev)) => self.shards.event(&ev).await,
+                Some(Err(d)) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
+                None => error!(channel = %self.name, "message dropped: handling it panicked (a bug, logged above); acked so that it is not delivered again"),
             }
             acks.handled(delivery.acker).await?;
             attempt.took = true;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use async_channel::{bounded, Sender};
 
 use sse_gateway_core::{demo, ChannelId, Dropped, EventId, Ingest, Metrics, Settings, UpstreamMessage};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::shards::Shards;
 use crate::driver::{spawn, Timer};
@@ -48,7 +48,11 @@ impl Inproc {
 
 async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, Reply)>, shards: Shards, name: String) {
     while let Ok((msg, reply)) = rx.recv().await {
-        let result = ingest.handle_message(&msg);
+        // A panic (a bug) drops the event; the publisher's request gets no answer from here.
+        let Some(result) = crate::common::contained(|| ingest.handle_message(&msg)) else {
+            error!(channel = %name, "event dropped: handling it panicked (a bug, logged above)");
+            continue;
+        };
         match &result {
             Ok(ev) => shards.event(ev).await,
             Err(d) => warn!(channel = %name, reason = d.reason.label(), detail = %d.detail, "event dropped"),

@@ -38,6 +38,7 @@ pub(crate) mod request;
 pub(crate) mod shard;
 pub(crate) mod shards;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -116,6 +117,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
 /// panic inside the log subscriber itself would make the log line a no-op.
 fn abort_on_panic() {
     std::panic::set_hook(Box::new(|info| {
+        let contained = CONTAINED.with(Cell::get);
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("unnamed");
         let location = info.location().map(ToString::to_string).unwrap_or_default();
@@ -125,11 +127,32 @@ fn abort_on_panic() {
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(not a string)");
-        eprintln!("panic in thread {thread} at {location}: {panic}; aborting the process");
         let backtrace = std::backtrace::Backtrace::force_capture();
+        if contained {
+            tracing::error!(thread, location, panic, %backtrace, "panic handling one message; the message is dropped");
+            return;
+        }
+        eprintln!("panic in thread {thread} at {location}: {panic}; aborting the process");
         tracing::error!(thread, location, panic, %backtrace, "panic; aborting the process");
         std::process::abort();
     }));
+}
+
+thread_local! {
+    /// Set while [`contained`] runs its closure on this thread.
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, the core's handling of one upstream message (pure code whose only input is that
+/// message), with a panic in it contained: logged (`panic handling one message; the message is
+/// dropped`) and `None`, where any other panic aborts the process. A message that makes the
+/// core panic (a bug) is then dropped and acked like an invalid one (D4: nothing in a message
+/// takes the gateway down), not delivered again to crash every restart.
+pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let was = CONTAINED.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(was));
+    r.ok()
 }
 
 /// How long shutdown waits for the sources to ack what they handled.
@@ -215,30 +238,61 @@ pub(crate) async fn sleep(d: Duration) {
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::ExitStatusExt as _;
-    use std::process::Command;
+    use std::process::{Command, Output};
 
-    /// Set in the child process that [`a_panic_in_any_thread_aborts_the_process`] starts.
+    /// Set in the child processes the tests below start.
     const CHILD: &str = "SSE_GATEWAY_TEST_PANIC_CHILD";
+
+    /// In the child (`true`): logs and the hook installed. In the parent (`false`): `test` run
+    /// again as a child process, its output.
+    fn child(test: &str) -> Result<(), Output> {
+        if std::env::var_os(CHILD).is_some() {
+            sse_gateway_core::cli::init_logs(false);
+            super::abort_on_panic();
+            return Ok(());
+        }
+        Err(Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("common::tests::{test}"), "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap())
+    }
+
+    /// A panic inside [`super::contained`] (the core handling one message) is logged and
+    /// contained: the process goes on; the same hook still aborts on any other panic (below).
+    #[test]
+    fn a_panic_handling_one_message_is_contained_and_logged() {
+        let out = match child("a_panic_handling_one_message_is_contained_and_logged") {
+            Ok(()) => {
+                let got: Option<u32> = super::contained(|| panic!("poison message"));
+                assert!(got.is_none());
+                assert_eq!(super::contained(|| 7), Some(7));
+                std::process::exit(3);
+            }
+            Err(out) => out,
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "the child went on after the contained panic; stderr: {stderr}");
+        let line = stderr.lines().find(|l| l.contains("panic handling one message; the message is dropped")).unwrap_or_else(|| panic!("no log line in: {stderr}"));
+        assert!(line.contains("panic=\"poison message\""), "{line}");
+        assert!(!stderr.contains("aborting the process"), "{stderr}");
+    }
 
     /// A panic in a thread other than main (as in a shard or a task) ends the whole process by
     /// SIGABRT, with the panic logged. The test runs itself again as a child process that
     /// installs the hook and panics in a named thread.
     #[test]
     fn a_panic_in_any_thread_aborts_the_process() {
-        if std::env::var_os(CHILD).is_some() {
-            sse_gateway_core::cli::init_logs(false);
-            super::abort_on_panic();
-            let t = std::thread::Builder::new().name("shard-7".into()).spawn(|| panic!("invariant broken: {}", 42)).unwrap();
-            let _ = t.join();
-            // Reached only if the panic did not end the process: the parent sees exit 0.
-            std::process::exit(0);
-        }
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "common::tests::a_panic_in_any_thread_aborts_the_process", "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap();
+        let out = match child("a_panic_in_any_thread_aborts_the_process") {
+            Ok(()) => {
+                let t = std::thread::Builder::new().name("shard-7".into()).spawn(|| panic!("invariant broken: {}", 42)).unwrap();
+                let _ = t.join();
+                // Reached only if the panic did not end the process: the parent sees exit 0.
+                std::process::exit(0);
+            }
+            Err(out) => out,
+        };
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(6), "expected SIGABRT, got {:?}; stderr: {stderr}", out.status);
         assert!(stderr.contains("panic in thread shard-7 at "), "no plain panic line in: {stderr}");

@@ -277,7 +277,7 @@ impl LogCursor<'_> {
         let mut msg = message(&d);
         msg.position = Some(pos);
         // Dropped messages were logged when the live source met them; here they only hold a place.
-        let ev = self.log.ingest.read_back(&msg, seen).ok();
+        let ev = crate::common::contained(|| self.log.ingest.read_back(&msg, seen).ok()).flatten();
         // Acks only refill the prefetch window here.
         self.acks.handled(d.acker).await?;
         Ok(Some((pos, ev)))
