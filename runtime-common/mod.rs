@@ -114,7 +114,8 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
 /// every new one. A panic is a bug, so the process ends at once instead, loudly, for its
 /// supervisor to restart (the systemd unit's `Restart=on-failure`); browsers reconnect and
 /// resume with `Last-Event-ID` like after any restart. A plain line goes to stderr first: a
-/// panic inside the log subscriber itself would make the log line a no-op.
+/// panic inside the log subscriber itself would make the log line a no-op. The one exception is
+/// a panic inside [`contained`] (one upstream message's handling): logged, and left to unwind.
 fn abort_on_panic() {
     std::panic::set_hook(Box::new(|info| {
         let contained = CONTAINED.with(Cell::get);

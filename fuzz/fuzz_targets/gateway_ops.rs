@@ -104,10 +104,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Close { pick } => {
-                let mut ids: Vec<_> = open.keys().copied().collect();
-                ids.sort();
-                if !ids.is_empty() {
-                    let id = ids[pick as usize % ids.len()];
+                if let Some(id) = pick_open(&open, pick) {
                     gw.on_closed(id);
                     open.remove(&id);
                     closed.push(id);
@@ -144,10 +141,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 gw.source_up(ch);
             }
             Op::Take { pick } => {
-                let mut ids: Vec<_> = open.keys().copied().collect();
-                ids.sort();
-                if !ids.is_empty() {
-                    let id = ids[pick as usize % ids.len()];
+                if let Some(id) = pick_open(&open, pick) {
                     let mut out = Vec::new();
                     gw.take_output(id, &mut out, now);
                     check_frames(&out, open.get_mut(&id).expect("open"), &published, payments);
@@ -204,6 +198,14 @@ fuzz_target!(|ops: Vec<Op>| {
     }
     assert_eq!(gw.poll_timeout(), None);
 });
+
+/// One of the open streams, by a pick from the input (in id order, so the same input picks the
+/// same stream).
+fn pick_open(open: &HashMap<StreamId, Watch>, pick: u16) -> Option<StreamId> {
+    let mut ids: Vec<_> = open.keys().copied().collect();
+    ids.sort();
+    (!ids.is_empty()).then(|| ids[pick as usize % ids.len()])
+}
 
 /// Whole frames only, and every event is of the stream's channel, visible to its user (and
 /// role: `payments` is the channel that needs it), with ids strictly increasing.

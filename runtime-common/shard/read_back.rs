@@ -6,8 +6,9 @@
 //! most [`TURN_WAIT`], then `history_gap`), opens a consumer at the client's last offset and
 //! hands each message to `Gateway::backfill_message` until the core says `Finished`. One that has
 //! held its turn for [`TURN`] while others wait gives it up and queues again, continuing where it
-//! stopped (as after a pause, below): a long catch-up for a client that reads slowly but steadily
-//! does not keep the others, which get no live events meanwhile, waiting. The first message proves the stream still holds that offset; the core
+//! stopped (as after a pause, below): a long catch-up for a client that reads slowly but
+//! steadily does not keep the others, which get no live events meanwhile, waiting.
+//! The first message proves the stream still holds that offset; the core
 //! answers `history_gap` otherwise. When the stream's output is at its bound (`Pause`) the task
 //! waits for the writer; if the client takes longer than [`PAUSE_HOLD`], the task closes its
 //! consumer and gives its turn up, and opens a new one at the last offset it handed over once

@@ -114,15 +114,11 @@ impl Harness {
 
     /// Opens a stream for `user` on `path` (token in the Authorization header).
     pub fn open_path(&mut self, user: &str, roles: &[&str], path: &str, extra: &[&str]) -> Result<StreamId, Response> {
-        self.open_path_ttl(user, roles, path, extra, 3600)
+        self.open_path_with(user, roles, path, extra, 3600, true)
     }
 
-    /// [`Harness::open_path`] with a token that expires `ttl` seconds from now.
-    pub fn open_path_ttl(&mut self, user: &str, roles: &[&str], path: &str, extra: &[&str], ttl: u64) -> Result<StreamId, Response> {
-        self.open_path_with(user, roles, path, extra, ttl, true)
-    }
-
-    /// [`Harness::open_path_ttl`] for a client that reads from the start, or not (`reading`).
+    /// [`Harness::open_path`] with a token that expires `ttl` seconds from now, for a client
+    /// that reads from the start, or not (`reading`).
     pub fn open_path_with(&mut self, user: &str, roles: &[&str], path: &str, extra: &[&str], ttl: u64, reading: bool) -> Result<StreamId, Response> {
         let auth = format!("Authorization: Bearer {}", self.token(user, roles, ttl));
         let mut headers = vec!["Accept: text/event-stream", auth.as_str()];
