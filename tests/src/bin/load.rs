@@ -232,6 +232,8 @@ impl Children {
     }
 }
 
+/// Now, in Unix nanoseconds (the clock the payloads' `t`/`s`, the subscribers' receive times and
+/// the children's start/end share).
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }

@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::frame::{Frame, FrameReader};
+use crate::unix_ns;
 
 /// Who we talk to.
 #[derive(Debug, Clone)]
@@ -133,10 +134,6 @@ struct Shared {
     prepared: RefCell<Vec<(usize, Vec<u8>)>>,
     statuses: RefCell<BTreeMap<String, usize>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Events in the window `first..=last` (none when `last` is before `first`).

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::unix_ns;
 
 /// One HTTP publish (write, nchan's fan-out, its answer) or one `basic_publish` taking longer than
 /// this counts as failed: the run must end even if the server stops answering. At 10,000
@@ -37,10 +39,6 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(150);
 /// a kept-alive connection after `keepalive_requests`, or when idle past `keepalive_timeout`):
 /// the request was not taken, so it goes again on a new connection.
 const HTTP_TRIES: u32 = 3;
-
-pub fn unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// A valid `deal.updated` payload (seed catalogue) with the bench fields first: `n`, the
 /// scheduled time `t` and the send time `s`.
