@@ -44,6 +44,7 @@ use super::{sleep, until};
 use crate::driver::{spawn, AmqpRuntime};
 
 pub(crate) mod stream_log;
+mod turns;
 
 use stream_log::{LogReader, StartAt};
 

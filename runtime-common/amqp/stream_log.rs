@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_lock::{Semaphore, SemaphoreGuardArc};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -33,6 +32,7 @@ use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
 use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings};
 
+use super::turns::{Turn, Turns};
 use super::{answered, message, Acks, Link};
 use crate::common::shards::Shards;
 use crate::common::until;
@@ -128,11 +128,10 @@ struct Log {
 /// process, each on its own AMQP channel with a small prefetch.
 pub(crate) struct LogReader {
     link: Link,
-    permits: Arc<Semaphore>,
-    /// Read-backs waiting for a turn now.
-    waiting: AtomicUsize,
-    /// Turns given up for them and not taken yet ([`LogReader::claim_handoff`]): one waiter,
-    /// one holder giving its turn up, not every holder past its time.
+    /// Served in arrival order: a turn given up goes to the read-back that waited longest.
+    turns: Arc<Turns>,
+    /// Turns being given up for waiters now ([`LogReader::claim_handoff`]): one waiter, one
+    /// holder giving its turn up, not every holder past its time.
     handing_off: AtomicUsize,
     /// By channel index; `None` for a channel that is not a stream.
     logs: Vec<Option<Log>>,
@@ -161,7 +160,7 @@ impl LogReader {
                 Some(Log { id, queue, epoch: log.epoch, ingest })
             })
             .collect();
-        LogReader { link, permits: Arc::new(Semaphore::new(READ_BACKS)), waiting: AtomicUsize::new(0), handing_off: AtomicUsize::new(0), logs, shards }
+        LogReader { link, turns: Turns::new(READ_BACKS), handing_off: AtomicUsize::new(0), logs, shards }
     }
 
     /// The stream channels and the epoch of their ids (for `Gateway::set_history`).
@@ -170,34 +169,26 @@ impl LogReader {
     }
 
     /// Waits for a turn (one of [`READ_BACKS`]) until `by`; `None` if none came by then.
-    pub(crate) async fn permit(&self, by: Instant) -> Option<SemaphoreGuardArc> {
-        /// Counts a waiter while it waits (also when its task is dropped); once it stops
-        /// waiting, a turn given up for a waiter is taken (by it, or it no longer needs it).
-        struct Waiting<'a>(&'a LogReader);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-                let _ = self.0.handing_off.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            }
+    /// Waits for a turn (one of [`READ_BACKS`], in arrival order) until `by`; `None` if none
+    /// came by then.
+    pub(crate) async fn permit(&self, by: Instant) -> Option<Turn> {
+        match self.turns.take() {
+            Ok(turn) => Some(turn),
+            Err(mut waiter) => until(by, waiter.turn()).await,
         }
-        if let Some(p) = self.permits.try_acquire_arc() {
-            return Some(p);
-        }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(self);
-        until(by, self.permits.acquire_arc()).await
     }
 
-    /// Whether the caller, a read-back past its time, should give its turn up: true for as many
-    /// callers as there are waiters no turn was given up for yet.
-    pub(crate) fn claim_handoff(&self) -> bool {
+    /// For the caller, a read-back past its time: `Some` if it should give its turn up, for as
+    /// many callers as there are waiters no turn is being given up for already. Hold the
+    /// [`Handoff`] until the turn is let go (it then goes straight to the first waiter).
+    pub(crate) fn claim_handoff(&self) -> Option<Handoff<'_>> {
         let mut given = self.handing_off.load(Ordering::Relaxed);
         loop {
-            if self.waiting.load(Ordering::Relaxed) <= given {
-                return false;
+            if self.turns.waiting() <= given {
+                return None;
             }
             match self.handing_off.compare_exchange(given, given + 1, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return true,
+                Ok(_) => return Some(Handoff(self)),
                 Err(now) => given = now,
             }
         }
@@ -231,7 +222,7 @@ impl LogReader {
 
     /// Opens a consumer on `channel`'s stream at offset `at`, holding `permit` until the cursor
     /// is closed or dropped.
-    pub(crate) async fn open(&self, channel: ChannelId, at: u64, permit: SemaphoreGuardArc) -> Result<LogCursor<'_>, String> {
+    pub(crate) async fn open(&self, channel: ChannelId, at: u64, permit: Turn) -> Result<LogCursor<'_>, String> {
         let log = self.log(channel)?;
         if !self.shards.is_up(channel) {
             // During an outage a read-back would only wait for the connect timeout, one after
@@ -252,6 +243,15 @@ impl LogReader {
     }
 }
 
+/// A turn being given up for a waiter ([`LogReader::claim_handoff`]); counted until dropped.
+pub(crate) struct Handoff<'r>(&'r LogReader);
+
+impl Drop for Handoff<'_> {
+    fn drop(&mut self) {
+        self.0.handing_off.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One read-back's consumer. Close it with [`LogCursor::close`] (dropping it leaves the AMQP
 /// channel open until the connection ends).
 pub(crate) struct LogCursor<'r> {
@@ -259,7 +259,7 @@ pub(crate) struct LogCursor<'r> {
     chan: Channel,
     consumer: Consumer,
     acks: Acks,
-    _permit: SemaphoreGuardArc,
+    _permit: Turn,
 }
 
 impl LogCursor<'_> {

@@ -2,8 +2,8 @@
 //!
 //! A read-back is a task on the shard's thread. Right after a start it first waits (up to
 //! `FIRST_WAIT`) for the channel's source to reach the broker. It waits for a turn (the process
-//! runs at most `READ_BACKS` at once; the rest queue, holding nothing but their place, for at
-//! most [`TURN_WAIT`], then `history_gap`), opens a consumer at the client's last offset and
+//! runs at most `READ_BACKS` at once; the rest queue in arrival order, holding nothing but their
+//! place, for at most [`TURN_WAIT`], then `history_gap`), opens a consumer at the client's last offset and
 //! hands each message to `Gateway::backfill_message` until the core says `Finished`. One that has
 //! held its turn for [`TURN`] while others wait gives it up and queues again, continuing where it
 //! stopped (as after a pause, below): a long catch-up for a client that reads slowly but
@@ -140,13 +140,16 @@ impl Shard {
                         }
                     }
                 }
-                if Instant::now() >= turn_ends && reader.claim_handoff() {
-                    debug!(stream = %id, offset = at, "read-back gives its turn to a waiting one");
-                    cursor.close().await;
-                    // Let the waiter the turn went to take it before this one queues again.
-                    crate::common::sleep(Duration::from_millis(20)).await;
-                    reopened = true;
-                    break;
+                if Instant::now() >= turn_ends {
+                    if let Some(handoff) = reader.claim_handoff() {
+                        debug!(stream = %id, offset = at, "read-back gives its turn to a waiting one");
+                        // The turn goes straight to the read-back that waited longest; this
+                        // one queues again behind the rest.
+                        cursor.close().await;
+                        drop(handoff);
+                        reopened = true;
+                        break;
+                    }
                 }
             }
         }
