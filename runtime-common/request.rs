@@ -207,9 +207,11 @@ async fn publish(
         }
     }
     let cors = p.cors_origin.as_deref();
-    let msg = match parse_publish(&buf[p.head_len..end]) {
-        Ok(msg) => msg,
-        Err(r) => return Some(r),
+    // The body is an upstream message: a panic parsing it (a bug) fails this request only.
+    let msg = match super::contained(|| parse_publish(&buf[p.head_len..end])) {
+        Some(Ok(msg)) => msg,
+        Some(Err(r)) => return Some(r),
+        None => return Some(Response::error(500, "internal", "handling the message failed (a bug, logged)", "", cors)),
     };
     let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
     let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
