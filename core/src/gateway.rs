@@ -155,6 +155,11 @@ struct Stream {
     /// resume from the log's epoch: the client refetches what it missed, but its ids must still
     /// only grow.
     skip_through: Option<u64>,
+    /// Went live where a read-back found the log's end before anything had arrived live: the
+    /// first live event past this seq must follow it (`log_continues`). One that does not shows
+    /// the read-back ended early (a broker slow to send, taken for the end): the stream reads
+    /// the log again from here instead of skipping what lies between.
+    live_check: Option<u64>,
 }
 
 impl Stream {
@@ -188,6 +193,8 @@ struct Channel {
     warning_at: Option<Instant>,
     /// The epoch of the source's own log, when it keeps one the frontend can read back.
     history: Option<u64>,
+    /// Streams with a `live_check` pending (looked at by the next live event only).
+    live_checks: Vec<StreamId>,
 }
 
 /// A small deterministic RNG (SplitMix64) for `retry:` jitter: no global randomness in the core.
@@ -242,6 +249,7 @@ impl Gateway {
                 down_since: None,
                 warning_at: None,
                 history: None,
+                live_checks: Vec::new(),
             })
             .collect();
         Gateway {
@@ -399,6 +407,7 @@ impl Gateway {
             cursor: None,
             backfilling: None,
             skip_through: None,
+            live_check: None,
             control_bytes: 0,
         });
         self.open += 1;
@@ -535,6 +544,9 @@ impl Gateway {
         if !channel.buffer.push(ev) {
             return;
         }
+        if !channel.live_checks.is_empty() {
+            self.check_live(ev);
+        }
         let frame = ev.frame();
         let max = self.settings.config.streams.max_pending_bytes;
         let mut delivered = 0u64;
@@ -585,6 +597,35 @@ impl Gateway {
         self.metrics.delivered(ch, delivered);
         for id in overflow {
             self.close_stream(id, CloseReason::SlowClient);
+        }
+    }
+
+    /// The first live event past a `live_check`: streams it does not follow read the log again
+    /// from their place (it is buffered now, so `refill` finds that place older than the buffer,
+    /// and the read-back ends where the buffer takes over).
+    fn check_live(&mut self, ev: &Event) {
+        let ch = ev.channel();
+        let seq = ev.id().seq;
+        let mut pending = std::mem::take(&mut self.channels[ch.index()].live_checks);
+        let mut reread = Vec::new();
+        pending.retain(|&id| {
+            let Some(st) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut()) else {
+                return false;
+            };
+            let Some(from) = st.live_check.filter(|_| st.channel == ch && st.member.is_some()) else { return false };
+            if seq <= from {
+                return true; // one the client has: the check waits for the next
+            }
+            st.live_check = None;
+            if !log_continues(from, seq) && st.cursor.is_none() {
+                st.cursor = Some(EventId { epoch: ev.id().epoch, seq: from });
+                reread.push(id);
+            }
+            false
+        });
+        self.channels[ch.index()].live_checks = pending;
+        for id in reread {
+            self.refill(id);
         }
     }
 
@@ -788,6 +829,9 @@ impl Gateway {
             // next live event could overrun it and close a client that reads.
             if st.pending_bytes <= max / 2 {
                 st.skip_through = st.cursor.take().map(|c| c.seq);
+                st.live_check = st.skip_through;
+                let ch = st.channel;
+                self.channels[ch.index()].live_checks.push(id);
             }
         } else {
             self.refill(id);

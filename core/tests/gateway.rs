@@ -1104,6 +1104,39 @@ fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
 }
 
 #[test]
+fn a_read_back_that_took_a_slow_broker_for_the_logs_end_reads_again_when_live_events_do_not_follow() {
+    // The read-back got 8, then nothing for a while (a broker slow to send, taken for the end),
+    // before anything arrived live: the stream went live from 8.
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.drain();
+    assert!(h.gw.poll_output().is_none());
+    // The live consumer's first events are past 9 and 10: what lies between is read back (to
+    // where the buffer begins), not skipped.
+    h.publish_msg("deals", deal_at(11)).unwrap();
+    h.publish_msg("deals", deal_at(12)).unwrap();
+    let Some(&Output::Backfill { after, until, .. }) = h.backfills.last() else { panic!("a second read-back: {:?}", h.backfills) };
+    assert_eq!((after, until), (EventId { epoch: 1000, seq: 8 }, 10));
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue, "it starts where the client is");
+    assert_eq!(read_back(&mut h, deals, id, 9), BackfillStep::Continue);
+    assert_eq!(read_back(&mut h, deals, id, 10), BackfillStep::Finished);
+    h.drain();
+    let w = h.take_events(id);
+    assert_eq!(ids_in(&w), ["1000-8", "1000-9", "1000-10", "1000-11", "1000-12"], "{w}");
+    assert!(!w.contains("history_gap"), "{w}");
+    // A read-back that really reached the end: the next live event follows, and goes out live.
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.publish_msg("deals", deal_at(9)).unwrap();
+    h.publish_msg("deals", deal_at(13)).unwrap(); // later gaps are the live source's concern
+    h.drain();
+    assert_eq!(h.backfills.len(), 1, "no second read-back: {:?}", h.backfills);
+    assert_eq!(ids_in(&h.take_events(id)), ["1000-8", "1000-9", "1000-13"]);
+}
+
+#[test]
 fn a_read_back_asked_for_before_anything_arrived_ends_where_live_events_begin() {
     let (mut h, deals, id) = resumed_before_anything_arrived();
     assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue, "nothing live yet: no end known");
