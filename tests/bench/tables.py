@@ -6,7 +6,9 @@ the losses, each row shows what a "zero loss, in order" claim rests on: events o
 duplicates, error events, streams the server closed, publishes that failed and streams that
 failed to connect. A run whose publishes failed (their events never reached the server), whose
 streams did not all connect, or whose idle streams were not all open when memory was read does
-not measure the server: its "valid" cell says why and its "lost" cell is not a loss figure.
+not measure the server: its "valid" cell says why, its "lost" cell is not a loss figure, and its
+deliveries/s and latencies are in brackets. nchan's "out of order" is "-" when events were
+published over several connections at once (they reach nchan out of order).
 Older results lack some fields: "-" there (and "unchecked" for what was not checked then)."""
 import json
 import re
@@ -36,9 +38,18 @@ def machine(r):
     return ["-" if own is None else f"{own:.1f}", "-" if idle is None else f"{idle:.0f}"]
 
 
+def shown(r, text):
+    """A figure of the server's, in brackets when the run does not measure the server."""
+    return f"({text})" if invalid(r) and text != "-" else text
+
+
 def lat(r, q):
     l = (r.get("result") or {}).get("latency_ms")
-    return "-" if not l else f"{l[q]:.1f}"
+    return "-" if not l else shown(r, f"{l[q]:.1f}")
+
+
+def dps(r):
+    return shown(r, dps(r))
 
 
 def mib(kib):
@@ -74,7 +85,7 @@ def lag(r):
 def lat_send(r, q):
     """Latency from the actual send (before: the only figure; now the schedule is the origin)."""
     l = (r.get("result") or {}).get("latency_from_send_ms")
-    return "-" if not l else f"{l[q]:.1f}"
+    return "-" if not l else shown(r, f"{l[q]:.1f}")
 
 
 def invalid(r):
@@ -129,7 +140,7 @@ print("Latency from each event's scheduled publish time; \"p99 from send\" from 
 table(
     ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "publish s", "CPU s", "RSS connected / peak MiB", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", lost(r),
+        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], dps(r), lost(r),
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['publish_secs']:.1f}", f"{r['cpu_secs']:.1f}",
          f"{mib(r.get('rss_kib_connected'))} / {mib(r.get('rss_kib_peak'))}", *check_cells(r)]
         for r in of("fanout-10k")
@@ -140,7 +151,7 @@ print("### (a) Rate steps, 10,000 subscribers (each step STEP_SECS s; a run ends
 table(
     ["server", "run", "events/s", "offered/s", "deliveries/s", "lost", "p99 ms", "publish s", "sustained", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("run"), r["rate"], f"{r['offered_per_s']:,.0f}", f"{r['deliveries_per_s']:,.0f}", lost(r),
+        [server(r), r["tags"].get("run"), r["rate"], f"{r['offered_per_s']:,.0f}", dps(r), lost(r),
          lat(r, "p99"), f"{r['publish_secs']:.1f}",
          "invalid" if invalid(r) else "yes" if r["result"]["lost"] == 0 and r["deliveries_per_s"] >= 0.9 * r["offered_per_s"] else "no",
          *check_cells(r)]
@@ -152,7 +163,7 @@ print("### (b) 1,000 subscribers x 1,000 events/s\n")
 table(
     ["server", "commit", "workers", "run", "load avg", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", "RSS peak MiB", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("commit", "?"), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['deliveries_per_s']:,.0f}", lost(r),
+        [server(r), r["tags"].get("commit", "?"), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), dps(r), lost(r),
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), mib(r.get("rss_kib_peak")), *check_cells(r)]
         for r in of("latency-1k")
     ],
@@ -163,7 +174,7 @@ table(
     ["server", "commit", "run", "load avg", "published in s", "events/s taken", "deliveries/s", "lost", "p50 ms", "p99 ms", "max ms", "CPU s", *CHECK_HEAD],
     [
         [server(r), r["tags"].get("commit", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['publish_secs']:.2f}",
-         f"{r['deliveries_per_s'] / r['streams']:,.0f}", f"{r['deliveries_per_s']:,.0f}", lost(r),
+         shown(r, f"{r['deliveries_per_s'] / r['streams']:,.0f}"), dps(r), lost(r),
          lat(r, "p50"), lat(r, "p99"), lat(r, "max"), f"{r['cpu_secs']:.2f}", *check_cells(r)]
         for r in of("burst-10")
     ],
@@ -173,7 +184,7 @@ print("### (b) around it: 1,000 subscribers at lower rates\n")
 table(
     ["server", "run", "load avg", "events/s", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], f"{r['deliveries_per_s']:,.0f}", lost(r),
+        [server(r), r["tags"].get("run"), r["tags"].get("loadavg"), r["rate"], dps(r), lost(r),
          lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *check_cells(r)]
         for r in of("sweep-1k")
     ],
@@ -183,7 +194,7 @@ print("### (b) underneath it: 1,000 events/s to fewer subscribers\n")
 table(
     ["server", "workers", "run", "load avg", "streams", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s", "load tool CPU s", "machine idle %", *CHECK_HEAD],
     [
-        [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['streams']:,}", f"{r['deliveries_per_s']:,.0f}",
+        [server(r), r["tags"].get("workers", "?"), r["tags"].get("run"), r["tags"].get("loadavg"), f"{r['streams']:,}", dps(r),
          lost(r), lat(r, "p50"), lat(r, "p99"), lat(r, "p999"), lat(r, "max"), f"{r['cpu_secs']:.1f}", *machine(r), *check_cells(r)]
         for r in of("scale")
     ],

@@ -88,7 +88,8 @@ struct Args {
     /// Seconds of publishing (fanout).
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
-    /// Seconds to wait after the last publish for the last deliveries.
+    /// After the last publish, the wait for the last deliveries ends once no event arrived for
+    /// this many seconds (at most 600 s in all while events still arrive: the run is invalid then).
     #[arg(long, default_value_t = 10.0)]
     drain: f64,
     /// Seconds between the last response head and the idle memory reading (connect).
@@ -303,7 +304,11 @@ fn wait_summary(answers: &[Value]) -> Value {
     for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "out_of_order", "dups", "stale", "foreign", "id_mismatch", "errors", "closed_by_server", "exact"] {
         r[k] = json!(sum(answers, k));
     }
+    r["closed_before_window"] = json!(sum(answers, "closed_before_window"));
     r["last_rx_ns"] = json!(max(answers, "last_rx_ns"));
+    r["waited_secs_max"] = json!(answers.iter().filter_map(|a| a["waited_secs"].as_f64()).fold(0.0, f64::max));
+    // Any child cut off while events still arrived: what it counted lost may only be late.
+    r["wait_cut_off"] = json!(answers.iter().filter(|a| a["wait_end"] == "cap").count());
     r["done_at_ns"] = json!(max(answers, "done_at_ns"));
     // From each event's scheduled publish time (the figure), and from its actual send.
     r["latency_ms"] = latency(answers, "hist");
@@ -345,6 +350,16 @@ fn invalid(out: &Value) -> Value {
         if open < out["streams"].as_u64().unwrap_or(0) {
             why.push(format!("only {open} of {} streams open when memory was read", out["streams"]));
         }
+    }
+    let closed = out["result"]["closed_before_window"].as_u64().unwrap_or(0);
+    if closed > 0 {
+        why.push(format!("{closed} streams were closed by the server before the events (their events count as lost)"));
+    }
+    if out["result"]["wait_cut_off"].as_u64().unwrap_or(0) > 0 {
+        why.push("the wait for deliveries was cut off while events still arrived (lost may be late)".to_string());
+    }
+    if out["pids"].as_array().is_some_and(|p| !p.is_empty()) && out["rss_kib_end"].as_u64() == Some(0) {
+        why.push("the server process was gone at the end (its memory and CPU figures are not readings)".to_string());
     }
     json!(why)
 }
@@ -400,14 +415,14 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let base = n_base();
             out["n_base"] = json!(base);
             kids.all(&format!("window {base} {base} {}", (base + count).saturating_sub(1))).await?;
-            let cpu0 = procfs::cpu_secs(&pids);
+            let (cpu0, cpu_t0) = (procfs::cpu_secs(&pids), Instant::now());
             let (own0, machine0) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
             let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(50));
             let start_ns = unix_ns();
             let sched = publish::at_rate(p, base, count, args.rate).await?;
             let (own1, machine1) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
             let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
-            let cpu1 = procfs::cpu_secs(&pids);
+            let (cpu1, cpu_span) = (procfs::cpu_secs(&pids), cpu_t0.elapsed().as_secs_f64());
             // Who else used the machine while events were published: this tool (the publisher
             // and the subscriber processes) and how much of every CPU stayed idle.
             out["load_tool_cpu_secs"] = json!(own1 - own0);
@@ -425,8 +440,15 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             out["deliveries_per_s"] = json!(received as f64 / secs);
             out["offered_per_s"] = json!(args.rate * args.streams as f64);
             out["cpu_secs"] = json!(cpu1 - cpu0);
-            out["cpu_pct"] = json!(100.0 * (cpu1 - cpu0) / secs);
+            // Over the span the CPU time was read across (publishing and the wait after it).
+            out["cpu_pct"] = json!(100.0 * (cpu1 - cpu0) / cpu_span);
             out["result"] = wait;
+            if args.target == Server::Nchan && args.publishers > 1 {
+                // Events go out over several connections at once, so they reach nchan out of
+                // order: not a figure of the server's.
+                out["result"]["out_of_order"] = json!(null);
+                out["out_of_order_note"] = json!(format!("not measured: published over {} connections at once", args.publishers));
+            }
         }
         Mode::Resume => {
             let p = publisher.as_mut().expect("a publisher");

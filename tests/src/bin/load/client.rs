@@ -124,6 +124,8 @@ struct Shared {
     /// (base, first, last) of the window; `None` until the parent sets one.
     window: Cell<Option<(u64, u64, u64)>>,
     done: Cell<usize>,
+    /// Streams the server had closed when the window was set: all their events count as lost.
+    closed_before_window: Cell<usize>,
     last_rx_ns: Cell<u64>,
     done_at_ns: Cell<u64>,
     connected: Cell<usize>,
@@ -173,11 +175,13 @@ impl Shared {
         let Some(w) = st.seen.get_mut(word) else { return };
         st.first_n.get_or_insert(n);
         if *w & mask != 0 {
+            // A duplicate: counted, and nothing else (no latency sample, no later last
+            // delivery).
             st.dups += 1;
-        } else {
-            *w |= mask;
-            st.received += 1;
+            return;
         }
+        *w |= mask;
+        st.received += 1;
         if st.max_n.is_some_and(|m| n < m) {
             st.out_of_order += 1;
         }
@@ -214,6 +218,7 @@ impl Shared {
         // base at the earliest.
         let first = first.max(base);
         self.window.set(Some((base, first, last)));
+        self.closed_before_window.set(self.streams.borrow().iter().filter(|s| s.closed_by_server && !s.open).count());
         let words = (width(first, last) as usize).div_ceil(64);
         for st in self.streams.borrow_mut().iter_mut() {
             st.seen.clear();
@@ -282,6 +287,7 @@ async fn serve(spec: Spec) {
         hist_sent: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")),
         window: Cell::new(None),
         done: Cell::new(0),
+        closed_before_window: Cell::new(0),
         last_rx_ns: Cell::new(0),
         done_at_ns: Cell::new(0),
         connected: Cell::new(0),
@@ -463,19 +469,34 @@ async fn stream(shared: Rc<Shared>, i: usize, req: Vec<u8>, sem: Rc<Semaphore>) 
     streams[i].closed_by_server = true;
 }
 
-/// Waits until every stream got every event of the window or is closed, at most `timeout`.
-async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
+/// How long a `wait` goes on at most while events still arrive.
+const WAIT_CAP: Duration = Duration::from_secs(600);
+
+/// Waits until every stream got every event of the window or is closed, or until no event
+/// arrived for `stall` (what is missing then is lost, not late), at most [`WAIT_CAP`]. Says
+/// which ended it (`wait_end`): `complete`, `stalled` or `cap` (events were still arriving).
+async fn wait(shared: &Rc<Shared>, stall: Duration) -> Value {
     let t0 = Instant::now();
-    loop {
+    let (mut seen, mut since) = (shared.last_rx_ns.get(), Instant::now());
+    let end = loop {
         let finished = {
             let streams = shared.streams.borrow();
             streams.iter().filter(|s| s.done || !s.open).count()
         };
-        if finished >= shared.spec.count || t0.elapsed() >= timeout {
-            break;
+        if finished >= shared.spec.count {
+            break "complete";
+        }
+        let rx = shared.last_rx_ns.get();
+        if rx != seen {
+            (seen, since) = (rx, Instant::now());
+        } else if since.elapsed() >= stall {
+            break "stalled";
+        }
+        if t0.elapsed() >= WAIT_CAP {
+            break "cap";
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     let (first, span) = match shared.window.get() {
         Some((_, first, last)) => (first, width(first, last)),
         None => (0, 0),
@@ -525,6 +546,8 @@ async fn wait(shared: &Rc<Shared>, timeout: Duration) -> Value {
     r["last_rx_ns"] = json!(shared.last_rx_ns.get());
     r["done_at_ns"] = json!(shared.done_at_ns.get());
     r["waited_secs"] = json!(t0.elapsed().as_secs_f64());
+    r["wait_end"] = json!(end);
+    r["closed_before_window"] = json!(shared.closed_before_window.get());
     r["hist"] = json!(pairs(&shared.hist.borrow()));
     r["hist_sent"] = json!(pairs(&shared.hist_sent.borrow()));
     r

@@ -162,7 +162,14 @@ impl Publisher {
                 let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
                 let publish = channel.basic_publish(exchange.as_str().into(), routing_key.as_str().into(), opts, &body, props);
                 match tokio::time::timeout(REQUEST_TIMEOUT, publish).await {
-                    Ok(c) => confirms.push(c?),
+                    Ok(Ok(c)) => confirms.push(c),
+                    // The channel or the connection is gone (no reconnect here): this one and
+                    // the rest count as failed, and the run is reported (invalid), not lost.
+                    Ok(Err(e)) => {
+                        eprintln!("load: RabbitMQ refused a publish ({e}): the rest count as failed");
+                        *dead = true;
+                        stats.finished(false);
+                    }
                     // Flow control that did not lift: this one and the rest count as failed; the
                     // run ends (invalid) instead of waiting this long for every event.
                     Err(_) => {
@@ -216,8 +223,13 @@ impl Publisher {
                         for t in tasks.iter() {
                             t.abort();
                         }
+                        // Counted once they stopped: one that finished meanwhile is not also
+                        // counted as outstanding.
+                        for t in tasks.iter_mut() {
+                            let _ = t.await;
+                        }
                         *dead = true;
-                        let left = *sent - done;
+                        let left = sent.saturating_sub(stats.done.load(Ordering::Relaxed));
                         stats.failed.fetch_add(left, Ordering::Relaxed);
                         stats.done.fetch_add(left, Ordering::Relaxed);
                         eprintln!("load: nchan answered no publish for {} s: {left} publishes counted as failed", STALL_TIMEOUT.as_secs());
@@ -259,10 +271,8 @@ async fn http_connection(addr: SocketAddr, path: String, sock: TcpStream, mut rx
     let mut buf = Vec::new();
     while let Some((n, due_ns)) = rx.recv().await {
         let mut ok = false;
-        for attempt in 0..HTTP_TRIES {
-            if attempt > 0 {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut sends = 0;
+        for _ in 0..HTTP_TRIES {
             let sock = match &mut conn {
                 Some(s) => s,
                 None => match connect(addr).await {
@@ -278,6 +288,10 @@ async fn http_connection(addr: SocketAddr, path: String, sock: TcpStream, mut rx
                 },
             };
             // Every try is a send: a retried event's lag is the one it finally went out with.
+            sends += 1;
+            if sends > 1 {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
             let body = payload(n, due_ns, stats.sending(due_ns));
             let head = format!(
                 "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
