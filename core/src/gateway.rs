@@ -606,6 +606,9 @@ impl Gateway {
     fn check_live(&mut self, ev: &Event) {
         let ch = ev.channel();
         let seq = ev.id().seq;
+        // Everything after the floor is buffered: a place at or past it needs no read-back
+        // (the live source read on from there itself; what it dropped is no one's loss).
+        let floor = self.channels[ch.index()].buffer.floor();
         let mut pending = std::mem::take(&mut self.channels[ch.index()].live_checks);
         let mut reread = Vec::new();
         pending.retain(|&id| {
@@ -617,7 +620,9 @@ impl Gateway {
                 return true; // one the client has: the check waits for the next
             }
             st.live_check = None;
-            if !log_continues(from, seq) && st.cursor.is_none() {
+            // A jump past messages the live source dropped (invalid) looks the same: that costs
+            // a read-back that finds nothing to send, not an event.
+            if from < floor && !log_continues(from, seq) && st.cursor.is_none() {
                 st.cursor = Some(EventId { epoch: ev.id().epoch, seq: from });
                 reread.push(id);
             }
@@ -660,6 +665,13 @@ impl Gateway {
     pub fn log_gap(&mut self, channel: ChannelId) {
         let Some(c) = self.channels.get_mut(channel.index()) else { return };
         c.buffer.clear();
+        // Streams live from a read-back's end are told of the loss below like the others; the
+        // next live event comes after it, and is no sign the read-back ended early.
+        for id in std::mem::take(&mut c.live_checks) {
+            if let Some(st) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut()) {
+                st.live_check = None;
+            }
+        }
         let frame = sse::warning("history_gap", &self.settings.channel(channel).name);
         // A copy: `push` may close a stream over its bound, which edits the member list.
         let members = c.members.clone();
@@ -965,6 +977,9 @@ impl Gateway {
         let (ch, user, hb, exp) = (st.channel, st.user.clone(), st.heartbeat_at, st.expires_at);
         st.cursor = None;
         st.backfilling = None;
+        if st.live_check.take().is_some() {
+            self.channels[ch.index()].live_checks.retain(|s| *s != id);
+        }
         let members = &mut self.channels[ch.index()].members;
         members.swap_remove(pos);
         if let Some(&moved) = members.get(pos) {

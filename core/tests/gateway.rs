@@ -1134,6 +1134,28 @@ fn a_read_back_that_took_a_slow_broker_for_the_logs_end_reads_again_when_live_ev
     h.drain();
     assert_eq!(h.backfills.len(), 1, "no second read-back: {:?}", h.backfills);
     assert_eq!(ids_in(&h.take_events(id)), ["1000-8", "1000-9", "1000-13"]);
+    // The live source started before the stream's place (7): it read on from there itself, so
+    // a jump after it (messages it dropped) is no read-back's concern, and 11 goes out once.
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.publish_msg("deals", deal_at(7)).unwrap();
+    h.publish_msg("deals", deal_at(11)).unwrap();
+    h.drain();
+    assert_eq!(h.backfills.len(), 1, "no second read-back: {:?}", h.backfills);
+    assert_eq!(ids_in(&h.take_events(id)), ["1000-8", "1000-11"]);
+    // The log lost events meanwhile (the source says so): the stream is told once, and the next
+    // live event, past the loss, does not send it reading the log again.
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.gw.log_gap(deals);
+    h.publish_msg("deals", deal_at(20)).unwrap();
+    h.drain();
+    assert_eq!(h.backfills.len(), 1, "no second read-back: {:?}", h.backfills);
+    let w = h.take_events(id);
+    assert_eq!(ids_in(&w), ["1000-8", "1000-20"], "{w}");
+    assert_eq!(w.matches("history_gap").count(), 1, "{w}");
 }
 
 #[test]

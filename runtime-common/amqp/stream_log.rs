@@ -168,7 +168,6 @@ impl LogReader {
         self.logs.iter().flatten().map(|log| (log.id, log.epoch))
     }
 
-    /// Waits for a turn (one of [`READ_BACKS`]) until `by`; `None` if none came by then.
     /// Waits for a turn (one of [`READ_BACKS`], in arrival order) until `by`; `None` if none
     /// came by then.
     pub(crate) async fn permit(&self, by: Instant) -> Option<Turn> {

@@ -71,9 +71,9 @@ impl Turns {
         self.state().queue.len()
     }
 
-    /// A turn let go: to the first waiter still waiting, else back to the free ones. The
-    /// waiter's channel is sent to outside the lock (a channel dropped in it could drop a
-    /// turn, which locks again).
+    /// A turn let go: to the first waiter still waiting, else back to the free ones. The first
+    /// waiter leaves the queue under the lock and is sent its turn after it; one that left
+    /// meanwhile has closed its channel, and the turn goes on to the next.
     fn release(&self) {
         loop {
             let tx = {
