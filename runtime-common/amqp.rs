@@ -34,6 +34,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use async_rs::traits::Reactor;
+use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
 use sse_gateway_core::{log_continues, log_resumes, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
@@ -187,10 +190,22 @@ impl Link {
             }
         }
         let props = ConnectionProperties::default().with_connection_name(self.name.into());
-        let connect = Connection::connect_with_runtime(&self.uri, props, self.runtime.clone());
+        let uri: AMQPUri = match self.uri.parse() {
+            Ok(uri) => uri,
+            Err(e) => return Err(state.fail(format!("cannot connect to the broker: {e}"))),
+        };
+        let socket = Arc::new(std::sync::Mutex::new(None));
+        let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(socket.clone()), props);
         let connecting = Connecting::start(self);
         let attempt = until(connecting.1 + CONNECT_TIMEOUT, connect).await;
         drop(connecting);
+        let socket = socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (None, Some(socket)) = (&attempt, socket) {
+            // Given up: lapin's I/O thread would wait on the socket for as long as the broker
+            // keeps it open and silent (a thread and a socket per attempt, through a whole
+            // outage). Shut down, the thread sees the end of the stream and exits.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         self.attempts.fetch_add(1, Ordering::AcqRel);
         let c = match attempt {
             Some(Ok(c)) => c,
@@ -201,6 +216,27 @@ impl Link {
         let ch = answered(c.create_channel()).await.and_then(|r| r.map_err(|e| e.to_string()));
         *state = LinkState { conn: Some(Arc::new(c)), failed: None };
         ch
+    }
+}
+
+/// lapin's own way to open the TCP connection (`amq_protocol_tcp`'s, TLS for `amqps`), keeping
+/// a duplicate of the socket in `keep`: a connect given up at its timeout shuts it down.
+fn connect_keeping(
+    keep: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+) -> impl AsyncFn(AMQPUri, AmqpRuntime) -> lapin::Result<AsyncTcpStream<<AmqpRuntime as Reactor>::TcpStream>> + Send + Sync + 'static {
+    async move |uri: AMQPUri, runtime: AmqpRuntime| {
+        let addrs = runtime.to_socket_addrs((uri.authority.host.clone(), uri.authority.port));
+        let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+        if let AsyncTcpStream::Plain(tcp) = &stream {
+            use std::os::fd::AsFd;
+            if let Ok(dup) = socket2::SockRef::from(&tcp.get_ref().as_fd()).try_clone() {
+                *keep.lock().unwrap_or_else(|e| e.into_inner()) = Some(dup);
+            }
+        }
+        Ok(match uri.scheme {
+            AMQPScheme::AMQP => stream,
+            AMQPScheme::AMQPS => stream.into_tls(&uri.authority.host, OwnedTLSConfig::default().as_ref()).await?,
+        })
     }
 }
 

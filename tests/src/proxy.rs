@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{copy_bidirectional, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +35,8 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     link: watch::Sender<Link>,
     held: Arc<AtomicUsize>,
+    /// Connections held by a freeze that the client closed meanwhile.
+    given_up: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -47,6 +49,8 @@ impl TcpProxy {
         let upstream = upstream.to_string();
         let held = Arc::new(AtomicUsize::new(0));
         let count = held.clone();
+        let given_up = Arc::new(AtomicUsize::new(0));
+        let closed = given_up.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
@@ -56,9 +60,21 @@ impl TcpProxy {
                     Link::Cut => drop(client),
                     Link::Frozen => {
                         count.fetch_add(1, Ordering::SeqCst);
+                        let closed = closed.clone();
                         tokio::spawn(async move {
-                            let _held = client;
-                            let _ = rx.wait_for(|l| *l != Link::Frozen).await;
+                            // Never answered; what the client sends is read (and dropped) only
+                            // to see whether it closes the connection (a connect given up).
+                            let mut client = client;
+                            let gone = async {
+                                let mut buf = [0u8; 512];
+                                while let Ok(1..) = client.read(&mut buf).await {}
+                            };
+                            tokio::select! {
+                                _ = gone => {
+                                    closed.fetch_add(1, Ordering::SeqCst);
+                                }
+                                _ = rx.wait_for(|l| *l != Link::Frozen) => {}
+                            }
                         });
                     }
                     Link::Slow => {
@@ -76,7 +92,7 @@ impl TcpProxy {
                 }
             }
         });
-        TcpProxy { addr, link, held, task }
+        TcpProxy { addr, link, held, given_up, task }
     }
 
     /// Holds new connections silent (no bytes either way) until [`TcpProxy::restore`], which
@@ -104,6 +120,11 @@ impl TcpProxy {
     /// How many connections were accepted (and held) while frozen, over the proxy's life.
     pub fn accepted_while_frozen(&self) -> usize {
         self.held.load(Ordering::SeqCst)
+    }
+
+    /// How many of those the client closed while they were held (a connect it gave up).
+    pub fn closed_while_frozen(&self) -> usize {
+        self.given_up.load(Ordering::SeqCst)
     }
 
     /// Forwards again (connections held by a freeze are dropped).

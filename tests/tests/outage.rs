@@ -102,6 +102,12 @@ async fn a_broker_that_stops_answering_is_an_outage_and_loses_nothing(bin: Bin) 
         ::tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!s.is_closed(), "the stream stays open while the broker is silent");
+    // The attempt given up is closed, not left to a thread waiting on it for the whole outage
+    // (one thread and one socket more per attempt).
+    while proxy.closed_while_frozen() < 1 {
+        assert!(std::time::Instant::now() < patience, "the connect given up still holds its connection:\n{}", fx.gw.stderr());
+        ::tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 0.0).await;
 
     proxy.restore();
