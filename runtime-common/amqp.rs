@@ -194,18 +194,16 @@ impl Link {
             Ok(uri) => uri,
             Err(e) => return Err(state.fail(format!("cannot connect to the broker: {e}"))),
         };
-        let socket = Arc::new(std::sync::Mutex::new(None));
-        let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(socket.clone()), props);
         let connecting = Connecting::start(self);
-        let attempt = until(connecting.1 + CONNECT_TIMEOUT, connect).await;
+        let deadline = connecting.1 + CONNECT_TIMEOUT;
+        // Until the attempt is over: given up (timed out, or this future dropped), its socket is
+        // shut down (`Keep`).
+        let mut keep = Keep::new();
+        let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(keep.slot.clone(), deadline), props);
+        let attempt = until(deadline, connect).await;
         drop(connecting);
-        let socket = socket.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let (None, Some(socket)) = (&attempt, socket) {
-            // Given up: lapin's I/O thread would wait on the socket for as long as the broker
-            // keeps it open and silent (a thread and a socket per attempt, through a whole
-            // outage). Shut down, the thread sees the end of the stream and exits.
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
+        keep.succeeded = matches!(attempt, Some(Ok(_)));
+        drop(keep);
         self.attempts.fetch_add(1, Ordering::AcqRel);
         let c = match attempt {
             Some(Ok(c)) => c,
@@ -219,18 +217,68 @@ impl Link {
     }
 }
 
-/// lapin's own way to open the TCP connection (`amq_protocol_tcp`'s, TLS for `amqps`), keeping
-/// a duplicate of the socket in `keep`: a connect given up at its timeout shuts it down.
+/// The socket of a connect in progress, as far as [`connect_keeping`] got.
+enum Kept {
+    /// Not connected yet.
+    Waiting,
+    /// A duplicate of the connected socket (closing it alone leaves the connection be).
+    Socket(socket2::Socket),
+    /// The attempt is over: a socket connected from now on is not used.
+    Over,
+}
+
+/// Ends a connect attempt when dropped: a socket it connected is shut down unless the attempt
+/// `succeeded`. lapin's I/O thread (started by `Connection::connector`) would otherwise wait
+/// on it for as long as a silent broker keeps it open: a thread and a socket per attempt, through
+/// a whole outage. Shut down, the thread sees the end of the stream and exits.
+struct Keep {
+    slot: Arc<std::sync::Mutex<Kept>>,
+    succeeded: bool,
+}
+
+impl Keep {
+    fn new() -> Keep {
+        Keep { slot: Arc::new(std::sync::Mutex::new(Kept::Waiting)), succeeded: false }
+    }
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        let kept = std::mem::replace(&mut *self.slot.lock().unwrap_or_else(|e| e.into_inner()), Kept::Over);
+        if let (Kept::Socket(socket), false) = (kept, self.succeeded) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// lapin's own way to open the TCP connection (`amq_protocol_tcp`'s, TLS for `amqps`), within
+/// `by` (a connect the network leaves unanswered is given up with the attempt), keeping a
+/// duplicate of the socket in `keep` ([`Keep`]). One that connects after the attempt is over is
+/// dropped, unused.
 fn connect_keeping(
-    keep: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    keep: Arc<std::sync::Mutex<Kept>>,
+    by: Instant,
 ) -> impl AsyncFn(AMQPUri, AmqpRuntime) -> lapin::Result<AsyncTcpStream<<AmqpRuntime as Reactor>::TcpStream>> + Send + Sync + 'static {
     async move |uri: AMQPUri, runtime: AmqpRuntime| {
+        let timed_out = || lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "the connect timed out"));
         let addrs = runtime.to_socket_addrs((uri.authority.host.clone(), uri.authority.port));
-        let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
-        if let AsyncTcpStream::Plain(tcp) = &stream {
-            use std::os::fd::AsFd;
-            if let Ok(dup) = socket2::SockRef::from(&tcp.get_ref().as_fd()).try_clone() {
-                *keep.lock().unwrap_or_else(|e| e.into_inner()) = Some(dup);
+        let tcp = async { Some(AsyncTcpStream::connect(&runtime, addrs).await) };
+        let left = by.saturating_duration_since(Instant::now());
+        let late = async {
+            runtime.sleep(left).await;
+            None
+        };
+        let stream = future::or(tcp, late).await.ok_or_else(timed_out)??;
+        {
+            let mut kept = keep.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*kept, Kept::Over) {
+                return Err(timed_out());
+            }
+            if let AsyncTcpStream::Plain(tcp) = &stream {
+                use std::os::fd::AsFd;
+                if let Ok(dup) = socket2::SockRef::from(&tcp.get_ref().as_fd()).try_clone() {
+                    *kept = Kept::Socket(dup);
+                }
             }
         }
         Ok(match uri.scheme {

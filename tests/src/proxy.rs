@@ -21,7 +21,7 @@ enum Link {
     Cut,
     /// Nothing moves and nothing closes: live connections and new ones are held open, never
     /// written to (a hung broker, or a link that drops packets: no FIN, no RST). They are dropped
-    /// when the link is restored.
+    /// when the link is restored, or (new ones) when the client closes them.
     Frozen,
     /// Live connections forward; new ones are held silent and go through once restored (a
     /// broker slow to answer a connect).
@@ -112,7 +112,8 @@ impl TcpProxy {
     }
 
     /// Stops forwarding without closing anything: live connections and new ones are held open
-    /// and silent until [`TcpProxy::restore`], which drops them.
+    /// and silent until [`TcpProxy::restore`], which drops them (a new one the client closes
+    /// meanwhile is counted: [`TcpProxy::closed_while_frozen`]).
     pub fn freeze(&self) {
         self.link.send_replace(Link::Frozen);
     }
