@@ -49,7 +49,7 @@ def lat(r, q):
 
 
 def dps(r):
-    return shown(r, dps(r))
+    return shown(r, f"{r['deliveries_per_s']:,.0f}")
 
 
 def mib(kib):
