@@ -196,10 +196,10 @@ impl Link {
         };
         let connecting = Connecting::start(self);
         let deadline = connecting.1 + CONNECT_TIMEOUT;
-        // Until the attempt is over: given up (timed out, or this future dropped), its socket is
-        // shut down (`Keep`).
+        // Until the attempt is over: given up (timed out, or this future dropped), its TCP
+        // connect ends and its socket is shut down (`Keep`).
         let mut keep = Keep::new();
-        let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(keep.slot.clone(), deadline), props);
+        let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(keep.slot.clone(), keep.over.clone()), props);
         let attempt = until(deadline, connect).await;
         drop(connecting);
         keep.succeeded = matches!(attempt, Some(Ok(_)));
@@ -227,23 +227,32 @@ enum Kept {
     Over,
 }
 
-/// Ends a connect attempt when dropped: a socket it connected is shut down unless the attempt
-/// `succeeded`. lapin's I/O thread (started by `Connection::connector`) would otherwise wait
-/// on it for as long as a silent broker keeps it open: a thread and a socket per attempt, through
-/// a whole outage. Shut down, the thread sees the end of the stream and exits.
+/// Ends a connect attempt when dropped: a TCP connect still in progress ends (`over` closes),
+/// and a socket it connected is shut down unless the attempt `succeeded`. lapin's I/O thread
+/// (started by `Connection::connector`) would otherwise wait on it for as long as a silent broker
+/// keeps it open: a thread and a socket per attempt, through a whole outage. Shut down, the
+/// thread sees the end of the stream and exits.
+///
+/// A channel, not a timer, tells the connect on lapin's thread: a tokio timer polled there while
+/// the runtime shuts down panics (and a panic aborts the process).
 struct Keep {
     slot: Arc<std::sync::Mutex<Kept>>,
+    /// Never sent to: closed by the drop.
+    over: async_channel::Receiver<()>,
+    _over: async_channel::Sender<()>,
     succeeded: bool,
 }
 
 impl Keep {
     fn new() -> Keep {
-        Keep { slot: Arc::new(std::sync::Mutex::new(Kept::Waiting)), succeeded: false }
+        let (tx, rx) = async_channel::bounded(1);
+        Keep { slot: Arc::new(std::sync::Mutex::new(Kept::Waiting)), over: rx, _over: tx, succeeded: false }
     }
 }
 
 impl Drop for Keep {
     fn drop(&mut self) {
+        self.over.close();
         let kept = std::mem::replace(&mut *self.slot.lock().unwrap_or_else(|e| e.into_inner()), Kept::Over);
         if let (Kept::Socket(socket), false) = (kept, self.succeeded) {
             let _ = socket.shutdown(std::net::Shutdown::Both);
@@ -251,24 +260,23 @@ impl Drop for Keep {
     }
 }
 
-/// lapin's own way to open the TCP connection (`amq_protocol_tcp`'s, TLS for `amqps`), within
-/// `by` (a connect the network leaves unanswered is given up with the attempt), keeping a
-/// duplicate of the socket in `keep` ([`Keep`]). One that connects after the attempt is over is
-/// dropped, unused.
+/// lapin's own way to open the TCP connection (`amq_protocol_tcp`'s, TLS for `amqps`) until the
+/// attempt is over (`over` closed: a TCP connect the network leaves unanswered ends with it),
+/// keeping a duplicate of the socket in `keep` ([`Keep`]; taken before a TLS handshake, which
+/// the shutdown then ends). One that connects after the attempt is over is dropped, unused.
 fn connect_keeping(
     keep: Arc<std::sync::Mutex<Kept>>,
-    by: Instant,
+    over: async_channel::Receiver<()>,
 ) -> impl AsyncFn(AMQPUri, AmqpRuntime) -> lapin::Result<AsyncTcpStream<<AmqpRuntime as Reactor>::TcpStream>> + Send + Sync + 'static {
     async move |uri: AMQPUri, runtime: AmqpRuntime| {
-        let timed_out = || lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "the connect timed out"));
+        let timed_out = || lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "the connect attempt is over"));
         let addrs = runtime.to_socket_addrs((uri.authority.host.clone(), uri.authority.port));
         let tcp = async { Some(AsyncTcpStream::connect(&runtime, addrs).await) };
-        let left = by.saturating_duration_since(Instant::now());
-        let late = async {
-            runtime.sleep(left).await;
+        let ended = async {
+            let _ = over.recv().await;
             None
         };
-        let stream = future::or(tcp, late).await.ok_or_else(timed_out)??;
+        let stream = future::or(ended, tcp).await.ok_or_else(timed_out)??;
         {
             let mut kept = keep.lock().unwrap_or_else(|e| e.into_inner());
             if matches!(*kept, Kept::Over) {
