@@ -3,7 +3,9 @@
 //! refusal only for its reason (409 at the user's limit, 503 when the shard is full or shutting
 //! down), never an event to a stream that may not see it (channel, role, recipients as
 //! published), ids strictly increasing per stream, a stale stream id ignored, every stream
-//! closed by a shutdown, and every stream forgotten once closed.
+//! closed by a shutdown, and every stream forgotten once closed. The first channel keeps a log
+//! (ids `5-<position>`): a resume older than its 4-event buffer is read back from it, a message
+//! at a time, paused, ended early as if the broker fell silent, or failed, and the same holds.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -19,7 +21,9 @@ mod common;
 enum Op {
     Open { user: u8, channel: u8, finance: bool, resume: Option<(u8, u16)> },
     Close { pick: u16 },
-    Publish { channel: u8, recipients: Option<Vec<u8>>, valid: bool },
+    /// On the first channel it goes to the log; with `lag` the live source hands it over later
+    /// (with the next publish that has no lag), as a live consumer behind its log does.
+    Publish { channel: u8, recipients: Option<Vec<u8>>, valid: bool, lag: bool },
     Advance { ms: u32 },
     Down { channel: u8 },
     Up { channel: u8 },
@@ -27,6 +31,18 @@ enum Op {
     /// A call with the id of a stream that was closed (the frontend's late wake-up).
     Stale { pick: u16 },
     Shutdown,
+    /// Up to `n` messages of the log handed to a read-back the gateway asked for (its end, when
+    /// the log has no more: nothing came at all is a failure, else the end).
+    ReadBack { pick: u16, n: u8 },
+    /// A read-back ends now: `complete` as if the broker fell silent (taken for the end, more
+    /// or not), else failed.
+    ReadBackEnd { pick: u16, complete: bool },
+}
+
+/// A read-back in progress: the next log position to hand over, and whether any was.
+struct Reading {
+    next: u64,
+    started: bool,
 }
 
 const LIMIT: usize = 3;
@@ -72,6 +88,13 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut published: Published = HashMap::new();
     // The channel that needs the finance role.
     let payments = s.channel_id("payments").map(|c| c.index());
+    // The first channel's log: every message published to it, at position index + 1.
+    let log_ch = s.channel_id(&s.channels[0].name).unwrap();
+    gw.set_history(log_ch, Some(5));
+    let mut log: Vec<UpstreamMessage> = Vec::new();
+    // How much of the log the live source has handed over.
+    let mut live = 0;
+    let mut reads: HashMap<StreamId, Reading> = HashMap::new();
     for op in ops {
         match op {
             Op::Open { user, channel, finance, resume } => {
@@ -82,8 +105,13 @@ fuzz_target!(|ops: Vec<Op>| {
                     s.channels[ch].name,
                     token(&user, finance)
                 );
+                // A resume from the log's epoch: the stream never gets that id or one below it.
+                let mut from_log = None;
                 if let Some((e, q)) = resume {
-                    head.push_str(&format!("Last-Event-ID: {}-{}\r\n", e % 8, q));
+                    // Half of them from the log's epoch (5), the rest any.
+                    let epoch = if e % 2 == 0 { 5 } else { e % 8 };
+                    head.push_str(&format!("Last-Event-ID: {epoch}-{}\r\n", q % 64));
+                    from_log = (ch == 0 && epoch == 5).then_some(u64::from(q % 64));
                 }
                 head.push_str("\r\n");
                 if let Routed::Stream(req) = front.route(head.as_bytes(), unix) {
@@ -93,7 +121,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         Ok(id) => {
                             assert!(!shut, "opened while shutting down");
                             assert!(open.len() < CAPACITY || mine >= LIMIT, "opened past the shard's capacity");
-                            open.insert(id, Watch { user, channel: ch, finance, last_seq: None });
+                            open.insert(id, Watch { user, channel: ch, finance, last_seq: from_log });
                         }
                         Err(r) if r.status == 409 => assert!(mine >= LIMIT && !shut, "409 with {mine} streams"),
                         Err(r) if r.status == 503 => {
@@ -107,10 +135,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(id) = pick_open(&open, pick) {
                     gw.on_closed(id);
                     open.remove(&id);
+                    reads.remove(&id);
                     closed.push(id);
                 }
             }
-            Op::Publish { channel, recipients, valid } => {
+            Op::Publish { channel, recipients, valid, lag } => {
                 let ch = channel as usize % s.channels.len();
                 let name = s.channels[ch].name.clone();
                 let body = if valid { demo_body(&name) } else { "{\"x\":1}".to_string() };
@@ -121,9 +150,25 @@ fuzz_target!(|ops: Vec<Op>| {
                     routing_key: kind.into(),
                     recipient_ids: who.as_ref().map(|w| HeaderValue::Text(w.join(","))),
                     body: bytes::Bytes::from(body),
+                    position: (ch == 0).then_some(log.len() as u64 + 1),
                     ..Default::default()
                 };
-                if let Ok(ev) = ingests[ch].handle_message(&up) {
+                if ch == 0 {
+                    // Valid or not, it is in the log; a valid one may be read back before the
+                    // live source hands it over.
+                    if let Ok(ev) = ingests[0].read_back(&up, &mut ingests[0].read_back_window()) {
+                        published.insert(ev.id().to_string(), (0, who.clone()));
+                    }
+                    log.push(up);
+                    if !lag {
+                        for up in &log[live..] {
+                            if let Ok(ev) = ingests[0].handle_message(up) {
+                                gw.handle_event(&ev);
+                            }
+                        }
+                        live = log.len();
+                    }
+                } else if let Ok(ev) = ingests[ch].handle_message(&up) {
                     published.insert(ev.id().to_string(), (ch, who));
                     gw.handle_event(&ev);
                 }
@@ -162,9 +207,50 @@ fuzz_target!(|ops: Vec<Op>| {
                 gw.shutdown();
                 shut = true;
             }
+            Op::ReadBack { pick, n } => {
+                if let Some(id) = pick_reading(&reads, pick) {
+                    let mut seen = ingests[0].read_back_window();
+                    for _ in 0..n.max(1) {
+                        let r = reads.get_mut(&id).expect("reading");
+                        let Some(msg) = log.get(r.next as usize - 1) else {
+                            // The log's end: nothing at all came is a failure.
+                            let started = r.started;
+                            reads.remove(&id);
+                            gw.backfill_done(id, started);
+                            break;
+                        };
+                        let ev = ingests[0].read_back(msg, &mut seen).ok();
+                        let pos = r.next;
+                        r.next += 1;
+                        r.started = true;
+                        match gw.backfill_message(id, pos, ev.as_ref()) {
+                            BackfillStep::Continue => {}
+                            BackfillStep::Pause => break,
+                            BackfillStep::Finished => {
+                                reads.remove(&id);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Op::ReadBackEnd { pick, complete } => {
+                if let Some(id) = pick_reading(&reads, pick) {
+                    reads.remove(&id);
+                    gw.backfill_done(id, complete);
+                }
+            }
         }
         while let Some(out) = gw.poll_output() {
+            if let Output::Backfill { stream, channel, after, .. } = out {
+                assert_eq!(channel, log_ch, "a read-back of a channel without a log");
+                assert_eq!(after.epoch, 5, "a read-back from another epoch");
+                assert!(open.contains_key(&stream), "a read-back for a stream not open");
+                // The reader starts at the client's own position (proof the log still holds it).
+                reads.insert(stream, Reading { next: after.seq.max(1), started: false });
+            }
             if let Output::Close(id, _) = out {
+                reads.remove(&id);
                 let mut rest = Vec::new();
                 gw.take_output(id, &mut rest, now);
                 if let Some(w) = open.get_mut(&id) {
@@ -198,6 +284,13 @@ fuzz_target!(|ops: Vec<Op>| {
     }
     assert_eq!(gw.poll_timeout(), None);
 });
+
+/// One of the read-backs in progress, by a pick from the input (in id order).
+fn pick_reading(reads: &HashMap<StreamId, Reading>, pick: u16) -> Option<StreamId> {
+    let mut ids: Vec<_> = reads.keys().copied().collect();
+    ids.sort();
+    (!ids.is_empty()).then(|| ids[pick as usize % ids.len()])
+}
 
 /// One of the open streams, by a pick from the input (in id order, so the same input picks the
 /// same stream).
