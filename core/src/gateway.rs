@@ -612,9 +612,7 @@ impl Gateway {
         let mut pending = std::mem::take(&mut self.channels[ch.index()].live_checks);
         let mut reread = Vec::new();
         pending.retain(|&id| {
-            let Some(st) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut()) else {
-                return false;
-            };
+            let Some(st) = self.stream_mut(id) else { return false };
             let Some(from) = st.live_check.filter(|_| st.channel == ch && st.member.is_some()) else { return false };
             if seq <= from {
                 return true; // one the client has: the check waits for the next
@@ -667,14 +665,15 @@ impl Gateway {
         c.buffer.clear();
         // Streams live from a read-back's end are told of the loss below like the others; the
         // next live event comes after it, and is no sign the read-back ended early.
-        for id in std::mem::take(&mut c.live_checks) {
-            if let Some(st) = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation).and_then(|s| s.stream.as_mut()) {
+        let checks = std::mem::take(&mut c.live_checks);
+        // A copy: `push` may close a stream over its bound, which edits the member list.
+        let members = c.members.clone();
+        for id in checks {
+            if let Some(st) = self.stream_mut(id) {
                 st.live_check = None;
             }
         }
         let frame = sse::warning("history_gap", &self.settings.channel(channel).name);
-        // A copy: `push` may close a stream over its bound, which edits the member list.
-        let members = c.members.clone();
         for id in members {
             // A stream still resuming finds its cursor older than the buffer on its next batch.
             if self.stream(id).is_some_and(|s| s.cursor.is_none()) {

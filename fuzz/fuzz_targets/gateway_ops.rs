@@ -132,7 +132,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Close { pick } => {
-                if let Some(id) = pick_open(&open, pick) {
+                if let Some(id) = pick_stream(&open, pick) {
                     gw.on_closed(id);
                     open.remove(&id);
                     reads.remove(&id);
@@ -186,7 +186,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 gw.source_up(ch);
             }
             Op::Take { pick } => {
-                if let Some(id) = pick_open(&open, pick) {
+                if let Some(id) = pick_stream(&open, pick) {
                     let mut out = Vec::new();
                     gw.take_output(id, &mut out, now);
                     check_frames(&out, open.get_mut(&id).expect("open"), &published, payments);
@@ -208,7 +208,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 shut = true;
             }
             Op::ReadBack { pick, n } => {
-                if let Some(id) = pick_reading(&reads, pick) {
+                if let Some(id) = pick_stream(&reads, pick) {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
                         let r = reads.get_mut(&id).expect("reading");
@@ -235,7 +235,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::ReadBackEnd { pick, complete } => {
-                if let Some(id) = pick_reading(&reads, pick) {
+                if let Some(id) = pick_stream(&reads, pick) {
                     reads.remove(&id);
                     gw.backfill_done(id, complete);
                 }
@@ -285,17 +285,10 @@ fuzz_target!(|ops: Vec<Op>| {
     assert_eq!(gw.poll_timeout(), None);
 });
 
-/// One of the read-backs in progress, by a pick from the input (in id order).
-fn pick_reading(reads: &HashMap<StreamId, Reading>, pick: u16) -> Option<StreamId> {
-    let mut ids: Vec<_> = reads.keys().copied().collect();
-    ids.sort();
-    (!ids.is_empty()).then(|| ids[pick as usize % ids.len()])
-}
-
-/// One of the open streams, by a pick from the input (in id order, so the same input picks the
-/// same stream).
-fn pick_open(open: &HashMap<StreamId, Watch>, pick: u16) -> Option<StreamId> {
-    let mut ids: Vec<_> = open.keys().copied().collect();
+/// One of the streams `of` holds (open ones, read-backs in progress), by a pick from the input
+/// (in id order, so the same input picks the same stream).
+fn pick_stream<V>(of: &HashMap<StreamId, V>, pick: u16) -> Option<StreamId> {
+    let mut ids: Vec<_> = of.keys().copied().collect();
     ids.sort();
     (!ids.is_empty()).then(|| ids[pick as usize % ids.len()])
 }

@@ -301,10 +301,9 @@ fn latency(answers: &[Value], key: &str) -> Value {
 /// The children's wait answers as one object (latency histograms merged).
 fn wait_summary(answers: &[Value]) -> Value {
     let mut r = json!({});
-    for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "out_of_order", "dups", "stale", "foreign", "id_mismatch", "errors", "closed_by_server", "exact"] {
+    for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "out_of_order", "dups", "stale", "foreign", "id_mismatch", "errors", "closed_by_server", "closed_before_window", "exact"] {
         r[k] = json!(sum(answers, k));
     }
-    r["closed_before_window"] = json!(sum(answers, "closed_before_window"));
     r["last_rx_ns"] = json!(max(answers, "last_rx_ns"));
     r["waited_secs_max"] = json!(answers.iter().filter_map(|a| a["waited_secs"].as_f64()).fold(0.0, f64::max));
     // Any child cut off while events still arrived: what it counted lost may only be late.
