@@ -195,6 +195,13 @@ struct Channel {
     history: Option<u64>,
     /// Streams with a `live_check` pending (looked at by the next live event only).
     live_checks: Vec<StreamId>,
+    /// The source is reading recent history into the buffer ([`Gateway::prime_start`]):
+    /// resumes wait for it to end.
+    priming: bool,
+    /// The last log position read while priming, until a live event passes it: live events at
+    /// or before it are already buffered (a chunk written after the live consumer started,
+    /// read by both), and go only to the streams that do not have them.
+    primed: Option<u64>,
 }
 
 /// A small deterministic RNG (SplitMix64) for `retry:` jitter: no global randomness in the core.
@@ -250,6 +257,8 @@ impl Gateway {
                 warning_at: None,
                 history: None,
                 live_checks: Vec::new(),
+                priming: false,
+                primed: None,
             })
             .collect();
         Gateway {
@@ -339,6 +348,42 @@ impl Gateway {
     /// shard (seen first by another gateway instance) goes live from that id. `None` turns it off.
     pub fn set_history(&mut self, channel: ChannelId, epoch: Option<u64>) {
         self.channels[channel.index()].history = epoch;
+    }
+
+    /// The channel's source starts reading recent history from its log into the buffer (at
+    /// start, so that the resumes a restart brings are served from memory), apart from its
+    /// live events: until [`Gateway::prime_end`], resumes of the channel wait, and
+    /// [`Gateway::prime`] buffers events without sending them to any stream.
+    pub fn prime_start(&mut self, channel: ChannelId) {
+        if let Some(c) = self.channels.get_mut(channel.index()) {
+            c.priming = true;
+        }
+    }
+
+    /// One event of that history, in log order: buffered for resumes, sent to no stream.
+    /// Ignored outside [`Gateway::prime_start`]..[`Gateway::prime_end`].
+    pub fn prime(&mut self, ev: &Event) {
+        if let Some(c) = self.channels.get_mut(ev.channel().index()).filter(|c| c.priming) {
+            c.buffer.push(ev);
+        }
+    }
+
+    /// The history read ends at log position `through` (the last message read, valid or not;
+    /// `None` if none came). Resumes that waited are served from the buffer. Live events at
+    /// or before `through` (a chunk both read) are already buffered: they go only to streams
+    /// that do not have them. A first live event past it that does not follow it shows the read
+    /// stopped short: the buffer starts again there and streams resumed from it read the log.
+    /// Also ended by a live event or the source going down. Drain [`Gateway::poll_output`] after.
+    pub fn prime_end(&mut self, channel: ChannelId, through: Option<u64>) {
+        let Some(c) = self.channels.get_mut(channel.index()).filter(|c| c.priming) else { return };
+        c.priming = false;
+        c.primed = through.max(c.buffer.last().map(|l| l.seq));
+        let members = c.members.clone();
+        for id in members {
+            if self.stream(id).is_some_and(|s| s.cursor.is_some() && s.backfilling.is_none()) {
+                self.refill(id);
+            }
+        }
     }
 
     /// Opens a stream for a routed request. On success the stream's first bytes (response head,
@@ -467,12 +512,16 @@ impl Gateway {
         };
         let (Some(after), None) = (st.cursor, st.backfilling) else { return };
         let channel = &channels[st.channel.index()];
+        if channel.priming {
+            return; // the buffer is being filled with history: `prime_end` looks again
+        }
         enum Next {
             Queued,
             Backfill(Output),
             Gap,
         }
         let mut n = 0;
+        let mut check = false;
         let history = channel.history == Some(after.epoch);
         let next = match channel.buffer.lookup(after) {
             Lookup::From(i) => {
@@ -492,7 +541,15 @@ impl Gateway {
                 // the next live event could overrun it and close a client that reads (a stalled
                 // one is closed by the heartbeat tick); the next drain finishes the catch-up.
                 if done && st.pending_bytes <= max / 2 {
-                    st.cursor = None;
+                    let at = st.cursor.take();
+                    if channel.primed.is_some() {
+                        // Live events up to the primed position may come again (`primed`);
+                        // and one past it that does not follow would show the history read
+                        // at start stopped short: the stream reads the log from here then.
+                        st.skip_through = at.map(|c| c.seq).max(st.skip_through);
+                        st.live_check = st.skip_through;
+                        check = true;
+                    }
                 }
                 Next::Queued
             }
@@ -509,6 +566,10 @@ impl Gateway {
                 if st.pending_bytes <= max / 2 {
                     st.cursor = None;
                     st.skip_through = Some(after.seq);
+                    if channel.primed.is_some() {
+                        st.live_check = st.skip_through;
+                        check = true;
+                    }
                 }
                 Next::Queued
             }
@@ -518,6 +579,9 @@ impl Gateway {
             }
         };
         let ch = st.channel;
+        if check {
+            self.channels[ch.index()].live_checks.push(id);
+        }
         self.metrics.replayed(ch, n);
         match next {
             Next::Queued => {}
@@ -540,8 +604,21 @@ impl Gateway {
     /// and keeps it for resume. Drain [`Gateway::poll_output`] after.
     pub fn handle_event(&mut self, ev: &Event) {
         let ch = ev.channel();
+        if self.channels.get(ch.index()).is_some_and(|c| c.priming) {
+            self.prime_end(ch, None); // live events end a history read that was not ended
+        }
         let Some(channel) = self.channels.get_mut(ch.index()) else { return };
-        if !channel.buffer.push(ev) {
+        let seq = ev.id().seq;
+        if let Some(through) = channel.primed.filter(|&p| seq > p) {
+            channel.primed = None;
+            if !log_continues(through, seq) {
+                // The history read at start stopped short of where the live source began:
+                // what lies between is in neither. The buffer starts again here (a resume
+                // from before reads the log), and so do streams resumed from it (`live_check`).
+                channel.buffer.clear();
+            }
+        }
+        if !channel.buffer.push(ev) && channel.primed.is_none_or(|p| seq > p) {
             return;
         }
         if !channel.live_checks.is_empty() {
@@ -635,6 +712,7 @@ impl Gateway {
     /// The channel's source became unreachable (D8): every stream of it gets a warning now and
     /// every `warning_interval` until [`Gateway::source_up`]. Repeated calls are no-ops.
     pub fn source_down(&mut self, channel: ChannelId, now: Instant) {
+        self.prime_end(channel, None); // resumes waiting for it are served from what came
         let c = &mut self.channels[channel.index()];
         if c.down_since.is_some() {
             return;
@@ -663,6 +741,7 @@ impl Gateway {
     pub fn log_gap(&mut self, channel: ChannelId) {
         let Some(c) = self.channels.get_mut(channel.index()) else { return };
         c.buffer.clear();
+        c.primed = None;
         // Streams live from a read-back's end are told of the loss below like the others; the
         // next live event comes after it, and is no sign the read-back ended early.
         let checks = std::mem::take(&mut c.live_checks);

@@ -1708,3 +1708,101 @@ fn a_read_back_that_overtook_the_live_source_with_a_full_output_goes_live_once_i
     assert_eq!(ids_in(&w), ["1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
     assert!(!w.contains("history_gap"), "{w}");
 }
+
+/// Primes `deals` with the deals at `seqs` as the source's history read gives them (`Gateway::prime`).
+fn prime(h: &mut Harness, channel: ChannelId, seqs: impl IntoIterator<Item = u64>) {
+    for seq in seqs {
+        let ingest = &h.ingest[channel.index()];
+        let ev = ingest.read_back(&deal_at(seq), &mut ingest.read_back_window()).unwrap();
+        h.gw.prime(&ev);
+    }
+}
+
+/// A log channel whose source is reading history (`prime_start`), and a stream of `u2` that
+/// resumed from `1000-5` meanwhile.
+fn resumed_while_priming() -> (Harness, ChannelId, StreamId) {
+    let mut h = Harness::new("");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    h.gw.prime_start(deals);
+    let resumed = h.open_path("u2", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-5"]).unwrap();
+    (h, deals, resumed)
+}
+
+#[test]
+fn the_history_read_at_start_is_for_resumes_only_and_live_events_it_also_read_go_to_the_others() {
+    let (mut h, deals, resumed) = resumed_while_priming();
+    let fresh = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
+    h.drain();
+    assert!(h.backfills.is_empty(), "a resume waits for the history read, it does not read the log: {:?}", h.backfills);
+    assert_eq!(ids_in(&h.take_events(resumed)), Vec::<&str>::new());
+    prime(&mut h, deals, 4..=8);
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(resumed)), Vec::<&str>::new(), "nothing before the read ends");
+    h.gw.prime_end(deals, Some(8));
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(resumed)), ["1000-6", "1000-7", "1000-8"]);
+    // The live consumer began at 8 (a chunk written after it started, read by both): 8 is new
+    // to the fresh stream, not to the resumed one.
+    h.publish_msg("deals", deal_at(8)).unwrap();
+    h.publish_msg("deals", deal_at(9)).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(fresh)), ["1000-8", "1000-9"], "history (4-7) never goes out as new");
+    assert_eq!(ids_in(&h.take_events(resumed)), ["1000-9"]);
+    assert!(h.backfills.is_empty(), "{:?}", h.backfills);
+    // A later resume is served from the buffer, history and live alike.
+    let later = h.open_path("u3", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-3"]).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(later)), ["1000-4", "1000-5", "1000-6", "1000-7", "1000-8", "1000-9"]);
+    assert!(h.backfills.is_empty(), "{:?}", h.backfills);
+}
+
+#[test]
+fn a_history_read_that_stopped_short_of_the_live_events_leaves_no_hole() {
+    let (mut h, deals, resumed) = resumed_while_priming();
+    prime(&mut h, deals, 4..=6);
+    h.gw.prime_end(deals, Some(6)); // ended by silence at 6
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(resumed)), ["1000-6"]);
+    // The live consumer began at 9: 7 and 8 are in neither. The resumed stream reads them back.
+    h.publish_msg("deals", deal_at(9)).unwrap();
+    h.drain();
+    let Some(&Output::Backfill { after, until, .. }) = h.backfills.last() else { panic!("a read-back: {:?}", h.backfills) };
+    assert_eq!((after, until), (EventId { epoch: 1000, seq: 6 }, 8));
+    assert_eq!(read_back(&mut h, deals, resumed, 6), BackfillStep::Continue);
+    assert_eq!(read_back(&mut h, deals, resumed, 7), BackfillStep::Continue);
+    assert_eq!(read_back(&mut h, deals, resumed, 8), BackfillStep::Finished);
+    h.drain();
+    let w = h.take_events(resumed);
+    assert_eq!(ids_in(&w), ["1000-7", "1000-8", "1000-9"], "{w}");
+    assert!(!w.contains("history_gap"), "{w}");
+    // Nor does a later resume from before the hole find the buffer continuous: it reads the log.
+    let before = h.backfills.len();
+    h.open_path("u3", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-5"]).unwrap();
+    h.drain();
+    let Some(&Output::Backfill { after, until, .. }) = h.backfills.get(before) else { panic!("a read-back: {:?}", h.backfills) };
+    assert_eq!((after, until), (EventId { epoch: 1000, seq: 5 }, 8));
+}
+
+#[test]
+fn a_history_read_not_ended_by_the_source_ends_with_a_live_event_or_an_outage() {
+    for how in ["live event", "outage"] {
+        let (mut h, deals, resumed) = resumed_while_priming();
+        prime(&mut h, deals, 4..=6);
+        match how {
+            "live event" => {
+                h.publish_msg("deals", deal_at(7)).unwrap();
+            }
+            _ => h.gw.source_down(deals, h.now),
+        }
+        h.drain();
+        let w = h.take_events(resumed);
+        let want: &[&str] = if how == "outage" { &["1000-6"] } else { &["1000-6", "1000-7"] };
+        assert_eq!(ids_in(&w), want, "{how}: the waiting resume is served: {w}");
+        // Later history is ignored: it would be sent to no one, and the buffer moved on.
+        prime(&mut h, deals, [8]);
+        h.publish_msg("deals", deal_at(8)).unwrap();
+        h.drain();
+        assert!(ids_in(&h.take_events(resumed)).contains(&"1000-8"), "{how}");
+    }
+}

@@ -5,12 +5,14 @@
 //! published), ids strictly increasing per stream, a stale stream id ignored, every stream
 //! closed by a shutdown, and every stream forgotten once closed. The first channel keeps a log
 //! (ids `5-<position>`): a resume older than its 4-event buffer is read back from it, a message
-//! at a time, paused, ended early as if the broker fell silent, or failed, and the same holds.
+//! at a time, paused, ended early as if the broker fell silent, or failed, and the same holds;
+//! its source may start by reading history for the buffer (`prime`), which never goes to a
+//! stream opened without a resume unless the live source hands it over too.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sse_gateway_core::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,15 @@ enum Op {
     /// A read-back ends now: `complete` as if the broker fell silent (taken for the end, more
     /// or not), else failed.
     ReadBackEnd { pick: u16, complete: bool },
+    /// The log channel's source starts reading history for the buffer (once, before the live
+    /// source handed anything over), from position `from` of the log, after `older` more
+    /// messages were published to it (before the gateway started); with `next` the live source
+    /// starts at what is published after (else at the log's start).
+    PrimeStart { from: u8, older: u8, next: bool },
+    /// Up to `n` messages of that history.
+    Prime { n: u8 },
+    /// The history read ends, at the last position it handed over.
+    PrimeEnd,
 }
 
 /// A read-back in progress: the next log position to hand over, and whether any was.
@@ -55,10 +66,18 @@ struct Watch {
     channel: usize,
     finance: bool,
     last_seq: Option<u64>,
+    /// Opened without a resume: it only ever gets events handed over live.
+    fresh: bool,
 }
 
 /// What it knows of a published event: channel, recipients as published.
 type Published = HashMap<String, (usize, Option<Vec<String>>)>;
+
+/// A history read in progress: the next position to hand over, the last one handed over.
+struct History {
+    next: u64,
+    through: Option<u64>,
+}
 
 fn token(user: &str, finance: bool) -> String {
     let roles: &[&str] = if finance { &["finance_manager"] } else { &[] };
@@ -95,6 +114,10 @@ fuzz_target!(|ops: Vec<Op>| {
     // How much of the log the live source has handed over.
     let mut live = 0;
     let mut reads: HashMap<StreamId, Reading> = HashMap::new();
+    let mut history: Option<History> = None;
+    let mut primed_once = false;
+    // Ids of events read as history that the live source never hands over.
+    let mut history_only: HashSet<String> = HashSet::new();
     for op in ops {
         match op {
             Op::Open { user, channel, finance, resume } => {
@@ -121,7 +144,8 @@ fuzz_target!(|ops: Vec<Op>| {
                         Ok(id) => {
                             assert!(!shut, "opened while shutting down");
                             assert!(open.len() < CAPACITY || mine >= LIMIT, "opened past the shard's capacity");
-                            open.insert(id, Watch { user, channel: ch, finance, last_seq: from_log });
+                            let fresh = resume.is_none();
+                            open.insert(id, Watch { user, channel: ch, finance, last_seq: from_log, fresh });
                         }
                         Err(r) if r.status == 409 => assert!(mine >= LIMIT && !shut, "409 with {mine} streams"),
                         Err(r) if r.status == 503 => {
@@ -154,12 +178,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     ..Default::default()
                 };
                 if ch == 0 {
-                    // Valid or not, it is in the log; a valid one may be read back before the
-                    // live source hands it over.
-                    if let Ok(ev) = ingests[0].read_back(&up, &mut ingests[0].read_back_window()) {
-                        published.insert(ev.id().to_string(), (0, who.clone()));
-                    }
-                    log.push(up);
+                    to_log(up, who, &ingests[0], &mut log, &mut published);
                     if !lag {
                         for up in &log[live..] {
                             if let Ok(ev) = ingests[0].handle_message(up) {
@@ -167,6 +186,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             }
                         }
                         live = log.len();
+                        history = None; // a live event ends a history read (the core says so too)
                     }
                 } else if let Ok(ev) = ingests[ch].handle_message(&up) {
                     published.insert(ev.id().to_string(), (ch, who));
@@ -180,6 +200,9 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Down { channel } => {
                 let ch = s.channel_id(&s.channels[channel as usize % s.channels.len()].name).unwrap();
                 gw.source_down(ch, now);
+                if ch == log_ch {
+                    history = None; // so does an outage
+                }
             }
             Op::Up { channel } => {
                 let ch = s.channel_id(&s.channels[channel as usize % s.channels.len()].name).unwrap();
@@ -189,7 +212,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(id) = pick_stream(&open, pick) {
                     let mut out = Vec::new();
                     gw.take_output(id, &mut out, now);
-                    check_frames(&out, open.get_mut(&id).expect("open"), &published, payments);
+                    check_frames(&out, open.get_mut(&id).expect("open"), &published, &history_only, payments);
                 }
             }
             Op::Stale { pick } => {
@@ -240,6 +263,49 @@ fuzz_target!(|ops: Vec<Op>| {
                     gw.backfill_done(id, complete);
                 }
             }
+            Op::PrimeStart { from, older, next } => {
+                if live == 0 && !primed_once {
+                    primed_once = true;
+                    let name = &s.channels[0].name;
+                    for _ in 0..older % 6 {
+                        let kind = demo_kind(name);
+                        let up = UpstreamMessage {
+                            kind: Some(kind.into()),
+                            routing_key: kind.into(),
+                            body: bytes::Bytes::from(demo_body(name)),
+                            position: Some(log.len() as u64 + 1),
+                            ..Default::default()
+                        };
+                        to_log(up, None, &ingests[0], &mut log, &mut published);
+                    }
+                    gw.prime_start(log_ch);
+                    history = Some(History { next: u64::from(from) % (log.len() as u64 + 1) + 1, through: None });
+                    if next {
+                        live = log.len(); // what is in the log now is never handed over live
+                    }
+                }
+            }
+            Op::Prime { n } => {
+                if let Some(h) = history.as_mut() {
+                    let mut seen = ingests[0].read_back_window();
+                    for _ in 0..n.max(1) {
+                        let Some(msg) = log.get(h.next as usize - 1) else { break };
+                        if let Ok(ev) = ingests[0].read_back(msg, &mut seen) {
+                            if h.next <= live as u64 {
+                                history_only.insert(ev.id().to_string());
+                            }
+                            gw.prime(&ev);
+                        }
+                        h.through = Some(h.next);
+                        h.next += 1;
+                    }
+                }
+            }
+            Op::PrimeEnd => {
+                if let Some(h) = history.take() {
+                    gw.prime_end(log_ch, h.through);
+                }
+            }
         }
         while let Some(out) = gw.poll_output() {
             if let Output::Backfill { stream, channel, after, .. } = out {
@@ -254,7 +320,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let mut rest = Vec::new();
                 gw.take_output(id, &mut rest, now);
                 if let Some(w) = open.get_mut(&id) {
-                    check_frames(&rest, w, &published, payments);
+                    check_frames(&rest, w, &published, &history_only, payments);
                 }
                 gw.on_closed(id);
                 open.remove(&id);
@@ -285,6 +351,15 @@ fuzz_target!(|ops: Vec<Op>| {
     assert_eq!(gw.poll_timeout(), None);
 });
 
+/// A message into the first channel's log. Valid or not, it is there; a valid one may be read
+/// back (or as history) before the live source hands it over.
+fn to_log(up: UpstreamMessage, who: Option<Vec<String>>, ingest: &Ingest, log: &mut Vec<UpstreamMessage>, published: &mut Published) {
+    if let Ok(ev) = ingest.read_back(&up, &mut ingest.read_back_window()) {
+        published.insert(ev.id().to_string(), (0, who));
+    }
+    log.push(up);
+}
+
 /// One of the streams `of` holds (open ones, read-backs in progress), by a pick from the input
 /// (in id order, so the same input picks the same stream).
 fn pick_stream<V>(of: &HashMap<StreamId, V>, pick: u16) -> Option<StreamId> {
@@ -295,7 +370,7 @@ fn pick_stream<V>(of: &HashMap<StreamId, V>, pick: u16) -> Option<StreamId> {
 
 /// Whole frames only, and every event is of the stream's channel, visible to its user (and
 /// role: `payments` is the channel that needs it), with ids strictly increasing.
-fn check_frames(out: &[bytes::Bytes], w: &mut Watch, published: &Published, payments: Option<usize>) {
+fn check_frames(out: &[bytes::Bytes], w: &mut Watch, published: &Published, history_only: &HashSet<String>, payments: Option<usize>) {
     let text: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
     let text = String::from_utf8(text).expect("utf-8");
     assert!(text.is_empty() || text.ends_with("\n\n"), "whole frames only: {text:?}");
@@ -304,6 +379,7 @@ fn check_frames(out: &[bytes::Bytes], w: &mut Watch, published: &Published, paym
         assert_eq!(*ch, w.channel, "an event of another channel");
         assert!(who.as_ref().is_none_or(|r| r.contains(&w.user)), "{} got an event for {who:?}", w.user);
         assert!(w.finance || Some(*ch) != payments, "a payments event without the role");
+        assert!(!w.fresh || !history_only.contains(id), "{id} was read as history only, and went to a new stream");
         let seq: u64 = id.split_once('-').and_then(|(_, q)| q.parse().ok()).expect("<epoch>-<seq>");
         assert!(w.last_seq.is_none_or(|l| l < seq), "ids must strictly increase: {:?} then {seq}", w.last_seq);
         w.last_seq = Some(seq);
