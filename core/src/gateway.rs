@@ -714,6 +714,9 @@ impl Gateway {
     pub fn source_down(&mut self, channel: ChannelId, now: Instant) {
         self.prime_end(channel, None); // resumes waiting for it are served from what came
         let c = &mut self.channels[channel.index()];
+        // The next consumer reads again from before the history's end (where the first one
+        // began): what it sends at or before the buffer's last event is old, as after any outage.
+        c.primed = None;
         if c.down_since.is_some() {
             return;
         }
@@ -904,6 +907,9 @@ impl Gateway {
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return };
         let live_point = self.channels[ch.index()].buffer.last();
+        // While history is read for the buffer the log's end is not where live events begin:
+        // the stream waits for it (`refill`) and continues from the buffer.
+        let priming = self.channels[ch.index()].priming;
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return };
         if st.backfilling.take().is_none() {
@@ -912,7 +918,7 @@ impl Gateway {
         if !complete {
             gap_then_live(st, true, live_point, max);
             self.history_gap(id);
-        } else if live_point.is_none() {
+        } else if live_point.is_none() && !priming {
             // The log had nothing more and nothing has arrived live yet: live from here; with
             // the output still over half its bound, once it drained (`take_output` reads on from
             // the cursor then: the log, or the buffer if live events arrived meanwhile), or the

@@ -4,7 +4,7 @@
 //! message against the catalogue, removes duplicates, gives it its id and encodes its SSE frame
 //! once. The resulting [`Event`] is cheap to clone (one `Arc`) and is handed to every shard.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -131,29 +131,34 @@ pub struct Ingest {
 /// version and recipients. Two messages that share a `message_id` but differ in one of those
 /// (the v1 and v2 copies of a dual-published event, D5; one notification per user under one
 /// id) are different events and both go out; only their payloads may differ between retries.
+/// The same message read twice from a log (at the same position) is not a retry of itself.
 #[derive(Debug)]
 pub struct RecentIds {
     order: VecDeque<(Box<str>, u64)>,
-    set: HashSet<(Box<str>, u64)>,
+    /// Each remembered id, with the log position of the message that had it.
+    set: HashMap<(Box<str>, u64), Option<u64>>,
     window: usize,
 }
 
 impl RecentIds {
     /// Remembers the last `window` ids (at least one).
     pub fn new(window: usize) -> RecentIds {
-        RecentIds { order: VecDeque::new(), set: HashSet::new(), window: window.max(1) }
+        RecentIds { order: VecDeque::new(), set: HashMap::new(), window: window.max(1) }
     }
 
     /// `Err(Duplicate)` when a non-empty `message_id` is among the remembered ones for the same
-    /// type, version and recipients; otherwise it is remembered (forgetting the oldest past the
-    /// window).
-    fn admit(&mut self, message_id: Option<&str>, checked: &Checked<'_>) -> Result<(), Dropped> {
+    /// type, version and recipients (unless it is the message remembered, at the same log
+    /// `position`); otherwise it is remembered (forgetting the oldest past the window).
+    fn admit(&mut self, message_id: Option<&str>, checked: &Checked<'_>, position: Option<u64>) -> Result<(), Dropped> {
         let Some(mid) = message_id.filter(|m| !m.is_empty()) else { return Ok(()) };
         let key: (Box<str>, u64) = (mid.into(), checked.fingerprint());
-        if self.set.contains(&key) {
+        if let Some(&at) = self.set.get(&key) {
+            if at.is_some() && at == position {
+                return Ok(());
+            }
             return Err(Dropped { reason: DropReason::Duplicate, detail: format!("message_id {mid:?} already seen") });
         }
-        self.set.insert(key.clone());
+        self.set.insert(key.clone(), position);
         self.order.push_back(key);
         if self.order.len() > self.window {
             if let Some(old) = self.order.pop_front() {
@@ -215,7 +220,22 @@ impl Ingest {
             return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read back from the log has no position".into() });
         };
         let checked = self.validate(msg)?;
-        seen.admit(msg.message_id.as_deref(), &checked)?;
+        seen.admit(msg.message_id.as_deref(), &checked, Some(position))?;
+        Ok(self.encode(checked, position, None))
+    }
+
+    /// Validates and encodes one message of the history a source reads from its log at start,
+    /// for the buffers (`Gateway::prime`): the same rules and id as [`Ingest::read_back`], nothing
+    /// counted and the last position unchanged, but its `message_id` goes into the live window,
+    /// so a publisher's retry of it that comes live is dropped as if the live source had seen the
+    /// original. A message at or before the last history position that then comes live (read by
+    /// both) is not taken for a retry of itself. Never panics.
+    pub fn history(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+        let Some(position) = msg.position else {
+            return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read from the log has no position".into() });
+        };
+        let checked = self.validate(msg)?;
+        self.recent.admit(msg.message_id.as_deref(), &checked, Some(position))?;
         Ok(self.encode(checked, position, None))
     }
 
@@ -233,7 +253,7 @@ impl Ingest {
             (Some(p), _) => p,
             (None, last) => last.map_or(1, |l| l.saturating_add(1)),
         };
-        self.recent.admit(msg.message_id.as_deref(), &checked)?;
+        self.recent.admit(msg.message_id.as_deref(), &checked, msg.position)?;
         self.last_seq = Some(seq);
         Ok(self.encode(checked, seq, msg.received))
     }
@@ -380,12 +400,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_read_back_validates_and_numbers_by_position_without_touching_the_live_state() {
+    /// The seed configuration's `deals` channel, ids of epoch 9, and its metrics.
+    fn deals_ingest() -> (Arc<Metrics>, Ingest) {
         let settings = Arc::new(Settings::seed());
         let metrics = Arc::new(Metrics::new(&settings));
         let deals = settings.channel_id("deals").unwrap();
-        let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 9);
+        (metrics.clone(), Ingest::new(settings, metrics, deals, 9))
+    }
+
+    #[test]
+    fn a_read_back_validates_and_numbers_by_position_without_touching_the_live_state() {
+        let (metrics, mut ingest) = deals_ingest();
         let live = ingest.handle_message(&deal(Some(10), "m10")).expect("valid");
         assert_eq!(live.id(), EventId { epoch: 9, seq: 10 });
         let before = metrics.render();
@@ -411,6 +436,25 @@ mod tests {
         assert_eq!(ingest.last_id(), Some(EventId { epoch: 9, seq: 10 }));
         assert_eq!(ingest.handle_message(&deal(Some(10), "m-other")).unwrap_err().reason, DropReason::Duplicate);
         assert_eq!(ingest.handle_message(&deal(Some(11), "m10")).unwrap_err().reason, DropReason::Duplicate);
+        assert_eq!(ingest.handle_message(&deal(Some(11), "m11")).unwrap().id().seq, 11);
+    }
+
+    #[test]
+    fn history_read_at_start_makes_a_live_retry_of_it_a_duplicate_but_not_the_same_message_read_by_both() {
+        let (metrics, mut ingest) = deals_ingest();
+        let before = metrics.render();
+        assert_eq!(ingest.history(&deal(Some(7), "m7")).unwrap().id(), EventId { epoch: 9, seq: 7 });
+        assert_eq!(ingest.history(&deal(Some(8), "m8")).unwrap().id().seq, 8);
+        assert_eq!(ingest.history(&deal(Some(9), "m7")).unwrap_err().reason, DropReason::Duplicate, "a retry within the history");
+        assert_eq!(ingest.history(&deal(Some(9), "m7")).unwrap_err().reason, DropReason::Duplicate, "still, read again");
+        assert_eq!(ingest.history(&deal(None, "m10")).unwrap_err().reason, DropReason::BadHeader);
+        assert_eq!(metrics.render(), before, "history counts nothing");
+        assert_eq!(ingest.last_id(), None, "nor moves the live position");
+        // The live consumer began at 8: 8 comes live too (the same message), then the retry of
+        // 7 that the history dropped, and another.
+        assert_eq!(ingest.handle_message(&deal(Some(8), "m8")).unwrap().id().seq, 8);
+        assert_eq!(ingest.handle_message(&deal(Some(9), "m7")).unwrap_err().reason, DropReason::Duplicate);
+        assert_eq!(ingest.handle_message(&deal(Some(10), "m7")).unwrap_err().reason, DropReason::Duplicate);
         assert_eq!(ingest.handle_message(&deal(Some(11), "m11")).unwrap().id().seq, 11);
     }
 }

@@ -1806,3 +1806,37 @@ fn a_history_read_not_ended_by_the_source_ends_with_a_live_event_or_an_outage() 
         assert!(ids_in(&h.take_events(resumed)).contains(&"1000-8"), "{how}");
     }
 }
+
+#[test]
+fn after_an_outage_what_the_next_consumer_sends_again_of_the_history_is_old_news() {
+    let (mut h, deals, resumed) = resumed_while_priming();
+    prime(&mut h, deals, 4..=8);
+    h.gw.prime_end(deals, Some(8));
+    let fresh = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
+    h.gw.source_down(deals, h.now);
+    h.gw.source_up(deals);
+    // The next consumer starts at the chunks written since the first one began: the history
+    // comes again, then what is new.
+    for seq in 4..=9 {
+        h.publish_msg("deals", deal_at(seq)).unwrap();
+    }
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(fresh)), ["1000-9"]);
+    assert_eq!(ids_in(&h.take_events(resumed)), ["1000-6", "1000-7", "1000-8", "1000-9"]);
+}
+
+#[test]
+fn a_read_back_that_finds_the_logs_end_while_history_is_read_continues_from_it() {
+    let (mut h, deals, id) = resumed_before_anything_arrived(); // from 1000-7, nothing buffered
+    h.gw.prime_start(deals);
+    assert_eq!(read_back(&mut h, deals, id, 7), BackfillStep::Continue);
+    h.gw.backfill_done(id, true); // silence, taken for the log's end
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(id)), Vec::<&str>::new());
+    // The history holds what came after: the stream gets it, not only what comes live next.
+    prime(&mut h, deals, 6..=9);
+    h.gw.prime_end(deals, Some(9));
+    h.publish_msg("deals", deal_at(10)).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(id)), ["1000-8", "1000-9", "1000-10"]);
+}
