@@ -12,7 +12,8 @@
 //!
 //! A channel with `stream = true` reads a RabbitMQ stream queue instead ([`stream_log`] has the
 //! details): its event ids are `<epoch>-<offset>`, the same on every instance and after restarts;
-//! it starts at the stream's last chunk, resumes after a loss from the last offset it saw (and
+//! it starts at what is written next (reading the stream's last chunk apart, into the shards'
+//! buffers only), resumes after a loss from the last offset it saw (and
 //! tells the shards when the stream no longer held it), and resumes older than the shards'
 //! buffers are read back from the stream on a connection of their own.
 //!
@@ -20,6 +21,7 @@
 //! (`crate::driver::amqp_runtime()`), the shared connection sits behind an `async-lock` mutex,
 //! and the sources run as tasks on the calling thread's executor.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,12 +39,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use async_rs::traits::Reactor;
 use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
 use sse_gateway_core::{log_continues, log_resumes, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, error, info, warn};
 
-use super::shards::Shards;
+use super::shards::{Command, Shards};
 use super::{sleep, until};
 use crate::driver::{spawn, AmqpRuntime};
 
@@ -69,6 +71,30 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// As with acks, lapin may leave a call made as the connection dies unsettled: past this the
 /// attempt fails (the source goes down and retries) instead of hanging.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the history read at a first start waits for its first message (a stream that holds
+/// any sends its last chunk at once; an empty one sends nothing), then for each next one (the
+/// chunk comes in one go). Ending early only leaves the buffers colder.
+const PRIME_FIRST: Duration = Duration::from_secs(1);
+const PRIME_IDLE: Duration = Duration::from_millis(250);
+
+/// At most this long for the history read at a first start, in all.
+const PRIME_MAX: Duration = Duration::from_secs(5);
+
+/// What a consumer yields.
+type Next = Option<Result<Delivery, lapin::Error>>;
+
+/// What the history read at a first start found (`Source::prime_history`).
+#[derive(Default)]
+struct HistoryRead {
+    /// The last messages read (as many as the buffer holds), in log order.
+    msgs: VecDeque<UpstreamMessage>,
+    /// The position of the last message read.
+    through: Option<u64>,
+    /// Where the live consumer began: the position of its first delivery, if one came.
+    live_from: Option<u64>,
+    /// That first delivery (or the live consumer's error), and when it came.
+    held: Option<(Next, Instant)>,
+}
 
 /// `call`'s own result, or an error when the broker did not answer within [`CALL_TIMEOUT`].
 pub(crate) async fn answered<T>(call: impl Future<Output = Result<T, lapin::Error>>) -> Result<Result<T, lapin::Error>, String> {
@@ -402,6 +428,9 @@ struct Offsets {
     /// its offsets would give out event ids already given out, so the source stays down, saying
     /// why, until the gateway restarts with a new `epoch`.
     went_back: Option<String>,
+    /// The buffers were warmed with the stream's last chunk (`prime_history`): once, at the first
+    /// consumer; a later one reads from before that chunk's end (`consumed_at`).
+    primed: bool,
 }
 
 impl Offsets {
@@ -568,17 +597,21 @@ impl Source {
         // A stream is read from where this source left it (the last offset it took, which must
         // still be there), else from the chunks written since its first consumer (a second of
         // slack for the seconds' resolution: at most that and one chunk come again), else from
-        // the last chunk (recent events for the buffers). Streams that opened before the first
-        // consumer (the broker was not reached at once) are owed everything since they opened,
-        // not only the last chunk: then it starts at the chunks written since the source started.
+        // what is written next. Streams that opened before the first consumer (the broker was
+        // not reached at once) are owed everything since they opened: then it starts at the
+        // chunks written since the source started.
         if log.is_some() && offsets.consumed_at.is_none() && self.metrics.streams_open(self.id) > 0 {
             offsets.consumed_at = Some(offsets.started);
         }
         let start = match (log, offsets.last) {
             (None, _) => None,
             (Some(_), Some(last)) => Some(StartAt::Offset(last)),
-            (Some(_), None) => Some(offsets.consumed_at.map_or(StartAt::Last, |t| StartAt::Since(t.saturating_sub(1)))),
+            (Some(_), None) => Some(offsets.consumed_at.map_or(StartAt::Next, |t| StartAt::Since(t.saturating_sub(1)))),
         };
+        // The first consumer warms the buffers with the stream's last chunk (for the resumes a
+        // restart brings), read apart from the live events (`prime_history`), so that no stream
+        // gets that history as if it were new.
+        let prime = log.is_some() && !offsets.primed && self.settings.channel(self.id).buffer_events > 0;
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
         let mut consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
             .await?
@@ -589,7 +622,17 @@ impl Source {
         }
         attempt.consuming_since = Some(Instant::now());
         offsets.consumed_at.get_or_insert_with(sse_gateway_core::cli::unix_now);
+        if prime {
+            // Before the source is up (`/readyz`): no resume finds the buffer empty meanwhile.
+            let id = self.id;
+            self.shards.broadcast(|| Command::PrimeStart(id)).await;
+        }
         self.shards.source(self.id, true).await;
+        let mut held = None;
+        if prime {
+            offsets.primed = true;
+            held = self.prime_history(queue, ingest, broker.prefetch, &mut consumer).await;
+        }
         let mut resuming = offsets.last;
         let mut acks = Acks::new(ACK_BATCH);
         // Every check_interval, the queue is checked beside the deliveries (`check_queue`).
@@ -616,7 +659,13 @@ impl Source {
                     shared = acked_first(r, &mut acks).await?;
                 }
             }
-            let next = match future::poll_once(consumer.next()).await {
+            // The live consumer's first delivery, if it came while the history was read (with
+            // the time it came, for the delay histogram).
+            let (polled, came) = match held.take() {
+                Some((first, at)) => (Some(first), Some(at)),
+                None => (future::poll_once(consumer.next()).await, None),
+            };
+            let next = match polled {
                 Some(next) => next,
                 None => {
                     // Nothing waits: ack what was handled before waiting. lapin may leave a
@@ -667,7 +716,7 @@ impl Source {
                 return Err("the channel failed (deliveries it had buffered come again)".into());
             }
             let mut msg = message(&delivery);
-            msg.received = Some(Instant::now());
+            msg.received = Some(came.unwrap_or_else(Instant::now));
             if log.is_some() {
                 let Some(pos) = stream_log::offset(&delivery) else {
                     // Unacked, so a classic queue keeps it; the source goes down and says why.
@@ -712,6 +761,107 @@ impl Source {
             attempt.took = true;
         }
         Ok(())
+    }
+
+    /// Reads the stream's last chunk for the shards' buffers at the first start, on a channel and
+    /// consumer of its own, while the live consumer (started at `next`, or at the chunks written
+    /// since the start) waits: until the history reaches where the live consumer began (its
+    /// first delivery, taken and returned for the caller to handle first), or nothing came for
+    /// [`PRIME_IDLE`] ([`PRIME_FIRST`] before the first message), at most [`PRIME_MAX`]. Then the
+    /// shards get what lies before that point (`Gateway::prime`; the caller sent `prime_start`)
+    /// and where the read ended (`prime_end`). A failure only leaves the buffers colder: it is
+    /// logged, and the shards are told the read ended in any case.
+    async fn prime_history(&self, queue: &str, ingest: &mut Ingest, prefetch: u16, live: &mut Consumer) -> Option<(Next, Instant)> {
+        let id = self.id;
+        let mut read = HistoryRead::default();
+        let keep = self.settings.channel(id).buffer_events;
+        let chan = match self.link.channel().await {
+            Ok(chan) => {
+                match self.read_history(&chan, queue, prefetch, keep, live, &mut read).await {
+                    Ok(()) => debug!(channel = %self.name, through = ?read.through, live_from = ?read.live_from, "history read for the buffers"),
+                    Err(e) => warn!(channel = %self.name, error = %e, "reading the stream's last chunk for the buffers failed; resumes read the stream back"),
+                }
+                Some(chan)
+            }
+            Err(e) => {
+                warn!(channel = %self.name, error = %e, "no channel to read the stream's last chunk for the buffers; resumes read the stream back");
+                None
+            }
+        };
+        // What the live consumer sends itself (from where it began) is not history.
+        let through = match (read.through, read.live_from) {
+            (Some(at), Some(from)) => from.checked_sub(1).map(|before| at.min(before)),
+            (at, _) => at,
+        };
+        for msg in &read.msgs {
+            if read.live_from.is_some_and(|from| msg.position.is_some_and(|p| p >= from)) {
+                break;
+            }
+            // Dropped history is not logged: it was when a live source met it (this process's
+            // or an earlier one's).
+            if let Some(Ok(ev)) = crate::common::contained(|| ingest.history(msg)) {
+                self.shards.broadcast(|| Command::Prime(ev.clone())).await;
+            }
+        }
+        self.shards.broadcast(|| Command::PrimeEnd(id, through)).await;
+        if let Some(chan) = chan {
+            let _ = answered(chan.close(200, "history read".into())).await;
+        }
+        read.held
+    }
+
+    /// The reading part of [`Source::prime_history`]: the last `keep` messages into `read`.
+    async fn read_history(&self, chan: &Channel, queue: &str, prefetch: u16, keep: usize, live: &mut Consumer, read: &mut HistoryRead) -> Result<(), String> {
+        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        answered(chan.basic_qos(prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
+        let consume = chan.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), StartAt::Last.consumer_args());
+        let mut history = answered(consume).await?.map_err(e("basic.consume"))?;
+        // Acked at most `prefetch` at a time: the broker never waits for an ack that waits for it.
+        let mut acks = Acks::new(stream_log::ACK_EVERY.min(u32::from(prefetch)));
+        let ends = Instant::now() + PRIME_MAX;
+        enum Got {
+            History(Option<Next>),
+            Live(Next),
+        }
+        loop {
+            if let (Some(from), Some(at)) = (read.live_from, read.through) {
+                if at + 1 >= from {
+                    return Ok(()); // the history reached the live events
+                }
+            }
+            if self.stop.is_closed() {
+                return Ok(());
+            }
+            let wait = Instant::now() + if read.through.is_none() { PRIME_FIRST } else { PRIME_IDLE };
+            let from_history = async { Got::History(until(wait.min(ends), history.next()).await) };
+            let got = match read.held {
+                None => future::or(from_history, async { Got::Live(live.next().await) }).await,
+                Some(_) => from_history.await,
+            };
+            let d = match got {
+                Got::Live(next) => {
+                    read.live_from = next.as_ref().and_then(|r| r.as_ref().ok()).and_then(stream_log::offset);
+                    let failed = read.live_from.is_none();
+                    read.held = Some((next, Instant::now()));
+                    if failed {
+                        return Ok(()); // the caller meets the live consumer's error
+                    }
+                    continue;
+                }
+                Got::History(None) => return Ok(()), // nothing more: the chunk was read
+                Got::History(Some(None)) => return Err("the consumer was cancelled".into()),
+                Got::History(Some(Some(r))) => r.map_err(e("consumer"))?,
+            };
+            let pos = stream_log::offset(&d).ok_or("a stream delivery without x-stream-offset")?;
+            let mut msg = message(&d);
+            msg.position = Some(pos);
+            if read.msgs.len() == keep {
+                read.msgs.pop_front();
+            }
+            read.msgs.push_back(msg);
+            read.through = Some(pos);
+            acks.handled(d.acker).await?;
+        }
     }
 
     /// The channel a consumer starts on, from the link; the source is reported down meanwhile

@@ -263,6 +263,9 @@ impl Shard {
                 *self.log.borrow_mut() = Some(reader);
             }
             Command::LogGap(ch) => self.gw.borrow_mut().log_gap(ch),
+            Command::PrimeStart(ch) => self.gw.borrow_mut().prime_start(ch),
+            Command::Prime(ev) => self.gw.borrow_mut().prime(&ev),
+            Command::PrimeEnd(ch, through) => self.gw.borrow_mut().prime_end(ch, through),
             Command::Shutdown => {
                 self.gw.borrow_mut().shutdown();
                 *drain_until = Some(Instant::now() + self.settings.config.server.shutdown_drain);

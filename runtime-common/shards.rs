@@ -34,6 +34,12 @@ pub(crate) enum Command {
     History(Arc<LogReader>),
     /// The channel's stream lost events this process never received (`Gateway::log_gap`).
     LogGap(ChannelId),
+    /// The channel's source starts reading recent history for the buffers (`Gateway::prime_start`).
+    PrimeStart(ChannelId),
+    /// One event of that history (`Gateway::prime`).
+    Prime(Event),
+    /// The history read ended at this log position (`Gateway::prime_end`).
+    PrimeEnd(ChannelId, Option<u64>),
     /// Stop (D12): close every stream, exit once they are gone or the drain time passed.
     Shutdown,
 }
@@ -63,9 +69,7 @@ impl Shards {
 
     /// Gives every shard a clone of `ev` (one `Arc`), waiting while a shard's queue is full.
     pub(crate) async fn event(&self, ev: &Event) {
-        for tx in self.txs.iter() {
-            let _ = tx.send(Command::Event(ev.clone())).await;
-        }
+        self.broadcast(|| Command::Event(ev.clone())).await
     }
 
     /// Records a source's state and tells every shard when it changed (a source that fails
@@ -78,9 +82,7 @@ impl Shards {
         if self.sources[ch.index()].swap(new, Ordering::Relaxed) == new {
             return false;
         }
-        for tx in self.txs.iter() {
-            let _ = tx.send(if up { Command::SourceUp(ch) } else { Command::SourceDown(ch) }).await;
-        }
+        self.broadcast(|| if up { Command::SourceUp(ch) } else { Command::SourceDown(ch) }).await;
         true
     }
 
@@ -96,8 +98,13 @@ impl Shards {
 
     /// Tells every shard that the channel's stream lost events this process never received.
     pub(crate) async fn log_gap(&self, ch: ChannelId) {
+        self.broadcast(|| Command::LogGap(ch)).await
+    }
+
+    /// Hands every shard a command (made for each), waiting while a shard's queue is full.
+    pub(crate) async fn broadcast(&self, cmd: impl Fn() -> Command) {
         for tx in self.txs.iter() {
-            let _ = tx.send(Command::LogGap(ch)).await;
+            let _ = tx.send(cmd()).await;
         }
     }
 
@@ -127,9 +134,7 @@ impl Shards {
 
     /// Asks every shard to drain and stop.
     pub(crate) async fn shutdown(&self) {
-        for tx in self.txs.iter() {
-            let _ = tx.send(Command::Shutdown).await;
-        }
+        self.broadcast(|| Command::Shutdown).await
     }
 }
 

@@ -43,7 +43,7 @@ pub(crate) const READ_BACKS: usize = 8;
 /// Messages a read-back has in flight (`basic.qos`).
 const PREFETCH: u16 = 64;
 /// Deliveries acked at once (`multiple`), to spare a frame per message.
-const ACK_EVERY: u32 = 32;
+pub(crate) const ACK_EVERY: u32 = 32;
 /// A read-back that receives nothing for this long has reached the end of the stream.
 pub(crate) const IDLE: Duration = Duration::from_millis(1500);
 /// How long a read-back's consumer waits for its first message, the one at its offset (a stream
@@ -70,6 +70,8 @@ pub(crate) enum StartAt {
     Since(u64),
     /// The stream's last chunk (its most recent messages).
     Last,
+    /// What is written after the consumer starts.
+    Next,
     /// This offset (clamped by the broker to the first retained one).
     Offset(u64),
 }
@@ -80,6 +82,7 @@ impl StartAt {
         let value = match self {
             StartAt::Since(t) => AMQPValue::Timestamp(t),
             StartAt::Last => AMQPValue::LongString("last".into()),
+            StartAt::Next => AMQPValue::LongString("next".into()),
             // A number sent as a string is refused: it must be a long-long integer.
             StartAt::Offset(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
         };
@@ -94,6 +97,7 @@ impl fmt::Display for StartAt {
         match self {
             StartAt::Since(t) => write!(f, "chunks written since unix time {t}"),
             StartAt::Last => f.write_str("last"),
+            StartAt::Next => f.write_str("next"),
             StartAt::Offset(o) => write!(f, "offset {o}"),
         }
     }
@@ -312,6 +316,7 @@ mod tests {
         let args = StartAt::Offset(42).consumer_args();
         assert_eq!(args.inner().get("x-stream-offset"), Some(&AMQPValue::LongLongInt(42)));
         assert_eq!(StartAt::Last.consumer_args().inner().get("x-stream-offset"), Some(&AMQPValue::LongString("last".into())));
+        assert_eq!(StartAt::Next.consumer_args().inner().get("x-stream-offset"), Some(&AMQPValue::LongString("next".into())));
         assert_eq!(StartAt::Since(1_800_000_000).consumer_args().inner().get("x-stream-offset"), Some(&AMQPValue::Timestamp(1_800_000_000)));
         assert_eq!(offset_of(&AMQPValue::LongLongInt(7)), Some(7));
         assert_eq!(offset_of(&AMQPValue::LongLongInt(-1)), None);

@@ -784,7 +784,55 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
     assert_eq!(offsets, [kept.len() as u64, kept.len() as u64 + 1], "the new epoch, the new stream's offsets: {:?}", got.ids);
 }
 
+/// A starting gateway reads the stream's last chunk for its buffers: a client that had every
+/// event resumes from memory, not by reading the stream back. Streams opened meanwhile, from the
+/// gateway's first moment to after it is ready, get none of that history as if it were new:
+/// only what is published after they opened. A publisher's retry of that history that comes
+/// live is dropped, as the live source drops any retry.
+async fn a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_new_stream(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
+    let alice = user("alice", &[]);
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &alice).await;
+    let old = setup.publish(300).await;
+    assert_eq!(read_events(&mut s, 300, "before the restart").await.titles, old);
+    // The last one (the stream's last chunk may hold only it) carries a message_id.
+    let (mut msgs, titles) = setup.messages(1);
+    msgs[0].message_id = Some(format!("mid-{}", titles[0]));
+    setup.broker.publish_all(&msgs).await;
+    assert_eq!(read_events(&mut s, 1, "before the restart").await.titles, titles);
+    let last = s.last_event_id();
+    drop(s);
+    drop(gw);
+    // Older than the slack with which streams open before the first consumer are owed what
+    // came since the gateway started (a second, plus up to one of the timestamps' resolution).
+    ::tokio::time::sleep(Duration::from_millis(2500)).await;
+    let gw = GatewayProcess::start_with_env(bin, &setup.config, &DEBUG).await;
+    let mut fresh = Vec::new();
+    let mut ready_at = None;
+    while ready_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(300)) {
+        let who = user(&format!("early-{}", fresh.len()), &[]);
+        fresh.push(gw.stream("deals", &who).await);
+        if ready_at.is_none() && gw.get("/readyz", &[]).await.status == 200 {
+            ready_at = Some(Instant::now());
+        }
+    }
+    let mut resumed = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    setup.broker.publish_all(&msgs).await; // the publisher's retry
+    let new = setup.publish(1).await;
+    let got = read_events(&mut resumed, 1, "resumed after the restart").await;
+    assert_eq!(got.titles, new);
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+    assert!(!gw.stderr().contains("reading the stream back"), "served from the buffer:\n{}", gw.stderr());
+    assert_eq!(gw.metric("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"duplicate\"}").await, Some(1.0));
+    for (i, s) in fresh.iter_mut().enumerate() {
+        let got = read_events(s, 1, &format!("stream {i}")).await;
+        assert_eq!(got.titles, new, "stream {i} of {}: the first event it gets is the one published after it opened", fresh.len());
+    }
+}
+
 for_each_binary!(
+    a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_new_stream,
     streams_opened_before_the_broker_is_reached_get_everything_published_since,
     a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
     a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
