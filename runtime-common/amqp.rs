@@ -83,6 +83,13 @@ const PRIME_MAX: Duration = Duration::from_secs(5);
 /// What a consumer yields.
 type Next = Option<Result<Delivery, lapin::Error>>;
 
+/// Closes an AMQP channel in a task of its own (the broker may take its time to answer).
+fn close_later(chan: Channel, why: &'static str) {
+    spawn(async move {
+        let _ = answered(chan.close(200, why.into())).await;
+    });
+}
+
 /// What the history read at a first start found (`Source::prime_history`).
 #[derive(Default)]
 struct HistoryRead {
@@ -429,8 +436,11 @@ struct Offsets {
     /// why, until the gateway restarts with a new `epoch`.
     went_back: Option<String>,
     /// The buffers were warmed with the stream's last chunk (`prime_history`): once, at the first
-    /// consumer; a later one reads from before that chunk's end (`consumed_at`).
+    /// consumer.
     primed: bool,
+    /// Where that history ended, until the first live delivery: it must follow (or the buffers
+    /// start again there, `Command::PrimeGap`).
+    history_through: Option<u64>,
 }
 
 impl Offsets {
@@ -612,6 +622,9 @@ impl Source {
         // restart brings), read apart from the live events (`prime_history`), so that no stream
         // gets that history as if it were new.
         let prime = log.is_some() && !offsets.primed && self.settings.channel(self.id).buffer_events > 0;
+        // Its consumer starts first: the last chunk it is given ends before where the live one
+        // starts, and it reads on to there.
+        let history = if prime { self.open_history(queue, broker.prefetch).await } else { None };
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
         let mut consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
             .await?
@@ -631,7 +644,8 @@ impl Source {
         let mut held = None;
         if prime {
             offsets.primed = true;
-            held = self.prime_history(queue, ingest, broker.prefetch, &mut consumer).await;
+            let (first, through) = self.prime_history(history, ingest, broker.prefetch, &mut consumer).await;
+            (held, offsets.history_through) = (first, through);
         }
         let mut resuming = offsets.last;
         let mut acks = Acks::new(ACK_BATCH);
@@ -742,6 +756,17 @@ impl Source {
                         self.shards.log_gap(self.id).await;
                     }
                 }
+                if let Some(through) = offsets.history_through.filter(|_| offsets.last.is_none()) {
+                    offsets.history_through = None;
+                    if !log_continues(through, pos) {
+                        // The history read stopped short of where live deliveries begin (a broker
+                        // that paused, an outage): what lies between is in neither. Not a loss:
+                        // resumes and the streams resumed from the buffers read the stream back.
+                        info!(channel = %self.name, through, next = pos, "the history read at start stopped short of the live events; the buffers start again here");
+                        let id = self.id;
+                        self.shards.broadcast(|| Command::PrimeGap(id)).await;
+                    }
+                }
                 if offsets.last.is_some_and(|last| pos <= last) {
                     // Where it left off (proof the stream still holds it): already handled. Not
                     // progress: every resume gets it first, so a consumer that fails right after
@@ -763,30 +788,54 @@ impl Source {
         Ok(())
     }
 
-    /// Reads the stream's last chunk for the shards' buffers at the first start, on a channel and
-    /// consumer of its own, while the live consumer (started at `next`, or at the chunks written
-    /// since the start) waits: until the history reaches where the live consumer began (its
-    /// first delivery, taken and returned for the caller to handle first), or nothing came for
-    /// [`PRIME_IDLE`] ([`PRIME_FIRST`] before the first message), at most [`PRIME_MAX`]. Then the
-    /// shards get what lies before that point (`Gateway::prime`; the caller sent `prime_start`)
-    /// and where the read ended (`prime_end`). A failure only leaves the buffers colder: it is
-    /// logged, and the shards are told the read ended in any case.
-    async fn prime_history(&self, queue: &str, ingest: &mut Ingest, prefetch: u16, live: &mut Consumer) -> Option<(Next, Instant)> {
+    /// Opens the consumer of the history read at the first start (`prime_history`) at the
+    /// stream's last chunk, on a channel of its own; `None` (logged) if that failed: the buffers
+    /// are only colder.
+    async fn open_history(&self, queue: &str, prefetch: u16) -> Option<(Channel, Consumer)> {
+        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        let chan = match self.link.channel().await {
+            Ok(chan) => chan,
+            Err(e) => {
+                warn!(channel = %self.name, error = %e, "no channel to read the stream's last chunk for the buffers; resumes read the stream back");
+                return None;
+            }
+        };
+        let opened = async {
+            answered(chan.basic_qos(prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
+            let consume = chan.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), StartAt::Last.consumer_args());
+            answered(consume).await?.map_err(e("basic.consume"))
+        };
+        match opened.await {
+            Ok(consumer) => Some((chan, consumer)),
+            Err(e) => {
+                warn!(channel = %self.name, error = %e, "could not read the stream's last chunk for the buffers; resumes read the stream back");
+                close_later(chan, "history read failed");
+                None
+            }
+        }
+    }
+
+    /// Reads history for the shards' buffers at the first start (from [`Source::open_history`],
+    /// which started before the live consumer), while the live consumer waits: until the history
+    /// reaches where the live consumer began (its first delivery, taken and returned with the
+    /// time it came, for the caller to handle first), or nothing came for [`PRIME_IDLE`]
+    /// ([`PRIME_FIRST`] before the first message), at most [`PRIME_MAX`]. The shards get what
+    /// lies before that point (`Gateway::prime`; the caller sent `prime_start`) and where the
+    /// read ended (`prime_end`), which is returned too. A failure only leaves the buffers colder:
+    /// it is logged, and the shards are told the read ended in any case.
+    async fn prime_history(&self, history: Option<(Channel, Consumer)>, ingest: &mut Ingest, prefetch: u16, live: &mut Consumer) -> (Option<(Next, Instant)>, Option<u64>) {
         let id = self.id;
         let mut read = HistoryRead::default();
         let keep = self.settings.channel(id).buffer_events;
-        let chan = match self.link.channel().await {
-            Ok(chan) => {
-                match self.read_history(&chan, queue, prefetch, keep, live, &mut read).await {
+        let chan = match history {
+            Some((chan, mut consumer)) => {
+                match self.read_history(&mut consumer, prefetch, keep, live, &mut read).await {
                     Ok(()) => debug!(channel = %self.name, through = ?read.through, live_from = ?read.live_from, "history read for the buffers"),
                     Err(e) => warn!(channel = %self.name, error = %e, "reading the stream's last chunk for the buffers failed; resumes read the stream back"),
                 }
                 Some(chan)
             }
-            Err(e) => {
-                warn!(channel = %self.name, error = %e, "no channel to read the stream's last chunk for the buffers; resumes read the stream back");
-                None
-            }
+            None => None,
         };
         // What the live consumer sends itself (from where it began) is not history.
         let through = match (read.through, read.live_from) {
@@ -805,17 +854,14 @@ impl Source {
         }
         self.shards.broadcast(|| Command::PrimeEnd(id, through)).await;
         if let Some(chan) = chan {
-            let _ = answered(chan.close(200, "history read".into())).await;
+            close_later(chan, "history read");
         }
-        read.held
+        (read.held.take(), through)
     }
 
     /// The reading part of [`Source::prime_history`]: the last `keep` messages into `read`.
-    async fn read_history(&self, chan: &Channel, queue: &str, prefetch: u16, keep: usize, live: &mut Consumer, read: &mut HistoryRead) -> Result<(), String> {
+    async fn read_history(&self, history: &mut Consumer, prefetch: u16, keep: usize, live: &mut Consumer, read: &mut HistoryRead) -> Result<(), String> {
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
-        answered(chan.basic_qos(prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
-        let consume = chan.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), StartAt::Last.consumer_args());
-        let mut history = answered(consume).await?.map_err(e("basic.consume"))?;
         // Acked at most `prefetch` at a time: the broker never waits for an ack that waits for it.
         let mut acks = Acks::new(stream_log::ACK_EVERY.min(u32::from(prefetch)));
         let ends = Instant::now() + PRIME_MAX;
@@ -834,8 +880,9 @@ impl Source {
             }
             let wait = Instant::now() + if read.through.is_none() { PRIME_FIRST } else { PRIME_IDLE };
             let from_history = async { Got::History(until(wait.min(ends), history.next()).await) };
+            // The live consumer first: where it began bounds what is read.
             let got = match read.held {
-                None => future::or(from_history, async { Got::Live(live.next().await) }).await,
+                None => future::or(async { Got::Live(live.next().await) }, from_history).await,
                 Some(_) => from_history.await,
             };
             let d = match got {

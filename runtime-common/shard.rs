@@ -266,6 +266,7 @@ impl Shard {
             Command::PrimeStart(ch) => self.gw.borrow_mut().prime_start(ch),
             Command::Prime(ev) => self.gw.borrow_mut().prime(&ev),
             Command::PrimeEnd(ch, through) => self.gw.borrow_mut().prime_end(ch, through),
+            Command::PrimeGap(ch) => self.gw.borrow_mut().prime_gap(ch),
             Command::Shutdown => {
                 self.gw.borrow_mut().shutdown();
                 *drain_until = Some(Instant::now() + self.settings.config.server.shutdown_drain);

@@ -40,6 +40,8 @@ pub(crate) enum Command {
     Prime(Event),
     /// The history read ended at this log position (`Gateway::prime_end`).
     PrimeEnd(ChannelId, Option<u64>),
+    /// The live source's first delivery did not follow that position (`Gateway::prime_gap`).
+    PrimeGap(ChannelId),
     /// Stop (D12): close every stream, exit once they are gone or the drain time passed.
     Shutdown,
 }

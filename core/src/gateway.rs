@@ -371,9 +371,9 @@ impl Gateway {
     /// The history read ends at log position `through` (the last message read, valid or not;
     /// `None` if none came). Resumes that waited are served from the buffer. Live events at
     /// or before `through` (a chunk both read) are already buffered: they go only to streams
-    /// that do not have them. A first live event past it that does not follow it shows the read
-    /// stopped short: the buffer starts again there and streams resumed from it read the log.
-    /// Also ended by a live event or the source going down. Drain [`Gateway::poll_output`] after.
+    /// that do not have them (until an outage: then the next consumer reads from before it, and
+    /// what it sends again is old). Also ended by a live event or the source going down. Drain
+    /// [`Gateway::poll_output`] after.
     pub fn prime_end(&mut self, channel: ChannelId, through: Option<u64>) {
         let Some(c) = self.channels.get_mut(channel.index()).filter(|c| c.priming) else { return };
         c.priming = false;
@@ -383,6 +383,19 @@ impl Gateway {
             if self.stream(id).is_some_and(|s| s.cursor.is_some() && s.backfilling.is_none()) {
                 self.refill(id);
             }
+        }
+    }
+
+    /// The live source's first delivery after the history read did not follow where that read
+    /// ended (it stopped short: a broker that paused, an outage): what lies between is in
+    /// neither. The buffer starts again at the next live event (a resume from before reads the
+    /// log), and so do streams caught up from the history (their `live_check` finds their place
+    /// older than the buffer then, and they read the log from it). Drain
+    /// [`Gateway::poll_output`] after.
+    pub fn prime_gap(&mut self, channel: ChannelId) {
+        if let Some(c) = self.channels.get_mut(channel.index()) {
+            c.buffer.clear();
+            c.primed = None;
         }
     }
 
@@ -609,14 +622,8 @@ impl Gateway {
         }
         let Some(channel) = self.channels.get_mut(ch.index()) else { return };
         let seq = ev.id().seq;
-        if let Some(through) = channel.primed.filter(|&p| seq > p) {
+        if channel.primed.is_some_and(|p| seq > p) {
             channel.primed = None;
-            if !log_continues(through, seq) {
-                // The history read at start stopped short of where the live source began:
-                // what lies between is in neither. The buffer starts again here (a resume
-                // from before reads the log), and so do streams resumed from it (`live_check`).
-                channel.buffer.clear();
-            }
         }
         if !channel.buffer.push(ev) && channel.primed.is_none_or(|p| seq > p) {
             return;
@@ -838,6 +845,15 @@ impl Gateway {
     pub fn backfill_message(&mut self, id: StreamId, position: u64, ev: Option<&Event>) -> BackfillStep {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return BackfillStep::Finished };
+        if self.channels[ch.index()].priming {
+            // The buffer is being filled with history: this read-back stops (its message is
+            // not taken) and the stream continues from its place once it is (`prime_end`),
+            // from the buffer or the log again.
+            if let Some(st) = self.stream_mut(id) {
+                st.backfilling = None;
+            }
+            return BackfillStep::Finished;
+        }
         // Where the buffer takes over: once live events are buffered, where they begin now (on a
         // busy channel the log would otherwise never fall idle, and a read-back asked for before
         // anything arrived live, with no end, never end). The live source may move it on while

@@ -1764,7 +1764,9 @@ fn a_history_read_that_stopped_short_of_the_live_events_leaves_no_hole() {
     h.gw.prime_end(deals, Some(6)); // ended by silence at 6
     h.drain();
     assert_eq!(ids_in(&h.take_events(resumed)), ["1000-6"]);
-    // The live consumer began at 9: 7 and 8 are in neither. The resumed stream reads them back.
+    // The live consumer began at 9: 7 and 8 are in neither (the source says so, from the
+    // positions it saw). The resumed stream reads them back.
+    h.gw.prime_gap(deals);
     h.publish_msg("deals", deal_at(9)).unwrap();
     h.drain();
     let Some(&Output::Backfill { after, until, .. }) = h.backfills.last() else { panic!("a read-back: {:?}", h.backfills) };
@@ -1782,6 +1784,35 @@ fn a_history_read_that_stopped_short_of_the_live_events_leaves_no_hole() {
     h.drain();
     let Some(&Output::Backfill { after, until, .. }) = h.backfills.get(before) else { panic!("a read-back: {:?}", h.backfills) };
     assert_eq!((after, until), (EventId { epoch: 1000, seq: 5 }, 8));
+}
+
+#[test]
+fn live_events_past_messages_the_live_source_dropped_continue_the_history() {
+    let (mut h, deals, resumed) = resumed_while_priming();
+    prime(&mut h, deals, 4..=6);
+    h.gw.prime_end(deals, Some(6));
+    // 7 and 8 came live and were dropped (invalid): no gap, 9 follows.
+    h.publish_msg("deals", deal_at(9)).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(resumed)), ["1000-6", "1000-9"]);
+    assert!(h.backfills.is_empty(), "nothing read back: {:?}", h.backfills);
+    let later = h.open_path("u3", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-5"]).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(later)), ["1000-6", "1000-9"], "from the buffer");
+}
+
+#[test]
+fn a_read_back_under_way_when_history_is_read_stops_and_continues_from_the_buffer() {
+    let (mut h, deals, id) = resumed_before_anything_arrived(); // from 1000-7, nothing buffered
+    h.gw.prime_start(deals);
+    // Its first message comes while the history is read: the read-back stops there.
+    assert_eq!(read_back(&mut h, deals, id, 7), BackfillStep::Finished);
+    prime(&mut h, deals, 5..=9);
+    h.gw.prime_end(deals, Some(9));
+    h.publish_msg("deals", deal_at(10)).unwrap();
+    h.drain();
+    assert_eq!(h.backfills.len(), 1, "no second read-back: {:?}", h.backfills);
+    assert_eq!(ids_in(&h.take_events(id)), ["1000-8", "1000-9", "1000-10"]);
 }
 
 #[test]
@@ -1828,8 +1859,8 @@ fn after_an_outage_what_the_next_consumer_sends_again_of_the_history_is_old_news
 #[test]
 fn a_read_back_that_finds_the_logs_end_while_history_is_read_continues_from_it() {
     let (mut h, deals, id) = resumed_before_anything_arrived(); // from 1000-7, nothing buffered
-    h.gw.prime_start(deals);
     assert_eq!(read_back(&mut h, deals, id, 7), BackfillStep::Continue);
+    h.gw.prime_start(deals);
     h.gw.backfill_done(id, true); // silence, taken for the log's end
     h.drain();
     assert_eq!(ids_in(&h.take_events(id)), Vec::<&str>::new());

@@ -116,6 +116,9 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut reads: HashMap<StreamId, Reading> = HashMap::new();
     let mut history: Option<History> = None;
     let mut primed_once = false;
+    // Where the history read ended, until the live source hands something over: it must follow,
+    // or the source says the history stopped short (`prime_gap`).
+    let mut history_through: Option<u64> = None;
     // Ids of events read as history that the live source never hands over.
     let mut history_only: HashSet<String> = HashSet::new();
     for op in ops {
@@ -180,13 +183,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 if ch == 0 {
                     to_log(up, who, &ingests[0], &mut log, &mut published);
                     if !lag {
+                        let through = history.take().and_then(|h| h.through).or(history_through.take());
+                        if through.is_some_and(|t| !log_continues(t, live as u64 + 1)) {
+                            gw.prime_gap(log_ch);
+                        }
                         for up in &log[live..] {
                             if let Ok(ev) = ingests[0].handle_message(up) {
                                 gw.handle_event(&ev);
                             }
                         }
-                        live = log.len();
-                        history = None; // a live event ends a history read (the core says so too)
+                        live = log.len(); // a live event ends a history read (the core says so too)
                     }
                 } else if let Ok(ev) = ingests[ch].handle_message(&up) {
                     published.insert(ev.id().to_string(), (ch, who));
@@ -201,7 +207,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 let ch = s.channel_id(&s.channels[channel as usize % s.channels.len()].name).unwrap();
                 gw.source_down(ch, now);
                 if ch == log_ch {
-                    history = None; // so does an outage
+                    if let Some(h) = history.take() {
+                        history_through = h.through; // so does an outage
+                    }
                 }
             }
             Op::Up { channel } => {
@@ -304,6 +312,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::PrimeEnd => {
                 if let Some(h) = history.take() {
                     gw.prime_end(log_ch, h.through);
+                    history_through = h.through;
                 }
             }
         }
