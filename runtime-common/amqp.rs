@@ -604,6 +604,12 @@ impl Source {
         }
         answered(chan.basic_qos(broker.prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
         let tag = format!("sse-gateway.{}", self.name);
+        // The first consumer warms the buffers with the stream's last chunk (for the resumes a
+        // restart brings), read apart from the live events (`prime_history`), so that no stream
+        // gets that history as if it were new. Its consumer starts first: the last chunk it is
+        // given ends before where the live one starts, and it reads on to there.
+        let prime = log.is_some() && !offsets.primed && self.settings.channel(self.id).buffer_events > 0;
+        let history = if prime { self.open_history(queue, broker.prefetch).await } else { None };
         // A stream is read from where this source left it (the last offset it took, which must
         // still be there), else from the chunks written since its first consumer (a second of
         // slack for the seconds' resolution: at most that and one chunk come again), else from
@@ -618,13 +624,12 @@ impl Source {
             (Some(_), Some(last)) => Some(StartAt::Offset(last)),
             (Some(_), None) => Some(offsets.consumed_at.map_or(StartAt::Next, |t| StartAt::Since(t.saturating_sub(1)))),
         };
-        // The first consumer warms the buffers with the stream's last chunk (for the resumes a
-        // restart brings), read apart from the live events (`prime_history`), so that no stream
-        // gets that history as if it were new.
-        let prime = log.is_some() && !offsets.primed && self.settings.channel(self.id).buffer_events > 0;
-        // Its consumer starts first: the last chunk it is given ends before where the live one
-        // starts, and it reads on to there.
-        let history = if prime { self.open_history(queue, broker.prefetch).await } else { None };
+        if offsets.primed && matches!(start, Some(StartAt::Since(_))) {
+            // It reads again from before where the history ended: what it sends at or before
+            // the buffer's last event is old now (`Gateway::prime_over`).
+            let id = self.id;
+            self.shards.broadcast(|| Command::PrimeOver(id)).await;
+        }
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
         let mut consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
             .await?
@@ -870,6 +875,9 @@ impl Source {
             Live(Next),
         }
         loop {
+            if Instant::now() >= ends {
+                return Ok(());
+            }
             if let (Some(from), Some(at)) = (read.live_from, read.through) {
                 if at + 1 >= from {
                     return Ok(()); // the history reached the live events

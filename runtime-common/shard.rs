@@ -267,6 +267,7 @@ impl Shard {
             Command::Prime(ev) => self.gw.borrow_mut().prime(&ev),
             Command::PrimeEnd(ch, through) => self.gw.borrow_mut().prime_end(ch, through),
             Command::PrimeGap(ch) => self.gw.borrow_mut().prime_gap(ch),
+            Command::PrimeOver(ch) => self.gw.borrow_mut().prime_over(ch),
             Command::Shutdown => {
                 self.gw.borrow_mut().shutdown();
                 *drain_until = Some(Instant::now() + self.settings.config.server.shutdown_drain);

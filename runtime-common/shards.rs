@@ -42,6 +42,8 @@ pub(crate) enum Command {
     PrimeEnd(ChannelId, Option<u64>),
     /// The live source's first delivery did not follow that position (`Gateway::prime_gap`).
     PrimeGap(ChannelId),
+    /// The source reads again from before where the history ended (`Gateway::prime_over`).
+    PrimeOver(ChannelId),
     /// Stop (D12): close every stream, exit once they are gone or the drain time passed.
     Shutdown,
 }

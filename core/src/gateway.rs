@@ -371,9 +371,8 @@ impl Gateway {
     /// The history read ends at log position `through` (the last message read, valid or not;
     /// `None` if none came). Resumes that waited are served from the buffer. Live events at
     /// or before `through` (a chunk both read) are already buffered: they go only to streams
-    /// that do not have them (until an outage: then the next consumer reads from before it, and
-    /// what it sends again is old). Also ended by a live event or the source going down. Drain
-    /// [`Gateway::poll_output`] after.
+    /// that do not have them (until [`Gateway::prime_over`]). Also ended by a live event or the
+    /// source going down. Drain [`Gateway::poll_output`] after.
     pub fn prime_end(&mut self, channel: ChannelId, through: Option<u64>) {
         let Some(c) = self.channels.get_mut(channel.index()).filter(|c| c.priming) else { return };
         c.priming = false;
@@ -395,6 +394,15 @@ impl Gateway {
     pub fn prime_gap(&mut self, channel: ChannelId) {
         if let Some(c) = self.channels.get_mut(channel.index()) {
             c.buffer.clear();
+            c.primed = None;
+        }
+    }
+
+    /// The source's next consumer reads again from before where the history read ended (after
+    /// an outage before it took anything): what it sends at or before the buffer's last event is
+    /// old now, dropped as any duplicate is.
+    pub fn prime_over(&mut self, channel: ChannelId) {
+        if let Some(c) = self.channels.get_mut(channel.index()) {
             c.primed = None;
         }
     }
@@ -721,9 +729,6 @@ impl Gateway {
     pub fn source_down(&mut self, channel: ChannelId, now: Instant) {
         self.prime_end(channel, None); // resumes waiting for it are served from what came
         let c = &mut self.channels[channel.index()];
-        // The next consumer reads again from before the history's end (where the first one
-        // began): what it sends at or before the buffer's last event is old, as after any outage.
-        c.primed = None;
         if c.down_since.is_some() {
             return;
         }

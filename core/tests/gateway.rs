@@ -1845,15 +1845,36 @@ fn after_an_outage_what_the_next_consumer_sends_again_of_the_history_is_old_news
     h.gw.prime_end(deals, Some(8));
     let fresh = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
     h.gw.source_down(deals, h.now);
+    // The next consumer starts at the chunks written since the first one began (it had taken
+    // nothing): the history comes again, then what is new.
+    h.gw.prime_over(deals);
     h.gw.source_up(deals);
-    // The next consumer starts at the chunks written since the first one began: the history
-    // comes again, then what is new.
     for seq in 4..=9 {
         h.publish_msg("deals", deal_at(seq)).unwrap();
     }
     h.drain();
     assert_eq!(ids_in(&h.take_events(fresh)), ["1000-9"]);
     assert_eq!(ids_in(&h.take_events(resumed)), ["1000-6", "1000-7", "1000-8", "1000-9"]);
+}
+
+#[test]
+fn after_an_outage_a_consumer_resuming_where_the_last_one_stopped_still_sends_what_both_read() {
+    let (mut h, deals, resumed) = resumed_while_priming();
+    let fresh = h.open_path("u1", &[], "/api/v1/streams/deals", &[]).unwrap();
+    prime(&mut h, deals, 4..=10); // read on past where the live consumer began (8)
+    h.gw.prime_end(deals, Some(10));
+    h.publish_msg("deals", deal_at(8)).unwrap();
+    h.gw.source_down(deals, h.now);
+    h.gw.source_up(deals);
+    // The next consumer resumes at 8, where the last one stopped: 9 and 10 are new to the fresh stream.
+    for seq in 9..=11 {
+        h.publish_msg("deals", deal_at(seq)).unwrap();
+    }
+    h.drain();
+    let w = h.take_events(fresh);
+    assert_eq!(ids_in(&w), ["1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
+    let w = h.take_events(resumed);
+    assert_eq!(ids_in(&w), ["1000-6", "1000-7", "1000-8", "1000-9", "1000-10", "1000-11"], "{w}");
 }
 
 #[test]
