@@ -808,15 +808,7 @@ async fn a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_
     // came since the gateway started (a second, plus up to one of the timestamps' resolution).
     ::tokio::time::sleep(Duration::from_millis(2500)).await;
     let gw = GatewayProcess::start_with_env(bin, &setup.config, &DEBUG).await;
-    let mut fresh = Vec::new();
-    let mut ready_at = None;
-    while ready_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(300)) {
-        let who = user(&format!("early-{}", fresh.len()), &[]);
-        fresh.push(gw.stream("deals", &who).await);
-        if ready_at.is_none() && gw.get("/readyz", &[]).await.status == 200 {
-            ready_at = Some(Instant::now());
-        }
-    }
+    let mut fresh = streams_while_starting(&gw).await;
     let mut resumed = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
     setup.broker.publish_all(&msgs).await; // the publisher's retry
     let new = setup.publish(1).await;
@@ -831,7 +823,70 @@ async fn a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_
     }
 }
 
+/// Opens streams of new users from the gateway's first moment until 300 ms after it is ready.
+async fn streams_while_starting(gw: &GatewayProcess) -> Vec<SseClient> {
+    let mut fresh = Vec::new();
+    let mut ready_at = None;
+    while ready_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(300)) {
+        let who = user(&format!("early-{}", fresh.len()), &[]);
+        fresh.push(gw.stream("deals", &who).await);
+        if ready_at.is_none() && gw.get("/readyz", &[]).await.status == 200 {
+            ready_at = Some(Instant::now());
+        }
+    }
+    fresh
+}
+
+/// A gateway restarted while events keep coming (one every 3 ms, from before it starts until
+/// after it is ready): the history read, the live consumer and the resumes meet on a busy
+/// stream. A client that had the events before the restart gets every later one exactly once,
+/// in order; each stream opened while it started gets an unbroken run of them, in order, up to
+/// the last.
+async fn a_gateway_restarted_while_events_keep_coming_resumes_and_streams_them_exactly(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
+    let alice = user("alice", &[]);
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &alice).await;
+    let before = setup.publish(20).await;
+    assert_eq!(read_events(&mut s, 20, "before the restart").await.titles, before);
+    let last = s.last_event_id();
+    drop(s);
+    drop(gw);
+    let (msgs, titles) = setup.messages(300);
+    let publisher = ::tokio::spawn(async move {
+        let broker = Broker::connect().await;
+        for m in &msgs {
+            broker.publish(m).await;
+            ::tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    ::tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = GatewayProcess::start(bin, &setup.config).await;
+    let mut fresh = streams_while_starting(&gw).await;
+    let mut resumed = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
+    publisher.await.expect("the publisher");
+    let got = read_events(&mut resumed, titles.len(), "resumed").await;
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+    assert_eq!(got.titles, titles, "resumed: every event after its own, once, in order");
+    assert_increasing(&got.ids, "resumed");
+    // Those opened before the first consumer are owed what came since the start (and a little
+    // before): a run of everything published, which may begin before the restart.
+    let all: Vec<String> = before.iter().chain(&titles).cloned().collect();
+    let end = all.last().unwrap().clone();
+    for (i, s) in fresh.iter_mut().enumerate() {
+        let mut run = Vec::new();
+        while run.last() != Some(&end) {
+            let ev = s.next_non_heartbeat(3 * WAIT).await.unwrap_or_else(|| panic!("stream {i}: silent after {run:?}"));
+            assert!(ev.id.is_some() && ev.event != "error", "stream {i}: {ev:?}");
+            run.push(title(&ev.data));
+        }
+        let from = all.iter().position(|t| *t == run[0]).unwrap_or_else(|| panic!("stream {i}: {} was never published", run[0]));
+        assert_eq!(run, all[from..], "stream {i} of {}: an unbroken run, in order, once", fresh.len());
+    }
+}
+
 for_each_binary!(
+    a_gateway_restarted_while_events_keep_coming_resumes_and_streams_them_exactly,
     a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_new_stream,
     streams_opened_before_the_broker_is_reached_get_everything_published_since,
     a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
