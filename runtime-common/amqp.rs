@@ -761,8 +761,8 @@ impl Source {
                         self.shards.log_gap(self.id).await;
                     }
                 }
-                if let Some(through) = offsets.history_through.filter(|_| offsets.last.is_none()) {
-                    offsets.history_through = None;
+                // Set by the first consumer's history read, before anything was taken.
+                if let Some(through) = offsets.history_through.take() {
                     if !log_continues(through, pos) {
                         // The history read stopped short of where live deliveries begin (a broker
                         // that paused, an outage): what lies between is in neither. Not a loss:
@@ -797,7 +797,6 @@ impl Source {
     /// stream's last chunk, on a channel of its own; `None` (logged) if that failed: the buffers
     /// are only colder.
     async fn open_history(&self, queue: &str, prefetch: u16) -> Option<(Channel, Consumer)> {
-        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         let chan = match self.link.channel().await {
             Ok(chan) => chan,
             Err(e) => {
@@ -805,12 +804,7 @@ impl Source {
                 return None;
             }
         };
-        let opened = async {
-            answered(chan.basic_qos(prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
-            let consume = chan.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), StartAt::Last.consumer_args());
-            answered(consume).await?.map_err(e("basic.consume"))
-        };
-        match opened.await {
+        match stream_log::consume_at(&chan, queue, prefetch, StartAt::Last).await {
             Ok(consumer) => Some((chan, consumer)),
             Err(e) => {
                 warn!(channel = %self.name, error = %e, "could not read the stream's last chunk for the buffers; resumes read the stream back");
@@ -907,9 +901,7 @@ impl Source {
                 Got::History(Some(None)) => return Err("the consumer was cancelled".into()),
                 Got::History(Some(Some(r))) => r.map_err(e("consumer"))?,
             };
-            let pos = stream_log::offset(&d).ok_or("a stream delivery without x-stream-offset")?;
-            let mut msg = message(&d);
-            msg.position = Some(pos);
+            let (pos, msg) = stream_log::log_message(&d)?;
             if read.msgs.len() == keep {
                 read.msgs.pop_front();
             }

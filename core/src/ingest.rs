@@ -216,10 +216,7 @@ impl Ingest {
     /// ([`Ingest::read_back_window`]): a publisher's retry that the live consumer dropped as a
     /// duplicate is dropped here too when its original is in the same read-back. Never panics.
     pub fn read_back(&self, msg: &UpstreamMessage, seen: &mut RecentIds) -> Result<Event, Dropped> {
-        let Some(position) = msg.position else {
-            return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read back from the log has no position".into() });
-        };
-        let checked = self.validate(msg)?;
+        let (position, checked) = self.checked_from_log(msg)?;
         seen.admit(msg.message_id.as_deref(), &checked, Some(position))?;
         Ok(self.encode(checked, position, None))
     }
@@ -231,12 +228,18 @@ impl Ingest {
     /// original. A message at or before the last history position that then comes live (read by
     /// both) is not taken for a retry of itself. Never panics.
     pub fn history(&mut self, msg: &UpstreamMessage) -> Result<Event, Dropped> {
+        let (position, checked) = self.checked_from_log(msg)?;
+        self.recent.admit(msg.message_id.as_deref(), &checked, Some(position))?;
+        Ok(self.encode(checked, position, None))
+    }
+
+    /// A message read from the log (back, or as history): its position, which it must have
+    /// (`bad_header` otherwise), and the channel's rules.
+    fn checked_from_log<'m>(&self, msg: &'m UpstreamMessage) -> Result<(u64, Checked<'m>), Dropped> {
         let Some(position) = msg.position else {
             return Err(Dropped { reason: DropReason::BadHeader, detail: "a message read from the log has no position".into() });
         };
-        let checked = self.validate(msg)?;
-        self.recent.admit(msg.message_id.as_deref(), &checked, Some(position))?;
-        Ok(self.encode(checked, position, None))
+        Ok((position, self.validate(msg)?))
     }
 
     /// A fresh `message_id` window for one read-back, as wide as the live one.

@@ -30,7 +30,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
-use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings};
+use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings, UpstreamMessage};
 
 use super::turns::{Turn, Turns};
 use super::{answered, message, Acks, Link};
@@ -116,6 +116,22 @@ fn offset_of(v: &AMQPValue) -> Option<u64> {
         AMQPValue::LongUInt(o) => Some((*o).into()),
         _ => None,
     }
+}
+
+/// A consumer of `queue` (a stream) on `chan` from `at`, with `prefetch` messages in flight.
+pub(crate) async fn consume_at(chan: &Channel, queue: &str, prefetch: u16, at: StartAt) -> Result<Consumer, String> {
+    let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+    answered(chan.basic_qos(prefetch, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
+    let consume = chan.basic_consume(queue.into(), ShortString::from(""), BasicConsumeOptions::default(), at.consumer_args());
+    answered(consume).await?.map_err(e("basic.consume"))
+}
+
+/// A stream delivery's position (`x-stream-offset`, which it must have) and message (with it).
+pub(crate) fn log_message(d: &Delivery) -> Result<(u64, UpstreamMessage), String> {
+    let pos = offset(d).ok_or("a stream delivery without x-stream-offset")?;
+    let mut msg = message(d);
+    msg.position = Some(pos);
+    Ok((pos, msg))
 }
 
 /// A stream channel as the reader sees it.
@@ -232,16 +248,8 @@ impl LogReader {
             // the other: answer at once (the stream gets history_gap).
             return Err("the channel's source is down".into());
         }
-        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         let chan = self.link.channel().await?;
-        answered(chan.basic_qos(PREFETCH, BasicQosOptions::default())).await?.map_err(e("basic.qos"))?;
-        let consume = chan.basic_consume(
-            log.queue.as_str().into(),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            StartAt::Offset(at).consumer_args(),
-        );
-        let consumer = answered(consume).await?.map_err(e("basic.consume"))?;
+        let consumer = consume_at(&chan, &log.queue, PREFETCH, StartAt::Offset(at)).await?;
         Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit })
     }
 }
@@ -276,9 +284,7 @@ impl LogCursor<'_> {
             Some(Some(Err(e))) => return Err(format!("read-back consumer: {e}")),
             Some(Some(Ok(d))) => d,
         };
-        let pos = offset(&d).ok_or("a stream delivery without x-stream-offset")?;
-        let mut msg = message(&d);
-        msg.position = Some(pos);
+        let (pos, msg) = log_message(&d)?;
         // Dropped messages were logged when the live source met them; here they only hold a place.
         let ev = crate::common::contained(|| self.log.ingest.read_back(&msg, seen).ok()).flatten();
         // Acks only refill the prefetch window here.
