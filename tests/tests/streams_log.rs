@@ -81,6 +81,19 @@ impl StreamSetup {
         (gw, s, last)
     }
 
+    /// Starts a gateway, opens `token`'s stream, publishes `msgs` and reads them (`titles`, in
+    /// order, ids increasing), then kills the gateway (SIGKILL: no drain, nothing saved): the id
+    /// of the last one.
+    async fn read_then_killed(&self, bin: Bin, token: &str, msgs: &[Message], titles: &[String]) -> String {
+        let gw = self.start(bin).await;
+        let mut s = gw.stream("deals", token).await;
+        self.broker.publish_all(msgs).await;
+        let got = read_events(&mut s, titles.len(), "before the restart").await;
+        assert_eq!(got.titles, titles);
+        assert_increasing(&got.ids, "before the restart");
+        s.last_event_id()
+    }
+
     /// `n` numbered `deal.created` messages (their titles are `ev-<k>`, unique in the test).
     fn messages(&self, n: usize) -> (Vec<Message>, Vec<String>) {
         self.messages_padded(n, 0)
@@ -234,16 +247,8 @@ async fn declare_small_stream(queue: &str, retain: i64, segment: i64) {
 async fn a_client_resumes_exactly_across_a_gateway_killed_and_restarted(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
     let alice = user("alice", &[]);
-    let gw = setup.start(bin).await;
-    let mut s = gw.stream("deals", &alice).await;
-    let before = setup.publish(5).await;
-    let got = read_events(&mut s, 5, "before the restart").await;
-    assert_eq!(got.titles, before);
-    assert_increasing(&got.ids, "before the restart");
-    let last = s.last_event_id();
-    drop(s);
-
-    drop(gw); // SIGKILL: no drain, nothing saved
+    let (msgs, before) = setup.messages(5);
+    let last = setup.read_then_killed(bin, &alice, &msgs, &before).await;
     let missed = setup.publish(7).await;
     let gw = setup.start(bin).await;
     let mut s = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
@@ -792,25 +797,18 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
 async fn a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_new_stream(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
     let alice = user("alice", &[]);
-    let gw = setup.start(bin).await;
-    let mut s = gw.stream("deals", &alice).await;
-    let old = setup.publish(300).await;
-    assert_eq!(read_events(&mut s, 300, "before the restart").await.titles, old);
+    let (mut msgs, old) = setup.messages(301);
     // The last one (the stream's last chunk may hold only it) carries a message_id.
-    let (mut msgs, titles) = setup.messages(1);
-    msgs[0].message_id = Some(format!("mid-{}", titles[0]));
-    setup.broker.publish_all(&msgs).await;
-    assert_eq!(read_events(&mut s, 1, "before the restart").await.titles, titles);
-    let last = s.last_event_id();
-    drop(s);
-    drop(gw);
+    msgs[300].message_id = Some(format!("mid-{}", old[300]));
+    let retry = msgs[300].clone();
+    let last = setup.read_then_killed(bin, &alice, &msgs, &old).await;
     // Older than the slack with which streams open before the first consumer are owed what
     // came since the gateway started (a second, plus up to one of the timestamps' resolution).
     ::tokio::time::sleep(Duration::from_millis(2500)).await;
     let gw = GatewayProcess::start_with_env(bin, &setup.config, &DEBUG).await;
     let mut fresh = streams_while_starting(&gw).await;
     let mut resumed = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
-    setup.broker.publish_all(&msgs).await; // the publisher's retry
+    setup.broker.publish_all(&[retry]).await; // the publisher's retry
     let new = setup.publish(1).await;
     let got = read_events(&mut resumed, 1, "resumed after the restart").await;
     assert_eq!(got.titles, new);
@@ -845,13 +843,8 @@ async fn streams_while_starting(gw: &GatewayProcess) -> Vec<SseClient> {
 async fn a_gateway_restarted_while_events_keep_coming_resumes_and_streams_them_exactly(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
     let alice = user("alice", &[]);
-    let gw = setup.start(bin).await;
-    let mut s = gw.stream("deals", &alice).await;
-    let before = setup.publish(20).await;
-    assert_eq!(read_events(&mut s, 20, "before the restart").await.titles, before);
-    let last = s.last_event_id();
-    drop(s);
-    drop(gw);
+    let (msgs, before) = setup.messages(20);
+    let last = setup.read_then_killed(bin, &alice, &msgs, &before).await;
     let (msgs, titles) = setup.messages(300);
     let publisher = ::tokio::spawn(async move {
         let broker = Broker::connect().await;
