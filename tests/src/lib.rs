@@ -36,6 +36,7 @@ pub mod http;
 pub mod payloads;
 pub mod process;
 pub mod proxy;
+pub mod raw_amqp;
 pub mod rng;
 pub mod sse;
 pub mod token;

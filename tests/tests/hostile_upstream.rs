@@ -148,4 +148,64 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
     assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
 }
 
-for_each_binary!(oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_ones_flow);
+
+/// RabbitMQ hands on a `message_id`, `type` or header name that is not UTF-8 as it is; the AMQP
+/// client used to fail the whole connection on it, and the broker gave the message out again on
+/// the next one, so every channel stayed down (vendor/README.md). Now such a message is dropped
+/// by its reason, and nothing else notices.
+async fn a_property_that_is_not_utf8_drops_one_message_and_closes_nothing(bin: Bin) {
+    use sse_gateway_tests::raw_amqp::{publish, RawMessage};
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut deals = fx.gw.stream("deals", &user("alice", &[])).await;
+    let mut notes = fx.gw.stream("notifications", &user("alice", &[])).await;
+    let deal = valid_text("deal.created");
+    let note = valid_text("notification.sent");
+    let deal_msg = |kind: &[u8], message_id: &[u8]| RawMessage {
+        exchange: fx.topo.exchange("deals").into(),
+        routing_key: "deal.created".into(),
+        kind: kind.into(),
+        message_id: message_id.into(),
+        headers: vec![],
+        body: deal.clone().into(),
+    };
+    let note_msg = |message_id: &[u8], headers: &[(&[u8], &[u8])]| RawMessage {
+        routing_key: fx.topo.notifications.clone(),
+        kind: b"notification.sent".to_vec(),
+        message_id: message_id.into(),
+        headers: headers.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect(),
+        body: note.clone().into(),
+        ..RawMessage::default()
+    };
+    // Dropped: an id that is not UTF-8 (bad_header), a type that is not (unknown_type), a
+    // recipient list that is not (bad_header).
+    publish(&deal_msg(b"deal.created", b"m-\xff\xfe"));
+    publish(&deal_msg(b"deal.\xffcreated", b"m-raw-2"));
+    publish(&note_msg(b"m-raw-3", &[(b"recipient_ids", b"alice\xff")]));
+    // Delivered: a header name that is not UTF-8 is a header the contract does not have.
+    publish(&note_msg(b"m-raw-4", &[(b"x-\xff\xfe", b"1"), (b"recipient_ids", b"alice")]));
+
+    let deal_marker = valid_text("deal.updated");
+    fx.publish("deals", "deal.updated", &deal_marker).await;
+    let note_marker = valid_text("notification.read");
+    fx.publish_msg(fx.msg("notifications", "notification.read", &note_marker).recipients("alice")).await;
+    // until_marker fails on an `error` event: the source_unavailable warning a lost connection sends.
+    assert_eq!(until_marker(&mut deals, &deal_marker, "deals").await, vec![], "deals: only the marker");
+    assert_eq!(
+        until_marker(&mut notes, &note_marker, "notifications").await,
+        vec![("notification.sent".to_string(), note.clone())],
+        "notifications: the message with the odd header name, then the marker"
+    );
+    for (channel, reason, n) in [("deals", "bad_header", 1.0), ("deals", "unknown_type", 1.0), ("notifications", "bad_header", 1.0)] {
+        let sample = format!("sse_gateway_events_dropped_total{{channel=\"{channel}\",reason=\"{reason}\"}}");
+        assert_eq!(fx.gw.metric(&sample).await, Some(n), "{sample}");
+    }
+    let log = fx.gw.log_until(sse_gateway_tests::WAIT, |l| l.contains("message_id is not UTF-8 text")).await;
+    assert!(log.contains("message_id is not UTF-8 text"), "the drop is logged with its reason:\n{log}");
+    assert_eq!(log.matches("connected to the broker").count(), 1, "one connection all along:\n{log}");
+    assert!(!deals.is_closed() && !notes.is_closed());
+}
+
+for_each_binary!(
+    oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_ones_flow,
+    a_property_that_is_not_utf8_drops_one_message_and_closes_nothing
+);
