@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::broker::{amqp_addr, amqp_url};
 
-/// One raw message. Header values are long strings.
+/// One raw message.
 #[derive(Debug, Clone, Default)]
 pub struct RawMessage {
     /// Exchange (`""`: the default exchange, routing to the queue named by the key).
@@ -19,10 +19,29 @@ pub struct RawMessage {
     pub kind: Vec<u8>,
     /// The `message_id` property, as bytes.
     pub message_id: Vec<u8>,
-    /// Headers: name (any bytes), long-string value (any bytes).
+    /// Headers: name (any bytes), then the value encoded as a field value (its type byte first:
+    /// [`text`], [`nested_arrays`]).
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Body.
     pub body: Vec<u8>,
+}
+
+/// A long-string field value holding `v`.
+pub fn text(v: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'S'];
+    long(&mut out, v);
+    out
+}
+
+/// A field value that is an array holding an array ... `depth` deep, with nothing inside.
+pub fn nested_arrays(depth: usize) -> Vec<u8> {
+    let mut v = vec![b'V'];
+    for _ in 0..depth {
+        let mut outer = vec![b'A'];
+        long(&mut outer, &v);
+        v = outer;
+    }
+    v
 }
 
 fn short(out: &mut Vec<u8>, s: &[u8]) {
@@ -139,8 +158,7 @@ pub fn publish(m: &RawMessage) {
     let mut table = Vec::new();
     for (name, value) in &m.headers {
         short(&mut table, name);
-        table.push(b'S');
-        long(&mut table, value);
+        table.extend_from_slice(value);
     }
     long(&mut head, &table);
     head.push(2); // persistent

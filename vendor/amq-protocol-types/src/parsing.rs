@@ -248,8 +248,42 @@ pub fn parse_long_string<I: ParsableInput>(i: I) -> ParserResult<I, LongString> 
     .parse(i)
 }
 
+// sse-gateway patch: arrays and tables nest at most `MAX_NESTING` deep; one deeper is skipped by
+// its length and read as empty. Upstream recurses without a bound, and RabbitMQ passes a header
+// nested 20,000 deep (a 100 KB frame): the parse overflowed the stack of lapin's I/O thread and
+// aborted the process, and the broker gave the message out again after each restart.
+// See vendor/README.md.
+const MAX_NESTING: u32 = 32;
+
+thread_local! {
+    static NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of array or table nesting, given back when dropped.
+struct Nested;
+
+impl Nested {
+    fn enter() -> Option<Nested> {
+        NESTING.with(|n| {
+            (n.get() < MAX_NESTING).then(|| {
+                n.set(n.get() + 1);
+                Nested
+            })
+        })
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get() - 1));
+    }
+}
+
 /// Parse a [FieldArray](../type.FieldArray.html)
 pub fn parse_field_array<I: ParsableInput>(i: I) -> ParserResult<I, FieldArray> {
+    let Some(_nested) = Nested::enter() else {
+        return map(flat_map(parse_long_uint, take), |_| FieldArray::default()).parse(i);
+    };
     context(
         "parse_field_array",
         map_parser(
@@ -274,6 +308,9 @@ pub fn parse_timestamp<I: ParsableInput>(i: I) -> ParserResult<I, Timestamp> {
 
 /// Parse a [FieldTable](../type.FieldTable.html)
 pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> {
+    let Some(_nested) = Nested::enter() else {
+        return map(flat_map(parse_long_uint, take), |_| FieldTable::default()).parse(i);
+    };
     context(
         "parse_field_table",
         map_parser(
