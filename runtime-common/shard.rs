@@ -10,9 +10,10 @@
 //!
 //! Neither executor preempts a task that is always ready, so the loop and the writers yield
 //! after a bounded run of work ([`Budget`]). Once the events it queued since its writers last had
-//! all run add up to a quarter of a stream's output bound (`streams.max_pending_bytes`), the loop
-//! waits until every writer it woke has run ([`Shard::let_writers_run`]): they take them before
-//! the next, so a burst of events waiting in the channel is never mistaken for a slow client.
+//! all run add up to a quarter of a stream's output bound (`streams.max_pending_bytes`), or would
+//! with the next event, the loop waits until every writer it woke has run
+//! ([`Shard::let_writers_run`]): they take them before the next, so a burst of events waiting in
+//! the channel (large ones too) is never mistaken for a slow client.
 //!
 //! `Backfill` (a resume older than the buffer, on a channel read from a RabbitMQ stream) starts
 //! a read-back task on this thread ([`read_back`]).
@@ -204,6 +205,14 @@ impl Shard {
                 Wake::Command(cmd) => {
                     if let Command::Event(ev) = &cmd {
                         queued = ev.frame().len();
+                        // One that would take what is still unwritten past a quarter of the bound
+                        // waits until the writers took that: else two large events in a row
+                        // (the second already in the channel) would pass the output bound of
+                        // every stream of the channel, readers or not.
+                        if unread > 0 && unread + queued > yield_after {
+                            self.let_writers_run().await;
+                            unread = 0;
+                        }
                     }
                     self.apply(cmd, &mut drain_until);
                 }
@@ -218,9 +227,9 @@ impl Shard {
             if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 {
                 return;
             }
-            // Bytes queued to writers since they last had all run: past a quarter of the bound,
-            // the loop waits for them (not after every run of events: that would hold each new
-            // event back for a whole round of writers).
+            // Bytes queued to writers since they last had all run: past a quarter of the bound
+            // (one event larger than that), the loop waits for them (not after every run of
+            // events: that would hold each new event back for a whole round of writers).
             unread += queued;
             if unread >= yield_after {
                 self.let_writers_run().await;
@@ -535,4 +544,61 @@ fn poll_write_from(cx: &mut Context<'_>, sock: &mut Socket, bufs: &mut [Bytes], 
         }
     }
     Poll::Ready(Ok(*start >= bufs.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    use bytes::Bytes;
+    use sse_gateway_core::{Identity, Ingest, UpstreamMessage};
+
+    use super::*;
+
+    /// A valid `deal.created` event whose frame is about `len` bytes.
+    fn deal(ingest: &mut Ingest, len: usize) -> sse_gateway_core::Event {
+        let body = format!(
+            r#"{{"deal_id":"7f1c2a4e-0000-4000-8000-000000000001","client_id":"7f1c2a4e-0000-4000-8000-000000000002","title":"{}","status":"new","created_at":"2024-01-01T00:00:00Z"}}"#,
+            "t".repeat(len)
+        );
+        let msg = UpstreamMessage { kind: Some("deal.created".into()), body: Bytes::from(body), ..UpstreamMessage::default() };
+        ingest.handle_message(&msg).expect("a valid event")
+    }
+
+    /// Two events queued back to back, together past a stream's output bound: the loop lets the
+    /// stream's writer take the first before it queues the second, so a client that reads gets
+    /// both and is not closed as slow (before, the second found the first unwritten and closed
+    /// every stream of the channel, the first with it).
+    #[test]
+    fn two_large_events_in_a_row_reach_a_client_that_reads() {
+        let settings = Arc::new(Settings::seed());
+        let metrics = Arc::new(Metrics::new(&settings));
+        let bound = settings.config.streams.max_pending_bytes;
+        let deals = settings.channel_id("deals").unwrap();
+        let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 1);
+        let (first, second) = (deal(&mut ingest, bound / 5), deal(&mut ingest, bound * 4 / 5));
+        assert!(first.frame().len() + second.frame().len() > bound && second.frame().len() < bound);
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: unix_now() + 3600 };
+        let req = StreamRequest { identity, channel: deals, version: 1, resume: None, cors_origin: None };
+        let (tx, rx) = async_channel::bounded(8);
+        for cmd in [Command::Open(server, req), Command::Event(first.clone()), Command::Event(second.clone()), Command::Shutdown] {
+            tx.try_send(cmd).unwrap();
+        }
+        let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
+        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, settings, metrics)));
+
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("the stream ends after the shutdown");
+        shard.join().unwrap();
+        let got = String::from_utf8(got).unwrap();
+        let (a, b) = (std::str::from_utf8(first.frame()).unwrap(), std::str::from_utf8(second.frame()).unwrap());
+        let at = |frame: &str| got.find(frame).unwrap_or_else(|| panic!("{} bytes, without the frame of {}", got.len(), &frame[..12]));
+        assert!(at(a) < at(b), "in order");
+    }
 }
