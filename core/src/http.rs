@@ -271,6 +271,19 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Parsed::Bad;
     };
+    // The absolute form (RFC 9112 3.2.2: `GET http://gw/api/v1/streams/deals`), as a forward
+    // proxy sends it: the path starts after the authority.
+    let target = match target.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+            let at = rest.find(['/', '?']).unwrap_or(rest.len());
+            if rest[at..].starts_with('/') {
+                &rest[at..]
+            } else {
+                "/"
+            }
+        }
+        _ => target,
+    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut head = Head { method, path, query, len, ..Default::default() };
     for h in req.headers.iter() {
@@ -463,18 +476,21 @@ impl Front {
 
     fn token<'a>(&self, head: &Head<'a>) -> Token<'a> {
         let auth = &self.settings.config.auth;
+        // An empty value (`Bearer ` and spaces, `sse_token=` as a logout leaves it) is no token:
+        // the next place in D1's order is looked at.
         if let Some(v) = head.authorization {
-            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && !v[7..].trim_ascii().is_empty() {
                 return Token::Found(String::from_utf8_lossy(v[7..].trim_ascii()));
             }
         }
         if let (Some(name), Some(c)) = (&auth.cookie, head.cookie) {
-            if let Some(t) = cookie_value(c, name) {
+            if let Some(t) = cookie_value(c, name).filter(|t| !t.is_empty()) {
                 return Token::Cookie(t);
             }
         }
         if auth.query_param {
-            if let Some((_, t)) = form_urlencoded::parse(head.query.as_bytes()).find(|(k, _)| k == "access_token") {
+            let mut query = form_urlencoded::parse(head.query.as_bytes());
+            if let Some((_, t)) = query.find(|(k, v)| k == "access_token" && !v.is_empty()) {
                 return Token::Found(t);
             }
         }

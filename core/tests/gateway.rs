@@ -1230,6 +1230,38 @@ fn a_cookie_or_query_token_works_only_when_enabled() {
 }
 
 #[test]
+fn an_empty_token_is_no_token_and_the_next_place_is_looked_at() {
+    let h = Harness::with_auth("cookie = \"sse_token\"\nquery_param = true\n", "");
+    let t = h.token("u1", &[], 3600);
+    let route = |target: &str, headers: &[&str]| h.front.route(&Harness::head(target, headers), 1_900_000_000);
+    let cookie = format!("Cookie: sse_token={t}");
+    let query = format!("/api/v1/streams/deals?access_token=&access_token={t}");
+    for (target, headers) in [
+        ("/api/v1/streams/deals", vec!["Authorization: Bearer   ", cookie.as_str()]),
+        (query.as_str(), vec!["Authorization: Bearer ", "Cookie: sse_token=; other=1"]),
+        (query.as_str(), vec!["Cookie: sse_token=\"\""]),
+    ] {
+        assert!(matches!(route(target, &headers), Routed::Stream(_)), "{target} {headers:?}");
+    }
+    // Empty everywhere: no token at all (401 without `error="invalid_token"`).
+    let r = respond(route("/api/v1/streams/deals?access_token=", &["Authorization: Bearer ", "Cookie: sse_token="]));
+    assert!(r.starts_with("HTTP/1.1 401") && r.contains("WWW-Authenticate: Bearer realm=\"sse-gateway\"\r\n"), "{r}");
+}
+
+#[test]
+fn a_request_target_in_absolute_form_is_routed_by_its_path() {
+    let h = Harness::new("");
+    let bearer = format!("Authorization: Bearer {}", h.token("u1", &[], 3600));
+    for target in ["http://gw/api/v1/streams/deals", "HTTPS://gw:8443/api/v1/streams/deals?version=1"] {
+        let head = Harness::head(target, &[bearer.as_str()]);
+        assert!(matches!(h.route(&head), Routed::Stream(_)), "{target}");
+    }
+    let r = respond(h.route(&Harness::head("http://gw", &[])));
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(matches!(h.route(&Harness::head("http://gw/healthz", &[])), Routed::Health));
+}
+
+#[test]
 fn a_cookie_token_from_a_page_of_another_origin_is_refused() {
     let h = Harness::with_auth("cookie = \"sse_token\"\n", "[server]\ncors_origins = [\"https://crm.example\"]\n");
     let t = h.token("u1", &[], 3600);
