@@ -87,8 +87,12 @@ async fn read_more(sock: &mut Socket, buf: &mut Vec<u8>, want: usize, deadline: 
 /// (httparse keeps no state), so a head that arrives a few bytes at a time is parsed when its
 /// request line is complete (a bad one is refused at once), when its end has arrived (and after
 /// it, for a body), or when it is too large; not on every read in between.
+/// Empty lines before the request line are skipped, as the core's parser (httparse) skips them:
+/// else they would read as the end of the head, and every read after them would be parsed.
 #[derive(Default)]
 struct HeadScan {
+    /// Where the request line begins, once a byte other than CR and LF came.
+    start: Option<usize>,
     line_seen: bool,
     end_seen: bool,
 }
@@ -99,8 +103,16 @@ impl HeadScan {
         if self.end_seen {
             return true;
         }
+        let start = match self.start {
+            Some(start) => start,
+            None => match buf[before..].iter().position(|b| !matches!(b, b'\r' | b'\n')) {
+                Some(i) => *self.start.insert(before + i),
+                None => return buf.len() > max_head,
+            },
+        };
+        let before = before.max(start);
         // The end may straddle two reads: look from up to 3 bytes back.
-        let tail = &buf[before.saturating_sub(3)..];
+        let tail = &buf[before.saturating_sub(3).max(start)..];
         self.end_seen = tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n");
         let line_now = !self.line_seen && buf[before..].contains(&b'\n');
         self.line_seen |= line_now;
@@ -269,5 +281,13 @@ mod tests {
         // After the end (a body), every read; past the size limit, every read (431).
         assert_eq!(routes(b"POST / HTTP/1.1\r\n\r\nabc", 1, 16384), [16, 18, 19, 20, 21]);
         assert_eq!(routes(b"GET / HTTP/1.1\r\nX: yyyyyy", 1, 20), [15, 20, 21, 22, 23, 24]);
+        // Empty lines before the request line (httparse skips them) are not the end of the head.
+        let lead = b"\r\n\r\n\nGET / HTTP/1.1\r\nX: y\r\n\r\n";
+        assert_eq!(routes(lead, 1, 16384), [20, lead.len() - 1]);
+        for step in 1..lead.len() {
+            assert!(routes(lead, step, 16384).len() <= 3, "step {step}");
+        }
+        // Only empty lines: parsed once past the size limit (431).
+        assert_eq!(routes(&[b'\n'; 24], 1, 20), [20, 21, 22, 23]);
     }
 }
