@@ -583,6 +583,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap(); // as the listener hands it over
         let identity = Identity { user: "alice".into(), roles: vec![], expires_at: unix_now() + 3600 };
         let req = StreamRequest { identity, channel: deals, version: 1, resume: None, cors_origin: None };
         let (tx, rx) = async_channel::bounded(8);

@@ -205,13 +205,23 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
     }
 }
 
+/// Open files wanted beside `server.max_streams` (else a warning at start).
+const OPEN_FILES_HEADROOM: u64 = 512;
+
 /// Start-up that needs the logs: the generated-secret warning, the open-files limit (raised to
 /// the hard limit), metrics, the worker count and the epoch.
 fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
     if setup.generated_secret && !demo {
         warn!("no secret or public key configured: using a random one for this process, so every token is refused");
     }
+    let max_streams = setup.settings.config.server.max_streams as u64;
     match rlimit::increase_nofile_limit(u64::MAX) {
+        // Streams are not all: heads being read, refusals being written, the broker, the process.
+        Ok(n) if n < max_streams.saturating_add(OPEN_FILES_HEADROOM) => warn!(
+            open_files = n,
+            max_streams,
+            "the open-files limit leaves fewer than {OPEN_FILES_HEADROOM} files beside server.max_streams: past it, new connections wait unanswered (lower max_streams or raise the limit)"
+        ),
         Ok(n) => info!(open_files = n, "open-files limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
     }

@@ -381,8 +381,10 @@ pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(bad(&format!("`{k}` must be a string"))),
     };
+    // As the AMQP header: an integer, or text holding one (checked by the channel's rules).
     let schema_version = match obj.get("schema_version") {
         None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(HeaderValue::Text(s.clone())),
         Some(x) => Some(x.as_i64().map(HeaderValue::Int).unwrap_or(HeaderValue::Other)),
     };
     Ok(UpstreamMessage {

@@ -1381,6 +1381,11 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     }
     let m = parse_publish(br#"{"type":"deal.created","data":{},"recipient_ids":null}"#).unwrap();
     assert_eq!(m.recipient_ids, None);
+    // schema_version as the AMQP header takes it: an integer, or text (the channel's rules check it).
+    let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":"2"}"#).unwrap();
+    assert_eq!(m.schema_version, Some(HeaderValue::Text("2".into())));
+    let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":1.5}"#).unwrap();
+    assert_eq!(m.schema_version, Some(HeaderValue::Other));
 }
 
 #[test]

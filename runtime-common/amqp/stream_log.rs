@@ -263,8 +263,8 @@ impl Drop for Handoff<'_> {
     }
 }
 
-/// One read-back's consumer. Close it with [`LogCursor::close`] (dropping it leaves the AMQP
-/// channel open until the connection ends).
+/// One read-back's consumer. Close it with [`LogCursor::close`]: dropping it has lapin close the
+/// AMQP channel in the background (its last `Channel` handle gone), with no answer awaited.
 pub(crate) struct LogCursor<'r> {
     log: &'r Log,
     chan: Channel,
