@@ -987,11 +987,13 @@ fn is_date(s: &str) -> bool {
     b.len() == 10 && date_prefix_ok(b)
 }
 
-/// RFC 3339 date-time: `YYYY-MM-DD(T|t| )HH:MM:SS[.fraction](Z|z|+HH:MM|-HH:MM)`, with real
-/// calendar dates, hour < 24, minute < 60, second <= 60 (leap second), offset hour < 24.
+/// RFC 3339 date-time as JSON Schema's `date-time` reads it (the contract the UI is given):
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` (`t` and `z` too; no space for the `T`,
+/// which JavaScript's `Date` need not read), with real calendar dates, hour < 24, minute < 60,
+/// second < 60 except a leap second (`:60` at 23:59 UTC), offset hour < 24.
 fn is_datetime(s: &str) -> bool {
     let b = s.as_bytes();
-    if !date_prefix_ok(b) || !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+    if !date_prefix_ok(b) || !matches!(b.get(10), Some(b'T' | b't')) {
         return false;
     }
     let (Some(hour), Some(minute), Some(second)) = (
@@ -1015,16 +1017,25 @@ fn is_datetime(s: &str) -> bool {
         }
         rest = after_dot.get(n..).unwrap_or_default();
     }
-    match rest {
-        [b'Z' | b'z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+    // The offset east of UTC, in minutes.
+    let offset = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             match (digits(Some(&[*h1, *h2][..])), digits(Some(&[*m1, *m2][..]))) {
-                (Some(h), Some(m)) => h < 24 && m < 60,
-                _ => false,
+                (Some(h), Some(m)) if h < 24 && m < 60 => {
+                    let east = (h * 60 + m) as i64;
+                    if *sign == b'+' {
+                        east
+                    } else {
+                        -east
+                    }
+                }
+                _ => return false,
             }
         }
-        _ => false,
-    }
+        _ => return false,
+    };
+    second < 60 || ((hour * 60 + minute) as i64 - offset).rem_euclid(24 * 60) == 23 * 60 + 59
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1530,10 +1541,11 @@ mod tests {
         for good in [
             "2024-05-01T12:30:00Z",
             "2024-05-01t12:30:00z",
-            "2024-05-01 12:30:00Z",
             "2024-05-01T12:30:00.1Z",
             "2024-05-01T12:30:00.123456789+03:00",
             "2024-05-01T23:59:60-00:00",
+            "2016-12-31T18:59:60-05:00",
+            "2017-01-01T02:59:60.5+03:00",
             "2024-02-29T00:00:00+23:59",
             "1999-12-31T23:59:59-12:00",
         ] {
@@ -1559,6 +1571,11 @@ mod tests {
             "2024-05-01T12:30:00,5Z",
             "2024-05-01T12:30:00 Z",
             "2024-05-01T12:30:00.5.5Z",
+            // A space for the `T` (JSON Schema's date-time does not take it, nor need `Date`).
+            "2024-05-01 12:30:00Z",
+            // A leap second anywhere but 23:59 UTC.
+            "2024-05-01T12:30:60Z",
+            "2024-05-01T23:59:60+01:00",
         ] {
             assert!(!is_datetime(bad), "{bad:?}");
         }
@@ -2068,15 +2085,22 @@ mod tests {
             y in 0u32..=9999, mo in 1u32..=12, d in 1u32..=31,
             h in 0u32..24, mi in 0u32..60, s in 0u32..=60,
             frac in prop::option::of("[0-9]{1,9}"),
-            offset in prop_oneof![Just("Z".to_owned()), (0u32..24, 0u32..60, any::<bool>())
-                .prop_map(|(oh, om, plus)| format!("{}{oh:02}:{om:02}", if plus { '+' } else { '-' }))],
+            offset in prop_oneof![Just((0i64, "Z".to_owned())), (0u32..24, 0u32..60, any::<bool>())
+                .prop_map(|(oh, om, plus)| {
+                    let east = i64::from(oh * 60 + om) * if plus { 1 } else { -1 };
+                    (east, format!("{}{oh:02}:{om:02}", if plus { '+' } else { '-' }))
+                })],
         ) {
             let date = format!("{y:04}-{mo:02}-{d:02}");
             let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
+            let (east, offset) = offset;
             let text = format!("{date}T{h:02}:{mi:02}:{s:02}{frac}{offset}");
             let exists = d <= days_in_month(y, mo);
+            // A leap second is 23:59:60 UTC.
+            let utc_minute = (i64::from(h * 60 + mi) - east).rem_euclid(24 * 60);
+            let second_ok = s < 60 || utc_minute == 23 * 60 + 59;
             prop_assert_eq!(is_date(&date), exists);
-            prop_assert_eq!(is_datetime(&text), exists, "{}", text);
+            prop_assert_eq!(is_datetime(&text), exists && second_ok, "{}", text);
         }
 
         #[test]
