@@ -346,11 +346,13 @@ impl Settings {
     /// a configured channel must exist in the catalogue.
     pub fn new(config: Config, catalogue: Catalogue) -> Result<Settings, ConfigError> {
         let s = &config.streams;
-        if s.heartbeat.is_zero() {
-            return Err(ConfigError("streams.heartbeat: must be greater than zero".into()));
+        // Each is a timer per stream (heartbeat) or a frame to every stream of a channel
+        // (warning): at millisecond intervals they would be the gateway's whole work.
+        if s.heartbeat < Duration::from_secs(1) {
+            return Err(ConfigError("streams.heartbeat: must be at least 1s".into()));
         }
-        if s.warning_interval.is_zero() {
-            return Err(ConfigError("streams.warning_interval: must be greater than zero".into()));
+        if s.warning_interval < Duration::from_secs(1) {
+            return Err(ConfigError("streams.warning_interval: must be at least 1s".into()));
         }
         if s.max_per_user == 0 {
             return Err(ConfigError("streams.max_per_user: must be at least 1".into()));
@@ -740,6 +742,8 @@ mod tests {
             ("[broker]\ncheck_interval = \"500ms\"\n", "broker.check_interval"),
             ("[server]\nhead_timeout = \"0s\"\n", "server.head_timeout"),
             ("[demo]\ninterval = \"0s\"\n", "demo.interval"),
+            ("[streams]\nheartbeat = \"999ms\"\n", "streams.heartbeat"),
+            ("[streams]\nwarning_interval = \"1ms\"\n", "streams.warning_interval"),
             ("[server]\nmax_streams = 0\n", "server.max_streams"),
             ("[server]\nmax_streams = 3\nworkers = 4\n", "server.workers"),
             ("[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\", \"*\"]\n", "server.cors_origins"),
@@ -747,6 +751,8 @@ mod tests {
             let c = Config::from_toml(toml).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with(key), "{toml}");
         }
+        let c = Config::from_toml("[streams]\nheartbeat = \"1s\"\nwarning_interval = \"1s\"\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the shortest intervals allowed");
         let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the smallest delays allowed");
         for ok in ["[server]\ncors_origins = [\"*\"]\n", "[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\"]\n"] {
