@@ -26,6 +26,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use sse_gateway_core::{log_resumes, BackfillStep, ChannelId, EventId, StreamId};
 use tracing::{debug, info};
 
@@ -83,10 +84,18 @@ impl Shard {
         let mut seen = reader.window(channel)?;
         reader.source_ready(channel).await?;
         loop {
-            let permit = reader.permit(Instant::now() + TURN_WAIT).await;
-            if self.gw.borrow().channel_of(id).is_none() {
+            // A client that leaves while its read-back waits gives its place up at once: left
+            // in the queue, it would count as waiting, and a working read-back would give its
+            // turn up for it.
+            let wait = async { Some(reader.permit(Instant::now() + TURN_WAIT).await) };
+            let permit = future::or(wait, async {
+                self.gone(id).await;
+                None
+            })
+            .await;
+            let Some(permit) = permit.filter(|_| self.gw.borrow().channel_of(id).is_some()) else {
                 return Ok(End::Finished); // the client left while waiting its turn
-            }
+            };
             let Some(permit) = permit else {
                 info!(stream = %id, offset = at, "no read-back turn within 30 s; the stream gets history_gap");
                 return Err(format!("no read-back turn within {TURN_WAIT:?}"));
@@ -151,6 +160,20 @@ impl Shard {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Resolves once the core has let the stream go (its writer ends with a last `drained`);
+    /// never while it holds it, even without a writer to wait on.
+    async fn gone(&self, id: StreamId) {
+        loop {
+            if self.gw.borrow().channel_of(id).is_none() {
+                return;
+            }
+            match self.conn(id) {
+                Some(conn) => conn.drained.notified().await,
+                None => std::future::pending().await,
             }
         }
     }
