@@ -82,7 +82,8 @@ pub enum FieldKind {
     /// Any JSON string.
     String,
     /// A string holding an RFC 3339 date-time with an offset (`2024-05-01T12:30:00Z`,
-    /// `2024-05-01T12:30:00.250+03:00`; `t` or a space as separator and `z` are accepted).
+    /// `2024-05-01T12:30:00.250+03:00`; `t` and `z` are accepted, a space for the `T` is not,
+    /// second 60 only at 23:59 UTC).
     DateTime,
     /// A string holding a real calendar date, `YYYY-MM-DD`.
     Date,

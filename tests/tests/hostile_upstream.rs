@@ -177,7 +177,7 @@ async fn a_property_that_is_not_utf8_drops_one_message_and_closes_nothing(bin: B
         ..RawMessage::default()
     };
     // Dropped: an id that is not UTF-8 (bad_header), a type that is not (unknown_type), a
-    // recipient list that is not (bad_header).
+    // recipient list that is not (a long string: bad_header, as before the patch).
     publish(&deal_msg(b"deal.created", b"m-\xff\xfe"));
     publish(&deal_msg(b"deal.\xffcreated", b"m-raw-2"));
     publish(&note_msg(b"m-raw-3", &[(b"recipient_ids", b"alice\xff")]));
