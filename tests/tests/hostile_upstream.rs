@@ -5,6 +5,7 @@
 //! events around them flow, exactly.
 
 use sse_gateway_tests::payloads::{valid, valid_text};
+use sse_gateway_tests::raw_amqp::{nested_arrays, publish, text, RawMessage};
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, Header, Message, SseClient};
 
@@ -149,40 +150,49 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
 }
 
 
+/// A bare-AMQP `deal.created` message (`body`) to the test's deals exchange. Headers are
+/// encoded field values ([`text`], [`nested_arrays`]).
+fn raw_deal(fx: &Fixture, kind: &[u8], message_id: &[u8], headers: Vec<(Vec<u8>, Vec<u8>)>, body: &str) -> RawMessage {
+    RawMessage {
+        exchange: fx.topo.exchange("deals").into(),
+        routing_key: "deal.created".into(),
+        kind: kind.into(),
+        message_id: message_id.into(),
+        headers,
+        body: body.into(),
+    }
+}
+
+/// A bare-AMQP `notification.sent` message (`body`) to the test's notifications queue.
+fn raw_note(fx: &Fixture, message_id: &[u8], headers: Vec<(Vec<u8>, Vec<u8>)>, body: &str) -> RawMessage {
+    RawMessage {
+        routing_key: fx.topo.notifications.clone(),
+        kind: b"notification.sent".to_vec(),
+        message_id: message_id.into(),
+        headers,
+        body: body.into(),
+        ..RawMessage::default()
+    }
+}
+
 /// RabbitMQ hands on a `message_id`, `type` or header name that is not UTF-8 as it is; the AMQP
 /// client used to fail the whole connection on it, and the broker gave the message out again on
 /// the next one, so every channel stayed down (vendor/README.md). Now such a message is dropped
 /// by its reason, and nothing else notices.
 async fn a_property_that_is_not_utf8_drops_one_message_and_closes_nothing(bin: Bin) {
-    use sse_gateway_tests::raw_amqp::{publish, text, RawMessage};
     let fx = Fixture::start(bin, ConfigBuilder::new()).await;
     let mut deals = fx.gw.stream("deals", &user("alice", &[])).await;
     let mut notes = fx.gw.stream("notifications", &user("alice", &[])).await;
     let deal = valid_text("deal.created");
     let note = valid_text("notification.sent");
-    let deal_msg = |kind: &[u8], message_id: &[u8]| RawMessage {
-        exchange: fx.topo.exchange("deals").into(),
-        routing_key: "deal.created".into(),
-        kind: kind.into(),
-        message_id: message_id.into(),
-        headers: vec![],
-        body: deal.clone().into(),
-    };
-    let note_msg = |message_id: &[u8], headers: &[(&[u8], &[u8])]| RawMessage {
-        routing_key: fx.topo.notifications.clone(),
-        kind: b"notification.sent".to_vec(),
-        message_id: message_id.into(),
-        headers: headers.iter().map(|(n, v)| (n.to_vec(), text(v))).collect(),
-        body: note.clone().into(),
-        ..RawMessage::default()
-    };
     // Dropped: an id that is not UTF-8 (bad_header), a type that is not (unknown_type), a
     // recipient list that is not (a long string: bad_header, as before the patch).
-    publish(&deal_msg(b"deal.created", b"m-\xff\xfe"));
-    publish(&deal_msg(b"deal.\xffcreated", b"m-raw-2"));
-    publish(&note_msg(b"m-raw-3", &[(b"recipient_ids", b"alice\xff")]));
+    publish(&raw_deal(&fx, b"deal.created", b"m-\xff\xfe", vec![], &deal));
+    publish(&raw_deal(&fx, b"deal.\xffcreated", b"m-raw-2", vec![], &deal));
+    publish(&raw_note(&fx, b"m-raw-3", vec![(b"recipient_ids".to_vec(), text(b"alice\xff"))], &note));
     // Delivered: a header name that is not UTF-8 is a header the contract does not have.
-    publish(&note_msg(b"m-raw-4", &[(b"x-\xff\xfe", b"1"), (b"recipient_ids", b"alice")]));
+    let odd_name = vec![(b"x-\xff\xfe".to_vec(), text(b"1")), (b"recipient_ids".to_vec(), text(b"alice"))];
+    publish(&raw_note(&fx, b"m-raw-4", odd_name, &note));
 
     let deal_marker = valid_text("deal.updated");
     fx.publish("deals", "deal.updated", &deal_marker).await;
@@ -211,31 +221,15 @@ async fn a_property_that_is_not_utf8_drops_one_message_and_closes_nothing(bin: B
 /// the message out again after each restart (vendor/README.md). Now nesting past 32 levels reads
 /// as empty: an event with such a header flows, a `recipient_ids` of that kind is `bad_header`.
 async fn a_header_nested_twenty_thousand_deep_crashes_nothing(bin: Bin) {
-    use sse_gateway_tests::raw_amqp::{nested_arrays, publish, text, RawMessage};
     let fx = Fixture::start(bin, ConfigBuilder::new()).await;
     let mut deals = fx.gw.stream("deals", &user("alice", &[])).await;
     let mut notes = fx.gw.stream("notifications", &user("alice", &[])).await;
     let deal = valid_text("deal.created");
     let note = valid_text("notification.sent");
-    let deep = nested_arrays(20_000);
-    publish(&RawMessage {
-        exchange: fx.topo.exchange("deals").into(),
-        routing_key: "deal.created".into(),
-        kind: b"deal.created".to_vec(),
-        message_id: b"m-deep-1".to_vec(),
-        headers: vec![(b"x-deep".to_vec(), deep.clone())],
-        body: deal.clone().into(),
-    });
-    let note_msg = |id: &[u8], recipients: Vec<u8>| RawMessage {
-        routing_key: fx.topo.notifications.clone(),
-        kind: b"notification.sent".to_vec(),
-        message_id: id.to_vec(),
-        headers: vec![(b"recipient_ids".to_vec(), recipients), (b"x-deep".to_vec(), deep.clone())],
-        body: note.clone().into(),
-        ..RawMessage::default()
-    };
-    publish(&note_msg(b"m-deep-2", nested_arrays(40)));
-    publish(&note_msg(b"m-deep-3", text(b"alice")));
+    let deep = || (b"x-deep".to_vec(), nested_arrays(20_000));
+    publish(&raw_deal(&fx, b"deal.created", b"m-deep-1", vec![deep()], &deal));
+    publish(&raw_note(&fx, b"m-deep-2", vec![(b"recipient_ids".to_vec(), nested_arrays(40)), deep()], &note));
+    publish(&raw_note(&fx, b"m-deep-3", vec![(b"recipient_ids".to_vec(), text(b"alice")), deep()], &note));
 
     let ev = deals.expect_event("the event with a deep header").await;
     assert_eq!((ev.event.as_str(), ev.data.as_str()), ("deal.created", deal.as_str()));
