@@ -476,10 +476,11 @@ impl Front {
 
     fn token<'a>(&self, head: &Head<'a>) -> Token<'a> {
         let auth = &self.settings.config.auth;
-        // An empty value (`Bearer ` and spaces, `sse_token=` as a logout leaves it) is no token:
-        // the next place in D1's order is looked at.
+        // An empty value (`sse_token=` as a logout leaves it, `access_token=`) is no token: the
+        // next place in D1's order is looked at. (A bare `Bearer` is one already: httparse trims
+        // a value's trailing spaces.)
         if let Some(v) = head.authorization {
-            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && !v[7..].trim_ascii().is_empty() {
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
                 return Token::Found(String::from_utf8_lossy(v[7..].trim_ascii()));
             }
         }
