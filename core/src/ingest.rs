@@ -457,7 +457,7 @@ mod tests {
         let bad_id = deal(None, "m\u{FFFD}\u{FFFD}");
         let err = ingest.handle_message(&bad_id).unwrap_err();
         assert_eq!((err.reason, err.detail.as_str()), (DropReason::BadHeader, "message_id is not UTF-8 text"));
-        // It took no place in the id window, and the next message goes on.
+        // It took no number: the next message is the first.
         assert_eq!(ingest.handle_message(&deal(None, "mxx")).unwrap().id().seq, 1);
         assert!(metrics.render().contains("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"bad_header\"} 1"));
     }
