@@ -563,8 +563,10 @@ impl Source {
         }
         let log = self.settings.channel(self.id).log.as_ref();
         let queue_args = log.map(stream_log::queue_args).unwrap_or_default();
-        // A stream this source has read from can only be missing if it was deleted.
-        let known = log.is_some() && offsets.last.is_some();
+        // A stream this source has read from (live, or as history for the buffers, whose ids
+        // resumes may hold) can only be missing if it was deleted.
+        let read_up_to = offsets.last.or(offsets.history_through);
+        let known = log.is_some() && read_up_to.is_some();
         let (gone, consumers);
         let mut chan = self.first_channel().await?;
         let queue = match &self.settings.channel(self.id).source {
@@ -598,7 +600,7 @@ impl Source {
         if gone {
             // Declared (and bound) again so that it keeps what is published meanwhile, but not
             // read: its offsets restart at 0 and would give out ids already given out.
-            let last = offsets.last.unwrap_or_default();
+            let last = read_up_to.unwrap_or_default();
             let what = format!("stream queue {queue} is gone (it had offset {last}) and was declared again, empty: its offsets restart at 0");
             return Err(offsets.stop(&what, &self.name));
         }

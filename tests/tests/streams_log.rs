@@ -521,11 +521,12 @@ async fn resume_before_the_broker_answers(bin: Bin, after: Duration) -> Got {
     got
 }
 
-/// The broker answers within the 2 s after which a source that does not answer is reported
-/// unavailable: no warning at all.
+/// The broker answers about 500 ms after the stream opened. The 2 s after which a source that
+/// does not answer is reported unavailable count from the instance's start, not the stream's, so
+/// on a slow machine `source_unavailable` may come first; no other warning may.
 async fn a_resume_before_the_broker_answers_a_restarted_instance_is_read_back_once_it_does(bin: Bin) {
     let got = resume_before_the_broker_answers(bin, Duration::from_millis(500)).await;
-    assert!(got.warnings.is_empty(), "no warning: {:?}", got.warnings);
+    assert!(got.warnings.iter().all(|w| w.contains("source_unavailable")), "only source_unavailable, if any: {:?}", got.warnings);
 }
 
 /// The broker answers 3 s after the stream opened: the stream was told `source_unavailable`
@@ -765,9 +766,12 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
     logged(&gw, "set channels.deals.source.epoch to a new value", "the log says what to do").await;
     assert_eq!(gw.get("/readyz", &[]).await.status, 503, "not ready while the source is stopped");
     // The new stream is declared and bound (it keeps what is published), but not read: none of
-    // its events reaches the client under an id it may already hold. The warnings repeat.
+    // its events reaches the client under an id it may already hold, nor is taken in at all
+    // (the events-in counter stands). The warnings repeat.
+    let taken = gw.metric("sse_gateway_events_in_total{channel=\"deals\"}").await;
     let kept = setup.publish(3).await;
     let frames = s.events_within(Duration::from_secs(2)).await;
+    assert_eq!(gw.metric("sse_gateway_events_in_total{channel=\"deals\"}").await, taken, "the new stream was read");
     assert!(frames.iter().any(|e| e.json()["code"] == "source_unavailable"), "no repeated warning: {frames:?}");
     assert!(frames.iter().all(|e| e.id.is_none()), "an event came from the new stream: {frames:?}");
     assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
@@ -787,6 +791,31 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
     let new_epoch = format!("{}-", EPOCH + 1);
     let offsets: Vec<u64> = got.ids.iter().filter_map(|id| id.strip_prefix(&new_epoch)?.parse().ok()).collect();
     assert_eq!(offsets, [kept.len() as u64, kept.len() as u64 + 1], "the new epoch, the new stream's offsets: {:?}", got.ids);
+}
+
+/// The same before any live event: the ids a starting gateway read as history for its buffers
+/// are ids resumes may hold, so a stream deleted then stops the source too (not a new stream's
+/// events dropped, unseen, until its offsets passed the old ones).
+async fn a_stream_deleted_before_any_live_event_stops_the_source_too(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &amqp_url()).await;
+    let carol = user("carol", &[]);
+    let (msgs, titles) = setup.messages(5);
+    setup.read_then_killed(bin, &carol, &msgs, &titles).await;
+    let gw = setup.start(bin).await;
+    // The new instance read them as history: a resume from the second is served from memory.
+    let mut resumed = gw.stream_with("deals", &carol, &[("Last-Event-ID", &format!("{EPOCH}-1"))]).await;
+    assert_eq!(read_events(&mut resumed, 3, "resumed from the history").await.titles, titles[2..]);
+    let mut s = gw.stream("deals", &carol).await;
+    setup.broker.delete_queue(&setup.queue()).await;
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning when the stream goes");
+    assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+    logged(&gw, "is gone (it had offset 4)", "the log names the lost stream").await;
+    let taken = gw.metric("sse_gateway_events_in_total{channel=\"deals\"}").await;
+    setup.publish(3).await;
+    let frames = s.events_within(Duration::from_secs(2)).await;
+    assert!(frames.iter().all(|e| e.id.is_none()), "an event came from the new stream: {frames:?}");
+    assert_eq!(gw.metric("sse_gateway_events_in_total{channel=\"deals\"}").await, taken, "the new stream was read");
+    assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
 }
 
 /// A starting gateway reads the stream's last chunk for its buffers: a client that had every
@@ -884,6 +913,7 @@ for_each_binary!(
     streams_opened_before_the_broker_is_reached_get_everything_published_since,
     a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
     a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
+    a_stream_deleted_before_any_live_event_stops_the_source_too,
     a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
     a_client_moves_between_two_instances_with_its_last_event_id,
     a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live,
