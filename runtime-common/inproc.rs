@@ -12,8 +12,12 @@ use tracing::{error, info, warn};
 use super::shards::Shards;
 use crate::driver::{spawn, Timer};
 
+/// What became of one message: its event id or why it was dropped; `None` if handling it
+/// panicked (a bug).
+pub(crate) type Outcome = Option<Result<EventId, Dropped>>;
+
 /// Where a channel's task sends the outcome of one message (a channel of one).
-type Reply = Sender<Result<EventId, Dropped>>;
+type Reply = Sender<Outcome>;
 
 /// Senders to each channel's ingest task, by channel index.
 #[derive(Clone, Debug)]
@@ -38,7 +42,7 @@ impl Inproc {
     }
 
     /// Validates and publishes one message; `None` if the channel's task is gone.
-    pub(crate) async fn publish(&self, ch: ChannelId, mut msg: UpstreamMessage) -> Option<Result<EventId, Dropped>> {
+    pub(crate) async fn publish(&self, ch: ChannelId, mut msg: UpstreamMessage) -> Option<Outcome> {
         msg.received = Some(Instant::now());
         let (tx, rx) = bounded(1);
         self.txs.get(ch.index())?.send((msg, tx)).await.ok()?;
@@ -48,16 +52,17 @@ impl Inproc {
 
 async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, Reply)>, shards: Shards, name: String) {
     while let Ok((msg, reply)) = rx.recv().await {
-        // A panic (a bug) drops the event; the publisher's request gets no answer from here.
+        // A panic (a bug) drops the event; the publisher's request is told so.
         let Some(result) = crate::common::contained(|| ingest.handle_message(&msg)) else {
             error!(channel = %name, "event dropped: handling it panicked (a bug, logged above)");
+            let _ = reply.try_send(None);
             continue;
         };
         match &result {
             Ok(ev) => shards.event(ev).await,
             Err(d) => warn!(channel = %name, reason = d.reason.label(), detail = %d.detail, "event dropped"),
         }
-        let _ = reply.try_send(result.map(|ev| ev.id()));
+        let _ = reply.try_send(Some(result.map(|ev| ev.id())));
     }
 }
 

@@ -220,16 +220,18 @@ async fn publish(
     }
     let cors = p.cors_origin.as_deref();
     // The body is an upstream message: a panic parsing it (a bug) fails this request only.
+    let failed = || Response::error(500, "internal", "handling the message failed (a bug, logged)", "", cors);
     let msg = match super::contained(|| parse_publish(&buf[p.head_len..end])) {
         Some(Ok(msg)) => msg,
         Some(Err(r)) => return Some(r),
-        None => return Some(Response::error(500, "internal", "handling the message failed (a bug, logged)", "", cors)),
+        None => return Some(failed()),
     };
     let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
     let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
     Some(match inproc.publish(p.channel, msg).await {
-        Some(Ok(id)) => Response::published(id, cors),
-        Some(Err(d)) => Response::dropped(&d, cors),
+        Some(Some(Ok(id))) => Response::published(id, cors),
+        Some(Some(Err(d))) => Response::dropped(&d, cors),
+        Some(None) => failed(),
         None => unavailable(),
     })
 }

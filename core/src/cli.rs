@@ -40,8 +40,8 @@ use crate::{contract, demo, issue_hs256, Front, Metrics};
 ///
 /// Ops endpoints: /healthz (200 while the process serves), /readyz (200 once every channel's
 /// source has been reached and is up now, else 503 naming the channels down), /metrics
-/// (Prometheus text). SIGTERM/SIGINT stop accepting, close every stream with a retry hint and
-/// exit within server.shutdown_drain.
+/// (Prometheus text). SIGTERM/SIGINT stop accepting, stop the sources (at most 3s), close every
+/// stream with a retry hint and exit within server.shutdown_drain plus those 3s and 2s.
 #[derive(Parser, Debug)]
 #[command(name = "sse-gateway", version)]
 pub struct Cli {

@@ -147,14 +147,14 @@ impl DelayHistogram {
 }
 
 /// Status codes counted in `sse_gateway_http_responses_total`.
-const STATUSES: [u16; 15] = [200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 411, 413, 422, 431, 503];
+const STATUSES: [u16; 16] = [200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 411, 413, 422, 431, 500, 503];
 
 /// The process's counters. Create one, share it (`Arc`) with every shard and ingest.
 #[derive(Debug)]
 pub struct Metrics {
     channels: Vec<(String, PerChannel)>,
     closed: [AtomicU64; 5],
-    responses: [AtomicU64; 15],
+    responses: [AtomicU64; STATUSES.len()],
     replays: AtomicU64,
     history_gaps: AtomicU64,
     evictions: AtomicU64,
