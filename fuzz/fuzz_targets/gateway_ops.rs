@@ -73,6 +73,9 @@ struct Watch {
 /// What it knows of a published event: channel, recipients as published.
 type Published = HashMap<String, (usize, Option<Vec<String>>)>;
 
+/// The first channel's log: each message with whether it is valid.
+type Log = Vec<(UpstreamMessage, bool)>;
+
 /// A history read in progress: the next position to hand over, the last one handed over.
 struct History {
     next: u64,
@@ -110,7 +113,7 @@ fuzz_target!(|ops: Vec<Op>| {
     // The first channel's log: every message published to it, at position index + 1.
     let log_ch = s.channel_id(&s.channels[0].name).unwrap();
     gw.set_history(log_ch, Some(5));
-    let mut log: Vec<UpstreamMessage> = Vec::new();
+    let mut log: Log = Vec::new();
     // How much of the log the live source has handed over.
     let mut live = 0;
     let mut reads: HashMap<StreamId, Reading> = HashMap::new();
@@ -140,7 +143,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     from_log = (ch == 0 && epoch == 5).then_some(u64::from(q % 64));
                 }
                 head.push_str("\r\n");
-                if let Routed::Stream(req) = front.route(head.as_bytes(), unix) {
+                // A well-formed head with a valid token: a stream, or `forbidden` (D2) on payments
+                // without the role; anything else means no stream opens and every check below is moot.
+                let forbidden = |r: &Response| r.refusal.as_ref().is_some_and(|f| f.code == "forbidden");
+                match front.route(head.as_bytes(), unix) {
+                    Routed::Respond(r) if forbidden(&r) && s.channels[ch].name == "payments" && !finance => {}
+                    Routed::Stream(req) => {
                     assert!(s.channels[ch].name != "payments" || finance, "payments routed without the role");
                     let mine = gw.streams_of(&user);
                     match gw.open(req, now, unix) {
@@ -156,6 +164,8 @@ fuzz_target!(|ops: Vec<Op>| {
                         }
                         Err(r) => panic!("refused {}", r.status),
                     }
+                    }
+                    other => panic!("no stream for a valid head and token: {other:?}"),
                 }
             }
             Op::Close { pick } => {
@@ -172,6 +182,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 let body = if valid { demo_body(&name) } else { "{\"x\":1}".to_string() };
                 let kind = demo_kind(&name);
                 let who: Option<Vec<String>> = recipients.map(|r| r.iter().map(|u| format!("u{}", u % 6)).collect());
+                // Valid unless built invalid or, on a per-user channel, naming no recipient.
+                let ok = valid && who.as_ref().map_or(!s.channels[ch].per_user, |w| !w.is_empty());
                 let up = UpstreamMessage {
                     kind: Some(kind.into()),
                     routing_key: kind.into(),
@@ -181,22 +193,28 @@ fuzz_target!(|ops: Vec<Op>| {
                     ..Default::default()
                 };
                 if ch == 0 {
-                    to_log(up, who, &ingests[0], &mut log, &mut published);
+                    to_log(up, who, ok, &ingests[0], &mut log, &mut published);
                     if !lag {
                         let through = history.take().and_then(|h| h.through).or(history_through.take());
                         if through.is_some_and(|t| !log_continues(t, live as u64 + 1)) {
                             gw.prime_gap(log_ch);
                         }
-                        for up in &log[live..] {
-                            if let Ok(ev) = ingests[0].handle_message(up) {
+                        for (up, ok) in &log[live..] {
+                            let r = ingests[0].handle_message(up);
+                            assert_eq!(r.is_ok(), *ok, "handed over live: {r:?}");
+                            if let Ok(ev) = r {
                                 gw.handle_event(&ev);
                             }
                         }
                         live = log.len(); // a live event ends a history read (the core says so too)
                     }
-                } else if let Ok(ev) = ingests[ch].handle_message(&up) {
-                    published.insert(ev.id().to_string(), (ch, who));
-                    gw.handle_event(&ev);
+                } else {
+                    let r = ingests[ch].handle_message(&up);
+                    assert_eq!(r.is_ok(), ok, "published: {r:?}");
+                    if let Ok(ev) = r {
+                        published.insert(ev.id().to_string(), (ch, who));
+                        gw.handle_event(&ev);
+                    }
                 }
             }
             Op::Advance { ms } => {
@@ -243,7 +261,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
                         let r = reads.get_mut(&id).expect("reading");
-                        let Some(msg) = log.get(r.next as usize - 1) else {
+                        let Some((msg, ok)) = log.get(r.next as usize - 1) else {
                             // The log's end: nothing at all came is a failure.
                             let started = r.started;
                             reads.remove(&id);
@@ -251,6 +269,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             break;
                         };
                         let ev = ingests[0].read_back(msg, &mut seen).ok();
+                        assert_eq!(ev.is_some(), *ok, "read back");
                         let pos = r.next;
                         r.next += 1;
                         r.started = true;
@@ -284,7 +303,8 @@ fuzz_target!(|ops: Vec<Op>| {
                             position: Some(log.len() as u64 + 1),
                             ..Default::default()
                         };
-                        to_log(up, None, &ingests[0], &mut log, &mut published);
+                        let ok = !s.channels[0].per_user;
+                        to_log(up, None, ok, &ingests[0], &mut log, &mut published);
                     }
                     gw.prime_start(log_ch);
                     history = Some(History { next: u64::from(from) % (log.len() as u64 + 1) + 1, through: None });
@@ -297,8 +317,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(h) = history.as_mut() {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
-                        let Some(msg) = log.get(h.next as usize - 1) else { break };
-                        if let Ok(ev) = ingests[0].read_back(msg, &mut seen) {
+                        let Some((msg, ok)) = log.get(h.next as usize - 1) else { break };
+                        let r = ingests[0].read_back(msg, &mut seen);
+                        assert_eq!(r.is_ok(), *ok, "history: {r:?}");
+                        if let Ok(ev) = r {
                             if h.next <= live as u64 {
                                 history_only.insert(ev.id().to_string());
                             }
@@ -360,13 +382,15 @@ fuzz_target!(|ops: Vec<Op>| {
     assert_eq!(gw.poll_timeout(), None);
 });
 
-/// A message into the first channel's log. Valid or not, it is there; a valid one may be read
-/// back (or as history) before the live source hands it over.
-fn to_log(up: UpstreamMessage, who: Option<Vec<String>>, ingest: &Ingest, log: &mut Vec<UpstreamMessage>, published: &mut Published) {
-    if let Ok(ev) = ingest.read_back(&up, &mut ingest.read_back_window()) {
+/// A message into the first channel's log, with whether it is valid (`ok`). Valid or not, it is
+/// there; a valid one may be read back (or as history) before the live source hands it over.
+fn to_log(up: UpstreamMessage, who: Option<Vec<String>>, ok: bool, ingest: &Ingest, log: &mut Log, published: &mut Published) {
+    let r = ingest.read_back(&up, &mut ingest.read_back_window());
+    assert_eq!(r.is_ok(), ok, "into the log: {r:?}");
+    if let Ok(ev) = r {
         published.insert(ev.id().to_string(), (0, who));
     }
-    log.push(up);
+    log.push((up, ok));
 }
 
 /// One of the streams `of` holds (open ones, read-backs in progress), by a pick from the input
