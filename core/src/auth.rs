@@ -2347,7 +2347,13 @@ mod tests {
         )
         .expect("full section");
         assert_eq!(full.algorithms, ["RS256", "PS256"]);
+        assert_eq!(full.secret.as_deref(), Some("s"));
+        assert_eq!(full.public_key_file.as_deref(), Some("/etc/sse/jwt.pem"));
+        assert_eq!(full.jwks_file.as_deref(), Some("/etc/sse/jwks.json"));
+        assert_eq!(full.issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(full.audience.as_deref(), Some("sse-gateway"));
         assert_eq!(full.leeway_secs, 5);
+        assert_eq!(full.roles_claim, "realm_access.roles");
         assert_eq!(full.cookie.as_deref(), Some("sse_token"));
         assert!(full.query_param);
         assert!(toml::from_str::<AuthConfig>("algorithm = [\"HS256\"]").is_err());

@@ -1345,11 +1345,14 @@ mod tests {
     fn one_example_payload_per_seed_event_type_validates() {
         let cat = seed();
         let examples = seed_examples();
-        let total: usize = cat
+        let types: std::collections::BTreeSet<(String, String)> = cat
             .channels()
-            .map(|c| c.version(1).map_or(0, |v| v.event_types().count()))
-            .sum();
-        assert_eq!(examples.len(), total, "one example per seed event type");
+            .flat_map(|c| c.version(1).into_iter().flat_map(|v| v.event_types().map(|(t, _)| (c.name().to_string(), t.to_string()))))
+            .collect();
+        let covered: std::collections::BTreeSet<(String, String)> =
+            examples.iter().map(|(c, e, _)| (c.to_string(), e.to_string())).collect();
+        assert_eq!(covered, types, "an example for each seed event type");
+        assert_eq!(examples.len(), types.len(), "one example each");
         for (channel, event, payload) in examples {
             assert_eq!(
                 cat.validate(channel, 1, event, &payload),

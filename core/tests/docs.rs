@@ -5,7 +5,7 @@
 //!   `sse-gateway catalogue --asyncapi > docs/asyncapi.json`, ...).
 //! * `docs/config-reference.md` names every key of `Config` (walked through its serde structure),
 //!   names no key that does not exist, and every default it states as a TOML literal is the real
-//!   default.
+//!   default (a channel key's, as `deals` resolves with and without it).
 //! * `docs/sse-gateway.example.toml` is a configuration the gateway starts with.
 //! * `docs/operations.md` names every metric `/metrics` renders.
 
@@ -276,7 +276,16 @@ fn config_reference_defaults_are_the_real_defaults() {
         // Only defaults written as one TOML literal in backticks are checked: `30s` style cells
         // are written as `"30s"`; prose ("unset", "the seed's") is not a literal.
         let Some(literal) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else { continue };
-        if key.starts_with("channels.") || literal.contains('`') {
+        if literal.contains('`') {
+            continue;
+        }
+        if let Some(rest) = key.strip_prefix("channels.<name>.") {
+            // `streams.buffer_events` and the like name another key's value: not a literal.
+            if toml::from_str::<toml::Table>(&format!("v = {literal}")).is_err() {
+                continue;
+            }
+            assert_channel_default(rest, &literal.replace("<name>", "deals"));
+            checked += 1;
             continue;
         }
         let (section, name) = match key.rsplit_once('.') {
@@ -290,6 +299,26 @@ fn config_reference_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert!(checked > 30, "only {checked} defaults checked");
+}
+
+/// A channel key's documented default (`rest` after `channels.<name>.`) is what the channels
+/// resolve to without it: set on `deals` (its source given as an exchange, and as a stream for
+/// the stream-only keys), every resolved channel is as without it.
+fn assert_channel_default(rest: &str, literal: &str) {
+    let (section, name) = match rest.strip_prefix("source.") {
+        Some(name) => {
+            let stream = if ["max_age", "max_length_bytes", "epoch"].contains(&name) { "stream = true\n" } else { "" };
+            (format!("[channels.deals.source]\nexchange = \"crm.domain\"\n{stream}"), name)
+        }
+        None => ("[channels.deals]\n".to_string(), rest),
+    };
+    let resolve = |text: &str| {
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("channels.<name>.{rest}: {e}"));
+        Settings::new(config, Catalogue::seed()).unwrap_or_else(|e| panic!("channels.<name>.{rest}: {e}")).channels.clone()
+    };
+    let base = resolve(&section);
+    let set = resolve(&format!("{section}{name} = {literal}\n"));
+    assert_eq!(set, base, "channels.<name>.{rest}: the documented default `{literal}` is not the default");
 }
 
 #[test]

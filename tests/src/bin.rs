@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub enum Bin {
     /// `sse-gateway` (package `sse-gateway-tokio`): required.
     Tokio,
-    /// `sse-gateway-smol` (package `sse-gateway-smol`): run when built, skipped before.
+    /// `sse-gateway-smol` (package `sse-gateway-smol`): the same suite; a test fails when it is not built.
     Smol,
 }
 
