@@ -208,8 +208,11 @@ impl Shard {
                         // One that would take what is still unwritten past a quarter of the bound
                         // waits until the writers took that: else two large events in a row
                         // (the second already in the channel) would pass the output bound of
-                        // every stream of the channel, readers or not.
-                        if unread > 0 && unread + queued > yield_after {
+                        // every stream of the channel, readers or not. Writers woken for output
+                        // no event queued (a resume's catch-up of up to half the bound when a
+                        // stream opens or its history read or read-back ends, a stream's head)
+                        // count too: a large event would find that unwritten.
+                        if self.woken.get() > 0 && unread + queued > yield_after {
                             self.let_writers_run().await;
                             unread = 0;
                         }
@@ -552,18 +555,48 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     use bytes::Bytes;
-    use sse_gateway_core::{Identity, Ingest, UpstreamMessage};
+    use sse_gateway_core::{Event, Identity, Ingest, Resume, UpstreamMessage};
 
     use super::*;
 
     /// A valid `deal.created` event whose frame is about `len` bytes.
-    fn deal(ingest: &mut Ingest, len: usize) -> sse_gateway_core::Event {
+    fn deal(ingest: &mut Ingest, len: usize) -> Event {
         let body = format!(
             r#"{{"deal_id":"7f1c2a4e-0000-4000-8000-000000000001","client_id":"7f1c2a4e-0000-4000-8000-000000000002","title":"{}","status":"new","created_at":"2024-01-01T00:00:00Z"}}"#,
             "t".repeat(len)
         );
         let msg = UpstreamMessage { kind: Some("deal.created".into()), body: Bytes::from(body), ..UpstreamMessage::default() };
         ingest.handle_message(&msg).expect("a valid event")
+    }
+
+    /// What a client reads from its stream on one shard: `before` goes in first (to the
+    /// buffers), then the stream opens (with `resume`), then `after`, then a shutdown ends it.
+    fn read_stream(settings: Arc<Settings>, metrics: Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap(); // as the listener hands it over
+        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: unix_now() + 3600 };
+        let deals = settings.channel_id("deals").unwrap();
+        let req = StreamRequest { identity, channel: deals, version: 1, resume, cors_origin: None };
+        let (tx, rx) = async_channel::unbounded();
+        let events = |evs: &[Event]| evs.iter().cloned().map(Command::Event).collect::<Vec<_>>();
+        for cmd in events(before).into_iter().chain([Command::Open(server, req)]).chain(events(after)).chain([Command::Shutdown]) {
+            tx.try_send(cmd).unwrap();
+        }
+        let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
+        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, settings, metrics)));
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("the stream ends after the shutdown");
+        shard.join().unwrap();
+        String::from_utf8(got).unwrap()
+    }
+
+    /// Where `ev`'s frame is in `got`; panics if it is not.
+    fn place(got: &str, ev: &Event) -> usize {
+        let frame = std::str::from_utf8(ev.frame()).unwrap();
+        got.find(frame).unwrap_or_else(|| panic!("{} bytes, without the frame of {}", got.len(), ev.id()))
     }
 
     /// Two events queued back to back, together past a stream's output bound: the loop lets the
@@ -579,27 +612,28 @@ mod tests {
         let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 1);
         let (first, second) = (deal(&mut ingest, bound / 5), deal(&mut ingest, bound * 4 / 5));
         assert!(first.frame().len() + second.frame().len() > bound && second.frame().len() < bound);
+        let got = read_stream(settings, metrics, None, &[], &[first.clone(), second.clone()]);
+        assert!(place(&got, &first) < place(&got, &second), "in order");
+    }
 
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap(); // as the listener hands it over
-        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: unix_now() + 3600 };
-        let req = StreamRequest { identity, channel: deals, version: 1, resume: None, cors_origin: None };
-        let (tx, rx) = async_channel::bounded(8);
-        for cmd in [Command::Open(server, req), Command::Event(first.clone()), Command::Event(second.clone()), Command::Shutdown] {
-            tx.try_send(cmd).unwrap();
-        }
-        let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
-        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, settings, metrics)));
-
-        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).expect("the stream ends after the shutdown");
-        shard.join().unwrap();
-        let got = String::from_utf8(got).unwrap();
-        let (a, b) = (std::str::from_utf8(first.frame()).unwrap(), std::str::from_utf8(second.frame()).unwrap());
-        let at = |frame: &str| got.find(frame).unwrap_or_else(|| panic!("{} bytes, without the frame of {}", got.len(), &frame[..12]));
-        assert!(at(a) < at(b), "in order");
+    /// A resume's catch-up (up to half the bound, queued when the stream opens, not by an event)
+    /// then a large event already in the channel: the loop lets the new stream's writer take the
+    /// catch-up first, so a client that reads gets both (before, the event found the catch-up
+    /// unwritten, passed the bound, and the stream was closed with nothing written, not even its
+    /// head).
+    #[test]
+    fn a_large_event_right_after_a_resume_reaches_a_client_that_reads() {
+        let settings = Arc::new(Settings::seed());
+        let metrics = Arc::new(Metrics::new(&settings));
+        let bound = settings.config.streams.max_pending_bytes;
+        let deals = settings.channel_id("deals").unwrap();
+        let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 1);
+        let older: Vec<_> = (0..6).map(|_| deal(&mut ingest, bound / 15)).collect();
+        let large = deal(&mut ingest, bound * 4 / 5);
+        let replay: usize = older[1..].iter().map(|e| e.frame().len()).sum();
+        assert!(replay <= bound / 2 && replay + large.frame().len() > bound && large.frame().len() < bound);
+        let got = read_stream(settings, metrics, Some(Resume::After(older[0].id())), &older, std::slice::from_ref(&large));
+        let places: Vec<usize> = older[1..].iter().chain([&large]).map(|e| place(&got, e)).collect();
+        assert!(places.is_sorted(), "in order: {places:?}");
     }
 }
