@@ -221,7 +221,7 @@ async fn publish(
     let cors = p.cors_origin.as_deref();
     // The body is an upstream message: a panic parsing it (a bug) fails this request only.
     let failed = || Response::error(500, "internal", "handling the message failed (a bug, logged)", "", cors);
-    let msg = match super::contained(|| parse_publish(&buf[p.head_len..end])) {
+    let msg = match super::contained(|| parse_publish(&buf[p.head_len..end], cors)) {
         Some(Ok(msg)) => msg,
         Some(Err(r)) => return Some(r),
         None => return Some(failed()),

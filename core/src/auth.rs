@@ -52,6 +52,9 @@ use serde_json::{Map, Value};
 /// before any decoding.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
+/// The longest `leeway_secs` accepted: clock skew, not a grace period (D1: a small leeway).
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
 /// Shortest HMAC secret accepted, in bytes. 32 or more is recommended for HS256.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -205,6 +208,10 @@ pub enum TokenError {
     /// `sub` is missing, `null`, empty, or a number or boolean (an array or object is
     /// [`TokenError::Malformed`]).
     MissingSubject,
+    /// `sub` holds a comma or a control character, or starts or ends with whitespace: no
+    /// `recipient_ids` header could name that user (D3), and a line break in it would forge log
+    /// lines.
+    BadSubject,
     /// The roles claim is neither an array of strings nor a string.
     BadRolesClaim,
     /// Longer than [`MAX_TOKEN_LEN`].
@@ -213,7 +220,7 @@ pub enum TokenError {
 
 impl TokenError {
     /// Every variant, e.g. to pre-register one metric series per reason.
-    pub const ALL: [TokenError; 12] = [
+    pub const ALL: [TokenError; 13] = [
         TokenError::Malformed,
         TokenError::DisallowedAlgorithm,
         TokenError::BadSignature,
@@ -224,6 +231,7 @@ impl TokenError {
         TokenError::WrongAudience,
         TokenError::MissingExpiry,
         TokenError::MissingSubject,
+        TokenError::BadSubject,
         TokenError::BadRolesClaim,
         TokenError::TooLong,
     ];
@@ -241,6 +249,7 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::MissingExpiry => "missing_expiry",
             TokenError::MissingSubject => "missing_subject",
+            TokenError::BadSubject => "bad_subject",
             TokenError::BadRolesClaim => "bad_roles_claim",
             TokenError::TooLong => "too_long",
         }
@@ -431,6 +440,13 @@ impl JwtVerifier {
 
         let issuer = non_empty("issuer", config.issuer.as_deref())?;
         let audience = non_empty("audience", config.audience.as_deref())?;
+        if config.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(AuthSetupError::new(format!(
+                "[auth] leeway_secs {} is more than {MAX_LEEWAY_SECS}: it is for clock skew, and a longer one \
+                 accepts tokens long expired or not yet valid",
+                config.leeway_secs
+            )));
+        }
         if config.roles_claim.is_empty() {
             return Err(AuthSetupError::new("[auth] roles_claim must not be empty"));
         }
@@ -587,12 +603,21 @@ impl Inner {
             Some(Value::String(sub)) if !sub.is_empty() => sub,
             _ => return Err(TokenError::MissingSubject),
         };
+        if sub_unroutable(&user) {
+            return Err(TokenError::BadSubject);
+        }
         Ok(Identity {
             user,
             roles,
             expires_at,
         })
     }
+}
+
+/// A user id that no `recipient_ids` header can name (it is split on commas and trimmed) or
+/// that holds a control character.
+fn sub_unroutable(sub: &str) -> bool {
+    sub.trim() != sub || sub.chars().any(|c| c == ',' || c.is_control())
 }
 
 /// Validates and dedupes the configured algorithm names.
@@ -1653,18 +1678,22 @@ mod tests {
 
     #[test]
     fn huge_leeway_and_exp_do_not_overflow() {
+        let too_long = AuthConfig { leeway_secs: u64::MAX, ..hs_config() };
+        assert!(JwtVerifier::new(&too_long, &KeyMaterial::default()).is_err());
         let config = AuthConfig {
-            leeway_secs: u64::MAX,
+            leeway_secs: MAX_LEEWAY_SECS,
             ..hs_config()
         };
         let v = verifier(&config, &KeyMaterial::default());
+        let never = hs256(&with(claims(), "exp", json!(u64::MAX)));
+        assert_eq!(ok(&v, &never).expires_at, u64::MAX);
         let token = hs256(&with(
             with(claims(), "exp", json!(u64::MAX)),
             "nbf",
             json!(u64::MAX),
         ));
-        assert_eq!(ok(&v, &token).expires_at, u64::MAX);
         assert!(v.verify(&token, u64::MAX).is_ok());
+        assert_eq!(v.verify(&token, u64::MAX - MAX_LEEWAY_SECS - 1).unwrap_err(), TokenError::NotYetValid);
     }
 
     #[test]
@@ -1801,6 +1830,17 @@ mod tests {
                 TokenError::Malformed,
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn a_subject_no_recipient_list_can_name_or_holding_a_control_character_is_rejected() {
+        let v = hs_verifier();
+        for bad in ["a,b", " alice", "alice ", "alice\t", "mallory\n2026-01-01 INFO stream opened user=admin", "eve\r", "x\u{0}y", "x\u{85}y"] {
+            assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
+        }
+        for good in ["alice", "auth0|5f7c8ec7c33c6c004bbafe82", "a b", "jane.doe@example.com", "Ünïcødé"] {
+            assert_eq!(ok(&v, &hs256(&with(claims(), "sub", json!(good)))).user, good);
         }
     }
 
@@ -2302,12 +2342,17 @@ mod tests {
                 cookie: Some("tök".to_owned()),
                 ..hs_config()
             },
+            AuthConfig {
+                leeway_secs: MAX_LEEWAY_SECS + 1,
+                ..hs_config()
+            },
         ];
         for config in &cases {
             assert!(JwtVerifier::new(config, &keys).is_err(), "{config:?}");
         }
         let fine = AuthConfig {
             cookie: Some("__Host-sse_token".to_owned()),
+            leeway_secs: MAX_LEEWAY_SECS,
             ..hs_config()
         };
         assert!(JwtVerifier::new(&fine, &keys).is_ok());
@@ -2496,7 +2541,7 @@ mod tests {
         fn verify_never_panics_on_validly_signed_arbitrary_claims(
             claims in arb_claims(),
             now in any::<u64>(),
-            leeway in any::<u64>(),
+            leeway in 0u64..=MAX_LEEWAY_SECS,
         ) {
             let config = AuthConfig {
                 issuer: Some("iss".to_owned()),
@@ -2515,7 +2560,7 @@ mod tests {
             exp in any::<u64>(),
             nbf in prop::option::of(any::<u64>()),
             now in any::<u64>(),
-            leeway in 0u64..1_000,
+            leeway in 0u64..=MAX_LEEWAY_SECS,
         ) {
             let config = AuthConfig { leeway_secs: leeway, ..hs_config() };
             let v = verifier(&config, &KeyMaterial::default());

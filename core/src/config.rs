@@ -438,6 +438,10 @@ impl Settings {
                 Some(src) => resolve_source(name, with_default_origin(src, source))?,
             };
             let buffer_events = file.buffer_events.unwrap_or(s.buffer_events);
+            // A token's roles are split on whitespace and never empty: such a role never matches.
+            if let Some(bad) = file.roles.iter().flatten().find(|r| r.is_empty() || r.chars().any(char::is_whitespace)) {
+                return Err(ConfigError(format!("channels.{name}.roles: {bad:?} can never match a token's role (empty, or holds whitespace)")));
+            }
             channels.push(ChannelSettings {
                 name: name.to_string(),
                 roles: file.roles.unwrap_or(roles),
@@ -670,6 +674,15 @@ mod tests {
         let pay = s.channel(s.channel_id("payments").unwrap());
         assert_eq!(pay.source, SourceSettings::Queue { queue: "pay.q".into() });
         assert_eq!(pay.roles, ["finance_manager"]);
+    }
+
+    #[test]
+    fn a_role_no_token_can_hold_is_refused() {
+        for bad in ["\"\"", "\"finance manager\"", "\" admin\""] {
+            let c = Config::from_toml(&format!("[channels.deals]\nroles = [\"sales\", {bad}]\n")).unwrap();
+            let e = Settings::new(c, Catalogue::seed()).unwrap_err().to_string();
+            assert!(e.contains("channels.deals.roles") && e.contains("never match"), "{e}");
+        }
     }
 
     #[test]

@@ -248,6 +248,7 @@ struct Head<'a> {
     sec_fetch_site: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
     content_length: Option<&'a [u8]>,
+    transfer_encoding: Option<&'a [u8]>,
     len: usize,
 }
 
@@ -296,6 +297,7 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "sec-fetch-site" => &mut head.sec_fetch_site,
             "host" => &mut head.host,
             "content-length" => &mut head.content_length,
+            "transfer-encoding" => &mut head.transfer_encoding,
             _ => continue,
         };
         // The first occurrence wins; a repeated Content-Length could smuggle a body.
@@ -340,11 +342,14 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
     best.is_some_and(|(_, ok)| ok)
 }
 
+/// The first non-empty value of cookie `name`: a browser sends two cookies of one name when
+/// their paths or domains differ (say, one a logout emptied, one set since), in no set order.
 fn cookie_value<'a>(cookies: &'a [u8], name: &str) -> Option<&'a str> {
     let s = std::str::from_utf8(cookies).ok()?;
     s.split(';').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        let v = v.trim().trim_matches('"');
+        (k.trim() == name && !v.is_empty()).then_some(v)
     })
 }
 
@@ -369,7 +374,11 @@ fn preflight(cors: Option<&str>, methods: &str) -> Routed {
          Access-Control-Allow-Headers: Authorization, Last-Event-ID, Accept, Cache-Control, Content-Type\r\n\
          Access-Control-Max-Age: 600\r\n"
     );
-    Routed::Respond(Response::with_body(204, "text/plain", &extra, Some(origin), b""))
+    let mut h = format!("HTTP/1.1 204 {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}", reason(204));
+    cors_headers(&mut h, Some(origin));
+    h.push_str("\r\n");
+    // RFC 9110 8.6: no Content-Length (nor a body's type) in a 204.
+    Routed::Respond(Response { status: 204, bytes: Bytes::from(h), refusal: None })
 }
 
 /// 403 for a request from an origin the gateway does not serve.
@@ -485,7 +494,7 @@ impl Front {
             }
         }
         if let (Some(name), Some(c)) = (&auth.cookie, head.cookie) {
-            if let Some(t) = cookie_value(c, name).filter(|t| !t.is_empty()) {
+            if let Some(t) = cookie_value(c, name) {
                 return Token::Cookie(t);
             }
         }
@@ -604,16 +613,23 @@ impl Front {
         let Some(id) = self.settings.channel_id(channel) else {
             return Routed::Respond(Response::error(404, "unknown_channel", "no such channel", "", cors));
         };
-        let len = head
-            .content_length
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        match len {
-            None => Routed::Respond(Response::error(411, "length_required", "Content-Length is required", "", cors)),
-            Some(n) if n > self.settings.config.server.max_body_bytes => {
-                Routed::Respond(Response::error(413, "body_too_large", "body too large", "", cors))
-            }
-            Some(n) => Routed::Publish(PublishRequest {
+        let error = |status, code, message| Routed::Respond(Response::error(status, code, message, "", cors));
+        // A body is framed by Content-Length only: one sent with a transfer coding (chunked, or
+        // both, which RFC 9112 6.3 says must not be framed by the length) is refused.
+        if head.transfer_encoding.is_some() {
+            return error(400, "bad_request", "Transfer-Encoding is not supported: send the body with a Content-Length");
+        }
+        let Some(len) = head.content_length.map(<[u8]>::trim_ascii) else {
+            return error(411, "length_required", "Content-Length is required");
+        };
+        // 1*DIGIT (RFC 9112 6.3): no sign, no list; too many digits is too large.
+        if len.is_empty() || !len.iter().all(u8::is_ascii_digit) {
+            return error(400, "bad_request", "Content-Length is not a number");
+        }
+        let n = std::str::from_utf8(len).ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
+        match n {
+            n if n > self.settings.config.server.max_body_bytes => error(413, "body_too_large", "body too large"),
+            n => Routed::Publish(PublishRequest {
                 channel: id,
                 content_length: n,
                 head_len: head.len,
@@ -660,6 +676,9 @@ mod tests {
     fn cookie_lookup_finds_the_named_cookie() {
         assert_eq!(cookie_value(b"a=1; sse_token=abc.def.ghi; b=2", "sse_token"), Some("abc.def.ghi"));
         assert_eq!(cookie_value(b"a=1", "sse_token"), None);
+        // Two of one name (paths or domains differ): the first that holds a value.
+        assert_eq!(cookie_value(b"sse_token=; a=1; sse_token=abc", "sse_token"), Some("abc"));
+        assert_eq!(cookie_value(b"sse_token=\"\"; sse_token=", "sse_token"), None);
     }
 
     #[test]

@@ -364,10 +364,10 @@ impl Checked<'_> {
     }
 }
 
-/// Reads the development publish endpoint's body (D14):
+/// Reads the development publish endpoint's body (D14); a refusal (400) carries `cors`'s headers:
 /// `{"type": "...", "data": {...}, "recipient_ids": "u1,u2", "schema_version": 1, "message_id": "..."}`.
-pub fn parse_publish(body: &[u8]) -> Result<UpstreamMessage, Response> {
-    let bad = |m: &str| Response::error(400, "bad_request", m, "", None);
+pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage, Response> {
+    let bad = |m: &str| Response::error(400, "bad_request", m, "", cors);
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
     let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
     let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad("`type` (string) is required"))?;

@@ -1307,6 +1307,8 @@ fn cors_preflight_allows_configured_origins_with_credentials() {
     assert!(r.contains("Access-Control-Allow-Origin: https://crm.example\r\n"));
     assert!(r.contains("Access-Control-Allow-Credentials: true\r\n"));
     assert!(r.contains("Access-Control-Allow-Headers: Authorization, Last-Event-ID"));
+    // RFC 9110 8.6: a 204 has no Content-Length, nor a body's type.
+    assert!(!r.contains("\r\nContent-Length:") && !r.contains("\r\nContent-Type:") && r.ends_with("\r\n\r\n"), "{r}");
     let other = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n";
     assert!(respond(front.route(other, 0)).starts_with("HTTP/1.1 403"));
     // Matched without regard to case; the configured origin is written back, not the request's
@@ -1363,11 +1365,11 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     let plain = Harness::new("").token("user", &[], 3600);
     let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {plain}\r\nContent-Length: 2\r\n\r\n{{}}");
     assert!(respond(front.route(raw.as_bytes(), 1_900_000_000)).starts_with("HTTP/1.1 403"));
-    let m = parse_publish(br#"{"type":"deal.created","data":{"a":1},"recipient_ids":"u1","schema_version":1}"#).unwrap();
+    let m = parse_publish(br#"{"type":"deal.created","data":{"a":1},"recipient_ids":"u1","schema_version":1}"#, None).unwrap();
     assert_eq!(m.kind.as_deref(), Some("deal.created"));
     assert_eq!(&m.body[..], br#"{"a":1}"#);
     assert_eq!(m.recipient_ids, Some(HeaderValue::Text("u1".into())));
-    assert_eq!(parse_publish(b"[]").unwrap_err().status, 400);
+    assert_eq!(parse_publish(b"[]", None).unwrap_err().status, 400);
     // Recipients that are not a string are refused, never read as "no recipients" (which would
     // broadcast the event); null is the same as absent.
     for body in [
@@ -1375,17 +1377,44 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
         br#"{"type":"deal.created","data":{},"recipient_ids":42}"#,
         br#"{"type":"deal.created","data":{},"message_id":7}"#,
     ] {
-        let e = parse_publish(body).unwrap_err();
+        let e = parse_publish(body, None).unwrap_err();
         assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(body));
         assert!(String::from_utf8_lossy(&e.bytes).contains("must be a string"), "{:?}", e.bytes);
     }
-    let m = parse_publish(br#"{"type":"deal.created","data":{},"recipient_ids":null}"#).unwrap();
+    let m = parse_publish(br#"{"type":"deal.created","data":{},"recipient_ids":null}"#, None).unwrap();
     assert_eq!(m.recipient_ids, None);
     // schema_version as the AMQP header takes it: an integer, or text (the channel's rules check it).
-    let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":"2"}"#).unwrap();
+    let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":"2"}"#, None).unwrap();
     assert_eq!(m.schema_version, Some(HeaderValue::Text("2".into())));
-    let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":1.5}"#).unwrap();
+    let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":1.5}"#, None).unwrap();
     assert_eq!(m.schema_version, Some(HeaderValue::Other));
+    // A page allowed by CORS can read why its body was refused.
+    let e = parse_publish(b"{bad", Some("https://crm.example")).unwrap_err();
+    assert!(String::from_utf8_lossy(&e.bytes).contains("Access-Control-Allow-Origin: https://crm.example\r\n"));
+}
+
+#[test]
+fn a_publish_body_is_framed_by_a_plain_content_length_only() {
+    let front = Harness::new("[server]\npublish_endpoint = true\nmax_body_bytes = 1000\n").front;
+    let t = Harness::new("").token("svc", &["publisher"], 3600);
+    let status = |headers: &str| {
+        let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {t}\r\n{headers}\r\n{{}}");
+        match front.route(raw.as_bytes(), 1_900_000_000) {
+            Routed::Publish(p) => (200, p.content_length),
+            Routed::Respond(r) => (r.status, 0),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(status("Content-Length: 2\r\n"), (200, 2));
+    assert_eq!(status("Content-Length:  2 \r\n"), (200, 2));
+    assert_eq!(status(""), (411, 0));
+    assert_eq!(status("Transfer-Encoding: chunked\r\n").0, 400);
+    assert_eq!(status("Transfer-Encoding: chunked\r\nContent-Length: 2\r\n").0, 400);
+    for bad in ["+2", "-1", "2,2", "0x2", "2 2", ""] {
+        assert_eq!(status(&format!("Content-Length: {bad}\r\n")).0, 400, "{bad:?}");
+    }
+    assert_eq!(status("Content-Length: 1001\r\n").0, 413);
+    assert_eq!(status("Content-Length: 99999999999999999999999999\r\n").0, 413);
 }
 
 #[test]
