@@ -300,8 +300,9 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "transfer-encoding" => &mut head.transfer_encoding,
             _ => continue,
         };
-        // The first occurrence wins; a repeated Content-Length could smuggle a body.
-        if slot.is_some() && h.name.eq_ignore_ascii_case("content-length") {
+        // The first occurrence wins; a repeated Content-Length could smuggle a body, and a
+        // repeated Host (RFC 9112 3.2: 400) makes "the gateway's own origin" ambiguous.
+        if slot.is_some() && (h.name.eq_ignore_ascii_case("content-length") || h.name.eq_ignore_ascii_case("host")) {
             return Parsed::Bad;
         }
         slot.get_or_insert(h.value);

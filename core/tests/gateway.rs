@@ -1413,6 +1413,8 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     for bad in ["+2", "-1", "2,2", "0x2", "2 2", ""] {
         assert_eq!(status(&format!("Content-Length: {bad}\r\n")).0, 400, "{bad:?}");
     }
+    assert_eq!(status("Content-Length: 2\r\nContent-Length: 2\r\n").0, 400);
+    assert_eq!(status("Host: a.example\r\nHost: b.example\r\nContent-Length: 2\r\n").0, 400);
     assert_eq!(status("Content-Length: 1001\r\n").0, 413);
     assert_eq!(status("Content-Length: 99999999999999999999999999\r\n").0, 413);
 }
