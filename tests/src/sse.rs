@@ -43,6 +43,11 @@ pub struct EventStreamParser {
     data: String,
     event_type: String,
     block_id: Option<String>,
+    /// A field (any: `retry` too) was read since the last blank line.
+    in_block: bool,
+    /// The last event ID buffer: set by an `id` field.
+    id_buffer: String,
+    /// The last event ID string: the buffer, as of the last blank line (what a browser sends).
     last_event_id: String,
     retry: Option<u64>,
     retry_fields: usize,
@@ -101,15 +106,21 @@ impl EventStreamParser {
         self.comments
     }
 
-    /// The last event id buffer (what a browser sends as `Last-Event-ID`).
+    /// The last event ID string: what a browser sends as `Last-Event-ID`, the `id` of the last
+    /// block ended by a blank line (an `id` in a block not ended yet does not count).
     pub fn last_event_id(&self) -> &str {
         &self.last_event_id
+    }
+
+    /// The last event ID buffer: the last `id` field read, its block ended or not.
+    pub fn id_buffer(&self) -> &str {
+        &self.id_buffer
     }
 
     /// Bytes of a frame that has not ended: a line without its end, or fields without the blank
     /// line that dispatches them. At a close, a frame cut in half.
     pub fn partial(&self) -> bool {
-        !self.line.is_empty() || !self.data.is_empty() || !self.event_type.is_empty() || self.block_id.is_some()
+        !self.line.is_empty() || self.in_block
     }
 
     fn end_line(&mut self) {
@@ -123,6 +134,7 @@ impl EventStreamParser {
             self.comments += 1;
             return;
         }
+        self.in_block = true;
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
             None => (&*line, ""),
@@ -134,7 +146,7 @@ impl EventStreamParser {
                 self.data.push('\n');
             }
             "id" if !value.contains('\0') => {
-                self.last_event_id = value.to_string();
+                self.id_buffer = value.to_string();
                 self.block_id = Some(value.to_string());
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
@@ -147,6 +159,9 @@ impl EventStreamParser {
 
     fn dispatch(&mut self) {
         let block_id = self.block_id.take();
+        self.in_block = false;
+        // Set at every blank line, with data or not (WHATWG: dispatch the event, step 1).
+        self.last_event_id.clone_from(&self.id_buffer);
         if self.data.is_empty() {
             self.event_type.clear();
             return;
@@ -484,6 +499,24 @@ mod tests {
         assert_eq!(evs[0].event, "message", "the event type is reset by the empty block");
         assert_eq!(evs[0].id, None, "the id field belonged to the earlier block");
         assert_eq!(evs[0].last_event_id, "9", "but the browser's last event id kept it");
+    }
+
+    #[test]
+    fn an_id_counts_for_a_reconnect_once_its_block_ended() {
+        let (evs, p) = parse(&[b"id: 6
+data: a
+
+id: 7
+event: deal.created
+"]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(p.last_event_id(), "6", "a browser cut here resumes after 6");
+        assert_eq!(p.id_buffer(), "7");
+        assert!(p.partial());
+        let (_, p) = parse(&[b"data: a\n\nretry: 5000\n"]);
+        assert!(p.partial(), "a retry block without its blank line is cut too");
+        let (_, p) = parse(&[b"data: a\n\n: comment\n"]);
+        assert!(!p.partial(), "a comment is no block");
     }
 
     #[test]
