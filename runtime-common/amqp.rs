@@ -41,7 +41,7 @@ use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
-use sse_gateway_core::{log_continues, log_resumes, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{log_continues, log_resumes, logs_meet, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, error, info, warn};
 
 use super::shards::{Command, Shards};
@@ -765,7 +765,7 @@ impl Source {
                 }
                 // Set by the first consumer's history read, before anything was taken.
                 if let Some(through) = offsets.history_through.take() {
-                    if !log_continues(through, pos) {
+                    if !logs_meet(through, pos) {
                         // The history read stopped short of where live deliveries begin (a broker
                         // that paused, an outage): what lies between is in neither. Not a loss:
                         // resumes and the streams resumed from the buffers read the stream back.
@@ -787,7 +787,10 @@ impl Source {
             match crate::common::contained(|| ingest.handle_message(&msg)) {
                 Some(Ok(ev)) => self.shards.event(&ev).await,
                 Some(Err(d)) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
-                None => error!(channel = %self.name, "message dropped: handling it panicked (a bug, logged above); acked so that it is not delivered again"),
+                None => {
+                    ingest.handling_failed();
+                    error!(channel = %self.name, "message dropped: handling it panicked (a bug, logged above); acked so that it is not delivered again")
+                }
             }
             acks.handled(delivery.acker).await?;
             attempt.took = true;

@@ -54,6 +54,7 @@ async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, R
     while let Ok((msg, reply)) = rx.recv().await {
         // A panic (a bug) drops the event; the publisher's request is told so.
         let Some(result) = crate::common::contained(|| ingest.handle_message(&msg)) else {
+            ingest.handling_failed();
             error!(channel = %name, "event dropped: handling it panicked (a bug, logged above)");
             let _ = reply.try_send(None);
             continue;

@@ -66,6 +66,15 @@ pub fn log_continues(prev: u64, next: u64) -> bool {
     next <= prev.saturating_add(1 + LOG_SKIP)
 }
 
+/// Whether two reads of a log by different consumers, one that ended at position `end` and one
+/// whose first message is at `start`, leave nothing out between them. No skip is allowed (unlike
+/// [`log_continues`] within one read): a position neither delivered may be a message the first
+/// did not get to before it ended (it ends on silence). A skipped record of the log's own costs a
+/// needless read-back, not an event.
+pub fn logs_meet(end: u64, start: u64) -> bool {
+    start <= end.saturating_add(1)
+}
+
 /// Whether a read of a log opened at position `at` (the last one its reader has) and first
 /// delivering `first` still holds what follows `at`: it starts at `at`, or right after it if only
 /// `at` itself is gone.
@@ -156,7 +165,7 @@ struct Stream {
     /// only grow.
     skip_through: Option<u64>,
     /// Went live where a read-back found the log's end before anything had arrived live: the
-    /// first live event past this seq must follow it (`log_continues`). One that does not shows
+    /// first live event past this seq must follow it (`logs_meet`). One that does not shows
     /// the read-back ended early (a broker slow to send, taken for the end): the stream reads
     /// the log again from here instead of skipping what lies between.
     live_check: Option<u64>,
@@ -177,6 +186,8 @@ struct ReadBack {
     until: u64,
     /// A first message was handed over (and proved the log still holds the cursor).
     started: bool,
+    /// A message past the client's place was handed over.
+    moved: bool,
 }
 
 #[derive(Debug)]
@@ -577,7 +588,7 @@ impl Gateway {
             // The log has it, or (nothing consumed yet) may have it: read it back.
             Lookup::Older | Lookup::Unknown if history => {
                 let until = channel.buffer.last().map_or(u64::MAX, |_| channel.buffer.floor());
-                st.backfilling = Some(ReadBack { until, started: false });
+                st.backfilling = Some(ReadBack { until, started: false, moved: false });
                 Next::Backfill(Output::Backfill { stream: id, channel: st.channel, after, until })
             }
             // Another instance is a little ahead of this one: live from the client's id; with
@@ -712,7 +723,7 @@ impl Gateway {
             st.live_check = None;
             // A jump past messages the live source dropped (invalid) looks the same: that costs
             // a read-back that finds nothing to send, not an event.
-            if from < floor && !log_continues(from, seq) && st.cursor.is_none() {
+            if from < floor && !logs_meet(from, seq) && st.cursor.is_none() {
                 st.cursor = Some(EventId { epoch: ev.id().epoch, seq: from });
                 reread.push(id);
             }
@@ -901,6 +912,8 @@ impl Gateway {
             return BackfillStep::Continue; // an overlap: already sent
         }
         let until = rb.until;
+        rb.moved = true;
+        st.backfilling = Some(rb);
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
         // Ids never go back below what the client already has (a read-back from a live point
         // older than that, after a gap).
@@ -928,15 +941,19 @@ impl Gateway {
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return };
         let live_point = self.channels[ch.index()].buffer.last();
+        let floor = self.channels[ch.index()].buffer.floor();
         // While history is read for the buffer the log's end is not where live events begin:
         // the stream waits for it (`refill`) and continues from the buffer.
         let priming = self.channels[ch.index()].priming;
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(st) = self.stream_mut(id) else { return };
-        if st.backfilling.take().is_none() {
-            return;
-        }
-        if !complete {
+        let Some(rb) = st.backfilling.take() else { return };
+        // Nothing past the client's place before the log fell silent, while the buffer begins
+        // later: a broker that stalls there (a replica behind the live one) would be read again
+        // and again from the same place, each time for nothing. The stream is told instead, as
+        // for a read-back that got nothing at all.
+        let stalled = live_point.is_some() && !priming && !rb.moved && st.cursor.is_some_and(|c| c.seq < floor);
+        if !complete || stalled {
             gap_then_live(st, true, live_point, max);
             self.history_gap(id);
         } else if live_point.is_none() && !priming {

@@ -207,6 +207,12 @@ impl Ingest {
         r
     }
 
+    /// Counts a message whose handling panicked (the frontend caught it) as dropped, `internal`:
+    /// it was sent to no one, and `sse_gateway_events_dropped_total` says so.
+    pub fn handling_failed(&self) {
+        self.metrics.dropped(self.channel, DropReason::Internal);
+    }
+
     /// Validates and encodes one message read back from the channel's log (a RabbitMQ stream)
     /// for a resuming client: the same rules as [`Ingest::handle_message`] and the id its
     /// `position` gives, but nothing is counted and the live state (the last position, the
@@ -418,6 +424,14 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&settings));
         let deals = settings.channel_id("deals").unwrap();
         (metrics.clone(), Ingest::new(settings, metrics, deals, 9))
+    }
+
+    #[test]
+    fn a_message_whose_handling_failed_is_counted_as_dropped_internal() {
+        let (metrics, ingest) = deals_ingest();
+        ingest.handling_failed();
+        assert_eq!(metrics.dropped_count(DropReason::Internal), 1);
+        assert!(metrics.render().contains("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"internal\"} 1\n"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use backoff::Backoff;
 pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, TokenError, TokenVerifier};
 pub use catalogue::Catalogue;
 pub use config::{Config, ConfigError, Settings};
-pub use gateway::{log_continues, log_resumes, BackfillStep, Gateway, Output, TimerReason, KEEP_FRAMES, LOG_SKIP};
+pub use gateway::{log_continues, log_resumes, logs_meet, BackfillStep, Gateway, Output, TimerReason, KEEP_FRAMES, LOG_SKIP};
 pub use http::{shard_of, Front, PublishRequest, Refusal, Response, Resume, Routed, StreamRequest};
 pub use ids::{ChannelId, EventId, StreamId};
 pub use ingest::{parse_publish, Dropped, Event, HeaderValue, Ingest, RecentIds, UpstreamMessage};

@@ -35,11 +35,13 @@ pub enum DropReason {
     Oversized,
     /// A header of the wrong type (`schema_version`, `recipient_ids`).
     BadHeader,
+    /// Handling it panicked (a bug; the frontend logged it): [`crate::Ingest::handling_failed`].
+    Internal,
 }
 
 impl DropReason {
     /// All reasons, in label order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NotJson,
         DropReason::NotAnObject,
         DropReason::UnknownType,
@@ -50,6 +52,7 @@ impl DropReason {
         DropReason::Duplicate,
         DropReason::Oversized,
         DropReason::BadHeader,
+        DropReason::Internal,
     ];
 
     /// Stable snake_case label (`reason="..."` in `/metrics`, `reason=` in logs).
@@ -65,6 +68,7 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::Oversized => "oversized",
             DropReason::BadHeader => "bad_header",
+            DropReason::Internal => "internal",
         }
     }
 }
@@ -115,7 +119,7 @@ struct PerChannel {
     replayed: AtomicU64,
     source_up: AtomicI64,
     /// By [`DropReason::ALL`] index.
-    dropped: [AtomicU64; 10],
+    dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
 /// Upper bounds, in microseconds, of the buckets of `sse_gateway_delivery_delay_seconds`.

@@ -872,6 +872,7 @@ fn a_read_back_that_jumps_over_more_than_one_position_ends_in_history_gap() {
     assert!(w.ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
     assert!(log_continues(3, 5) && !log_continues(3, 6));
     assert!(log_resumes(3, 3) && log_resumes(3, 4) && !log_resumes(3, 5));
+    assert!(logs_meet(3, 3) && logs_meet(3, 4) && !logs_meet(3, 5), "two reads meet only with nothing left out");
 }
 
 #[test]
@@ -1104,6 +1105,36 @@ fn a_resume_before_anything_arrived_reads_the_log_to_its_end_then_goes_live() {
 }
 
 #[test]
+fn a_read_back_that_gets_nothing_past_the_clients_place_says_history_gap_rather_than_read_again() {
+    // The client has 1; the buffer begins at 10. The log gives 1 (the client's own) and falls
+    // silent: a broker stalled there (a replica behind the live one). Reading again from 1 would
+    // find the same, every 1.5 s, for as long as it stays behind.
+    let (mut h, deals, id) = resumed_from_one_without_reading("", &[10, 11]);
+    h.reading.insert(id, true);
+    assert_eq!(h.backfills.len(), 1, "{:?}", h.backfills);
+    assert_eq!(read_back(&mut h, deals, id, 1), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.drain();
+    assert_eq!(h.backfills.len(), 1, "not read again from the same place: {:?}", h.backfills);
+    let w = h.take_wire(id);
+    assert!(w.contains("history_gap"), "{w}");
+    // Then live, as after any read-back that failed.
+    h.publish_msg("deals", deal_at(12)).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_wire(id)), ["1000-12"]);
+    // One that moved on, then fell silent, is read again from where it got to.
+    let (mut h, deals, id) = resumed_from_one_without_reading("", &[10, 11]);
+    h.reading.insert(id, true);
+    assert_eq!(read_back(&mut h, deals, id, 1), BackfillStep::Continue);
+    assert_eq!(read_back(&mut h, deals, id, 2), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.drain();
+    let Some(&Output::Backfill { after, .. }) = h.backfills.last() else { panic!("{:?}", h.backfills) };
+    assert_eq!((h.backfills.len(), after), (2, EventId { epoch: 1000, seq: 2 }));
+    assert!(!h.take_wire(id).contains("history_gap"));
+}
+
+#[test]
 fn a_read_back_that_took_a_slow_broker_for_the_logs_end_reads_again_when_live_events_do_not_follow() {
     // The read-back got 8, then nothing for a while (a broker slow to send, taken for the end),
     // before anything arrived live: the stream went live from 8.
@@ -1125,6 +1156,19 @@ fn a_read_back_that_took_a_slow_broker_for_the_logs_end_reads_again_when_live_ev
     let w = h.take_events(id);
     assert_eq!(ids_in(&w), ["1000-8", "1000-9", "1000-10", "1000-11", "1000-12"], "{w}");
     assert!(!w.contains("history_gap"), "{w}");
+    // One position left out between the two reads is read back too: it may be a message the
+    // read-back had not got to when it took the silence for the end.
+    let (mut h, deals, id) = resumed_before_anything_arrived();
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);
+    h.gw.backfill_done(id, true);
+    h.publish_msg("deals", deal_at(10)).unwrap();
+    assert_eq!(h.backfills.len(), 2, "a second read-back: {:?}", h.backfills);
+    let Some(&Output::Backfill { after, until, .. }) = h.backfills.last() else { panic!("{:?}", h.backfills) };
+    assert_eq!((after, until), (EventId { epoch: 1000, seq: 8 }, 9));
+    assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);
+    assert_eq!(read_back(&mut h, deals, id, 9), BackfillStep::Finished);
+    h.drain();
+    assert_eq!(ids_in(&h.take_events(id)), ["1000-8", "1000-9", "1000-10"]);
     // A read-back that really reached the end: the next live event follows, and goes out live.
     let (mut h, deals, id) = resumed_before_anything_arrived();
     assert_eq!(read_back(&mut h, deals, id, 8), BackfillStep::Continue);

@@ -196,7 +196,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     to_log(up, who, ok, &ingests[0], &mut log, &mut published);
                     if !lag {
                         let through = history.take().and_then(|h| h.through).or(history_through.take());
-                        if through.is_some_and(|t| !log_continues(t, live as u64 + 1)) {
+                        if through.is_some_and(|t| !logs_meet(t, live as u64 + 1)) {
                             gw.prime_gap(log_ch);
                         }
                         for (up, ok) in &log[live..] {
