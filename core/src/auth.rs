@@ -208,9 +208,7 @@ pub enum TokenError {
     /// `sub` is missing, `null`, empty, or a number or boolean (an array or object is
     /// [`TokenError::Malformed`]).
     MissingSubject,
-    /// `sub` holds a comma or a control character, or starts or ends with whitespace: no
-    /// `recipient_ids` header could name that user (D3), and a line break in it would forge log
-    /// lines.
+    /// `sub` holds a control character: a line break in it would forge log lines.
     BadSubject,
     /// The roles claim is neither an array of strings nor a string.
     BadRolesClaim,
@@ -402,6 +400,11 @@ impl JwtVerifier {
                          (32 or more recommended)",
                         s.len()
                     )));
+                }
+                Some(s) if s.trim_ascii().is_empty() => {
+                    return Err(AuthSetupError::new(
+                        "[auth] secret is only whitespace (an empty or blank SSE_GATEWAY_JWT_SECRET line?)",
+                    ));
                 }
                 Some(s) => Some(DecodingKey::from_secret(s)),
             }
@@ -614,10 +617,11 @@ impl Inner {
     }
 }
 
-/// A user id that no `recipient_ids` header can name (it is split on commas and trimmed) or
-/// that holds a control character.
+/// A user id holding a control character (a line break would forge log lines). One holding a
+/// comma or with whitespace at an end (an LDAP DN, say) is a user like any other, though no
+/// `recipient_ids` header can name it (the configuration reference says so).
 fn sub_unroutable(sub: &str) -> bool {
-    sub.trim() != sub || sub.chars().any(|c| c == ',' || c.is_control())
+    sub.chars().any(char::is_control)
 }
 
 /// Validates and dedupes the configured algorithm names.
@@ -1834,12 +1838,13 @@ mod tests {
     }
 
     #[test]
-    fn a_subject_no_recipient_list_can_name_or_holding_a_control_character_is_rejected() {
+    fn a_subject_holding_a_control_character_is_rejected() {
         let v = hs_verifier();
-        for bad in ["a,b", " alice", "alice ", "alice\t", "mallory\n2026-01-01 INFO stream opened user=admin", "eve\r", "x\u{0}y", "x\u{85}y"] {
+        for bad in ["alice\t", "mallory\n2026-01-01 INFO stream opened user=admin", "eve\r", "x\u{0}y", "x\u{85}y"] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }
-        for good in ["alice", "auth0|5f7c8ec7c33c6c004bbafe82", "a b", "jane.doe@example.com", "Ünïcødé"] {
+        let good = ["alice", "auth0|5f7c8ec7c33c6c004bbafe82", "a b", "jane.doe@example.com", "Ünïcødé", "CN=alice,OU=Staff,DC=corp", " alice "];
+        for good in good {
             assert_eq!(ok(&v, &hs256(&with(claims(), "sub", json!(good)))).user, good);
         }
     }
@@ -2145,6 +2150,8 @@ mod tests {
             ..KeyMaterial::default()
         };
         assert!(setup_error(&hs_config(), &empty).contains("at least 16"));
+        let blank = KeyMaterial { secret: Some(b" \t                  ".to_vec()), ..KeyMaterial::default() };
+        assert!(setup_error(&hs_config(), &blank).contains("only whitespace"));
         let enough = AuthConfig {
             secret: Some("sixteen-bytes!!!".to_owned()),
             ..AuthConfig::default()

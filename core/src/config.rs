@@ -321,6 +321,19 @@ impl Config {
     }
 }
 
+/// The most shard threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// `scheme://host[:port]` in lower case, http or https, with no path: an origin as a browser
+/// serializes it in `Origin`.
+fn is_serialized_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else { return false };
+    ["http", "https"].contains(&scheme)
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@'])
+        && !rest.chars().any(|c| c.is_ascii_uppercase() || c.is_whitespace())
+}
+
 fn seed_channel(name: &str) -> Option<(Vec<String>, bool, SourceSettings)> {
     let exchange = |x: &str| SourceSettings::Exchange {
         exchange: x.into(),
@@ -378,6 +391,26 @@ impl Settings {
         if config.server.max_streams == 0 {
             return Err(ConfigError("server.max_streams: must be at least 1".into()));
         }
+        // `host:port` (the host resolved when binding): a port is needed, a name may do.
+        let listen = &config.server.listen;
+        if !listen.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+            return Err(ConfigError(format!(
+                "server.listen: `{listen}` is not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)"
+            )));
+        }
+        if config.server.workers > MAX_WORKERS {
+            return Err(ConfigError(format!("server.workers: at most {MAX_WORKERS} (one thread each)")));
+        }
+        if config.server.publish_role.is_empty() {
+            return Err(ConfigError("server.publish_role: must not be empty (no token holds an empty role)".into()));
+        }
+        // What a browser sends as `Origin` (RFC 6454): written back as configured, and browsers
+        // compare it exactly.
+        if let Some(bad) = config.server.cors_origins.iter().find(|o| *o != "*" && !is_serialized_origin(o)) {
+            return Err(ConfigError(format!(
+                "server.cors_origins: `{bad}` is not an origin as browsers send it: scheme://host[:port], lower case, no path (https://crm.example.com)"
+            )));
+        }
         if config.server.workers > config.server.max_streams {
             return Err(ConfigError(
                 "server.workers: must be at most server.max_streams (each worker holds a share of the streams)".into(),
@@ -400,6 +433,23 @@ impl Settings {
             return Err(ConfigError("demo.interval: must be at least 10ms".into()));
         }
         if let Some(b) = &config.broker {
+            // The URL may hold a password: only its scheme is shown.
+            let scheme = b.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("amqp") if b.url.len() > "amqp://".len() => {}
+                Some("amqps") => {
+                    return Err(ConfigError(
+                        "broker.url (or SSE_GATEWAY_AMQP_URL): amqps:// is not supported (this build has no TLS; it would \
+                         send the credentials in clear): use amqp:// on a trusted network, or a TLS-terminating proxy"
+                            .into(),
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError(
+                        "broker.url (or SSE_GATEWAY_AMQP_URL): not an amqp://user:password@host:port/vhost URL".into(),
+                    ))
+                }
+            }
             // AMQP's prefetch 0 means no limit: a backlog would be delivered into memory at once.
             if b.prefetch == 0 {
                 return Err(ConfigError("broker.prefetch: must be at least 1 (0 would be unbounded)".into()));
@@ -438,9 +488,9 @@ impl Settings {
                 Some(src) => resolve_source(name, with_default_origin(src, source))?,
             };
             let buffer_events = file.buffer_events.unwrap_or(s.buffer_events);
-            // A token's roles are split on whitespace and never empty: such a role never matches.
-            if let Some(bad) = file.roles.iter().flatten().find(|r| r.is_empty() || r.chars().any(char::is_whitespace)) {
-                return Err(ConfigError(format!("channels.{name}.roles: {bad:?} can never match a token's role (empty, or holds whitespace)")));
+            // A token's roles are never empty (an empty one in the claim is skipped).
+            if file.roles.iter().flatten().any(String::is_empty) {
+                return Err(ConfigError(format!("channels.{name}.roles: an empty role can never match a token's role")));
             }
             channels.push(ChannelSettings {
                 name: name.to_string(),
@@ -678,11 +728,12 @@ mod tests {
 
     #[test]
     fn a_role_no_token_can_hold_is_refused() {
-        for bad in ["\"\"", "\"finance manager\"", "\" admin\""] {
-            let c = Config::from_toml(&format!("[channels.deals]\nroles = [\"sales\", {bad}]\n")).unwrap();
-            let e = Settings::new(c, Catalogue::seed()).unwrap_err().to_string();
-            assert!(e.contains("channels.deals.roles") && e.contains("never match"), "{e}");
-        }
+        let c = Config::from_toml("[channels.deals]\nroles = [\"sales\", \"\"]\n").unwrap();
+        let e = Settings::new(c, Catalogue::seed()).unwrap_err().to_string();
+        assert!(e.contains("channels.deals.roles") && e.contains("never match"), "{e}");
+        // A role with a space can come in an array claim (Keycloak allows them).
+        let c = Config::from_toml("[channels.deals]\nroles = [\"finance manager\"]\n").unwrap();
+        assert!(Settings::new(c, Catalogue::seed()).is_ok());
     }
 
     #[test]
@@ -769,6 +820,40 @@ mod tests {
         let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the smallest delays allowed");
         for ok in ["[server]\ncors_origins = [\"*\"]\n", "[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\"]\n"] {
+            let c = Config::from_toml(ok).unwrap();
+            assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_when_read_naming_the_key() {
+        for (toml, key) in [
+            ("[server]\nlisten = \"garbage\"\n", "server.listen"),
+            ("[server]\nlisten = \"127.0.0.1\"\n", "server.listen"),
+            ("[server]\nlisten = \"\"\n", "server.listen"),
+            ("[server]\nlisten = \":8080\"\n", "server.listen"),
+            ("[server]\nworkers = 1025\n", "server.workers"),
+            ("[server]\npublish_role = \"\"\n", "server.publish_role"),
+            ("[server]\ncors_origins = [\"https://crm.example.com/\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"HTTPS://CRM.example.com\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"crm.example.com\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"null\"]\n", "server.cors_origins"),
+            ("[broker]\nurl = \"amqps://svc:SeCrEt@rabbit:5671/%2f\"\n", "broker.url"),
+            ("[broker]\nurl = \"http://rabbit/\"\n", "broker.url"),
+            ("[broker]\nurl = \"not a url\"\n", "broker.url"),
+            ("[broker]\nurl = \"amqp://\"\n", "broker.url"),
+        ] {
+            let c = Config::from_toml(toml).unwrap();
+            let e = Settings::new(c, Catalogue::seed()).unwrap_err().0;
+            assert!(e.starts_with(key), "{toml}: {e}");
+            assert!(!e.contains("SeCrEt"), "the URL's password is not shown: {e}");
+        }
+        for ok in [
+            "[server]\nlisten = \"localhost:8080\"\n",
+            "[server]\nlisten = \"[::1]:0\"\n",
+            "[server]\ncors_origins = [\"https://crm.example.com:8443\", \"http://localhost:3000\"]\n",
+            "[broker]\nurl = \"AMQP://svc:pw@rabbit:5672/%2f\"\n",
+        ] {
             let c = Config::from_toml(ok).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{ok}");
         }

@@ -936,8 +936,10 @@ impl Gateway {
     }
 
     /// The read-back for `id` ended before [`BackfillStep::Finished`]: `complete` when the log
-    /// simply had nothing more (the stream continues from the buffer), `false` when reading
-    /// failed (the stream gets `history_gap` and goes live).
+    /// simply had nothing more (the stream continues from where it got to: the buffer, or the log
+    /// again), `false` when reading failed (the stream gets `history_gap` and goes live). A
+    /// complete one that got nothing past the client's place while the buffer begins later is
+    /// taken for a failure: reading the same place again would find the same.
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return };
         let live_point = self.channels[ch.index()].buffer.last();

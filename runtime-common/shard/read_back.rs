@@ -15,7 +15,8 @@
 //! the client has read (that offset, or the one after it, must come first, or the stream gets
 //! `history_gap`).
 //! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
-//! the core continues from the buffer. Nothing at all from a consumer within `FIRST_WAIT` (not
+//! the core continues from where it got to (or says `history_gap` if that was nothing past the
+//! client's place while the buffer begins later). Nothing at all from a consumer within `FIRST_WAIT` (not
 //! even the message at its offset), or any error: `backfill_done(false)` (`history_gap`, then
 //! live).
 //!
