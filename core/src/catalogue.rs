@@ -863,12 +863,13 @@ fn parse_field_table(
             ("required", DeValue::Boolean(b)) => required = *b,
             ("values", DeValue::Array(items)) => {
                 let mut list: Vec<String> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 for item in items.iter() {
                     let DeValue::String(s) = item.get_ref() else {
                         return Err(loc.error(item.span(), "enum values must be strings"));
                     };
                     let s: &str = s;
-                    if list.iter().any(|seen| seen == s) {
+                    if !seen.insert(s) {
                         return Err(loc.error(
                             item.span(),
                             format!("enum value {s:?} is listed twice"),

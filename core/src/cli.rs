@@ -172,7 +172,14 @@ impl Launch {
 pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl FnOnce(Launch) -> Result<(), E>) -> ExitCode {
     let cli = Cli::parse_as(name);
     let result = match &cli.command {
-        Some(Command::CheckConfig { file }) => load(Some(file), &Overrides::default()).map(|_| println!("ok")),
+        Some(Command::CheckConfig { file }) => load(Some(file), &Overrides::default()).map(|setup| {
+            // Valid, but a gateway started so would refuse every token: said on stderr (the
+            // answer is still `ok`: a development setup may mean it).
+            if setup.generated_secret {
+                eprintln!("warning: {NO_KEY}");
+            }
+            println!("ok")
+        }),
         Some(Command::Token { sub, roles, ttl, config }) => token(sub, roles, ttl, config.as_deref().or(cli.config.as_deref())),
         Some(Command::Catalogue { asyncapi, json_schema, typescript, config }) => {
             let format = match (asyncapi, json_schema, typescript) {
@@ -208,11 +215,15 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
 /// Open files wanted beside `server.max_streams` (else a warning at start).
 const OPEN_FILES_HEADROOM: u64 = 512;
 
+/// Said when no key material is configured (nor SSE_GATEWAY_JWT_SECRET set).
+const NO_KEY: &str = "no secret or public key configured (auth.secret, SSE_GATEWAY_JWT_SECRET, auth.public_key_file, auth.jwks_file): \
+                      using a random one for this process, so every token is refused";
+
 /// Start-up that needs the logs: the generated-secret warning, the open-files limit (raised to
 /// the hard limit), metrics, the worker count and the epoch.
 fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
     if setup.generated_secret && !demo {
-        warn!("no secret or public key configured: using a random one for this process, so every token is refused");
+        warn!("{NO_KEY}");
     }
     let max_streams = setup.settings.config.server.max_streams as u64;
     match rlimit::increase_nofile_limit(u64::MAX) {

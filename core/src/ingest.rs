@@ -174,7 +174,8 @@ impl Ingest {
     /// that differs on every process start, such as the start time in milliseconds).
     pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, channel: ChannelId, epoch: u64) -> Ingest {
         let window = settings.channel(channel).buffer_events;
-        let max_body = settings.config.broker.as_ref().map_or(256 * 1024, |b| b.max_message_bytes);
+        // The in-process source's messages are the publish endpoint's bodies.
+        let max_body = settings.config.broker.as_ref().map_or(settings.config.server.max_body_bytes, |b| b.max_message_bytes);
         Ingest {
             settings,
             metrics,

@@ -26,6 +26,13 @@ async fn check_config_says_ok_or_names_the_bad_key_with_exit_status_2(bin: Bin) 
     let out = run(bin, dir.path(), &["check-config", "good.toml"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "ok");
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+
+    // Valid, but every token would be refused: `ok`, with a warning that says why.
+    std::fs::write(dir.path().join("nokey.toml"), "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let out = run(bin, dir.path(), &["check-config", "nokey.toml"]);
+    assert_eq!((out.status.code(), text(&out.stdout).trim()), (Some(0), "ok"));
+    assert!(text(&out.stderr).contains("warning: no secret or public key configured"), "{}", text(&out.stderr));
 
     let bad = ConfigBuilder::new().str("streams", "heartbeat", "0s").render();
     std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
