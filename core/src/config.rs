@@ -317,8 +317,21 @@ pub struct Settings {
 impl Config {
     /// Parses a configuration file. Errors name the key (TOML path and line) and the reason.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(format!("configuration: {e}")))
+        toml::from_str(text).map_err(|e| ConfigError(format!("configuration: {}", redact_secrets(&e.to_string()))))
     }
+}
+
+/// A TOML error quotes the line at fault: one that sets a secret (or a URL, which may hold a
+/// password) is shown up to its `=` only, since errors go to logs and journals.
+fn redact_secrets(message: &str) -> String {
+    message
+        .lines()
+        .map(|l| match l.split_once('=') {
+            Some((key, _)) if ["secret", "url"].iter().any(|k| key.to_ascii_lowercase().contains(k)) => format!("{key}= <redacted>"),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The most shard threads `server.workers` may ask for.

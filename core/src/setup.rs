@@ -72,6 +72,11 @@ pub fn load(
         config.server.listen = listen.clone();
     }
     if overrides.demo {
+        if config.broker.is_some() {
+            return Err(ConfigError(
+                "--demo runs on the in-process source: remove [broker] from the file, or unset SSE_GATEWAY_AMQP_URL".into(),
+            ));
+        }
         demo::configure(&mut config);
     }
     let mut keys = KeyMaterial {
@@ -100,7 +105,13 @@ pub fn load(
     }
     let settings = Settings::new(config, catalogue)?;
     let verifier = JwtVerifier::new(&settings.config.auth, &keys).map_err(|e| ConfigError(e.to_string()))?;
-    Ok(Setup { settings: Arc::new(settings), keys, verifier, generated_secret })
+    let setup = Setup { settings: Arc::new(settings), keys, verifier, generated_secret };
+    if overrides.demo && (setup.hmac_secret().is_none() || !setup.settings.config.auth.algorithms.iter().any(|a| a == "HS256")) {
+        return Err(ConfigError(
+            "--demo signs its token with HS256: auth.algorithms must list HS256, with a secret (or none configured at all)".into(),
+        ));
+    }
+    Ok(setup)
 }
 
 #[cfg(test)]
@@ -150,8 +161,35 @@ mod tests {
     fn demo_refuses_a_broker() {
         let o = Overrides { demo: true, listen: None };
         let e = load(Some("[broker]\n"), &Env::default(), &o, &mut no_files, &mut || vec![1; 32]).unwrap_err();
-        assert!(e.0.starts_with("server.publish_endpoint") || e.0.starts_with("demo.enabled"), "{e}");
+        assert!(e.0.starts_with("--demo") && e.0.contains("[broker]"), "{e}");
+        let env = Env { jwt_secret: None, amqp_url: Some("amqp://h:5672/%2f".into()) };
+        let e = load(None, &env, &o, &mut no_files, &mut || vec![1; 32]).unwrap_err();
+        assert!(e.0.starts_with("--demo") && e.0.contains("SSE_GATEWAY_AMQP_URL"), "{e}");
         let s = load(None, &Env::default(), &o, &mut no_files, &mut || vec![1; 32]).unwrap();
         assert!(s.settings.config.demo.enabled && s.settings.config.auth.cookie.is_some());
+    }
+
+    #[test]
+    fn demo_needs_hs256_to_sign_its_token_and_says_so_when_read() {
+        let o = Overrides { demo: true, listen: None };
+        let pem = include_str!("../tests/fixtures/keys/rsa_public.pem");
+        let mut read = |p: &str| if p == "k.pem" { Ok(pem.to_string()) } else { no_files(p) };
+        let text = "[auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"k.pem\"\n";
+        let e = load(Some(text), &Env::default(), &o, &mut read, &mut || vec![1; 32]).unwrap_err();
+        assert!(e.0.starts_with("--demo") && e.0.contains("HS256"), "{e}");
+        assert!(load(Some(text), &Env::default(), &Overrides::default(), &mut read, &mut || vec![1; 32]).is_ok());
+    }
+
+    #[test]
+    fn a_toml_error_on_a_secret_or_url_line_does_not_show_its_value() {
+        let e = load(Some("[auth]\nsecret = \"TopSecretValue\\q\"\n"), &Env::default(), &Overrides::default(), &mut no_files, &mut || vec![1; 32])
+            .unwrap_err();
+        assert!(!e.0.contains("TopSecretValue") && e.0.contains("<redacted>"), "{e}");
+        let e = load(Some("[broker]\nurl = amqp://u:PassWord@h\n"), &Env::default(), &Overrides::default(), &mut no_files, &mut || vec![1; 32])
+            .unwrap_err();
+        assert!(!e.0.contains("PassWord"), "{e}");
+        let e = load(Some("[server]\nlisten = 8080 x\n"), &Env::default(), &Overrides::default(), &mut no_files, &mut || vec![1; 32])
+            .unwrap_err();
+        assert!(e.0.contains("listen = 8080"), "other lines are shown: {e}");
     }
 }

@@ -229,6 +229,11 @@ impl SseClient {
             };
             let rest = buf[end..].to_vec();
             if client.status == 200 {
+                // As a browser: a 200 that is not an event stream, or one framed by a length or
+                // chunked (not read to the close), fails the EventSource.
+                let ctype = client.header("content-type").unwrap_or_default();
+                assert!(ctype.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream")), "GET {path}: 200 with Content-Type {ctype:?}");
+                assert!(client.header("content-length").is_none() && client.header("transfer-encoding").is_none(), "GET {path}: a stream framed by length: {:?}", client.headers);
                 client.parser.feed(&rest);
             } else {
                 client.body = rest;
