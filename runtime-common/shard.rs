@@ -569,6 +569,13 @@ mod tests {
         ingest.handle_message(&msg).expect("a valid event")
     }
 
+    /// The seed settings with events up to 1 MiB from the in-process source (its limit is
+    /// `server.max_body_bytes`).
+    fn large_events() -> Arc<Settings> {
+        let config = sse_gateway_core::config::Config::from_toml("[server]\nmax_body_bytes = 1048576\n").unwrap();
+        Arc::new(Settings::new(config, sse_gateway_core::Catalogue::seed()).unwrap())
+    }
+
     /// What a client reads from its stream on one shard: `before` goes in first (to the
     /// buffers), then the stream opens (with `resume`), then `after`, then a shutdown ends it.
     fn read_stream(settings: Arc<Settings>, metrics: Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event]) -> String {
@@ -605,7 +612,7 @@ mod tests {
     /// every stream of the channel, the first with it).
     #[test]
     fn two_large_events_in_a_row_reach_a_client_that_reads() {
-        let settings = Arc::new(Settings::seed());
+        let settings = large_events();
         let metrics = Arc::new(Metrics::new(&settings));
         let bound = settings.config.streams.max_pending_bytes;
         let deals = settings.channel_id("deals").unwrap();
@@ -623,7 +630,7 @@ mod tests {
     /// head).
     #[test]
     fn a_large_event_right_after_a_resume_reaches_a_client_that_reads() {
-        let settings = Arc::new(Settings::seed());
+        let settings = large_events();
         let metrics = Arc::new(Metrics::new(&settings));
         let bound = settings.config.streams.max_pending_bytes;
         let deals = settings.channel_id("deals").unwrap();
