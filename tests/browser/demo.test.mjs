@@ -23,8 +23,11 @@ before(async () => {
 });
 
 after(async () => {
-  await chrome?.close();
-  await gw?.stop();
+  try {
+    await chrome?.close();
+  } finally {
+    await gw?.stop(); // throws if it crashed, hung on SIGTERM or logged a panic
+  }
   if (process.env.SSE_BROWSER_DEBUG) console.error(gw?.stderr);
 });
 

@@ -106,14 +106,21 @@ export class Gateway {
     return line === undefined ? undefined : Number(line.slice(series.length + 1));
   }
 
+  /** SIGTERM; throws if the gateway had already exited (a crash), needed SIGKILL, exited with
+   *  another status than 0, or logged a panic. */
   async stop() {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
+    const running = this.child.exitCode === null && this.child.signalCode === null;
+    let exit = { code: this.child.exitCode, signal: this.child.signalCode };
+    if (running) {
       this.child.kill('SIGTERM');
       const t = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
-      await this.exited;
+      exit = await this.exited;
       clearTimeout(t);
     }
     rmSync(this.dir, { recursive: true, force: true });
+    if (!running || exit.code !== 0 || /panic/i.test(this.stderr)) {
+      throw new Error(`the gateway ${running ? 'stopped' : 'had exited'} with ${JSON.stringify(exit)}; stderr:\n${this.stderr.slice(-4000)}`);
+    }
   }
 }
 
@@ -208,7 +215,8 @@ export async function installRecorder(page) {
     window.rec = {};
     window.es = {};
     window.openStream = (key, url, opts = {}) => {
-      const rec = { events: [], errors: [], warnings: [], heartbeats: 0, opens: 0, failures: 0, states: [], openedAt: [] };
+      // `order`: 'w' per warning, 'h' per heartbeat, in the order they came.
+      const rec = { events: [], errors: [], warnings: [], heartbeats: 0, order: '', opens: 0, failures: 0, states: [], openedAt: [] };
       window.rec[key] = rec;
       const es = new EventSource(url, { withCredentials: true });
       window.es[key] = es;
@@ -224,8 +232,8 @@ export async function installRecorder(page) {
         rec.failures += 1;
         rec.states.push(es.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
       });
-      es.addEventListener('warning', (e) => rec.warnings.push(JSON.parse(e.data)));
-      es.addEventListener('heartbeat', (e) => { rec.heartbeats += 1; rec.lastHeartbeatData = e.data; });
+      es.addEventListener('warning', (e) => { rec.warnings.push(JSON.parse(e.data)); rec.order += 'w'; });
+      es.addEventListener('heartbeat', (e) => { rec.heartbeats += 1; rec.order += 'h'; rec.lastHeartbeatData = e.data; });
       for (const type of opts.types || []) {
         es.addEventListener(type, (e) => rec.events.push({ type: e.type, id: e.lastEventId, data: JSON.parse(e.data) }));
       }

@@ -25,8 +25,11 @@ describe('in-process source with the publish endpoint', () => {
   });
 
   after(async () => {
-    await chrome?.close();
-    await gw?.stop();
+    try {
+      await chrome?.close();
+    } finally {
+      await gw?.stop(); // throws if it crashed, hung on SIGTERM or logged a panic
+    }
     if (process.env.SSE_BROWSER_DEBUG) console.error(gw?.stderr);
   });
 
@@ -172,7 +175,7 @@ describe('in-process source with the publish endpoint', () => {
               else if (field === 'retry') log.retry = Number(val);
             }
           }
-        } catch (_) { /* aborted */ }
+        } catch (e) { log.error = e.name; /* AbortError when the test aborts it */ }
         log.done = true;
       };
     });
@@ -191,16 +194,23 @@ describe('in-process source with the publish endpoint', () => {
     assert.deepEqual(a.events.map((e) => ({ ...e, data: JSON.parse(e.data) })), sent);
 
     // Drop it, miss two events, resume with the header a fetch client sets itself.
+    assert.ok(!a.done, 'the first fetch stream was still open');
     await page.evaluate(() => window.aborts.a.abort());
     await until('the first fetch ends', () => page.evaluate(() => window.flog.a.done));
+    assert.equal(await page.evaluate(() => window.flog.a.error), 'AbortError', 'ended by the abort, not by the gateway');
     for (const [i, type] of TYPES.tasks.slice(0, 2).entries()) {
       const data = payload('tasks', type, 300 + i);
       sent.push({ type, id: await gw.publish('tasks', type, data), data });
     }
     page.evaluate(([h]) => { window.fetchStream('b', '/api/v1/streams/tasks', h); }, [{ ...bearer, 'last-event-id': sent[2].id }]);
     await until('the two missed events', () => page.evaluate(() => window.flog?.b?.events.length === 2));
+    // Then live on the same stream, once each: a marker after the catch-up.
+    const marker = payload('tasks', TYPES.tasks[0], 400);
+    sent.push({ type: TYPES.tasks[0], id: await gw.publish('tasks', TYPES.tasks[0], marker), data: marker });
+    await until('the marker', () => page.evaluate(() => window.flog.b.events.length >= 3));
     const b = await page.evaluate(() => window.flog.b);
     assert.deepEqual(b.events.map((e) => ({ ...e, data: JSON.parse(e.data) })), sent.slice(3));
+    assert.ok(!b.done, 'the resumed stream stays open');
     await page.evaluate(() => window.aborts.b.abort());
 
     // Without the header (and no cookie) the same request is refused with the JSON body.
@@ -247,7 +257,12 @@ describe('in-process source with the publish endpoint', () => {
     // A sixth stream while the oldest is younger than min_stream_age (6 s, room for five opens on
     // a busy machine): HTTP 409.
     const refused = await page.evaluate(async () => {
-      const res = await fetch('/api/v1/streams/deals', { headers: { accept: 'text/event-stream' } });
+      // Bounded: a gateway that let the stream in would send a body that never ends.
+      const res = await fetch('/api/v1/streams/deals', { headers: { accept: 'text/event-stream' }, signal: AbortSignal.timeout(10000) });
+      if (res.status !== 409) {
+        await res.body.cancel();
+        return { status: res.status };
+      }
       return { status: res.status, body: await res.json() };
     });
     assert.equal(refused.status, 409);
@@ -275,14 +290,17 @@ describe('a broker that refuses connections', () => {
     // Port 1 refuses at once: every channel's source is down from the start.
     gw = await Gateway.start({
       rest: '[broker]\nurl = "amqp://guest:guest@127.0.0.1:1/%2f"\nreconnect_min = "200ms"\nreconnect_max = "1s"\n' +
-        '[streams]\nwarning_interval = "1s"\n',
+        '[streams]\nheartbeat = "1s"\nwarning_interval = "2s"\n',
     });
     chrome = await browser();
   });
 
   after(async () => {
-    await chrome?.close();
-    await gw?.stop();
+    try {
+      await chrome?.close();
+    } finally {
+      await gw?.stop(); // throws if it crashed, hung on SIGTERM or logged a panic
+    }
   });
 
   // That the warning is queued with the stream's first bytes is the core's test
@@ -298,7 +316,9 @@ describe('a broker that refuses connections', () => {
     await installRecorder(page);
     await page.evaluate((types) => window.openStream('deals', '/api/v1/streams/deals', { types }), TYPES.deals);
     await until('the first warning', () => page.evaluate(() => window.rec.deals.warnings.length >= 1));
-    await until('a repeated warning', () => page.evaluate(() => window.rec.deals.warnings.length >= 2), 5000);
+    // Repeated: a heartbeat (1 s) comes between two warnings (2 s apart), so the second is not
+    // one queued with the first at open.
+    await until('a repeated warning', () => page.evaluate(() => /w.*h.*w/.test(window.rec.deals.order)), 8000);
     const rec = await page.evaluate(() => ({ ...window.rec.deals, readyState: window.es.deals.readyState }));
     for (const w of rec.warnings) assert.deepEqual(w, { code: 'source_unavailable', channel: 'deals' });
     assert.equal(rec.readyState, 1, 'OPEN: a warning does not close the stream');
