@@ -25,9 +25,9 @@ export type GatewayEvent =
   | { event: "warning"; data: WarningPayload }
   | { event: "heartbeat"; data: "" };
 
-/** JSON body of an HTTP refusal (400, 401, 406, 409, 503, ...) instead of a stream. */
+/** JSON body of an HTTP refusal (400, 401, 403, 404, 405, 406, 409, 431, 503) instead of a stream. */
 export interface HttpError {
-  code: "unsupported_version" | "unauthorized" | "not_acceptable" | "stream_limit" | "overloaded" | (string & {});
+  code: "bad_request" | "unsupported_version" | "unauthorized" | "origin_not_allowed" | "unknown_channel" | "method_not_allowed" | "not_acceptable" | "stream_limit" | "head_too_large" | "overloaded" | (string & {});
   message?: string;
   /** With `unsupported_version`: the versions the channel has. */
   supported?: number[];

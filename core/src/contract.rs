@@ -26,12 +26,17 @@ pub const ERROR_CODES: [&str; 3] = ["forbidden", "stream_limit", "token_expired"
 pub const WARNING_CODES: [&str; 2] = ["source_unavailable", "history_gap"];
 
 /// HTTP refusals of a stream request, answered instead of a stream: (status, code, meaning).
-pub const HTTP_REFUSALS: [(u16, &str, &str); 5] = [
+pub const HTTP_REFUSALS: [(u16, &str, &str); 10] = [
+    (400, "bad_request", "The request head is not one the gateway can read (malformed, a repeated `Host`)."),
     (400, "unsupported_version", "`?version=N` names a version the channel does not have; `supported` lists those it has."),
-    (401, "unauthorized", "No token, or a token that does not verify (signature, algorithm, `exp`, `nbf`, `iss`, `aud`). A `WWW-Authenticate: Bearer` header comes with it."),
+    (401, "unauthorized", "No token, or a token that does not verify (signature, algorithm, `exp`, `nbf`, `iss`, `aud`, `sub`). A `WWW-Authenticate: Bearer` header comes with it."),
+    (403, "origin_not_allowed", "A token from the cookie on a request from another site's page (`Origin` not the gateway's own nor in `server.cors_origins`, or `Sec-Fetch-Site: cross-site`)."),
+    (404, "unknown_channel", "No channel of that name is served."),
+    (405, "method_not_allowed", "Not `GET` (or a CORS preflight); `Allow` lists the methods."),
     (406, "not_acceptable", "`Accept` does not admit `text/event-stream`."),
     (409, "stream_limit", "The user already has the maximum number of open streams and none may be evicted (policy `reject`, or the oldest is younger than `min_stream_age`)."),
-    (503, "overloaded", "The gateway holds all the streams it can (`server.max_streams`)."),
+    (431, "head_too_large", "The request head is larger than `server.max_head_bytes` (a very large cookie, say)."),
+    (503, "overloaded", "The gateway holds all the streams it can (`server.max_streams`), or is shutting down: retry (another instance)."),
 ];
 
 /// One of the generated documents.
@@ -128,7 +133,7 @@ fn warning_schema(channels: &[&str]) -> Value {
             "code": {
                 "type": "string",
                 "enum": WARNING_CODES,
-                "description": "source_unavailable: the channel's upstream source is down; the stream stays open and the warning repeats until it is back. history_gap: the resume point (Last-Event-ID) is no longer (or never was) in the history; events may have been missed, so refetch over REST."
+                "description": "source_unavailable: the channel's upstream source is down; the stream stays open and the warning repeats until it is back. history_gap: the resume point (Last-Event-ID) is no longer (or never was) in the history, or the history lost events while the stream was open (an outage longer than the retention); events may have been missed, so refetch over REST."
             },
             "channel": {"type": "string", "enum": channels}
         },
@@ -274,7 +279,7 @@ pub fn asyncapi(settings: &Settings) -> Value {
             "name": "warning",
             "title": "warning",
             "summary": "Something the UI should know; the stream stays open.",
-            "description": format!("`source_unavailable`: the channel's source is down; sent at once and every {} until it recovers (events published meanwhile are delivered afterwards). `history_gap`: sent first when the resume point is not in the history (unknown, expired, from an earlier epoch, malformed); the stream goes live from now, so refetch over REST. No `id:` field.", secs(streams.warning_interval)),
+            "description": format!("`source_unavailable`: the channel's source is down; sent at once and every {} until it recovers (events published meanwhile are delivered afterwards). `history_gap`: sent first when the resume point is not in the history (unknown, expired, from an earlier epoch, malformed), or later on an open stream when events were lost (the channel's log dropped them during an outage, or a read-back could not get them); the stream goes on live from there, so refetch over REST. No `id:` field.", secs(streams.warning_interval)),
             "contentType": "application/json",
             "headers": sse_headers(json!({"const": "warning"}), false),
             "payload": warning_schema(&names),
@@ -526,7 +531,7 @@ pub fn typescript(settings: &Settings) -> String {
          | { event: \"warning\"; data: WarningPayload }\n  \
          | { event: \"heartbeat\"; data: \"\" };\n\n",
     );
-    o.push_str("/** JSON body of an HTTP refusal (400, 401, 406, 409, 503, ...) instead of a stream. */\nexport interface HttpError {\n");
+    o.push_str("/** JSON body of an HTTP refusal (400, 401, 403, 404, 405, 406, 409, 431, 503) instead of a stream. */\nexport interface HttpError {\n");
     let _ = writeln!(
         o,
         "  code: {} | (string & {{}});",
