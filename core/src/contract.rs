@@ -566,7 +566,8 @@ pub fn typescript(settings: &Settings) -> String {
                 arms.push(format!("{{ event: {}; id: string; data: {iface} }}", ts_string(name)));
             }
             let union = unique(format!("{prefix}Event"));
-            let roles = if ch.roles.is_empty() { "any authenticated user".to_string() } else { format!("roles: {}", ch.roles.join(", ")) };
+            // Roles are the operator's free text: one holding `*/` would end the comment.
+            let roles = if ch.roles.is_empty() { "any authenticated user".to_string() } else { format!("roles: {}", ch.roles.join(", ").replace("*/", "*\\/")) };
             let default = if v == ch.default_version { ", the default" } else { "" };
             let _ = writeln!(o, "\n/** Events of `{}` version {v}{default} ({roles}). Discriminated on `event`. */", ch.name);
             let _ = writeln!(o, "export type {union} =");
@@ -809,5 +810,14 @@ mod tests {
         assert!(ts.contains("  state: \"on\" | \"off\";"));
         assert!(ts.contains("  flag: boolean;") && ts.contains("  bag: Record<string, unknown>;"));
         assert!(ts.contains("export interface XV1AB {"));
+    }
+
+    #[test]
+    fn a_role_cannot_end_a_typescript_comment() {
+        let config = Config::from_toml("[channels.deals]\nroles = [\"x*/ declare const y: 1; /*\"]\n").unwrap();
+        let ts = typescript(&Settings::new(config, Catalogue::seed()).unwrap());
+        let line = ts.lines().find(|l| l.contains("Events of `deals`")).expect("the deals union's comment");
+        assert_eq!(line.matches("*/").count(), 1, "{line}");
+        assert!(line.ends_with("*/"), "{line}");
     }
 }
