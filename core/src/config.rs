@@ -681,6 +681,13 @@ mod tests {
         assert_eq!(names, ["deals", "notifications", "payments", "tasks"]);
         let pay = &s.channels[s.channel_id("payments").unwrap().0 as usize];
         assert_eq!(pay.roles, ["finance_manager"]);
+        // D4's sources: deals <- crm.domain, tasks <- tasks.events, payments <- payments.status,
+        // notifications <- notifications.internal.
+        let source = |name: &str| s.channel(s.channel_id(name).unwrap()).source.clone();
+        assert_eq!(source("deals"), crm_domain("sse-gateway.deals"));
+        assert!(matches!(source("tasks"), SourceSettings::Exchange { exchange, .. } if exchange == "tasks.events"));
+        assert!(matches!(source("payments"), SourceSettings::Exchange { exchange, queue, .. } if exchange == "payments.status" && queue == "sse-gateway.payments"));
+        assert_eq!(source("notifications"), SourceSettings::Queue { queue: "notifications.internal".into() });
         assert!(s.channels[s.channel_id("notifications").unwrap().0 as usize].per_user);
         assert_eq!(s.config.streams.heartbeat, Duration::from_secs(30));
         assert_eq!(s.config.streams.warning_interval, Duration::from_secs(60));

@@ -155,6 +155,17 @@ mod tests {
         let mut read = |p: &str| if p == "cat.toml" { Ok(crate::catalogue::SEED_TOML.to_string()) } else { no_files(p) };
         let s = load(Some("catalogue = \"cat.toml\"\n"), &Env::default(), &Overrides::default(), &mut read, &mut || vec![1; 32]);
         assert_eq!(s.unwrap().settings.channels.len(), 4);
+        // D5: the catalogue is data: a channel the file adds is served.
+        let mut read = |p: &str| {
+            if p == "cat.toml" {
+                Ok(format!("{}\n[channels.invoices]\ndefault_version = 1\n[channels.invoices.versions.1.\"invoice.paid\"]\ninvoice_id = \"uuid\"\n", crate::catalogue::SEED_TOML))
+            } else {
+                no_files(p)
+            }
+        };
+        let s = load(Some("catalogue = \"cat.toml\"\n"), &Env::default(), &Overrides::default(), &mut read, &mut || vec![1; 32]).unwrap();
+        assert_eq!(s.settings.channels.len(), 5);
+        assert!(s.settings.channel_id("invoices").is_some(), "the file's catalogue, not the seed");
     }
 
     #[test]

@@ -725,6 +725,56 @@ fn shutdown_sends_each_stream_a_retry_and_closes_it() {
 }
 
 #[test]
+fn the_shutdown_retry_is_jittered_per_stream_within_its_bound() {
+    let mut h = Harness::new("retry_jitter = \"1s\"\nmax_per_user = 100\n");
+    let ids: Vec<StreamId> = (0..20).map(|_| h.open("u1", "deals")).collect();
+    for &id in &ids {
+        h.take_wire(id);
+    }
+    h.gw.shutdown();
+    h.drain();
+    let retries: std::collections::HashSet<u64> = ids
+        .iter()
+        .map(|&id| h.take_wire(id).trim_start_matches("retry: ").trim().parse().expect("a retry: line"))
+        .collect();
+    assert!(retries.iter().all(|ms| (3000..=4000).contains(ms)), "{retries:?}");
+    assert!(retries.len() > 1, "every stream was told the same retry: {retries:?}");
+}
+
+#[test]
+fn events_out_and_replays_are_counted() {
+    let mut h = Harness::new("");
+    let a = h.open("u1", "deals");
+    h.open("u2", "deals");
+    let first = h.publish("deals", "deal.created", deal_created("a"));
+    h.publish("deals", "deal.created", deal_created("b"));
+    h.drain();
+    h.take_wire(a);
+    let m = h.metrics.render();
+    assert!(m.contains("sse_gateway_events_out_total{channel=\"deals\"} 4\n"), "{m}");
+    let resumed = h.open_path("u3", &[], "/api/v1/streams/deals", &[&format!("Last-Event-ID: {}", first.id())]).unwrap();
+    h.drain();
+    assert_eq!(ids_in(&h.take_wire(resumed)).len(), 1);
+    let m = h.metrics.render();
+    assert!(m.contains("sse_gateway_replays_total 1\n") && m.contains("sse_gateway_events_replayed_total{channel=\"deals\"} 1\n"), "{m}");
+}
+
+#[test]
+fn a_catalogue_whose_default_version_is_not_the_lowest_serves_it_without_version() {
+    let text = include_str!("fixtures/catalogue_v2.toml").replacen("[channels.deals]\ndefault_version = 1", "[channels.deals]\ndefault_version = 2", 1);
+    assert_ne!(text, include_str!("fixtures/catalogue_v2.toml"));
+    let h = Harness::with_catalogue("", Catalogue::from_toml(&text).unwrap());
+    let t = h.token("u1", &[], 3600);
+    let version = |path: &str| match h.route(&Harness::head(path, &[&format!("Authorization: Bearer {t}")])) {
+        Routed::Stream(r) => r.version,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(version("/api/v1/streams/deals"), 2, "D5: none means the channel's default");
+    assert_eq!(version("/api/v1/streams/deals?version=1"), 1);
+    assert_eq!(version("/api/v1/streams/tasks"), 1);
+}
+
+#[test]
 fn a_closed_stream_is_forgotten_and_its_stale_id_is_harmless() {
     let mut h = Harness::new("");
     let a = h.open("u1", "deals");
@@ -1271,6 +1321,31 @@ fn a_cookie_or_query_token_works_only_when_enabled() {
     let now = 1_900_000_000;
     assert!(matches!(front.route(&cookie, now), Routed::Stream(_)));
     assert!(matches!(front.route(&query, now), Routed::Stream(_)));
+}
+
+#[test]
+fn a_token_is_taken_from_the_first_place_that_has_one_bearer_then_cookie_then_query() {
+    let h = Harness::with_auth("cookie = \"sse_token\"\nquery_param = true\n", "");
+    let (t1, t2, t3) = (h.token("u1", &[], 3600), h.token("u2", &[], 3600), h.token("u3", &[], 3600));
+    let user = |target: &str, headers: &[&str]| match h.front.route(&Harness::head(target, headers), 1_900_000_000) {
+        Routed::Stream(r) => r.identity.user,
+        other => panic!("{other:?}"),
+    };
+    let query = format!("/api/v1/streams/deals?access_token={t3}");
+    let (bearer, cookie) = (format!("Authorization: Bearer {t1}"), format!("Cookie: sse_token={t2}"));
+    assert_eq!(user(&query, &[&cookie, &bearer]), "u1", "D1: Bearer first");
+    assert_eq!(user(&query, &[&cookie]), "u2", "then the cookie");
+    assert_eq!(user(&query, &[]), "u3", "then the query parameter");
+}
+
+#[test]
+fn a_configured_forbidden_retry_is_the_one_sent() {
+    let h = Harness::new("forbidden_retry = \"120s\"\n");
+    let t = h.token("u1", &["sales"], 3600);
+    let raw = Harness::head("/api/v1/streams/payments", &[&format!("Authorization: Bearer {t}")]);
+    let r = respond(h.route(&raw));
+    let ms: u64 = r.split("retry: ").nth(1).and_then(|x| x.lines().next()).and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("{r}"));
+    assert!((120_000..=122_000).contains(&ms), "{ms}: 120 s and at most the 2 s of jitter");
 }
 
 #[test]

@@ -134,13 +134,22 @@ impl GatewayProcess {
 
     /// Sends SIGTERM (graceful shutdown, D12).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// SIGINT (Ctrl-C), which D12 treats as SIGTERM.
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.child.id().expect("the gateway is still running");
         let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "kill -TERM {pid} failed");
+        assert!(ok, "kill -{name} {pid} failed");
     }
 
     /// Waits for the process to exit, at most `timeout`; `None` when it is still running.

@@ -4,7 +4,8 @@
 use sse_gateway_tests::payloads::valid_text;
 use sse_gateway_tests::process::{events_in, events_replayed};
 use sse_gateway_tests::token::user;
-use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, SseEvent};
+use sse_gateway_tests::process::GatewayProcess;
+use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, SseEvent, WAIT};
 
 const TYPES: [&str; 3] = ["deal.created", "deal.updated", "calculation.added"];
 
@@ -142,7 +143,45 @@ async fn an_id_older_than_the_buffer_gets_history_gap_and_then_only_live_events(
     assert_eq!(s.expect_event("the live event").await.data, live[0], "no partial replay after a gap");
 }
 
+/// Publishes one valid `deal.created` through the in-process source's endpoint; its event id.
+async fn publish_in_process(gw: &GatewayProcess, publisher: &str) -> String {
+    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
+    let auth = format!("Bearer {publisher}");
+    let r = gw.request("POST", "/api/v1/publish/deals", &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes()).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.json()["id"].as_str().expect("the event id").to_string()
+}
+
+/// D6: ids carry an epoch, the process's start for the in-process source (and classic queues):
+/// after a restart, an id the old process gave gets `history_gap`, never a replay of the new
+/// process's events that happen to share its sequence number.
+async fn after_a_restart_an_id_of_the_old_process_gets_history_gap_not_a_replay(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true").render();
+    let publisher = user("svc", &["publisher"]);
+    let gw = GatewayProcess::start(bin, &cfg).await;
+    let old = publish_in_process(&gw, &publisher).await;
+    drop(gw);
+    let gw = GatewayProcess::start(bin, &cfg).await;
+    let new: Vec<String> = publish_n_in_process(&gw, &publisher, 3).await;
+    assert_ne!(old.split('-').next(), new[0].split('-').next(), "a new epoch: {old} then {new:?}");
+    let mut s = gw.stream_with("deals", &user("alice", &[]), &[("Last-Event-ID", &old)]).await;
+    let first = s.next_non_heartbeat(WAIT).await.expect("a first frame");
+    assert_eq!(first.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{first:?}");
+    let marker = publish_in_process(&gw, &publisher).await;
+    let next = s.expect_event("the next live event").await;
+    assert_eq!(next.id.as_deref(), Some(marker.as_str()), "nothing replayed before it");
+}
+
+async fn publish_n_in_process(gw: &GatewayProcess, publisher: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(publish_in_process(gw, publisher).await);
+    }
+    ids
+}
+
 for_each_binary!(
+    after_a_restart_an_id_of_the_old_process_gets_history_gap_not_a_replay,
     a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live_ones,
     the_last_event_id_query_parameter_resumes_a_first_connect,
     an_unknown_last_event_id_gets_history_gap_first_then_live_events,

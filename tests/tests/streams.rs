@@ -242,6 +242,15 @@ async fn a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others
 }
 
 async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
+    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::terminate).await;
+}
+
+/// D12: SIGINT is a stop like SIGTERM.
+async fn sigint_stops_the_gateway_as_sigterm_does(bin: Bin) {
+    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::interrupt).await;
+}
+
+async fn stop_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin, stop: fn(&GatewayProcess)) {
     let mut gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
     let mut a = gw.stream("deals", &user("alice", &[])).await;
     let mut b = gw.stream("tasks", &user("bob", &[])).await;
@@ -249,13 +258,13 @@ async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
         assert!(s.until_retry_fields(1).await, "a retry: at the start");
         assert_eq!(s.retry_fields(), 1, "one retry: at the start");
     }
-    gw.terminate();
+    stop(&gw);
     for (who, s) in [("alice", &mut a), ("bob", &mut b)] {
-        s.until_closed(WAIT).await.unwrap_or_else(|| panic!("{who}'s stream still open after SIGTERM"));
+        s.until_closed(WAIT).await.unwrap_or_else(|| panic!("{who}'s stream still open after the signal"));
         assert_eq!(s.retry_fields(), 2, "{who}: a retry: before the close");
         assert!(s.retry().unwrap() > 0);
     }
-    let status = gw.wait_exit(WAIT).await.expect("the gateway exits after SIGTERM");
+    let status = gw.wait_exit(WAIT).await.expect("the gateway exits after the signal");
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -324,4 +333,5 @@ for_each_binary!(
     with_the_reject_policy_the_limit_always_answers_409,
     a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others,
     sigterm_sends_every_stream_a_retry_closes_them_and_exits,
+    sigint_stops_the_gateway_as_sigterm_does,
 );
