@@ -136,18 +136,20 @@ fn cors_headers(out: &mut String, origin: Option<&str>) {
     }
 }
 
+/// The head of an answer that closes the connection: the status line, `fields` (the body's, if
+/// any), then `Cache-Control`, `Connection`, `extra` and the CORS fields, and the blank line.
+fn closing_head(status: u16, fields: &str, extra: &str, cors: Option<&str>) -> String {
+    let mut h = format!("HTTP/1.1 {status} {}\r\n{fields}Cache-Control: no-store\r\nConnection: close\r\n{extra}", reason(status));
+    cors_headers(&mut h, cors);
+    h.push_str("\r\n");
+    h
+}
+
 impl Response {
     /// A response with a body of `content_type`, closing the connection.
     pub fn with_body(status: u16, content_type: &str, extra: &str, cors: Option<&str>, body: &[u8]) -> Response {
-        let mut h = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n{extra}",
-            reason(status),
-            body.len()
-        );
-        cors_headers(&mut h, cors);
-        h.push_str("\r\n");
-        let mut v = h.into_bytes();
+        let fields = format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
+        let mut v = closing_head(status, &fields, extra, cors).into_bytes();
         v.extend_from_slice(body);
         Response { status, bytes: Bytes::from(v), refusal: None }
     }
@@ -375,11 +377,8 @@ fn preflight(cors: Option<&str>, methods: &str) -> Routed {
          Access-Control-Allow-Headers: Authorization, Last-Event-ID, Accept, Cache-Control, Content-Type\r\n\
          Access-Control-Max-Age: 600\r\n"
     );
-    let mut h = format!("HTTP/1.1 204 {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}", reason(204));
-    cors_headers(&mut h, Some(origin));
-    h.push_str("\r\n");
     // RFC 9110 8.6: no Content-Length (nor a body's type) in a 204.
-    Routed::Respond(Response { status: 204, bytes: Bytes::from(h), refusal: None })
+    Routed::Respond(Response { status: 204, bytes: Bytes::from(closing_head(204, "", &extra, Some(origin))), refusal: None })
 }
 
 /// 403 for a request from an origin the gateway does not serve.
