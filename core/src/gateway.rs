@@ -879,13 +879,12 @@ impl Gateway {
         let live_point = buffer.last();
         let live_from = live_point.map(|_| buffer.floor());
         let Some(st) = self.stream_mut(id) else { return BackfillStep::Finished };
-        let (Some(after), Some(mut rb)) = (st.cursor, st.backfilling) else { return BackfillStep::Finished };
+        let (Some(after), Some(rb)) = (st.cursor, st.backfilling.as_mut()) else { return BackfillStep::Finished };
         if let Some(floor) = live_from {
             rb.until = floor;
         }
         let first = !rb.started;
         rb.started = true;
-        st.backfilling = Some(rb);
         // A loss at or below what the client already has (a catch-up parked behind its id) is
         // none of its concern: it would only be warned twice.
         let have = st.skip_through.map_or(after.seq, |s| s.max(after.seq));
@@ -911,9 +910,8 @@ impl Gateway {
         if position <= after.seq {
             return BackfillStep::Continue; // an overlap: already sent
         }
-        let until = rb.until;
         rb.moved = true;
-        st.backfilling = Some(rb);
+        let until = rb.until;
         st.cursor = Some(EventId { epoch: after.epoch, seq: position });
         // Ids never go back below what the client already has (a read-back from a live point
         // older than that, after a gap).
