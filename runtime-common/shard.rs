@@ -570,10 +570,15 @@ mod tests {
     }
 
     /// The seed settings with events up to 1 MiB from the in-process source (its limit is
-    /// `server.max_body_bytes`).
-    fn large_events() -> Arc<Settings> {
+    /// `server.max_body_bytes`), their metrics, the streams' output bound and `deals`' ingest.
+    fn large_events() -> (Arc<Settings>, Arc<Metrics>, usize, Ingest) {
         let config = sse_gateway_core::config::Config::from_toml("[server]\nmax_body_bytes = 1048576\n").unwrap();
-        Arc::new(Settings::new(config, sse_gateway_core::Catalogue::seed()).unwrap())
+        let settings = Arc::new(Settings::new(config, sse_gateway_core::Catalogue::seed()).unwrap());
+        let metrics = Arc::new(Metrics::new(&settings));
+        let bound = settings.config.streams.max_pending_bytes;
+        let deals = settings.channel_id("deals").unwrap();
+        let ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 1);
+        (settings, metrics, bound, ingest)
     }
 
     /// What a client reads from its stream on one shard: `before` goes in first (to the
@@ -612,11 +617,7 @@ mod tests {
     /// every stream of the channel, the first with it).
     #[test]
     fn two_large_events_in_a_row_reach_a_client_that_reads() {
-        let settings = large_events();
-        let metrics = Arc::new(Metrics::new(&settings));
-        let bound = settings.config.streams.max_pending_bytes;
-        let deals = settings.channel_id("deals").unwrap();
-        let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 1);
+        let (settings, metrics, bound, mut ingest) = large_events();
         let (first, second) = (deal(&mut ingest, bound / 5), deal(&mut ingest, bound * 4 / 5));
         assert!(first.frame().len() + second.frame().len() > bound && second.frame().len() < bound);
         let got = read_stream(settings, metrics, None, &[], &[first.clone(), second.clone()]);
@@ -630,11 +631,7 @@ mod tests {
     /// head).
     #[test]
     fn a_large_event_right_after_a_resume_reaches_a_client_that_reads() {
-        let settings = large_events();
-        let metrics = Arc::new(Metrics::new(&settings));
-        let bound = settings.config.streams.max_pending_bytes;
-        let deals = settings.channel_id("deals").unwrap();
-        let mut ingest = Ingest::new(settings.clone(), metrics.clone(), deals, 1);
+        let (settings, metrics, bound, mut ingest) = large_events();
         let older: Vec<_> = (0..6).map(|_| deal(&mut ingest, bound / 15)).collect();
         let large = deal(&mut ingest, bound * 4 / 5);
         let replay: usize = older[1..].iter().map(|e| e.frame().len()).sum();
