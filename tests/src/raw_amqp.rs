@@ -33,6 +33,13 @@ pub fn text(v: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A long-long (signed 64-bit) field value holding `v`.
+pub fn long_long(v: i64) -> Vec<u8> {
+    let mut out = vec![b'l'];
+    out.extend_from_slice(&v.to_be_bytes());
+    out
+}
+
 /// A field value that is an array holding an array ... `depth` deep, with nothing inside.
 pub fn nested_arrays(depth: usize) -> Vec<u8> {
     let mut v = vec![b'V'];

@@ -14,6 +14,7 @@ use lapin::{Connection, ConnectionProperties};
 use sse_gateway_tests::broker::{amqp_addr, amqp_url};
 use sse_gateway_tests::payloads::uuid;
 use sse_gateway_tests::process::{events_in, events_replayed};
+use sse_gateway_tests::raw_amqp::{long_long, publish as raw_publish, text, RawMessage};
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{
     for_each_binary, Bin, Broker, ConfigBuilder, GatewayProcess, Message, SseClient, TcpProxy, Topology, WAIT,
@@ -907,7 +908,58 @@ async fn a_gateway_restarted_while_events_keep_coming_resumes_and_streams_them_e
     }
 }
 
+/// A publisher's own `x-stream-offset` header, which RabbitMQ keeps beside its own (its own
+/// first), is not the offset: a large one read as lost retention (`history_gap` to every stream),
+/// then the next message as a recreated stream (the source stopped until an operator came); one
+/// of another type as a message without an offset (the source failed on it after every
+/// reconnect). Live, from the history read at a restart, and in a resume after it.
+async fn a_publishers_own_x_stream_offset_header_is_not_the_offset(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &amqp_url()).await;
+    let gw = setup.start(bin).await;
+    let carol = user("carol", &[]);
+    let mut s = gw.stream("deals", &carol).await;
+    let mut want = setup.publish(1).await;
+    let (forged, titles) = setup.messages(2);
+    let name = || b"x-stream-offset".to_vec();
+    let headers = [
+        vec![(name(), long_long(999_999)), (name(), long_long(777_777))],
+        vec![(name(), text(b"x")), (name(), text(b"y"))],
+    ];
+    for (i, (m, headers)) in forged.iter().zip(headers).enumerate() {
+        raw_publish(&RawMessage {
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+            kind: b"deal.created".to_vec(),
+            message_id: format!("forged-offset-{i}").into_bytes(),
+            headers,
+            body: m.body.clone(),
+        });
+    }
+    want.extend(titles);
+    want.extend(setup.publish(2).await);
+    let got = read_events(&mut s, want.len(), "live, around the forged headers").await;
+    assert_eq!(got.titles, want, "live: every event, in order");
+    assert!(got.warnings.is_empty(), "live: no warning: {:?}", got.warnings);
+    assert_increasing(&got.ids, "live");
+    assert!(got.ids.iter().all(|id| offset(id) < 1000), "an id from a forged header: {:?}", got.ids);
+    nothing_more(&setup, &mut s, "live").await;
+    assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(1.0), "the source runs");
+    assert_eq!(gw.stderr().matches("connected to the broker").count(), 1, "one connection all along:\n{}", gw.stderr());
+    drop(s);
+    drop(gw);
+
+    // Restarted: its history read takes the same messages; a client that had the first event
+    // resumes to exactly the rest, the marker included.
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream_with("deals", &carol, &[("Last-Event-ID", &got.ids[0])]).await;
+    let rest = read_events(&mut s, want.len(), "resumed after a restart").await;
+    assert!(rest.warnings.is_empty(), "resumed: no warning: {:?}", rest.warnings);
+    assert_eq!(rest.ids[..want.len() - 1], got.ids[1..], "resumed: the same ids");
+    nothing_more(&setup, &mut s, "resumed").await;
+}
+
 for_each_binary!(
+    a_publishers_own_x_stream_offset_header_is_not_the_offset,
     a_gateway_restarted_while_events_keep_coming_resumes_and_streams_them_exactly,
     a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_new_stream,
     streams_opened_before_the_broker_is_reached_get_everything_published_since,

@@ -322,7 +322,11 @@ pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> 
                 ),
                 FieldTable::default,
                 |mut acc, (key, value)| {
-                    acc.insert(key, value);
+                    // The first of two entries of one name wins, as in RabbitMQ (which puts its
+                    // own `x-stream-offset` before a publisher's header of that name).
+                    if !acc.contains_key(key.as_str()) {
+                        acc.insert(key, value);
+                    }
                     acc
                 },
             )),
