@@ -211,6 +211,12 @@ async fn publish(
     ctx: &Ctx,
 ) -> Option<Response> {
     let end = p.head_len + p.content_length;
+    if p.expect_continue && buf.len() == p.head_len {
+        use futures_lite::AsyncWriteExt;
+        if !matches!(until(deadline, sock.write_all(Response::CONTINUE)).await, Some(Ok(()))) {
+            return None;
+        }
+    }
     while buf.len() < end {
         let want = (end - buf.len()).min(READ_CHUNK);
         match read_more(sock, buf, want, deadline).await {

@@ -27,7 +27,7 @@ pub const WARNING_CODES: [&str; 2] = ["source_unavailable", "history_gap"];
 
 /// HTTP refusals of a stream request, answered instead of a stream: (status, code, meaning).
 pub const HTTP_REFUSALS: [(u16, &str, &str); 10] = [
-    (400, "bad_request", "The request head is not one the gateway can read (malformed, a repeated `Host`)."),
+    (400, "bad_request", "The request head is not one the gateway can read (malformed, a repeated `Host`, an HTTP/1.1 request without `Host`)."),
     (400, "unsupported_version", "`?version=N` names a version the channel does not have; `supported` lists those it has."),
     (401, "unauthorized", "No token, or a token that does not verify (signature, algorithm, `exp`, `nbf`, `iss`, `aud`, `sub`). A `WWW-Authenticate: Bearer` header comes with it."),
     (403, "origin_not_allowed", "A token from the cookie on a request from another site's page (`Origin` not the gateway's own nor in `server.cors_origins`, or `Sec-Fetch-Site: cross-site`)."),

@@ -82,6 +82,9 @@ pub struct PublishRequest {
     pub head_len: usize,
     /// Allowed CORS origin.
     pub cors_origin: Option<String>,
+    /// The client sent `Expect: 100-continue` (HTTP/1.1) and waits for [`Response::CONTINUE`]
+    /// before it sends the body: write it if no body byte has come yet (RFC 9110 10.1.1).
+    pub expect_continue: bool,
 }
 
 /// What to do with the bytes a client sent so far.
@@ -146,6 +149,9 @@ fn closing_head(status: u16, fields: &str, extra: &str, cors: Option<&str>) -> S
 }
 
 impl Response {
+    /// The interim answer to `Expect: 100-continue` ([`PublishRequest::expect_continue`]).
+    pub const CONTINUE: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
     /// A response with a body of `content_type`, closing the connection.
     pub fn with_body(status: u16, content_type: &str, extra: &str, cors: Option<&str>, body: &[u8]) -> Response {
         let fields = format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
@@ -251,14 +257,20 @@ struct Head<'a> {
     host: Option<&'a [u8]>,
     content_length: Option<&'a [u8]>,
     transfer_encoding: Option<&'a [u8]>,
+    expect: Option<&'a [u8]>,
+    /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    minor: u8,
     len: usize,
 }
 
+// Lives on the stack for one call; boxing the head would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Parsed<'a> {
     Partial,
     Complete(Head<'a>),
     TooLarge,
-    Bad,
+    /// Not a request the gateway can read; the message says why.
+    Bad(&'static str),
 }
 
 fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: usize) -> Parsed<'a> {
@@ -269,10 +281,10 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
         Ok(httparse::Status::Partial) if buf.len() > max => return Parsed::TooLarge,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
-        Err(_) => return Parsed::Bad,
+        Err(_) => return Parsed::Bad(MALFORMED),
     };
-    let (Some(method), Some(target)) = (req.method, req.path) else {
-        return Parsed::Bad;
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Parsed::Bad(MALFORMED);
     };
     // The absolute form (RFC 9112 3.2.2: `GET http://gw/api/v1/streams/deals`), as a forward
     // proxy sends it: the path starts after the authority.
@@ -288,7 +300,7 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
         _ => target,
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut head = Head { method, path, query, len, ..Default::default() };
+    let mut head = Head { method, path, query, minor, len, ..Default::default() };
     for h in req.headers.iter() {
         let slot = match h.name.to_ascii_lowercase().as_str() {
             "authorization" => &mut head.authorization,
@@ -300,17 +312,24 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "host" => &mut head.host,
             "content-length" => &mut head.content_length,
             "transfer-encoding" => &mut head.transfer_encoding,
+            "expect" => &mut head.expect,
             _ => continue,
         };
         // The first occurrence wins; a repeated Content-Length could smuggle a body, and a
         // repeated Host (RFC 9112 3.2: 400) makes "the gateway's own origin" ambiguous.
         if slot.is_some() && (h.name.eq_ignore_ascii_case("content-length") || h.name.eq_ignore_ascii_case("host")) {
-            return Parsed::Bad;
+            return Parsed::Bad(MALFORMED);
         }
         slot.get_or_insert(h.value);
     }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 (HTTP/1.0 had none).
+    if head.minor >= 1 && head.host.is_none() {
+        return Parsed::Bad("an HTTP/1.1 request needs a Host header field");
+    }
     Parsed::Complete(head)
 }
+
+const MALFORMED: &str = "malformed HTTP request";
 
 /// Does an `Accept` value admit `text/event-stream` (D10)? Absent means anything (RFC 9110).
 /// The most specific range that matches decides (RFC 9110 12.5.1): `text/event-stream;q=0, */*`
@@ -431,7 +450,7 @@ impl Front {
             Parsed::TooLarge => {
                 Routed::Respond(Response::error(431, "head_too_large", "request head too large", "", None))
             }
-            Parsed::Bad => Routed::Respond(Response::error(400, "bad_request", "malformed HTTP request", "", None)),
+            Parsed::Bad(message) => Routed::Respond(Response::error(400, "bad_request", message, "", None)),
             Parsed::Complete(head) => {
                 let cors = self.allowed_origin(head.origin);
                 self.route_head(&head, cors.as_deref(), unix_now)
@@ -634,6 +653,10 @@ impl Front {
                 content_length: n,
                 head_len: head.len,
                 cors_origin: cors.map(str::to_string),
+                // RFC 9110 10.1.1: ignored in an HTTP/1.0 request; nothing to wait for with no body.
+                expect_continue: n > 0
+                    && head.minor >= 1
+                    && head.expect.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue")),
             }),
         }
     }

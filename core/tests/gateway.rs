@@ -1418,7 +1418,7 @@ fn a_cookie_token_from_a_page_of_another_origin_is_refused() {
 #[test]
 fn cors_preflight_allows_configured_origins_with_credentials() {
     let h = Harness::new("").front; // default: no origins
-    let pre = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://crm.example\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n";
+    let pre = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nOrigin: https://crm.example\r\nAccess-Control-Request-Headers: authorization, last-event-id\r\n\r\n";
     assert!(respond(h.route(pre, 0)).starts_with("HTTP/1.1 403"));
     let front = Harness::new("[server]\ncors_origins = [\"https://crm.example\"]\n").front;
     let r = respond(front.route(pre, 0));
@@ -1428,11 +1428,11 @@ fn cors_preflight_allows_configured_origins_with_credentials() {
     assert!(r.contains("Access-Control-Allow-Headers: Authorization, Last-Event-ID"));
     // RFC 9110 8.6: a 204 has no Content-Length, nor a body's type.
     assert!(!r.contains("\r\nContent-Length:") && !r.contains("\r\nContent-Type:") && r.ends_with("\r\n\r\n"), "{r}");
-    let other = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n";
+    let other = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nOrigin: https://evil.example\r\n\r\n";
     assert!(respond(front.route(other, 0)).starts_with("HTTP/1.1 403"));
     // Matched without regard to case; the configured origin is written back, not the request's
     // spelling of it (found by the route fuzz target).
-    let cased = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nOrigin: HTTPS://CRM.example\r\n\r\n";
+    let cased = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nOrigin: HTTPS://CRM.example\r\n\r\n";
     assert!(respond(front.route(cased, 0)).contains("Access-Control-Allow-Origin: https://crm.example\r\n"));
 }
 
@@ -1471,7 +1471,7 @@ fn ops_routes_are_recognised() {
 fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     let h = Harness::new("");
     let t = h.token("svc", &["publisher"], 3600);
-    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {t}\r\nContent-Length: 2\r\n\r\n{{}}");
+    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nContent-Length: 2\r\n\r\n{{}}");
     assert!(respond(h.route(raw.as_bytes())).starts_with("HTTP/1.1 404"));
     let front = Harness::new("[server]\npublish_endpoint = true\n").front;
     match front.route(raw.as_bytes(), 1_900_000_000) {
@@ -1482,7 +1482,7 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
         other => panic!("{other:?}"),
     }
     let plain = Harness::new("").token("user", &[], 3600);
-    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {plain}\r\nContent-Length: 2\r\n\r\n{{}}");
+    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {plain}\r\nContent-Length: 2\r\n\r\n{{}}");
     assert!(respond(front.route(raw.as_bytes(), 1_900_000_000)).starts_with("HTTP/1.1 403"));
     let m = parse_publish(br#"{"type":"deal.created","data":{"a":1},"recipient_ids":"u1","schema_version":1}"#, None).unwrap();
     assert_eq!(m.kind.as_deref(), Some("deal.created"));
@@ -1517,7 +1517,7 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     let front = Harness::new("[server]\npublish_endpoint = true\nmax_body_bytes = 1000\n").front;
     let t = Harness::new("").token("svc", &["publisher"], 3600);
     let status = |headers: &str| {
-        let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nAuthorization: Bearer {t}\r\n{headers}\r\n{{}}");
+        let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n{headers}\r\n{{}}");
         match front.route(raw.as_bytes(), 1_900_000_000) {
             Routed::Publish(p) => (200, p.content_length),
             Routed::Respond(r) => (r.status, 0),
@@ -1536,6 +1536,48 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     assert_eq!(status("Host: a.example\r\nHost: b.example\r\nContent-Length: 2\r\n").0, 400);
     assert_eq!(status("Content-Length: 1001\r\n").0, 413);
     assert_eq!(status("Content-Length: 99999999999999999999999999\r\n").0, 413);
+}
+
+#[test]
+fn a_publisher_that_expects_100_continue_is_told_to_send_its_body() {
+    let front = Harness::new("[server]\npublish_endpoint = true\n").front;
+    let t = Harness::new("").token("svc", &["publisher"], 3600);
+    let expects = |version: &str, headers: &str| {
+        let raw = format!("POST /api/v1/publish/deals HTTP/{version}\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n{headers}\r\n");
+        match front.route(raw.as_bytes(), 1_900_000_000) {
+            Routed::Publish(p) => p.expect_continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(expects("1.1", "Content-Length: 2\r\nExpect: 100-continue\r\n"));
+    assert!(expects("1.1", "Content-Length: 2\r\nExpect:  100-Continue \r\n"));
+    assert!(!expects("1.1", "Content-Length: 2\r\n"));
+    // RFC 9110 10.1.1: ignored from an HTTP/1.0 client; no body, nothing to wait for.
+    assert!(!expects("1.0", "Content-Length: 2\r\nExpect: 100-continue\r\n"));
+    assert!(!expects("1.1", "Content-Length: 0\r\nExpect: 100-continue\r\n"));
+    assert_eq!(Response::CONTINUE, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // A refused request is answered at once: the client never sends the body.
+    let plain = Harness::new("").token("user", &[], 3600);
+    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {plain}\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+    assert!(respond(front.route(raw.as_bytes(), 1_900_000_000)).starts_with("HTTP/1.1 403"));
+}
+
+#[test]
+fn an_http_1_1_request_without_host_is_refused_and_an_http_1_0_one_is_served() {
+    let h = Harness::new("");
+    let t = h.token("u1", &[], 3600);
+    let ask = |version: &str, host: &str| {
+        let raw = format!("GET /api/v1/streams/deals HTTP/{version}\r\n{host}Authorization: Bearer {t}\r\n\r\n");
+        h.route(raw.as_bytes())
+    };
+    let text = respond(ask("1.1", ""));
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("\"code\":\"bad_request\"") && text.contains("Host"), "{text}");
+    assert!(matches!(ask("1.1", "Host: gw\r\n"), Routed::Stream(_)));
+    assert!(matches!(ask("1.0", ""), Routed::Stream(_)));
+    // Ops routes too: a probe that speaks HTTP/1.1 sends Host.
+    assert!(respond(h.route(b"GET /healthz HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 400"));
+    assert_eq!(h.route(b"GET /healthz HTTP/1.0\r\n\r\n"), Routed::Health);
 }
 
 #[test]

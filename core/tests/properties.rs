@@ -83,9 +83,14 @@ proptest! {
         path in "/[ -~]{0,64}",
         headers in proptest::collection::vec(("[A-Za-z-]{1,16}", "[ -~]{0,64}"), 0..8),
         origin in proptest::option::of(prop_oneof![Just(ORIGIN.to_string()), Just("null".to_string()), "[ -~]{0,40}"]),
+        host in proptest::option::of("[ -~]{0,24}"),
+        minor in 0u8..2,
     ) {
         let h = Harness::new(ORIGIN_CONFIG);
-        let mut raw = format!("{method} {path} HTTP/1.1\r\n");
+        let mut raw = format!("{method} {path} HTTP/1.{minor}\r\n");
+        if let Some(host) = host {
+            raw.push_str(&format!("Host: {host}\r\n"));
+        }
         for (k, v) in headers {
             raw.push_str(&format!("{k}: {v}\r\n"));
         }

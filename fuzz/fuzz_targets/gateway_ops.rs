@@ -130,7 +130,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let user = format!("u{}", user % 6);
                 let ch = channel as usize % s.channels.len();
                 let mut head = format!(
-                    "GET /api/v1/streams/{}?version=1 HTTP/1.1\r\nAuthorization: Bearer {}\r\n",
+                    "GET /api/v1/streams/{}?version=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n",
                     s.channels[ch].name,
                     token(&user, finance)
                 );

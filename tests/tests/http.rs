@@ -240,7 +240,47 @@ async fn a_wrong_method_on_a_stream_is_405(bin: Bin) {
     assert!(r.json()["code"].is_string(), "{r:?}");
 }
 
+/// RFC 9110 10.1.1: a publisher that sends `Expect: 100-continue` (curl for large bodies, .NET's
+/// and Java's clients when set to) waits for the interim answer before it sends its body.
+async fn a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken(bin: Bin) {
+    use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = GatewayProcess::start(bin, &ConfigBuilder::new().raw("server", "publish_endpoint", "true").render()).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
+    let mut c = ::tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/publish/deals HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        gw.addr,
+        user("svc", &["publisher"]),
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.expect("write the head");
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = Vec::new();
+    let read = ::tokio::time::timeout(WAIT, async {
+        while got.len() < interim.len() {
+            let mut b = [0u8; 64];
+            let n = c.read(&mut b[..interim.len() - got.len()]).await.expect("read");
+            assert!(n > 0, "closed before an interim answer: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no 100 Continue within {WAIT:?} (body not sent yet); got {:?}", String::from_utf8_lossy(&got));
+    assert_eq!(got, interim);
+    c.write_all(body.as_bytes()).await.expect("write the body");
+    let mut rest = Vec::new();
+    ::tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await.expect("an answer within WAIT").expect("read");
+    let end = sse_gateway_tests::http::head_end(&rest).expect("a whole head");
+    let answer = sse_gateway_tests::http::parse_head(&rest[..end]);
+    assert!(answer.status_line.starts_with("HTTP/1.1 202 "), "{:?}", String::from_utf8_lossy(&rest));
+    let id: serde_json::Value = serde_json::from_slice(&rest[end..]).expect("a JSON body");
+    let ev = s.expect_event("the published event").await;
+    assert_eq!(ev.id.as_deref(), id["id"].as_str(), "{ev:?}");
+}
+
 for_each_binary!(
+    a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken,
     the_gateway_prints_one_listening_line_and_answers_health,
     a_stream_is_a_close_delimited_event_stream_starting_with_retry,
     no_token_gets_401_with_a_bearer_challenge,
