@@ -75,6 +75,8 @@ enum Wake {
 /// A stream's link between the shard loop and its writer task.
 struct Conn {
     id: StreamId,
+    /// What its `stream closed` line says.
+    log: StreamLog,
     wake: Notify,
     closing: Cell<Option<CloseReason>>,
     /// The writer wrote what it took, or ended: a paused read-back looks again.
@@ -223,6 +225,10 @@ impl Shard {
                 Wake::DrainOver => {
                     let left = self.gw.borrow().slots_in_use();
                     warn!(streams = left, "shutdown drain time passed; closing the remaining streams");
+                    // Their writers end with the process, past their own `stream closed` line.
+                    for conn in self.conns.borrow().iter().flatten() {
+                        self.log_closed(conn, conn.closing.get().unwrap_or(CloseReason::Shutdown));
+                    }
                     return;
                 }
             }
@@ -328,7 +334,7 @@ impl Shard {
         match result {
             Ok(id) => {
                 let wake = Notify::counted(self.woken.clone());
-                let conn = Rc::new(Conn { id, wake, closing: Cell::new(None), drained: Notify::default() });
+                let conn = Rc::new(Conn { id, log, wake, closing: Cell::new(None), drained: Notify::default() });
                 {
                     let mut conns = self.conns.borrow_mut();
                     if conns.len() <= id.index() {
@@ -336,9 +342,9 @@ impl Shard {
                     }
                     conns[id.index()] = Some(conn.clone());
                 }
-                let channel = &self.settings.channel(log.channel).name;
-                info!(stream = %id, user = %user, channel = %channel, version = log.version, "stream opened");
-                spawn(self.clone().writer(conn, sock, log));
+                let channel = &self.settings.channel(conn.log.channel).name;
+                info!(stream = %id, user = %user, channel = %channel, version = conn.log.version, "stream opened");
+                spawn(self.clone().writer(conn, sock));
             }
             Err(resp) => {
                 let channel = &self.settings.channel(log.channel).name;
@@ -355,7 +361,7 @@ impl Shard {
     /// into the shard's scratch and the socket ([`Shard::write_now`]); only what the socket does
     /// not take at once waits in `out`, and the rare paths (a close, its last bytes, the log
     /// line) are boxed or computed when they happen.
-    async fn writer(self: Rc<Self>, conn: Rc<Conn>, mut sock: Socket, log: StreamLog) {
+    async fn writer(self: Rc<Self>, conn: Rc<Conn>, mut sock: Socket) {
         let mut out: Vec<Bytes> = Vec::new();
         let mut budget = Budget::default();
         let mut client_sent = 0usize;
@@ -410,7 +416,7 @@ impl Shard {
                 break CloseReason::ClientGone;
             }
         };
-        let user = self.gw.borrow().user_of(conn.id).unwrap_or_default().to_string();
+        self.log_closed(&conn, why);
         drop(sock);
         conn.drained.notify();
         self.gw.borrow_mut().on_closed(conn.id);
@@ -419,9 +425,15 @@ impl Shard {
                 *slot = None;
             }
         }
-        let secs = log.opened.elapsed().as_secs_f64();
-        let channel = &self.settings.channel(log.channel).name;
-        info!(stream = %conn.id, user = %user, channel = %channel, version = log.version,
+    }
+
+    /// The `stream closed` line, while the core still knows the stream's user.
+    fn log_closed(&self, conn: &Conn, why: CloseReason) {
+        let gw = self.gw.borrow();
+        let user = gw.user_of(conn.id).unwrap_or_default();
+        let secs = conn.log.opened.elapsed().as_secs_f64();
+        let channel = &self.settings.channel(conn.log.channel).name;
+        info!(stream = %conn.id, user = %user, channel = %channel, version = conn.log.version,
               reason = why.label(), duration_s = format_args!("{secs:.1}"), "stream closed");
     }
 

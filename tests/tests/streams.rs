@@ -321,6 +321,12 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
     let drained = "shutdown drain time passed; closing the remaining streams";
     let log = fx.gw.log_until(WAIT, |l| l.contains(drained)).await;
     assert!(log.contains(drained), "the drain did not run out:\n{log}");
+    // Both streams have their `stream closed` line, the one cut at the drain's end too.
+    let log = fx.gw.stderr();
+    for who in ["hare", "sloth"] {
+        let closed = log.lines().filter(|l| l.contains("stream closed") && l.contains(who) && l.contains("shutdown")).count();
+        assert_eq!(closed, 1, "{who}: one `stream closed` line with reason shutdown:\n{log}");
+    }
     drop(stalled);
 }
 
