@@ -35,7 +35,7 @@ use crate::{contract, demo, issue_hs256, Front, Metrics};
 /// Without a configuration file every setting has its default: the in-process source on
 /// 127.0.0.1:8080 (no broker). Environment: SSE_GATEWAY_JWT_SECRET (over auth.secret),
 /// SSE_GATEWAY_AMQP_URL (over broker.url; turns the broker on), RUST_LOG (log filter, default
-/// info). Once listening it prints `listening on http://ADDR` on stdout (with --demo two more
+/// info,lapin=off). Once listening it prints `listening on http://ADDR` on stdout (with --demo two more
 /// lines follow: `token: JWT` and `demo page: URL`); logs go to stderr.
 ///
 /// Ops endpoints: /healthz (200 while the process serves), /readyz (200 once every channel's
@@ -200,6 +200,12 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
                     }
                 };
             }
+            // Where the logs are JSON lines, the reason the gateway did not start is one too.
+            Err(e) if cli.json_logs => {
+                init_logs(true);
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
             Err(e) => Err(e),
         },
     };
@@ -290,10 +296,15 @@ fn catalogue(format: contract::Format, config: Option<&Path>) -> Result<(), Stri
         .map_err(|e| format!("stdout: {e}"))
 }
 
-/// Text logs (JSON lines with `json`) on stderr, filtered by `RUST_LOG` (default `info`).
+/// The log filter without `RUST_LOG`: the gateway's own lines at `info`; the AMQP client's off
+/// (it logs a broker restart or refused credentials as ERROR lines of its own, which the
+/// gateway's `source unavailable` line, with the error, already says).
+pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off";
+
+/// Text logs (JSON lines with `json`) on stderr, filtered by `RUST_LOG` (default
+/// [`DEFAULT_LOG_FILTER`]).
 pub fn init_logs(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, invalid) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
@@ -301,11 +312,29 @@ pub fn init_logs(json: bool) {
     } else {
         builder.init();
     }
+    if let Some(error) = invalid {
+        tracing::warn!(%error, filter = DEFAULT_LOG_FILTER, "RUST_LOG is not a valid filter; logging with the default");
+    }
+}
+
+/// The filter `RUST_LOG` asks for. Unset, empty or blank (a leftover `RUST_LOG=` in an
+/// environment file) is the default, never "no logs at all"; one that does not parse is the
+/// default too, with the error to log.
+fn log_filter(var: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    use tracing_subscriber::EnvFilter;
+    match var.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
+        Some(v) => match EnvFilter::builder().parse(v) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG_FILTER), Some(e.to_string())),
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing_subscriber::EnvFilter;
 
     #[test]
     fn the_arguments_parse_with_either_binary_name() {
@@ -320,6 +349,24 @@ mod tests {
             Some(Command::Token { sub, roles, ttl, .. }) => assert_eq!((sub.as_str(), roles.len(), ttl.as_str()), ("u", 2, "1h")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_empty_or_invalid_rust_log_logs_with_the_default_never_nothing() {
+        for var in [None, Some(""), Some("  ")] {
+            let (f, invalid) = log_filter(var);
+            assert_eq!(f.to_string(), EnvFilter::new(DEFAULT_LOG_FILTER).to_string(), "{var:?}");
+            assert_eq!(f.max_level_hint(), Some(tracing::level_filters::LevelFilter::INFO), "{var:?}");
+            assert!(invalid.is_none(), "{var:?}");
+        }
+        let (f, invalid) = log_filter(Some("garbage=:="));
+        assert_eq!(f.max_level_hint(), Some(tracing::level_filters::LevelFilter::INFO));
+        assert!(invalid.is_some());
+        let (f, invalid) = log_filter(Some("debug"));
+        assert_eq!(f.max_level_hint(), Some(tracing::level_filters::LevelFilter::DEBUG));
+        assert!(invalid.is_none());
+        let (f, _) = log_filter(Some("off"));
+        assert_eq!(f.max_level_hint(), Some(tracing::level_filters::LevelFilter::OFF), "off when asked for");
     }
 
     #[test]

@@ -79,7 +79,48 @@ async fn catalogue_prints_the_published_contract_documents(bin: Bin) {
     assert_eq!(out.status.code(), Some(2), "a format is required");
 }
 
+/// The gateway's logs reach an operator whatever the environment: `RUST_LOG=` (empty, a leftover
+/// in an environment file) logs at the default level instead of not at all, a filter that does
+/// not parse says so, and with `--json-logs` a refused configuration is a JSON line too.
+async fn an_empty_rust_log_or_a_refused_configuration_under_json_logs_still_logs(bin: Bin) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("good.toml"), ConfigBuilder::new().render()).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let listen = taken.local_addr().unwrap().to_string();
+    for (rust_log, also) in [("", None), ("garbage=:=", Some("RUST_LOG is not a valid filter"))] {
+        let out = std::process::Command::new(bin.path())
+            .args(["--config", "good.toml", "--listen", &listen])
+            .current_dir(dir.path())
+            .env("RUST_LOG", rust_log)
+            .env_remove("SSE_GATEWAY_AMQP_URL")
+            .output()
+            .expect("run the gateway");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "RUST_LOG={rust_log:?}: {err}");
+        assert!(err.contains("cannot listen on") && err.contains("ERROR"), "RUST_LOG={rust_log:?}: why it stopped is logged: {err:?}");
+        if let Some(line) = also {
+            assert!(err.contains(line), "RUST_LOG={rust_log:?}: {err}");
+        }
+    }
+    drop(taken);
+
+    let bad = ConfigBuilder::new().str("streams", "heartbeat", "0s").render();
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let out = run(bin, dir.path(), &["--config", "bad.toml", "--json-logs"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR" && l["fields"]["message"].as_str().is_some_and(|m| m.contains("streams.heartbeat"))),
+        "the refusal as a JSON line naming the key: {err}"
+    );
+}
+
 for_each_binary!(
+    an_empty_rust_log_or_a_refused_configuration_under_json_logs_still_logs,
     check_config_says_ok_or_names_the_bad_key_with_exit_status_2,
     a_token_printed_by_the_binary_opens_a_stream_on_a_gateway_with_the_same_config,
     catalogue_prints_the_published_contract_documents,
