@@ -730,13 +730,13 @@ impl Source {
                 acks.flush().await?; // cancelled by the broker: the channel still takes acks
                 break;
             };
-            let delivery = delivery.map_err(e("consumer"))?;
+            let mut delivery = delivery.map_err(e("consumer"))?;
             if delivery.acker.poisoned() {
                 // Delivered before the channel failed, not acked, and never will be: it comes
                 // again on the next consumer, so it is not passed on now (no duplicate).
                 return Err("the channel failed (deliveries it had buffered come again)".into());
             }
-            let mut msg = message(&delivery);
+            let mut msg = message(&mut delivery);
             msg.received = Some(came.unwrap_or_else(Instant::now));
             if log.is_some() {
                 let Some(pos) = stream_log::offset(&delivery) else {
@@ -892,7 +892,7 @@ impl Source {
                 None => future::or(async { Got::Live(live.next().await) }, from_history).await,
                 Some(_) => from_history.await,
             };
-            let d = match got {
+            let mut d = match got {
                 Got::Live(next) => {
                     read.live_from = next.as_ref().and_then(|r| r.as_ref().ok()).and_then(stream_log::offset);
                     let failed = read.live_from.is_none();
@@ -906,7 +906,7 @@ impl Source {
                 Got::History(Some(None)) => return Err("the consumer was cancelled".into()),
                 Got::History(Some(Some(r))) => r.map_err(e("consumer"))?,
             };
-            let (pos, msg) = stream_log::log_message(&d)?;
+            let (pos, msg) = stream_log::log_message(&mut d)?;
             if read.msgs.len() == keep {
                 read.msgs.pop_front();
             }
@@ -1057,7 +1057,9 @@ fn is_not_found(err: &lapin::Error) -> bool {
 /// Maps a delivery to the core's message (D4): type property, routing key, two headers,
 /// message id, body. The position is `None` here (classic queues have no offsets); a stream's
 /// reader sets it from [`stream_log::offset`]. `received` is set by the live source only.
-fn message(d: &Delivery) -> UpstreamMessage {
+/// The message of a delivery; its body is moved out (a message may be as large as the broker
+/// allows, checked against `max_message_bytes` only later: never held twice).
+fn message(d: &mut Delivery) -> UpstreamMessage {
     let p = &d.properties;
     let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).map(header_value);
     UpstreamMessage {
@@ -1066,7 +1068,7 @@ fn message(d: &Delivery) -> UpstreamMessage {
         recipient_ids: header("recipient_ids"),
         schema_version: header("schema_version"),
         message_id: p.message_id().as_ref().map(|m| m.as_str().to_string()),
-        body: d.data.clone().into(),
+        body: std::mem::take(&mut d.data).into(),
         position: None,
         received: None,
     }
@@ -1082,12 +1084,16 @@ fn header_value(v: &AMQPValue) -> HeaderValue {
         AMQPValue::LongUInt(i) => HeaderValue::Int((*i).into()),
         AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
         AMQPValue::ShortString(s) => HeaderValue::Text(s.as_str().to_string()),
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(t) => HeaderValue::Text(t.to_string()),
-            Err(_) => HeaderValue::Other,
-        },
+        // A byte array is how several clients send bytes (pika `bytes`, Go `[]byte`, Java
+        // `byte[]`): as text when it is UTF-8, like a long string.
+        AMQPValue::LongString(s) => utf8_text(s.as_bytes()),
+        AMQPValue::ByteArray(b) => utf8_text(b.as_slice()),
         _ => HeaderValue::Other,
     }
+}
+
+fn utf8_text(bytes: &[u8]) -> HeaderValue {
+    std::str::from_utf8(bytes).map_or(HeaderValue::Other, |t| HeaderValue::Text(t.to_string()))
 }
 
 #[cfg(test)]
@@ -1106,6 +1112,9 @@ mod tests {
         assert_eq!(header_value(&AMQPValue::LongInt(2)), HeaderValue::Int(2));
         assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), HeaderValue::Text("a,b".into()));
         assert_eq!(header_value(&AMQPValue::Double(1.0)), HeaderValue::Other);
+        assert_eq!(header_value(&AMQPValue::ByteArray(b"u1,u2".to_vec().into())), HeaderValue::Text("u1,u2".into()));
+        assert_eq!(header_value(&AMQPValue::ByteArray(b"u1\xff".to_vec().into())), HeaderValue::Other);
+        assert_eq!(header_value(&AMQPValue::LongString(b"u1\xff".to_vec().into())), HeaderValue::Other);
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Event {
     pub fn visible_to(&self, user: &str) -> bool {
         match &self.0.recipients {
             None => true,
-            Some(r) => r.iter().any(|u| &**u == user),
+            // Sorted when the message was checked.
+            Some(r) => r.binary_search_by(|u| (**u).cmp(user)).is_ok(),
         }
     }
 }

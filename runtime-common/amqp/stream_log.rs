@@ -127,7 +127,7 @@ pub(crate) async fn consume_at(chan: &Channel, queue: &str, prefetch: u16, at: S
 }
 
 /// A stream delivery's position (`x-stream-offset`, which it must have) and message (with it).
-pub(crate) fn log_message(d: &Delivery) -> Result<(u64, UpstreamMessage), String> {
+pub(crate) fn log_message(d: &mut Delivery) -> Result<(u64, UpstreamMessage), String> {
     let pos = offset(d).ok_or("a stream delivery without x-stream-offset")?;
     let mut msg = message(d);
     msg.position = Some(pos);
@@ -278,13 +278,13 @@ impl LogCursor<'_> {
     /// once nothing arrived for `idle` (the end of the stream, as far as anyone can tell).
     /// `seen` is the read-back's `message_id` window ([`LogReader::window`]).
     pub(crate) async fn next(&mut self, idle: Duration, seen: &mut RecentIds) -> Result<Option<(u64, Option<Event>)>, String> {
-        let d = match until(Instant::now() + idle, self.consumer.next()).await {
+        let mut d = match until(Instant::now() + idle, self.consumer.next()).await {
             None => return Ok(None),
             Some(None) => return Err("the read-back consumer was cancelled".into()),
             Some(Some(Err(e))) => return Err(format!("read-back consumer: {e}")),
             Some(Some(Ok(d))) => d,
         };
-        let (pos, msg) = log_message(&d)?;
+        let (pos, msg) = log_message(&mut d)?;
         // Dropped messages were logged when the live source met them; here they only hold a place.
         let ev = crate::common::contained(|| self.log.ingest.read_back(&msg, seen).ok()).flatten();
         // Acks only refill the prefetch window here.

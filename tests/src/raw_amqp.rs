@@ -33,6 +33,14 @@ pub fn text(v: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A byte-array field value (`x`, RabbitMQ's) holding `v`: how pika sends Python `bytes`, Go
+/// `[]byte` and Java `byte[]`.
+pub fn byte_array(v: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'x'];
+    long(&mut out, v);
+    out
+}
+
 /// A long-long (signed 64-bit) field value holding `v`.
 pub fn long_long(v: i64) -> Vec<u8> {
     let mut out = vec![b'l'];

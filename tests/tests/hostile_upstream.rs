@@ -5,7 +5,7 @@
 //! events around them flow, exactly.
 
 use sse_gateway_tests::payloads::{valid, valid_text};
-use sse_gateway_tests::raw_amqp::{nested_arrays, publish, text, RawMessage};
+use sse_gateway_tests::raw_amqp::{byte_array, nested_arrays, publish, text, RawMessage};
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, Bin, ConfigBuilder, Fixture, Header, Message, SseClient};
 
@@ -242,7 +242,27 @@ async fn a_header_nested_twenty_thousand_deep_crashes_nothing(bin: Bin) {
     assert!(!deals.is_closed() && !notes.is_closed());
 }
 
+/// D3's recipients sent as a byte array (pika's Python `bytes`, Go's `[]byte`, Java's `byte[]`)
+/// are the text they hold when it is UTF-8 (they were `bad_header`: every such notification lost);
+/// bytes that are not UTF-8 stay `bad_header`, never read as "no recipients".
+async fn recipients_sent_as_a_byte_array_are_read_as_the_text_they_hold(bin: Bin) {
+    let fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut alice = fx.gw.stream("notifications", &user("alice", &[])).await;
+    let mut bob = fx.gw.stream("notifications", &user("bob", &[])).await;
+    let note = valid_text("notification.sent");
+    let to = |v: &[u8]| vec![(b"recipient_ids".to_vec(), byte_array(v))];
+    publish(&raw_note(&fx, b"m-bytes-1", to(b"carol, alice"), &note));
+    publish(&raw_note(&fx, b"m-bytes-2", to(b"alice\xff"), &note));
+    let marker = valid_text("notification.read");
+    fx.publish_msg(fx.msg("notifications", "notification.read", &marker).recipients("alice,bob")).await;
+    assert_eq!(until_marker(&mut alice, &marker, "alice").await, vec![("notification.sent".to_string(), note.clone())]);
+    assert_eq!(until_marker(&mut bob, &marker, "bob").await, vec![], "bob is not named");
+    let sample = "sse_gateway_events_dropped_total{channel=\"notifications\",reason=\"bad_header\"}";
+    assert_eq!(fx.gw.metric(sample).await, Some(1.0), "{sample}");
+}
+
 for_each_binary!(
+    recipients_sent_as_a_byte_array_are_read_as_the_text_they_hold,
     oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_ones_flow,
     a_property_that_is_not_utf8_drops_one_message_and_closes_nothing,
     a_header_nested_twenty_thousand_deep_crashes_nothing
