@@ -51,6 +51,11 @@ use tracing::info;
 use crate::driver::{Executor, Timer};
 use crate::listener::Listener;
 
+/// Logged at SIGHUP, which would otherwise end the process at once, every stream with it (a
+/// closed terminal, a `kill -HUP` meant as a reload).
+pub(crate) const SIGHUP_IGNORED: &str =
+    "SIGHUP ignored: the configuration is read at start only; restart the process (SIGTERM drains) to apply a change";
+
 /// Serves until SIGTERM/SIGINT, then drains (D12): the whole gateway once [`Launch`] is known.
 ///
 /// Threads: this one runs the listener (accept, request heads, ops endpoints, publish) and the

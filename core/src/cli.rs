@@ -175,8 +175,8 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
         Some(Command::CheckConfig { file }) => load(Some(file), &Overrides::default()).map(|setup| {
             // Valid, but a gateway started so would refuse every token: said on stderr (the
             // answer is still `ok`: a development setup may mean it).
-            if setup.generated_secret {
-                eprintln!("warning: {NO_KEY}");
+            for w in warnings(&setup, false) {
+                eprintln!("warning: {w}");
             }
             println!("ok")
         }),
@@ -225,11 +225,34 @@ const OPEN_FILES_HEADROOM: u64 = 512;
 const NO_KEY: &str = "no secret or public key configured (auth.secret, SSE_GATEWAY_JWT_SECRET, auth.public_key_file, auth.jwks_file): \
                       using a random one for this process, so every token is refused";
 
-/// Start-up that needs the logs: the generated-secret warning, the open-files limit (raised to
+/// What a valid configuration may not mean: said by `check-config` and logged at start.
+fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
+    let config = &setup.settings.config;
+    let mut out = Vec::new();
+    if setup.generated_secret && !demo {
+        out.push(NO_KEY.to_string());
+    }
+    // A file written for RabbitMQ whose broker URL went missing (an environment file without
+    // SSE_GATEWAY_AMQP_URL) would run, ready, on the in-process source: no events at all.
+    if config.broker.is_none() {
+        let named: Vec<&str> =
+            config.channels.iter().filter(|(_, c)| c.source.is_some() && c.enabled != Some(false)).map(|(n, _)| n.as_str()).collect();
+        if !named.is_empty() {
+            out.push(format!(
+                "[channels.<name>.source] is set for {}, but there is no [broker] (nor SSE_GATEWAY_AMQP_URL): \
+                 every channel is fed by the in-process source",
+                named.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// Start-up that needs the logs: the configuration's warnings, the open-files limit (raised to
 /// the hard limit), metrics, the worker count and the epoch.
 fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
-    if setup.generated_secret && !demo {
-        warn!("{NO_KEY}");
+    for w in warnings(&setup, demo) {
+        warn!("{w}");
     }
     let max_streams = setup.settings.config.server.max_streams as u64;
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -276,6 +299,10 @@ pub fn unix_now() -> u64 {
 
 fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Result<(), String> {
     let ttl = parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    // Under a second is a token that has expired as it is printed.
+    if ttl.as_secs() == 0 {
+        return Err("--ttl: must be at least 1s".into());
+    }
     let setup = load(config, &Overrides::default())?;
     let secret = match setup.hmac_secret() {
         Some(s) if !setup.generated_secret => s,

@@ -24,10 +24,13 @@ fn main() -> ExitCode {
     sse_gateway_core::cli::main("sse-gateway-smol", 1, common::run)
 }
 
-/// Installs the SIGTERM and SIGINT handlers; the future completes at the first of them.
+/// Installs the SIGTERM and SIGINT handlers; the future completes at the first of them. SIGHUP
+/// is caught too and only logged ([`common::SIGHUP_IGNORED`]).
 fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
-    let mut signals = Signals::new([Signal::Term, Signal::Int])?;
+    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
     Ok(async move {
-        let _ = signals.next().await;
+        while let Some(Ok(Signal::Hup)) = signals.next().await {
+            tracing::warn!("{}", common::SIGHUP_IGNORED);
+        }
     })
 }

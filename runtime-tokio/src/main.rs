@@ -24,13 +24,18 @@ fn main() -> ExitCode {
     sse_gateway_core::cli::main("sse-gateway", per_cpu, common::run)
 }
 
-/// Installs the SIGTERM and SIGINT handlers; the future completes at the first of them.
+/// Installs the SIGTERM and SIGINT handlers; the future completes at the first of them. SIGHUP
+/// is caught too and only logged ([`common::SIGHUP_IGNORED`]).
 fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => tracing::warn!("{}", common::SIGHUP_IGNORED),
+            }
         }
     })
 }

@@ -142,6 +142,11 @@ impl GatewayProcess {
         self.signal("INT");
     }
 
+    /// SIGHUP (a closed terminal; a `kill -HUP` meant as a reload).
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().expect("the gateway is still running");
         let ok = std::process::Command::new("kill")

@@ -34,6 +34,15 @@ async fn check_config_says_ok_or_names_the_bad_key_with_exit_status_2(bin: Bin) 
     assert_eq!((out.status.code(), text(&out.stdout).trim()), (Some(0), "ok"));
     assert!(text(&out.stderr).contains("warning: no secret or public key configured"), "{}", text(&out.stderr));
 
+    // Written for RabbitMQ, without its broker: valid (the in-process source), with a warning.
+    let no_broker = ConfigBuilder::new().str("channels.deals.source", "exchange", "crm.deals").render();
+    assert!(!no_broker.contains("[broker]"), "{no_broker}");
+    std::fs::write(dir.path().join("nobroker.toml"), no_broker).unwrap();
+    let out = run(bin, dir.path(), &["check-config", "nobroker.toml"]);
+    assert_eq!((out.status.code(), text(&out.stdout).trim()), (Some(0), "ok"));
+    let err = text(&out.stderr);
+    assert!(err.contains("warning: [channels.<name>.source] is set for deals, but there is no [broker]"), "{err}");
+
     let bad = ConfigBuilder::new().str("streams", "heartbeat", "0s").render();
     std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
     let out = run(bin, dir.path(), &["check-config", "bad.toml"]);
@@ -54,6 +63,10 @@ async fn a_token_printed_by_the_binary_opens_a_stream_on_a_gateway_with_the_same
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let token = text(&out.stdout).trim().to_string();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // A token that would be expired as it is printed is refused.
+    let expired = run(bin, dir.path(), &["token", "--sub", "cli-user", "--ttl", "0s", "--config", "gw.toml"]);
+    assert_eq!(expired.status.code(), Some(2), "stdout: {}", text(&expired.stdout));
+    assert!(text(&expired.stderr).contains("--ttl: must be at least 1s"), "{}", text(&expired.stderr));
     let gw = GatewayProcess::start(bin, &cfg).await;
     let mut s = gw.open("/api/v1/streams/deals", &[("Authorization", &format!("Bearer {token}"))]).await;
     assert_eq!(s.status, 200);

@@ -268,6 +268,21 @@ async fn stop_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin, stop: f
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// SIGHUP (a closed terminal, a `kill -HUP` meant as a reload) is logged and changes nothing: it
+/// used to end the process at once, every stream with it and no drain.
+async fn sighup_is_logged_and_ends_nothing(bin: Bin) {
+    let mut fx = Fixture::start(bin, ConfigBuilder::new()).await;
+    let mut s = fx.gw.stream("deals", &user("alice", &[])).await;
+    fx.gw.hangup();
+    let log = fx.gw.log_until(WAIT, |l| l.contains("SIGHUP ignored")).await;
+    assert!(log.contains("SIGHUP ignored"), "no line for SIGHUP:\n{log}");
+    let body = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &body).await;
+    assert_eq!(s.expect_event("an event after SIGHUP").await.data, body);
+    assert!(!s.is_closed(), "the stream closed");
+    assert!(fx.gw.is_running(), "the gateway stopped");
+}
+
 /// D12's bound: a client that stopped reading cannot hold the shutdown past `shutdown_drain`.
 async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading(bin: Bin) {
     const EVENT_BYTES: usize = 16 * 1024;
@@ -340,4 +355,5 @@ for_each_binary!(
     a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others,
     sigterm_sends_every_stream_a_retry_closes_them_and_exits,
     sigint_stops_the_gateway_as_sigterm_does,
+    sighup_is_logged_and_ends_nothing,
 );
