@@ -426,6 +426,10 @@ struct Offsets {
     started: u64,
     /// The offset of the last delivery taken (valid or dropped).
     last: Option<u64>,
+    /// The [`fingerprint`] of that delivery's message: a consumer resumed at `last` gets it first,
+    /// the same message unless the stream was deleted and recreated (and refilled past `last`)
+    /// while the source was away.
+    last_print: u64,
     /// With nothing delivered yet, what was written from then on (POSIX seconds) is new: when
     /// the first consumer was established, or [`Offsets::started`] if streams were open before
     /// it was (the broker was not reached at once). Not "the stream's first message": a consumer
@@ -751,6 +755,13 @@ impl Source {
                         let what = format!("stream queue {queue} went back from offset {last} to {pos}: it was deleted and recreated");
                         return Err(offsets.stop(&what, &self.name));
                     }
+                    if pos == last && fingerprint(&msg) != offsets.last_print {
+                        let what = format!(
+                            "stream queue {queue} holds another message at offset {last} than the one this source took there: \
+                             it was deleted and recreated"
+                        );
+                        return Err(offsets.stop(&what, &self.name));
+                    }
                     // Resumed at `last`, the stream must start there (or right after it, if
                     // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
                     let lost = if resumed { !log_resumes(last, pos) } else { !log_continues(last, pos) };
@@ -782,6 +793,7 @@ impl Source {
                     continue;
                 }
                 offsets.last = Some(pos);
+                offsets.last_print = fingerprint(&msg);
                 msg.position = Some(pos);
             }
             match crate::common::contained(|| ingest.handle_message(&msg)) {
@@ -1090,6 +1102,15 @@ fn header_value(v: &AMQPValue) -> HeaderValue {
         AMQPValue::ByteArray(b) => utf8_text(b.as_slice()),
         _ => HeaderValue::Other,
     }
+}
+
+/// What tells two messages apart: the same at every delivery of one stream position.
+fn fingerprint(msg: &UpstreamMessage) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same message, the same value.
+    let mut h = std::hash::DefaultHasher::new();
+    (&msg.kind, &msg.routing_key, &msg.message_id, &msg.body).hash(&mut h);
+    h.finish()
 }
 
 fn utf8_text(bytes: &[u8]) -> HeaderValue {

@@ -794,6 +794,34 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
     assert_eq!(offsets, [kept.len() as u64, kept.len() as u64 + 1], "the new epoch, the new stream's offsets: {:?}", got.ids);
 }
 
+/// A stream deleted and made again while the source was away, and refilled past where the
+/// source was: the consumer resumed at that offset finds another message there (no offset went
+/// back, no 404). It used to take the new stream's messages under ids clients may already hold
+/// (a wrong replay); now the source stops as when the offsets go back.
+async fn a_stream_recreated_and_refilled_during_an_outage_stops_the_source(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &proxy.amqp_url()).await;
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &user("carol", &[])).await;
+    let before = setup.publish(5).await;
+    assert_eq!(read_events(&mut s, 5, "before the outage").await.titles, before);
+    proxy.cut();
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning at the cut");
+    assert_eq!(ev.json()["code"], "source_unavailable", "{ev:?}");
+    // Made again under its name and refilled past offset 4, straight to it (its binding went
+    // with it; the gateway binds it again when it reconnects).
+    setup.broker.delete_queue(&setup.queue()).await;
+    declare_small_stream(&setup.queue(), 1 << 30, 1 << 24).await;
+    let (msgs, _) = setup.messages(8);
+    let direct: Vec<Message> = msgs.into_iter().map(|m| Message { exchange: String::new(), routing_key: setup.queue(), ..m }).collect();
+    setup.broker.publish_all(&direct).await;
+    proxy.restore();
+    logged(&gw, "it was deleted and recreated", "the log says why the source stopped").await;
+    let frames = s.events_within(Duration::from_secs(2)).await;
+    assert!(frames.iter().all(|e| e.id.is_none()), "an event of the new stream reached the client: {frames:?}");
+    assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
+}
+
 /// The same before any live event: the ids a starting gateway read as history for its buffers
 /// are ids resumes may hold, so a stream deleted then stops the source too (not a new stream's
 /// events dropped, unseen, until its offsets passed the old ones).
@@ -966,6 +994,7 @@ for_each_binary!(
     a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
     a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
     a_stream_deleted_before_any_live_event_stops_the_source_too,
+    a_stream_recreated_and_refilled_during_an_outage_stops_the_source,
     a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
     a_client_moves_between_two_instances_with_its_last_event_id,
     a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live,
