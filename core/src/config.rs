@@ -130,6 +130,12 @@ pub struct StreamsConfig {
     /// A stream younger than this is never evicted; the newcomer gets 409. Default 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub min_stream_age: Duration,
+    /// `retry:` sent with an evicted stream's `stream_limit` error (plus up to `retry_jitter`), at
+    /// least `min_stream_age`: a native EventSource reconnects after it, and at the usual few
+    /// seconds a user over the limit would evict their next oldest stream, and so on, for good.
+    /// Default 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub evicted_retry: Duration,
 }
 
 impl Default for StreamsConfig {
@@ -145,6 +151,7 @@ impl Default for StreamsConfig {
             max_per_user: 5,
             limit_policy: LimitPolicy::EvictOldest,
             min_stream_age: Duration::from_secs(10),
+            evicted_retry: Duration::from_secs(60),
         }
     }
 }
@@ -386,6 +393,11 @@ impl Settings {
         if s.forbidden_retry < Duration::from_secs(60) {
             return Err(ConfigError(
                 "streams.forbidden_retry: must be at least 60s (D2: a forbidden client must not hammer)".into(),
+            ));
+        }
+        if s.evicted_retry < s.min_stream_age {
+            return Err(ConfigError(
+                "streams.evicted_retry: must be at least streams.min_stream_age (an evicted stream back sooner evicts the next)".into(),
             ));
         }
         if s.max_pending_bytes < 4096 {

@@ -34,7 +34,7 @@ pub const HTTP_REFUSALS: [(u16, &str, &str); 10] = [
     (404, "unknown_channel", "No channel of that name is served."),
     (405, "method_not_allowed", "Not `GET` (or a CORS preflight); `Allow` lists the methods."),
     (406, "not_acceptable", "`Accept` does not admit `text/event-stream`."),
-    (409, "stream_limit", "The user already has the maximum number of open streams and none may be evicted (policy `reject`, or the oldest is younger than `min_stream_age`)."),
+    (409, "stream_limit", "The user already has the maximum number of open streams and none may be evicted (policy `reject`, or the oldest is younger than `min_stream_age`). A native EventSource does not retry a 409: the page decides when to open again."),
     (431, "head_too_large", "The request head is larger than `server.max_head_bytes` (a very large cookie, say)."),
     (503, "overloaded", "The gateway holds all the streams it can (`server.max_streams`), or is shutting down: retry (another instance)."),
 ];
@@ -117,7 +117,7 @@ fn error_schema() -> Value {
             "code": {
                 "type": "string",
                 "enum": ERROR_CODES,
-                "description": "forbidden: the user has none of the channel's roles (the stream is answered with a long `retry:` and closed). stream_limit: a newer stream of the same user evicted this one. token_expired: the token's `exp` passed; reconnect with a fresh token."
+                "description": "forbidden: the user has none of the channel's roles (the stream is answered with a long `retry:` and closed). stream_limit: a newer stream of the same user evicted this one (with a long `retry:`; close the EventSource rather than let it evict another of the user's streams when it comes back). token_expired: the token's `exp` passed; reconnect with a fresh token."
             }
         },
         "required": ["code"],
@@ -266,7 +266,7 @@ pub fn asyncapi(settings: &Settings) -> Value {
             "name": "error",
             "title": "error",
             "summary": "The stream is refused or ends; the gateway closes it after this frame.",
-            "description": format!("`forbidden`: the user lacks the channel's roles; the frame is preceded by `retry:` of at least {} so a native EventSource waits before retrying. `stream_limit`: evicted by a newer stream of the same user (more than {} open). `token_expired`: the token's `exp` passed; reconnect with a fresh token. No `id:` field.", secs(streams.forbidden_retry), streams.max_per_user),
+            "description": format!("`forbidden`: the user lacks the channel's roles; the frame is preceded by `retry:` of at least {} so a native EventSource waits before retrying. `stream_limit`: evicted by a newer stream of the same user (more than {} open); the frame is preceded by `retry:` of at least {}: close the EventSource (else it comes back then and evicts the user's oldest stream in turn). `token_expired`: the token's `exp` passed; reconnect with a fresh token. No `id:` field.", secs(streams.forbidden_retry), streams.max_per_user, secs(streams.evicted_retry)),
             "contentType": "application/json",
             "headers": sse_headers(json!({"const": "error"}), false),
             "payload": error_schema(),

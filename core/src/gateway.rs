@@ -455,7 +455,13 @@ impl Gateway {
         }
         if let Some(old) = evict {
             self.metrics.eviction();
-            self.close_with(old, sse::error("stream_limit"), CloseReason::StreamLimit);
+            // A native EventSource reconnects after the last `retry:` it got: at the stream's
+            // few seconds, the evicted one would evict the user's next oldest, that one the next,
+            // and so on for as long as the user holds one stream too many.
+            let (base, jitter) = (limits.evicted_retry.as_millis() as u64, limits.retry_jitter.as_millis() as u64);
+            let mut last = sse::retry(base + self.rng.below(jitter + 1)).to_vec();
+            last.extend_from_slice(&sse::error("stream_limit"));
+            self.close_with(old, Bytes::from(last), CloseReason::StreamLimit);
         }
 
         let ch = req.channel;

@@ -301,7 +301,12 @@ fn the_sixth_stream_is_refused_409_while_the_oldest_is_younger_than_min_age() {
         h.take_wire(*id);
     }
     let new = h.open_path("u1", &[], "/api/v1/streams/tasks", &[]).unwrap();
-    assert_eq!(h.take_wire(ids[0]), "event: error\ndata: {\"code\":\"stream_limit\"}\n\n");
+    // With a long `retry:` (60 s and up to 2 s of jitter): back sooner, it would evict the next
+    // oldest, and so on (D9's loop).
+    let wire = h.take_wire(ids[0]);
+    let (retry, rest) = wire.strip_prefix("retry: ").and_then(|w| w.split_once("\n\n")).unwrap_or_else(|| panic!("{wire:?}"));
+    assert!((60_000..=62_000).contains(&retry.parse::<u64>().unwrap()), "{wire:?}");
+    assert_eq!(rest, "event: error\ndata: {\"code\":\"stream_limit\"}\n\n");
     assert_eq!(h.closed.get(&ids[0]), Some(&CloseReason::StreamLimit));
     assert!(h.take_wire(new).starts_with(STREAM_HEAD));
     assert_eq!(h.gw.streams_of("u1"), 5);

@@ -86,6 +86,10 @@ async fn past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evic
     let errors: Vec<_> = events.iter().filter(|e| e.event == "error").collect();
     assert_eq!(errors.len(), 1, "{events:?}");
     assert_eq!(errors[0].json()["code"], "stream_limit");
+    // With `streams.evicted_retry` (60 s): back after the stream's few seconds, a native
+    // EventSource would evict alice's next oldest stream, that one the next, and so on.
+    let retry = oldest.retry().expect("a retry: field");
+    assert!((60_000..=62_000).contains(&retry), "the evicted stream's retry: {retry}");
 
     // The others stay and keep receiving.
     let deal = valid_text("deal.created");
