@@ -426,10 +426,11 @@ struct Offsets {
     started: u64,
     /// The offset of the last delivery taken (valid or dropped).
     last: Option<u64>,
-    /// The [`fingerprint`] of that delivery's message: a consumer resumed at `last` gets it first,
-    /// the same message unless the stream was deleted and recreated (and refilled past `last`)
-    /// while the source was away.
+    /// The [`fingerprint`] and the body of that delivery's message (the body shared, not copied):
+    /// a consumer resumed at `last` gets it first, the same message unless the stream was deleted
+    /// and recreated (and refilled past `last`) while the source was away.
     last_print: u64,
+    last_body: bytes::Bytes,
     /// With nothing delivered yet, what was written from then on (POSIX seconds) is new: when
     /// the first consumer was established, or [`Offsets::started`] if streams were open before
     /// it was (the broker was not reached at once). Not "the stream's first message": a consumer
@@ -755,7 +756,7 @@ impl Source {
                         let what = format!("stream queue {queue} went back from offset {last} to {pos}: it was deleted and recreated");
                         return Err(offsets.stop(&what, &self.name));
                     }
-                    if pos == last && fingerprint(&msg) != offsets.last_print {
+                    if pos == last && (fingerprint(&msg) != offsets.last_print || msg.body != offsets.last_body) {
                         let what = format!(
                             "stream queue {queue} holds another message at offset {last} than the one this source took there: \
                              it was deleted and recreated"
@@ -794,6 +795,7 @@ impl Source {
                 }
                 offsets.last = Some(pos);
                 offsets.last_print = fingerprint(&msg);
+                offsets.last_body = msg.body.clone();
                 msg.position = Some(pos);
             }
             match crate::common::contained(|| ingest.handle_message(&msg)) {
@@ -1104,12 +1106,13 @@ fn header_value(v: &AMQPValue) -> HeaderValue {
     }
 }
 
-/// What tells two messages apart: the same at every delivery of one stream position.
+/// With the body, what tells two messages apart: the same at every delivery of one stream
+/// position. Not the body itself: hashing every delivery's body would cost a pass over it.
 fn fingerprint(msg: &UpstreamMessage) -> u64 {
     use std::hash::{Hash, Hasher};
     // Fixed keys: the same message, the same value.
     let mut h = std::hash::DefaultHasher::new();
-    (&msg.kind, &msg.routing_key, &msg.message_id, &msg.body).hash(&mut h);
+    (&msg.kind, &msg.routing_key, &msg.message_id).hash(&mut h);
     h.finish()
 }
 

@@ -200,10 +200,11 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
                     }
                 };
             }
-            // Where the logs are JSON lines, the reason the gateway did not start is one too.
+            // Where the logs are JSON lines, the reason the gateway did not start is one too,
+            // whatever RUST_LOG lets through (it is the only line there will be).
             Err(e) if cli.json_logs => {
-                init_logs(true);
-                tracing::error!("{e}");
+                let once = tracing_subscriber::fmt().json().with_writer(std::io::stderr).finish();
+                tracing::subscriber::with_default(once, || tracing::error!("{e}"));
                 return ExitCode::from(2);
             }
             Err(e) => Err(e),
@@ -349,7 +350,8 @@ pub fn init_logs(json: bool) {
 /// default too, with the error to log.
 fn log_filter(var: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<String>) {
     use tracing_subscriber::EnvFilter;
-    match var.map(str::trim).filter(|v| !v.is_empty()) {
+    // `RUST_LOG=,` holds no directive either (and would parse to "nothing at all").
+    match var.map(str::trim).filter(|v| v.split(',').any(|d| !d.trim().is_empty())) {
         None => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
         Some(v) => match EnvFilter::builder().parse(v) {
             Ok(f) => (f, None),
@@ -380,7 +382,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_invalid_rust_log_logs_with_the_default_never_nothing() {
-        for var in [None, Some(""), Some("  ")] {
+        for var in [None, Some(""), Some("  "), Some(","), Some(" , ")] {
             let (f, invalid) = log_filter(var);
             assert_eq!(f.to_string(), EnvFilter::new(DEFAULT_LOG_FILTER).to_string(), "{var:?}");
             assert_eq!(f.max_level_hint(), Some(tracing::level_filters::LevelFilter::INFO), "{var:?}");

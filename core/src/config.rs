@@ -130,8 +130,8 @@ pub struct StreamsConfig {
     /// A stream younger than this is never evicted; the newcomer gets 409. Default 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub min_stream_age: Duration,
-    /// `retry:` sent with an evicted stream's `stream_limit` error (plus up to `retry_jitter`), at
-    /// least `min_stream_age`: a native EventSource reconnects after it, and at the usual few
+    /// `retry:` sent with an evicted stream's `stream_limit` error (plus up to `retry_jitter`); a
+    /// value under `min_stream_age` is raised to it. A native EventSource reconnects after it, and at the usual few
     /// seconds a user over the limit would evict their next oldest stream, and so on, for good.
     /// Default 60 s.
     #[serde(deserialize_with = "de_duration")]
@@ -393,11 +393,6 @@ impl Settings {
         if s.forbidden_retry < Duration::from_secs(60) {
             return Err(ConfigError(
                 "streams.forbidden_retry: must be at least 60s (D2: a forbidden client must not hammer)".into(),
-            ));
-        }
-        if s.evicted_retry < s.min_stream_age {
-            return Err(ConfigError(
-                "streams.evicted_retry: must be at least streams.min_stream_age (an evicted stream back sooner evicts the next)".into(),
             ));
         }
         if s.max_pending_bytes < 4096 {

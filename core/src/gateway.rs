@@ -458,7 +458,8 @@ impl Gateway {
             // A native EventSource reconnects after the last `retry:` it got: at the stream's
             // few seconds, the evicted one would evict the user's next oldest, that one the next,
             // and so on for as long as the user holds one stream too many.
-            let (base, jitter) = (limits.evicted_retry.as_millis() as u64, limits.retry_jitter.as_millis() as u64);
+            let base = limits.evicted_retry.max(limits.min_stream_age).as_millis() as u64;
+            let jitter = limits.retry_jitter.as_millis() as u64;
             let mut last = sse::retry(base + self.rng.below(jitter + 1)).to_vec();
             last.extend_from_slice(&sse::error("stream_limit"));
             self.close_with(old, Bytes::from(last), CloseReason::StreamLimit);

@@ -313,6 +313,17 @@ fn the_sixth_stream_is_refused_409_while_the_oldest_is_younger_than_min_age() {
 }
 
 #[test]
+fn an_evicted_streams_retry_is_never_shorter_than_min_stream_age() {
+    // A configuration that only raised min_stream_age (past evicted_retry's 60 s) still loads.
+    let mut h = Harness::new("min_stream_age = \"2m\"\n");
+    let ids: Vec<_> = (0..5).map(|_| h.open("u1", "deals")).collect();
+    h.advance(Duration::from_secs(121));
+    h.take_wire(ids[0]);
+    h.open_path("u1", &[], "/api/v1/streams/tasks", &[]).unwrap();
+    assert_eq!(h.take_wire(ids[0]), "retry: 120000\n\nevent: error\ndata: {\"code\":\"stream_limit\"}\n\n");
+}
+
+#[test]
 fn a_full_shard_still_lets_a_user_at_the_limit_replace_their_oldest_stream() {
     let mut h = Harness::new("");
     h.gw = Gateway::new(h.settings.clone(), h.metrics.clone(), 5, 7); // room for 5 streams

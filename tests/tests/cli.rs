@@ -119,7 +119,13 @@ async fn an_empty_rust_log_or_a_refused_configuration_under_json_logs_still_logs
 
     let bad = ConfigBuilder::new().str("streams", "heartbeat", "0s").render();
     std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
-    let out = run(bin, dir.path(), &["--config", "bad.toml", "--json-logs"]);
+    // Whatever RUST_LOG says (here: only another crate's lines), the refusal is there.
+    let out = std::process::Command::new(bin.path())
+        .args(["--config", "bad.toml", "--json-logs"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "lapin=debug")
+        .output()
+        .expect("run the gateway");
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     let lines: Vec<serde_json::Value> = err
