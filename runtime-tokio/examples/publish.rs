@@ -1,4 +1,5 @@
-//! Publishes one message to RabbitMQ, the way a backend service would (D4), for trying the
+//! Publishes one message to RabbitMQ, the way a backend service should (D4): persistent,
+//! mandatory, and confirmed by the broker (docs/operations.md, "Publishers"). For trying the
 //! gateway by hand:
 //!
 //! ```sh
@@ -9,7 +10,8 @@
 
 use async_rs::Runtime;
 use clap::Parser;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let conn = Connection::connect_with_runtime(&a.url, ConnectionProperties::default(), Runtime::tokio_current()).await?;
     let chan = conn.create_channel().await?;
+    chan.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut headers = FieldTable::default();
     for h in &a.header {
         let (k, v) = h.split_once('=').ok_or_else(|| anyhow::anyhow!("--header wants name=value"))?;
@@ -52,7 +55,8 @@ async fn main() -> anyhow::Result<()> {
         };
         headers.insert(k.into(), v);
     }
-    let mut props = BasicProperties::default().with_headers(headers);
+    // Delivery mode 2: kept across a broker restart in a durable queue.
+    let mut props = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
     if let Some(k) = &a.kind {
         props = props.with_type(k.as_str().into());
     }
@@ -60,9 +64,13 @@ async fn main() -> anyhow::Result<()> {
         props = props.with_message_id(m.as_str().into());
     }
     let key = a.routing_key.or(a.kind).unwrap_or_default();
-    chan.basic_publish(a.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), a.body.as_bytes(), props)
-        .await?
-        .await?;
+    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let confirm = chan.basic_publish(a.exchange.as_str().into(), key.as_str().into(), opts, a.body.as_bytes(), props).await?.await?;
     conn.close(200, "bye".into()).await?;
-    Ok(())
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        // Mandatory: returned when no queue took it (is the gateway's queue bound?).
+        Confirmation::Ack(Some(_)) => anyhow::bail!("no queue took the message (routing key {key:?})"),
+        other => anyhow::bail!("the broker did not take the message: {other:?}"),
+    }
 }
