@@ -426,11 +426,10 @@ struct Offsets {
     started: u64,
     /// The offset of the last delivery taken (valid or dropped).
     last: Option<u64>,
-    /// The [`fingerprint`] and the body of that delivery's message (the body shared, not copied):
-    /// a consumer resumed at `last` gets it first, the same message unless the stream was deleted
-    /// and recreated (and refilled past `last`) while the source was away.
-    last_print: u64,
-    last_body: bytes::Bytes,
+    /// That delivery's message (moved here once handled): a consumer resumed at `last` gets it
+    /// first, the same message unless the stream was deleted and recreated (and refilled past
+    /// `last`) while the source was away.
+    last_taken: Option<UpstreamMessage>,
     /// With nothing delivered yet, what was written from then on (POSIX seconds) is new: when
     /// the first consumer was established, or [`Offsets::started`] if streams were open before
     /// it was (the broker was not reached at once). Not "the stream's first message": a consumer
@@ -756,7 +755,7 @@ impl Source {
                         let what = format!("stream queue {queue} went back from offset {last} to {pos}: it was deleted and recreated");
                         return Err(offsets.stop(&what, &self.name));
                     }
-                    if pos == last && (fingerprint(&msg) != offsets.last_print || msg.body != offsets.last_body) {
+                    if pos == last && offsets.last_taken.as_ref().is_some_and(|taken| !same_message(taken, &msg)) {
                         let what = format!(
                             "stream queue {queue} holds another message at offset {last} than the one this source took there: \
                              it was deleted and recreated"
@@ -794,8 +793,6 @@ impl Source {
                     continue;
                 }
                 offsets.last = Some(pos);
-                offsets.last_print = fingerprint(&msg);
-                offsets.last_body = msg.body.clone();
                 msg.position = Some(pos);
             }
             match crate::common::contained(|| ingest.handle_message(&msg)) {
@@ -805,6 +802,9 @@ impl Source {
                     ingest.handling_failed();
                     error!(channel = %self.name, "message dropped: handling it panicked (a bug, logged above); acked so that it is not delivered again")
                 }
+            }
+            if log.is_some() {
+                offsets.last_taken = Some(msg);
             }
             acks.handled(delivery.acker).await?;
             attempt.took = true;
@@ -1106,14 +1106,10 @@ fn header_value(v: &AMQPValue) -> HeaderValue {
     }
 }
 
-/// With the body, what tells two messages apart: the same at every delivery of one stream
-/// position. Not the body itself: hashing every delivery's body would cost a pass over it.
-fn fingerprint(msg: &UpstreamMessage) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // Fixed keys: the same message, the same value.
-    let mut h = std::hash::DefaultHasher::new();
-    (&msg.kind, &msg.routing_key, &msg.message_id).hash(&mut h);
-    h.finish()
+/// Whether two deliveries carry the same message: what every delivery of one stream position
+/// has alike (not when or where it was received).
+fn same_message(a: &UpstreamMessage, b: &UpstreamMessage) -> bool {
+    (&a.kind, &a.routing_key, &a.message_id, &a.body) == (&b.kind, &b.routing_key, &b.message_id, &b.body)
 }
 
 fn utf8_text(bytes: &[u8]) -> HeaderValue {

@@ -458,9 +458,8 @@ impl Gateway {
             // A native EventSource reconnects after the last `retry:` it got: at the stream's
             // few seconds, the evicted one would evict the user's next oldest, that one the next,
             // and so on for as long as the user holds one stream too many.
-            let base = limits.evicted_retry.max(limits.min_stream_age).as_millis() as u64;
-            let jitter = limits.retry_jitter.as_millis() as u64;
-            let mut last = sse::retry(base + self.rng.below(jitter + 1)).to_vec();
+            let base = limits.evicted_retry.max(limits.min_stream_age);
+            let mut last = sse::retry(self.retry_ms_from(base)).to_vec();
             last.extend_from_slice(&sse::error("stream_limit"));
             self.close_with(old, Bytes::from(last), CloseReason::StreamLimit);
         }
@@ -529,8 +528,12 @@ impl Gateway {
     /// The `retry:` a stream gets: the configured time plus jitter, so clients dropped together
     /// do not come back together.
     fn retry_ms(&mut self) -> u64 {
-        let s = &self.settings.config.streams;
-        s.retry.as_millis() as u64 + self.rng.below(s.retry_jitter.as_millis() as u64 + 1)
+        self.retry_ms_from(self.settings.config.streams.retry)
+    }
+
+    /// `base` plus up to `streams.retry_jitter`, in milliseconds.
+    fn retry_ms_from(&mut self, base: Duration) -> u64 {
+        base.as_millis() as u64 + self.rng.below(self.settings.config.streams.retry_jitter.as_millis() as u64 + 1)
     }
 
     fn resume(&mut self, id: StreamId, after: EventId) {
