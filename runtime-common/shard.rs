@@ -33,7 +33,7 @@ use async_channel::Receiver;
 use bytes::{Buf, Bytes};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use sse_gateway_core::cli::unix_now;
+use sse_gateway_core::cli::since_epoch;
 use sse_gateway_core::{ChannelId, CloseReason, Gateway, Metrics, Output, Settings, StreamId, StreamRequest, KEEP_FRAMES};
 use tracing::{debug, info, warn};
 
@@ -326,7 +326,7 @@ impl Shard {
         };
         let log = StreamLog { channel: req.channel, version: req.version, opened: Instant::now() };
         let user = req.identity.user.clone();
-        let result = self.gw.borrow_mut().open(req, log.opened, unix_now());
+        let result = self.gw.borrow_mut().open(req, log.opened, since_epoch());
         self.metrics.response(match &result {
             Ok(_) => 200,
             Err(resp) => resp.status,
@@ -600,7 +600,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap(); // as the listener hands it over
-        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: unix_now() + 3600 };
+        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: sse_gateway_core::cli::unix_now() + 3600 };
         let deals = settings.channel_id("deals").unwrap();
         let req = StreamRequest { identity, channel: deals, version: 1, resume, cors_origin: None };
         let (tx, rx) = async_channel::unbounded();

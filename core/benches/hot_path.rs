@@ -78,7 +78,7 @@ fn run(streams: usize, events: usize, batch: usize) {
             "GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
         let Routed::Stream(req) = front.route(head.as_bytes(), unix) else { panic!("routing") };
-        ids.push(gw.open(req, now, unix).unwrap());
+        ids.push(gw.open(req, now, Duration::from_secs(unix)).unwrap());
     }
     let open_time = t0.elapsed();
     let mut out = Vec::with_capacity(64);

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{info, warn};
@@ -293,9 +293,15 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String>
     setup::load(text.as_deref(), &env, overrides, &mut read, &mut || secret.clone()).map_err(|e| e.0)
 }
 
-/// Seconds since the Unix epoch, from the wall clock (a token's `exp` is placed against it).
+/// Seconds since the Unix epoch, from the wall clock (a token's `exp` is judged against it).
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    since_epoch().as_secs()
+}
+
+/// The wall clock as time since the Unix epoch, to the sub-second (a stream's end at its token's
+/// `exp` is placed against it).
+pub fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Result<(), String> {

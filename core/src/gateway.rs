@@ -421,10 +421,12 @@ impl Gateway {
     /// Opens a stream for a routed request. On success the stream's first bytes (response head,
     /// `retry:`, replay or `history_gap`, a `source_unavailable` warning during an outage) are
     /// queued: drain [`Gateway::poll_output`]. On refusal (409, 503) write the response and close.
-    /// `unix_now` (seconds) places the token's `exp` on the `now` clock.
-    pub fn open(&mut self, req: StreamRequest, now: Instant, unix_now: u64) -> Result<StreamId, Response> {
+    /// `since_epoch` (the wall clock as time since the Unix epoch, to the sub-second) places the
+    /// token's `exp` on the `now` clock.
+    pub fn open(&mut self, req: StreamRequest, now: Instant, since_epoch: Duration) -> Result<StreamId, Response> {
         let cors = req.cors_origin.as_deref();
-        if req.identity.expires_at <= unix_now {
+        let exp = Duration::from_secs(req.identity.expires_at);
+        if exp <= since_epoch {
             // D1: a token presented within the verifier's leeway after its `exp` (clock skew)
             // would open a stream that ends at once with `token_expired`, telling the client to
             // fetch a fresh one. Answered so without opening it: it takes no slot and evicts
@@ -469,10 +471,9 @@ impl Gateway {
             Some((k, _)) => k.clone(),
             None => Arc::from(req.identity.user.as_str()),
         };
-        // Closed at `exp` (D1); the verifier's leeway only tolerates clock skew when a token is
-        // presented.
-        let expiry_secs = req.identity.expires_at.saturating_sub(unix_now);
-        let expires_at = now.checked_add(Duration::from_secs(expiry_secs));
+        // Closed at `exp` (D1), not up to a second after it: the wall clock is taken to the
+        // sub-second. The verifier's leeway only tolerates clock skew when a token is presented.
+        let expires_at = now.checked_add(exp.saturating_sub(since_epoch));
         let heartbeat_at = now + self.settings.config.streams.heartbeat;
         let id = self.alloc(Stream {
             user: user.clone(),

@@ -11,7 +11,8 @@
 //!
 //! # The sans-IO contract
 //! * Time is an argument: every input that depends on time takes `now: Instant` (and, where a
-//!   token's `exp` must be placed, `unix_now` seconds). Nothing here reads a clock, except
+//!   token is judged, the wall clock: `unix_now` seconds, or `since_epoch` to the sub-second
+//!   where a stream's end at `exp` is placed). Nothing here reads a clock, except
 //!   [`cli`], the process start-up both `main`s call, which is outside the state machine.
 //! * Inputs change state and queue outputs; they never block and never panic on input.
 //! * Outputs are pulled: [`Gateway::poll_output`] (wake a writer, close a stream, read back

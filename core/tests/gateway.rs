@@ -357,7 +357,7 @@ fn a_token_that_expires_mid_stream_ends_it_with_token_expired() {
     let t = h.token("u1", &[], 100);
     let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
     let Routed::Stream(req) = h.route(&raw) else { panic!() };
-    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    let id = h.gw.open(req, h.now, h.since_epoch()).unwrap();
     h.drain();
     h.take_wire(id);
     h.advance(Duration::from_secs(99));
@@ -370,6 +370,24 @@ fn a_token_that_expires_mid_stream_ends_it_with_token_expired() {
 }
 
 #[test]
+fn a_stream_opened_late_in_a_second_ends_at_exp_not_up_to_a_second_after() {
+    let mut h = Harness::new("");
+    let t = h.token("u1", &[], 10);
+    // The wall clock reads 0.9 s into the second the token was issued in: `exp` is 9.1 s away.
+    h.subsec = Duration::from_millis(900);
+    let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
+    let Routed::Stream(req) = h.route(&raw) else { panic!() };
+    let id = h.gw.open(req, h.now, h.since_epoch()).unwrap();
+    h.drain();
+    h.take_wire(id);
+    h.advance(Duration::from_millis(9_099));
+    assert!(!h.closed.contains_key(&id), "closed before exp");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.take_wire(id), "event: error\ndata: {\"code\":\"token_expired\"}\n\n");
+    assert_eq!(h.closed.get(&id), Some(&CloseReason::TokenExpired));
+}
+
+#[test]
 fn a_token_presented_within_the_leeway_after_exp_is_answered_token_expired_without_taking_a_slot() {
     let mut h = Harness::new("");
     let mine: Vec<_> = (0..5).map(|_| h.open("u1", "deals")).collect();
@@ -378,7 +396,7 @@ fn a_token_presented_within_the_leeway_after_exp_is_answered_token_expired_witho
     h.advance(Duration::from_secs(10)); // 10 s past exp, inside the 30-s leeway: it verifies
     let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}")]);
     let Routed::Stream(req) = h.route(&raw) else { panic!("a token within the leeway verifies") };
-    let r = h.gw.open(req, h.now, h.unix).unwrap_err();
+    let r = h.gw.open(req, h.now, h.since_epoch()).unwrap_err();
     let text = String::from_utf8(r.bytes.to_vec()).unwrap();
     assert_eq!(r.status, 200);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"), "{text}");
@@ -1772,7 +1790,7 @@ fn resume_without_reading(h: &mut Harness, user: &str) -> StreamId {
     let t = h.token(user, &[], 3600);
     let raw = Harness::head("/api/v1/streams/deals", &[&format!("Authorization: Bearer {t}"), "Last-Event-ID: 1000-0"]);
     let Routed::Stream(req) = h.route(&raw) else { panic!("routing") };
-    let id = h.gw.open(req, h.now, h.unix).unwrap();
+    let id = h.gw.open(req, h.now, h.since_epoch()).unwrap();
     h.reading.insert(id, false);
     h.drain();
     id

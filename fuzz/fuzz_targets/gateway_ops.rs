@@ -151,7 +151,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     Routed::Stream(req) => {
                     assert!(s.channels[ch].name != "payments" || finance, "payments routed without the role");
                     let mine = gw.streams_of(&user);
-                    match gw.open(req, now, unix) {
+                    match gw.open(req, now, Duration::from_secs(unix)) {
                         Ok(id) => {
                             assert!(!shut, "opened while shutting down");
                             assert!(open.len() < CAPACITY || mine >= LIMIT, "opened past the shard's capacity");

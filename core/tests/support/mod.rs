@@ -15,7 +15,9 @@ pub const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
 
 pub struct Harness {
     pub now: Instant,
+    /// The wall clock: whole seconds since the Unix epoch, and the fraction of the current one.
     pub unix: u64,
+    pub subsec: Duration,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub front: Front,
@@ -70,6 +72,7 @@ impl Harness {
         Harness {
             now: Instant::now(),
             unix: 1_900_000_000,
+            subsec: Duration::ZERO,
             settings,
             metrics,
             front,
@@ -126,7 +129,7 @@ impl Harness {
         let raw = Self::head(path, &headers);
         match self.route(&raw) {
             Routed::Stream(req) => {
-                let r = self.gw.open(req, self.now, self.unix);
+                let r = self.gw.open(req, self.now, self.since_epoch());
                 if let (Ok(id), false) = (&r, reading) {
                     self.reading.insert(*id, false);
                 }
@@ -192,9 +195,20 @@ impl Harness {
     }
 
     /// Moves the clock and fires due timers.
+    /// The wall clock as the frontends give it to [`Gateway::open`].
+    pub fn since_epoch(&self) -> Duration {
+        Duration::from_secs(self.unix) + self.subsec
+    }
+
+    /// Sets the wall clock to `t` since the Unix epoch.
+    pub fn set_epoch(&mut self, t: Duration) {
+        self.unix = t.as_secs();
+        self.subsec = t - Duration::from_secs(self.unix);
+    }
+
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
-        self.unix += d.as_secs();
+        self.set_epoch(self.since_epoch() + d);
         self.gw.handle_timeout(self.now);
         self.drain();
     }

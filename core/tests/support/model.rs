@@ -285,10 +285,10 @@ impl Model {
         self.check();
     }
 
-    /// Moves the clock; Unix time follows in whole seconds, as the frontends give it.
+    /// Moves the clock; the wall clock follows, to the sub-second as the frontends give it.
     fn set_now(&mut self, at: std::time::Instant) {
         self.h.now = at;
-        self.h.unix = 1_900_000_000 + (at - self.start).as_secs();
+        self.h.set_epoch(Duration::from_secs(1_900_000_000) + (at - self.start));
     }
 
     /// One of the open streams, by a random pick.
@@ -413,7 +413,8 @@ impl Model {
             let Some(w) = self.watches.remove(&id) else { continue };
             match why {
                 CloseReason::TokenExpired => {
-                    assert!(self.h.unix >= w.expires, "closed as expired {} s before its token's exp", w.expires - self.h.unix);
+                    let exp = Duration::from_secs(w.expires);
+                    assert!(self.h.since_epoch() >= exp, "closed as expired {:?} before its token's exp", exp - self.h.since_epoch());
                     assert_eq!(w.errors, ["token_expired"], "the expired stream's error frames");
                 }
                 CloseReason::SlowClient => assert!(!reading, "{}'s stream closed as slow while its client reads", w.user),
@@ -505,7 +506,8 @@ impl Model {
             assert_eq!(model, self.h.gw.streams_of(&name), "model and gateway disagree on {name}");
         }
         for (id, w) in &self.watches {
-            assert!(self.h.unix <= w.expires, "{}'s stream open {} s past its token's exp", w.user, self.h.unix - w.expires);
+            let exp = Duration::from_secs(w.expires);
+            assert!(self.h.since_epoch() <= exp, "{}'s stream open {:?} past its token's exp", w.user, self.h.since_epoch() - exp);
             assert!(w.errors.is_empty(), "an open stream got error frames {:?}", w.errors);
             if self.h.reading.get(id) == Some(&false) {
                 // What it has not read is not checked until it reads.
