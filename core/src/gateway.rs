@@ -697,8 +697,8 @@ impl Gateway {
                 }
             }
             Some(users) => {
-                for u in users {
-                    if let Some(ids) = self.users.get(&**u) {
+                for u in users.iter() {
+                    if let Some(ids) = self.users.get(u) {
                         for &id in ids {
                             if self.slots[id.index as usize].stream.as_ref().is_some_and(|s| s.channel == ch) {
                                 wake(&mut self.slots, id, &mut self.outputs);

@@ -4,6 +4,7 @@
 //! message against the catalogue, removes duplicates, gives it its id and encodes its SSE frame
 //! once. The resulting [`Event`] is cheap to clone (one `Arc`) and is handed to every shard.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,7 +57,7 @@ struct EventInner {
     channel: ChannelId,
     id: EventId,
     version: u32,
-    recipients: Option<Box<[Box<str>]>>,
+    recipients: Option<Recipients>,
     event_type: Box<str>,
     frame: Bytes,
     received: Option<Instant>,
@@ -84,8 +85,8 @@ impl Event {
         &self.0.event_type
     }
     /// The users it is for, when it names them (D3); `None` = everyone on the channel.
-    pub fn recipients(&self) -> Option<&[Box<str>]> {
-        self.0.recipients.as_deref()
+    pub fn recipients(&self) -> Option<&Recipients> {
+        self.0.recipients.as_ref()
     }
     /// When the frontend received its message ([`UpstreamMessage::received`]).
     pub fn received(&self) -> Option<Instant> {
@@ -99,9 +100,74 @@ impl Event {
     pub fn visible_to(&self, user: &str) -> bool {
         match &self.0.recipients {
             None => true,
-            // Sorted when the message was checked.
-            Some(r) => r.binary_search_by(|u| (**u).cmp(user)).is_ok(),
+            Some(r) => r.contains(user),
         }
+    }
+}
+
+/// The users an event names (D3): sorted and deduplicated, held in two allocations however many
+/// there are (the names back to back, and where each ends), so a long `recipient_ids` header
+/// costs about its own size in the resume buffer, not a heap string per name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Recipients {
+    names: Box<str>,
+    ends: Box<[u32]>,
+}
+
+impl Recipients {
+    /// The names of a comma-separated list, each trimmed, empty ones skipped; `None` when the
+    /// text is too long to index (4 GiB, far past any broker's frame).
+    fn parse(text: &str) -> Option<Recipients> {
+        let mut list: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        list.sort_unstable();
+        list.dedup();
+        let mut names = String::with_capacity(list.iter().map(|n| n.len()).sum());
+        let mut ends = Vec::with_capacity(list.len());
+        for n in list {
+            names.push_str(n);
+            ends.push(u32::try_from(names.len()).ok()?);
+        }
+        Some(Recipients { names: names.into_boxed_str(), ends: ends.into_boxed_slice() })
+    }
+
+    /// How many users it names.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it names no one.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `i`th name in sorted order.
+    fn name(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.names[start..self.ends[i] as usize]
+    }
+
+    /// The names, in sorted order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.name(i))
+    }
+
+    /// Whether `user` is among them (a binary search).
+    pub fn contains(&self, user: &str) -> bool {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.name(mid).cmp(user) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+
+    /// The bytes it holds.
+    fn size(&self) -> usize {
+        self.names.len() + self.ends.len() * 4
     }
 }
 
@@ -291,20 +357,24 @@ impl Ingest {
             }
             Some(_) => return drop(DropReason::BadHeader, "schema_version is not a positive integer".into()),
         };
-        let recipients: Option<Box<[Box<str>]>> = match &msg.recipient_ids {
+        let recipients = match &msg.recipient_ids {
             None => None,
-            Some(HeaderValue::Text(t)) => {
-                // Sorted and deduplicated: a user named twice still gets the event once.
-                let mut r: Vec<Box<str>> = t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Box::from).collect();
-                r.sort_unstable();
-                r.dedup();
-                Some(r.into_boxed_slice())
-            }
-            Some(HeaderValue::Int(i)) => Some(vec![i.to_string().into_boxed_str()].into_boxed_slice()),
+            // Sorted and deduplicated: a user named twice still gets the event once.
+            Some(HeaderValue::Text(t)) => match Recipients::parse(t) {
+                Some(r) => Some(r),
+                None => return drop(DropReason::Oversized, format!("recipient_ids of {} bytes", t.len())),
+            },
+            Some(HeaderValue::Int(i)) => Recipients::parse(&i.to_string()),
             Some(HeaderValue::Other) => {
                 return drop(DropReason::BadHeader, "recipient_ids is not a comma-separated string".into())
             }
         };
+        // The recipients are kept with the event as long as its body (the resume buffer): they
+        // count against the same bound, so a message costs at most about its size there.
+        let size = msg.body.len() + recipients.as_ref().map_or(0, Recipients::size);
+        if size > self.max_body {
+            return drop(DropReason::Oversized, format!("body and recipients of {size} bytes > {}", self.max_body));
+        }
         match &recipients {
             Some(r) if r.is_empty() => return drop(DropReason::NoRecipient, "recipient_ids is empty".into()),
             None if ch.per_user => {
@@ -331,10 +401,13 @@ impl Ingest {
             let shown: String = event_type.chars().take(64).collect();
             return drop(reason, format!("{shown:?} v{version}: {inv}"));
         }
-        // Valid JSON cannot hold a raw line break inside a string, so splitting lines in the
-        // frame keeps the payload intact (the client joins data lines with "\n").
         let data = std::str::from_utf8(&msg.body)
             .map_err(|_| Dropped { reason: DropReason::NotJson, detail: "body is not UTF-8".into() })?;
+        // Valid JSON cannot hold a raw line break inside a string: every CR and LF in it is
+        // whitespace between tokens, and dropping it changes nothing the client parses. Kept,
+        // each would start a `data:` line of its own: a body of line breaks would frame at six
+        // times its size, past the bound it was checked against.
+        let data = if data.contains(['\r', '\n']) { Cow::Owned(data.replace(['\r', '\n'], "")) } else { Cow::Borrowed(data) };
         Ok(Checked { version, recipients, event_type, data })
     }
 
@@ -356,9 +429,9 @@ impl Ingest {
 /// A message that passed the channel's rules, not yet numbered.
 struct Checked<'m> {
     version: u32,
-    recipients: Option<Box<[Box<str>]>>,
+    recipients: Option<Recipients>,
     event_type: &'m str,
-    data: &'m str,
+    data: Cow<'m, str>,
 }
 
 impl Checked<'_> {
@@ -465,6 +538,61 @@ mod tests {
         assert_eq!(ingest.handle_message(&deal(Some(10), "m-other")).unwrap_err().reason, DropReason::Duplicate);
         assert_eq!(ingest.handle_message(&deal(Some(11), "m10")).unwrap_err().reason, DropReason::Duplicate);
         assert_eq!(ingest.handle_message(&deal(Some(11), "m11")).unwrap().id().seq, 11);
+    }
+
+    #[test]
+    fn line_breaks_between_json_tokens_frame_as_one_data_line_no_larger_than_the_body() {
+        let (_, mut ingest) = deals_ingest();
+        let mut msg = deal(None, "m1");
+        // Legal JSON whitespace: bare CRs, LFs and CRLFs between tokens, 8,000 per comma.
+        let breaks = "\r\n\r".repeat(2_000) + "\n".repeat(2_000).as_str();
+        let spread = std::str::from_utf8(&msg.body).unwrap().replace(',', &format!("{breaks},\r"));
+        msg.body = Bytes::from(spread.clone());
+        let ev = ingest.handle_message(&msg).unwrap();
+        let frame = std::str::from_utf8(ev.frame()).unwrap();
+        let data: Vec<&str> = frame.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.len(), 1, "one data line");
+        assert!(ev.frame().len() < 200 + spread.len() / 10, "frame of {} bytes for a body of {}", ev.frame().len(), spread.len());
+        let sent: serde_json::Value = serde_json::from_str(&spread).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(data[0]).unwrap(), sent, "the client parses what was sent");
+        // A line break inside a string is escaped in JSON and stays so.
+        msg.body = Bytes::from(std::str::from_utf8(&deal(None, "m2").body).unwrap().replace("\"t\"", "\"a\\nb\\r\""));
+        msg.message_id = Some("m2".into());
+        let ev = ingest.handle_message(&msg).unwrap();
+        assert!(std::str::from_utf8(ev.frame()).unwrap().contains("\"title\":\"a\\nb\\r\""));
+    }
+
+    #[test]
+    fn recipients_are_sorted_deduplicated_and_held_at_about_the_header_size() {
+        let r = Recipients::parse(" bob,alice,,bob , carol,").unwrap();
+        assert_eq!(r.iter().collect::<Vec<_>>(), ["alice", "bob", "carol"]);
+        for (user, named) in [("alice", true), ("bob", true), ("carol", true), ("", false), ("al", false), ("dave", false), ("bob ", false)] {
+            assert_eq!(r.contains(user), named, "{user:?}");
+        }
+        assert!(Recipients::parse(" , ").unwrap().is_empty());
+        // 30,000 names of 3 characters: a 120,000-byte header.
+        let names: Vec<String> = (0..30_000).map(|i| format!("{:03}", i % 1000) + &((b'a' + (i / 1000) as u8) as char).to_string()).collect();
+        let header = names.join(",");
+        let r = Recipients::parse(&header).unwrap();
+        assert_eq!(r.len(), 30_000);
+        assert!(names.iter().all(|n| r.contains(n)));
+        assert!(r.size() <= 2 * header.len(), "{} bytes held for a {}-byte header", r.size(), header.len());
+    }
+
+    #[test]
+    fn recipients_count_against_the_message_bound() {
+        let (metrics, mut ingest) = deals_ingest();
+        let mut msg = deal(None, "m1");
+        // The seed's bound is server.max_body_bytes (64 KiB): the body is small, the header not.
+        let header = (0..20_000).map(|i| format!("u{i}")).collect::<Vec<_>>().join(",");
+        msg.recipient_ids = Some(HeaderValue::Text(header));
+        let err = ingest.handle_message(&msg).unwrap_err();
+        assert_eq!(err.reason, DropReason::Oversized, "{}", err.detail);
+        assert!(err.detail.starts_with("body and recipients of "), "{}", err.detail);
+        assert_eq!(metrics.dropped_count(DropReason::Oversized), 1);
+        msg.recipient_ids = Some(HeaderValue::Text("u1,u2".into()));
+        let ev = ingest.handle_message(&msg).unwrap();
+        assert!(ev.visible_to("u2") && !ev.visible_to("u3"));
     }
 
     #[test]
