@@ -59,8 +59,12 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let mut model = Model::new();
-    // Bounded like the property test.
+    // Bounded like the property test. Once the input is used up `arbitrary` only returns
+    // defaults (the same op again and again): the sequence ends there instead.
     for _ in 0..80 {
+        if u.is_empty() {
+            break;
+        }
         match op(&mut u) {
             Ok(op) => model.apply(op),
             Err(_) => break,
