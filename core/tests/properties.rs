@@ -6,7 +6,9 @@
 //! increasing ids, exact delivery after a resume and `history_gap` exactly when due, heartbeat
 //! spacing, outage warnings, token expiry, and closes only for a reason the stream has. The
 //! routing properties check that any bytes get a complete response and never a stream without a
-//! validly signed token.
+//! validly signed token. The SSE framing properties parse `sse::frame`'s bytes with an
+//! event-stream parser written here from the HTML standard: one frame is one event, whatever its
+//! data.
 
 mod support;
 #[path = "support/response.rs"]
@@ -166,3 +168,177 @@ proptest! {
     }
 }
 
+
+/// A minimal event-stream parser written from the HTML standard (§ 9.2.6, "Interpreting an
+/// event stream"), independent of `sse.rs`: it is what a browser makes of the gateway's bytes.
+mod event_stream {
+    /// One event the parser dispatched.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Dispatched {
+        pub kind: String,
+        pub data: String,
+        pub last_event_id: String,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct Parsed {
+        pub events: Vec<Dispatched>,
+        /// Every field name seen, in order (comments excluded).
+        pub fields: Vec<String>,
+        /// The reconnection time a valid `retry` field set.
+        pub retry: Option<u64>,
+        /// Text after the last line end (an incomplete line), and whether data or an event type
+        /// was buffered and never dispatched when the stream ended.
+        pub trailing: String,
+        pub undispatched: bool,
+    }
+
+    pub fn parse(bytes: &[u8]) -> Parsed {
+        // The stream is UTF-8 decoded; one leading BOM is dropped.
+        let text = String::from_utf8_lossy(bytes);
+        let mut rest: &str = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut p = Parsed::default();
+        let (mut data, mut kind, mut id_buffer) = (String::new(), String::new(), String::new());
+        // Lines end in CRLF, LF or CR.
+        while let Some(i) = rest.find(['\r', '\n']) {
+            let line = &rest[..i];
+            rest = &rest[i + if rest[i..].starts_with("\r\n") { 2 } else { 1 }..];
+            if line.is_empty() {
+                // Dispatch: the last event id is set even when nothing is dispatched.
+                let last_event_id = id_buffer.clone();
+                if data.is_empty() {
+                    kind.clear();
+                    continue;
+                }
+                if data.ends_with('\n') {
+                    data.pop();
+                }
+                let kind_now = if kind.is_empty() { "message".to_string() } else { std::mem::take(&mut kind) };
+                p.events.push(Dispatched { kind: kind_now, data: std::mem::take(&mut data), last_event_id });
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // a comment
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            p.fields.push(field.to_string());
+            match field {
+                "event" => kind = value.to_string(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" if !value.contains('\0') => id_buffer = value.to_string(),
+                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => p.retry = value.parse().ok(),
+                _ => {}
+            }
+        }
+        p.trailing = rest.to_string();
+        p.undispatched = !data.is_empty() || !kind.is_empty();
+        p
+    }
+}
+
+/// Text weighted toward what could break a frame: line ends of every kind, NUL, leading spaces,
+/// colons, field-looking text, a BOM and the Unicode line separators SSE does not split on.
+fn sse_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[a-z{}\":, ]{1,4}",
+        3 => Just("\r".to_string()),
+        3 => Just("\n".to_string()),
+        3 => Just("\r\n".to_string()),
+        1 => Just("\n\r".to_string()),
+        1 => Just("\0".to_string()),
+        2 => Just(" ".to_string()),
+        1 => Just(":".to_string()),
+        1 => Just("data: x".to_string()),
+        1 => Just("retry: 5".to_string()),
+        1 => Just("id: 9-9".to_string()),
+        1 => Just("event: evil".to_string()),
+        1 => Just("\u{feff}".to_string()),
+        1 => Just("\u{2028}\u{85}".to_string()),
+        1 => any::<String>(),
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+}
+
+/// What the data must read as in the browser: CRLF and CR become LF.
+fn normalised(data: &str) -> String {
+    data.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// An event name or id: the core allows only `[A-Za-z0-9._-]` in either.
+const SSE_NAME: &str = "[A-Za-z0-9._-]{1,24}";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whatever the data, a frame is exactly one event to an HTML event-stream parser: its data
+    /// is the text (line ends as LF), its type and id are the ones given, and no other field
+    /// (no `retry:`, no second `id:` or `event:`) is injected.
+    #[test]
+    fn an_sse_frame_is_exactly_one_event_whatever_its_data(
+        data in sse_text(),
+        event in SSE_NAME,
+        id in proptest::option::of(SSE_NAME),
+    ) {
+        let bytes = sse_gateway_core::sse::frame(id.as_deref(), &event, &data);
+        let p = event_stream::parse(&bytes);
+        prop_assert_eq!(p.events.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
+        let ev = &p.events[0];
+        prop_assert_eq!(&ev.data, &normalised(&data));
+        prop_assert_eq!(&ev.kind, &event);
+        prop_assert_eq!(ev.last_event_id.as_str(), id.as_deref().unwrap_or(""));
+        prop_assert_eq!(p.retry, None);
+        prop_assert!(p.fields.iter().all(|f| f == "data" || f == "event" || f == "id"), "fields {:?}", p.fields);
+        prop_assert_eq!(p.fields.iter().filter(|f| *f == "event").count(), 1);
+        prop_assert_eq!(p.fields.iter().filter(|f| *f == "id").count(), usize::from(id.is_some()));
+        prop_assert!(p.trailing.is_empty() && !p.undispatched, "the frame ends with its event dispatched");
+    }
+
+    /// Frames written one after another stay apart: two frames are two events, each with its
+    /// own type and data (nothing of the first leaks into the second).
+    #[test]
+    fn consecutive_sse_frames_are_separate_events(
+        a in sse_text(), b in sse_text(), ea in SSE_NAME, eb in SSE_NAME, ida in SSE_NAME, idb in SSE_NAME,
+    ) {
+        let mut bytes = sse_gateway_core::sse::frame(Some(&ida), &ea, &a).to_vec();
+        bytes.extend_from_slice(&sse_gateway_core::sse::frame(Some(&idb), &eb, &b));
+        let p = event_stream::parse(&bytes);
+        let got: Vec<_> = p.events.iter().map(|e| (e.kind.as_str(), e.data.clone(), e.last_event_id.as_str())).collect();
+        prop_assert_eq!(got, vec![(ea.as_str(), normalised(&a), ida.as_str()), (eb.as_str(), normalised(&b), idb.as_str())]);
+        prop_assert_eq!(p.retry, None);
+    }
+
+    /// `retry:` frames set the reconnection time and dispatch nothing; a heartbeat is one
+    /// `heartbeat` event with empty data.
+    #[test]
+    fn retry_and_heartbeat_frames_parse_as_documented(ms in any::<u64>()) {
+        let p = event_stream::parse(&sse_gateway_core::sse::retry(ms));
+        prop_assert!(p.events.is_empty());
+        prop_assert_eq!(p.retry, Some(ms));
+        let p = event_stream::parse(&sse_gateway_core::sse::heartbeat());
+        let hb: Vec<_> = p.events.iter().map(|e| (e.kind.as_str(), e.data.as_str())).collect();
+        prop_assert_eq!(hb, vec![("heartbeat", "")]);
+        prop_assert!(p.trailing.is_empty() && !p.undispatched);
+    }
+}
+
+/// The reference parser itself: it sees what a frame that did not split at every line end would
+/// inject (a bare CR ends a line), and follows the standard's examples.
+#[test]
+fn the_reference_event_stream_parser_sees_injections() {
+    let p = event_stream::parse(b"event: x\ndata: a\rretry: 5\rid: 1-1\n\n");
+    assert_eq!(p.retry, Some(5));
+    assert_eq!(p.events.len(), 1);
+    assert_eq!((p.events[0].data.as_str(), p.events[0].last_event_id.as_str()), ("a", "1-1"));
+    let p = event_stream::parse(b"data: a\r\n\r\ndata:b\n\n: comment\ndata\ndata\n\ndata: c");
+    let got: Vec<_> = p.events.iter().map(|e| (e.kind.as_str(), e.data.as_str())).collect();
+    assert_eq!(got, [("message", "a"), ("message", "b"), ("message", "\n")]);
+    assert_eq!(p.trailing, "data: c");
+    let p = event_stream::parse(b"\xef\xbb\xbfevent: e\n\nid: a\0b\ndata:  x\n\n");
+    assert_eq!(p.events, [event_stream::Dispatched { kind: "message".into(), data: " x".into(), last_event_id: String::new() }]);
+}
