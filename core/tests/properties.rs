@@ -8,7 +8,8 @@
 //! routing properties check that any bytes get a complete response and never a stream without a
 //! validly signed token. The SSE framing properties parse `sse::frame`'s bytes with an
 //! event-stream parser written here from the HTML standard: one frame is one event, whatever its
-//! data.
+//! data. The `message_id` properties check duplicate removal against a reference window (a
+//! queue of the last W keys admitted).
 
 mod support;
 #[path = "support/response.rs"]
@@ -341,4 +342,184 @@ fn the_reference_event_stream_parser_sees_injections() {
     assert_eq!(p.trailing, "data: c");
     let p = event_stream::parse(b"\xef\xbb\xbfevent: e\n\nid: a\0b\ndata:  x\n\n");
     assert_eq!(p.events, [event_stream::Dispatched { kind: "message".into(), data: " x".into(), last_event_id: String::new() }]);
+}
+
+/// One upstream message in the `message_id` properties: each part of what tells a retry from
+/// another event, in the several spellings a publisher may use for it.
+#[derive(Debug, Clone)]
+struct DedupeMsg {
+    /// `None`, empty (no id either), or one of a few ids.
+    message_id: Option<&'static str>,
+    /// `deal.updated` or `calculation.added` (the same fields in versions 1 and 2).
+    kind: usize,
+    /// 0: the `type` property; 1: no `type`, the routing key; 2: an empty `type`, the routing key.
+    kind_via: u8,
+    version: u32,
+    /// 0: absent when 1 (else an integer); 1: an integer; 2: text with spaces around it.
+    version_via: u8,
+    /// The recipient ids in the order and with the repeats the header lists them; `None`: none.
+    recipients: Option<Vec<usize>>,
+    /// One recipient sent as an integer header, not text.
+    recipient_as_int: bool,
+    /// Varies the payload: a retry's payload may differ from the original's.
+    payload: u16,
+}
+
+const DEDUPE_TYPES: [&str; 2] = ["deal.updated", "calculation.added"];
+
+fn dedupe_msg() -> impl Strategy<Value = DedupeMsg> {
+    (
+        prop_oneof![2 => Just(None), 1 => Just(Some("")), 2 => Just(Some("a")), 2 => Just(Some("b")), 1 => Just(Some("c"))],
+        0..2usize,
+        0..3u8,
+        1..3u32,
+        0..3u8,
+        proptest::option::weighted(0.6, proptest::collection::vec(1..4usize, 0..4)),
+        any::<bool>(),
+        any::<u16>(),
+    )
+        .prop_map(|(message_id, kind, kind_via, version, version_via, recipients, recipient_as_int, payload)| DedupeMsg {
+            message_id,
+            kind,
+            kind_via,
+            version,
+            version_via,
+            recipients,
+            recipient_as_int,
+            payload,
+        })
+}
+
+impl DedupeMsg {
+    fn upstream(&self, position: Option<u64>) -> sse_gateway_core::UpstreamMessage {
+        use sse_gateway_core::HeaderValue;
+        let kind = DEDUPE_TYPES[self.kind];
+        let body = match kind {
+            "deal.updated" => serde_json::json!({"deal_id": UUID1, "changes": {"n": self.payload}, "updated_at": "2026-11-28T10:00:00Z", "version": self.payload}),
+            _ => serde_json::json!({"calculation_id": UUID1, "deal_id": UUID2, "insurance_company": "x", "premium_amount": self.payload}),
+        };
+        let mut m = msg(kind, body);
+        match self.kind_via {
+            0 => {}
+            1 => m.kind = None,
+            _ => m.kind = Some(String::new()),
+        }
+        m.schema_version = match (self.version_via, self.version) {
+            (0, 1) => None,
+            (0 | 1, v) => Some(HeaderValue::Int(i64::from(v))),
+            (_, v) => Some(HeaderValue::Text(format!(" {v} "))),
+        };
+        m.recipient_ids = self.recipients.as_ref().map(|r| match r.as_slice() {
+            [one] if self.recipient_as_int => HeaderValue::Int(*one as i64),
+            r => HeaderValue::Text(r.iter().map(|u| format!(" {u}")).collect::<Vec<_>>().join(",")),
+        });
+        m.message_id = self.message_id.map(str::to_string);
+        m.position = position;
+        m
+    }
+
+    /// What the documented rule compares (README, `RecentIds`): the `message_id` with the event
+    /// type, the schema version and the recipients (a set: order, repeats and spelling aside).
+    /// `None` without a (non-empty) `message_id`: never a duplicate.
+    fn key(&self) -> Option<(&'static str, &'static str, u32, Option<std::collections::BTreeSet<String>>)> {
+        let mid = self.message_id.filter(|m| !m.is_empty())?;
+        let recipients = self.recipients.as_ref().map(|r| r.iter().map(|u| u.to_string()).collect());
+        Some((mid, DEDUPE_TYPES[self.kind], self.version, recipients))
+    }
+
+    /// A recipient header that names no one: dropped (`no_recipient`) before any `message_id`
+    /// is looked at.
+    fn names_no_one(&self) -> bool {
+        self.recipients.as_ref().is_some_and(Vec::is_empty)
+    }
+}
+
+fn dedupe_harness(window: usize) -> Harness {
+    let cat = sse_gateway_core::Catalogue::from_toml(include_str!("fixtures/catalogue_v2.toml")).unwrap();
+    Harness::with_catalogue(&format!("buffer_events = {window}\n"), cat)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Live messages (no log position): one is dropped as `duplicate` exactly when an earlier
+    /// message with the same `message_id`, type, version and recipients is among the last W
+    /// admitted messages that carried a `message_id` (W = the channel's `buffer_events`);
+    /// messages without one are never dropped as duplicates and take no place in the window; a
+    /// dropped duplicate does not refresh its original. Every other message goes out as the
+    /// next event with the type, version and recipients it was sent with.
+    #[test]
+    fn message_id_dedupe_follows_the_window_rule(window in 1usize..5, msgs in proptest::collection::vec(dedupe_msg(), 0..40)) {
+        let mut h = dedupe_harness(window);
+        let ch = h.channel("deals");
+        let mut recent = std::collections::VecDeque::new();
+        let mut next_seq = 1;
+        for (i, m) in msgs.iter().enumerate() {
+            let got = h.ingest[ch.index()].handle_message(&m.upstream(None));
+            if m.names_no_one() {
+                prop_assert_eq!(got.map(|_| ()).map_err(|d| d.reason), Err(sse_gateway_core::DropReason::NoRecipient), "message {}", i);
+                continue;
+            }
+            let key = m.key();
+            if key.as_ref().is_some_and(|k| recent.contains(k)) {
+                prop_assert_eq!(got.map(|_| ()).map_err(|d| d.reason), Err(sse_gateway_core::DropReason::Duplicate), "message {}: {:?} in {:?}", i, key, recent);
+                continue;
+            }
+            let ev = match got {
+                Ok(ev) => ev,
+                Err(d) => return Err(TestCaseError::fail(format!("message {i} {m:?} dropped: {d:?} (window {recent:?})"))),
+            };
+            prop_assert_eq!(ev.id().seq, next_seq);
+            next_seq += 1;
+            prop_assert_eq!(ev.event_type(), DEDUPE_TYPES[m.kind]);
+            prop_assert_eq!(ev.version(), m.version);
+            let sent: Option<std::collections::BTreeSet<String>> = ev.recipients().map(|r| r.iter().map(|u| u.to_string()).collect());
+            let named: Option<std::collections::BTreeSet<String>> = m.recipients.as_ref().map(|r| r.iter().map(|u| u.to_string()).collect());
+            prop_assert_eq!(sent, named);
+            if let Some(k) = key {
+                recent.push_back(k);
+                if recent.len() > window {
+                    recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// A read-back's own window: the same rule, and a message read again at the position it was
+    /// remembered at is not a retry of itself (it goes out again); the same key at another
+    /// position is a duplicate. Reads come in any order, with repeats (overlapping read-backs).
+    #[test]
+    fn read_back_dedupe_takes_the_same_position_again(
+        window in 1usize..5,
+        log in proptest::collection::vec(dedupe_msg(), 1..20),
+        reads in proptest::collection::vec(any::<proptest::sample::Index>(), 0..40),
+    ) {
+        let h = dedupe_harness(window);
+        let ing = &h.ingest[h.channel("deals").index()];
+        let mut seen = ing.read_back_window();
+        let mut recent: std::collections::VecDeque<(_, u64)> = std::collections::VecDeque::new();
+        for r in reads {
+            let i = r.index(log.len());
+            let (m, position) = (&log[i], i as u64 + 1);
+            let got = ing.read_back(&m.upstream(Some(position)), &mut seen).map(|ev| ev.id().seq).map_err(|d| d.reason);
+            if m.names_no_one() {
+                prop_assert_eq!(got, Err(sse_gateway_core::DropReason::NoRecipient));
+                continue;
+            }
+            let key = m.key();
+            match key.as_ref().and_then(|k| recent.iter().find(|(r, _)| r == k)) {
+                Some(&(_, at)) if at == position => prop_assert_eq!(got, Ok(position), "read again at {}", position),
+                Some(&(_, at)) => prop_assert_eq!(got, Err(sse_gateway_core::DropReason::Duplicate), "{:?} at {} after {}", key, position, at),
+                None => {
+                    prop_assert_eq!(got, Ok(position), "{:?} at {}: window {:?}", key, position, recent);
+                    if let Some(k) = key {
+                        recent.push_back((k, position));
+                        if recent.len() > window {
+                            recent.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
