@@ -6,7 +6,8 @@
 //! increasing ids, exact delivery after a resume and `history_gap` exactly when due, heartbeat
 //! spacing, outage warnings, token expiry, and closes only for a reason the stream has. The
 //! routing properties check that any bytes get a complete response and never a stream without a
-//! validly signed token. The SSE framing properties parse `sse::frame`'s bytes with an
+//! validly signed token, and that a head carrying one routes as the rules say
+//! (`support/signed_head.rs`). The SSE framing properties parse `sse::frame`'s bytes with an
 //! event-stream parser written here from the HTML standard: one frame is one event, whatever its
 //! data. The `message_id` properties check duplicate removal against a reference window (a
 //! queue of the last W keys admitted).
@@ -14,6 +15,8 @@
 mod support;
 #[path = "support/response.rs"]
 mod response;
+#[path = "support/signed_head.rs"]
+mod signed_head;
 
 /// The one origin allowed in the routing properties: the only one a response may echo.
 const ORIGIN: &str = "https://a.example";
@@ -521,5 +524,56 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+fn signed_head() -> impl Strategy<Value = signed_head::SignedHead> {
+    // Mostly a single choice or none, so that most requests get past the refusals.
+    let few = |none: u32| prop_oneof![none => Just(Vec::new()), 2 => proptest::collection::vec(any::<u8>(), 1..2), 1 => proptest::collection::vec(any::<u8>(), 2..3)];
+    (
+        (
+            prop_oneof![4 => Just(0u8), 4 => Just(1u8), 1 => Just(2u8)],
+            prop_oneof![8 => Just(true), 1 => Just(false)],
+            any::<u8>(),
+            few(4),
+            few(2),
+            proptest::option::of(any::<u8>()),
+        ),
+        (proptest::option::of(any::<u8>()), any::<u8>(), any::<u8>(), "[a-z0-9]{1,12}", any::<u8>()),
+        (
+            prop_oneof![1 => Just(Vec::new()), 5 => proptest::collection::vec(any::<u8>(), 1..2), 1 => proptest::collection::vec(any::<u8>(), 2..3)],
+            proptest::option::weighted(0.2, any::<u8>()),
+            proptest::option::of(any::<u8>()),
+            prop_oneof![1 => Just(0u8), 4 => Just(1u8)],
+            proptest::option::of(any::<u8>()),
+        ),
+        (proptest::collection::vec(("[A-Za-z]{1,8}", "[ -~]{0,20}"), 0..3), proptest::collection::vec(any::<u8>(), 0..40)),
+    )
+        .prop_map(|((kind, method_ok, channel, versions, query_ids, header_id), (accept, token_at, bearer, user, roles), (content_lengths, transfer_encoding, expect, minor, origin), (noise, after))| {
+            signed_head::SignedHead {
+                kind, method_ok, channel, versions, query_ids, header_id, accept, token_at, bearer, user, roles,
+                content_lengths, transfer_encoding, expect, minor, origin, noise, after,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Past authentication: a head carrying a validly signed token for a chosen user and roles
+    /// (in the Authorization header, the cookie or the query) routes exactly as the rules say
+    /// (support/signed_head.rs): a stream is the signed user's, on the path's channel, with the
+    /// first `version=`, resuming from Last-Event-ID over the first non-empty
+    /// `last_event_id=`; payments without `finance_manager` is the `forbidden` answer; a
+    /// publish needs the publisher role, takes no Transfer-Encoding and exactly one all-digit
+    /// Content-Length (its value), with `head_len` just past the blank line and
+    /// `expect_continue` only for a body on HTTP/1.1; anything else is refused with its
+    /// status, as a complete response.
+    #[test]
+    fn a_validly_signed_request_routes_as_the_rules_say(req in signed_head()) {
+        let h = Harness::with_auth("cookie = \"t\"\nquery_param = true\n", &format!("{ORIGIN_CONFIG}publish_endpoint = true\n"));
+        let raw = req.bytes(&req.token(SECRET.as_bytes(), h.unix));
+        let routed = h.route(&raw);
+        req.check(&raw, &routed, &h.settings);
     }
 }
