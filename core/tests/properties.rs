@@ -6,11 +6,17 @@
 //! increasing ids, exact delivery after a resume and `history_gap` exactly when due, heartbeat
 //! spacing, outage warnings, token expiry, and closes only for a reason the stream has. The
 //! routing properties check that any bytes get a complete response and never a stream without a
-//! validly signed token.
+//! validly signed token, and that a head carrying one routes as the rules say
+//! (`support/signed_head.rs`). The SSE framing properties parse `sse::frame`'s bytes with an
+//! event-stream parser written here from the HTML standard: one frame is one event, whatever its
+//! data. The `message_id` properties check duplicate removal against a reference window (a
+//! queue of the last W keys admitted).
 
 mod support;
 #[path = "support/response.rs"]
 mod response;
+#[path = "support/signed_head.rs"]
+mod signed_head;
 
 /// The one origin allowed in the routing properties: the only one a response may echo.
 const ORIGIN: &str = "https://a.example";
@@ -32,8 +38,10 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     // Mostly long-lived tokens; some expire within the case.
     let ttl = prop_oneof![3 => Just(3600u64), 1 => 1u64..180];
-    // Mostly small events; some large enough that a few fill a stream's output bound.
-    let pad = prop_oneof![3 => 0usize..40, 1 => 500usize..2500];
+    // Mostly small events; some large enough that a few fill a stream's output bound; a few
+    // larger than the bound itself (MAX_PENDING): an empty output takes any one event, so a
+    // client that reads is not closed as slow for one.
+    let pad = prop_oneof![6 => 0usize..40, 2 => 500usize..2500, 1 => 4000usize..9000];
     prop_oneof![
         4 => (0..USERS, 0..4usize, any::<bool>(), any::<bool>(), resume, ttl, prop_oneof![4 => Just(true), 1 => Just(false)])
             .prop_map(|(user, channel, finance, v2, resume, ttl, read)| Op::Open { user, channel, finance, v2, resume, ttl, read }),
@@ -164,3 +172,408 @@ proptest! {
     }
 }
 
+
+/// A minimal event-stream parser written from the HTML standard (§ 9.2.6, "Interpreting an
+/// event stream"), independent of `sse.rs`: it is what a browser makes of the gateway's bytes.
+mod event_stream {
+    /// One event the parser dispatched.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Dispatched {
+        pub kind: String,
+        pub data: String,
+        pub last_event_id: String,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct Parsed {
+        pub events: Vec<Dispatched>,
+        /// Every field name seen, in order (comments excluded).
+        pub fields: Vec<String>,
+        /// The reconnection time a valid `retry` field set.
+        pub retry: Option<u64>,
+        /// Text after the last line end (an incomplete line), and whether data or an event type
+        /// was buffered and never dispatched when the stream ended.
+        pub trailing: String,
+        pub undispatched: bool,
+    }
+
+    pub fn parse(bytes: &[u8]) -> Parsed {
+        // The stream is UTF-8 decoded; one leading BOM is dropped.
+        let text = String::from_utf8_lossy(bytes);
+        let mut rest: &str = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut p = Parsed::default();
+        let (mut data, mut kind, mut id_buffer) = (String::new(), String::new(), String::new());
+        // Lines end in CRLF, LF or CR.
+        while let Some(i) = rest.find(['\r', '\n']) {
+            let line = &rest[..i];
+            rest = &rest[i + if rest[i..].starts_with("\r\n") { 2 } else { 1 }..];
+            if line.is_empty() {
+                // Dispatch: the last event id is set even when nothing is dispatched.
+                let last_event_id = id_buffer.clone();
+                if data.is_empty() {
+                    kind.clear();
+                    continue;
+                }
+                if data.ends_with('\n') {
+                    data.pop();
+                }
+                let kind_now = if kind.is_empty() { "message".to_string() } else { std::mem::take(&mut kind) };
+                p.events.push(Dispatched { kind: kind_now, data: std::mem::take(&mut data), last_event_id });
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // a comment
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            p.fields.push(field.to_string());
+            match field {
+                "event" => kind = value.to_string(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" if !value.contains('\0') => id_buffer = value.to_string(),
+                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => p.retry = value.parse().ok(),
+                _ => {}
+            }
+        }
+        p.trailing = rest.to_string();
+        p.undispatched = !data.is_empty() || !kind.is_empty();
+        p
+    }
+}
+
+/// Text weighted toward what could break a frame: line ends of every kind, NUL, leading spaces,
+/// colons, field-looking text, a BOM and the Unicode line separators SSE does not split on.
+fn sse_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[a-z{}\":, ]{1,4}",
+        3 => Just("\r".to_string()),
+        3 => Just("\n".to_string()),
+        3 => Just("\r\n".to_string()),
+        1 => Just("\n\r".to_string()),
+        1 => Just("\0".to_string()),
+        2 => Just(" ".to_string()),
+        1 => Just(":".to_string()),
+        1 => Just("data: x".to_string()),
+        1 => Just("retry: 5".to_string()),
+        1 => Just("id: 9-9".to_string()),
+        1 => Just("event: evil".to_string()),
+        1 => Just("\u{feff}".to_string()),
+        1 => Just("\u{2028}\u{85}".to_string()),
+        1 => any::<String>(),
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+}
+
+/// What the data must read as in the browser: CRLF and CR become LF.
+fn normalised(data: &str) -> String {
+    data.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// An event name or id: the core allows only `[A-Za-z0-9._-]` in either.
+const SSE_NAME: &str = "[A-Za-z0-9._-]{1,24}";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whatever the data, a frame is exactly one event to an HTML event-stream parser: its data
+    /// is the text (line ends as LF), its type and id are the ones given, and no other field
+    /// (no `retry:`, no second `id:` or `event:`) is injected.
+    #[test]
+    fn an_sse_frame_is_exactly_one_event_whatever_its_data(
+        data in sse_text(),
+        event in SSE_NAME,
+        id in proptest::option::of(SSE_NAME),
+    ) {
+        let bytes = sse_gateway_core::sse::frame(id.as_deref(), &event, &data);
+        let p = event_stream::parse(&bytes);
+        prop_assert_eq!(p.events.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
+        let ev = &p.events[0];
+        prop_assert_eq!(&ev.data, &normalised(&data));
+        prop_assert_eq!(&ev.kind, &event);
+        prop_assert_eq!(ev.last_event_id.as_str(), id.as_deref().unwrap_or(""));
+        prop_assert_eq!(p.retry, None);
+        prop_assert!(p.fields.iter().all(|f| f == "data" || f == "event" || f == "id"), "fields {:?}", p.fields);
+        prop_assert_eq!(p.fields.iter().filter(|f| *f == "event").count(), 1);
+        prop_assert_eq!(p.fields.iter().filter(|f| *f == "id").count(), usize::from(id.is_some()));
+        prop_assert!(p.trailing.is_empty() && !p.undispatched, "the frame ends with its event dispatched");
+    }
+
+    /// Frames written one after another stay apart: two frames are two events, each with its
+    /// own type and data (nothing of the first leaks into the second).
+    #[test]
+    fn consecutive_sse_frames_are_separate_events(
+        a in sse_text(), b in sse_text(), ea in SSE_NAME, eb in SSE_NAME, ida in SSE_NAME, idb in SSE_NAME,
+    ) {
+        let mut bytes = sse_gateway_core::sse::frame(Some(&ida), &ea, &a).to_vec();
+        bytes.extend_from_slice(&sse_gateway_core::sse::frame(Some(&idb), &eb, &b));
+        let p = event_stream::parse(&bytes);
+        let got: Vec<_> = p.events.iter().map(|e| (e.kind.as_str(), e.data.clone(), e.last_event_id.as_str())).collect();
+        prop_assert_eq!(got, vec![(ea.as_str(), normalised(&a), ida.as_str()), (eb.as_str(), normalised(&b), idb.as_str())]);
+        prop_assert_eq!(p.retry, None);
+    }
+
+    /// `retry:` frames set the reconnection time and dispatch nothing; a heartbeat is one
+    /// `heartbeat` event with empty data.
+    #[test]
+    fn retry_and_heartbeat_frames_parse_as_documented(ms in any::<u64>()) {
+        let p = event_stream::parse(&sse_gateway_core::sse::retry(ms));
+        prop_assert!(p.events.is_empty());
+        prop_assert_eq!(p.retry, Some(ms));
+        let p = event_stream::parse(&sse_gateway_core::sse::heartbeat());
+        let hb: Vec<_> = p.events.iter().map(|e| (e.kind.as_str(), e.data.as_str())).collect();
+        prop_assert_eq!(hb, vec![("heartbeat", "")]);
+        prop_assert!(p.trailing.is_empty() && !p.undispatched);
+    }
+}
+
+/// The reference parser itself: it sees what a frame that did not split at every line end would
+/// inject (a bare CR ends a line), and follows the standard's examples.
+#[test]
+fn the_reference_event_stream_parser_sees_injections() {
+    let p = event_stream::parse(b"event: x\ndata: a\rretry: 5\rid: 1-1\n\n");
+    assert_eq!(p.retry, Some(5));
+    assert_eq!(p.events.len(), 1);
+    assert_eq!((p.events[0].data.as_str(), p.events[0].last_event_id.as_str()), ("a", "1-1"));
+    let p = event_stream::parse(b"data: a\r\n\r\ndata:b\n\n: comment\ndata\ndata\n\ndata: c");
+    let got: Vec<_> = p.events.iter().map(|e| (e.kind.as_str(), e.data.as_str())).collect();
+    assert_eq!(got, [("message", "a"), ("message", "b"), ("message", "\n")]);
+    assert_eq!(p.trailing, "data: c");
+    let p = event_stream::parse(b"\xef\xbb\xbfevent: e\n\nid: a\0b\ndata:  x\n\n");
+    assert_eq!(p.events, [event_stream::Dispatched { kind: "message".into(), data: " x".into(), last_event_id: String::new() }]);
+}
+
+/// One upstream message in the `message_id` properties: each part of what tells a retry from
+/// another event, in the several spellings a publisher may use for it.
+#[derive(Debug, Clone)]
+struct DedupeMsg {
+    /// `None`, empty (no id either), or one of a few ids.
+    message_id: Option<&'static str>,
+    /// `deal.updated` or `calculation.added` (the same fields in versions 1 and 2).
+    kind: usize,
+    /// 0: the `type` property; 1: no `type`, the routing key; 2: an empty `type`, the routing key.
+    kind_via: u8,
+    version: u32,
+    /// 0: absent when 1 (else an integer); 1: an integer; 2: text with spaces around it.
+    version_via: u8,
+    /// The recipient ids in the order and with the repeats the header lists them; `None`: none.
+    recipients: Option<Vec<usize>>,
+    /// One recipient sent as an integer header, not text.
+    recipient_as_int: bool,
+    /// Varies the payload: a retry's payload may differ from the original's.
+    payload: u16,
+}
+
+const DEDUPE_TYPES: [&str; 2] = ["deal.updated", "calculation.added"];
+
+fn dedupe_msg() -> impl Strategy<Value = DedupeMsg> {
+    (
+        prop_oneof![2 => Just(None), 1 => Just(Some("")), 2 => Just(Some("a")), 2 => Just(Some("b")), 1 => Just(Some("c"))],
+        0..2usize,
+        0..3u8,
+        1..3u32,
+        0..3u8,
+        proptest::option::weighted(0.6, proptest::collection::vec(1..4usize, 0..4)),
+        any::<bool>(),
+        any::<u16>(),
+    )
+        .prop_map(|(message_id, kind, kind_via, version, version_via, recipients, recipient_as_int, payload)| DedupeMsg {
+            message_id,
+            kind,
+            kind_via,
+            version,
+            version_via,
+            recipients,
+            recipient_as_int,
+            payload,
+        })
+}
+
+impl DedupeMsg {
+    fn upstream(&self, position: Option<u64>) -> sse_gateway_core::UpstreamMessage {
+        use sse_gateway_core::HeaderValue;
+        let kind = DEDUPE_TYPES[self.kind];
+        let body = match kind {
+            "deal.updated" => serde_json::json!({"deal_id": UUID1, "changes": {"n": self.payload}, "updated_at": "2026-11-28T10:00:00Z", "version": self.payload}),
+            _ => serde_json::json!({"calculation_id": UUID1, "deal_id": UUID2, "insurance_company": "x", "premium_amount": self.payload}),
+        };
+        let mut m = msg(kind, body);
+        match self.kind_via {
+            0 => {}
+            1 => m.kind = None,
+            _ => m.kind = Some(String::new()),
+        }
+        m.schema_version = match (self.version_via, self.version) {
+            (0, 1) => None,
+            (0 | 1, v) => Some(HeaderValue::Int(i64::from(v))),
+            (_, v) => Some(HeaderValue::Text(format!(" {v} "))),
+        };
+        m.recipient_ids = self.recipients.as_ref().map(|r| match r.as_slice() {
+            [one] if self.recipient_as_int => HeaderValue::Int(*one as i64),
+            r => HeaderValue::Text(r.iter().map(|u| format!(" {u}")).collect::<Vec<_>>().join(",")),
+        });
+        m.message_id = self.message_id.map(str::to_string);
+        m.position = position;
+        m
+    }
+
+    /// What the documented rule compares (README, `RecentIds`): the `message_id` with the event
+    /// type, the schema version and the recipients (a set: order, repeats and spelling aside).
+    /// `None` without a (non-empty) `message_id`: never a duplicate.
+    fn key(&self) -> Option<(&'static str, &'static str, u32, Option<std::collections::BTreeSet<String>>)> {
+        let mid = self.message_id.filter(|m| !m.is_empty())?;
+        let recipients = self.recipients.as_ref().map(|r| r.iter().map(|u| u.to_string()).collect());
+        Some((mid, DEDUPE_TYPES[self.kind], self.version, recipients))
+    }
+
+    /// A recipient header that names no one: dropped (`no_recipient`) before any `message_id`
+    /// is looked at.
+    fn names_no_one(&self) -> bool {
+        self.recipients.as_ref().is_some_and(Vec::is_empty)
+    }
+}
+
+fn dedupe_harness(window: usize) -> Harness {
+    let cat = sse_gateway_core::Catalogue::from_toml(include_str!("fixtures/catalogue_v2.toml")).unwrap();
+    Harness::with_catalogue(&format!("buffer_events = {window}\n"), cat)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Live messages (no log position): one is dropped as `duplicate` exactly when an earlier
+    /// message with the same `message_id`, type, version and recipients is among the last W
+    /// admitted messages that carried a `message_id` (W = the channel's `buffer_events`);
+    /// messages without one are never dropped as duplicates and take no place in the window; a
+    /// dropped duplicate does not refresh its original. Every other message goes out as the
+    /// next event with the type, version and recipients it was sent with.
+    #[test]
+    fn message_id_dedupe_follows_the_window_rule(window in 1usize..5, msgs in proptest::collection::vec(dedupe_msg(), 0..40)) {
+        let mut h = dedupe_harness(window);
+        let ch = h.channel("deals");
+        let mut recent = std::collections::VecDeque::new();
+        let mut next_seq = 1;
+        for (i, m) in msgs.iter().enumerate() {
+            let got = h.ingest[ch.index()].handle_message(&m.upstream(None));
+            if m.names_no_one() {
+                prop_assert_eq!(got.map(|_| ()).map_err(|d| d.reason), Err(sse_gateway_core::DropReason::NoRecipient), "message {}", i);
+                continue;
+            }
+            let key = m.key();
+            if key.as_ref().is_some_and(|k| recent.contains(k)) {
+                prop_assert_eq!(got.map(|_| ()).map_err(|d| d.reason), Err(sse_gateway_core::DropReason::Duplicate), "message {}: {:?} in {:?}", i, key, recent);
+                continue;
+            }
+            let ev = match got {
+                Ok(ev) => ev,
+                Err(d) => return Err(TestCaseError::fail(format!("message {i} {m:?} dropped: {d:?} (window {recent:?})"))),
+            };
+            prop_assert_eq!(ev.id().seq, next_seq);
+            next_seq += 1;
+            prop_assert_eq!(ev.event_type(), DEDUPE_TYPES[m.kind]);
+            prop_assert_eq!(ev.version(), m.version);
+            let sent: Option<std::collections::BTreeSet<String>> = ev.recipients().map(|r| r.iter().map(|u| u.to_string()).collect());
+            let named: Option<std::collections::BTreeSet<String>> = m.recipients.as_ref().map(|r| r.iter().map(|u| u.to_string()).collect());
+            prop_assert_eq!(sent, named);
+            if let Some(k) = key {
+                recent.push_back(k);
+                if recent.len() > window {
+                    recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// A read-back's own window: the same rule, and a message read again at the position it was
+    /// remembered at is not a retry of itself (it goes out again); the same key at another
+    /// position is a duplicate. Reads come in any order, with repeats (overlapping read-backs).
+    #[test]
+    fn read_back_dedupe_takes_the_same_position_again(
+        window in 1usize..5,
+        log in proptest::collection::vec(dedupe_msg(), 1..20),
+        reads in proptest::collection::vec(any::<proptest::sample::Index>(), 0..40),
+    ) {
+        let h = dedupe_harness(window);
+        let ing = &h.ingest[h.channel("deals").index()];
+        let mut seen = ing.read_back_window();
+        let mut recent: std::collections::VecDeque<(_, u64)> = std::collections::VecDeque::new();
+        for r in reads {
+            let i = r.index(log.len());
+            let (m, position) = (&log[i], i as u64 + 1);
+            let got = ing.read_back(&m.upstream(Some(position)), &mut seen).map(|ev| ev.id().seq).map_err(|d| d.reason);
+            if m.names_no_one() {
+                prop_assert_eq!(got, Err(sse_gateway_core::DropReason::NoRecipient));
+                continue;
+            }
+            let key = m.key();
+            match key.as_ref().and_then(|k| recent.iter().find(|(r, _)| r == k)) {
+                Some(&(_, at)) if at == position => prop_assert_eq!(got, Ok(position), "read again at {}", position),
+                Some(&(_, at)) => prop_assert_eq!(got, Err(sse_gateway_core::DropReason::Duplicate), "{:?} at {} after {}", key, position, at),
+                None => {
+                    prop_assert_eq!(got, Ok(position), "{:?} at {}: window {:?}", key, position, recent);
+                    if let Some(k) = key {
+                        recent.push_back((k, position));
+                        if recent.len() > window {
+                            recent.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn signed_head() -> impl Strategy<Value = signed_head::SignedHead> {
+    // Mostly a single choice or none, so that most requests get past the refusals.
+    let few = |none: u32| prop_oneof![none => Just(Vec::new()), 2 => proptest::collection::vec(any::<u8>(), 1..2), 1 => proptest::collection::vec(any::<u8>(), 2..3)];
+    (
+        (
+            prop_oneof![4 => Just(0u8), 4 => Just(1u8), 1 => Just(2u8)],
+            prop_oneof![8 => Just(true), 1 => Just(false)],
+            any::<u8>(),
+            few(4),
+            few(2),
+            proptest::option::of(any::<u8>()),
+        ),
+        (proptest::option::of(any::<u8>()), any::<u8>(), any::<u8>(), "[a-z0-9]{1,12}", any::<u8>()),
+        (
+            prop_oneof![1 => Just(Vec::new()), 5 => proptest::collection::vec(any::<u8>(), 1..2), 1 => proptest::collection::vec(any::<u8>(), 2..3)],
+            proptest::option::weighted(0.2, any::<u8>()),
+            proptest::option::of(any::<u8>()),
+            prop_oneof![1 => Just(0u8), 4 => Just(1u8)],
+            proptest::option::of(any::<u8>()),
+        ),
+        (proptest::collection::vec(("[A-Za-z]{1,8}", "[ -~]{0,20}"), 0..3), proptest::collection::vec(any::<u8>(), 0..40)),
+    )
+        .prop_map(|((kind, method_ok, channel, versions, query_ids, header_id), (accept, token_at, bearer, user, roles), (content_lengths, transfer_encoding, expect, minor, origin), (noise, after))| {
+            signed_head::SignedHead {
+                kind, method_ok, channel, versions, query_ids, header_id, accept, token_at, bearer, user, roles,
+                content_lengths, transfer_encoding, expect, minor, origin, noise, after,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Past authentication: a head carrying a validly signed token for a chosen user and roles
+    /// (in the Authorization header, the cookie or the query) routes exactly as the rules say
+    /// (support/signed_head.rs): a stream is the signed user's, on the path's channel, with the
+    /// first `version=`, resuming from Last-Event-ID over the first non-empty
+    /// `last_event_id=`; payments without `finance_manager` is the `forbidden` answer; a
+    /// publish needs the publisher role, takes no Transfer-Encoding and exactly one all-digit
+    /// Content-Length (its value), with `head_len` just past the blank line and
+    /// `expect_continue` only for a body on HTTP/1.1; anything else is refused with its
+    /// status, as a complete response.
+    #[test]
+    fn a_validly_signed_request_routes_as_the_rules_say(req in signed_head()) {
+        let h = Harness::with_auth("cookie = \"t\"\nquery_param = true\n", &format!("{ORIGIN_CONFIG}publish_endpoint = true\n"));
+        let raw = req.bytes(&req.token(SECRET.as_bytes(), h.unix));
+        let routed = h.route(&raw);
+        req.check(&raw, &routed, &h.settings);
+    }
+}

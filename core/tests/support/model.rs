@@ -46,7 +46,8 @@ pub enum Op {
     /// from the start (or only after a `Read`).
     Open { user: usize, channel: usize, finance: bool, v2: bool, resume: ResumeChoice, ttl: u64, read: bool },
     Close { pick: usize },
-    /// `pad`: characters added to the event's title (large events fill the output bound).
+    /// `pad`: characters added to the event's title (large events fill the output bound; one
+    /// past `MAX_PENDING` is larger than the bound itself and still goes into an empty output).
     Publish { channel: usize, recipients: Option<Vec<usize>>, v2: bool, pad: usize },
     /// `step`: fire every deadline on the way (a frontend's timer); otherwise one late call.
     Advance { ms: u64, step: bool },
