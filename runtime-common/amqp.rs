@@ -365,6 +365,38 @@ impl Sources {
     }
 }
 
+/// Starts every channel's source on the broker ([`start`]) on a thread of their own, `sources`,
+/// whose executor lapin also runs on: the main thread's accept loop verifies a signature per
+/// request, and a flood of requests (with bad tokens, say) there would slow every channel's
+/// deliveries. The thread serves until `quit`'s sender is dropped (after the shards closed their
+/// streams: read-backs run on its executor too).
+pub(crate) fn start_thread(
+    settings: &Arc<Settings>,
+    metrics: &Arc<Metrics>,
+    broker: &BrokerConfig,
+    shards: &Shards,
+    epoch: u64,
+) -> std::io::Result<(Sources, async_channel::Sender<()>)> {
+    let (quit_tx, quit_rx) = async_channel::bounded::<()>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (settings, metrics, broker, shards) = (settings.clone(), metrics.clone(), broker.clone(), shards.clone());
+    std::thread::Builder::new().name("sources".into()).spawn(move || {
+        let executor = match crate::driver::Executor::new() {
+            Ok(e) => e,
+            Err(e) => return drop(tx.send(Err(e))),
+        };
+        executor.block_on(async move {
+            let sources = start(crate::driver::amqp_runtime(), &settings, &metrics, &broker, &shards, epoch);
+            if tx.send(Ok(sources)).is_ok() {
+                // An error once the main thread drops its sender.
+                let _ = quit_rx.recv().await;
+            }
+        });
+    })?;
+    let sources = rx.recv().map_err(|_| std::io::Error::other("the sources thread ended before starting"))??;
+    Ok((sources, quit_tx))
+}
+
 /// Starts every channel's source on the broker, as tasks on this thread's executor; lapin runs
 /// on `runtime`. Event ids use `epoch` (the process start), except on stream channels, whose
 /// ids carry their stream's configured epoch. With any stream channel, the shards get the

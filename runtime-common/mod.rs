@@ -59,8 +59,9 @@ pub(crate) const SIGHUP_IGNORED: &str =
 /// Serves until SIGTERM/SIGINT, then drains (D12): the whole gateway once [`Launch`] is known.
 ///
 /// Threads: this one runs the listener (accept, request heads, ops endpoints, publish) and the
-/// sources (RabbitMQ or in-process); `launch.workers` shard threads each own one core `Gateway`
-/// and the sockets of its streams.
+/// in-process source; RabbitMQ's sources run on a `sources` thread of their own
+/// ([`amqp::start_thread`]); `launch.workers` shard threads each own one core `Gateway` and the
+/// sockets of its streams.
 pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     abort_on_panic();
     let settings = launch.settings().clone();
@@ -71,9 +72,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             Listener::bind(&server.listen).await.with_context(|| format!("cannot listen on {}", server.listen))?;
         let addr = listener.local_addr()?;
         let (inproc, sources) = match &settings.config.broker {
-            Some(broker) => {
-                (None, Some(amqp::start(crate::driver::amqp_runtime(), &settings, &launch.metrics, broker, &shards, launch.epoch)))
-            }
+            Some(broker) => (None, Some(amqp::start_thread(&settings, &launch.metrics, broker, &shards, launch.epoch)?)),
             None => (Some(inproc::Inproc::start(&settings, &launch.metrics, &shards, launch.epoch).await), None),
         };
         if let (true, Some(inproc)) = (settings.config.demo.enabled, &inproc) {
@@ -82,7 +81,8 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         // Handlers first, so a signal right after the ready line is a graceful stop, not a kill.
         let signal = crate::shutdown_signal()?;
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
-        let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc });
+        let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
+        let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals });
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx), signal).await;
         info!("shutting down: draining streams");
@@ -97,10 +97,16 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         });
         // The sources ack what they handled before anything else stops (bounded: one may be in
         // the middle of connecting); the shards then send what they hold and close.
-        if let Some(sources) = sources {
-            until(Instant::now() + SOURCE_STOP, sources.stop()).await;
-        }
+        let quit = match sources {
+            Some((sources, quit)) => {
+                until(Instant::now() + SOURCE_STOP, sources.stop()).await;
+                Some(quit)
+            }
+            None => None,
+        };
         shards.shutdown().await;
+        // The sources' thread serves read-backs until here.
+        drop(quit);
         anyhow::Ok(())
     })?;
     for t in threads {
@@ -194,7 +200,8 @@ pub(crate) async fn answer_and_close(mut sock: crate::driver::Socket, bytes: &[u
     if !matches!(written, Some(Ok(()))) || socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write).is_err() {
         return;
     }
-    let mut sink = vec![0u8; 16 * 1024];
+    // Small: a flood of refused requests has thousands of connections lingering at once.
+    let mut sink = vec![0u8; 2048];
     let mut left = LINGER_BYTES;
     until(Instant::now() + LINGER, async {
         while let Ok(n @ 1..) = sock.read(&mut sink).await {

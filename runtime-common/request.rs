@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,60 @@ pub(crate) struct Ctx {
     pub(crate) shards: Shards,
     /// The in-process source, when there is no broker.
     pub(crate) inproc: Option<Inproc>,
+    /// Which refusals get a line of their own.
+    pub(crate) refusals: RefCell<RefusalLog>,
+}
+
+/// Refusal lines written in a burst before [`REFUSALS_PER_SEC`] applies.
+const REFUSALS_BURST: f64 = 200.0;
+/// Refusal lines written per second once a burst is spent.
+const REFUSALS_PER_SEC: f64 = 20.0;
+/// How long refusals left without a line of their own are counted before a line sums them up.
+const REFUSALS_SUMMED: Duration = Duration::from_secs(10);
+
+/// Bounds the `request refused` lines: a flood of requests (bad tokens from a misconfigured
+/// client, or an attack) would write thousands a second, each a synchronous write to stderr on
+/// the accepting thread, and push out of a rate-limited journal the lines that matter. After a
+/// burst of [`REFUSALS_BURST`] lines, [`REFUSALS_PER_SEC`]; the rest are counted and summed up
+/// in one line every [`REFUSALS_SUMMED`] while they last (every refusal is also counted in
+/// `sse_gateway_http_responses_total`).
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    /// Lines that may be written now (a token bucket).
+    tokens: f64,
+    refilled: Instant,
+    /// Refusals without a line since the first of them.
+    unlogged: u64,
+    first_unlogged: Option<Instant>,
+}
+
+impl RefusalLog {
+    pub(crate) fn new(now: Instant) -> RefusalLog {
+        RefusalLog { tokens: REFUSALS_BURST, refilled: now, unlogged: 0, first_unlogged: None }
+    }
+
+    /// A refusal at `now`: whether it gets a line of its own, and the refusals to sum up in a
+    /// line first (how many, over how long), when it is time to.
+    fn admit(&mut self, now: Instant) -> (bool, Option<(u64, Duration)>) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * REFUSALS_PER_SEC).min(REFUSALS_BURST);
+        self.refilled = now;
+        let own = self.tokens >= 1.0;
+        if own {
+            self.tokens -= 1.0;
+        } else {
+            self.unlogged += 1;
+            self.first_unlogged.get_or_insert(now);
+        }
+        let summary = match self.first_unlogged {
+            Some(first) if now.saturating_duration_since(first) >= REFUSALS_SUMMED => {
+                self.first_unlogged = None;
+                Some((std::mem::take(&mut self.unlogged), now.saturating_duration_since(first)))
+            }
+            _ => None,
+        };
+        (own, summary)
+    }
 }
 
 /// Accepts forever (the caller drops this future to stop), a task per connection.
@@ -157,7 +212,15 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         // Counted by the core; refusals logged here (never the token, nor the query: it may
         // carry one).
         Routed::Respond(r) => {
+            let (own, summary) = match &r.refusal {
+                Some(_) => ctx.refusals.borrow_mut().admit(Instant::now()),
+                None => (false, None),
+            };
+            if let Some((refused, over)) = summary {
+                warn!(refused, seconds = over.as_secs(), "requests refused without a line of their own (more than {REFUSALS_PER_SEC} a second after a burst of {REFUSALS_BURST}); all are counted in sse_gateway_http_responses_total");
+            }
             match &r.refusal {
+                _ if !own => {}
                 Some(Refusal { code, forbidden: Some((user, ch)), .. }) => {
                     let channel = &ctx.front.settings().channel(*ch).name;
                     info!(%peer, status = r.status, code, %user, %channel, "request refused");
@@ -244,8 +307,38 @@ async fn publish(
 
 #[cfg(test)]
 mod tests {
-    use super::{lost_before_accept, HeadScan};
+    use super::{lost_before_accept, HeadScan, RefusalLog};
     use std::io;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn refusal_lines_are_a_burst_then_a_rate_and_the_rest_are_summed_up() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::new(t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A flood of 1,000 refusals a second for 25 s: 200 lines at once, then 20 a second.
+        let (mut own, mut sums) = (0u64, Vec::new());
+        for i in 0..25_000u64 {
+            let (line, sum) = log.admit(at(i));
+            own += u64::from(line);
+            sums.extend(sum);
+        }
+        assert!((200 + 20 * 24..=200 + 20 * 25 + 1).contains(&own), "{own} lines of their own");
+        // Summed up every 10 s from the first refusal left without a line (at 0.2 s).
+        assert_eq!(sums.len(), 2, "{sums:?}");
+        assert!(sums.iter().all(|(_, over)| *over == Duration::from_secs(10)), "{sums:?}");
+        let summed: u64 = sums.iter().map(|(n, _)| n).sum();
+        // Every refusal is either a line or counted; what is not summed up yet waits for the next.
+        assert_eq!(own + summed + log.unlogged, 25_000);
+        // Quiet again: the burst refills, and the next refusal after 10 s sums up the rest.
+        let (line, sum) = log.admit(at(60_000));
+        assert!(line);
+        assert_eq!(sum.map(|(n, _)| n), Some(25_000 - own - summed));
+        assert_eq!(log.unlogged, 0);
+        for i in 1..200 {
+            assert!(log.admit(at(60_000 + i)).0, "the burst is back: refusal {i}");
+        }
+    }
 
     #[test]
     fn only_a_lost_connection_is_accepted_past_at_once() {
