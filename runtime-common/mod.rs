@@ -6,7 +6,8 @@
 //! runtime, which a crate could only reach through traits and generics on every function:
 //!
 //! * `crate::driver::Executor`: `new() -> io::Result<Executor>`, `block_on(&self, fut)`; runs a
-//!   thread's single-threaded executor (the main thread and each shard thread).
+//!   thread's single-threaded executor (the main thread, the `sources` thread and each shard
+//!   thread).
 //! * `crate::driver::spawn(fut)`: spawns a `'static` (not necessarily `Send`) task on the
 //!   current thread's executor.
 //! * `crate::driver::Timer`: `Timer::at(Instant)`, `set_at(&mut self, Instant)`, a `Future +
@@ -67,7 +68,8 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     let settings = launch.settings().clone();
     let server = &settings.config.server;
     let (shards, threads) = shards::spawn(launch.workers, &settings, &launch.metrics, server.max_streams)?;
-    Executor::new()?.block_on(async {
+    // Held until the shard threads end: the sources' thread serves their read-backs.
+    let quit = Executor::new()?.block_on(async {
         let listener =
             Listener::bind(&server.listen).await.with_context(|| format!("cannot listen on {}", server.listen))?;
         let addr = listener.local_addr()?;
@@ -83,13 +85,14 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
         let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals });
+        crate::driver::spawn(request::sum_up_refusals(ctx.clone()));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
-        future::or(request::serve(listener, ctx), signal).await;
+        future::or(request::serve(listener, ctx.clone()), signal).await;
+        request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
         info!("shutting down: draining streams");
         // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes
-        // sure the process exits even if a shard does not. Armed before this executor is
-        // dropped: tokio's waits for its blocking tasks (a DNS lookup of the broker's host, say)
-        // with no time limit.
+        // sure the process exits even if a shard does not, or if dropping an executor waits
+        // (tokio's waits for its blocking tasks with no time limit).
         let limit = SOURCE_STOP + server.shutdown_drain + Duration::from_secs(2);
         std::thread::spawn(move || {
             std::thread::sleep(limit);
@@ -105,13 +108,12 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             None => None,
         };
         shards.shutdown().await;
-        // The sources' thread serves read-backs until here.
-        drop(quit);
-        anyhow::Ok(())
+        anyhow::Ok(quit)
     })?;
     for t in threads {
         let _ = t.join();
     }
+    drop(quit);
     info!("stopped");
     Ok(())
 }
@@ -200,7 +202,8 @@ pub(crate) async fn answer_and_close(mut sock: crate::driver::Socket, bytes: &[u
     if !matches!(written, Some(Ok(()))) || socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write).is_err() {
         return;
     }
-    // Small: a flood of refused requests has thousands of connections lingering at once.
+    // Small: a flood of refused requests has thousands of connections lingering at once (a
+    // client that sends the whole LINGER_BYTES costs 512 reads instead of 64).
     let mut sink = vec![0u8; 2048];
     let mut left = LINGER_BYTES;
     until(Instant::now() + LINGER, async {

@@ -74,14 +74,35 @@ impl RefusalLog {
             self.unlogged += 1;
             self.first_unlogged.get_or_insert(now);
         }
-        let summary = match self.first_unlogged {
-            Some(first) if now.saturating_duration_since(first) >= REFUSALS_SUMMED => {
-                self.first_unlogged = None;
-                Some((std::mem::take(&mut self.unlogged), now.saturating_duration_since(first)))
-            }
-            _ => None,
-        };
-        (own, summary)
+        (own, self.due(now, false))
+    }
+
+    /// The refusals left without a line, to sum up in one (how many, over how long), once the
+    /// first of them is [`REFUSALS_SUMMED`] old, or now when `all` (at shutdown).
+    pub(crate) fn due(&mut self, now: Instant, all: bool) -> Option<(u64, Duration)> {
+        let first = self.first_unlogged?;
+        let over = now.saturating_duration_since(first);
+        if !all && over < REFUSALS_SUMMED {
+            return None;
+        }
+        self.first_unlogged = None;
+        Some((std::mem::take(&mut self.unlogged), over))
+    }
+}
+
+/// Writes the line that sums up refusals left without one of their own, if there are any.
+pub(crate) fn log_refusals_summed(summary: Option<(u64, Duration)>) {
+    if let Some((refused, over)) = summary {
+        warn!(refused, seconds = over.as_secs(), "requests refused without a line of their own (more than {REFUSALS_PER_SEC} a second after a burst of {REFUSALS_BURST}); all are counted in sse_gateway_http_responses_total");
+    }
+}
+
+/// Sums up the refusals left without a line every [`REFUSALS_SUMMED`] while a flood lasts, and
+/// its tail at most a second after that, however quiet it is then (runs until the process ends).
+pub(crate) async fn sum_up_refusals(ctx: Rc<Ctx>) {
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), false));
     }
 }
 
@@ -216,9 +237,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
                 Some(_) => ctx.refusals.borrow_mut().admit(Instant::now()),
                 None => (false, None),
             };
-            if let Some((refused, over)) = summary {
-                warn!(refused, seconds = over.as_secs(), "requests refused without a line of their own (more than {REFUSALS_PER_SEC} a second after a burst of {REFUSALS_BURST}); all are counted in sse_gateway_http_responses_total");
-            }
+            log_refusals_summed(summary);
             match &r.refusal {
                 _ if !own => {}
                 Some(Refusal { code, forbidden: Some((user, ch)), .. }) => {
@@ -330,14 +349,24 @@ mod tests {
         let summed: u64 = sums.iter().map(|(n, _)| n).sum();
         // Every refusal is either a line or counted; what is not summed up yet waits for the next.
         assert_eq!(own + summed + log.unlogged, 25_000);
-        // Quiet again: the burst refills, and the next refusal after 10 s sums up the rest.
+        // Quiet again: the tail is summed up 10 s after its first refusal (the task that asks
+        // every second), not at the next refusal.
+        let first = log.first_unlogged.expect("a tail");
+        let tail = 25_000 - own - summed;
+        assert_eq!(log.due(first + Duration::from_millis(9_999), false), None);
+        assert_eq!(log.due(first + Duration::from_secs(10), false), Some((tail, Duration::from_secs(10))));
+        assert_eq!(log.due(at(60_000), true), None, "summed up once");
         let (line, sum) = log.admit(at(60_000));
         assert!(line);
-        assert_eq!(sum.map(|(n, _)| n), Some(25_000 - own - summed));
-        assert_eq!(log.unlogged, 0);
+        assert_eq!(sum, None);
         for i in 1..200 {
             assert!(log.admit(at(60_000 + i)).0, "the burst is back: refusal {i}");
         }
+        // At shutdown what is left is summed up however young.
+        let skipped = (0..50).filter(|i| !log.admit(at(60_200 + i)).0).count() as u64;
+        assert!(skipped >= 40, "past the burst, {skipped} of 50 without a line");
+        assert_eq!(log.due(at(60_300), false), None);
+        assert_eq!(log.due(at(60_300), true).map(|(n, _)| n), Some(skipped));
     }
 
     #[test]

@@ -570,7 +570,7 @@ mod tests {
             assert_eq!(r.contains(user), named, "{user:?}");
         }
         assert!(Recipients::parse(" , ").unwrap().is_empty());
-        // 30,000 names of 3 characters: a 120,000-byte header.
+        // 30,000 names of 4 characters: a 149,999-byte header.
         let names: Vec<String> = (0..30_000).map(|i| format!("{:03}", i % 1000) + &((b'a' + (i / 1000) as u8) as char).to_string()).collect();
         let header = names.join(",");
         let r = Recipients::parse(&header).unwrap();
@@ -593,6 +593,15 @@ mod tests {
         msg.recipient_ids = Some(HeaderValue::Text("u1,u2".into()));
         let ev = ingest.handle_message(&msg).unwrap();
         assert!(ev.visible_to("u2") && !ev.visible_to("u3"));
+        // Each under the bound, together over it: the body, then each name and 4 bytes for it.
+        let names = |n: usize| (0..n).map(|i| format!("{i:07}")).collect::<Vec<_>>().join(",");
+        let at_bound = (65_536 - msg.body.len()) / 11;
+        for (n, fits) in [(at_bound, true), (at_bound + 1, false)] {
+            msg.recipient_ids = Some(HeaderValue::Text(names(n)));
+            msg.message_id = Some(format!("m-{n}"));
+            assert!(names(n).len() < 65_536 && msg.body.len() < 65_536);
+            assert_eq!(ingest.handle_message(&msg).is_ok(), fits, "{n} names of 7 bytes and a body of {}", msg.body.len());
+        }
     }
 
     #[test]

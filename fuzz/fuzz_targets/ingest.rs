@@ -44,19 +44,19 @@ fuzz_target!(|msgs: Vec<Msg>| {
         let before = ingests[i].last_id();
         if let Ok(ev) = ingests[i].handle_message(&up) {
             assert!(before.is_none_or(|b| b < ev.id()), "ids strictly increase");
-            check_frame(&ev, s.channels[i].per_user);
+            check_frame(&ev, &up.body, s.channels[i].per_user);
         }
         // The same message read back from a log: numbered by its position, the same frame rules.
         if let Ok(ev) = ingests[i].read_back(&up, &mut seen[i]) {
             assert_eq!(Some(ev.id().seq), up.position, "a read-back is numbered by its position");
-            check_frame(&ev, s.channels[i].per_user);
+            check_frame(&ev, &up.body, s.channels[i].per_user);
         }
     }
 });
 
-/// Only id/event/data lines, ending in one blank line; the data is a JSON object; a per-user
-/// event names someone.
-fn check_frame(ev: &Event, per_user: bool) {
+/// Only id/event lines and one data line, ending in one blank line; the data is the body's JSON
+/// (line breaks between its tokens are whitespace, left out); a per-user event names someone.
+fn check_frame(ev: &Event, sent: &[u8], per_user: bool) {
     let frame = std::str::from_utf8(ev.frame()).expect("frames are UTF-8");
     let body = frame.strip_suffix("\n\n").expect("a frame ends with a blank line");
     for line in body.split('\n') {
@@ -66,14 +66,12 @@ fn check_frame(ev: &Event, per_user: bool) {
         );
         assert!(!line.contains('\r'));
     }
-    let data: String = body
-        .split('\n')
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|l| l.strip_prefix(' ').unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let v: serde_json::Value = serde_json::from_str(&data).expect("data is the JSON payload");
+    let data: Vec<&str> = body.split('\n').filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.len(), 1, "one data line: {frame:?}");
+    let v: serde_json::Value = serde_json::from_str(data[0]).expect("data is the JSON payload");
     assert!(v.is_object());
+    let body: serde_json::Value = serde_json::from_slice(sent).expect("an accepted body is JSON");
+    assert_eq!(v, body, "the data is what was sent");
     if per_user {
         assert!(ev.recipients().is_some_and(|r| !r.is_empty()), "per-user events name someone");
     }

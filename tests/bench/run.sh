@@ -13,6 +13,9 @@
 #                                                 read IDLE_SETTLE s (the gateway's heartbeat + 5) after they opened
 #   tests/bench/run.sh accept  [SERVER...]        (d) new streams per second (10,000 streams, HS256 tokens)
 #   tests/bench/run.sh resume  [SERVER...]        (e) resume storm: 10,000 clients, each 100 events behind
+#   tests/bench/run.sh flood   [SERVER...]        (f) 10 subscribers x 50 events/s through RabbitMQ for 15 s,
+#                                                 alone, then while FLOOD_PROCS (2) x FLOOD_CONNS (200)
+#                                                 connections send stream requests with bad tokens
 #   tests/bench/run.sh floor                      what one loopback write costs here, no server at all
 #                                                 (1,000 connections; FLOOR_BYTES "150 1800")
 #   tests/bench/run.sh hotpath                    the core micro-benchmark
@@ -230,6 +233,32 @@ burst() {
   each "$(gateways "$@")" "burst-10 rate=${BURST_RATE:-20000}" --mode fanout --streams 10 --rate "${BURST_RATE:-20000}" --duration "${BURST_SECS:-2}" --drain 10
 }
 
+# (f) Events while the listener is flooded with requests that carry bad tokens (14 KB HS256,
+# wrong signature: a signature check each, then 401): what the flood costs the events already
+# flowing. Each run measures the same load without the flood first, on a fresh server.
+flood() {
+  local s r i pids
+  for s in $(gateways "$@"); do
+    for r in $(seq 1 "$RUNS"); do
+      start "$s"
+      load "flood-none run=$r" "$s" --mode fanout --streams 10 --procs 1 --rate 50 --duration 15 --drain 5
+      stop
+      start "$s"
+      pids=()
+      for i in $(seq 1 "${FLOOD_PROCS:-2}"); do
+        python3 "$ROOT/tests/bench/flood.py" "$GW_PORT" "${FLOOD_CONNS:-200}" 19 10000 >> "$BENCH_DIR/flood.txt" &
+        pids+=($!)
+      done
+      sleep 2
+      load "flood-bad-tokens run=$r" "$s" --mode fanout --streams 10 --procs 1 --rate 50 --duration 15 --drain 5
+      wait "${pids[@]}"
+      tail -n "${FLOOD_PROCS:-2}" "$BENCH_DIR/flood.txt" >&2
+      log "$s: $(grep -c 'request refused' "$BENCH_DIR/gw/stderr") request refused lines, $(grep -c 'without a line of their own' "$BENCH_DIR/gw/stderr") summaries"
+      stop
+    done
+  done
+}
+
 # (b), underneath it: the kernel's cost of one write to a loopback connection, from one thread to
 # 1,000 connections in turn, with a thread reading them (spinning, or waiting for readiness as
 # subscribers do) and without one (only the sender's side). A server's fan-out round costs at least 1,000 times this.
@@ -402,12 +431,12 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case $cmd in
   build) build ;;
-  fanout | steps | latency | burst | sweep | scale | idle | accept | resume) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
+  fanout | steps | latency | burst | sweep | scale | idle | accept | resume | flood) need_bins; "$ROOT/.ci/ensure-rabbitmq" >&2; "$cmd" "$@" ;;
   hotpath) hotpath ;;
   floor) floor ;;
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
     fanout; steps; latency; burst; sweep; idle; accept; resume; floor; hotpath ;;
-  *) sed -n '2,38p' "$0"; exit 2 ;;
+  *) sed -n '2,41p' "$0"; exit 2 ;;
 esac
 if [ "$FAILURES" -gt 0 ]; then log "$FAILURES invalid run(s): see the INVALID lines above (kept in $RESULTS, marked by tables.py)"; exit 1; fi

@@ -67,6 +67,11 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
         (note(&good_note).recipients(" , ,, "), "no_recipient"),
         // Recipients are kept with the event as its body is: they count against the same bound.
         (note(&good_note).recipients(&(0..300).map(|i| format!("u{i}")).chain(["alice".into()]).collect::<Vec<_>>().join(",")), "oversized"),
+        // Each under the bound, together over it (700 + 49 x (7 + 4) + 5 + 4 bytes), for alice.
+        (
+            deal(&deal_of_len(700)).recipients(&(0..49).map(|i| format!("u{i:06}")).chain(["alice".into()]).collect::<Vec<_>>().join(",")),
+            "oversized",
+        ),
         // Bodies that are not JSON text.
         (deal("\u{feff}"), "not_json"),
         (Message { body: b"\xff\xfe{}".to_vec(), ..deal("") }, "not_json"),

@@ -194,7 +194,6 @@ impl Harness {
         }
     }
 
-    /// Moves the clock and fires due timers.
     /// The wall clock as the frontends give it to [`Gateway::open`].
     pub fn since_epoch(&self) -> Duration {
         Duration::from_secs(self.unix) + self.subsec
@@ -206,6 +205,7 @@ impl Harness {
         self.subsec = t - Duration::from_secs(self.unix);
     }
 
+    /// Moves both clocks and fires due timers.
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
         self.set_epoch(self.since_epoch() + d);
