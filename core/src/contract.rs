@@ -194,10 +194,20 @@ fn events(settings: &Settings) -> Vec<(&ChannelSettings, u32, &EventSchema)> {
     out
 }
 
-/// An AsyncAPI identifier (`[A-Za-z0-9_-]`) from a channel name and version.
-fn channel_key(channel: &str, version: u32) -> String {
+/// An AsyncAPI identifier (`[A-Za-z0-9_-]`) from a channel name and version, not among `taken`
+/// (where it goes): two names that differ only in characters outside the set (`a.b`, `a_b`) get
+/// a number after the second (`a_b_v1`, `a_b_v1_2`). Called in the settings' order, the keys are
+/// the same on every run.
+fn channel_key(channel: &str, version: u32, taken: &mut BTreeSet<String>) -> String {
     let clean: String = channel.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    format!("{clean}_v{version}")
+    let base = format!("{clean}_v{version}");
+    let mut key = base.clone();
+    let mut n = 2;
+    while !taken.insert(key.clone()) {
+        key = format!("{base}_{n}");
+        n += 1;
+    }
+    key
 }
 
 fn roles_text(ch: &ChannelSettings) -> String {
@@ -318,11 +328,12 @@ pub fn asyncapi(settings: &Settings) -> Value {
 
     let mut channels = Map::new();
     let mut operations = Map::new();
+    let mut taken = BTreeSet::new();
     for ch in &settings.channels {
         let Some(schema) = settings.catalogue.channel(&ch.name) else { continue };
         for v in schema.versions() {
             let Some(version) = schema.version(v) else { continue };
-            let key = channel_key(&ch.name, v);
+            let key = channel_key(&ch.name, v, &mut taken);
             let mut ch_messages = Map::new();
             let mut op_messages = Vec::new();
             for (name, ev) in version.event_types() {
@@ -639,11 +650,12 @@ mod tests {
             let text = serde_json::to_string_pretty(&doc).unwrap();
             assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
             let mut seen_channels = 0;
+            let mut taken = BTreeSet::new();
             for ch in &settings.channels {
                 let schema = settings.catalogue.channel(&ch.name).unwrap();
                 for v in schema.versions() {
                     seen_channels += 1;
-                    let key = channel_key(&ch.name, v);
+                    let key = channel_key(&ch.name, v, &mut taken);
                     let c = &doc["channels"][&key];
                     assert_eq!(c["address"], format!("/api/v1/streams/{}", ch.name), "{key}");
                     let op = &doc["operations"][format!("send_{key}")];
@@ -810,6 +822,20 @@ mod tests {
         assert!(ts.contains("  state: \"on\" | \"off\";"));
         assert!(ts.contains("  flag: boolean;") && ts.contains("  bag: Record<string, unknown>;"));
         assert!(ts.contains("export interface XV1AB {"));
+    }
+
+    #[test]
+    fn channels_whose_keys_would_be_the_same_each_get_their_own() {
+        let cat = Catalogue::from_toml("[channels.\"a.b\".versions.1.e]\nx = \"string\"\n[channels.a_b.versions.1.e]\ny = \"string\"\n").unwrap();
+        let settings = Settings::new(Config::default(), cat).unwrap();
+        let doc = asyncapi(&settings);
+        let addresses: BTreeSet<String> = doc["channels"].as_object().unwrap().values().map(|c| c["address"].as_str().unwrap().to_string()).collect();
+        assert_eq!(addresses, BTreeSet::from(["/api/v1/streams/a.b".to_string(), "/api/v1/streams/a_b".to_string()]));
+        let keys: Vec<&String> = doc["channels"].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        for key in keys {
+            assert_eq!(doc["operations"][format!("send_{key}")]["channel"]["$ref"], format!("#/channels/{key}"));
+        }
     }
 
     #[test]
