@@ -200,14 +200,19 @@ fn events(settings: &Settings) -> Vec<(&ChannelSettings, u32, &EventSchema)> {
 /// the same on every run.
 fn channel_key(channel: &str, version: u32, taken: &mut BTreeSet<String>) -> String {
     let clean: String = channel.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    let base = format!("{clean}_v{version}");
-    let mut key = base.clone();
+    unique(taken, format!("{clean}_v{version}"), "_")
+}
+
+/// `base`, or `base` with `sep` and the first number from 2 that makes it one not among `taken`
+/// (where it goes).
+fn unique(taken: &mut BTreeSet<String>, base: String, sep: &str) -> String {
+    let mut name = base.clone();
     let mut n = 2;
-    while !taken.insert(key.clone()) {
-        key = format!("{base}_{n}");
+    while !taken.insert(name.clone()) {
+        name = format!("{base}{sep}{n}");
         n += 1;
     }
-    key
+    name
 }
 
 fn roles_text(ch: &ChannelSettings) -> String {
@@ -503,15 +508,7 @@ fn ts_type(kind: &FieldKind) -> (String, Option<&'static str>) {
 pub fn typescript(settings: &Settings) -> String {
     let mut o = String::new();
     let mut taken = BTreeSet::new();
-    let mut unique = |base: String| {
-        let mut name = base.clone();
-        let mut n = 2;
-        while !taken.insert(name.clone()) {
-            name = format!("{base}{n}");
-            n += 1;
-        }
-        name
-    };
+    let mut unique = |base: String| unique(&mut taken, base, "");
     let names = channel_names(settings);
     o.push_str(
         "// sse-gateway stream contract: TypeScript declarations generated from the event catalogue\n\
