@@ -88,6 +88,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         crate::driver::spawn(request::sum_up_refusals(ctx.clone()));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx.clone()), signal).await;
+        second_signal_exits();
         request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
         info!("shutting down: draining streams");
         // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes
@@ -116,6 +117,26 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     drop(quit);
     info!("stopped");
     Ok(())
+}
+
+/// A second SIGTERM or SIGINT (an operator who will not wait for the drain) ends the process at
+/// once, with status 1. Its own thread: the drain goes on after this thread's executor is done.
+fn second_signal_exits() {
+    let listen = || -> std::io::Result<()> {
+        Executor::new()?.block_on(async {
+            crate::shutdown_signal()?.await;
+            tracing::warn!("a second SIGTERM or SIGINT: exiting without finishing the drain");
+            std::process::exit(1)
+        })
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Err(e) = listen() {
+            tracing::warn!(error = %e, "cannot listen for a second signal; the drain runs to its end");
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot listen for a second signal; the drain runs to its end");
+    }
 }
 
 /// Makes every panic, on any thread, log `panic; aborting the process` at error (the panic's

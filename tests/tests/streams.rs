@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sse_gateway_tests::payloads::valid_text;
 use sse_gateway_tests::token::user;
-use sse_gateway_tests::{for_each_binary, sleep, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SECRET, WAIT};
+use sse_gateway_tests::{for_each_binary, sleep, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SseClient, SECRET, WAIT};
 
 async fn heartbeats_follow_every_idle_second(bin: Bin) {
     let cfg = ConfigBuilder::new().str("streams", "heartbeat", "1s");
@@ -287,11 +287,11 @@ async fn sighup_is_logged_and_ends_nothing(bin: Bin) {
     assert!(fx.gw.is_running(), "the gateway stopped");
 }
 
-/// D12's bound: a client that stopped reading cannot hold the shutdown past `shutdown_drain`.
-async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading(bin: Bin) {
+/// A stream for `sloth` whose client reads nothing, holding 8 MiB of output the gateway has not
+/// written yet (the fixture's `max_pending_bytes` must allow it), and a stream for `hare` that
+/// read everything; returns both connections.
+async fn a_stalled_stream_and_a_reader(fx: &Fixture) -> (::tokio::net::TcpStream, SseClient) {
     const EVENT_BYTES: usize = 16 * 1024;
-    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "5s").raw("streams", "max_pending_bytes", "67108864");
-    let mut fx = Fixture::start(bin, cfg).await;
     let sock = ::tokio::net::TcpSocket::new_v4().expect("a socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let mut stalled = sock.connect(fx.gw.addr).await.expect("connect");
@@ -316,6 +316,14 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
         }
     }
     assert_eq!(fx.gw.metric("sse_gateway_streams_open{channel=\"deals\"}").await, Some(2.0), "the stalled stream is still open");
+    (stalled, reader)
+}
+
+/// D12's bound: a client that stopped reading cannot hold the shutdown past `shutdown_drain`.
+async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "5s").raw("streams", "max_pending_bytes", "67108864");
+    let mut fx = Fixture::start(bin, cfg).await;
+    let (stalled, mut reader) = a_stalled_stream_and_a_reader(&fx).await;
     // A connection that has not sent its head yet: closed at the signal, not left open until
     // the process exits.
     let mut silent = ::tokio::net::TcpStream::connect(fx.gw.addr).await.expect("connect");
@@ -349,7 +357,25 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
     drop(stalled);
 }
 
+/// An operator who will not wait for the drain: a second SIGTERM or SIGINT ends the process at
+/// once (exit status 1, said in the log), however long `shutdown_drain` is.
+async fn a_second_signal_during_the_drain_exits_at_once(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "600s").raw("streams", "max_pending_bytes", "67108864");
+    let mut fx = Fixture::start(bin, cfg).await;
+    let (stalled, mut reader) = a_stalled_stream_and_a_reader(&fx).await;
+    fx.gw.terminate();
+    reader.until_closed(WAIT).await.expect("the reading client's stream closes at SIGTERM");
+    assert!(fx.gw.is_running(), "draining the stalled stream");
+    fx.gw.interrupt();
+    let status = fx.gw.wait_exit(WAIT).await.expect("the second signal ends the process, not the 600 s drain");
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+    let log = fx.gw.stderr();
+    assert!(log.contains("a second SIGTERM or SIGINT: exiting without finishing the drain"), "{log}");
+    drop(stalled);
+}
+
 for_each_binary!(
+    a_second_signal_during_the_drain_exits_at_once,
     sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading,
     heartbeats_follow_every_idle_second,
     a_token_expiring_mid_stream_ends_it_with_token_expired,
