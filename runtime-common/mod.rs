@@ -11,10 +11,11 @@
 //! * `crate::driver::spawn(fut)`: spawns a `'static` (not necessarily `Send`) task on the
 //!   current thread's executor.
 //! * `crate::driver::Timer`: `Timer::at(Instant)`, `set_at(&mut self, Instant)`, a `Future +
-//!   Unpin` that completes at that instant (re-armed with `set_at`).
+//!   Unpin` that completes at that instant (re-armed with `set_at`; once completed, it must be
+//!   re-armed before it is awaited again: async-io's then never completes, tokio's at once).
 //! * `crate::driver::Socket`: a registered TCP stream implementing futures-io `AsyncRead +
-//!   AsyncWrite + Unpin`; `Socket::new(std::net::TcpStream)` adopts one on the current thread,
-//!   `into_inner()` gives it back (to move it to a shard thread), `get_ref()` reaches the socket,
+//!   AsyncWrite + Unpin`; `Socket::new(std::net::TcpStream)` adopts one (blocking or not) on the
+//!   current thread, `into_inner()` gives it back (to move it to a shard thread), `get_ref()` reaches the socket,
 //!   `readable()` waits until a read would not block (without reading), `poll_readable(cx)`
 //!   polls the same through the socket's own waker slot (no re-registration per wait).
 //! * `crate::driver::AmqpRuntime` and `amqp_runtime()`: the `async_rs` runtime handle lapin

@@ -60,6 +60,9 @@ pub(crate) struct Socket(TcpStream);
 impl Socket {
     /// Registers an accepted connection (non-blocking, as `into_inner` leaves it).
     pub(crate) fn new(sock: std::net::TcpStream) -> io::Result<Socket> {
+        // tokio needs it and does not set it (a blocking socket would block the whole thread);
+        // async-io's `Async::new` sets it itself.
+        sock.set_nonblocking(true)?;
         TcpStream::from_std(sock).map(Socket)
     }
 
