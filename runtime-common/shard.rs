@@ -466,7 +466,9 @@ impl Shard {
         self.gw.borrow_mut().take_output(conn.id, out, Instant::now());
         until(Instant::now() + WRITE_TIMEOUT, async {
             write_all_vectored(sock, out).await?;
-            sock.close().await
+            sock.flush().await?;
+            // Not `close()`: tokio's shuts the write side down, async-io's only flushes.
+            socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write)
         })
         .await;
     }
