@@ -20,7 +20,10 @@
 //!   warning interval; a warning names the stream's channel and comes only while it is down;
 //! - a stream is closed only for a reason it has: evicted as above, its token expired (at its
 //!   `exp`, to the second: the gateway takes Unix time in whole seconds; never a stream open
-//!   past it), or, for a client that stopped reading, too slow.
+//!   past it), or, for a client that stopped reading, too slow;
+//! - a client that reads nothing while output waits for it is closed as `slow_client` within
+//!   two heartbeat intervals of the output beginning to wait (the second heartbeat tick that
+//!   finds output waiting with none taken since the first), time stepped or jumping.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -123,6 +126,12 @@ struct Watch {
     opened_at: std::time::Instant,
     /// When its token expires (Unix seconds).
     expires: u64,
+    /// Its client does not read and output waits for it: by this time it must have been closed
+    /// as `slow_client` (config-reference, `streams.heartbeat`: output waiting at two ticks in a
+    /// row with none of it taken between them; ticks come every interval, so the second comes
+    /// at most two intervals after the output began to wait). Moved on when a late timer
+    /// (time jumped past deadlines) fires a single tick for several intervals.
+    stall_deadline: Option<std::time::Instant>,
 }
 
 pub struct Model {
@@ -254,10 +263,16 @@ impl Model {
                     self.h.gw.handle_timeout(self.h.now);
                     self.h.drain();
                     self.collect_all();
+                    self.check_stalls();
                 }
                 if !step && self.h.gw.poll_timeout().is_some_and(|(at, _)| at < target) {
                     for w in self.watches.values_mut() {
                         w.heartbeat_excused = true;
+                        // A late timer ticks once for all the intervals it missed: the two ticks
+                        // a stalled stream is closed at come at most two intervals from now.
+                        if let Some(d) = &mut w.stall_deadline {
+                            *d = (*d).max(target + 2 * HEARTBEAT);
+                        }
                     }
                 }
                 self.set_now(target);
@@ -283,7 +298,29 @@ impl Model {
             }
         }
         self.collect_all();
+        self.check_stalls();
         self.check();
+    }
+
+    /// Notes when output began to wait for a client that does not read (the clock is exact
+    /// here: every op and every stepped deadline comes through), and asserts that no such
+    /// stream is still open at its deadline (`stall_deadline`).
+    fn check_stalls(&mut self) {
+        let now = self.h.now;
+        for (id, w) in self.watches.iter_mut() {
+            if self.h.reading.get(id) != Some(&false) {
+                w.stall_deadline = None;
+            } else if self.h.gw.pending_bytes(*id) > 0 {
+                let d = *w.stall_deadline.get_or_insert(now + 2 * HEARTBEAT);
+                assert!(
+                    now < d,
+                    "{}'s client has read nothing for {:?} with output waiting ({} bytes) and its stream is still open (slow_client is due two heartbeat intervals after the output began to wait)",
+                    w.user,
+                    now + 2 * HEARTBEAT - d,
+                    self.h.gw.pending_bytes(*id)
+                );
+            }
+        }
     }
 
     /// Moves the clock; the wall clock follows, to the sub-second as the frontends give it.
@@ -385,6 +422,7 @@ impl Model {
                         opened: self.opens,
                         opened_at: self.h.now,
                         expires: self.h.unix + ttl,
+                        stall_deadline: None,
                     },
                 );
                 self.collect(id);
@@ -418,7 +456,12 @@ impl Model {
                     assert!(self.h.since_epoch() >= exp, "closed as expired {:?} before its token's exp", exp - self.h.since_epoch());
                     assert_eq!(w.errors, ["token_expired"], "the expired stream's error frames");
                 }
-                CloseReason::SlowClient => assert!(!reading, "{}'s stream closed as slow while its client reads", w.user),
+                CloseReason::SlowClient => {
+                    assert!(!reading, "{}'s stream closed as slow while its client reads", w.user);
+                    if let Some(d) = w.stall_deadline {
+                        assert!(self.h.now <= d, "{}'s stalled stream closed as slow {:?} late", w.user, self.h.now - d);
+                    }
+                }
                 _ => panic!("{}'s stream on {} closed: {why:?}", w.user, CHANNELS[w.channel]),
             }
         }
