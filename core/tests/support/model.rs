@@ -12,8 +12,11 @@
 //! - every stream that reads receives exactly the channel's events after its start it may see
 //!   (after its resume id when that is inside the window, else after the last event when it
 //!   opened); `history_gap` comes exactly when a resume id is not inside the window, and after
-//!   the open only to a stream that stopped reading in the middle of a catch-up (then it is live
-//!   from the channel's last event);
+//!   the open only to a stream that resumed inside the window, whose catch-up was not over at
+//!   the open (the buffered events after its id did not all fit in its first batch, or left its
+//!   output over half the bound) and whose client had not read since, once the buffer no
+//!   longer holds everything after its id: after the whole catch-up before it, in order, and
+//!   then live from the channel's last event;
 //! - a reading stream is never silent (no event, warning or heartbeat) for longer than the
 //!   heartbeat interval (unless time jumped);
 //! - every reading stream of a down source has been warned since it went down, and within the
@@ -81,6 +84,8 @@ struct Published {
     seq: u64,
     version: u32,
     recipients: Option<Vec<String>>,
+    /// The bytes of its frame (what it takes of a stream's output bound).
+    frame_len: usize,
 }
 
 impl Published {
@@ -116,9 +121,14 @@ struct Watch {
     gaps_owed: u32,
     /// The answer to its resume was checked (once it first read).
     open_checked: bool,
-    /// Its client stopped reading with output waiting (a catch-up, perhaps): the buffer may move
-    /// past it, which it learns as a `history_gap` once it reads. Cleared once it has read.
-    paused_in_catch_up: bool,
+    /// It resumed inside the window and its catch-up was not over when it opened (ARCHITECTURE,
+    /// "Resume": a replay goes in batches bounded by the output bound as the socket drains, and
+    /// goes live once its output is at most half the bound), and its client has not read since:
+    /// the live events meanwhile wait in the buffer, which may move past its place; it learns
+    /// that as a `history_gap` once it reads. Only such a stream gets a `history_gap` after its
+    /// open. Cleared once it has read (the harness takes every batch, so a client that reads
+    /// finishes its catch-up at once).
+    catch_up: bool,
     /// The `error` frames it received (their `code`).
     errors: Vec<String>,
     /// Open order (the gateway evicts a user's oldest) and time.
@@ -142,6 +152,8 @@ pub struct Model {
     watches: HashMap<StreamId, Watch>,
     down: [Option<std::time::Instant>; 4],
     opens: u64,
+    /// `history_gap`s after an open (to a client that did not read during its catch-up).
+    pub late_gaps: usize,
 }
 
 fn payload(channel: &str, v2: bool, pad: usize) -> (&'static str, serde_json::Value) {
@@ -179,6 +191,7 @@ impl Model {
             watches: HashMap::new(),
             down: [None; 4],
             opens: 0,
+            late_gaps: 0,
         }
     }
 
@@ -233,18 +246,11 @@ impl Model {
                 if let Some(r) = &recipients {
                     m.recipient_ids = Some(HeaderValue::Text(r.join(",")));
                 }
-                // A stream in the middle of a catch-up that does not read may be passed by the
-                // buffer now.
-                for (id, w) in self.watches.iter_mut().filter(|(_, w)| w.channel == channel) {
-                    if self.h.reading.get(id) == Some(&false) && self.h.gw.pending_bytes(*id) > 0 {
-                        w.paused_in_catch_up = true;
-                    }
-                }
                 match self.h.publish_msg(name, m) {
                     Ok(ev) => {
                         let version = if v2 { 2 } else { 1 };
                         assert_eq!(ev.version(), version, "published as v{version}");
-                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients });
+                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame_len: ev.frame().len() });
                     }
                     Err(d) => assert!(
                         matches!(d.reason, DropReason::NoRecipient),
@@ -399,6 +405,28 @@ impl Model {
                     None => evs.last().map(|e| e.seq),
                 };
                 let gap_expected = header.is_some() && inside.is_none();
+                // A client that does not read from the start, resuming inside the window: is its
+                // catch-up over at the open? The first batch (after the response head and the
+                // `retry:`) takes the buffered events after its id, the ones it may see queued,
+                // until its output reaches the bound; it goes live if that took them all and left
+                // the output at most half the bound.
+                let catch_up = !read
+                    && inside.is_some()
+                    && after_seq.is_some_and(|a| {
+                        let s = &self.h.settings.config.streams;
+                        let mut pending = Response::stream_head(None).len() + sse::retry(s.retry.as_millis() as u64).len();
+                        let mut done = true;
+                        for e in evs.iter().filter(|e| e.seq > a) {
+                            if pending >= MAX_PENDING {
+                                done = false;
+                                break;
+                            }
+                            if e.visible(&user_name, version) {
+                                pending += e.frame_len;
+                            }
+                        }
+                        !(done && pending <= MAX_PENDING / 2)
+                    });
                 self.opens += 1;
                 self.watches.insert(
                     id,
@@ -417,7 +445,7 @@ impl Model {
                         parsed_upto: 0,
                         gaps_owed: u32::from(gap_expected),
                         open_checked: false,
-                        paused_in_catch_up: false,
+                        catch_up,
                         errors: Vec::new(),
                         opened: self.opens,
                         opened_at: self.h.now,
@@ -510,12 +538,22 @@ impl Model {
                 match d["code"].as_str() {
                     Some("history_gap") if w.gaps_owed > 0 => w.gaps_owed -= 1,
                     Some("history_gap") => {
-                        // Not the answer to its resume id: a stream that did not read in a
-                        // catch-up and was passed by the buffer; live from the channel's last
-                        // event.
-                        assert!(w.paused_in_catch_up, "history_gap to a stream that kept up (or resumed inside the window)");
-                        w.after_seq = self.events[w.channel].last().map(|e| e.seq);
+                        // Not the answer to its resume id: a stream whose client did not read
+                        // during its catch-up, passed by the buffer meanwhile; live from the
+                        // channel's last event.
+                        assert!(w.catch_up, "history_gap to a stream not in a catch-up (live, or one that has read since its open)");
+                        let evs = &self.events[w.channel];
+                        let floor = if evs.len() > BUFFER { evs[evs.len() - 1 - BUFFER].seq } else { 0 };
+                        let from = w.after_seq.unwrap_or(0);
+                        assert!(from < floor, "history_gap while the buffer still holds everything after {from} (it begins after {floor})");
+                        // What came before it: the catch-up, in order, with nothing left out.
+                        let expected: Vec<u64> =
+                            evs.iter().filter(|e| e.seq > from && e.visible(&w.user, w.version)).map(|e| e.seq).collect();
+                        assert!(expected.starts_with(&w.received), "the catch-up before history_gap: {:?}, expected a prefix of {expected:?}", w.received);
+                        w.after_seq = evs.last().map(|e| e.seq);
                         w.received.clear();
+                        w.catch_up = false;
+                        self.late_gaps += 1;
                     }
                     Some("source_unavailable") => {
                         assert!(self.down[w.channel].is_some() || w.late_frames, "source_unavailable while {} is up", CHANNELS[w.channel]);
@@ -538,7 +576,7 @@ impl Model {
             }
             // A client that reads has its catch-up done (the harness takes every batch): a
             // history_gap it was excused for came with what it just read, or not at all.
-            w.paused_in_catch_up = false;
+            w.catch_up = false;
         }
     }
 
