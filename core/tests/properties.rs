@@ -76,9 +76,14 @@ fn catch_up_op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
 
+    /// Some cases in a shard of 7 streams (15 could be open: 5 users, 3 each), some with the
+    /// `reject` policy.
     #[test]
-    fn random_operations_keep_every_invariant(ops in proptest::collection::vec(op(), 1..80)) {
-        let mut m = Model::new();
+    fn random_operations_keep_every_invariant(
+        (capacity, reject) in prop_oneof![2 => Just((10_000usize, false)), 1 => Just((7, false)), 1 => Just((7, true)), 1 => Just((10_000, true))],
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        let mut m = Model::with_shard(capacity, reject);
         for op in ops {
             m.apply(op);
         }
@@ -630,4 +635,24 @@ fn only_a_catch_up_the_buffer_passed_gets_history_gap_after_the_open() {
     m.apply(Op::Read { pick: 1 });
     m.apply(publish(0));
     assert_eq!(m.late_gaps, 1);
+}
+
+/// A full shard: a user below the limit is refused 503; one at the limit whose oldest stream
+/// is old enough evicts it and opens in the slot it frees (`evict_oldest`), and with `reject`
+/// is refused 409 (the model asserts each outcome).
+#[test]
+fn a_full_shard_refuses_503_unless_an_eviction_frees_a_slot() {
+    let open = |user| Op::Open { user, channel: 1, finance: false, v2: false, resume: ResumeChoice::None, ttl: 3600, read: true };
+    for reject in [false, true] {
+        let mut m = Model::with_shard(3, reject);
+        for _ in 0..3 {
+            m.apply(open(0));
+        }
+        m.apply(open(1)); // 503
+        m.apply(Op::Advance { ms: 6_000, step: true });
+        m.apply(open(1)); // 503 still
+        m.apply(open(0)); // evicts u0's oldest (or 409 with reject)
+        m.apply(Op::Close { pick: 0 });
+        m.apply(open(1)); // a slot is free
+    }
 }

@@ -6,7 +6,11 @@
 //! past several, as a late timer does); sources go down and up. After every step the model
 //! asserts:
 //! - no user holds more streams than the limit; an open past it evicts exactly the user's oldest
-//!   stream when that is old enough (with an `error` frame `stream_limit`), else is refused 409;
+//!   stream when that is old enough (with an `error` frame `stream_limit`), else is refused 409
+//!   (with `limit_policy = "reject"`: always 409, never an eviction);
+//! - the shard holds at most its capacity (some cases use a small one): an open is refused 503
+//!   `overloaded` exactly when the shard is full and no eviction frees a slot (the user is below
+//!   the limit); an eviction in a full shard lets the new stream open;
 //! - no event reaches a stream whose user may not see it (channel role, recipients, version);
 //! - ids strictly increase on every stream;
 //! - every stream that reads receives exactly the channel's events after its start it may see
@@ -146,6 +150,10 @@ struct Watch {
 
 pub struct Model {
     h: Harness,
+    /// Streams the shard holds at most.
+    capacity: usize,
+    /// `streams.limit_policy = "reject"` (else `"evict_oldest"`).
+    reject: bool,
     /// The harness's clock at Unix time 1_900_000_000.
     start: std::time::Instant,
     events: Vec<Vec<Published>>,
@@ -178,15 +186,24 @@ fn payload(channel: &str, v2: bool, pad: usize) -> (&'static str, serde_json::Va
 }
 
 impl Model {
+    /// A shard that never fills, with the `evict_oldest` policy.
     pub fn new() -> Model {
+        Model::with_shard(10_000, false)
+    }
+
+    /// A shard holding at most `capacity` streams, with the `reject` policy or `evict_oldest`.
+    pub fn with_shard(capacity: usize, reject: bool) -> Model {
         let cat = Catalogue::from_toml(include_str!("../fixtures/catalogue_v2.toml")).unwrap();
+        let policy = if reject { "reject" } else { "evict_oldest" };
         let extra = format!(
-            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\nmax_pending_bytes = {MAX_PENDING}\n"
+            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\nmax_pending_bytes = {MAX_PENDING}\nlimit_policy = \"{policy}\"\n"
         );
-        let h = Harness::with_catalogue(&extra, cat);
+        let h = Harness::build_sized("", &extra, cat, capacity);
         Model {
             start: h.now,
             h,
+            capacity,
+            reject,
             events: vec![Vec::new(); 4],
             watches: HashMap::new(),
             down: [None; 4],
@@ -371,14 +388,16 @@ impl Model {
         let path = format!("/api/v1/streams/{name}?version={version}");
         let extra: Vec<&str> = header.iter().map(String::as_str).collect();
         let before = self.h.gw.streams_of(&user_name);
-        // What must happen: refused (no role), evict the user's oldest (old enough) past the
-        // limit, refused 409 (its oldest is too young), or open.
+        // What must happen: refused (no role); past the limit, refused 409 (policy `reject`, or
+        // the user's oldest is too young to evict) or the user's oldest evicted (which frees
+        // the slot the new one takes); else refused 503 when the shard is full; or open.
         let oldest = self.watches.iter().filter(|(_, w)| w.user == user_name).min_by_key(|(_, w)| w.opened);
         let expect_evict = match oldest {
-            Some((&old, w)) if before >= LIMIT && self.h.now - w.opened_at >= MIN_AGE => Some(old),
+            Some((&old, w)) if !self.reject && before >= LIMIT && self.h.now - w.opened_at >= MIN_AGE => Some(old),
             _ => None,
         };
         let expect_409 = before >= LIMIT && expect_evict.is_none();
+        let expect_503 = !expect_409 && expect_evict.is_none() && self.watches.len() >= self.capacity;
         let forbidden_expected = name == "payments" && !finance;
         let ttl = ttl.max(1);
         let result = self.h.open_path_with(&user_name, roles, &path, &extra, ttl, read);
@@ -396,7 +415,8 @@ impl Model {
         match result {
             Ok(id) => {
                 assert!(!forbidden_expected, "payments opened without the role");
-                assert!(!expect_409, "{user_name} opened a stream at {before} with its oldest too young to evict");
+                assert!(!expect_409, "{user_name} opened a stream at {before} (policy reject: {}, or its oldest too young to evict)", self.reject);
+                assert!(!expect_503, "{user_name} opened a stream in a full shard ({} streams) without evicting one", self.watches.len());
                 // Inside the window: the events after the resume id are all still buffered.
                 let inside = window_index.filter(|&i| i == usize::MAX || evs.len() - 1 - i <= BUFFER);
                 let after_seq = match inside {
@@ -459,8 +479,10 @@ impl Model {
                 let body = String::from_utf8_lossy(&r.bytes);
                 if forbidden_expected {
                     assert!(r.status == 200 && body.contains("forbidden"), "payments without the role: {} {body}", r.status);
+                } else if expect_503 {
+                    assert!(r.status == 503 && body.contains("\"overloaded\""), "a full shard: {} {body}", r.status);
                 } else {
-                    assert!(expect_409, "{user_name} refused {} at {before} streams: {body}", r.status);
+                    assert!(expect_409, "{user_name} refused {} at {before} streams, {} in the shard: {body}", r.status, self.watches.len());
                     assert!(r.status == 409 && body.contains("\"stream_limit\""), "past the limit: {} {body}", r.status);
                 }
             }
@@ -581,6 +603,8 @@ impl Model {
     }
 
     fn check(&mut self) {
+        assert_eq!(self.h.gw.stream_count(), self.watches.len(), "model and gateway disagree on the streams open");
+        assert!(self.watches.len() <= self.capacity, "the shard holds more than it can");
         for u in 0..USERS {
             let name = format!("u{u}");
             assert!(self.h.gw.streams_of(&name) <= LIMIT, "{name} above the limit");
