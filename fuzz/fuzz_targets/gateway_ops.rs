@@ -7,7 +7,18 @@
 //! (ids `5-<position>`): a resume older than its 4-event buffer is read back from it, a message
 //! at a time, paused, ended early as if the broker fell silent, or failed, and the same holds;
 //! its source may start by reading history for the buffer (`prime`), which never goes to a
-//! stream opened without a resume unless the live source hands it over too.
+//! stream opened without a resume unless the live source hands it over too. The log's source
+//! may also report a hole retention made (`log_gap`) or a next consumer that reads again from
+//! before where the history ended (`prime_over`). Every frame is kept: warnings name the
+//! stream's channel (`history_gap` comes only to a stream with a cause for it: a resume the
+//! buffer and the log cannot answer, a read-back that failed or ended early, `prime_gap` or
+//! `log_gap`), `error` frames and closes have their reason (eviction at the user's limit, token
+//! expiry, shutdown, a slow client). At the end the target settles (a history read ends, the
+//! live source hands the whole log over, every read-back is read to the log's end and every
+//! stream drained): each log-channel stream that got no `history_gap` then has exactly the
+//! valid log events after its resume id (without one: those handed over live after its open,
+//! but for re-sent ones the buffer already held) that its user may see, and each stream of
+//! another channel opened without a resume every event published after its open it may see.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -48,6 +59,13 @@ enum Op {
     Prime { n: u8 },
     /// The history read ends, at the last position it handed over.
     PrimeEnd,
+    /// The log channel's source came back and found a hole retention made: `log_gap`; it goes
+    /// on past what it had not handed over yet.
+    LogGap,
+    /// After the history read ended, and before the live source handed anything over, its next
+    /// consumer reads again from `back` positions before where the history ended
+    /// (`prime_over`): what it re-sends at or before the buffer's last event is old.
+    PrimeOver { back: u8 },
 }
 
 /// A read-back in progress: the next log position to hand over, and whether any was.
@@ -68,13 +86,32 @@ struct Watch {
     last_seq: Option<u64>,
     /// Opened without a resume: it only ever gets events handed over live.
     fresh: bool,
+    /// The resume id it opened with (epoch, seq).
+    resume: Option<(u64, u64)>,
+    /// How many live hand-overs there were when it opened (`Handed`).
+    handed_at_open: usize,
+    /// The seqs of the events it received, in order.
+    received: Vec<u64>,
+    /// `history_gap` warnings it received.
+    gaps: usize,
+    /// It has a cause for `history_gap`: a resume the buffer and the log cannot answer, a
+    /// read-back that failed or was ended early, `prime_gap` or `log_gap` while it was open.
+    gap_cause: bool,
+    /// The `error` frames it received (their codes).
+    errors: Vec<String>,
+    opened_at: Instant,
 }
+
+/// Every event the sources handed over live, in order: (channel, seq, recipients, whether it went
+/// to streams: the live source re-sends after `prime_over` what the buffer already holds, and
+/// that goes to no stream).
+type Handed = Vec<(usize, u64, Option<Vec<String>>, bool)>;
 
 /// What it knows of a published event: channel, recipients as published.
 type Published = HashMap<String, (usize, Option<Vec<String>>)>;
 
-/// The first channel's log: each message with whether it is valid.
-type Log = Vec<(UpstreamMessage, bool)>;
+/// The first channel's log: each message with whether it is valid, and its recipients.
+type Log = Vec<(UpstreamMessage, bool, Option<Vec<String>>)>;
 
 /// A history read in progress: the next position to hand over, the last one handed over.
 struct History {
@@ -124,6 +161,190 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut history_through: Option<u64> = None;
     // Ids of events read as history that the live source never hands over.
     let mut history_only: HashSet<String> = HashSet::new();
+    let mut handed: Handed = Vec::new();
+    // After `prime_over`: the live source re-sends what the buffer holds up to this seq, old now.
+    let mut dup_through: Option<u64> = None;
+    // The live source of the log channel handed something over.
+    let mut live_handed = false;
+    // The user of the open being handled (an eviction closes one of theirs).
+    let mut opening: Option<String> = None;
+    // Settling: every stream is drained before each hand-over, so none is slow.
+    let mut settling = false;
+    let mut read_back_asked = false;
+    // Applies every output: read-backs asked for, closes (each for a reason the stream has).
+    macro_rules! drain {
+        () => {
+            while let Some(out) = gw.poll_output() {
+                if let Output::Backfill { stream, channel, after, .. } = out {
+                    assert_eq!(channel, log_ch, "a read-back of a channel without a log");
+                    assert_eq!(after.epoch, 5, "a read-back from another epoch");
+                    assert!(open.contains_key(&stream), "a read-back for a stream not open");
+                    // The reader starts at the client's own position (proof the log still holds it).
+                    reads.insert(stream, Reading { next: after.seq.max(1), started: false });
+                    read_back_asked = true;
+                }
+                if let Output::Close(id, why) = out {
+                    reads.remove(&id);
+                    let mut rest = Vec::new();
+                    gw.take_output(id, &mut rest, now);
+                    let mut w = open.remove(&id).expect("a close for an open stream");
+                    check_frames(&rest, &mut w, &s, &published, &history_only, payments);
+                    match why {
+                        CloseReason::StreamLimit => {
+                            assert_eq!(opening.as_ref(), Some(&w.user), "evicted by another user's open");
+                            assert_eq!(w.errors, ["stream_limit"]);
+                        }
+                        CloseReason::TokenExpired => {
+                            assert!(now >= w.opened_at + Duration::from_secs(3600), "closed as expired before its exp");
+                            assert_eq!(w.errors, ["token_expired"]);
+                        }
+                        CloseReason::Shutdown => assert!(shut, "closed for a shutdown that did not come"),
+                        CloseReason::SlowClient => assert!(!settling, "closed as slow while settling (every output taken)"),
+                        other => panic!("closed: {other:?}"),
+                    }
+                    if !matches!(why, CloseReason::StreamLimit | CloseReason::TokenExpired) {
+                        assert!(w.errors.is_empty(), "error frames {:?} for a close as {why:?}", w.errors);
+                    }
+                    gw.on_closed(id);
+                    closed.push(id);
+                }
+            }
+        };
+    }
+    // Hands over the log up to index `$to` (at least one more message), as the live source does.
+    macro_rules! hand_over {
+        ($to:expr) => {{
+            let through = history.take().and_then(|h| h.through).or(history_through.take());
+            if through.is_some_and(|t| !logs_meet(t, live as u64 + 1)) {
+                gw.prime_gap(log_ch);
+                dup_through = None;
+                for w in open.values_mut().filter(|w| w.channel == 0) {
+                    w.gap_cause = true;
+                }
+            }
+            let to: usize = $to;
+            for (up, ok, who) in &log[live..to] {
+                let r = ingests[0].handle_message(up);
+                assert_eq!(r.is_ok(), *ok, "handed over live: {r:?}");
+                if let Ok(ev) = r {
+                    let seq = ev.id().seq;
+                    handed.push((0, seq, who.clone(), dup_through.is_none_or(|d| seq > d)));
+                    gw.handle_event(&ev);
+                }
+            }
+            live = to; // a live event ends a history read (the core says so too)
+            live_handed = true;
+        }};
+    }
+    // Takes every stream's output and reads every read-back to the log's end (pausing where the
+    // gateway says, the stream's output taken then), until nothing is left to do.
+    macro_rules! quiesce {
+        () => {
+            for round in 0.. {
+                assert!(round < 10_000, "the gateway does not settle");
+                drain!();
+                let mut busy = false;
+                for id in pick_all(&open) {
+                    let mut out = Vec::new();
+                    if gw.take_output(id, &mut out, now) > 0 {
+                        busy = true;
+                    }
+                    check_frames(&out, open.get_mut(&id).expect("open"), &s, &published, &history_only, payments);
+                }
+                drain!();
+                for id in pick_all(&reads) {
+                    busy = true;
+                    let mut seen = ingests[0].read_back_window();
+                    loop {
+                        let r = reads.get_mut(&id).expect("reading");
+                        let Some((msg, ok, _)) = log.get(r.next as usize - 1) else {
+                            // The log's end.
+                            reads.remove(&id);
+                            gw.backfill_done(id, true);
+                            break;
+                        };
+                        let ev = ingests[0].read_back(msg, &mut seen).ok();
+                        assert_eq!(ev.is_some(), *ok, "read back");
+                        let pos = r.next;
+                        r.next += 1;
+                        r.started = true;
+                        match gw.backfill_message(id, pos, ev.as_ref()) {
+                            BackfillStep::Continue => {}
+                            BackfillStep::Pause => break,
+                            BackfillStep::Finished => {
+                                reads.remove(&id);
+                                break;
+                            }
+                        }
+                    }
+                }
+                drain!();
+                if !busy && reads.is_empty() {
+                    break;
+                }
+            }
+        };
+    }
+    // The end: what is left of a history read ends, the live source hands the whole log over a
+    // message at a time, and each stream then has what it must.
+    macro_rules! settle {
+        () => {
+            settling = true;
+            if let Some(h) = history.take() {
+                gw.prime_end(log_ch, h.through);
+                history_through = h.through;
+            }
+            quiesce!();
+            // One more event after the others: a stream that went live where a read-back found
+            // the log's end learns from the next live event whether the read ended early.
+            let name = s.channels[0].name.clone();
+            let up = UpstreamMessage {
+                kind: Some(demo_kind(&name).into()),
+                routing_key: demo_kind(&name).into(),
+                body: bytes::Bytes::from(demo_body(&name)),
+                position: Some(log.len() as u64 + 1),
+                ..Default::default()
+            };
+            to_log(up, None, !s.channels[0].per_user, &ingests[0], &mut log, &mut published);
+            while live < log.len() {
+                hand_over!(live + 1);
+                quiesce!();
+            }
+            assert!(reads.is_empty());
+            let _ = (live_handed, read_back_asked);
+            for w in open.values() {
+                let expected: Vec<u64> = if w.channel == 0 {
+                    if w.gaps > 0 {
+                        assert!(w.gap_cause, "{} on the log channel (resume {:?}) got history_gap without a cause", w.user, w.resume);
+                        continue;
+                    }
+                    match w.resume {
+                        // Every valid event of the log after its resume id.
+                        Some((_, q)) => (q as usize..log.len())
+                            .filter(|&i| log[i].1 && log[i].2.as_ref().is_none_or(|r| r.contains(&w.user)))
+                            .map(|i| i as u64 + 1)
+                            .collect(),
+                        // Every event handed over live after its open (and not already buffered).
+                        None => handed[w.handed_at_open..]
+                            .iter()
+                            .filter(|(ch, _, who, sent)| *ch == 0 && *sent && who.as_ref().is_none_or(|r| r.contains(&w.user)))
+                            .map(|(_, seq, _, _)| *seq)
+                            .collect(),
+                    }
+                } else if w.fresh {
+                    assert_eq!(w.gaps, 0, "history_gap to a stream opened without a resume");
+                    handed[w.handed_at_open..]
+                        .iter()
+                        .filter(|(ch, _, who, _)| *ch == w.channel && who.as_ref().is_none_or(|r| r.contains(&w.user)))
+                        .map(|(_, seq, _, _)| *seq)
+                        .collect()
+                } else {
+                    continue;
+                };
+                assert_eq!(w.received, expected, "{} on {} (resume {:?}) after settling", w.user, s.channels[w.channel].name, w.resume);
+            }
+        };
+    }
     for op in ops {
         match op {
             Op::Open { user, channel, finance, resume } => {
@@ -136,12 +357,23 @@ fuzz_target!(|ops: Vec<Op>| {
                 );
                 // A resume from the log's epoch: the stream never gets that id or one below it.
                 let mut from_log = None;
+                let mut resume_id = None;
                 if let Some((e, q)) = resume {
                     // Half of them from the log's epoch (5), the rest any.
                     let epoch = if e % 2 == 0 { 5 } else { e % 8 };
                     head.push_str(&format!("Last-Event-ID: {epoch}-{}\r\n", q % 64));
                     from_log = (ch == 0 && epoch == 5).then_some(u64::from(q % 64));
+                    resume_id = Some((u64::from(epoch), u64::from(q % 64)));
                 }
+                // `history_gap` answers a resume on a channel without a log, from another epoch,
+                // past the log's end, or further ahead of this shard than its buffer holds.
+                let gap_cause = match (ch, resume_id) {
+                    (_, None) => false,
+                    (0, Some((5, q))) => {
+                        q > log.len() as u64 || gw.last_event(log_ch).is_some_and(|l| q > l.seq + 4)
+                    }
+                    _ => true,
+                };
                 head.push_str("\r\n");
                 // A well-formed head with a valid token: a stream, or `forbidden` (D2) on payments
                 // without the role; anything else means no stream opens and every check below is moot.
@@ -151,12 +383,17 @@ fuzz_target!(|ops: Vec<Op>| {
                     Routed::Stream(req) => {
                     assert!(s.channels[ch].name != "payments" || finance, "payments routed without the role");
                     let mine = gw.streams_of(&user);
+                    opening = Some(user.clone());
                     match gw.open(req, now, Duration::from_secs(unix)) {
                         Ok(id) => {
                             assert!(!shut, "opened while shutting down");
                             assert!(open.len() < CAPACITY || mine >= LIMIT, "opened past the shard's capacity");
                             let fresh = resume.is_none();
-                            open.insert(id, Watch { user, channel: ch, finance, last_seq: from_log, fresh });
+                            open.insert(id, Watch {
+                                user, channel: ch, finance, last_seq: from_log, fresh, resume: resume_id,
+                                handed_at_open: handed.len(), received: Vec::new(), gaps: 0, gap_cause,
+                                errors: Vec::new(), opened_at: now,
+                            });
                         }
                         Err(r) if r.status == 409 => assert!(mine >= LIMIT && !shut, "409 with {mine} streams"),
                         Err(r) if r.status == 503 => {
@@ -195,24 +432,14 @@ fuzz_target!(|ops: Vec<Op>| {
                 if ch == 0 {
                     to_log(up, who, ok, &ingests[0], &mut log, &mut published);
                     if !lag {
-                        let through = history.take().and_then(|h| h.through).or(history_through.take());
-                        if through.is_some_and(|t| !logs_meet(t, live as u64 + 1)) {
-                            gw.prime_gap(log_ch);
-                        }
-                        for (up, ok) in &log[live..] {
-                            let r = ingests[0].handle_message(up);
-                            assert_eq!(r.is_ok(), *ok, "handed over live: {r:?}");
-                            if let Ok(ev) = r {
-                                gw.handle_event(&ev);
-                            }
-                        }
-                        live = log.len(); // a live event ends a history read (the core says so too)
+                        hand_over!(log.len());
                     }
                 } else {
                     let r = ingests[ch].handle_message(&up);
                     assert_eq!(r.is_ok(), ok, "published: {r:?}");
                     if let Ok(ev) = r {
-                        published.insert(ev.id().to_string(), (ch, who));
+                        published.insert(ev.id().to_string(), (ch, who.clone()));
+                        handed.push((ch, ev.id().seq, who, true));
                         gw.handle_event(&ev);
                     }
                 }
@@ -238,7 +465,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(id) = pick_stream(&open, pick) {
                     let mut out = Vec::new();
                     gw.take_output(id, &mut out, now);
-                    check_frames(&out, open.get_mut(&id).expect("open"), &published, &history_only, payments);
+                    check_frames(&out, open.get_mut(&id).expect("open"), &s, &published, &history_only, payments);
                 }
             }
             Op::Stale { pick } => {
@@ -253,18 +480,21 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Shutdown => {
-                gw.shutdown();
                 shut = true;
+                gw.shutdown();
             }
             Op::ReadBack { pick, n } => {
                 if let Some(id) = pick_stream(&reads, pick) {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
                         let r = reads.get_mut(&id).expect("reading");
-                        let Some((msg, ok)) = log.get(r.next as usize - 1) else {
+                        let Some((msg, ok, _)) = log.get(r.next as usize - 1) else {
                             // The log's end: nothing at all came is a failure.
                             let started = r.started;
                             reads.remove(&id);
+                            if !started {
+                                open.get_mut(&id).expect("reading for an open stream").gap_cause = true;
+                            }
                             gw.backfill_done(id, started);
                             break;
                         };
@@ -287,11 +517,15 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::ReadBackEnd { pick, complete } => {
                 if let Some(id) = pick_stream(&reads, pick) {
                     reads.remove(&id);
+                    // Failed, or ended early (taken for the log's end): either may be a gap.
+                    open.get_mut(&id).expect("reading for an open stream").gap_cause = true;
                     gw.backfill_done(id, complete);
                 }
             }
             Op::PrimeStart { from, older, next } => {
-                if live == 0 && !primed_once {
+                // Those messages were published before the gateway started: no read-back can
+                // have found the log without them.
+                if live == 0 && !primed_once && !read_back_asked {
                     primed_once = true;
                     let name = &s.channels[0].name;
                     for _ in 0..older % 6 {
@@ -317,7 +551,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(h) = history.as_mut() {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
-                        let Some((msg, ok)) = log.get(h.next as usize - 1) else { break };
+                        let Some((msg, ok, _)) = log.get(h.next as usize - 1) else { break };
                         let r = ingests[0].read_back(msg, &mut seen);
                         assert_eq!(r.is_ok(), *ok, "history: {r:?}");
                         if let Ok(ev) = r {
@@ -337,27 +571,32 @@ fuzz_target!(|ops: Vec<Op>| {
                     history_through = h.through;
                 }
             }
-        }
-        while let Some(out) = gw.poll_output() {
-            if let Output::Backfill { stream, channel, after, .. } = out {
-                assert_eq!(channel, log_ch, "a read-back of a channel without a log");
-                assert_eq!(after.epoch, 5, "a read-back from another epoch");
-                assert!(open.contains_key(&stream), "a read-back for a stream not open");
-                // The reader starts at the client's own position (proof the log still holds it).
-                reads.insert(stream, Reading { next: after.seq.max(1), started: false });
-            }
-            if let Output::Close(id, _) = out {
-                reads.remove(&id);
-                let mut rest = Vec::new();
-                gw.take_output(id, &mut rest, now);
-                if let Some(w) = open.get_mut(&id) {
-                    check_frames(&rest, w, &published, &history_only, payments);
+            Op::LogGap => {
+                // The source comes back from an outage (any history read ended with it) past a
+                // hole: what it had not handed over is lost to it, and it goes on after that
+                // (read-backs still find it all: this log lost nothing).
+                if history.is_none() {
+                    gw.log_gap(log_ch);
+                    live = log.len();
+                    dup_through = None; // the buffer starts again
+                    history_through = None;
+                    for w in open.values_mut().filter(|w| w.channel == 0) {
+                        w.gap_cause = true;
+                    }
                 }
-                gw.on_closed(id);
-                open.remove(&id);
-                closed.push(id);
+            }
+            Op::PrimeOver { back } => {
+                if let (true, None, false, Some(t)) = (primed_once, &history, live_handed, history_through) {
+                    dup_through = gw.last_event(log_ch).map(|l| l.seq);
+                    gw.prime_over(log_ch);
+                    live = live.min(t.saturating_sub(u64::from(back % 4)) as usize);
+                    // What it re-sends is handed over live now, not history only.
+                    history_only.retain(|id| id.split_once('-').and_then(|(_, q)| q.parse::<usize>().ok()).is_some_and(|q| q <= live));
+                }
             }
         }
+        drain!();
+        opening = None;
         if shut {
             assert!(open.is_empty(), "streams open after a shutdown");
         }
@@ -368,6 +607,9 @@ fuzz_target!(|ops: Vec<Op>| {
         for (id, _) in &open {
             assert!(gw.pending_bytes(*id) <= 4096 + 1024, "the bound holds (control frames may top it slightly)");
         }
+    }
+    if !shut {
+        settle!();
     }
     for id in open.keys().copied().collect::<Vec<_>>() {
         gw.on_closed(id);
@@ -388,9 +630,16 @@ fn to_log(up: UpstreamMessage, who: Option<Vec<String>>, ok: bool, ingest: &Inge
     let r = ingest.read_back(&up, &mut ingest.read_back_window());
     assert_eq!(r.is_ok(), ok, "into the log: {r:?}");
     if let Ok(ev) = r {
-        published.insert(ev.id().to_string(), (0, who));
+        published.insert(ev.id().to_string(), (0, who.clone()));
     }
-    log.push((up, ok));
+    log.push((up, ok, who));
+}
+
+/// The streams `of` holds, in id order.
+fn pick_all<V>(of: &HashMap<StreamId, V>) -> Vec<StreamId> {
+    let mut ids: Vec<_> = of.keys().copied().collect();
+    ids.sort();
+    ids
 }
 
 /// One of the streams `of` holds (open ones, read-backs in progress), by a pick from the input
@@ -402,11 +651,49 @@ fn pick_stream<V>(of: &HashMap<StreamId, V>, pick: u16) -> Option<StreamId> {
 }
 
 /// Whole frames only, and every event is of the stream's channel, visible to its user (and
-/// role: `payments` is the channel that needs it), with ids strictly increasing.
-fn check_frames(out: &[bytes::Bytes], w: &mut Watch, published: &Published, history_only: &HashSet<String>, payments: Option<usize>) {
+/// role: `payments` is the channel that needs it), with ids strictly increasing; warnings name
+/// the stream's channel; error frames are `stream_limit` or `token_expired`. Keeps the events'
+/// seqs, the `history_gap`s and the error codes in `w`.
+fn check_frames(
+    out: &[bytes::Bytes],
+    w: &mut Watch,
+    s: &Settings,
+    published: &Published,
+    history_only: &HashSet<String>,
+    payments: Option<usize>,
+) {
     let text: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
     let text = String::from_utf8(text).expect("utf-8");
+    // The response head comes first (once).
+    let text = match text.strip_prefix("HTTP/1.1 200 OK\r\n") {
+        Some(rest) => rest.split_once("\r\n\r\n").expect("a whole response head").1.to_string(),
+        None => text,
+    };
     assert!(text.is_empty() || text.ends_with("\n\n"), "whole frames only: {text:?}");
+    for frame in text.split_terminator("\n\n") {
+        let field = |name: &str| frame.lines().find_map(|l| l.strip_prefix(name));
+        let data = || -> serde_json::Value { serde_json::from_str(field("data: ").expect("a data line")).expect("JSON data") };
+        match field("event: ") {
+            _ if field("id: ").is_some() => {}
+            Some("warning") => {
+                let d = data();
+                assert_eq!(d["channel"], s.channels[w.channel].name.as_str(), "a warning names the stream's channel: {d}");
+                match d["code"].as_str() {
+                    Some("history_gap") => w.gaps += 1,
+                    Some("source_unavailable") => {}
+                    _ => panic!("unknown warning {d}"),
+                }
+            }
+            Some("error") => {
+                let code = data()["code"].as_str().expect("an error code").to_string();
+                assert!(code == "stream_limit" || code == "token_expired", "error {code}");
+                w.errors.push(code);
+            }
+            Some("heartbeat") => assert_eq!(field("data:"), Some(""), "a heartbeat has empty data"),
+            None if frame.starts_with("retry: ") && frame.lines().count() == 1 => {}
+            _ => panic!("unexpected frame {frame:?}"),
+        }
+    }
     for id in text.lines().filter_map(|l| l.strip_prefix("id: ")) {
         let (ch, who) = published.get(id).expect("only published events are sent");
         assert_eq!(*ch, w.channel, "an event of another channel");
@@ -416,6 +703,7 @@ fn check_frames(out: &[bytes::Bytes], w: &mut Watch, published: &Published, hist
         let seq: u64 = id.split_once('-').and_then(|(_, q)| q.parse().ok()).expect("<epoch>-<seq>");
         assert!(w.last_seq.is_none_or(|l| l < seq), "ids must strictly increase: {:?} then {seq}", w.last_seq);
         w.last_seq = Some(seq);
+        w.received.push(seq);
     }
 }
 

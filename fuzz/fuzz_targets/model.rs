@@ -1,6 +1,7 @@
 //! Arbitrary operation sequences into one shard through the property tests' reference model
 //! (`core/tests/support/model.rs`), so the fuzzer checks the same invariants: the per-user limit
-//! and eviction, visibility, strictly increasing ids, exact delivery after a resume and
+//! and eviction (either policy), the shard's capacity (503 exactly when full and no eviction
+//! frees a slot), visibility, strictly increasing ids, exact delivery after a resume and
 //! `history_gap` exactly when due, heartbeat spacing, outage warnings, token expiry, and closes
 //! only for a reason the stream has.
 #![no_main]
@@ -58,7 +59,9 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let mut model = Model::new();
+    // A shard that never fills or one of 7 streams; the `evict_oldest` or `reject` policy.
+    let Ok(shape) = u.int_in_range(0u8..=3) else { return };
+    let mut model = Model::with_shard(if shape & 1 == 0 { 10_000 } else { 7 }, shape & 2 != 0);
     // Bounded like the property test. Once the input is used up `arbitrary` only returns
     // defaults (the same op again and again): the sequence ends there instead.
     for _ in 0..80 {

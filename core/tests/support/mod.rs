@@ -55,6 +55,11 @@ impl Harness {
     }
 
     pub fn build(auth: &str, extra: &str, catalogue: Catalogue) -> Harness {
+        Harness::build_sized(auth, extra, catalogue, 10_000)
+    }
+
+    /// [`Harness::build`] with a shard that holds at most `max_streams` streams.
+    pub fn build_sized(auth: &str, extra: &str, catalogue: Catalogue, max_streams: usize) -> Harness {
         let text = config(auth, extra);
         let cfg = Config::from_toml(&text).expect("test config parses");
         let settings = Arc::new(Settings::new(cfg, catalogue).expect("test settings are valid"));
@@ -62,7 +67,7 @@ impl Harness {
         let keys = KeyMaterial { secret: Some(SECRET.as_bytes().to_vec()), ..Default::default() };
         let verifier = JwtVerifier::new(&settings.config.auth, &keys).expect("verifier");
         let front = Front::new(settings.clone(), Arc::new(verifier), metrics.clone());
-        let gw = Gateway::new(settings.clone(), metrics.clone(), 10_000, 7);
+        let gw = Gateway::new(settings.clone(), metrics.clone(), max_streams, 7);
         let ingest = (0..settings.channels.len())
             .map(|i| {
                 let ch = settings.channel_id(&settings.channels[i].name).unwrap();

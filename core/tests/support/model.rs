@@ -6,21 +6,31 @@
 //! past several, as a late timer does); sources go down and up. After every step the model
 //! asserts:
 //! - no user holds more streams than the limit; an open past it evicts exactly the user's oldest
-//!   stream when that is old enough (with an `error` frame `stream_limit`), else is refused 409;
+//!   stream when that is old enough (with an `error` frame `stream_limit`), else is refused 409
+//!   (with `limit_policy = "reject"`: always 409, never an eviction);
+//! - the shard holds at most its capacity (some cases use a small one): an open is refused 503
+//!   `overloaded` exactly when the shard is full and no eviction frees a slot (the user is below
+//!   the limit); an eviction in a full shard lets the new stream open;
 //! - no event reaches a stream whose user may not see it (channel role, recipients, version);
 //! - ids strictly increase on every stream;
 //! - every stream that reads receives exactly the channel's events after its start it may see
 //!   (after its resume id when that is inside the window, else after the last event when it
 //!   opened); `history_gap` comes exactly when a resume id is not inside the window, and after
-//!   the open only to a stream that stopped reading in the middle of a catch-up (then it is live
-//!   from the channel's last event);
+//!   the open only to a stream that resumed inside the window, whose catch-up was not over at
+//!   the open (the buffered events after its id did not all fit in its first batch, or left its
+//!   output over half the bound) and whose client had not read since, once the buffer no
+//!   longer holds everything after its id: after the whole catch-up before it, in order, and
+//!   then live from the channel's last event;
 //! - a reading stream is never silent (no event, warning or heartbeat) for longer than the
 //!   heartbeat interval (unless time jumped);
 //! - every reading stream of a down source has been warned since it went down, and within the
 //!   warning interval; a warning names the stream's channel and comes only while it is down;
 //! - a stream is closed only for a reason it has: evicted as above, its token expired (at its
 //!   `exp`, to the second: the gateway takes Unix time in whole seconds; never a stream open
-//!   past it), or, for a client that stopped reading, too slow.
+//!   past it), or, for a client that stopped reading, too slow;
+//! - a client that reads nothing while output waits for it is closed as `slow_client` within
+//!   two heartbeat intervals of the output beginning to wait (the second heartbeat tick that
+//!   finds output waiting with none taken since the first), time stepped or jumping.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -78,6 +88,8 @@ struct Published {
     seq: u64,
     version: u32,
     recipients: Option<Vec<String>>,
+    /// The bytes of its frame (what it takes of a stream's output bound).
+    frame_len: usize,
 }
 
 impl Published {
@@ -113,9 +125,14 @@ struct Watch {
     gaps_owed: u32,
     /// The answer to its resume was checked (once it first read).
     open_checked: bool,
-    /// Its client stopped reading with output waiting (a catch-up, perhaps): the buffer may move
-    /// past it, which it learns as a `history_gap` once it reads. Cleared once it has read.
-    paused_in_catch_up: bool,
+    /// It resumed inside the window and its catch-up was not over when it opened (ARCHITECTURE,
+    /// "Resume": a replay goes in batches bounded by the output bound as the socket drains, and
+    /// goes live once its output is at most half the bound), and its client has not read since:
+    /// the live events meanwhile wait in the buffer, which may move past its place; it learns
+    /// that as a `history_gap` once it reads. Only such a stream gets a `history_gap` after its
+    /// open. Cleared once it has read (the harness takes every batch, so a client that reads
+    /// finishes its catch-up at once).
+    catch_up: bool,
     /// The `error` frames it received (their `code`).
     errors: Vec<String>,
     /// Open order (the gateway evicts a user's oldest) and time.
@@ -123,16 +140,28 @@ struct Watch {
     opened_at: std::time::Instant,
     /// When its token expires (Unix seconds).
     expires: u64,
+    /// Its client does not read and output waits for it: by this time it must have been closed
+    /// as `slow_client` (config-reference, `streams.heartbeat`: output waiting at two ticks in a
+    /// row with none of it taken between them; ticks come every interval, so the second comes
+    /// at most two intervals after the output began to wait). Moved on when a late timer
+    /// (time jumped past deadlines) fires a single tick for several intervals.
+    stall_deadline: Option<std::time::Instant>,
 }
 
 pub struct Model {
     h: Harness,
+    /// Streams the shard holds at most.
+    capacity: usize,
+    /// `streams.limit_policy = "reject"` (else `"evict_oldest"`).
+    reject: bool,
     /// The harness's clock at Unix time 1_900_000_000.
     start: std::time::Instant,
     events: Vec<Vec<Published>>,
     watches: HashMap<StreamId, Watch>,
     down: [Option<std::time::Instant>; 4],
     opens: u64,
+    /// `history_gap`s after an open (to a client that did not read during its catch-up).
+    pub late_gaps: usize,
 }
 
 fn payload(channel: &str, v2: bool, pad: usize) -> (&'static str, serde_json::Value) {
@@ -157,19 +186,29 @@ fn payload(channel: &str, v2: bool, pad: usize) -> (&'static str, serde_json::Va
 }
 
 impl Model {
+    /// A shard that never fills, with the `evict_oldest` policy.
     pub fn new() -> Model {
+        Model::with_shard(10_000, false)
+    }
+
+    /// A shard holding at most `capacity` streams, with the `reject` policy or `evict_oldest`.
+    pub fn with_shard(capacity: usize, reject: bool) -> Model {
         let cat = Catalogue::from_toml(include_str!("../fixtures/catalogue_v2.toml")).unwrap();
+        let policy = if reject { "reject" } else { "evict_oldest" };
         let extra = format!(
-            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\nmax_pending_bytes = {MAX_PENDING}\n"
+            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\nmax_pending_bytes = {MAX_PENDING}\nlimit_policy = \"{policy}\"\n"
         );
-        let h = Harness::with_catalogue(&extra, cat);
+        let h = Harness::build_sized("", &extra, cat, capacity);
         Model {
             start: h.now,
             h,
+            capacity,
+            reject,
             events: vec![Vec::new(); 4],
             watches: HashMap::new(),
             down: [None; 4],
             opens: 0,
+            late_gaps: 0,
         }
     }
 
@@ -224,18 +263,11 @@ impl Model {
                 if let Some(r) = &recipients {
                     m.recipient_ids = Some(HeaderValue::Text(r.join(",")));
                 }
-                // A stream in the middle of a catch-up that does not read may be passed by the
-                // buffer now.
-                for (id, w) in self.watches.iter_mut().filter(|(_, w)| w.channel == channel) {
-                    if self.h.reading.get(id) == Some(&false) && self.h.gw.pending_bytes(*id) > 0 {
-                        w.paused_in_catch_up = true;
-                    }
-                }
                 match self.h.publish_msg(name, m) {
                     Ok(ev) => {
                         let version = if v2 { 2 } else { 1 };
                         assert_eq!(ev.version(), version, "published as v{version}");
-                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients });
+                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame_len: ev.frame().len() });
                     }
                     Err(d) => assert!(
                         matches!(d.reason, DropReason::NoRecipient),
@@ -254,10 +286,16 @@ impl Model {
                     self.h.gw.handle_timeout(self.h.now);
                     self.h.drain();
                     self.collect_all();
+                    self.check_stalls();
                 }
                 if !step && self.h.gw.poll_timeout().is_some_and(|(at, _)| at < target) {
                     for w in self.watches.values_mut() {
                         w.heartbeat_excused = true;
+                        // A late timer ticks once for all the intervals it missed: the two ticks
+                        // a stalled stream is closed at come at most two intervals from now.
+                        if let Some(d) = &mut w.stall_deadline {
+                            *d = (*d).max(target + 2 * HEARTBEAT);
+                        }
                     }
                 }
                 self.set_now(target);
@@ -283,7 +321,29 @@ impl Model {
             }
         }
         self.collect_all();
+        self.check_stalls();
         self.check();
+    }
+
+    /// Notes when output began to wait for a client that does not read (the clock is exact
+    /// here: every op and every stepped deadline comes through), and asserts that no such
+    /// stream is still open at its deadline (`stall_deadline`).
+    fn check_stalls(&mut self) {
+        let now = self.h.now;
+        for (id, w) in self.watches.iter_mut() {
+            if self.h.reading.get(id) != Some(&false) {
+                w.stall_deadline = None;
+            } else if self.h.gw.pending_bytes(*id) > 0 {
+                let d = *w.stall_deadline.get_or_insert(now + 2 * HEARTBEAT);
+                assert!(
+                    now < d,
+                    "{}'s client has read nothing for {:?} with output waiting ({} bytes) and its stream is still open (slow_client is due two heartbeat intervals after the output began to wait)",
+                    w.user,
+                    now + 2 * HEARTBEAT - d,
+                    self.h.gw.pending_bytes(*id)
+                );
+            }
+        }
     }
 
     /// Moves the clock; the wall clock follows, to the sub-second as the frontends give it.
@@ -328,14 +388,16 @@ impl Model {
         let path = format!("/api/v1/streams/{name}?version={version}");
         let extra: Vec<&str> = header.iter().map(String::as_str).collect();
         let before = self.h.gw.streams_of(&user_name);
-        // What must happen: refused (no role), evict the user's oldest (old enough) past the
-        // limit, refused 409 (its oldest is too young), or open.
+        // What must happen: refused (no role); past the limit, refused 409 (policy `reject`, or
+        // the user's oldest is too young to evict) or the user's oldest evicted (which frees
+        // the slot the new one takes); else refused 503 when the shard is full; or open.
         let oldest = self.watches.iter().filter(|(_, w)| w.user == user_name).min_by_key(|(_, w)| w.opened);
         let expect_evict = match oldest {
-            Some((&old, w)) if before >= LIMIT && self.h.now - w.opened_at >= MIN_AGE => Some(old),
+            Some((&old, w)) if !self.reject && before >= LIMIT && self.h.now - w.opened_at >= MIN_AGE => Some(old),
             _ => None,
         };
         let expect_409 = before >= LIMIT && expect_evict.is_none();
+        let expect_503 = !expect_409 && expect_evict.is_none() && self.watches.len() >= self.capacity;
         let forbidden_expected = name == "payments" && !finance;
         let ttl = ttl.max(1);
         let result = self.h.open_path_with(&user_name, roles, &path, &extra, ttl, read);
@@ -353,7 +415,8 @@ impl Model {
         match result {
             Ok(id) => {
                 assert!(!forbidden_expected, "payments opened without the role");
-                assert!(!expect_409, "{user_name} opened a stream at {before} with its oldest too young to evict");
+                assert!(!expect_409, "{user_name} opened a stream at {before} (policy reject: {}, or its oldest too young to evict)", self.reject);
+                assert!(!expect_503, "{user_name} opened a stream in a full shard ({} streams) without evicting one", self.watches.len());
                 // Inside the window: the events after the resume id are all still buffered.
                 let inside = window_index.filter(|&i| i == usize::MAX || evs.len() - 1 - i <= BUFFER);
                 let after_seq = match inside {
@@ -362,6 +425,28 @@ impl Model {
                     None => evs.last().map(|e| e.seq),
                 };
                 let gap_expected = header.is_some() && inside.is_none();
+                // A client that does not read from the start, resuming inside the window: is its
+                // catch-up over at the open? The first batch (after the response head and the
+                // `retry:`) takes the buffered events after its id, the ones it may see queued,
+                // until its output reaches the bound; it goes live if that took them all and left
+                // the output at most half the bound.
+                let catch_up = !read
+                    && inside.is_some()
+                    && after_seq.is_some_and(|a| {
+                        let s = &self.h.settings.config.streams;
+                        let mut pending = Response::stream_head(None).len() + sse::retry(s.retry.as_millis() as u64).len();
+                        let mut done = true;
+                        for e in evs.iter().filter(|e| e.seq > a) {
+                            if pending >= MAX_PENDING {
+                                done = false;
+                                break;
+                            }
+                            if e.visible(&user_name, version) {
+                                pending += e.frame_len;
+                            }
+                        }
+                        !(done && pending <= MAX_PENDING / 2)
+                    });
                 self.opens += 1;
                 self.watches.insert(
                     id,
@@ -380,11 +465,12 @@ impl Model {
                         parsed_upto: 0,
                         gaps_owed: u32::from(gap_expected),
                         open_checked: false,
-                        paused_in_catch_up: false,
+                        catch_up,
                         errors: Vec::new(),
                         opened: self.opens,
                         opened_at: self.h.now,
                         expires: self.h.unix + ttl,
+                        stall_deadline: None,
                     },
                 );
                 self.collect(id);
@@ -393,8 +479,10 @@ impl Model {
                 let body = String::from_utf8_lossy(&r.bytes);
                 if forbidden_expected {
                     assert!(r.status == 200 && body.contains("forbidden"), "payments without the role: {} {body}", r.status);
+                } else if expect_503 {
+                    assert!(r.status == 503 && body.contains("\"overloaded\""), "a full shard: {} {body}", r.status);
                 } else {
-                    assert!(expect_409, "{user_name} refused {} at {before} streams: {body}", r.status);
+                    assert!(expect_409, "{user_name} refused {} at {before} streams, {} in the shard: {body}", r.status, self.watches.len());
                     assert!(r.status == 409 && body.contains("\"stream_limit\""), "past the limit: {} {body}", r.status);
                 }
             }
@@ -418,7 +506,12 @@ impl Model {
                     assert!(self.h.since_epoch() >= exp, "closed as expired {:?} before its token's exp", exp - self.h.since_epoch());
                     assert_eq!(w.errors, ["token_expired"], "the expired stream's error frames");
                 }
-                CloseReason::SlowClient => assert!(!reading, "{}'s stream closed as slow while its client reads", w.user),
+                CloseReason::SlowClient => {
+                    assert!(!reading, "{}'s stream closed as slow while its client reads", w.user);
+                    if let Some(d) = w.stall_deadline {
+                        assert!(self.h.now <= d, "{}'s stalled stream closed as slow {:?} late", w.user, self.h.now - d);
+                    }
+                }
                 _ => panic!("{}'s stream on {} closed: {why:?}", w.user, CHANNELS[w.channel]),
             }
         }
@@ -467,12 +560,22 @@ impl Model {
                 match d["code"].as_str() {
                     Some("history_gap") if w.gaps_owed > 0 => w.gaps_owed -= 1,
                     Some("history_gap") => {
-                        // Not the answer to its resume id: a stream that did not read in a
-                        // catch-up and was passed by the buffer; live from the channel's last
-                        // event.
-                        assert!(w.paused_in_catch_up, "history_gap to a stream that kept up (or resumed inside the window)");
-                        w.after_seq = self.events[w.channel].last().map(|e| e.seq);
+                        // Not the answer to its resume id: a stream whose client did not read
+                        // during its catch-up, passed by the buffer meanwhile; live from the
+                        // channel's last event.
+                        assert!(w.catch_up, "history_gap to a stream not in a catch-up (live, or one that has read since its open)");
+                        let evs = &self.events[w.channel];
+                        let floor = if evs.len() > BUFFER { evs[evs.len() - 1 - BUFFER].seq } else { 0 };
+                        let from = w.after_seq.unwrap_or(0);
+                        assert!(from < floor, "history_gap while the buffer still holds everything after {from} (it begins after {floor})");
+                        // What came before it: the catch-up, in order, with nothing left out.
+                        let expected: Vec<u64> =
+                            evs.iter().filter(|e| e.seq > from && e.visible(&w.user, w.version)).map(|e| e.seq).collect();
+                        assert!(expected.starts_with(&w.received), "the catch-up before history_gap: {:?}, expected a prefix of {expected:?}", w.received);
+                        w.after_seq = evs.last().map(|e| e.seq);
                         w.received.clear();
+                        w.catch_up = false;
+                        self.late_gaps += 1;
                     }
                     Some("source_unavailable") => {
                         assert!(self.down[w.channel].is_some() || w.late_frames, "source_unavailable while {} is up", CHANNELS[w.channel]);
@@ -495,11 +598,13 @@ impl Model {
             }
             // A client that reads has its catch-up done (the harness takes every batch): a
             // history_gap it was excused for came with what it just read, or not at all.
-            w.paused_in_catch_up = false;
+            w.catch_up = false;
         }
     }
 
     fn check(&mut self) {
+        assert_eq!(self.h.gw.stream_count(), self.watches.len(), "model and gateway disagree on the streams open");
+        assert!(self.watches.len() <= self.capacity, "the shard holds more than it can");
         for u in 0..USERS {
             let name = format!("u{u}");
             assert!(self.h.gw.streams_of(&name) <= LIMIT, "{name} above the limit");
