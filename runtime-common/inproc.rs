@@ -72,10 +72,12 @@ async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, R
 pub(crate) fn start_demo(settings: &Arc<Settings>, inproc: Inproc) {
     let channels: Vec<(ChannelId, String)> =
         settings.channels.iter().filter_map(|c| Some((settings.channel_id(&c.name)?, c.name.clone()))).collect();
-    for (_, name) in channels.iter().filter(|(_, n)| demo::sample(n, 0, demo::DEMO_USER).is_none()) {
-        info!(channel = %name, "no demo samples for this channel (not a seed channel)");
-    }
     let interval = settings.config.demo.interval;
+    let settings = settings.clone();
+    let fits = move |name: &str, n| demo::sample_for(&settings, name, n, demo::DEMO_USER);
+    for (_, name) in channels.iter().filter(|(_, name)| (0..demo::SAMPLE_PERIOD).all(|n| fits(name, n).is_none())) {
+        info!(channel = %name, "no demo samples for this channel (not a seed channel, or none its catalogue takes)");
+    }
     spawn(async move {
         let mut n = 0u64;
         let mut at = Instant::now();
@@ -83,7 +85,7 @@ pub(crate) fn start_demo(settings: &Arc<Settings>, inproc: Inproc) {
         loop {
             (&mut tick).await;
             for (id, name) in &channels {
-                if let Some(msg) = demo::sample(name, n, demo::DEMO_USER) {
+                if let Some(msg) = fits(name, n) {
                     let _ = inproc.publish(*id, msg).await;
                 }
             }

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::ingest::{HeaderValue, UpstreamMessage};
 
 /// The demo page template; its placeholders are `__SSE_COOKIE__` (the cookie name) and
@@ -103,6 +103,19 @@ pub fn sample(channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
     })
 }
 
+/// The `n`-th sample of `channel` ([`sample`]) if the configured catalogue takes it (as schema
+/// version 1): a custom catalogue may lack the seed's event types or fields, and a sample it
+/// refuses would only be dropped, with a log line, every interval.
+pub fn sample_for(settings: &Settings, channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
+    let msg = sample(channel, n, user)?;
+    let payload: Value = serde_json::from_slice(&msg.body).ok()?;
+    settings.catalogue.validate(channel, 1, msg.kind.as_deref()?, &payload).ok()?;
+    Some(msg)
+}
+
+/// Samples of a channel come in turn with this period (the event types of every seed channel).
+pub const SAMPLE_PERIOD: u64 = 30;
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -129,6 +142,30 @@ mod tests {
             assert_eq!(seen.len(), schema.event_types().count(), "{}", ch.name);
         }
         assert!(sample("invoices", 0, DEMO_USER).is_none());
+        for ch in &settings.channels {
+            for n in 0..SAMPLE_PERIOD {
+                assert!(sample_for(&settings, &ch.name, n, DEMO_USER).is_some(), "{} #{n}", ch.name);
+                let kind = |n| sample(&ch.name, n, DEMO_USER).and_then(|m| m.kind);
+                assert_eq!(kind(n), kind(n + SAMPLE_PERIOD), "{} #{n}: the types repeat every period", ch.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_custom_catalogue_gets_only_the_samples_it_takes() {
+        // `deals` with one of the seed's types, another field required; `tasks` as in the seed.
+        let toml = "[channels.deals.versions.1.\"deal.created\"]\ndeal_id = \"uuid\"\nregion = \"string\"\n\
+             [channels.deals.versions.1.\"deal.updated\"]\ndeal_id = \"uuid\"\n\
+             [channels.tasks.versions.1.\"task.created\"]\ntask_id = \"uuid\"\n";
+        let settings = Settings::new(Config::default(), crate::Catalogue::from_toml(toml).unwrap()).unwrap();
+        let kinds = |ch: &str| -> Vec<String> {
+            (0..SAMPLE_PERIOD).filter_map(|n| sample_for(&settings, ch, n, DEMO_USER)).map(|m| m.kind.unwrap()).collect()
+        };
+        let deals = kinds("deals");
+        assert!(!deals.is_empty() && deals.iter().all(|k| k == "deal.updated"), "{deals:?}");
+        let tasks = kinds("tasks");
+        assert!(!tasks.is_empty() && tasks.iter().all(|k| k == "task.created"), "{tasks:?}");
+        assert!(kinds("payments").is_empty());
     }
 
     #[test]
