@@ -22,8 +22,9 @@
 //!   connects with. Chosen explicitly: with both runtime features on in one workspace build,
 //!   lapin's default would pick tokio even under smol.
 //! * `crate::listener::Listener`: `bind(&str)`, `local_addr()`, `accept() -> (Socket, SocketAddr)`.
-//! * `crate::shutdown_signal()`: installs the SIGTERM/SIGINT handlers at once and returns a
-//!   future that completes at the first of them.
+//! * `crate::Signals`: `new() -> io::Result<Signals>` installs the SIGTERM, SIGINT and SIGHUP
+//!   handlers; `next(&mut self)` completes at the next SIGTERM or SIGINT with its number (a
+//!   SIGHUP is only logged). Created and awaited on the `signals` thread ([`signals`]).
 //!
 //! Channels and locks here are runtime-neutral (`async-channel`, `async-lock`), and every
 //! `select` is a `futures_lite::future::or` with the rarely-ready side first.
@@ -82,14 +83,16 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             inproc::start_demo(&settings, inproc.clone());
         }
         // Handlers first, so a signal right after the ready line is a graceful stop, not a kill.
-        let signal = crate::shutdown_signal()?;
+        let signal = signals()?;
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
         let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals });
         crate::driver::spawn(request::sum_up_refusals(ctx.clone()));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
-        future::or(request::serve(listener, ctx.clone()), signal).await;
-        second_signal_exits();
+        future::or(request::serve(listener, ctx.clone()), async {
+            let _ = signal.recv().await;
+        })
+        .await;
         request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
         info!("shutting down: draining streams");
         // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes
@@ -120,24 +123,32 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A second SIGTERM or SIGINT (an operator who will not wait for the drain) ends the process at
-/// once, with status 1. Its own thread: the drain goes on after this thread's executor is done.
-fn second_signal_exits() {
-    let listen = || -> std::io::Result<()> {
-        Executor::new()?.block_on(async {
-            crate::shutdown_signal()?.await;
-            tracing::warn!("a second SIGTERM or SIGINT: exiting without finishing the drain");
-            std::process::exit(1)
-        })
-    };
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+/// Starts the `signals` thread, which installs the handlers before it returns and listens for as
+/// long as the process runs: the first SIGTERM or SIGINT is sent on the channel returned (the
+/// graceful stop, D12); a second one (an operator who will not wait for the drain) ends the
+/// process at once, with status 128 + its number (143, 130), as if it had killed it. One
+/// listener for both: none is dropped between them, so a second signal cannot be lost.
+fn signals() -> std::io::Result<async_channel::Receiver<()>> {
+    let (stop, stopping) = async_channel::bounded(1);
+    let (installed_tx, installed) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let listen = || -> std::io::Result<()> {
+            Executor::new()?.block_on(async {
+                let mut signals = crate::Signals::new()?;
+                let _ = installed_tx.send(Ok(()));
+                signals.next().await;
+                let _ = stop.try_send(());
+                let second = signals.next().await;
+                tracing::warn!(signal = second, "a second SIGTERM or SIGINT: exiting without finishing the drain");
+                std::process::exit(128 + second)
+            })
+        };
         if let Err(e) = listen() {
-            tracing::warn!(error = %e, "cannot listen for a second signal; the drain runs to its end");
+            let _ = installed_tx.send(Err(e));
         }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot listen for a second signal; the drain runs to its end");
-    }
+    })?;
+    installed.recv().map_err(|_| std::io::Error::other("the signals thread ended before installing its handlers"))??;
+    Ok(stopping)
 }
 
 /// Makes every panic, on any thread, log `panic; aborting the process` at error (the panic's

@@ -14,24 +14,34 @@ mod common;
 mod driver;
 mod listener;
 
-use std::future::Future;
 use std::io;
 use std::process::ExitCode;
 
-use async_signal::{Signal, Signals};
+use async_signal::Signal;
 use futures_lite::StreamExt;
 
 fn main() -> ExitCode {
     sse_gateway_core::cli::main("sse-gateway-smol", 1, common::run)
 }
 
-/// Installs the SIGTERM and SIGINT handlers; the future completes at the first of them. SIGHUP
-/// is caught too and only logged ([`common::SIGHUP_IGNORED`]).
-fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
-    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
-    Ok(async move {
-        while let Some(Ok(Signal::Hup)) = signals.next().await {
-            tracing::warn!("{}", common::SIGHUP_IGNORED);
+/// SIGTERM, SIGINT and SIGHUP, listened for on the thread that creates them.
+struct Signals(async_signal::Signals);
+
+impl Signals {
+    /// Installs the handlers.
+    fn new() -> io::Result<Signals> {
+        async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map(Signals)
+    }
+
+    /// The next SIGTERM or SIGINT (its number); a SIGHUP is only logged ([`common::SIGHUP_IGNORED`]).
+    /// An error reading the signals counts as a SIGTERM, so that the process can still stop.
+    async fn next(&mut self) -> i32 {
+        loop {
+            match self.0.next().await {
+                Some(Ok(Signal::Hup)) => tracing::warn!("{}", common::SIGHUP_IGNORED),
+                Some(Ok(Signal::Int)) => return 2,
+                _ => return 15,
+            }
         }
-    })
+    }
 }

@@ -14,29 +14,37 @@ mod common;
 mod driver;
 mod listener;
 
-use std::future::Future;
 use std::io;
 use std::process::ExitCode;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> ExitCode {
     let per_cpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     sse_gateway_core::cli::main("sse-gateway", per_cpu, common::run)
 }
 
-/// Installs the SIGTERM and SIGINT handlers; the future completes at the first of them. SIGHUP
-/// is caught too and only logged ([`common::SIGHUP_IGNORED`]).
-fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
-    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(async move {
+/// SIGTERM, SIGINT and SIGHUP, listened for on the thread that creates them.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    fn new() -> io::Result<Signals> {
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
+    }
+
+    /// The next SIGTERM or SIGINT (its number); a SIGHUP is only logged ([`common::SIGHUP_IGNORED`]).
+    async fn next(&mut self) -> i32 {
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => tracing::warn!("{}", common::SIGHUP_IGNORED),
+                _ = self.term.recv() => return 15,
+                _ = self.int.recv() => return 2,
+                _ = self.hup.recv() => tracing::warn!("{}", common::SIGHUP_IGNORED),
             }
         }
-    })
+    }
 }

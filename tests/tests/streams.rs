@@ -358,20 +358,27 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
 }
 
 /// An operator who will not wait for the drain: a second SIGTERM or SIGINT ends the process at
-/// once (exit status 1, said in the log), however long `shutdown_drain` is.
+/// once (exit status 128 + the signal's number, said in the log), however long
+/// `shutdown_drain` is; SIGTERM twice (`kill` again), then SIGTERM and SIGINT (Ctrl-C).
 async fn a_second_signal_during_the_drain_exits_at_once(bin: Bin) {
-    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "600s").raw("streams", "max_pending_bytes", "67108864");
-    let mut fx = Fixture::start(bin, cfg).await;
-    let (stalled, mut reader) = a_stalled_stream_and_a_reader(&fx).await;
-    fx.gw.terminate();
-    reader.until_closed(WAIT).await.expect("the reading client's stream closes at SIGTERM");
-    assert!(fx.gw.is_running(), "draining the stalled stream");
-    fx.gw.interrupt();
-    let status = fx.gw.wait_exit(WAIT).await.expect("the second signal ends the process, not the 600 s drain");
-    assert_eq!(status.code(), Some(1), "exit status {status:?}");
-    let log = fx.gw.stderr();
-    assert!(log.contains("a second SIGTERM or SIGINT: exiting without finishing the drain"), "{log}");
-    drop(stalled);
+    for (second, status) in [("TERM", 143), ("INT", 130)] {
+        let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "600s").raw("streams", "max_pending_bytes", "67108864");
+        let mut fx = Fixture::start(bin, cfg).await;
+        let (stalled, mut reader) = a_stalled_stream_and_a_reader(&fx).await;
+        fx.gw.terminate();
+        reader.until_closed(WAIT).await.expect("the reading client's stream closes at SIGTERM");
+        assert!(fx.gw.is_running(), "draining the stalled stream");
+        match second {
+            "TERM" => fx.gw.terminate(),
+            _ => fx.gw.interrupt(),
+        }
+        let exited = fx.gw.wait_exit(WAIT).await.expect("the second signal ends the process, not the 600 s drain");
+        assert_eq!(exited.code(), Some(status), "SIGTERM then SIG{second}: exit status {exited:?}");
+        let line = "a second SIGTERM or SIGINT: exiting without finishing the drain";
+        let log = fx.gw.log_until(WAIT, |l| l.contains(line)).await;
+        assert!(log.contains(line), "{log}");
+        drop(stalled);
+    }
 }
 
 for_each_binary!(
