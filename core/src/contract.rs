@@ -194,22 +194,29 @@ fn events(settings: &Settings) -> Vec<(&ChannelSettings, u32, &EventSchema)> {
     out
 }
 
-/// An AsyncAPI identifier (`[A-Za-z0-9_-]`) from a channel name and version, not among `taken`
-/// (where it goes): two names that differ only in characters outside the set (`a.b`, `a_b`) get
-/// a number after the second (`a_b_v1`, `a_b_v1_2`). Called in the settings' order, the keys are
-/// the same on every run.
-fn channel_key(channel: &str, version: u32, taken: &mut BTreeSet<String>) -> String {
-    let clean: String = channel.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    unique(taken, format!("{clean}_v{version}"), "_")
+/// An AsyncAPI identifier (`[A-Za-z0-9_-]`) from a channel name and version, one per name
+/// whatever other channels there are: letters, digits and `-` as they are, `_` doubled, any
+/// other character as `_<hex code>_` (`a.b` is `a_2e_b_v1`, `a_b` is `a__b_v1`), then `_v` and
+/// the version (`v` is no hex digit, so no name's key is another's).
+fn channel_key(channel: &str, version: u32) -> String {
+    let mut key = String::with_capacity(channel.len() + 4);
+    for c in channel.chars() {
+        match c {
+            c if c.is_ascii_alphanumeric() || c == '-' => key.push(c),
+            '_' => key.push_str("__"),
+            c => key.push_str(&format!("_{:x}_", u32::from(c))),
+        }
+    }
+    format!("{key}_v{version}")
 }
 
-/// `base`, or `base` with `sep` and the first number from 2 that makes it one not among `taken`
-/// (where it goes).
-fn unique(taken: &mut BTreeSet<String>, base: String, sep: &str) -> String {
+/// `base`, or `base` with the first number from 2 that makes it one not among `taken` (where it
+/// goes).
+fn unique(taken: &mut BTreeSet<String>, base: String) -> String {
     let mut name = base.clone();
     let mut n = 2;
     while !taken.insert(name.clone()) {
-        name = format!("{base}{sep}{n}");
+        name = format!("{base}{n}");
         n += 1;
     }
     name
@@ -333,12 +340,11 @@ pub fn asyncapi(settings: &Settings) -> Value {
 
     let mut channels = Map::new();
     let mut operations = Map::new();
-    let mut taken = BTreeSet::new();
     for ch in &settings.channels {
         let Some(schema) = settings.catalogue.channel(&ch.name) else { continue };
         for v in schema.versions() {
             let Some(version) = schema.version(v) else { continue };
-            let key = channel_key(&ch.name, v, &mut taken);
+            let key = channel_key(&ch.name, v);
             let mut ch_messages = Map::new();
             let mut op_messages = Vec::new();
             for (name, ev) in version.event_types() {
@@ -508,7 +514,7 @@ fn ts_type(kind: &FieldKind) -> (String, Option<&'static str>) {
 pub fn typescript(settings: &Settings) -> String {
     let mut o = String::new();
     let mut taken = BTreeSet::new();
-    let mut unique = |base: String| unique(&mut taken, base, "");
+    let mut unique = |base: String| unique(&mut taken, base);
     let names = channel_names(settings);
     o.push_str(
         "// sse-gateway stream contract: TypeScript declarations generated from the event catalogue\n\
@@ -647,12 +653,11 @@ mod tests {
             let text = serde_json::to_string_pretty(&doc).unwrap();
             assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
             let mut seen_channels = 0;
-            let mut taken = BTreeSet::new();
             for ch in &settings.channels {
                 let schema = settings.catalogue.channel(&ch.name).unwrap();
                 for v in schema.versions() {
                     seen_channels += 1;
-                    let key = channel_key(&ch.name, v, &mut taken);
+                    let key = channel_key(&ch.name, v);
                     let c = &doc["channels"][&key];
                     assert_eq!(c["address"], format!("/api/v1/streams/{}", ch.name), "{key}");
                     let op = &doc["operations"][format!("send_{key}")];
@@ -829,7 +834,8 @@ mod tests {
         let addresses: BTreeSet<String> = doc["channels"].as_object().unwrap().values().map(|c| c["address"].as_str().unwrap().to_string()).collect();
         assert_eq!(addresses, BTreeSet::from(["/api/v1/streams/a.b".to_string(), "/api/v1/streams/a_b".to_string()]));
         let keys: Vec<&String> = doc["channels"].as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 2, "{keys:?}");
+        // Each name's own key, whatever other channels there are.
+        assert_eq!(keys, ["a_2e_b_v1", "a__b_v1"]);
         for key in keys {
             assert_eq!(doc["operations"][format!("send_{key}")]["channel"]["$ref"], format!("#/channels/{key}"));
         }

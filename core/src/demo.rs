@@ -107,7 +107,12 @@ pub fn sample(channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
 /// version 1): a custom catalogue may lack the seed's event types or fields, and a sample it
 /// refuses would only be dropped, with a log line, every interval.
 pub fn sample_for(settings: &Settings, channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
-    let msg = sample(channel, n, user)?;
+    let mut msg = sample(channel, n, user)?;
+    // A channel the configuration made per-user takes only events that name someone.
+    let per_user = settings.channel_id(channel).is_some_and(|id| settings.channel(id).per_user);
+    if per_user && msg.recipient_ids.is_none() {
+        msg.recipient_ids = Some(HeaderValue::Text(user.to_string()));
+    }
     let payload: Value = serde_json::from_slice(&msg.body).ok()?;
     settings.catalogue.validate(channel, 1, msg.kind.as_deref()?, &payload).ok()?;
     Some(msg)
@@ -166,6 +171,13 @@ mod tests {
         let tasks = kinds("tasks");
         assert!(!tasks.is_empty() && tasks.iter().all(|k| k == "task.created"), "{tasks:?}");
         assert!(kinds("payments").is_empty());
+        // A seed channel made per-user: its samples name the demo user.
+        let settings = Settings::new(Config::from_toml("[channels.deals]\nper_user = true\n").unwrap(), crate::Catalogue::seed()).unwrap();
+        let mut ingest = crate::Ingest::new(Arc::new(settings.clone()), Arc::new(Metrics::new(&settings)), settings.channel_id("deals").unwrap(), 1);
+        for n in 0..SAMPLE_PERIOD {
+            let msg = sample_for(&settings, "deals", n, DEMO_USER).expect("a deals sample");
+            assert!(ingest.handle_message(&msg).is_ok_and(|ev| ev.visible_to(DEMO_USER) && !ev.visible_to("someone-else")), "#{n}");
+        }
     }
 
     #[test]
