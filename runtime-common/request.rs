@@ -271,7 +271,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         Routed::Metrics => Response::metrics(metrics),
         Routed::DemoPage => {
             let cookie = settings.config.auth.cookie.as_deref().unwrap_or(demo::DEMO_COOKIE);
-            Response::with_body(200, "text/html; charset=utf-8", "", None, demo::page(cookie).as_bytes())
+            Response::with_body(200, "text/html; charset=utf-8", "", None, demo::page(cookie, settings).as_bytes())
         }
     };
     metrics.response(resp.status);

@@ -24,17 +24,19 @@ pub const DEMO_USER: &str = "demo-user";
 /// Roles of the development token `--demo` prints: every seed channel and the publish endpoint.
 pub const DEMO_ROLES: [&str; 2] = ["finance_manager", "publisher"];
 
-/// The demo page with the cookie name the gateway reads tokens from. It shows every event type of
-/// each seed channel's default version (demo samples exist for the seed channels only).
-pub fn page(cookie: &str) -> String {
-    let catalogue = crate::Catalogue::seed();
+/// The demo page with the cookie name the gateway reads tokens from. It opens a stream on each
+/// channel the gateway serves and shows every event type of the channel's default version, from
+/// the configured catalogue (demo samples exist for the seed's event types only).
+pub fn page(cookie: &str, settings: &Settings) -> String {
     let mut types = serde_json::Map::new();
-    for ch in catalogue.channels() {
-        let names: Vec<&str> = ch
-            .version(ch.default_version())
+    for ch in &settings.channels {
+        let names: Vec<&str> = settings
+            .catalogue
+            .channel(&ch.name)
+            .and_then(|schema| schema.version(ch.default_version))
             .map(|v| v.event_types().map(|(name, _)| name).collect())
             .unwrap_or_default();
-        types.insert(ch.name().to_string(), json!(names));
+        types.insert(ch.name.clone(), json!(names));
     }
     // Channel and event-type names are `[a-z0-9._-]`: safe inside a <script> element.
     PAGE.replace("__SSE_COOKIE__", cookie).replace("__SSE_EVENT_TYPES__", &Value::Object(types).to_string())
@@ -189,8 +191,14 @@ mod tests {
         let mut c = Config::from_toml("[auth]\nsecret = \"0123456789abcdef0123\"\ncookie = \"tok\"\n").unwrap();
         configure(&mut c);
         assert_eq!(c.auth.cookie.as_deref(), Some("tok"));
-        assert!(page("tok").contains("\"tok\"") && !page("tok").contains("__SSE_COOKIE__"));
-        assert!(!page("tok").contains("__SSE_EVENT_TYPES__"));
-        assert!(page("tok").contains(r#""payments":["payment.overdue","payment.status.changed"]"#));
+        let seed = Settings::seed();
+        assert!(page("tok", &seed).contains("\"tok\"") && !page("tok", &seed).contains("__SSE_COOKIE__"));
+        assert!(!page("tok", &seed).contains("__SSE_EVENT_TYPES__"));
+        assert!(page("tok", &seed).contains(r#""payments":["payment.overdue","payment.status.changed"]"#));
+        // The channels served and the configured catalogue's types, not the seed's.
+        let custom = Settings::new(Config::default(), crate::Catalogue::from_toml("[channels.invoices.versions.1.\"invoice.paid\"]\nid = \"uuid\"\n").unwrap()).unwrap();
+        assert!(page("tok", &custom).contains(r#"const EVENT_TYPES = {"invoices":["invoice.paid"]};"#), "{}", page("tok", &custom));
+        let no_payments = Settings::new(Config::from_toml("[channels.payments]\nenabled = false\n").unwrap(), crate::Catalogue::seed()).unwrap();
+        assert!(!page("tok", &no_payments).contains("\"payments\""));
     }
 }
