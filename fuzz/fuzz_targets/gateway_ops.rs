@@ -236,6 +236,31 @@ fuzz_target!(|ops: Vec<Op>| {
             live_handed = true;
         }};
     }
+    // Hands read-back `$id` the log's next message: `Ok(true)` to read on, `Ok(false)` when the
+    // gateway paused or finished it, `Err(started)` at the log's end (whether anything came).
+    macro_rules! read_next {
+        ($id:expr, $seen:expr) => {{
+            let r = reads.get_mut(&$id).expect("reading");
+            match log.get(r.next as usize - 1) {
+                None => Err(r.started),
+                Some((msg, ok, _)) => {
+                    let ev = ingests[0].read_back(msg, $seen).ok();
+                    assert_eq!(ev.is_some(), *ok, "read back");
+                    let pos = r.next;
+                    r.next += 1;
+                    r.started = true;
+                    match gw.backfill_message($id, pos, ev.as_ref()) {
+                        BackfillStep::Continue => Ok(true),
+                        BackfillStep::Pause => Ok(false),
+                        BackfillStep::Finished => {
+                            reads.remove(&$id);
+                            Ok(false)
+                        }
+                    }
+                }
+            }
+        }};
+    }
     // Takes every stream's output and reads every read-back to the log's end (pausing where the
     // gateway says, the stream's output taken then), until nothing is left to do.
     macro_rules! quiesce {
@@ -256,23 +281,13 @@ fuzz_target!(|ops: Vec<Op>| {
                     busy = true;
                     let mut seen = ingests[0].read_back_window();
                     loop {
-                        let r = reads.get_mut(&id).expect("reading");
-                        let Some((msg, ok, _)) = log.get(r.next as usize - 1) else {
-                            // The log's end.
-                            reads.remove(&id);
-                            gw.backfill_done(id, true);
-                            break;
-                        };
-                        let ev = ingests[0].read_back(msg, &mut seen).ok();
-                        assert_eq!(ev.is_some(), *ok, "read back");
-                        let pos = r.next;
-                        r.next += 1;
-                        r.started = true;
-                        match gw.backfill_message(id, pos, ev.as_ref()) {
-                            BackfillStep::Continue => {}
-                            BackfillStep::Pause => break,
-                            BackfillStep::Finished => {
+                        match read_next!(id, &mut seen) {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(_) => {
+                                // The log's end.
                                 reads.remove(&id);
+                                gw.backfill_done(id, true);
                                 break;
                             }
                         }
@@ -487,27 +502,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(id) = pick_stream(&reads, pick) {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
-                        let r = reads.get_mut(&id).expect("reading");
-                        let Some((msg, ok, _)) = log.get(r.next as usize - 1) else {
-                            // The log's end: nothing at all came is a failure.
-                            let started = r.started;
-                            reads.remove(&id);
-                            if !started {
-                                open.get_mut(&id).expect("reading for an open stream").gap_cause = true;
-                            }
-                            gw.backfill_done(id, started);
-                            break;
-                        };
-                        let ev = ingests[0].read_back(msg, &mut seen).ok();
-                        assert_eq!(ev.is_some(), *ok, "read back");
-                        let pos = r.next;
-                        r.next += 1;
-                        r.started = true;
-                        match gw.backfill_message(id, pos, ev.as_ref()) {
-                            BackfillStep::Continue => {}
-                            BackfillStep::Pause => break,
-                            BackfillStep::Finished => {
+                        match read_next!(id, &mut seen) {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(started) => {
+                                // The log's end: nothing at all came is a failure.
                                 reads.remove(&id);
+                                if !started {
+                                    open.get_mut(&id).expect("reading for an open stream").gap_cause = true;
+                                }
+                                gw.backfill_done(id, started);
                                 break;
                             }
                         }

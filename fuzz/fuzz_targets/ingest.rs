@@ -72,14 +72,20 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn raw(msgs: Vec<Msg>) {
+/// The seed settings, an ingest per channel, and a read-back window for each.
+fn ingests() -> (Arc<Settings>, Vec<Ingest>, Vec<RecentIds>) {
     let s = common::settings("");
     let m = Arc::new(Metrics::new(&s));
-    let n = s.channels.len();
-    let mut ingests: Vec<Ingest> = (0..n)
+    let ingests: Vec<Ingest> = (0..s.channels.len())
         .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 7))
         .collect();
-    let mut seen: Vec<RecentIds> = ingests.iter().map(Ingest::read_back_window).collect();
+    let seen = ingests.iter().map(Ingest::read_back_window).collect();
+    (s, ingests, seen)
+}
+
+fn raw(msgs: Vec<Msg>) {
+    let (s, mut ingests, mut seen) = ingests();
+    let n = s.channels.len();
     for msg in msgs {
         let i = msg.channel as usize % n;
         let up = UpstreamMessage {
@@ -163,13 +169,8 @@ const UUID: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 const DATETIMES: [&str; 4] = ["2026-01-01T00:00:00Z", "2026-05-01t12:30:00.250+03:00", "2024-02-29T23:59:59z", "2016-12-31T23:59:60Z"];
 
 fn templated(msgs: Vec<Templated>) {
-    let s = common::settings("");
-    let m = Arc::new(Metrics::new(&s));
+    let (s, mut ingests, mut seen) = ingests();
     let n = s.channels.len();
-    let mut ingests: Vec<Ingest> = (0..n)
-        .map(|i| Ingest::new(s.clone(), m.clone(), s.channel_id(&s.channels[i].name).unwrap(), 7))
-        .collect();
-    let mut seen: Vec<RecentIds> = ingests.iter().map(Ingest::read_back_window).collect();
     for (k, t) in msgs.into_iter().enumerate() {
         let i = t.channel as usize % n;
         let schema = s.catalogue.channel(&s.channels[i].name).expect("a channel of the catalogue");
