@@ -378,22 +378,15 @@ pub(crate) fn start_thread(
     epoch: u64,
 ) -> std::io::Result<(Sources, async_channel::Sender<()>)> {
     let (quit_tx, quit_rx) = async_channel::bounded::<()>(1);
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let (settings, metrics, broker, shards) = (settings.clone(), metrics.clone(), broker.clone(), shards.clone());
-    std::thread::Builder::new().name("sources".into()).spawn(move || {
-        let executor = match crate::driver::Executor::new() {
-            Ok(e) => e,
-            Err(e) => return drop(tx.send(Err(e))),
-        };
-        executor.block_on(async move {
-            let sources = start(crate::driver::amqp_runtime(), &settings, &metrics, &broker, &shards, epoch);
-            if tx.send(Ok(sources)).is_ok() {
-                // An error once the main thread drops its sender.
-                let _ = quit_rx.recv().await;
-            }
-        });
+    let sources = crate::common::serve_on_thread("sources", move |started| async move {
+        let sources = start(crate::driver::amqp_runtime(), &settings, &metrics, &broker, &shards, epoch);
+        if started.report(sources) {
+            // An error once the main thread drops its sender.
+            let _ = quit_rx.recv().await;
+        }
+        Ok(())
     })?;
-    let sources = rx.recv().map_err(|_| std::io::Error::other("the sources thread ended before starting"))??;
     Ok((sources, quit_tx))
 }
 

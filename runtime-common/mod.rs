@@ -130,25 +130,47 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
 /// listener for both: none is dropped between them, so a second signal cannot be lost.
 fn signals() -> std::io::Result<async_channel::Receiver<()>> {
     let (stop, stopping) = async_channel::bounded(1);
-    let (installed_tx, installed) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let listen = || -> std::io::Result<()> {
-            Executor::new()?.block_on(async {
-                let mut signals = crate::Signals::new()?;
-                let _ = installed_tx.send(Ok(()));
-                signals.next().await;
-                let _ = stop.try_send(());
-                let second = signals.next().await;
-                tracing::warn!(signal = second, "a second SIGTERM or SIGINT: exiting without finishing the drain");
-                std::process::exit(128 + second)
-            })
-        };
-        if let Err(e) = listen() {
-            let _ = installed_tx.send(Err(e));
+    serve_on_thread("signals", move |started| async move {
+        let mut signals = crate::Signals::new()?;
+        started.report(());
+        signals.next().await;
+        let _ = stop.try_send(());
+        let second = signals.next().await;
+        tracing::warn!(signal = second, "a second SIGTERM or SIGINT: exiting without finishing the drain");
+        std::process::exit(128 + second)
+    })?;
+    Ok(stopping)
+}
+
+/// How a thread started by [`serve_on_thread`] hands its caller what it set up.
+pub(crate) struct Started<T>(std::sync::mpsc::SyncSender<std::io::Result<T>>);
+
+impl<T> Started<T> {
+    /// Hands `value` to the caller waiting in [`serve_on_thread`]; `false` if it is gone.
+    pub(crate) fn report(self, value: T) -> bool {
+        self.0.try_send(Ok(value)).is_ok()
+    }
+}
+
+/// Starts a thread named `name` that runs `serve` on an executor of its own, and waits until
+/// `serve` reports what it set up ([`Started::report`]), which this returns; the thread then
+/// goes on serving. An error before the report (the executor, or `serve`'s own) is returned
+/// here instead.
+pub(crate) fn serve_on_thread<T, F, Fut>(name: &str, serve: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Started<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = std::io::Result<()>>,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let failed = tx.clone();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        if let Err(e) = Executor::new().and_then(|executor| executor.block_on(serve(Started(tx)))) {
+            // Ignored once a report took the one slot: the caller has its value.
+            let _ = failed.try_send(Err(e));
         }
     })?;
-    installed.recv().map_err(|_| std::io::Error::other("the signals thread ended before installing its handlers"))??;
-    Ok(stopping)
+    rx.recv().map_err(|_| std::io::Error::other(format!("the {name} thread ended before starting")))?
 }
 
 /// Makes every panic, on any thread, log `panic; aborting the process` at error (the panic's
