@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::catalogue::{EventSchema, FieldKind};
 use crate::config::{ChannelSettings, Settings};
+use crate::demo;
 
 /// Codes of `event: error` frames, after which the gateway closes the stream (D1, D2, D9).
 pub const ERROR_CODES: [&str; 3] = ["forbidden", "stream_limit", "token_expired"];
@@ -109,6 +110,20 @@ pub fn example_payload(event: &EventSchema) -> Value {
     Value::Object(o)
 }
 
+/// The example payload of `name` (`event`) on `channel` at schema version `v`: the demo's sample
+/// of that type, which carries the seed's values (statuses, currency, template names: what the
+/// UI will see), where the configured catalogue takes it; otherwise [`example_payload`].
+fn example(settings: &Settings, channel: &str, v: u32, name: &str, event: &EventSchema) -> Value {
+    let sample = (v == 1)
+        .then(|| {
+            (0..demo::SAMPLE_PERIOD)
+                .filter_map(|n| demo::sample_for(settings, channel, n, demo::DEMO_USER))
+                .find(|m| m.kind.as_deref() == Some(name))
+        })
+        .flatten();
+    sample.and_then(|m| serde_json::from_slice(&m.body).ok()).unwrap_or_else(|| example_payload(event))
+}
+
 fn error_schema() -> Value {
     json!({
         "title": "error",
@@ -162,7 +177,7 @@ fn http_error_schema() -> Value {
 pub fn json_schemas(settings: &Settings) -> Value {
     let mut defs = Map::new();
     for (ch, v, ev) in events(settings) {
-        defs.insert(format!("{}.v{v}.{}", ch.name, ev.name()), embedded(ev));
+        defs.insert(event_key(&ch.name, v, ev.name()), embedded(ev));
     }
     defs.insert("error".into(), error_schema());
     defs.insert("warning".into(), warning_schema(&channel_names(settings)));
@@ -208,6 +223,13 @@ fn channel_key(channel: &str, version: u32) -> String {
         }
     }
     format!("{key}_v{version}")
+}
+
+/// The identifier of an event type's schema and message: its channel's key ([`channel_key`], which
+/// holds no `.`), a `.`, the type (`deals_v1.deal.created`): the first `.` splits it, so no two
+/// (channel, version, type) share one (`{channel}.v{n}.{type}` did: `a.v1.b` + `c`, `a` + `b.v1.c`).
+fn event_key(channel: &str, version: u32, event: &str) -> String {
+    format!("{}.{event}", channel_key(channel, version))
 }
 
 /// `base`, or `base` with the first number from 2 that makes it one not among `taken` (where it
@@ -348,7 +370,7 @@ pub fn asyncapi(settings: &Settings) -> Value {
             let mut ch_messages = Map::new();
             let mut op_messages = Vec::new();
             for (name, ev) in version.event_types() {
-                let id = format!("{}.v{v}.{name}", ch.name);
+                let id = event_key(&ch.name, v, name);
                 schemas.insert(id.clone(), embedded(ev));
                 let fields: Vec<String> =
                     ev.fields().iter().map(|f| format!("`{}` {}{}", f.name, f.kind, if f.required { "" } else { " (optional)" })).collect();
@@ -362,7 +384,7 @@ pub fn asyncapi(settings: &Settings) -> Value {
                         "contentType": "application/json",
                         "headers": sse_headers(json!({"const": name}), true),
                         "payload": {"$ref": format!("#/components/schemas/{id}")},
-                        "examples": [{"name": name, "headers": {"event": name, "id": "1732761600000-1"}, "payload": example_payload(ev)}],
+                        "examples": [{"name": name, "headers": {"event": name, "id": "1732761600000-1"}, "payload": example(settings, &ch.name, v, name, ev)}],
                     }),
                 );
                 ch_messages.insert(name.to_string(), json!({"$ref": format!("#/components/messages/{id}")}));
@@ -703,6 +725,29 @@ mod tests {
         }
     }
 
+    /// The seed's event types show the seed's sample values (what the UI will see); a type the
+    /// demo has no accepted sample for shows a value of each field's kind.
+    #[test]
+    fn asyncapi_examples_carry_the_seeds_values() {
+        let example = |doc: &Value, id: &str| doc["components"]["messages"][id]["examples"][0]["payload"].clone();
+        let seed = asyncapi(&Settings::seed());
+        let payment = example(&seed, "payments_v1.payment.status.changed");
+        assert_eq!((&payment["currency"], &payment["status"]), (&json!("RUB"), &json!("received")), "{payment}");
+        assert_eq!(example(&seed, "notifications_v1.notification.sent")["template"], "deal.status.changed");
+        assert_eq!(example(&seed, "deals_v1.deal.updated")["changes"], json!({"status": "issuing"}));
+        assert_eq!(example(&seed, "tasks_v1.task.reminder")["channel"], "sse");
+        for (id, msg) in seed["components"]["messages"].as_object().unwrap() {
+            if id.contains("_v1.") {
+                assert!(!msg["examples"][0]["payload"].to_string().contains("\"string\""), "{id}: {msg}");
+            }
+        }
+        // `deal.created` with a field the demo's sample lacks: the kinds' values.
+        let custom = "[channels.deals.versions.1.\"deal.created\"]\ndeal_id = \"uuid\"\nregion = \"string\"\n";
+        let custom = Settings::new(Config::default(), Catalogue::from_toml(custom).unwrap()).unwrap();
+        let created = example(&asyncapi(&custom), "deals_v1.deal.created");
+        assert_eq!(created, json!({"deal_id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "region": "string"}));
+    }
+
     #[test]
     fn asyncapi_refs_all_resolve() {
         fn walk(doc: &Value, v: &Value) {
@@ -731,9 +776,9 @@ mod tests {
         assert_eq!(doc["channels"]["notifications_v1"]["x-sse-gateway"]["per_user"], true);
         let doc = asyncapi(&v2());
         assert_eq!(doc["operations"]["send_deals_v2"]["bindings"]["http"]["query"]["required"], json!(["version"]));
-        let created = &doc["components"]["schemas"]["deals.v2.deal.created"];
+        let created = &doc["components"]["schemas"]["deals_v2.deal.created"];
         assert!(created["required"].as_array().unwrap().contains(&json!("owner_id")));
-        assert!(doc["components"]["schemas"]["deals.v1.deal.created"]["properties"].get("owner_id").is_none());
+        assert!(doc["components"]["schemas"]["deals_v1.deal.created"]["properties"].get("owner_id").is_none());
     }
 
     #[test]
@@ -754,7 +799,7 @@ mod tests {
         let s = Settings::new(c, Catalogue::seed()).unwrap();
         assert!(asyncapi(&s)["channels"].get("tasks_v1").is_none());
         assert!(!typescript(&s).contains("task.created"));
-        assert!(json_schemas(&s)["$defs"].get("tasks.v1.task.created").is_none());
+        assert!(json_schemas(&s)["$defs"].get("tasks_v1.task.created").is_none());
     }
 
     #[test]
@@ -771,7 +816,7 @@ mod tests {
                         n += 1;
                         let mut want = ev.json_schema();
                         want.as_object_mut().unwrap().remove("$schema");
-                        assert_eq!(defs[&format!("{}.v{v}.{name}", ch.name)], want);
+                        assert_eq!(defs[&event_key(&ch.name, v, name)], want);
                     }
                 }
             }
@@ -839,6 +884,21 @@ mod tests {
         for key in keys {
             assert_eq!(doc["operations"][format!("send_{key}")]["channel"]["$ref"], format!("#/channels/{key}"));
         }
+    }
+
+    #[test]
+    fn event_types_whose_ids_would_be_the_same_each_get_their_own() {
+        // `{channel}.v{n}.{type}` made both `a.v1.b.v1.c`: the second overwrote the first.
+        let cat = Catalogue::from_toml("[channels.\"a.v1.b\".versions.1.c]\nx = \"string\"\n[channels.a.versions.1.\"b.v1.c\"]\ny = \"integer\"\n").unwrap();
+        let settings = Settings::new(Config::default(), cat).unwrap();
+        let doc = asyncapi(&settings);
+        let messages = doc["components"]["messages"].as_object().unwrap();
+        let x = &doc["components"]["schemas"]["a_2e_v1_2e_b_v1.c"];
+        let y = &doc["components"]["schemas"]["a_v1.b.v1.c"];
+        assert_eq!((x["properties"]["x"]["type"].as_str(), y["properties"]["y"]["type"].as_str()), (Some("string"), Some("integer")), "{x} {y}");
+        assert!(messages.contains_key("a_2e_v1_2e_b_v1.c") && messages.contains_key("a_v1.b.v1.c"));
+        let defs = &json_schemas(&settings)["$defs"];
+        assert!(defs["a_2e_v1_2e_b_v1.c"]["properties"]["x"].is_object() && defs["a_v1.b.v1.c"]["properties"]["y"].is_object());
     }
 
     #[test]
