@@ -105,18 +105,24 @@ pub fn sample(channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
     })
 }
 
-/// The `n`-th sample of `channel` ([`sample`]) if the configured catalogue takes it (as schema
-/// version 1): a custom catalogue may lack the seed's event types or fields, and a sample it
-/// refuses would only be dropped, with a log line, every interval.
+/// The `n`-th sample of `channel` ([`sample`]) if the configured catalogue takes it, published
+/// as the channel's default schema version (the version the demo page's streams, opened with
+/// no `version`, carry): a custom catalogue may lack the seed's event types or fields, or
+/// default to a version they do not fit, and a sample it refuses would only be dropped, with a
+/// log line, every interval.
 pub fn sample_for(settings: &Settings, channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
     let mut msg = sample(channel, n, user)?;
+    let ch = settings.channel(settings.channel_id(channel)?);
     // A channel the configuration made per-user takes only events that name someone.
-    let per_user = settings.channel_id(channel).is_some_and(|id| settings.channel(id).per_user);
-    if per_user && msg.recipient_ids.is_none() {
+    if ch.per_user && msg.recipient_ids.is_none() {
         msg.recipient_ids = Some(HeaderValue::Text(user.to_string()));
     }
+    let version = ch.default_version;
+    if version != 1 {
+        msg.schema_version = Some(HeaderValue::Int(i64::from(version)));
+    }
     let payload: Value = serde_json::from_slice(&msg.body).ok()?;
-    settings.catalogue.validate(channel, 1, msg.kind.as_deref()?, &payload).ok()?;
+    settings.catalogue.validate(channel, version, msg.kind.as_deref()?, &payload).ok()?;
     Some(msg)
 }
 
@@ -180,6 +186,31 @@ mod tests {
             let msg = sample_for(&settings, "deals", n, DEMO_USER).expect("a deals sample");
             assert!(ingest.handle_message(&msg).is_ok_and(|ev| ev.visible_to(DEMO_USER) && !ev.visible_to("someone-else")), "#{n}");
         }
+    }
+
+    /// A channel whose default version is 2: the samples that fit it go out as version 2 (what
+    /// the page's streams carry), not as version 1 to streams that never show them.
+    #[test]
+    fn samples_go_out_as_the_channels_default_version() {
+        // `tasks` v1 as the seed's; v2's `task.created` also takes `priority` (optional), and
+        // `task.updated` needs a field the sample lacks.
+        let mut toml = crate::catalogue::SEED_TOML.replacen("[channels.tasks]\ndefault_version = 1\n", "[channels.tasks]\ndefault_version = 2\n", 1);
+        assert_ne!(toml, crate::catalogue::SEED_TOML);
+        toml.push_str("[channels.tasks.versions.2.\"task.created\"]\ntask_id = \"uuid\"\nsubject = \"string\"\nassignee_id = \"uuid\"\ndue_date = \"date\"\nstatus = \"string\"\npriority = \"integer?\"\n");
+        toml.push_str("[channels.tasks.versions.2.\"task.updated\"]\ntask_id = \"uuid\"\nreason = \"string\"\n");
+        let cat = crate::Catalogue::from_toml(&toml).unwrap();
+        let settings = Arc::new(Settings::new(Config::default(), cat).unwrap());
+        let metrics = Arc::new(Metrics::new(&settings));
+        let id = settings.channel_id("tasks").unwrap();
+        let mut ingest = Ingest::new(settings.clone(), metrics, id, 1);
+        let samples: Vec<UpstreamMessage> = (0..SAMPLE_PERIOD).filter_map(|n| sample_for(&settings, "tasks", n, DEMO_USER)).collect();
+        assert!(!samples.is_empty() && samples.iter().all(|m| m.kind.as_deref() == Some("task.created")), "{samples:?}");
+        for msg in samples {
+            let ev = ingest.handle_message(&msg).expect("a version-2 sample the catalogue takes");
+            assert_eq!(ev.version(), 2);
+        }
+        // The other channels stay at version 1.
+        assert!(sample_for(&settings, "deals", 0, DEMO_USER).is_some_and(|m| m.schema_version.is_none()));
     }
 
     #[test]
