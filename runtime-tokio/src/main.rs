@@ -8,7 +8,7 @@
 //! (0 = one per CPU), each a current-thread runtime.
 #![forbid(unsafe_code)]
 
-// Compiled into both binaries; written against `driver`, `listener` and `shutdown_signal`.
+// Compiled into both binaries; written against `driver`, `listener` and `Signals`.
 #[path = "../../runtime-common/mod.rs"]
 mod common;
 mod driver;

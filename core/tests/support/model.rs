@@ -26,7 +26,7 @@
 //! - every reading stream of a down source has been warned since it went down, and within the
 //!   warning interval; a warning names the stream's channel and comes only while it is down;
 //! - a stream is closed only for a reason it has: evicted as above, its token expired (at its
-//!   `exp`, to the second: the gateway takes Unix time in whole seconds; never a stream open
+//!   `exp`, to the nanosecond: the gateway takes the time since the epoch as a `Duration`; never a stream open
 //!   past it), or, for a client that stopped reading, too slow;
 //! - a client that reads nothing while output waits for it is closed as `slow_client` within
 //!   two heartbeat intervals of the output beginning to wait (the second heartbeat tick that
