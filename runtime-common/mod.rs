@@ -67,6 +67,9 @@ pub(crate) const SIGHUP_IGNORED: &str =
 /// sockets of its streams.
 pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     abort_on_panic();
+    // The handlers before anything else: a SIGHUP while starting is ignored, not the end, and
+    // a SIGTERM is a graceful stop (it takes effect once the gateway serves).
+    let signal = signals()?;
     let settings = launch.settings().clone();
     let server = &settings.config.server;
     let (shards, threads) = shards::spawn(launch.workers, &settings, &launch.metrics, server.max_streams)?;
@@ -82,8 +85,6 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         if let (true, Some(inproc)) = (settings.config.demo.enabled, &inproc) {
             inproc::start_demo(&settings, inproc.clone());
         }
-        // Handlers first, so a signal right after the ready line is a graceful stop, not a kill.
-        let signal = signals()?;
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
         let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals });
