@@ -130,14 +130,26 @@ export class Gateway {
 
 const SCHEMAS = JSON.parse(readFileSync(join(REPO, 'docs/events.schema.json'), 'utf8'));
 
-/** { channel: [eventType, ...] } for schema version 1, from docs/events.schema.json. */
+/**
+ * { channel: [eventType, ...] } for schema version 1, from docs/events.schema.json, whose $defs
+ * keys are `<channel key>.<event type>`: the channel name with `_` doubled and other characters
+ * but letters, digits and `-` as `_<hex>_`, then `_v<version>` (`deals_v1.deal.created`).
+ */
 export function eventTypes() {
   const out = {};
   for (const key of Object.keys(SCHEMAS.$defs)) {
-    const m = key.match(/^([^.]+)\.v1\.(.+)$/);
-    if (m) (out[m[1]] ||= []).push(m[2]);
+    const m = key.match(/^([^.]+)_v1\.(.+)$/);
+    if (!m) continue;
+    const channel = m[1].replace(/__|_([0-9a-f]+)_/g, (_, hex) => (hex ? String.fromCodePoint(parseInt(hex, 16)) : '_'));
+    (out[channel] ||= []).push(m[2]);
   }
   return out;
+}
+
+/** The channel key of `channel` at `version`, as the gateway writes it (the inverse of eventTypes' decoding). */
+function channelKey(channel, version) {
+  const escaped = [...channel].map((c) => (/[A-Za-z0-9-]/.test(c) ? c : c === '_' ? '__' : `_${c.codePointAt(0).toString(16)}_`)).join('');
+  return `${escaped}_v${version}`;
 }
 
 function valueFor(schema, name, n) {
@@ -159,8 +171,9 @@ function valueFor(schema, name, n) {
 
 /** A payload the catalogue accepts for `channel` v1 `type`; `n` varies the values. */
 export function payload(channel, type, n = 1) {
-  const schema = SCHEMAS.$defs[`${channel}.v1.${type}`];
-  if (!schema) throw new Error(`no schema for ${channel}.v1.${type}`);
+  const key = `${channelKey(channel, 1)}.${type}`;
+  const schema = SCHEMAS.$defs[key];
+  if (!schema) throw new Error(`no schema ${key} for ${channel} v1 ${type}`);
   const out = {};
   for (const [name, prop] of Object.entries(schema.properties)) out[name] = valueFor(prop, name, n);
   return out;
