@@ -112,16 +112,13 @@ pub fn example_payload(event: &EventSchema) -> Value {
 
 /// The example payload of `name` (`event`) on `channel` at schema version `v`: the demo's sample
 /// of that type, which carries the seed's values (statuses, currency, template names: what the
-/// UI will see), where the configured catalogue takes it; otherwise [`example_payload`].
+/// UI will see), where the configured catalogue takes it at `v`; otherwise [`example_payload`].
 fn example(settings: &Settings, channel: &str, v: u32, name: &str, event: &EventSchema) -> Value {
-    let sample = (v == 1)
-        .then(|| {
-            (0..demo::SAMPLE_PERIOD)
-                .filter_map(|n| demo::sample_for(settings, channel, n, demo::DEMO_USER))
-                .find(|m| m.kind.as_deref() == Some(name))
-        })
-        .flatten();
-    sample.and_then(|m| serde_json::from_slice(&m.body).ok()).unwrap_or_else(|| example_payload(event))
+    (0..demo::SAMPLE_PERIOD)
+        .filter_map(|n| demo::sample_at(settings, channel, v, n, demo::DEMO_USER))
+        .find(|m| m.kind.as_deref() == Some(name))
+        .and_then(|m| serde_json::from_slice(&m.body).ok())
+        .unwrap_or_else(|| example_payload(event))
 }
 
 fn error_schema() -> Value {
@@ -172,7 +169,7 @@ fn http_error_schema() -> Value {
 }
 
 /// Every event payload as one JSON Schema (draft 2020-12) document: `$defs` holds
-/// `<channel>.v<N>.<event type>` for each event type of each version of each served channel, and
+/// `<channel key>.<event type>` ([`event_key`], `deals_v1.deal.created`) for each event type of each version of each served channel, and
 /// `error`, `warning` and `http_error` for the gateway's own payloads.
 pub fn json_schemas(settings: &Settings) -> Value {
     let mut defs = Map::new();
@@ -185,7 +182,7 @@ pub fn json_schemas(settings: &Settings) -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "sse-gateway event payloads",
-        "description": "The `data` of every SSE event the gateway sends, generated from its event catalogue. Keys of $defs: `<channel>.v<version>.<event type>`; `error`, `warning` (gateway events); `http_error` (JSON body of a refused request).",
+        "description": "The `data` of every SSE event the gateway sends, generated from its event catalogue. Keys of $defs: `<channel key>.<event type>`, the channel key being the channel name with `_` doubled and any character but a letter, digit or `-` written `_<hex code>_`, then `_v<version>` (`deals_v1.deal.created`, `a_2e_b_v2.x` for channel `a.b`); `error`, `warning` (gateway events); `http_error` (JSON body of a refused request).",
         "$defs": defs,
     })
 }
@@ -746,6 +743,22 @@ mod tests {
         let custom = Settings::new(Config::default(), Catalogue::from_toml(custom).unwrap()).unwrap();
         let created = example(&asyncapi(&custom), "deals_v1.deal.created");
         assert_eq!(created, json!({"deal_id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "region": "string"}));
+        // Each version's example fits that version, whatever the default: with `deals` at
+        // version 2 by default, v1's `deal.created` is still the seed's sample, v2's (which
+        // needs `owner_id` and `name`) the kinds' values, v2's `deal.updated` the seed's sample.
+        let toml = V2_TOML.replacen("[channels.deals]\ndefault_version = 1\n", "[channels.deals]\ndefault_version = 2\n", 1);
+        assert_ne!(toml, V2_TOML);
+        let settings = Settings::new(Config::default(), Catalogue::from_toml(&toml).unwrap()).unwrap();
+        let doc = asyncapi(&settings);
+        assert_eq!(example(&doc, "deals_v1.deal.created")["status"], "draft");
+        assert_eq!(example(&doc, "deals_v2.deal.created")["status"], "string");
+        assert_eq!(example(&doc, "deals_v2.deal.updated")["changes"], json!({"status": "issuing"}));
+        for (id, msg) in doc["components"]["messages"].as_object().unwrap() {
+            let Some((key, name)) = id.split_once('.') else { continue };
+            let Some(v) = key.rsplit_once("_v").and_then(|(_, v)| v.parse().ok()) else { continue };
+            let channel = key.rsplit_once("_v").unwrap().0;
+            settings.catalogue.validate(channel, v, name, &msg["examples"][0]["payload"]).unwrap_or_else(|e| panic!("{id}: {e:?}"));
+        }
     }
 
     #[test]

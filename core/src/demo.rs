@@ -111,13 +111,19 @@ pub fn sample(channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
 /// default to a version they do not fit, and a sample it refuses would only be dropped, with a
 /// log line, every interval.
 pub fn sample_for(settings: &Settings, channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
+    let version = settings.channel(settings.channel_id(channel)?).default_version;
+    sample_at(settings, channel, version, n, user)
+}
+
+/// The `n`-th sample of `channel` ([`sample`]) published as schema `version`, if the configured
+/// catalogue takes it at that version.
+pub fn sample_at(settings: &Settings, channel: &str, version: u32, n: u64, user: &str) -> Option<UpstreamMessage> {
     let mut msg = sample(channel, n, user)?;
     let ch = settings.channel(settings.channel_id(channel)?);
     // A channel the configuration made per-user takes only events that name someone.
     if ch.per_user && msg.recipient_ids.is_none() {
         msg.recipient_ids = Some(HeaderValue::Text(user.to_string()));
     }
-    let version = ch.default_version;
     if version != 1 {
         msg.schema_version = Some(HeaderValue::Int(i64::from(version)));
     }
