@@ -110,15 +110,21 @@ pub fn example_payload(event: &EventSchema) -> Value {
     Value::Object(o)
 }
 
-/// The example payload of `name` (`event`) on `channel` at schema version `v`: the demo's sample
-/// of that type, which carries the seed's values (statuses, currency, template names: what the
-/// UI will see), where the configured catalogue takes it at `v`; otherwise [`example_payload`].
+/// The example payload of `name` (`event`) on `channel` at schema version `v`: every declared
+/// field, and no other, set to the demo's sample value where the configured catalogue takes
+/// the sample at `v` (the seed's values: statuses, currency, template names, what the UI will
+/// see), else to a value of its kind ([`example_payload`]).
 fn example(settings: &Settings, channel: &str, v: u32, name: &str, event: &EventSchema) -> Value {
-    (0..demo::SAMPLE_PERIOD)
+    let sample: Option<Map<String, Value>> = (0..demo::SAMPLE_PERIOD)
         .filter_map(|n| demo::sample_at(settings, channel, v, n, demo::DEMO_USER))
         .find(|m| m.kind.as_deref() == Some(name))
-        .and_then(|m| serde_json::from_slice(&m.body).ok())
-        .unwrap_or_else(|| example_payload(event))
+        .and_then(|m| serde_json::from_slice(&m.body).ok());
+    let mut o = Map::new();
+    for f in event.fields() {
+        let value = sample.as_ref().and_then(|s| s.get(&f.name)).filter(|v| !v.is_null()).cloned();
+        o.insert(f.name.clone(), value.unwrap_or_else(|| example_value(&f.kind)));
+    }
+    Value::Object(o)
 }
 
 fn error_schema() -> Value {
@@ -743,6 +749,14 @@ mod tests {
         let custom = Settings::new(Config::default(), Catalogue::from_toml(custom).unwrap()).unwrap();
         let created = example(&asyncapi(&custom), "deals_v1.deal.created");
         assert_eq!(created, json!({"deal_id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "region": "string"}));
+        // Declaring fewer fields than the sample has, one of them optional: the example has
+        // exactly the declared fields, the sample's values where it has them.
+        let custom = "[channels.deals.versions.1.\"deal.created\"]\ndeal_id = \"uuid\"\nstatus = \"string\"\nname = \"string?\"\n";
+        let custom = Settings::new(Config::default(), Catalogue::from_toml(custom).unwrap()).unwrap();
+        let created = example(&asyncapi(&custom), "deals_v1.deal.created");
+        let keys: BTreeSet<&str> = created.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["deal_id", "name", "status"]), "{created}");
+        assert_eq!((&created["status"], &created["name"]), (&json!("draft"), &json!("string")));
         // Each version's example fits that version, whatever the default: with `deals` at
         // version 2 by default, v1's `deal.created` is still the seed's sample, v2's (which
         // needs `owner_id` and `name`) the kinds' values, v2's `deal.updated` the seed's sample.
