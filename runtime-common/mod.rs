@@ -114,8 +114,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             None => None,
         };
         shards.shutdown().await;
-        // Connections still reading their heads ran meanwhile (up to SOURCE_STOP): their
-        // refusals too, before this executor and its tasks are dropped.
+        // Connections still reading their heads ran meanwhile (while the sources stopped and
+        // the shards were told to): their refusals too, before this executor and its tasks are
+        // dropped.
         request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
         anyhow::Ok(quit)
     })?;
