@@ -100,20 +100,11 @@ fn example_value(kind: &FieldKind) -> Value {
     }
 }
 
-/// A payload with every declared field set to a value of its kind; it passes
-/// [`EventSchema::validate`] (unit-tested).
-pub fn example_payload(event: &EventSchema) -> Value {
-    let mut o = Map::new();
-    for f in event.fields() {
-        o.insert(f.name.clone(), example_value(&f.kind));
-    }
-    Value::Object(o)
-}
-
 /// The example payload of `name` (`event`) on `channel` at schema version `v`: every declared
 /// field, and no other, set to the demo's sample value where the configured catalogue takes
 /// the sample at `v` (the seed's values: statuses, currency, template names, what the UI will
-/// see), else to a value of its kind ([`example_payload`]).
+/// see), else to a value of its kind ([`example_value`]). It passes [`EventSchema::validate`]
+/// at `v` (unit-tested).
 fn example(settings: &Settings, channel: &str, v: u32, name: &str, event: &EventSchema) -> Value {
     let sample: Option<Map<String, Value>> = (0..demo::SAMPLE_PERIOD)
         .filter_map(|n| demo::sample_at(settings, channel, v, n, demo::DEMO_USER))
@@ -175,8 +166,8 @@ fn http_error_schema() -> Value {
 }
 
 /// Every event payload as one JSON Schema (draft 2020-12) document: `$defs` holds
-/// `<channel key>.<event type>` ([`event_key`], `deals_v1.deal.created`) for each event type of each version of each served channel, and
-/// `error`, `warning` and `http_error` for the gateway's own payloads.
+/// `<channel key>.<event type>` (`deals_v1.deal.created`) for each event type of each version
+/// of each served channel, and `error`, `warning` and `http_error` for the gateway's own payloads.
 pub fn json_schemas(settings: &Settings) -> Value {
     let mut defs = Map::new();
     for (ch, v, ev) in events(settings) {
