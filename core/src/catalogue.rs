@@ -647,6 +647,10 @@ fn check_name(
             ),
         ));
     }
+    // `/api/v1/streams/..` is a step up to clients and proxies (RFC 3986 5.2.4), never this name.
+    if name.bytes().all(|b| b == b'.') {
+        return Err(loc.error(span, format!("{what} name {name:?} is only dots")));
+    }
     Ok(())
 }
 
@@ -1957,6 +1961,9 @@ mod tests {
             assert!(e.contains("event type name"), "{bad}: {e}");
         }
         assert!(err("[channels.\"\".versions.1.e]\n").contains("channel name is empty"));
+        for dots in [".", ".."] {
+            assert!(err(&format!("[channels.\"{dots}\".versions.1.e]\n")).contains("is only dots"), "{dots}");
+        }
         let long = "a".repeat(MAX_NAME_LEN + 1);
         assert!(err(&format!("[channels.{long}.versions.1.e]\n")).contains("longer than"));
         assert!(Catalogue::from_toml(&format!(

@@ -36,7 +36,7 @@ pub const HTTP_REFUSALS: [(u16, &str, &str); 10] = [
     (405, "method_not_allowed", "Not `GET` (or a CORS preflight); `Allow` lists the methods."),
     (406, "not_acceptable", "`Accept` does not admit `text/event-stream`."),
     (409, "stream_limit", "The user already has the maximum number of open streams and none may be evicted (policy `reject`, or the oldest is younger than `min_stream_age`). A native EventSource does not retry a 409: the page decides when to open again."),
-    (431, "head_too_large", "The request head is larger than `server.max_head_bytes` (a very large cookie, say)."),
+    (431, "head_too_large", "The request head is larger than `server.max_head_bytes` (a very large cookie, say), or has more than 100 header fields."),
     (503, "overloaded", "The gateway holds all the streams it can (`server.max_streams`), or is shutting down: retry (another instance)."),
 ];
 

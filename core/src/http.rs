@@ -14,8 +14,11 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::{sse, ChannelId, EventId};
 
-/// Headers parsed at most; more gives 431.
-const MAX_HEADERS: usize = 48;
+/// Header fields parsed at most; more gives 431 ([`TOO_MANY_HEADERS`]). A browser sends about
+/// 20; each proxy on the way (a CDN, a load balancer, an ingress, a mesh) adds its own.
+const MAX_HEADERS: usize = 100;
+const TOO_MANY_HEADERS: &str = "request head has more than 100 header fields";
+const HEAD_TOO_LARGE: &str = "request head too large";
 
 /// A complete response: status line, headers and body. The connection closes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,7 +271,8 @@ struct Head<'a> {
 enum Parsed<'a> {
     Partial,
     Complete(Head<'a>),
-    TooLarge,
+    /// Past `max_head_bytes`, or past [`MAX_HEADERS`]; the message says which.
+    TooLarge(&'static str),
     /// Not a request the gateway can read; the message says why.
     Bad(&'static str),
 }
@@ -276,11 +280,11 @@ enum Parsed<'a> {
 fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: usize) -> Parsed<'a> {
     let mut req = httparse::Request::new(headers);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n > max => return Parsed::TooLarge,
+        Ok(httparse::Status::Complete(n)) if n > max => return Parsed::TooLarge(HEAD_TOO_LARGE),
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > max => return Parsed::TooLarge,
+        Ok(httparse::Status::Partial) if buf.len() > max => return Parsed::TooLarge(HEAD_TOO_LARGE),
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge(TOO_MANY_HEADERS),
         Err(_) => return Parsed::Bad(MALFORMED),
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
@@ -366,12 +370,14 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
 
 /// The first non-empty value of cookie `name`: a browser sends two cookies of one name when
 /// their paths or domains differ (say, one a logout emptied, one set since), in no set order.
+/// Only the value taken must be UTF-8: another cookie of the site (an old one in Latin-1, say)
+/// does not hide it.
 fn cookie_value<'a>(cookies: &'a [u8], name: &str) -> Option<&'a str> {
-    let s = std::str::from_utf8(cookies).ok()?;
-    s.split(';').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        let v = v.trim().trim_matches('"');
-        (k.trim() == name && !v.is_empty()).then_some(v)
+    cookies.split(|&b| b == b';').find_map(|kv| {
+        let eq = kv.iter().position(|&b| b == b'=')?;
+        let (k, v) = (kv[..eq].trim_ascii(), kv[eq + 1..].trim_ascii());
+        let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
+        (k == name.as_bytes() && !v.is_empty()).then(|| std::str::from_utf8(v).ok()).flatten()
     })
 }
 
@@ -383,13 +389,23 @@ fn same_origin(head: &Head<'_>) -> bool {
     !authority.is_empty() && origin.windows(3).any(|w| w == b"://") && authority.eq_ignore_ascii_case(host.trim_ascii())
 }
 
-/// Whether the browser says another site made the request (`Sec-Fetch-Site: cross-site`).
-fn cross_site(head: &Head<'_>) -> bool {
-    head.sec_fetch_site.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"cross-site"))
+/// Whether the browser says a page of another origin made the request (`Sec-Fetch-Site`
+/// `cross-site`, or `same-site`: a sibling subdomain is another origin and gets the cookie even
+/// when it is `SameSite=Strict`). `same-origin` and `none` (the address bar) are the user's own.
+fn other_origin(head: &Head<'_>) -> bool {
+    head.sec_fetch_site.is_some_and(|v| {
+        let v = v.trim_ascii();
+        !v.eq_ignore_ascii_case(b"same-origin") && !v.eq_ignore_ascii_case(b"none")
+    })
 }
 
-/// A CORS preflight, answered for `cors` (the request's origin when allowed).
-fn preflight(cors: Option<&str>, methods: &str) -> Routed {
+/// A CORS preflight, answered for `cors` (the request's origin when allowed). An `OPTIONS`
+/// without `Origin` is no preflight (a probe, `curl -X OPTIONS`): 204 with the methods in `Allow`.
+fn preflight(head: &Head<'_>, cors: Option<&str>, methods: &str) -> Routed {
+    if head.origin.is_none() {
+        let allow = format!("Allow: {methods}\r\n");
+        return Routed::Respond(Response { status: 204, bytes: Bytes::from(closing_head(204, "", &allow, None)), refusal: None });
+    }
     let Some(origin) = cors else { return origin_not_allowed() };
     let extra = format!(
         "Access-Control-Allow-Methods: {methods}\r\n\
@@ -447,8 +463,8 @@ impl Front {
         let max = self.settings.config.server.max_head_bytes;
         let routed = match parse_head(buf, &mut headers, max) {
             Parsed::Partial => Routed::Partial,
-            Parsed::TooLarge => {
-                Routed::Respond(Response::error(431, "head_too_large", "request head too large", "", None))
+            Parsed::TooLarge(message) => {
+                Routed::Respond(Response::error(431, "head_too_large", message, "", None))
             }
             Parsed::Bad(message) => Routed::Respond(Response::error(400, "bad_request", message, "", None)),
             Parsed::Complete(head) => {
@@ -477,14 +493,14 @@ impl Front {
         if let Some(channel) = head.path.strip_prefix("/api/v1/streams/") {
             return match head.method {
                 "GET" => self.route_stream(head, channel, cors, unix_now),
-                "OPTIONS" => preflight(cors, "GET, OPTIONS"),
+                "OPTIONS" => preflight(head, cors, "GET, OPTIONS"),
                 _ => not_allowed("GET, OPTIONS"),
             };
         }
         if let Some(channel) = head.path.strip_prefix("/api/v1/publish/").filter(|_| server.publish_endpoint) {
             return match head.method {
                 "POST" => self.route_publish(head, channel, cors, unix_now),
-                "OPTIONS" => preflight(cors, "POST, OPTIONS"),
+                "OPTIONS" => preflight(head, cors, "POST, OPTIONS"),
                 _ => not_allowed("POST, OPTIONS"),
             };
         }
@@ -540,8 +556,8 @@ impl Front {
             // user asking. A page elsewhere could otherwise open streams as the user (evicting
             // theirs) or publish. Browsers send no `Origin` on a same-origin `EventSource`, nor
             // on a page's `<img>`/`<script>` loads or navigations: for those, the fetch metadata
-            // browsers send (`Sec-Fetch-Site: cross-site`) tells another site's request apart.
-            Token::Cookie(_) if cors.is_none() && !same_origin(head) && (head.origin.is_some() || cross_site(head)) => {
+            // browsers send (`Sec-Fetch-Site`) tells another origin's request apart.
+            Token::Cookie(_) if cors.is_none() && !same_origin(head) && (head.origin.is_some() || other_origin(head)) => {
                 Err(origin_not_allowed())
             }
             Token::Cookie(t) => self.verify(t, cors, unix_now),
@@ -579,9 +595,9 @@ impl Front {
         let mut query_resume = None;
         for (k, v) in form_urlencoded::parse(head.query.as_bytes()) {
             match &*k {
-                "version" if version.is_none() => version = Some(v.parse::<u32>().ok()),
                 // An empty value says nothing, as an empty header (a page that always appends
-                // the id it remembers sends one before it has any).
+                // the id it remembers, or the version it was told, sends one before it has any).
+                "version" if version.is_none() && !v.trim().is_empty() => version = Some(v.parse::<u32>().ok()),
                 "last_event_id" if query_resume.is_none() && !v.trim().is_empty() => query_resume = Some(v.into_owned()),
                 _ => {}
             }
@@ -702,6 +718,10 @@ mod tests {
         // Two of one name (paths or domains differ): the first that holds a value.
         assert_eq!(cookie_value(b"sse_token=; a=1; sse_token=abc", "sse_token"), Some("abc"));
         assert_eq!(cookie_value(b"sse_token=\"\"; sse_token=", "sse_token"), None);
+        // Another cookie's bytes need not be UTF-8; the token's must.
+        assert_eq!(cookie_value(b"legacy=caf\xe9; sse_token=abc", "sse_token"), Some("abc"));
+        assert_eq!(cookie_value(b"sse_token=ab\xe9; sse_token=abc", "sse_token"), Some("abc"));
+        assert_eq!(cookie_value(b"sse_token=\"abc\"", "sse_token"), Some("abc"));
     }
 
     #[test]

@@ -274,10 +274,26 @@ fn an_oversized_head_gets_431_and_a_partial_head_asks_for_more() {
             r#"{"code":"head_too_large","message":"request head too large"}"#
         )
     );
+    // Header fields: 100 are read (a browser's and what proxies add), more are refused.
+    let t = h.token("u1", &[], 3600);
+    let fields = |n: usize| {
+        let mut head = format!("GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n");
+        head.extend((2..n).map(|i| format!("X-Forwarded-{i}: {i}\r\n")));
+        head + "\r\n"
+    };
+    assert!(matches!(h.route(fields(100).as_bytes()), Routed::Stream(_)));
+    assert_eq!(
+        respond(h.route(fields(101).as_bytes())),
+        error_response(
+            "431 Request Header Fields Too Large",
+            "",
+            r#"{"code":"head_too_large","message":"request head has more than 100 header fields"}"#
+        )
+    );
     assert_eq!(h.route(b"GET /api/v1/streams/deals HTTP/1.1\r\nAccept: text/"), Routed::Partial);
     assert!(respond(h.route(b"\x00\x01garbage\r\n\r\n")).starts_with("HTTP/1.1 400 Bad Request"));
     let text = h.metrics.render();
-    assert!(text.contains("sse_gateway_http_responses_total{status=\"431\"} 1\n"), "{text}");
+    assert!(text.contains("sse_gateway_http_responses_total{status=\"431\"} 2\n"), "{text}");
     assert!(text.contains("sse_gateway_http_responses_total{status=\"400\"} 1\n"), "{text}");
 }
 
@@ -806,6 +822,10 @@ fn a_catalogue_whose_default_version_is_not_the_lowest_serves_it_without_version
     assert_eq!(version("/api/v1/streams/deals"), 2, "D5: none means the channel's default");
     assert_eq!(version("/api/v1/streams/deals?version=1"), 1);
     assert_eq!(version("/api/v1/streams/tasks"), 1);
+    // An empty value is no value (`?version=${v ?? ''}`); the first one given counts.
+    assert_eq!(version("/api/v1/streams/deals?version="), 2);
+    assert_eq!(version("/api/v1/streams/deals?version=&version=1"), 1);
+    assert_eq!(version("/api/v1/streams/deals?version=1&version=2"), 1);
 }
 
 #[test]
@@ -1434,12 +1454,16 @@ fn a_cookie_token_from_a_page_of_another_origin_is_refused() {
     // Requests of another site's page that carry no Origin (an `<img>`, a `<script>`, a
     // navigation): the browser's fetch metadata says so. Without it (older browsers), or from
     // the user's own address bar (`none`) or a page of this site, the request stands.
-    for origin in [None, Some("Origin: https://evil.example")] {
-        let headers: Vec<&str> = [cookie.as_str(), "Sec-Fetch-Site: cross-site"].into_iter().chain(origin).collect();
-        let r = respond(route(&headers));
-        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && r.contains("\"code\":\"origin_not_allowed\""), "{origin:?}: {r}");
+    // A sibling subdomain (`same-site`) is another origin: it gets the cookie even when the
+    // cookie is `SameSite=Strict`, and a stream it opens could evict the user's.
+    for site in ["Sec-Fetch-Site: cross-site", "Sec-Fetch-Site: same-site", "sec-fetch-site: Same-Site"] {
+        for origin in [None, Some("Origin: https://evil.example")] {
+            let headers: Vec<&str> = [cookie.as_str(), site].into_iter().chain(origin).collect();
+            let r = respond(route(&headers));
+            assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && r.contains("\"code\":\"origin_not_allowed\""), "{site} {origin:?}: {r}");
+        }
     }
-    for site in ["Sec-Fetch-Site: same-origin", "Sec-Fetch-Site: same-site", "Sec-Fetch-Site: none"] {
+    for site in ["Sec-Fetch-Site: same-origin", "Sec-Fetch-Site: none", "Sec-Fetch-Site: NONE"] {
         assert!(matches!(route(&[cookie.as_str(), site]), Routed::Stream(_)), "{site}");
     }
     // A cross-site request from an allowed origin is the CORS case the configuration asks for.
@@ -1468,6 +1492,11 @@ fn cors_preflight_allows_configured_origins_with_credentials() {
     // spelling of it (found by the route fuzz target).
     let cased = b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nOrigin: HTTPS://CRM.example\r\n\r\n";
     assert!(respond(front.route(cased, 0)).contains("Access-Control-Allow-Origin: https://crm.example\r\n"));
+    // No Origin: no preflight but a plain OPTIONS (a probe): the methods, no CORS headers.
+    for front in [&h, &front] {
+        let r = respond(front.route(b"OPTIONS /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\n\r\n", 0));
+        assert_eq!(r, "HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\nConnection: close\r\nAllow: GET, OPTIONS\r\n\r\n");
+    }
 }
 
 #[test]

@@ -186,8 +186,9 @@ impl SignedHead {
                 if channel == "nope" {
                     return Refused(404);
                 }
-                // The first `version=` decides; the seed catalogue has only version 1.
-                let version = match self.versions.first().map(|&v| pick(&VERSIONS, v)) {
+                // The first `version=` that says something decides (empty says nothing); the
+                // seed catalogue has only version 1.
+                let version = match self.versions.iter().map(|&v| pick(&VERSIONS, v)).find(|v| !v.is_empty()) {
                     None | Some("1") => 1,
                     Some(_) => return Refused(400),
                 };
