@@ -973,7 +973,8 @@ impl Gateway {
             // the cursor then: the log, or the buffer if live events arrived meanwhile), or the
             // next live event could overrun it and close a client that reads.
             if st.pending_bytes <= max / 2 {
-                st.skip_through = st.cursor.take().map(|c| c.seq);
+                // Never below what the client already has (a catch-up parked behind its id).
+                st.skip_through = st.cursor.take().map(|c| c.seq).max(st.skip_through);
                 st.live_check = st.skip_through;
                 let ch = st.channel;
                 self.channels[ch.index()].live_checks.push(id);

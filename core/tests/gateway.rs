@@ -1094,6 +1094,31 @@ fn a_parked_catch_up_reading_back_again_is_not_warned_of_a_loss_it_does_not_care
     assert_eq!(then, [14]);
 }
 
+#[test]
+fn a_parked_catch_up_whose_read_back_ends_before_the_clients_id_after_a_log_gap_sends_nothing_it_had() {
+    let (mut h, deals, id) = parked_at_3_behind_a_client_at_13();
+    // The log lost events meanwhile (the buffer is emptied); the read-back from 3 reaches its
+    // end (7) with nothing live yet: live from there, but the client is at 13 already.
+    h.gw.log_gap(deals);
+    h.drain();
+    for seq in 4..=7 {
+        let _ = read_back(&mut h, deals, id, seq);
+    }
+    // The live source, which had reached 8, goes on. A read-back asked for now (it was from 7
+    // before this was mended) gets the log's 8 to 13.
+    let asked = h.backfills.len();
+    for seq in 9..=14 {
+        h.publish_msg("deals", deal_at(seq)).unwrap();
+    }
+    if let Some(&Output::Backfill { after, .. }) = h.backfills.get(asked) {
+        for seq in after.seq + 1..=13 {
+            let _ = read_back(&mut h, deals, id, seq);
+        }
+    }
+    let (then, _) = read_on(&mut h, id, 3);
+    assert_eq!(then, [14], "nothing at or below the client's 13 again");
+}
+
 /// Hands `id` the deals at `log` as its read-back, then the deal at `live` arrives live; what the
 /// client reads then in `rounds` reads (ids and text).
 fn read_back_then_live(h: &mut Harness, channel: ChannelId, id: StreamId, log: std::ops::RangeInclusive<u64>, live: u64, rounds: usize) -> (Vec<u64>, String) {
