@@ -213,6 +213,11 @@ impl RecentIds {
         RecentIds { order: VecDeque::new(), set: HashMap::new(), window: window.max(1) }
     }
 
+    /// How many ids it remembers.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// `Err(Duplicate)` when a non-empty `message_id` is among the remembered ones for the same
     /// type, version and recipients (unless it is the message remembered, at the same log
     /// `position`); otherwise it is remembered (forgetting the oldest past the window).
@@ -288,7 +293,8 @@ impl Ingest {
     /// consumer, in any number, in any order. A message without a position is dropped
     /// (`bad_header`): a log's messages always carry one. `seen` is the read-back's own window
     /// ([`Ingest::read_back_window`]): a publisher's retry that the live consumer dropped as a
-    /// duplicate is dropped here too when its original is in the same read-back. Never panics.
+    /// duplicate is dropped here too when its original is in the same read-back (which starts
+    /// a window's worth of messages before the client's place to hold it). Never panics.
     pub fn read_back(&self, msg: &UpstreamMessage, seen: &mut RecentIds) -> Result<Event, Dropped> {
         let (position, checked) = self.checked_from_log(msg)?;
         seen.admit(msg.message_id.as_deref(), &checked, Some(position))?;

@@ -81,8 +81,12 @@ impl Shard {
     async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64) -> Result<End, String> {
         let mut at = from;
         let mut reopened = false;
-        // One window for the whole read-back: a retry after a pause is still a retry.
+        // One window for the whole read-back: a retry after a pause is still a retry. It is
+        // filled first with the messages up to the client's place, as many as it holds, read
+        // and not handed over: a publisher's retry of one of them, which the live source
+        // dropped (its window held the original), is dropped here too.
         let mut seen = reader.window(channel)?;
+        let warm_from = from.saturating_sub(seen.window() as u64);
         reader.source_ready(channel).await?;
         loop {
             // A client that leaves while its read-back waits gives its place up at once: left
@@ -101,7 +105,7 @@ impl Shard {
                 info!(stream = %id, offset = at, "no read-back turn within 30 s; the stream gets history_gap");
                 return Err(format!("no read-back turn within {TURN_WAIT:?}"));
             };
-            let mut cursor = reader.open(channel, at, permit).await?;
+            let mut cursor = reader.open(channel, if reopened { at } else { warm_from }, permit).await?;
             let turn_ends = Instant::now() + TURN;
             let mut first = true;
             loop {
@@ -124,6 +128,9 @@ impl Shard {
                         return Err(e);
                     }
                 };
+                if !reopened && pos < from {
+                    continue; // only for the window (`seen`); `first` waits for the client's place
+                }
                 if std::mem::take(&mut first) && reopened && !log_resumes(at, pos) {
                     // The core checked the first read; a re-opened one is checked here, by the
                     // same rule.

@@ -342,13 +342,24 @@ async fn a_read_back_drops_a_publishers_retry_as_the_live_consumer_did(bin: Bin)
     for (m, t) in msgs.iter_mut().zip(&titles) {
         m.message_id = Some(format!("mid-{t}"));
     }
-    let retry = msgs[5].clone();
-    msgs.insert(6, retry);
+    // Two retries: of the 6th event right after it, of the 10th after the 12th.
+    let (first, second) = (msgs[5].clone(), msgs[9].clone());
+    msgs.insert(12, second);
+    msgs.insert(6, first);
     setup.broker.publish_all(&msgs).await;
     let live = read_events(&mut s, 20, "live").await;
-    assert_eq!(live.titles, titles, "live: the retry is dropped");
+    assert_eq!(live.titles, titles, "live: the retries are dropped");
     nothing_for_a_while(&mut s, "live").await;
-    assert_eq!(gw.metric("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"duplicate\"}").await, Some(1.0));
+    assert_eq!(gw.metric("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"duplicate\"}").await, Some(2.0));
+
+    // From the 11th event: the original of the second retry lies before the client's place,
+    // so the read-back (which starts there) must have read it too to drop the retry.
+    let mut r = gw.stream_with("deals", &alice, &[("Last-Event-ID", &live.ids[10])]).await;
+    let got = read_events(&mut r, 9, "the read-back from the 11th").await;
+    assert!(got.warnings.is_empty(), "no history_gap: {:?}", got.warnings);
+    assert_eq!(got.titles, titles[11..], "the read-back from the 11th: every later event once, the retry dropped");
+    nothing_for_a_while(&mut r, "after the read-back from the 11th").await;
+    drop(r);
 
     // Older than the 4-event buffer: read back from the stream, where the retry is.
     let mut r = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
