@@ -641,14 +641,21 @@ impl Source {
         // given ends before where the live one starts, and it reads on to there.
         let prime = log.is_some() && !offsets.primed && self.settings.channel(self.id).buffer_events > 0;
         let history = if prime { self.open_history(queue, broker.prefetch).await } else { None };
-        // A stream is read from where this source left it (the last offset it took, which must
-        // still be there), else from the chunks written since its first consumer (a second of
+        // A stream is read from where this source left it (the last offset it took or, before
+        // any, the history read at start ended, which must still be there), else from the
+        // chunks written since its first consumer (a second of
         // slack for the seconds' resolution: at most that and one chunk come again), else from
         // what is written next. Streams that opened before the first consumer (the broker was
         // not reached at once) are owed everything since they opened: then it starts at the
         // chunks written since the source started.
         if log.is_some() && offsets.consumed_at.is_none() && self.metrics.streams_open(self.id) > 0 {
             offsets.consumed_at = Some(offsets.started);
+        }
+        if offsets.last.is_none() && offsets.primed {
+            // Nothing taken live since the history read (an outage came first): from where that
+            // read ended, by offset, as if taken there. `Since` would compare this machine's
+            // clock with the broker's: one behind would skip what was written meanwhile, unseen.
+            offsets.last = offsets.history_through;
         }
         let start = match (log, offsets.last) {
             (None, _) => None,

@@ -636,6 +636,28 @@ async fn a_source_that_took_nothing_before_an_outage_delivers_what_came_during_i
     logged(&gw, "from=chunks written since unix time", "the second consumer starts at its first one's time").await;
 }
 
+/// As above, but the stream held events when the gateway started (read as history, sent to no
+/// stream): the second consumer starts where that read ended, by offset (not by time, which
+/// would lean on the broker's clock agreeing with the gateway's).
+async fn a_source_that_took_nothing_after_its_history_read_resumes_from_its_end_after_an_outage(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &proxy.amqp_url()).await;
+    let first = setup.start(bin).await;
+    let old = setup.publish(3).await;
+    drop(first);
+    let gw = setup.start(bin).await;
+    let mut s = gw.stream("deals", &user("erin", &[])).await;
+    gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
+    proxy.cut();
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning after the cut");
+    assert_eq!(ev.json(), serde_json::json!({"code": "source_unavailable", "channel": "deals"}), "{ev:?}");
+    let during = setup.publish(3).await;
+    proxy.restore();
+    exactly(&setup, &mut s, &during, "after the outage: what was published during it, none of the history").await;
+    assert!(!during.iter().any(|t| old.contains(t)));
+    logged(&gw, "from=offset", "the second consumer starts at the history's end").await;
+}
+
 async fn streams_opened_before_the_broker_is_reached_get_everything_published_since(bin: Bin) {
     let proxy = TcpProxy::start(&amqp_addr()).await;
     let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &proxy.amqp_url()).await;
@@ -1031,6 +1053,7 @@ for_each_binary!(
     a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_new_stream,
     streams_opened_before_the_broker_is_reached_get_everything_published_since,
     a_read_back_drops_a_publishers_retry_as_the_live_consumer_did,
+    a_source_that_took_nothing_after_its_history_read_resumes_from_its_end_after_an_outage,
     a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids,
     a_stream_deleted_before_any_live_event_stops_the_source_too,
     a_stream_recreated_and_refilled_during_an_outage_stops_the_source,
