@@ -879,7 +879,7 @@ impl Source {
         let keep = self.settings.channel(id).buffer_events;
         let chan = match history {
             Some((chan, mut consumer)) => {
-                match self.read_history(&mut consumer, prefetch, keep, live, &mut read).await {
+                match self.read_history(&mut consumer, prefetch, keep, ingest, live, &mut read).await {
                     Ok(()) => debug!(channel = %self.name, through = ?read.through, live_from = ?read.live_from, "history read for the buffers"),
                     Err(e) => warn!(channel = %self.name, error = %e, "reading the stream's last chunk for the buffers failed; resumes read the stream back"),
                 }
@@ -909,8 +909,17 @@ impl Source {
         (read.held.take(), through)
     }
 
-    /// The reading part of [`Source::prime_history`]: the last `keep` messages into `read`.
-    async fn read_history(&self, history: &mut Consumer, prefetch: u16, keep: usize, live: &mut Consumer, read: &mut HistoryRead) -> Result<(), String> {
+    /// The reading part of [`Source::prime_history`]: the last `keep` messages into `read`
+    /// (an oversized one is dropped at once: only its position counts).
+    async fn read_history(
+        &self,
+        history: &mut Consumer,
+        prefetch: u16,
+        keep: usize,
+        ingest: &Ingest,
+        live: &mut Consumer,
+        read: &mut HistoryRead,
+    ) -> Result<(), String> {
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         // Acked at most `prefetch` at a time: the broker never waits for an ack that waits for it.
         let mut acks = Acks::new(stream_log::ACK_EVERY.min(u32::from(prefetch)));
@@ -953,10 +962,14 @@ impl Source {
                 Got::History(Some(Some(r))) => r.map_err(e("consumer"))?,
             };
             let (pos, msg) = stream_log::log_message(&mut d)?;
-            if read.msgs.len() == keep {
-                read.msgs.pop_front();
+            // Held until the read ends: up to `keep` of them, so not one past the bound (up to
+            // the broker's `max_message_size`), which `ingest.history` would drop anyway.
+            if !ingest.oversized(&msg) {
+                if read.msgs.len() == keep {
+                    read.msgs.pop_front();
+                }
+                read.msgs.push_back(msg);
             }
-            read.msgs.push_back(msg);
             read.through = Some(pos);
             acks.handled(d.acker).await?;
         }

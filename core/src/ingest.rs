@@ -341,11 +341,17 @@ impl Ingest {
         Ok(self.encode(checked, seq, msg.received))
     }
 
+    /// Whether `msg`'s body alone is past the bound ([`DropReason::Oversized`]), so that a
+    /// frontend holding messages before handling them (a history read) keeps only their place.
+    pub fn oversized(&self, msg: &UpstreamMessage) -> bool {
+        msg.body.len() > self.max_body
+    }
+
     /// The channel's rules (D3, D4, D5), without state.
     fn validate<'m>(&self, msg: &'m UpstreamMessage) -> Result<Checked<'m>, Dropped> {
         let drop = |reason, detail: String| Err(Dropped { reason, detail });
         let ch = self.settings.channel(self.channel);
-        if msg.body.len() > self.max_body {
+        if self.oversized(msg) {
             return drop(DropReason::Oversized, format!("body of {} bytes > {}", msg.body.len(), self.max_body));
         }
         // A frontend reads a `message_id` that is not UTF-8 with U+FFFD in place of the bad
@@ -583,6 +589,17 @@ mod tests {
         assert_eq!(r.len(), 30_000);
         assert!(names.iter().all(|n| r.contains(n)));
         assert!(r.size() <= 2 * header.len(), "{} bytes held for a {}-byte header", r.size(), header.len());
+    }
+
+    #[test]
+    fn a_body_past_the_bound_is_oversized_before_and_when_handled() {
+        let (_, mut ingest) = deals_ingest();
+        let mut msg = deal(None, "m1");
+        assert!(!ingest.oversized(&msg));
+        // The seed's bound is server.max_body_bytes (64 KiB).
+        msg.body = Bytes::from(vec![b' '; 65_537]);
+        assert!(ingest.oversized(&msg));
+        assert_eq!(ingest.handle_message(&msg).unwrap_err().reason, DropReason::Oversized);
     }
 
     #[test]
