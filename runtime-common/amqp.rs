@@ -214,7 +214,12 @@ impl Link {
         if let Some(c) = state.conn.as_ref().filter(|c| c.status().connected()) {
             return match answered(c.create_channel()).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
-                Err(why) => Err(state.fail(why)), // the connection is taken for lost
+                Err(why) => {
+                    // The connection is taken for lost: an attempt that failed, so the users
+                    // that waited meanwhile get this failure at once, not one timeout each.
+                    self.attempts.fetch_add(1, Ordering::AcqRel);
+                    Err(state.fail(why))
+                }
             };
         }
         if self.attempts.load(Ordering::Acquire) != seen {
