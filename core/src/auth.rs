@@ -406,6 +406,14 @@ impl JwtVerifier {
                         "[auth] secret is only whitespace (an empty or blank SSE_GATEWAY_JWT_SECRET line?)",
                     ));
                 }
+                // A public key is public: as an HMAC secret, anyone holding it signs tokens
+                // (algorithm confusion, reached through the configuration).
+                Some(s) if s.windows(10).any(|w| w == b"-----BEGIN") || s.windows(5).any(|w| w == b"\"kty\"") => {
+                    return Err(AuthSetupError::new(
+                        "[auth] secret holds a PEM key or a JWK: a public key is no HMAC secret \
+                         (anyone holding it could sign tokens); set public_key_file or jwks_file for it",
+                    ));
+                }
                 Some(s) => Some(DecodingKey::from_secret(s)),
             }
         };
@@ -452,6 +460,13 @@ impl JwtVerifier {
         }
         if config.roles_claim.is_empty() {
             return Err(AuthSetupError::new("[auth] roles_claim must not be empty"));
+        }
+        if config.roles_claim.split('.').any(str::is_empty) {
+            return Err(AuthSetupError::new(format!(
+                "[auth] roles_claim {:?} has an empty path segment (a leading, trailing or doubled '.'): \
+                 no token would have roles",
+                config.roles_claim
+            )));
         }
         if let Some(cookie) = &config.cookie {
             if cookie.is_empty() || !cookie.bytes().all(is_token_char) {
@@ -617,11 +632,16 @@ impl Inner {
     }
 }
 
-/// A user id holding a control character (a line break would forge log lines). One holding a
-/// comma or with whitespace at an end (an LDAP DN, say) is a user like any other, though no
-/// `recipient_ids` header can name it (the configuration reference says so).
+/// A user id holding a control character (a line break would forge log lines), a Unicode line or
+/// paragraph separator, or an invisible formatting character (zero-width, bidirectional
+/// overrides: a log line that reads other than it is). One holding a comma or with whitespace at
+/// an end (an LDAP DN, say) is a user like any other, though no `recipient_ids` header can name
+/// it (the configuration reference says so).
 fn sub_unroutable(sub: &str) -> bool {
-    sub.chars().any(char::is_control)
+    sub.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+    })
 }
 
 /// Validates and dedupes the configured algorithm names.
@@ -1840,7 +1860,19 @@ mod tests {
     #[test]
     fn a_subject_holding_a_control_character_is_rejected() {
         let v = hs_verifier();
-        for bad in ["alice\t", "mallory\n2026-01-01 INFO stream opened user=admin", "eve\r", "x\u{0}y", "x\u{85}y"] {
+        for bad in [
+            "alice\t",
+            "mallory\n2026-01-01 INFO stream opened user=admin",
+            "eve\r",
+            "x\u{0}y",
+            "x\u{85}y",
+            "line\u{2028}break",
+            "para\u{2029}graph",
+            "nimda\u{202E}reversed",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+            "iso\u{2066}late",
+        ] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }
         let good = ["alice", "auth0|5f7c8ec7c33c6c004bbafe82", "a b", "jane.doe@example.com", "Ünïcødé", "CN=alice,OU=Staff,DC=corp", " alice "];
@@ -2157,6 +2189,11 @@ mod tests {
             ..AuthConfig::default()
         };
         assert!(JwtVerifier::new(&enough, &KeyMaterial::default()).is_ok());
+        // A public key given as the secret (an operator's slip): anyone could sign with it.
+        for public in [format!("\n{RSA_PUBLIC}"), JWKS.to_owned()] {
+            let keys = KeyMaterial { secret: Some(public.into_bytes()), ..KeyMaterial::default() };
+            assert!(setup_error(&hs_config(), &keys).contains("a public key is no HMAC secret"));
+        }
     }
 
     #[test]
@@ -2351,6 +2388,18 @@ mod tests {
             },
             AuthConfig {
                 leeway_secs: MAX_LEEWAY_SECS + 1,
+                ..hs_config()
+            },
+            AuthConfig {
+                roles_claim: "realm_access.roles.".to_owned(),
+                ..hs_config()
+            },
+            AuthConfig {
+                roles_claim: "a..b".to_owned(),
+                ..hs_config()
+            },
+            AuthConfig {
+                roles_claim: ".roles".to_owned(),
                 ..hs_config()
             },
         ];

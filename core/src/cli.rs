@@ -246,6 +246,25 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
             ));
         }
     }
+    let auth = &config.auth;
+    // RFC 7518 3.2: an HMAC key at least as long as the hash's output.
+    let hash_len = auth.algorithms.iter().filter_map(|a| [("HS256", 32), ("HS384", 48), ("HS512", 64)].into_iter().find(|(n, _)| n == a)).max_by_key(|(_, l)| *l);
+    if let (Some((alg, need)), Some(secret)) = (hash_len, setup.hmac_secret()) {
+        if secret.len() < need && !setup.generated_secret {
+            out.push(format!(
+                "[auth] secret is {} bytes long, shorter than {alg}'s {need}-byte hash (RFC 7518 3.2 asks for at least that): \
+                 a short secret is easier to guess offline from one token",
+                secret.len()
+            ));
+        }
+    }
+    if auth.audience.is_none() && auth.algorithms.iter().any(|a| !a.starts_with("HS")) {
+        out.push(
+            "[auth] audience is not set: tokens the identity provider issues for any of its other services are accepted too; \
+             set auth.audience to this gateway's"
+                .to_string(),
+        );
+    }
     out
 }
 
@@ -415,6 +434,26 @@ mod tests {
             Some(Command::Catalogue { json_schema: true, config: Some(_), .. })));
         assert!(parse(&["x", "catalogue"]).is_err(), "a format is required");
         assert!(parse(&["x", "catalogue", "--asyncapi", "--typescript"]).is_err(), "one format at a time");
+    }
+
+    #[test]
+    fn a_short_hmac_secret_and_a_public_key_without_audience_are_warned_of() {
+        let load = |text: &str| setup::load(Some(text), &Env::default(), &Overrides::default(), &mut |_| Ok(String::new()), &mut || vec![1; 32]).unwrap();
+        let w = warnings(&load("[auth]\nsecret = \"sixteen-bytes!!!\"\n"), false);
+        assert!(w.iter().any(|w| w.contains("16 bytes long, shorter than HS256's 32-byte hash")), "{w:?}");
+        let w = warnings(&load("[auth]\nalgorithms = [\"HS256\", \"HS512\"]\nsecret = \"0123456789abcdef0123456789abcdef0123\"\n"), false);
+        assert!(w.iter().any(|w| w.contains("shorter than HS512's 64-byte hash")), "{w:?}");
+        assert!(warnings(&load("[auth]\nsecret = \"0123456789abcdef0123456789abcdef\"\n"), false).is_empty());
+        let pem = |_: &str| Ok(include_str!("../tests/fixtures/keys/rsa_public.pem").to_string());
+        let rsa = |extra: &str| {
+            let text = format!("[auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"k.pem\"\n{extra}");
+            setup::load(Some(&text), &Env::default(), &Overrides::default(), &mut |p| pem(p), &mut || vec![1; 32]).unwrap()
+        };
+        assert!(warnings(&rsa(""), false).iter().any(|w| w.contains("audience is not set")));
+        assert!(warnings(&rsa("audience = \"sse-gateway\"\n"), false).is_empty());
+        // A generated secret (none configured) is 32 random bytes: warned of otherwise.
+        let generated = setup::load(None, &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32]).unwrap();
+        assert!(!warnings(&generated, false).iter().any(|w| w.contains("hash")));
     }
 
     #[test]
