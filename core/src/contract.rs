@@ -31,7 +31,7 @@ pub const HTTP_REFUSALS: [(u16, &str, &str); 10] = [
     (400, "bad_request", "The request head is not one the gateway can read (malformed, a repeated `Host`, an HTTP/1.1 request without `Host`)."),
     (400, "unsupported_version", "`?version=N` names a version the channel does not have; `supported` lists those it has."),
     (401, "unauthorized", "No token, or a token that does not verify (signature, algorithm, `exp`, `nbf`, `iss`, `aud`, `sub`). A `WWW-Authenticate: Bearer` header comes with it."),
-    (403, "origin_not_allowed", "A token from the cookie on a request from another site's page (`Origin` not the gateway's own nor in `server.cors_origins`, or `Sec-Fetch-Site: cross-site`)."),
+    (403, "origin_not_allowed", "A token from the cookie on a request from another origin's page (`Origin` not the gateway's own nor in `server.cors_origins`, or, without `Origin`, `Sec-Fetch-Site: cross-site` or `same-site`)."),
     (404, "unknown_channel", "No channel of that name is served."),
     (405, "method_not_allowed", "Not `GET` (or a CORS preflight); `Allow` lists the methods."),
     (406, "not_acceptable", "`Accept` does not admit `text/event-stream`."),

@@ -608,7 +608,7 @@ impl Gateway {
             Lookup::Ahead(by) if history && by <= channel.buffer.capacity().max(1) as u64 => {
                 if st.pending_bytes <= max / 2 {
                     st.cursor = None;
-                    st.skip_through = Some(after.seq);
+                    st.skip_through = Some(after.seq).max(st.skip_through);
                     if channel.primed.is_some() {
                         st.live_check = st.skip_through;
                         check = true;

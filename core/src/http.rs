@@ -376,7 +376,10 @@ fn cookie_value<'a>(cookies: &'a [u8], name: &str) -> Option<&'a str> {
     cookies.split(|&b| b == b';').find_map(|kv| {
         let eq = kv.iter().position(|&b| b == b'=')?;
         let (k, v) = (kv[..eq].trim_ascii(), kv[eq + 1..].trim_ascii());
-        let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
+        // Quotes around the value are not part of it (RFC 6265 4.1.1); quotes alone are nothing.
+        let start = v.iter().position(|&b| b != b'"').unwrap_or(v.len());
+        let end = v.iter().rposition(|&b| b != b'"').map_or(start, |i| i + 1);
+        let v = &v[start..end.max(start)];
         (k == name.as_bytes() && !v.is_empty()).then(|| std::str::from_utf8(v).ok()).flatten()
     })
 }
@@ -722,6 +725,7 @@ mod tests {
         assert_eq!(cookie_value(b"legacy=caf\xe9; sse_token=abc", "sse_token"), Some("abc"));
         assert_eq!(cookie_value(b"sse_token=ab\xe9; sse_token=abc", "sse_token"), Some("abc"));
         assert_eq!(cookie_value(b"sse_token=\"abc\"", "sse_token"), Some("abc"));
+        assert_eq!(cookie_value(b"sse_token=\"; sse_token=abc", "sse_token"), Some("abc"));
     }
 
     #[test]
