@@ -3,8 +3,11 @@
 //! A read-back is a task on the shard's thread. Right after a start it first waits (up to
 //! `FIRST_WAIT`) for the channel's source to reach the broker. It waits for a turn (the process
 //! runs at most `READ_BACKS` at once; the rest queue in arrival order, holding nothing but their
-//! place, for at most [`TURN_WAIT`], then `history_gap`), opens a consumer at the client's last offset and
-//! hands each message to `Gateway::backfill_message` until the core says `Finished`. One that has
+//! place, for at most [`TURN_WAIT`], then `history_gap`), opens a consumer at the client's last offset
+//! (from [`WARM_MAX`] or the channel's `buffer_events` messages before it, whichever is fewer:
+//! those only fill the read-back's `message_id` window, so that a publisher's retry of an event
+//! the client had is dropped as live) and hands each message from there to
+//! `Gateway::backfill_message` until the core says `Finished`. One that has
 //! held its turn for [`TURN`] while others wait gives it up and queues again, continuing where it
 //! stopped (as after a pause, below): a long catch-up for a client that reads slowly but
 //! steadily does not keep the others, which get no live events meanwhile, waiting.
@@ -42,6 +45,10 @@ const PAUSE_HOLD: Duration = Duration::from_secs(2);
 const TURN: Duration = Duration::from_secs(5);
 /// How long a read-back waits for a turn before its stream gets `history_gap` (and goes live).
 const TURN_WAIT: Duration = Duration::from_secs(30);
+
+/// Most messages read before the client's place only to fill the `message_id` window (a
+/// channel's `buffer_events` may be far larger: the warm-up holds a turn).
+const WARM_MAX: usize = 4096;
 
 /// How a read-back ended without an error.
 enum End {
@@ -86,7 +93,7 @@ impl Shard {
         // and not handed over: a publisher's retry of one of them, which the live source
         // dropped (its window held the original), is dropped here too.
         let mut seen = reader.window(channel)?;
-        let warm_from = from.saturating_sub(seen.window() as u64);
+        let warm_from = from.saturating_sub(seen.window().min(WARM_MAX) as u64);
         reader.source_ready(channel).await?;
         loop {
             // A client that leaves while its read-back waits gives its place up at once: left
@@ -129,7 +136,12 @@ impl Shard {
                     }
                 };
                 if !reopened && pos < from {
-                    continue; // only for the window (`seen`); `first` waits for the client's place
+                    // Only for the window (`seen`); `first` waits for the client's place.
+                    if self.gw.borrow().channel_of(id).is_none() {
+                        cursor.close().await;
+                        return Ok(End::Finished); // the client left
+                    }
+                    continue;
                 }
                 if std::mem::take(&mut first) && reopened && !log_resumes(at, pos) {
                     // The core checked the first read; a re-opened one is checked here, by the
