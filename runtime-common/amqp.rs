@@ -475,6 +475,9 @@ struct Offsets {
     /// Where that history ended, until the first live delivery: it must follow (or the buffers
     /// start again there, `Command::PrimeGap`).
     history_through: Option<u64>,
+    /// The message at `history_through`, if the history read kept it (not oversized): the
+    /// `last_taken` of a consumer that resumes there.
+    history_last: Option<UpstreamMessage>,
 }
 
 impl Offsets {
@@ -661,6 +664,7 @@ impl Source {
             // read ended, by offset, as if taken there. `Since` would compare this machine's
             // clock with the broker's: one behind would skip what was written meanwhile, unseen.
             offsets.last = offsets.history_through;
+            offsets.last_taken = offsets.history_last.take();
         }
         let start = match (log, offsets.last) {
             (None, _) => None,
@@ -692,8 +696,8 @@ impl Source {
         let mut held = None;
         if prime {
             offsets.primed = true;
-            let (first, through) = self.prime_history(history, ingest, broker.prefetch, &mut consumer).await;
-            (held, offsets.history_through) = (first, through);
+            let (first, through, at_through) = self.prime_history(history, ingest, broker.prefetch, &mut consumer).await;
+            (held, offsets.history_through, offsets.history_last) = (first, through, at_through);
         }
         let mut resuming = offsets.last;
         let mut acks = Acks::new(ACK_BATCH);
@@ -812,6 +816,7 @@ impl Source {
                     }
                 }
                 // Set by the first consumer's history read, before anything was taken.
+                offsets.history_last = None;
                 if let Some(through) = offsets.history_through.take() {
                     if !logs_meet(through, pos) {
                         // The history read stopped short of where live deliveries begin (a broker
@@ -878,7 +883,13 @@ impl Source {
     /// lies before that point (`Gateway::prime`; the caller sent `prime_start`) and where the
     /// read ended (`prime_end`), which is returned too. A failure only leaves the buffers colder:
     /// it is logged, and the shards are told the read ended in any case.
-    async fn prime_history(&self, history: Option<(Channel, Consumer)>, ingest: &mut Ingest, prefetch: u16, live: &mut Consumer) -> (Option<(Next, Instant)>, Option<u64>) {
+    async fn prime_history(
+        &self,
+        history: Option<(Channel, Consumer)>,
+        ingest: &mut Ingest,
+        prefetch: u16,
+        live: &mut Consumer,
+    ) -> (Option<(Next, Instant)>, Option<u64>, Option<UpstreamMessage>) {
         let id = self.id;
         let mut read = HistoryRead::default();
         let keep = self.settings.channel(id).buffer_events;
@@ -911,7 +922,9 @@ impl Source {
         if let Some(chan) = chan {
             close_later(chan, "history read");
         }
-        (read.held.take(), through)
+        // The message at `through`, if kept: a consumer that resumes there must find it again.
+        let at_through = read.msgs.iter().rposition(|m| through.is_some() && m.position == through).and_then(|i| read.msgs.remove(i));
+        (read.held.take(), through, at_through)
     }
 
     /// The reading part of [`Source::prime_history`]: the last `keep` messages into `read`
