@@ -102,7 +102,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         let limit = SOURCE_STOP + server.shutdown_drain + Duration::from_secs(2);
         std::thread::spawn(move || {
             std::thread::sleep(limit);
-            std::process::exit(0);
+            // Not a clean stop: a service manager should be able to tell.
+            tracing::error!(seconds = limit.as_secs(), "shutdown did not finish in time; exiting");
+            std::process::exit(1);
         });
         // The sources ack what they handled before anything else stops (bounded: one may be in
         // the middle of connecting); the shards then send what they hold and close.

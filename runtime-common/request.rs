@@ -63,7 +63,7 @@ impl RefusalLog {
 
     /// A refusal at `now`: whether it gets a line of its own, and the refusals to sum up in a
     /// line first (how many, over how long), when it is time to.
-    fn admit(&mut self, now: Instant) -> (bool, Option<(u64, Duration)>) {
+    pub(crate) fn admit(&mut self, now: Instant) -> (bool, Option<(u64, Duration)>) {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * REFUSALS_PER_SEC).min(REFUSALS_BURST);
         self.refilled = now;

@@ -39,7 +39,8 @@ use tracing::{debug, info, warn};
 
 use super::amqp::stream_log::LogReader;
 use super::shards::Command;
-use super::{answer_and_close, until, Budget};
+use super::request::{log_refusals_summed, RefusalLog};
+use super::{answer_and_close, sleep, until, Budget};
 use crate::driver::{spawn, Socket, Timer};
 
 /// Time a closing stream (and a refused one) gets to take its last bytes.
@@ -57,10 +58,22 @@ pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settin
         log: RefCell::new(None),
         scratch: RefCell::new(Vec::new()),
         conns: RefCell::new(Vec::new()),
+        refusals: RefCell::new(RefusalLog::new(Instant::now())),
         settings,
         metrics,
     });
-    shard.run(rx).await;
+    // A reconnect storm into a full gateway (503) or a user's limit (409) writes as many
+    // `stream refused` lines as the main thread's refusals may: a burst, then a few a second,
+    // and the rest summed up.
+    let summing = shard.clone();
+    spawn(async move {
+        loop {
+            sleep(Duration::from_secs(1)).await;
+            log_refusals_summed(summing.refusals.borrow_mut().due(Instant::now(), false));
+        }
+    });
+    shard.clone().run(rx).await;
+    log_refusals_summed(shard.refusals.borrow_mut().due(Instant::now(), true));
 }
 
 /// What woke the shard loop.
@@ -152,6 +165,8 @@ struct Shard {
     scratch: RefCell<Vec<Bytes>>,
     /// Writer links by `StreamId::index` (the full id is checked on use).
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
+    /// How many `stream refused` lines may be written ([`RefusalLog`]).
+    refusals: RefCell<RefusalLog>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -219,7 +234,19 @@ impl Shard {
                             unread = 0;
                         }
                     }
+                    let shutdown = matches!(cmd, Command::Shutdown);
                     self.apply(cmd, &mut drain_until);
+                    if shutdown {
+                        // Stream requests queued behind the shutdown get their 503 now, and later
+                        // ones fail to send (their connections close): none waits, unanswered,
+                        // for the process to end. Nothing else comes after the shutdown.
+                        rx.close();
+                        while let Ok(cmd) = rx.try_recv() {
+                            if let Command::Open(..) = cmd {
+                                self.apply(cmd, &mut drain_until);
+                            }
+                        }
+                    }
                 }
                 Wake::Tick => {}
                 Wake::DrainOver => {
@@ -349,7 +376,11 @@ impl Shard {
             Err(resp) => {
                 let channel = &self.settings.channel(log.channel).name;
                 let code = resp.refusal.as_ref().map_or("-", |r| r.code);
-                info!(user = %user, channel = %channel, status = resp.status, code, "stream refused");
+                let (own, summary) = self.refusals.borrow_mut().admit(Instant::now());
+                log_refusals_summed(summary);
+                if own {
+                    info!(user = %user, channel = %channel, status = resp.status, code, "stream refused");
+                }
                 spawn(async move { answer_and_close(sock, &resp.bytes, Instant::now() + WRITE_TIMEOUT).await });
             }
         }

@@ -121,6 +121,37 @@ async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
     assert!(early.iter().all(|e| e.event != "error") && !first.is_closed(), "{early:?}");
 }
 
+/// A storm of requests into a user's limit: a shard writes `stream refused` lines for a burst
+/// of them, then a few a second, and sums up the rest (here at shutdown): every refusal is
+/// either a line or counted in a summary, and far fewer lines are written than refusals.
+async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin) {
+    const REFUSED: usize = 400;
+    let cfg = ConfigBuilder::new()
+        .raw("streams", "max_per_user", "1")
+        .str("streams", "limit_policy", "reject")
+        .str("server", "shutdown_drain", "1s");
+    let mut gw = GatewayProcess::start(bin, &cfg.render()).await;
+    let alice = user("alice", &[]);
+    let bearer = format!("Bearer {alice}");
+    let first = gw.stream("deals", &alice).await;
+    for _ in 0..REFUSED {
+        let r = gw.open("/api/v1/streams/tasks", &[("Authorization", &bearer)]).await;
+        assert_eq!(r.status, 409);
+    }
+    gw.terminate();
+    gw.wait_exit(3 * WAIT).await.expect("the gateway stops");
+    drop(first);
+    let log = gw.log_until(WAIT, |l| l.contains("stopped")).await;
+    let lines = log.lines().filter(|l| l.contains("stream refused")).count();
+    let summed: usize = log
+        .lines()
+        .filter(|l| l.contains("refused without a line of their own"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("refused=")).and_then(|n| n.parse::<usize>().ok()))
+        .sum();
+    assert_eq!(lines + summed, REFUSED, "{lines} lines and {summed} summed up for {REFUSED} refusals");
+    assert!((200..REFUSED).contains(&lines), "{lines} lines: a burst of 200, then 20 a second");
+}
+
 /// Reads `s` until the marker; returns the data before it, counting each event in `progress`.
 async fn data_until(
     mut s: sse_gateway_tests::SseClient,
@@ -383,6 +414,7 @@ async fn a_second_signal_during_the_drain_exits_at_once(bin: Bin) {
 
 for_each_binary!(
     a_second_signal_during_the_drain_exits_at_once,
+    a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up,
     sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading,
     heartbeats_follow_every_idle_second,
     a_token_expiring_mid_stream_ends_it_with_token_expired,
