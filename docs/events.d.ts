@@ -51,7 +51,7 @@ export interface DealsV1DealCreated {
   client_id: string;
   title: string;
   status: string;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   created_at: string;
 }
 
@@ -64,7 +64,7 @@ export interface DealsV1DealJournalAppended {
   /** uuid */
   author_id: string;
   text: string;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   created_at: string;
 }
 
@@ -73,7 +73,7 @@ export interface DealsV1DealUpdated {
   /** uuid */
   deal_id: string;
   changes: Record<string, unknown>;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   updated_at: string;
   /** integer */
   version: number;
@@ -105,7 +105,7 @@ export type DealsV1Event =
 export interface NotificationsV1NotificationRead {
   /** uuid */
   notification_id: string;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   read_at: string;
 }
 
@@ -116,7 +116,7 @@ export interface NotificationsV1NotificationSent {
   template: string;
   title: string;
   body: string;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   created_at: string;
 }
 
@@ -172,7 +172,7 @@ export interface TasksV1TaskCreated {
 export interface TasksV1TaskReminder {
   /** uuid */
   task_id: string;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   remind_at: string;
   channel: string;
 }
@@ -182,7 +182,7 @@ export interface TasksV1TaskUpdated {
   /** uuid */
   task_id: string;
   changes: Record<string, unknown>;
-  /** RFC 3339 date-time */
+  /** RFC 3339 date-time, never a leap second (`new Date()` reads it) */
   updated_at: string;
 }
 

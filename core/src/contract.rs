@@ -512,7 +512,7 @@ fn ts_type(kind: &FieldKind) -> (String, Option<&'static str>) {
     match kind {
         FieldKind::Uuid => ("string".into(), Some("uuid")),
         FieldKind::String => ("string".into(), None),
-        FieldKind::DateTime => ("string".into(), Some("RFC 3339 date-time")),
+        FieldKind::DateTime => ("string".into(), Some("RFC 3339 date-time, never a leap second (`new Date()` reads it)")),
         FieldKind::Date => ("string".into(), Some("date, YYYY-MM-DD")),
         FieldKind::Number => ("number".into(), None),
         FieldKind::Integer => ("number".into(), Some("integer")),
