@@ -328,14 +328,18 @@ impl Config {
     }
 }
 
-/// A TOML error quotes the line at fault: one that sets a secret (or a URL, which may hold a
-/// password) is shown up to its `=` only, since errors go to logs and journals.
+/// A TOML error quotes the line at fault (`12 | key = value`): it is shown up to its `=` only,
+/// since errors go to logs and journals, and a value may be a secret or a URL holding a password
+/// under any key (a misspelled `secert`, `uri`, ...). The message names the key and the fault.
 fn redact_secrets(message: &str) -> String {
     message
         .lines()
-        .map(|l| match l.split_once('=') {
-            Some((key, _)) if ["secret", "url"].iter().any(|k| key.to_ascii_lowercase().contains(k)) => format!("{key}= <redacted>"),
-            _ => l.to_string(),
+        .map(|l| {
+            let quoted = l.trim_start().split_once(" |").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            match l.split_once('=') {
+                Some((key, _)) if quoted => format!("{key}= <redacted>"),
+                _ => l.to_string(),
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -400,12 +404,12 @@ impl Settings {
         }
         if config.broker.is_some() && config.server.publish_endpoint {
             return Err(ConfigError(
-                "server.publish_endpoint: the publish endpoint feeds the in-process source; turn it off or remove [broker]".into(),
+                "server.publish_endpoint: the publish endpoint feeds the in-process source; turn it off or remove [broker] (or unset SSE_GATEWAY_AMQP_URL)".into(),
             ));
         }
         if config.broker.is_some() && config.demo.enabled {
             return Err(ConfigError(
-                "demo.enabled: demo events use the in-process source; turn it off or remove [broker]".into(),
+                "demo.enabled: demo events use the in-process source; turn it off or remove [broker] (or unset SSE_GATEWAY_AMQP_URL)".into(),
             ));
         }
         if config.server.max_streams == 0 {
@@ -413,7 +417,9 @@ impl Settings {
         }
         // `host:port` (the host resolved when binding): a port is needed, a name may do.
         let listen = &config.server.listen;
-        if !listen.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+        // An IPv6 address is bracketed (`[::1]:8080`): `::1` alone would split into host `:`.
+        let host_ok = |host: &str| !host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+        if !listen.rsplit_once(':').is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok()) {
             return Err(ConfigError(format!(
                 "server.listen: `{listen}` is not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)"
             )));
@@ -445,6 +451,13 @@ impl Settings {
         }
         if config.server.max_head_bytes < 512 {
             return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
+        }
+        // Below that, every publish (or every message) is `oversized`, with /readyz green.
+        if config.server.max_body_bytes < 1024 {
+            return Err(ConfigError("server.max_body_bytes: must be at least 1024".into()));
+        }
+        if config.broker.as_ref().is_some_and(|b| b.max_message_bytes < 1024) {
+            return Err(ConfigError("broker.max_message_bytes: must be at least 1024".into()));
         }
         if config.server.head_timeout.is_zero() {
             return Err(ConfigError("server.head_timeout: must be greater than zero".into()));
@@ -859,6 +872,10 @@ mod tests {
             ("[server]\nlisten = \"127.0.0.1\"\n", "server.listen"),
             ("[server]\nlisten = \"\"\n", "server.listen"),
             ("[server]\nlisten = \":8080\"\n", "server.listen"),
+            ("[server]\nlisten = \"::1\"\n", "server.listen"),
+            ("[server]\nlisten = \"fe80::1:8080\"\n", "server.listen"),
+            ("[broker]\nurl = \"amqp://h\"\nmax_message_bytes = 0\n", "broker.max_message_bytes"),
+            ("[server]\nmax_body_bytes = 1023\n", "server.max_body_bytes"),
             ("[server]\nworkers = 1025\n", "server.workers"),
             ("[server]\npublish_role = \"\"\n", "server.publish_role"),
             ("[server]\ncors_origins = [\"https://crm.example.com/\"]\n", "server.cors_origins"),

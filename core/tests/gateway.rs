@@ -1605,7 +1605,7 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
 
 #[test]
 fn a_publish_body_is_framed_by_a_plain_content_length_only() {
-    let front = Harness::new("[server]\npublish_endpoint = true\nmax_body_bytes = 1000\n").front;
+    let front = Harness::new("[server]\npublish_endpoint = true\nmax_body_bytes = 1024\n").front;
     let t = Harness::new("").token("svc", &["publisher"], 3600);
     let status = |headers: &str| {
         let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n{headers}\r\n{{}}");
@@ -1625,7 +1625,7 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     }
     assert_eq!(status("Content-Length: 2\r\nContent-Length: 2\r\n").0, 400);
     assert_eq!(status("Host: a.example\r\nHost: b.example\r\nContent-Length: 2\r\n").0, 400);
-    assert_eq!(status("Content-Length: 1001\r\n").0, 413);
+    assert_eq!(status("Content-Length: 1025\r\n").0, 413);
     assert_eq!(status("Content-Length: 99999999999999999999999999\r\n").0, 413);
 }
 
