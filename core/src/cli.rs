@@ -155,7 +155,7 @@ impl Launch {
         let mut lines = format!("listening on http://{addr}\n");
         if self.demo {
             let settings = self.settings();
-            let roles: Vec<String> = demo::DEMO_ROLES.iter().map(|r| r.to_string()).collect();
+            let roles = demo::roles(settings);
             let secret = self.setup.hmac_secret().ok_or("demo mode needs an HMAC secret")?;
             let t = issue_hs256(&settings.config.auth, secret, demo::DEMO_USER, &roles, unix_now(), 12 * 3600)
                 .map_err(|e| e.to_string())?;
@@ -335,10 +335,27 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Resul
         _ => return Err("no secret configured (auth.secret or SSE_GATEWAY_JWT_SECRET)".into()),
     };
     let roles: Vec<String> = roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
-    let t = issue_hs256(&setup.settings.config.auth, secret, sub, &roles, unix_now(), ttl.as_secs())
-        .map_err(|e| e.to_string())?;
+    let now = unix_now();
+    let t = issue_hs256(&setup.settings.config.auth, secret, sub, &roles, now, ttl.as_secs()).map_err(|e| e.to_string())?;
+    // Never a token this configuration would refuse (an empty `sub`, a control character in it).
+    crate::auth::TokenVerifier::verify(&setup.verifier, &t, now).map_err(|e| format!("this configuration would refuse the token: {}", e.reason()))?;
+    for w in token_warnings(sub, &roles) {
+        eprintln!("warning: {w}");
+    }
     println!("{t}");
     Ok(())
+}
+
+/// What a valid token for `sub` with `roles` may not do as meant.
+fn token_warnings(sub: &str, roles: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if sub.contains(',') || sub.trim() != sub {
+        out.push(format!("--sub {sub:?} holds a comma or edge whitespace: no recipient_ids list can name it (no per-user events)"));
+    }
+    for r in roles.iter().filter(|r| r.contains(char::is_whitespace)) {
+        out.push(format!("--roles: {r:?} is one role with whitespace in it; separate roles with commas"));
+    }
+    out
 }
 
 fn catalogue(format: contract::Format, config: Option<&Path>) -> Result<(), String> {
@@ -389,6 +406,13 @@ fn log_filter(var: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<Strin
 mod tests {
     use super::*;
     use tracing_subscriber::EnvFilter;
+
+    #[test]
+    fn the_token_command_warns_of_a_sub_or_role_that_cannot_work_as_meant() {
+        assert!(token_warnings("alice", &["finance_manager".into(), "publisher".into()]).is_empty());
+        assert_eq!(token_warnings("a,b", &[]).len(), 1);
+        assert_eq!(token_warnings(" alice", &["finance_manager publisher".into()]).len(), 2);
+    }
 
     #[test]
     fn the_arguments_parse_with_either_binary_name() {

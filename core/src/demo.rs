@@ -21,8 +21,16 @@ pub const DEMO_COOKIE: &str = "sse_token";
 /// User id of the development token `--demo` prints.
 pub const DEMO_USER: &str = "demo-user";
 
-/// Roles of the development token `--demo` prints: every seed channel and the publish endpoint.
-pub const DEMO_ROLES: [&str; 2] = ["finance_manager", "publisher"];
+/// Roles of the development token `--demo` prints: every role a channel asks for (so it reads
+/// every channel: `finance_manager` for the seed's `payments`) and the publish endpoint's
+/// (`server.publish_role`), sorted.
+pub fn roles(settings: &Settings) -> Vec<String> {
+    let mut roles: Vec<String> = settings.channels.iter().flat_map(|c| c.roles.iter().cloned()).collect();
+    roles.push(settings.config.server.publish_role.clone());
+    roles.sort();
+    roles.dedup();
+    roles
+}
 
 /// The demo page with the cookie name the gateway reads tokens from. It opens a stream on each
 /// channel the gateway serves and shows every event type of the channel's default version, from
@@ -237,5 +245,13 @@ mod tests {
         assert!(page("tok", &custom).contains(r#"const EVENT_TYPES = {"invoices":["invoice.paid"]};"#), "{}", page("tok", &custom));
         let no_payments = Settings::new(Config::from_toml("[channels.payments]\nenabled = false\n").unwrap(), crate::Catalogue::seed()).unwrap();
         assert!(!page("tok", &no_payments).contains("\"payments\""));
+    }
+
+    #[test]
+    fn the_demo_token_holds_every_channels_roles_and_the_publish_role() {
+        assert_eq!(roles(&Settings::seed()), ["finance_manager", "publisher"]);
+        let text = "[server]\npublish_role = \"admin\"\n[channels.payments]\nroles = [\"cfo\"]\n[channels.deals]\nroles = [\"sales\", \"cfo\"]\n";
+        let custom = Settings::new(Config::from_toml(text).unwrap(), crate::Catalogue::seed()).unwrap();
+        assert_eq!(roles(&custom), ["admin", "cfo", "sales"]);
     }
 }
