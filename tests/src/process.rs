@@ -15,7 +15,10 @@ use crate::{http_get, Bin, Response, SseClient, WAIT};
 const GATEWAY_ENV: [&str; 2] = ["SSE_GATEWAY_JWT_SECRET", "SSE_GATEWAY_AMQP_URL"];
 
 /// A gateway started with `--config FILE`, listening on the address it printed. Killed on drop;
-/// when the test is failing, its stderr is printed then.
+/// when the test is failing, its stderr is printed then. When it is not, dropping it fails the
+/// test if the gateway logged a panic, or exited without being told to stop
+/// ([`GatewayProcess::terminate`], [`GatewayProcess::interrupt`]): a crash when the test's
+/// clients went away would otherwise pass unseen.
 pub struct GatewayProcess {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -25,6 +28,8 @@ pub struct GatewayProcess {
     config: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// Told to stop (a signal that ends it): its exit is expected.
+    stopping: std::sync::atomic::AtomicBool,
     _dir: tempfile::TempDir,
 }
 
@@ -87,7 +92,16 @@ impl GatewayProcess {
             .strip_prefix("listening on http://")
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("first stdout line is not `listening on http://ADDR`: {line:?}"));
-        GatewayProcess { addr, bin, child, config: config_toml.to_string(), stdout, stderr, _dir: dir }
+        GatewayProcess {
+            addr,
+            bin,
+            child,
+            config: config_toml.to_string(),
+            stdout,
+            stderr,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            _dir: dir,
+        }
     }
 
     /// The configuration file text it was started with (to start another like it).
@@ -134,11 +148,13 @@ impl GatewayProcess {
 
     /// Sends SIGTERM (graceful shutdown, D12).
     pub fn terminate(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.signal("TERM");
     }
 
     /// SIGINT (Ctrl-C), which D12 treats as SIGTERM.
     pub fn interrupt(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.signal("INT");
     }
 
@@ -283,7 +299,19 @@ pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
         let _ = self.child.start_kill();
+        if !std::thread::panicking() {
+            let log = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+            // The gateway's own panic lines (its hook logs them, then aborts; or a message's
+            // handling that panicked and was contained).
+            let panicked = ["panic; aborting the process", "panic handling one message", "panic in thread"].iter().any(|p| log.contains(p));
+            let unasked = exited && !self.stopping.load(std::sync::atomic::Ordering::Relaxed);
+            if panicked || unasked {
+                let what = if panicked { "logged a panic" } else { "exited without being told to stop" };
+                panic!("{} ({}) {what}:\n{log}", self.bin.file_name(), self.addr);
+            }
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- {} ({}) stderr ---\n{}--- end of stderr ---",

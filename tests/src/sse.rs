@@ -327,14 +327,16 @@ impl SseClient {
         }
     }
 
-    /// The next event that carries an `id:` (a domain event), skipping heartbeats and warnings,
-    /// within `timeout`. Errors are returned (a test usually fails on them).
+    /// The next event that carries an `id:` (a domain event), skipping heartbeats and
+    /// `source_unavailable` warnings, within `timeout`. Errors and any other warning (a
+    /// `history_gap`: something was lost) are returned: a test usually fails on them.
     pub async fn next_with_id(&mut self, timeout: Duration) -> Option<SseEvent> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_event(left).await {
-                Some(ev) if ev.id.is_none() && ev.event != "error" => continue,
+                Some(ev) if ev.event == "heartbeat" => continue,
+                Some(ev) if ev.event == "warning" && ev.data.contains("\"source_unavailable\"") => continue,
                 other => return other,
             }
         }

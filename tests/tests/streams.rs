@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures_lite::future;
+
 use sse_gateway_tests::payloads::valid_text;
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, sleep, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SseClient, SECRET, WAIT};
@@ -20,7 +22,7 @@ async fn heartbeats_follow_every_idle_second(bin: Bin) {
 async fn a_token_expiring_mid_stream_ends_it_with_token_expired(bin: Bin) {
     let cfg = ConfigBuilder::new().raw("auth", "leeway_secs", "0");
     let gw = GatewayProcess::start(bin, &cfg.render()).await;
-    let mut s = gw.stream("deals", &token(SECRET, "alice", &[], 2)).await;
+    let mut s = gw.stream("deals", &token(SECRET, "alice", &[], 4)).await; // exp 3-4 s ahead: room to open on a slow machine
     let events = s.until_closed(WAIT).await.expect("the stream closes when its token expires");
     let last = events.iter().rev().find(|e| e.event != "heartbeat").expect("an error frame before the close");
     assert_eq!(last.event, "error", "{events:?}");
@@ -125,7 +127,7 @@ async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
 /// of them, then a few a second, and sums up the rest (here at shutdown): every refusal is
 /// either a line or counted in a summary, and far fewer lines are written than refusals.
 async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin) {
-    const REFUSED: usize = 400;
+    const REFUSED: usize = 1000;
     let cfg = ConfigBuilder::new()
         .raw("streams", "max_per_user", "1")
         .str("streams", "limit_policy", "reject")
@@ -134,10 +136,19 @@ async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin
     let alice = user("alice", &[]);
     let bearer = format!("Bearer {alice}");
     let first = gw.stream("deals", &alice).await;
-    for _ in 0..REFUSED {
-        let r = gw.open("/api/v1/streams/tasks", &[("Authorization", &bearer)]).await;
-        assert_eq!(r.status, 409);
-    }
+    // Four clients at once: the 1,000 take well under the 40 s after which a slow machine's
+    // lines (a burst of 200, then 20 a second) could reach the number of refusals.
+    let refuse = |n: usize| {
+        let (gw, bearer) = (&gw, &bearer);
+        async move {
+            for _ in 0..n {
+                let r = gw.open("/api/v1/streams/tasks", &[("Authorization", bearer)]).await;
+                assert_eq!(r.status, 409);
+            }
+        }
+    };
+    let quarter = REFUSED / 4;
+    future::zip(future::zip(refuse(quarter), refuse(quarter)), future::zip(refuse(quarter), refuse(quarter))).await;
     gw.terminate();
     gw.wait_exit(3 * WAIT).await.expect("the gateway stops");
     drop(first);

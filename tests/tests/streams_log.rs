@@ -870,11 +870,14 @@ async fn a_stream_recreated_and_refilled_during_an_outage_stops_the_source(bin: 
     declare_small_stream(&setup.queue(), 1 << 30, 1 << 24).await;
     let (msgs, _) = setup.messages(8);
     let direct: Vec<Message> = msgs.into_iter().map(|m| Message { exchange: String::new(), routing_key: setup.queue(), ..m }).collect();
+    let taken = gw.metric(&events_in("deals")).await;
     setup.broker.publish_all(&direct).await;
     proxy.restore();
     logged(&gw, "holds another message at offset 4 than the one this source took there", "the log says why the source stopped").await;
     let frames = s.events_within(Duration::from_secs(2)).await;
     assert!(frames.iter().all(|e| e.id.is_none()), "an event of the new stream reached the client: {frames:?}");
+    assert!(!s.is_closed(), "the stream stays open (a source outage)");
+    assert_eq!(gw.metric(&events_in("deals")).await, taken, "no event of the new stream was taken (into the buffer either)");
     assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
 }
 
@@ -896,11 +899,14 @@ async fn a_stream_recreated_during_an_outage_before_any_live_event_stops_the_sou
     declare_small_stream(&setup.queue(), 1 << 30, 1 << 24).await;
     let (msgs, _) = setup.messages(8);
     let direct: Vec<Message> = msgs.into_iter().map(|m| Message { exchange: String::new(), routing_key: setup.queue(), ..m }).collect();
+    let taken = gw.metric(&events_in("deals")).await;
     setup.broker.publish_all(&direct).await;
     proxy.restore();
     logged(&gw, "holds another message at offset 4 than the one this source took there", "the log says why the source stopped").await;
     let frames = s.events_within(Duration::from_secs(2)).await;
     assert!(frames.iter().all(|e| e.id.is_none()), "an event of the new stream reached the client: {frames:?}");
+    assert!(!s.is_closed(), "the stream stays open (a source outage)");
+    assert_eq!(gw.metric(&events_in("deals")).await, taken, "no event of the new stream was taken (into the buffer either)");
     assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
 }
 
