@@ -464,7 +464,7 @@ impl JwtVerifier {
         if config.roles_claim.split('.').any(str::is_empty) {
             return Err(AuthSetupError::new(format!(
                 "[auth] roles_claim {:?} has an empty path segment (a leading, trailing or doubled '.'): \
-                 no token would have roles",
+                 as a path it names no claim (likely a typo)",
                 config.roles_claim
             )));
         }
@@ -633,14 +633,16 @@ impl Inner {
 }
 
 /// A user id holding a control character (a line break would forge log lines), a Unicode line or
-/// paragraph separator, or an invisible formatting character (zero-width, bidirectional
-/// overrides: a log line that reads other than it is). One holding a comma or with whitespace at
+/// paragraph separator, or an invisible formatting character (zero-width space, bidirectional
+/// marks and overrides, word joiners, a byte-order mark: a log line that reads other than it
+/// is). Not the zero-width (non-)joiners U+200C and U+200D, which Persian and Indic spellings
+/// and emoji sequences need. One holding a comma or with whitespace at
 /// an end (an LDAP DN, say) is a user like any other, though no `recipient_ids` header can name
 /// it (the configuration reference says so).
 fn sub_unroutable(sub: &str) -> bool {
     sub.chars().any(|c| {
         c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+            || matches!(c, '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
     })
 }
 
@@ -1872,10 +1874,22 @@ mod tests {
             "zero\u{200B}width",
             "\u{FEFF}bom",
             "iso\u{2066}late",
+            "arabic\u{061C}mark",
         ] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }
-        let good = ["alice", "auth0|5f7c8ec7c33c6c004bbafe82", "a b", "jane.doe@example.com", "Ünïcødé", "CN=alice,OU=Staff,DC=corp", " alice "];
+        // ZWNJ and ZWJ are letters' business (Persian, Indic scripts, emoji sequences).
+        let good = [
+            "alice",
+            "auth0|5f7c8ec7c33c6c004bbafe82",
+            "a b",
+            "jane.doe@example.com",
+            "Ünïcødé",
+            "CN=alice,OU=Staff,DC=corp",
+            " alice ",
+            "\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}",
+            "\u{1F469}\u{200D}\u{1F4BB}",
+        ];
         for good in good {
             assert_eq!(ok(&v, &hs256(&with(claims(), "sub", json!(good)))).user, good);
         }
