@@ -335,10 +335,20 @@ fn redact_secrets(message: &str) -> String {
     message
         .lines()
         .map(|l| {
-            let quoted = l.trim_start().split_once(" |").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            match l.split_once('=') {
-                Some((key, _)) if quoted => format!("{key}= <redacted>"),
-                _ => l.to_string(),
+            let quoted = l.trim_start().split_once(" |").filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if let Some((n, line)) = quoted {
+                // `key = value`: the key is shown; any other line (a multi-line string's or
+                // array's, `key: value`) not at all.
+                let plain = |k: &str| !k.trim().is_empty() && k.trim().chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+                return match line.split_once('=') {
+                    Some((key, _)) if plain(key) => format!("{}{n} |{key}= <redacted>", &l[..l.len() - l.trim_start().len()]),
+                    _ => format!("{}{n} | <redacted>", &l[..l.len() - l.trim_start().len()]),
+                };
+            }
+            // serde's own words may quote the value: `invalid type: string "amqp://u:pw@h", ...`.
+            match ["invalid type: ", "invalid value: "].iter().find_map(|m| l.find(m).map(|i| i + m.len())) {
+                Some(at) => format!("{}<redacted>{}", &l[..at], l[at..].find(", expected").map_or("", |e| &l[at + e..])),
+                None => l.to_string(),
             }
         })
         .collect::<Vec<_>>()
@@ -417,8 +427,12 @@ impl Settings {
         }
         // `host:port` (the host resolved when binding): a port is needed, a name may do.
         let listen = &config.server.listen;
-        // An IPv6 address is bracketed (`[::1]:8080`): `::1` alone would split into host `:`.
-        let host_ok = |host: &str| !host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+        // An IPv6 address is bracketed (`[::1]:8080`) and must parse as one (a zone by number):
+        // `::1` alone would split into host `:`, `[fe80::1%eth0]` does not bind.
+        let host_ok = |host: &str| match host.starts_with('[') {
+            true => listen.parse::<std::net::SocketAddr>().is_ok(),
+            false => !host.is_empty() && !host.contains(':'),
+        };
         if !listen.rsplit_once(':').is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok()) {
             return Err(ConfigError(format!(
                 "server.listen: `{listen}` is not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)"
@@ -874,6 +888,8 @@ mod tests {
             ("[server]\nlisten = \":8080\"\n", "server.listen"),
             ("[server]\nlisten = \"::1\"\n", "server.listen"),
             ("[server]\nlisten = \"fe80::1:8080\"\n", "server.listen"),
+            ("[server]\nlisten = \"[fe80::1%eth0]:8080\"\n", "server.listen"),
+            ("[server]\nlisten = \"[foo]:80\"\n", "server.listen"),
             ("[broker]\nurl = \"amqp://h\"\nmax_message_bytes = 0\n", "broker.max_message_bytes"),
             ("[server]\nmax_body_bytes = 1023\n", "server.max_body_bytes"),
             ("[server]\nworkers = 1025\n", "server.workers"),
@@ -895,6 +911,7 @@ mod tests {
         for ok in [
             "[server]\nlisten = \"localhost:8080\"\n",
             "[server]\nlisten = \"[::1]:0\"\n",
+            "[server]\nlisten = \"[fe80::1%2]:0\"\n",
             "[server]\ncors_origins = [\"https://crm.example.com:8443\", \"http://localhost:3000\"]\n",
             "[broker]\nurl = \"AMQP://svc:pw@rabbit:5672/%2f\"\n",
         ] {

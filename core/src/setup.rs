@@ -206,5 +206,10 @@ mod tests {
         let e = load(Some("[server]\nlisten = 8080 x\n"), &Env::default(), &Overrides::default(), &mut no_files, &mut || vec![1; 32])
             .unwrap_err();
         assert!(e.0.contains("line 2") && e.0.contains("listen = <redacted>"), "the line is named: {e}");
+        // A value serde quotes in its message, a line with no `key =`.
+        for text in ["[broker]\nurl = \"amqp://h\"\nprefetch = \"amqp://u:PassWord@h\"\n", "[auth]\nsecret: PassWord\n", "broker = \"amqp://u:PassWord@h\"\n"] {
+            let e = load(Some(text), &Env::default(), &Overrides::default(), &mut no_files, &mut || vec![1; 32]).unwrap_err();
+            assert!(!e.0.contains("PassWord") && e.0.contains("<redacted>"), "{text}: {e}");
+        }
     }
 }
