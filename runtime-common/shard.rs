@@ -59,6 +59,7 @@ pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settin
         scratch: RefCell::new(Vec::new()),
         conns: RefCell::new(Vec::new()),
         refusals: RefCell::new(RefusalLog::new(Instant::now())),
+        refusing: Rc::new(Cell::new(0)),
         settings,
         metrics,
     });
@@ -167,6 +168,9 @@ struct Shard {
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
     /// How many `stream refused` lines may be written ([`RefusalLog`]).
     refusals: RefCell<RefusalLog>,
+    /// Refusals being written (each by a task of its own, for at most `WRITE_TIMEOUT` and its
+    /// linger): the shard does not end before them.
+    refusing: Rc<Cell<usize>>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -260,7 +264,7 @@ impl Shard {
                 }
             }
             self.drain();
-            if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 {
+            if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 && self.refusing.get() == 0 {
                 return;
             }
             // Bytes queued to writers since they last had all run: past a quarter of the bound
@@ -381,7 +385,13 @@ impl Shard {
                 if own {
                     info!(user = %user, channel = %channel, status = resp.status, code, "stream refused");
                 }
-                spawn(async move { answer_and_close(sock, &resp.bytes, Instant::now() + WRITE_TIMEOUT).await });
+                // Counted until written: a draining shard waits for it (its executor would drop it).
+                let refusing = self.refusing.clone();
+                refusing.set(refusing.get() + 1);
+                spawn(async move {
+                    answer_and_close(sock, &resp.bytes, Instant::now() + WRITE_TIMEOUT).await;
+                    refusing.set(refusing.get() - 1);
+                });
             }
         }
     }
