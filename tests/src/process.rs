@@ -299,16 +299,24 @@ pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        let status = self.child.try_wait().ok().flatten();
         let _ = self.child.start_kill();
         if !std::thread::panicking() {
             let log = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
             // The gateway's own panic lines (its hook logs them, then aborts; or a message's
             // handling that panicked and was contained).
             let panicked = ["panic; aborting the process", "panic handling one message", "panic in thread"].iter().any(|p| log.contains(p));
-            let unasked = exited && !self.stopping.load(std::sync::atomic::Ordering::Relaxed);
-            if panicked || unasked {
-                let what = if panicked { "logged a panic" } else { "exited without being told to stop" };
+            let asked = self.stopping.load(std::sync::atomic::Ordering::Relaxed);
+            // Told to stop, it exits 0 (drained), or 143 / 130 (a second signal); not 1 (the
+            // shutdown watchdog) or anything else.
+            let bad_exit = status.filter(|s| !asked || !matches!(s.code(), Some(0 | 130 | 143)));
+            if panicked || bad_exit.is_some() {
+                let what = match bad_exit {
+                    _ if panicked => "logged a panic".to_string(),
+                    Some(s) if asked => format!("stopped with {s}"),
+                    Some(s) => format!("exited without being told to stop ({s})"),
+                    None => unreachable!(),
+                };
                 panic!("{} ({}) {what}:\n{log}", self.bin.file_name(), self.addr);
             }
         }
