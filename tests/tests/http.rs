@@ -79,6 +79,7 @@ async fn payments_without_finance_manager_is_forbidden_with_a_long_retry_then_cl
     assert!(events.iter().all(|e| e.id.is_none()), "no event reaches a forbidden user: {events:?}");
     let retry = s.retry().expect("a retry: field");
     assert!(retry >= 60_000, "retry {retry} ms is below 60 s");
+    assert_eq!(gw.metric("sse_gateway_forbidden_total").await, Some(1.0), "counted");
 }
 
 async fn a_finance_manager_may_open_payments_and_gets_its_events(bin: Bin) {

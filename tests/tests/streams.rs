@@ -163,6 +163,37 @@ async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin
     assert!((200..REFUSED).contains(&lines), "{lines} lines: a burst of 200, then 20 a second");
 }
 
+/// `server.max_streams` split between two workers: each shard holds its share, and a stream past
+/// it gets 503 `overloaded` (not a hang, not a stream), while the streams already open go on.
+async fn streams_past_the_process_bound_get_503_overloaded(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("server", "workers", "2").raw("server", "max_streams", "4");
+    let fx = Fixture::start(bin, cfg).await;
+    // (`/readyz` may have answered 503 while the broker was being reached.)
+    let before = fx.gw.metric("sse_gateway_http_responses_total{status=\"503\"}").await.unwrap_or(0.0);
+    let (mut open, mut refused) = (Vec::new(), 0);
+    // Users spread over both shards (by a hash of their id): each shard takes 2.
+    for i in 0..12 {
+        let mut s = fx.gw.open("/api/v1/streams/deals", &[("Authorization", &format!("Bearer {}", user(&format!("u{i}"), &[])))]).await;
+        match s.status {
+            200 => open.push(s),
+            503 => {
+                assert_eq!(s.json_body().await["code"], "overloaded");
+                refused += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!((open.len(), refused), (4, 8), "4 streams held (2 per shard), the rest refused");
+    assert_eq!(fx.gw.metric("sse_gateway_http_responses_total{status=\"503\"}").await, Some(before + 8.0));
+    // The streams held go on: each gets the next event.
+    let body = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &body).await;
+    for s in &mut open {
+        let ev = s.next_with_id(WAIT).await.expect("an event on a stream held");
+        assert_eq!(ev.data, body, "{ev:?}");
+    }
+}
+
 /// Reads `s` until the marker; returns the data before it, counting each event in `progress`.
 async fn data_until(
     mut s: sse_gateway_tests::SseClient,
@@ -427,6 +458,7 @@ async fn a_second_signal_during_the_drain_exits_at_once(bin: Bin) {
 for_each_binary!(
     a_second_signal_during_the_drain_exits_at_once,
     a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up,
+    streams_past_the_process_bound_get_503_overloaded,
     sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading,
     heartbeats_follow_every_idle_second,
     a_token_expiring_mid_stream_ends_it_with_token_expired,
