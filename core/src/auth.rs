@@ -410,8 +410,9 @@ impl JwtVerifier {
                 // (algorithm confusion, reached through the configuration).
                 Some(s) if s.windows(10).any(|w| w == b"-----BEGIN") || s.windows(5).any(|w| w == b"\"kty\"") => {
                     return Err(AuthSetupError::new(
-                        "[auth] secret holds a PEM key or a JWK: a public key is no HMAC secret \
-                         (anyone holding it could sign tokens); set public_key_file or jwks_file for it",
+                        "[auth] secret holds a PEM key or a JWK: key material, often public, is no HMAC secret \
+                         (anyone holding a public key could sign tokens); a public key goes in public_key_file or \
+                         jwks_file, an HMAC secret as its bytes",
                     ));
                 }
                 Some(s) => Some(DecodingKey::from_secret(s)),
@@ -2206,7 +2207,7 @@ mod tests {
         // A public key given as the secret (an operator's slip): anyone could sign with it.
         for public in [format!("\n{RSA_PUBLIC}"), JWKS.to_owned()] {
             let keys = KeyMaterial { secret: Some(public.into_bytes()), ..KeyMaterial::default() };
-            assert!(setup_error(&hs_config(), &keys).contains("a public key is no HMAC secret"));
+            assert!(setup_error(&hs_config(), &keys).contains("is no HMAC secret"));
         }
     }
 

@@ -685,10 +685,16 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[serde(untagged)]
     enum Raw {
         Secs(u64),
+        // Read only to say what is wrong (else: "did not match any variant of untagged enum").
+        Signed(i64),
+        Float(f64),
         Text(String),
     }
     match Raw::deserialize(d)? {
         Raw::Secs(n) => bounded(Duration::from_secs(n)).map_err(|e| serde::de::Error::custom(format!("{n}: {e}"))),
+        Raw::Signed(_) | Raw::Float(_) => Err(serde::de::Error::custom(
+            "a duration is whole seconds (0 or more) or a string such as \"30s\" or \"1500ms\"",
+        )),
         Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
@@ -761,6 +767,10 @@ mod tests {
         assert!(e.0.contains("heartbeet"), "{e}");
         let e = Config::from_toml("[streams]\nheartbeat = \"often\"\n").unwrap_err();
         assert!(e.0.contains("often"), "{e}");
+        for bad in ["-5", "1.5"] {
+            let e = Config::from_toml(&format!("[streams]\nheartbeat = {bad}\n")).unwrap_err();
+            assert!(e.0.contains("whole seconds (0 or more)") && e.0.contains("heartbeat"), "{bad}: {e}");
+        }
     }
 
     #[test]
