@@ -680,6 +680,8 @@ fn bounded(d: Duration) -> Result<Duration, String> {
     Ok(d)
 }
 
+const DURATION_FORMS: &str = "a duration is whole seconds (0 or more) or a string such as \"30s\" or \"1500ms\"";
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -692,9 +694,8 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::Secs(n) => bounded(Duration::from_secs(n)).map_err(|e| serde::de::Error::custom(format!("{n}: {e}"))),
-        Raw::Signed(_) | Raw::Float(_) => Err(serde::de::Error::custom(
-            "a duration is whole seconds (0 or more) or a string such as \"30s\" or \"1500ms\"",
-        )),
+        Raw::Signed(n) => Err(serde::de::Error::custom(format!("{n}: {DURATION_FORMS}"))),
+        Raw::Float(f) => Err(serde::de::Error::custom(format!("{f}: {DURATION_FORMS}"))),
         Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
