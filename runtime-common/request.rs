@@ -99,10 +99,11 @@ pub(crate) fn log_refusals_summed(summary: Option<(u64, Duration)>) {
 
 /// Sums up the refusals left without a line every [`REFUSALS_SUMMED`] while a flood lasts, and
 /// its tail at most a second after that, however quiet it is then (runs until the process ends).
-pub(crate) async fn sum_up_refusals(ctx: Rc<Ctx>) {
+/// `refusals(&owner)` is the log it looks at (the main thread's, or a shard's).
+pub(crate) async fn sum_up_refusals<T>(owner: Rc<T>, refusals: fn(&T) -> &RefCell<RefusalLog>) {
     loop {
         sleep(Duration::from_secs(1)).await;
-        log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), false));
+        log_refusals_summed(refusals(&owner).borrow_mut().due(Instant::now(), false));
     }
 }
 

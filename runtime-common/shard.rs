@@ -39,8 +39,8 @@ use tracing::{debug, info, warn};
 
 use super::amqp::stream_log::LogReader;
 use super::shards::Command;
-use super::request::{log_refusals_summed, RefusalLog};
-use super::{answer_and_close, sleep, until, Budget};
+use super::request::{log_refusals_summed, sum_up_refusals, RefusalLog};
+use super::{answer_and_close, until, Budget};
 use crate::driver::{spawn, Socket, Timer};
 
 /// Time a closing stream (and a refused one) gets to take its last bytes.
@@ -66,13 +66,7 @@ pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settin
     // A reconnect storm into a full gateway (503) or a user's limit (409) writes as many
     // `stream refused` lines as the main thread's refusals may: a burst, then a few a second,
     // and the rest summed up.
-    let summing = shard.clone();
-    spawn(async move {
-        loop {
-            sleep(Duration::from_secs(1)).await;
-            log_refusals_summed(summing.refusals.borrow_mut().due(Instant::now(), false));
-        }
-    });
+    spawn(sum_up_refusals(shard.clone(), |s| &s.refusals));
     shard.clone().run(rx).await;
     log_refusals_summed(shard.refusals.borrow_mut().due(Instant::now(), true));
 }
