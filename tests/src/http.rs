@@ -49,9 +49,11 @@ pub struct Head {
     pub headers: Vec<(String, String)>,
 }
 
-/// Parses a response head (everything before the blank line, CRLF or LF line ends).
+/// Parses a response head (everything before the blank line, CRLF or LF line ends). Panics on a
+/// head that is not UTF-8 or that repeats a field other than `Set-Cookie`: the gateway sends
+/// neither, and [`header`] would see only the first of two.
 pub fn parse_head(raw: &[u8]) -> Head {
-    let text = String::from_utf8_lossy(raw);
+    let text = std::str::from_utf8(raw).unwrap_or_else(|e| panic!("a response head that is not UTF-8 ({e}): {:?}", String::from_utf8_lossy(raw)));
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let status_line = lines.next().unwrap_or_default().to_string();
     let status = status_line
@@ -65,7 +67,11 @@ pub fn parse_head(raw: &[u8]) -> Head {
             let (k, v) = l.split_once(':').unwrap_or_else(|| panic!("not a header line: {l:?}"));
             (k.trim().to_string(), v.trim().to_string())
         })
-        .collect();
+        .collect::<Vec<_>>();
+    for (i, (k, _)) in headers.iter().enumerate() {
+        let again = headers[..i].iter().any(|(seen, _)| seen.eq_ignore_ascii_case(k));
+        assert!(!again || k.eq_ignore_ascii_case("set-cookie"), "a response head with {k} twice: {headers:?}");
+    }
     Head { status_line, status, headers }
 }
 

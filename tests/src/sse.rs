@@ -52,6 +52,8 @@ pub struct EventStreamParser {
     retry: Option<u64>,
     retry_fields: usize,
     comments: usize,
+    /// Lines that were not UTF-8 (a browser decodes them with U+FFFD in place of the bad bytes).
+    invalid_utf8: usize,
     ready: std::collections::VecDeque<SseEvent>,
 }
 
@@ -101,6 +103,11 @@ impl EventStreamParser {
         self.retry_fields
     }
 
+    /// Lines seen that were not UTF-8 (decoded leniently, as a browser does).
+    pub fn invalid_utf8(&self) -> usize {
+        self.invalid_utf8
+    }
+
     /// Comment lines seen (`:` first).
     pub fn comments(&self) -> usize {
         self.comments
@@ -125,6 +132,9 @@ impl EventStreamParser {
 
     fn end_line(&mut self) {
         let raw = std::mem::take(&mut self.line);
+        if std::str::from_utf8(&raw).is_err() {
+            self.invalid_utf8 += 1;
+        }
         let line = String::from_utf8_lossy(&raw);
         if line.is_empty() {
             self.dispatch();
@@ -189,6 +199,8 @@ pub struct SseClient {
     body: Vec<u8>,
     parser: EventStreamParser,
     closed: bool,
+    /// The read error that ended the stream (a reset), if it did not end with a clean close.
+    reset: Option<std::io::ErrorKind>,
 }
 
 impl SseClient {
@@ -226,6 +238,7 @@ impl SseClient {
                 body: Vec::new(),
                 parser: EventStreamParser::new(),
                 closed: false,
+                reset: None,
             };
             let rest = buf[end..].to_vec();
             if client.status == 200 {
@@ -249,9 +262,15 @@ impl SseClient {
         http::header(&self.headers, name)
     }
 
-    /// Whether the server closed the connection (end of body seen).
+    /// Whether the server closed the connection (end of body seen, or a read error).
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// The read error that ended the stream (a reset: the server discarded what it had not
+    /// sent or the client had sent), `None` while open or after a clean close.
+    pub fn reset(&self) -> Option<std::io::ErrorKind> {
+        self.reset
     }
 
     /// Sends `bytes` on the open stream, as a client that talks on it would (an SSE client has
@@ -276,9 +295,11 @@ impl SseClient {
     }
 
     /// The next event, waiting at most `timeout`; `None` on timeout or when the server closed.
+    /// Panics if the stream held a line that is not UTF-8 (the gateway only sends UTF-8).
     pub async fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
         let deadline = Instant::now() + timeout;
         loop {
+            assert_eq!(self.parser.invalid_utf8(), 0, "the stream sent a line that is not UTF-8");
             if let Some(ev) = self.parser.next_event() {
                 return Some(ev);
             }
@@ -294,7 +315,11 @@ impl SseClient {
         let mut chunk = [0u8; 8192];
         match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
             Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+            Ok(Ok(0)) => self.closed = true,
+            Ok(Err(e)) => {
+                self.closed = true;
+                self.reset = Some(e.kind());
+            }
             Ok(Ok(n)) => self.parser.feed(&chunk[..n]),
         }
         true
@@ -397,7 +422,7 @@ impl SseClient {
 
     /// Reads until the server closes, returning every event on the way; `None` when it is still
     /// open after `timeout`. Panics if the close cut a frame in half (the gateway ends a stream
-    /// after whole frames only).
+    /// after whole frames only) or was a reset (what was still unsent would be lost).
     pub async fn until_closed(&mut self, timeout: Duration) -> Option<Vec<SseEvent>> {
         let deadline = Instant::now() + timeout;
         let mut events = Vec::new();
@@ -407,6 +432,7 @@ impl SseClient {
                 Some(ev) => events.push(ev),
                 None if self.closed => {
                     assert!(!self.parser.partial(), "the stream closed in the middle of a frame, after {events:?}");
+                    assert_eq!(self.reset, None, "the stream ended with a reset, not a close, after {events:?}");
                     return Some(events);
                 }
                 None => return None,
@@ -547,6 +573,15 @@ event: deal.created
         for cut in [&b"data: a\n"[..], b"data: a", b"id: 1-2\n", b"event: x\n"] {
             assert!(parse(&[b"data: whole\n\n", cut]).1.partial(), "{:?}", String::from_utf8_lossy(cut));
         }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_counted_and_decoded_as_a_browser_would() {
+        let (evs, p) = parse(&[b"data: a\xFFb\n\n", b"data: ok\n\n"]);
+        assert_eq!(evs[0].data, "a\u{FFFD}b");
+        assert_eq!(evs[1].data, "ok");
+        assert_eq!(p.invalid_utf8(), 1);
+        assert_eq!(parse(&[b"data: \xC3", b"\xA9\n\n"]).1.invalid_utf8(), 0, "a character split across reads is whole");
     }
 
     #[test]
