@@ -87,7 +87,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         }
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
-        let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals });
+        let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals, busy: Default::default() });
         crate::driver::spawn(request::sum_up_refusals(ctx.clone(), |c| &c.refusals));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx.clone()), async {
@@ -116,6 +116,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             None => None,
         };
         shards.shutdown().await;
+        // Requests begun before the signal (a head still arriving, an answer being written or
+        // lingering, a publish) finish, within a bound, while the shards drain.
+        ctx.settle(Instant::now() + SETTLE.min(server.shutdown_drain)).await;
         // Connections still reading their heads ran meanwhile (while the sources stopped and
         // the shards were told to): their refusals too, before this executor and its tasks are
         // dropped.
@@ -233,6 +236,9 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
 
 /// How long shutdown waits for the sources to ack what they handled.
 const SOURCE_STOP: Duration = Duration::from_secs(3);
+/// At a shutdown, how long requests begun before the signal may take to finish (at most
+/// `server.shutdown_drain`): an answer's [`LINGER`] and a second.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// `fut`'s output, or `None` once `at` has passed (checked only when `fut` is pending).
 pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,37 @@ pub(crate) struct Ctx {
     pub(crate) inproc: Option<Inproc>,
     /// Which refusals get a line of their own.
     pub(crate) refusals: RefCell<RefusalLog>,
+    /// Connections that sent something and are not answered and closed yet: a shutdown lets
+    /// them finish ([`Ctx::settle`]).
+    pub(crate) busy: Cell<usize>,
+}
+
+impl Ctx {
+    /// At shutdown, once the listener is closed: waits until every connection that had begun
+    /// its request is answered and closed, or `limit` passes (they are then dropped with this
+    /// thread's tasks). A request whose head was still arriving at the signal gets its answer
+    /// (a stream request: 503 `overloaded`), instead of a connection cut without one.
+    pub(crate) async fn settle(&self, limit: Instant) {
+        while self.busy.get() > 0 && Instant::now() < limit {
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Counts a connection in [`Ctx::busy`] while it lives.
+struct Busy<'a>(&'a Cell<usize>);
+
+impl<'a> Busy<'a> {
+    fn new(count: &'a Cell<usize>) -> Busy<'a> {
+        count.set(count.get() + 1);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Refusal lines written in a burst before [`REFUSALS_PER_SEC`] applies.
@@ -208,6 +239,8 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         Some(Err(_)) => return,
         None => return debug!(%peer, "head timeout"),
     }
+    // A connection that never sent anything (a browser's speculative connect) holds no shutdown.
+    let _busy = Busy::new(&ctx.busy);
     let mut buf = Vec::new();
     let mut scan = HeadScan::default();
     let routed = loop {
@@ -257,7 +290,20 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
                     if let Err(e) = super::listen::stream_socket(&std, settings.config.streams.heartbeat) {
                         debug!(%peer, error = %e, "cannot set the stream socket's options");
                     }
-                    ctx.shards.open(std, req).await
+                    if let Err((std, req)) = ctx.shards.open(std, req).await {
+                        // Its head completed after the shards stopped taking streams (shutdown).
+                        let resp = Response::shutting_down(req.cors_origin.as_deref());
+                        metrics.response(resp.status);
+                        let (own, summary) = ctx.refusals.borrow_mut().admit(Instant::now());
+                        log_refusals_summed(summary);
+                        if own {
+                            info!(%peer, status = resp.status, code = "overloaded", reason = "shutting_down", "request refused");
+                        }
+                        match Socket::new(std) {
+                            Ok(sock) => respond(sock, resp, deadline).await,
+                            Err(e) => debug!(%peer, error = %e, "cannot answer a connection"),
+                        }
+                    }
                 }
                 Err(e) => debug!(%peer, error = %e, "cannot hand over a connection"),
             }

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use async_channel::Sender;
 use sse_gateway_core::{shard_of, ChannelId, Event, Gateway, Metrics, Settings, StreamRequest};
-use tracing::{debug, error};
+use tracing::error;
 
 use super::amqp::stream_log::LogReader;
 use crate::driver::Executor;
@@ -63,11 +63,13 @@ const UP: u8 = 1;
 const DOWN: u8 = 2;
 
 impl Shards {
-    /// Hands a routed stream to its user's shard.
-    pub(crate) async fn open(&self, sock: std::net::TcpStream, req: StreamRequest) {
+    /// Hands a routed stream to its user's shard; gives it back when the shard takes no more
+    /// (it is shutting down).
+    pub(crate) async fn open(&self, sock: std::net::TcpStream, req: StreamRequest) -> Result<(), (std::net::TcpStream, StreamRequest)> {
         let i = shard_of(&req.identity.user, self.txs.len());
-        if self.txs[i].send(Command::Open(sock, req)).await.is_err() {
-            debug!("shard {i} is gone; connection dropped");
+        match self.txs[i].send(Command::Open(sock, req)).await {
+            Err(async_channel::SendError(Command::Open(sock, req))) => Err((sock, req)),
+            _ => Ok(()), // the command sent is the one that comes back
         }
     }
 

@@ -436,7 +436,7 @@ impl Gateway {
         }
         let overloaded = || Err(Response::error(503, "overloaded", "the gateway holds all the streams it can", "", cors));
         if self.shutting_down {
-            return overloaded();
+            return Err(Response::shutting_down(cors));
         }
         let limits = &self.settings.config.streams;
         let mut evict = None;

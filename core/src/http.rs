@@ -179,6 +179,12 @@ impl Response {
         Response { refusal, ..Response::with_body(status, "application/json", extra, cors, body.as_bytes()) }
     }
 
+    /// 503 `overloaded` for a stream asked for while the gateway shuts down (D12): the client
+    /// retries, another instance or this one once it is back.
+    pub fn shutting_down(cors: Option<&str>) -> Response {
+        Response::error(503, "overloaded", "the gateway is shutting down", "", cors)
+    }
+
     /// `200 ok` in plain text (`/healthz`).
     pub fn ok_text(text: &str) -> Response {
         Response::with_body(200, "text/plain; charset=utf-8", "", None, text.as_bytes())

@@ -346,6 +346,49 @@ async fn stop_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin, stop: f
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// D12: a request begun before SIGTERM is answered, not cut with the connection: a `/healthz`
+/// whose head ends after the signal gets its 200, and a stream request whose head ends then gets
+/// 503 `overloaded` (the shards take no more streams), each as a whole response and a close.
+async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
+    use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let auth = format!("Authorization: Bearer {}\r\n", user("alice", &[]));
+    let heads = [
+        "GET /healthz HTTP/1.1\r\nHost: gw\r\n".to_string(),
+        format!("GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n{auth}"),
+    ];
+    let mut socks = Vec::new();
+    for head in &heads {
+        let mut s = ::tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("all of the head but its blank line");
+        socks.push(s);
+    }
+    sleep(Duration::from_millis(200)).await; // accepted and being read
+    gw.terminate();
+    let log = gw.log_until(WAIT, |l| l.contains("shutting down")).await;
+    assert!(log.contains("shutting down"), "no shutdown line after SIGTERM:\n{log}");
+    let mut answers = Vec::new();
+    for s in &mut socks {
+        s.write_all(b"\r\n").await.expect("the head's end, after the signal");
+    }
+    for s in &mut socks {
+        let mut got = Vec::new();
+        match ::tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("reset instead of an answer and a close: {e} (read {:?})", String::from_utf8_lossy(&got)),
+            Err(_) => panic!("no close within {WAIT:?}: {:?}", String::from_utf8_lossy(&got)),
+        }
+        let end = sse_gateway_tests::http::head_end(&got).unwrap_or_else(|| panic!("no whole head: {:?}", String::from_utf8_lossy(&got)));
+        answers.push((sse_gateway_tests::http::parse_head(&got[..end]), String::from_utf8_lossy(&got[end..]).into_owned()));
+    }
+    assert_eq!((answers[0].0.status, answers[0].1.as_str()), (200, "ok\n"), "/healthz: {:?}", answers[0]);
+    assert_eq!(answers[1].0.status, 503, "the stream request: {:?}", answers[1]);
+    let body: serde_json::Value = serde_json::from_str(&answers[1].1).expect("a JSON error body");
+    assert_eq!(body["code"], "overloaded", "{body}");
+    let status = gw.wait_exit(WAIT).await.expect("the gateway exits after the signal");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 /// SIGHUP (a closed terminal, a `kill -HUP` meant as a reload) is logged and changes nothing: it
 /// used to end the process at once, every stream with it and no drain.
 async fn sighup_is_logged_and_ends_nothing(bin: Bin) {
@@ -398,8 +441,8 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
     let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "5s").raw("streams", "max_pending_bytes", "67108864");
     let mut fx = Fixture::start(bin, cfg).await;
     let (stalled, mut reader) = a_stalled_stream_and_a_reader(&fx).await;
-    // A connection that has not sent its head yet: closed at the signal, not left open until
-    // the process exits.
+    // A connection that has not sent its whole head: closed a few seconds after the signal (the
+    // time given to requests begun before it), not left open until the process exits.
     let mut silent = ::tokio::net::TcpStream::connect(fx.gw.addr).await.expect("connect");
     ::tokio::io::AsyncWriteExt::write_all(&mut silent, b"GET /api/v1/str").await.expect("part of a head");
     sleep(Duration::from_millis(200)).await; // accepted and being read
@@ -467,6 +510,7 @@ for_each_binary!(
     with_the_reject_policy_the_limit_always_answers_409,
     a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others,
     sigterm_sends_every_stream_a_retry_closes_them_and_exits,
+    requests_begun_before_sigterm_are_answered,
     sigint_stops_the_gateway_as_sigterm_does,
     sighup_is_logged_and_ends_nothing,
 );
