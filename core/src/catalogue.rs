@@ -83,7 +83,7 @@ pub enum FieldKind {
     String,
     /// A string holding an RFC 3339 date-time with an offset (`2024-05-01T12:30:00Z`,
     /// `2024-05-01T12:30:00.250+03:00`; `t` and `z` are accepted, a space for the `T` is not,
-    /// second 60 only at 23:59 UTC).
+    /// nor a leap second `:60`).
     DateTime,
     /// A string holding a real calendar date, `YYYY-MM-DD`.
     Date,
@@ -290,7 +290,9 @@ impl EventSchema {
     /// `additionalProperties: true`. Optional fields also accept `null`.
     ///
     /// The schema is documentation for publishers and UI developers; [`EventSchema::validate`]
-    /// is the authority (it is slightly stricter for `integer`, which must have no fraction).
+    /// is the authority. Each string kind carries a `pattern` beside its `format` (a validator
+    /// checks `format` only when asked to): together they accept what validation accepts, but
+    /// for an integer written as a float past 2^53 (`1e17`), which validation refuses.
     pub fn json_schema(&self) -> Value {
         let mut properties = serde_json::Map::new();
         let mut required = Vec::new();
@@ -328,6 +330,14 @@ fn nullable(mut schema: Value) -> Value {
     }
     schema
 }
+
+/// JSON Schema `pattern`s beside each string kind's `format`, which a validator need not check
+/// (draft 2020-12 makes it an annotation by default): what [`is_uuid`], [`is_date`] and
+/// [`is_datetime`] take, but for the calendar (`02-30`), which `format` checks. Seconds stop at
+/// 59 (no leap second, as [`is_datetime`]).
+const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+const DATE_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$";
+const DATETIME_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
 
 /// The largest float below which every integer is a float (2^53): JavaScript's safe integers.
 const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
@@ -375,10 +385,10 @@ impl FieldKind {
     /// `{"type":"string","format":"uuid"}` or `{"type":"string","enum":["a","b"]}`.
     pub fn json_schema(&self) -> Value {
         match self {
-            FieldKind::Uuid => json!({"type": "string", "format": "uuid"}),
+            FieldKind::Uuid => json!({"type": "string", "format": "uuid", "pattern": UUID_PATTERN}),
             FieldKind::String => json!({"type": "string"}),
-            FieldKind::DateTime => json!({"type": "string", "format": "date-time"}),
-            FieldKind::Date => json!({"type": "string", "format": "date"}),
+            FieldKind::DateTime => json!({"type": "string", "format": "date-time", "pattern": DATETIME_PATTERN}),
+            FieldKind::Date => json!({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
             FieldKind::Number => json!({"type": "number"}),
             FieldKind::Integer => json!({"type": "integer"}),
             FieldKind::Object => json!({"type": "object"}),
@@ -619,6 +629,10 @@ fn expect_table<'a, 'i>(
 /// no catalogue event may take one.
 const GATEWAY_EVENTS: [&str; 3] = ["error", "warning", "heartbeat"];
 
+/// The event names `EventSource` uses itself: an `event: open` frame fires the page's `onopen`
+/// (read as a reconnect), and `message` is the type of a frame without `event:`.
+const EVENTSOURCE_EVENTS: [&str; 2] = ["open", "message"];
+
 /// Channel and event names go into SSE frames, URLs and metric labels: `[a-z0-9._-]{1,128}`.
 fn check_name(
     loc: &Loc<'_>,
@@ -776,6 +790,16 @@ fn parse_version(
                     "event type name {name:?} is the gateway's own event; a browser could not \
                      tell the two apart (reserved: {})",
                     GATEWAY_EVENTS.join(", ")
+                ),
+            ));
+        }
+        if EVENTSOURCE_EVENTS.contains(&name) {
+            return Err(loc.error(
+                key.span(),
+                format!(
+                    "event type name {name:?} is one EventSource gives a meaning of its own (`open` \
+                     fires onopen, `message` is a frame without a type); reserved: {}",
+                    EVENTSOURCE_EVENTS.join(", ")
                 ),
             ));
         }
@@ -1782,15 +1806,15 @@ mod tests {
     fn field_kinds_map_to_json_schema_fragments() {
         assert_eq!(
             FieldKind::Uuid.json_schema(),
-            json!({"type":"string","format":"uuid"})
+            json!({"type":"string","format":"uuid","pattern":UUID_PATTERN})
         );
         assert_eq!(
             FieldKind::DateTime.json_schema(),
-            json!({"type":"string","format":"date-time"})
+            json!({"type":"string","format":"date-time","pattern":DATETIME_PATTERN})
         );
         assert_eq!(
             FieldKind::Date.json_schema(),
-            json!({"type":"string","format":"date"})
+            json!({"type":"string","format":"date","pattern":DATE_PATTERN})
         );
         assert_eq!(FieldKind::String.json_schema(), json!({"type":"string"}));
         assert_eq!(FieldKind::Number.json_schema(), json!({"type":"number"}));
@@ -1822,8 +1846,8 @@ mod tests {
                 "title": "e",
                 "type": "object",
                 "properties": {
-                    "id": {"type": "string", "format": "uuid"},
-                    "when": {"type": ["string", "null"], "format": "date"},
+                    "id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+                    "when": {"type": ["string", "null"], "format": "date", "pattern": DATE_PATTERN},
                     "mode": {"type": ["string", "null"], "enum": ["a", null]},
                 },
                 "required": ["id"],
@@ -1969,6 +1993,11 @@ mod tests {
             let e = err(&format!("[channels.c.versions.1.{name}]\n"));
             assert!(e.contains("the gateway's own event"), "{name}: {e}");
         }
+        for name in ["open", "message"] {
+            let e = err(&format!("[channels.c.versions.1.{name}]\n"));
+            assert!(e.contains("EventSource gives a meaning of its own"), "{name}: {e}");
+        }
+        assert!(Catalogue::from_toml("[channels.c.versions.1.\"message.sent\"]\n").is_ok());
         assert!(Catalogue::from_toml("[channels.c.versions.1.\"error.raised\"]\n").is_ok());
     }
 

@@ -14,10 +14,23 @@ const DTS = join(REPO, 'docs/events.d.ts');
 
 test('docs/events.d.ts compiles under strict and narrows a discriminated union per channel', () => {
   const dir = mkdtempSync(join(tmpdir(), 'sse-ts-'));
+  // Every channel's union narrowed exhaustively: each event type of docs/events.schema.json is an
+  // arm of it, and it has no other (the default arm must be unreachable).
+  const unionOf = (channel) => `${channel[0].toUpperCase()}${channel.slice(1)}V1Event`;
+  const exhaustive = Object.entries(eventTypes()).map(([channel, types]) => `
+export function every_${channel}(e: ${unionOf(channel)}): string {
+  switch (e.event) {
+    ${types.map((t) => `case ${JSON.stringify(t)}:`).join(' ')} return e.id + JSON.stringify(e.data);
+    case "error": return e.data.code;
+    case "warning": return e.data.code + " on " + e.data.channel;
+    case "heartbeat": return e.data;
+    default: return never(e);
+  }
+}`).join('\n');
   try {
     const usage = join(dir, 'usage.ts');
     writeFileSync(usage, `
-import type { DealsV1Event, PaymentsV1Event, StreamEvents, HttpError, ChannelName, DefaultVersions } from ${JSON.stringify(DTS.replace(/\.d\.ts$/, ''))};
+import type { ${Object.keys(eventTypes()).map(unionOf).join(', ')}, StreamEvents, HttpError, ChannelName, DefaultVersions } from ${JSON.stringify(DTS.replace(/\.d\.ts$/, ''))};
 
 function never(x: never): never { throw new Error(String(x)); }
 
@@ -45,6 +58,7 @@ export const v: DefaultVersions["deals"] = 1;
 export const bad = (e: DealsV1Event) => e.event === "deal.created" && e.data.no_such_field;
 // @ts-expect-error: not an error code of the gateway
 export const badCode: PaymentsV1Event = { event: "error", data: { code: "teapot" } };
+${exhaustive}
 `);
     const program = ts.createProgram([usage], {
       strict: true, noEmit: true, target: ts.ScriptTarget.ES2020, module: ts.ModuleKind.ESNext,
@@ -71,4 +85,45 @@ test('docs/events.d.ts has a union arm for every event type of docs/events.schem
     }
   }
   assert.equal(n, 12);
+});
+
+test('docs/events.schema.json: each string format has a pattern that takes what the gateway takes', () => {
+  // A validator checks `format` only when asked to; the `pattern` beside it always applies. The
+  // lists are core/src/catalogue.rs's (datetime_accepts_rfc3339_and_rejects_out_of_range_parts),
+  // but for calendar dates (2023-02-29), which only `format` checks.
+  const schema = JSON.parse(readFileSync(join(REPO, 'docs/events.schema.json'), 'utf8'));
+  const patterns = {};
+  (function walk(v) {
+    if (!v || typeof v !== 'object') return;
+    if (typeof v.format === 'string') (patterns[v.format] ??= new Set()).add(v.pattern);
+    for (const x of Object.values(v)) walk(x);
+  })(schema);
+  assert.deepEqual(Object.keys(patterns).sort(), ['date', 'date-time', 'uuid']);
+  const re = {};
+  for (const [format, set] of Object.entries(patterns)) {
+    assert.equal(set.size, 1, `${format}: one pattern everywhere`);
+    const [p] = set;
+    assert.equal(typeof p, 'string', `${format}: a pattern beside the format`);
+    re[format] = new RegExp(p, 'u');
+  }
+  const cases = {
+    'date-time': {
+      good: ['2024-05-01T12:30:00Z', '2024-05-01t12:30:00z', '2024-05-01T12:30:00.1Z', '2024-05-01T12:30:00.123456789+03:00',
+        '2024-02-29T00:00:00+23:59', '1999-12-31T23:59:59-12:00'],
+      bad: ['', '2024-05-01', '2024-05-01T12:30Z', '2024-05-01T12:30:00', '2024-05-01T24:00:00Z', '2024-05-01T12:60:00Z',
+        '2024-05-01T12:30:61Z', '2024-05-01T12:30:00.Z', '2024-05-01T12:30:00+0300', '2024-05-01T12:30:00+24:00',
+        '2024-05-01T12:30:00+03:60', '2024-05-01X12:30:00Z', '2024-05-01T12:30:00ZZ', '2024-05-01T12:30:00+03:00 ',
+        '2024-05-01T1:30:00Z', '2024-05-01T12:30:00,5Z', '2024-05-01T12:30:00 Z', '2024-05-01T12:30:00.5.5Z',
+        '2024-05-01 12:30:00Z', '2024-05-01T12:30:60Z', '2016-12-31T23:59:60Z', '2017-01-01T02:59:60.5+03:00'],
+    },
+    date: { good: ['2024-02-29', '1999-12-31'], bad: ['', '2024-13-01', '2024-00-10', '2024-01-32', '2024-1-01', '2024-01-01T00:00:00Z', ' 2024-01-01'] },
+    uuid: {
+      good: ['123e4567-e89b-12d3-a456-426614174000', 'ABCDEF01-2345-6789-abcd-ef0123456789'],
+      bad: ['', '123e4567e89b12d3a456426614174000', '123e4567-e89b-12d3-a456-42661417400g', '{123e4567-e89b-12d3-a456-426614174000}'],
+    },
+  };
+  for (const [format, { good, bad }] of Object.entries(cases)) {
+    for (const s of good) assert.ok(re[format].test(s), `${format}: ${JSON.stringify(s)} matches`);
+    for (const s of bad) assert.ok(!re[format].test(s), `${format}: ${JSON.stringify(s)} does not match`);
+  }
 });

@@ -1,8 +1,9 @@
 // The demo page as a newcomer sees it: `sse-gateway --demo`, open the printed URL, watch the four
 // channels. Then a second client of the same user pushes the page past the per-user stream limit,
-// so the page shows evictions (`error` stream_limit), the browser's reconnects, and the
-// `history_gap` warnings of resumes that fell out of a deliberately tiny history. The test checks
-// the DOM and leaves a screenshot in tests/browser/output/demo-page.png.
+// so the page shows an eviction (`error` stream_limit), closes that stream for good and keeps the
+// others open without a reconnect. The test checks the DOM and leaves a screenshot in
+// tests/browser/output/demo-page.png. (The page's reconnect and `history_gap` texts are not
+// driven here: streams.test.mjs covers the browser's resume itself.)
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +17,7 @@ let chrome;
 before(async () => {
   gw = await Gateway.start({
     args: ['--demo'],
-    // Fast samples, a history of 4 events per channel, evictable after 1 s, quick reconnects.
+    // Fast samples, a small history, evictable after 1 s, quick reconnects.
     rest: '[demo]\ninterval = "250ms"\n[streams]\nheartbeat = "2s"\nbuffer_events = 4\nmin_stream_age = "1s"\nretry = "1500ms"\nretry_jitter = "1s"\n',
   });
   chrome = await browser();
