@@ -5,13 +5,17 @@
 
 CONNECTIONS connections to 127.0.0.1:PORT at once, each asking for /api/v1/streams/deals with an
 HS256 token whose signature is all zero bytes (a claims part padded with PAD bytes), reading the
-answer (401), closing, and again, for SECONDS. Prints the requests made and their rate.
-Standard library only.
+answer (401), closing, and again, for SECONDS, or with SECONDS 0 until stopped (SIGTERM or
+SIGINT): run.sh stops it once the measurement is over, so the flood covers all of it however long
+the publishing takes. Prints the requests made, their rate, when it started and ended (Unix
+seconds) and whether it was stopped or ran its SECONDS out. Standard library only.
 """
 import asyncio
 import base64
 import json
+import math
 import os
+import signal
 import sys
 import time
 
@@ -27,6 +31,7 @@ token = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encod
 request = f"GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
 done = 0
 statuses = {}
+stopped = False
 
 
 async def client(end: float) -> None:
@@ -46,9 +51,31 @@ async def client(end: float) -> None:
 
 
 async def main() -> None:
-    end = time.time() + secs
-    await asyncio.gather(*(client(end) for _ in range(conns)))
-    print(f"flood pid {os.getpid()}: {done} requests in {secs:.0f} s, {done / secs:.0f}/s, statuses {statuses}", flush=True)
+    start = time.time()
+    end = start + secs if secs > 0 else math.inf
+    # A client that fails otherwise than with OSError ends the process (with its traceback), so
+    # run.sh sees the flood gone before the measurement ended.
+    flood = asyncio.gather(*(client(end) for _ in range(conns)))
+
+    def stop() -> None:
+        # Cancelled, not asked to finish: a client may be waiting on a connection or an answer.
+        global stopped
+        stopped = True
+        flood.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await flood
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+    ended = time.time()
+    took = max(ended - start, 1e-9)
+    how = "stopped" if stopped else f"ran its {secs:g} s out"
+    print(f"flood pid {os.getpid()}: {done} requests in {took:.1f} s, {done / took:.0f}/s, statuses {statuses}, "
+          f"from {start:.3f} to {ended:.3f} (unix s), {how}", flush=True)
 
 
 asyncio.run(main())

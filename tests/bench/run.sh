@@ -149,7 +149,18 @@ stop() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 }
-trap stop EXIT
+
+# The flood's processes (flood() starts them; they run until stopped).
+FLOOD_PIDS=""
+stop_flood() {
+  [ -n "$FLOOD_PIDS" ] || return 0
+  local p
+  # shellcheck disable=SC2086
+  kill -TERM $FLOOD_PIDS 2>/dev/null || true
+  for p in $FLOOD_PIDS; do wait "$p" 2>/dev/null || log "flood process $p exited with status $?"; done
+  FLOOD_PIDS=""
+}
+trap 'stop_flood; stop' EXIT
 
 # The load average now (and, before the first run or with QUIET_EACH=1, after waiting for quiet).
 # Sets LA (not a subshell: FIRST must stay changed).
@@ -158,15 +169,32 @@ loadavg() {
   if [ "$FIRST" = 1 ] || [ "$QUIET_EACH" = 1 ]; then FIRST=0; LA=$(quiet); else LA=$(cut -d' ' -f1 /proc/loadavg); fi
 }
 
-# load SCENARIO SERVER ARGS...: one measurement on the running server (its JSON line also in
-# $BENCH_DIR/last.json).
-load() {
+# load SCENARIO SERVER ARGS...: one measurement on the running server, recorded (its JSON line
+# also in $BENCH_DIR/last.json).
+load() { measure "$@"; record "$1" "$2"; }
+
+# measure SCENARIO SERVER ARGS...: the load tool's JSON line in $BENCH_DIR/last.json, not yet
+# recorded (a scenario may add to its "invalid" reasons first: add_invalid, then record).
+measure() {
   local scenario=$1 server=$2; shift 2
   local la; loadavg; la=$LA
   log "$scenario on $server (workers $WORKERS, load average $la)"
   # shellcheck disable=SC2086
   "$BIN/load" --target "$TARGET" --addr "$ADDR" $PIDS --secret "$SECRET" \
     --label "scenario=$scenario server=$server workers=$WORKERS loadavg=$la commit=$(cat "$BIN/commit")" "$@" > "$BENCH_DIR/last.json"
+}
+
+# add_invalid REASON: adds REASON (no quotes, slashes, ampersands or backslashes) to the
+# "invalid" list of $BENCH_DIR/last.json, so record and tables.py treat the run as invalid.
+add_invalid() {
+  sed -i -e "s/\"invalid\":\[\]/\"invalid\":[\"$1\"]/; t" -e "s/\"invalid\":\[/\"invalid\":[\"$1\",/" "$BENCH_DIR/last.json"
+  grep -qF "\"$1\"" "$BENCH_DIR/last.json" || { echo "== cannot record \"$1\" in $BENCH_DIR/last.json" >&2; exit 1; }
+}
+
+# record SCENARIO SERVER: appends $BENCH_DIR/last.json to $RESULTS (and prints it); an invalid
+# run is logged and counted.
+record() {
+  local scenario=$1 server=$2
   tee -a "$RESULTS" < "$BENCH_DIR/last.json"
   grep -q '"invalid":\[\]' "$BENCH_DIR/last.json" || invalid "$scenario on $server: $(sed -n 's/.*"invalid":\(\[[^]]*\]\).*/\1/p' "$BENCH_DIR/last.json")"
 }
@@ -235,24 +263,30 @@ burst() {
 
 # (f) Events while the listener is flooded with requests that carry bad tokens (14 KB HS256,
 # wrong signature: a signature check each, then 401): what the flood costs the events already
-# flowing. Each run measures the same load without the flood first, on a fresh server.
+# flowing. Each run measures the same load without the flood first, on a fresh server. The flood
+# runs until stopped once the load tool returned, so it covers the whole measurement however
+# long publishing and the wait take; a flood process that ended before (it died) makes the run
+# invalid.
 flood() {
-  local s r i pids
+  local s r i p gone procs=${FLOOD_PROCS:-2}
   for s in $(gateways "$@"); do
     for r in $(seq 1 "$RUNS"); do
       start "$s"
       load "flood-none run=$r" "$s" --mode fanout --streams 10 --procs 1 --rate 50 --duration 15 --drain 5
       stop
       start "$s"
-      pids=()
-      for i in $(seq 1 "${FLOOD_PROCS:-2}"); do
-        python3 "$ROOT/tests/bench/flood.py" "$GW_PORT" "${FLOOD_CONNS:-200}" 19 10000 >> "$BENCH_DIR/flood.txt" &
-        pids+=($!)
+      for i in $(seq 1 "$procs"); do
+        python3 "$ROOT/tests/bench/flood.py" "$GW_PORT" "${FLOOD_CONNS:-200}" 0 10000 >> "$BENCH_DIR/flood.txt" &
+        FLOOD_PIDS="$FLOOD_PIDS $!"
       done
       sleep 2
-      load "flood-bad-tokens run=$r" "$s" --mode fanout --streams 10 --procs 1 --rate 50 --duration 15 --drain 5
-      wait "${pids[@]}"
-      tail -n "${FLOOD_PROCS:-2}" "$BENCH_DIR/flood.txt" >&2
+      measure "flood-bad-tokens run=$r" "$s" --mode fanout --streams 10 --procs 1 --rate 50 --duration 15 --drain 5
+      gone=0
+      for p in $FLOOD_PIDS; do kill -0 "$p" 2>/dev/null || gone=$((gone + 1)); done
+      [ "$gone" -eq 0 ] || add_invalid "$gone of $procs flood processes ended before the load tool did (the flood did not cover the measurement)"
+      record "flood-bad-tokens run=$r" "$s"
+      stop_flood
+      tail -n "$procs" "$BENCH_DIR/flood.txt" >&2
       log "$s: $(grep -c 'request refused' "$BENCH_DIR/gw/stderr") request refused lines, $(grep -c 'without a line of their own' "$BENCH_DIR/gw/stderr") summaries"
       stop
     done
@@ -423,7 +457,13 @@ hotpath() {
   for r in $(seq 1 "$RUNS"); do
     loadavg
     log "core hot path, run $r (load average $LA)"
-    { echo "commit=$commit run=$r loadavg=$LA"; (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path 2>/dev/null); } | tee -a "$BENCH_DIR/hotpath.txt"
+    # Criterion's progress goes to a log, not the terminal; a failing run (an assertion of the
+    # benchmark's) shows it.
+    if ! { echo "commit=$commit run=$r loadavg=$LA"; (cd "$ROOT" && cargo bench -p sse-gateway-core --bench hot_path 2> "$BENCH_DIR/hotpath.err"); } | tee -a "$BENCH_DIR/hotpath.txt"; then
+      cat "$BENCH_DIR/hotpath.err" >&2
+      log "core hot path run $r failed (its stderr above, also in $BENCH_DIR/hotpath.err)"
+      return 1
+    fi
   done
 }
 

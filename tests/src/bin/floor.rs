@@ -10,8 +10,11 @@
 //! With `--wait` too, the reader waits for readiness instead (a tokio current-thread runtime, a
 //! task per connection, like the load tool's subscribers): a write to a connection whose reader
 //! sleeps also wakes it, which a spinning reader never needs.
-//! Prints one JSON line: wall and on-CPU time per write (the thread's own schedstat), and the
-//! reader's on-CPU time per read that got bytes.
+//! Prints one JSON line: wall and on-CPU time per write (the thread's own schedstat), and, for
+//! the waiting reader, its on-CPU time per read that got bytes. A spinning reader's CPU time is
+//! mostly its empty passes (reads that found nothing: `empty_reads`) and lasts as long as the
+//! writer does, so divided by the reads that got bytes it would be the writer's wall time per
+//! write, not a read's cost: `us_per_read_cpu` is null there.
 //!
 //!   floor [--streams 1000] [--bytes 150] [--rounds N] [--reader [--wait]] [--label TEXT]
 //!
@@ -86,17 +89,19 @@ fn main() -> std::io::Result<()> {
             if wait {
                 return read_waiting(receivers, &done);
             }
-            let (cpu0, mut reads, mut buf) = (thread_cpu_ns(), 0u64, vec![0u8; 64 * 1024]);
+            let (cpu0, mut reads, mut empty, mut buf) = (thread_cpu_ns(), 0u64, 0u64, vec![0u8; 64 * 1024]);
             while !done.load(Ordering::Relaxed) {
                 for r in receivers.iter_mut() {
                     match r.read(&mut buf) {
                         Ok(n) if n > 0 => reads += 1,
-                        Err(e) if e.kind() != ErrorKind::WouldBlock => panic!("read: {e}"),
-                        _ => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => empty += 1,
+                        Err(e) => panic!("read: {e}"),
+                        // End of stream: the writers stay open until the end, so never here.
+                        Ok(_) => {}
                     }
                 }
             }
-            (thread_cpu_ns() - cpu0, reads)
+            (thread_cpu_ns() - cpu0, reads, Some(empty))
         })
     });
 
@@ -109,14 +114,19 @@ fn main() -> std::io::Result<()> {
     }
     let (wall, cpu) = (start.elapsed().as_nanos() as f64, (thread_cpu_ns() - cpu0) as f64);
     done.store(true, Ordering::Relaxed);
-    let (read_cpu, reads) = read_thread.map(|t| t.join().expect("reader")).unwrap_or((0, 0));
+    let (read_cpu, reads, empty) = read_thread.map(|t| t.join().expect("reader")).unwrap_or((0, 0, None));
     drop(idle);
 
     let writes = (streams * rounds) as f64;
-    let per_read = if reads > 0 { format!("{:.2}", read_cpu as f64 / reads as f64 / 1e3) } else { "null".into() };
+    // A read's cost only where the reader's CPU time is its reads': the waiting reader (a
+    // spinning one's is mostly empty passes, see the top).
+    let per_read = if wait && reads > 0 { format!("{:.2}", read_cpu as f64 / reads as f64 / 1e3) } else { "null".into() };
+    // Counted by the spinning reader only (the waiting one's, after a readiness with nothing to
+    // read, stay inside tokio).
+    let empty = empty.map_or("null".into(), |n| n.to_string());
     println!(
         "{{\"label\":{label:?},\"streams\":{streams},\"bytes\":{bytes},\"rounds\":{rounds},\"reader\":{reader},\"wait\":{wait},\"writes\":{writes},\
-         \"us_per_write_wall\":{:.2},\"us_per_write_cpu\":{:.2},\"round_ms_cpu\":{:.2},\"reads\":{reads},\"us_per_read_cpu\":{per_read}}}",
+         \"us_per_write_wall\":{:.2},\"us_per_write_cpu\":{:.2},\"round_ms_cpu\":{:.2},\"reads\":{reads},\"empty_reads\":{empty},\"us_per_read_cpu\":{per_read}}}",
         wall / writes / 1e3,
         cpu / writes / 1e3,
         cpu / rounds as f64 / 1e6,
@@ -126,8 +136,8 @@ fn main() -> std::io::Result<()> {
 
 /// The reader of `--wait`: a task per connection on a current-thread runtime, each reading
 /// whenever its connection is readable, until `done`. Returns its on-CPU ns and the reads that
-/// got bytes.
-fn read_waiting(receivers: Vec<TcpStream>, done: &AtomicBool) -> (u64, u64) {
+/// got bytes (empty reads are not counted: tokio retries them inside after the next readiness).
+fn read_waiting(receivers: Vec<TcpStream>, done: &AtomicBool) -> (u64, u64, Option<u64>) {
     use tokio::io::AsyncReadExt;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
@@ -151,5 +161,5 @@ fn read_waiting(receivers: Vec<TcpStream>, done: &AtomicBool) -> (u64, u64) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     });
-    (thread_cpu_ns() - cpu0, reads.get())
+    (thread_cpu_ns() - cpu0, reads.get(), None)
 }

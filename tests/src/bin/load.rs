@@ -22,8 +22,9 @@
 //!
 //! Every run numbers its events from its own base (wall-clock ms at its start x 1,000), so events
 //! left over from an earlier run on the same server are told apart (`foreign`), not counted.
-//! A run whose publishes failed, or whose streams did not all open, is not a measurement of the
-//! server's loss: its `invalid` field says why.
+//! A run whose publishes failed, whose streams did not all open, or whose server process was gone
+//! at the end, is not a measurement of the server: its `invalid` field says why. A subscriber
+//! process's answer that is an error, or lacks a count, fails the tool.
 //!
 //! Output: one line of JSON on stdout, a human table on stderr.
 
@@ -98,8 +99,9 @@ struct Args {
     /// Events each stream gets before the storm (resume).
     #[arg(long, default_value_t = 10)]
     warm: u64,
-    /// Events published while the streams are away (resume).
-    #[arg(long, default_value_t = 100)]
+    /// Events published while the streams are away (resume). At least 1: with none missed there
+    /// is nothing to replay, and the storm would measure nothing.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     behind: u64,
     /// Server process id(s) whose memory and CPU time are read (repeat for nginx workers).
     #[arg(long = "pid")]
@@ -209,7 +211,9 @@ impl Children {
         std::iter::once(std::process::id()).chain(self.procs.iter().filter_map(|(c, _, _)| c.id())).collect()
     }
 
-    /// Sends `cmd` to every child, returns their answers.
+    /// Sends `cmd` to every child, returns their answers. An answer that is an error (or no
+    /// object) fails the run: discarded, or read as zero counts, it would pass for a child that
+    /// saw nothing lost.
     async fn all(&mut self, cmd: &str) -> anyhow::Result<Vec<Value>> {
         for (_, stdin, _) in &mut self.procs {
             stdin.write_all(format!("{cmd}\n").as_bytes()).await?;
@@ -218,7 +222,11 @@ impl Children {
         let mut out = Vec::new();
         for (_, _, lines) in &mut self.procs {
             let line = lines.next_line().await?.context("a subscriber process ended early")?;
-            out.push(serde_json::from_str(&line).with_context(|| format!("answer {line:?}"))?);
+            let answer: Value = serde_json::from_str(&line).with_context(|| format!("answer {line:?}"))?;
+            if !answer.is_object() || answer.get("error").is_some() {
+                bail!("a subscriber process answered {cmd:?} with {line}");
+            }
+            out.push(answer);
         }
         Ok(out)
     }
@@ -239,17 +247,23 @@ fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn sum(vals: &[Value], key: &str) -> u64 {
-    vals.iter().map(|v| v[key].as_u64().unwrap_or(0)).sum()
+/// The count under `key` of one child's answer. A missing one is an error, not 0: as 0 it would
+/// pass for nothing lost (or nothing received) without a word.
+fn count(v: &Value, key: &str) -> anyhow::Result<u64> {
+    v[key].as_u64().with_context(|| format!("a subscriber process's answer has no count {key:?}"))
 }
 
-fn max(vals: &[Value], key: &str) -> u64 {
-    vals.iter().map(|v| v[key].as_u64().unwrap_or(0)).max().unwrap_or(0)
+fn sum(vals: &[Value], key: &str) -> anyhow::Result<u64> {
+    vals.iter().map(|v| count(v, key)).sum()
+}
+
+fn max(vals: &[Value], key: &str) -> anyhow::Result<u64> {
+    vals.iter().try_fold(0, |m, v| Ok(m.max(count(v, key)?)))
 }
 
 /// The children's connect answers as one object.
-fn connect_summary(answers: &[Value], wall: Duration) -> Value {
-    let ok = sum(answers, "ok");
+fn connect_summary(answers: &[Value], wall: Duration) -> anyhow::Result<Value> {
+    let ok = sum(answers, "ok")?;
     let mut statuses = serde_json::Map::new();
     for a in answers {
         if let Some(m) = a["statuses"].as_object() {
@@ -261,12 +275,13 @@ fn connect_summary(answers: &[Value], wall: Duration) -> Value {
     }
     // Over all processes, wall clock: from the earliest start to the latest last head (the
     // longest process's own duration would leave out the time one ran before another started).
-    let start = answers.iter().filter_map(|a| a["start_unix_ns"].as_u64()).min().unwrap_or(0);
-    let end = answers.iter().filter_map(|a| a["end_unix_ns"].as_u64()).max().unwrap_or(start);
+    let starts = answers.iter().map(|a| count(a, "start_unix_ns")).collect::<anyhow::Result<Vec<u64>>>()?;
+    let start = starts.into_iter().min().unwrap_or(0);
+    let end = max(answers, "end_unix_ns")?.max(start);
     let secs = end.saturating_sub(start) as f64 / 1e9;
-    json!({
+    Ok(json!({
         "ok": ok,
-        "failed": sum(answers, "failed"),
+        "failed": sum(answers, "failed")?,
         "secs": secs,
         "child_secs_max": answers.iter().map(|a| a["secs"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max),
         "start_unix_ns": start,
@@ -274,7 +289,7 @@ fn connect_summary(answers: &[Value], wall: Duration) -> Value {
         "wall_secs": wall.as_secs_f64(),
         "per_s": if secs > 0.0 { ok as f64 / secs } else { 0.0 },
         "statuses": statuses,
-    })
+    }))
 }
 
 /// The children's histograms under `key` merged, as quantiles in ms.
@@ -299,20 +314,20 @@ fn latency(answers: &[Value], key: &str) -> Value {
 }
 
 /// The children's wait answers as one object (latency histograms merged).
-fn wait_summary(answers: &[Value]) -> Value {
+fn wait_summary(answers: &[Value]) -> anyhow::Result<Value> {
     let mut r = json!({});
     for k in ["streams", "open", "complete", "received", "lost", "lossy_streams", "out_of_order", "dups", "stale", "foreign", "id_mismatch", "errors", "closed_by_server", "closed_before_window", "exact"] {
-        r[k] = json!(sum(answers, k));
+        r[k] = json!(sum(answers, k)?);
     }
-    r["last_rx_ns"] = json!(max(answers, "last_rx_ns"));
+    r["last_rx_ns"] = json!(max(answers, "last_rx_ns")?);
     r["waited_secs_max"] = json!(answers.iter().filter_map(|a| a["waited_secs"].as_f64()).fold(0.0, f64::max));
     // Any child cut off while events still arrived: what it counted lost may only be late.
     r["wait_cut_off"] = json!(answers.iter().filter(|a| a["wait_end"] == "cap").count());
-    r["done_at_ns"] = json!(max(answers, "done_at_ns"));
+    r["done_at_ns"] = json!(max(answers, "done_at_ns")?);
     // From each event's scheduled publish time (the figure), and from its actual send.
     r["latency_ms"] = latency(answers, "hist");
     r["latency_from_send_ms"] = latency(answers, "hist_sent");
-    r
+    Ok(r)
 }
 
 /// The first `n` of a run: wall-clock ms at its start x 1,000 (room for 1,000 events per ms of
@@ -357,7 +372,12 @@ fn invalid(out: &Value) -> Value {
     if out["result"]["wait_cut_off"].as_u64().unwrap_or(0) > 0 {
         why.push("the wait for deliveries was cut off while events still arrived (lost may be late)".to_string());
     }
-    if out["pids"].as_array().is_some_and(|p| !p.is_empty()) && out["rss_kib_end"].as_u64() == Some(0) {
+    let gone = out["pids_gone"].as_array().map_or(0, Vec::len);
+    if gone > 0 {
+        // Its memory read 0 and its CPU time was left out of the sums: the figures are short.
+        let watched = out["pids"].as_array().map_or(0, Vec::len);
+        why.push(format!("{gone} of {watched} watched server processes were gone at the end (their memory and CPU figures are not readings)"));
+    } else if out["pids"].as_array().is_some_and(|p| !p.is_empty()) && out["rss_kib_end"].as_u64() == Some(0) {
         why.push("the server process was gone at the end (its memory and CPU figures are not readings)".to_string());
     }
     json!(why)
@@ -387,7 +407,7 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
     // Every process signs its tokens before any connects (signing is the client's work).
     kids.all("prepare").await?;
     let t0 = Instant::now();
-    let conn = connect_summary(&kids.all("connect").await?, t0.elapsed());
+    let conn = connect_summary(&kids.all("connect").await?, t0.elapsed())?;
     out["connect"] = conn;
 
     match args.mode {
@@ -396,7 +416,7 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let mem = procfs::mem(&pids);
             // The streams open when memory is read (one the server closed during the settle
             // holds nothing), not the ones asked for.
-            let open = sum(&kids.all("open").await?, "open");
+            let open = sum(&kids.all("open").await?, "open")?;
             out["streams_open"] = json!(open);
             out["settle_secs"] = json!(args.settle);
             out["rss_kib_connected"] = json!(mem.rss_kib);
@@ -414,17 +434,22 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let base = n_base();
             out["n_base"] = json!(base);
             kids.all(&format!("window {base} {base} {}", (base + count).saturating_sub(1))).await?;
-            let (cpu0, cpu_t0) = (procfs::cpu_secs(&pids), Instant::now());
-            let (own0, machine0) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
+            let (cpu0, own0, cpu_t0) = (procfs::cpu_secs(&pids), procfs::cpu_secs(&kids.own_pids()), Instant::now());
+            let machine0 = procfs::machine_ticks();
             let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(50));
             let start_ns = unix_ns();
             let sched = publish::at_rate(p, base, count, args.rate).await?;
-            let (own1, machine1) = (procfs::cpu_secs(&kids.own_pids()), procfs::machine_ticks());
-            let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
-            let (cpu1, cpu_span) = (procfs::cpu_secs(&pids), cpu_t0.elapsed().as_secs_f64());
-            // Who else used the machine while events were published: this tool (the publisher
-            // and the subscriber processes) and how much of every CPU stayed idle.
+            let machine1 = procfs::machine_ticks();
+            let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?)?;
+            let (cpu1, own1, cpu_span) = (procfs::cpu_secs(&pids), procfs::cpu_secs(&kids.own_pids()), cpu_t0.elapsed().as_secs_f64());
+            // Who else used the machine: this tool (the publisher and the subscriber processes),
+            // over the same span as the server's CPU time (publishing and the wait after it), so
+            // the two figures side by side compare; and how much of every CPU stayed idle while
+            // events were published (BENCHMARKS.md: "the machine's idle share while
+            // publishing"), the load the server's latency was measured under; the wait after
+            // it, with nothing published, would dilute that.
             out["load_tool_cpu_secs"] = json!(own1 - own0);
+            out["cpu_span_secs"] = json!(cpu_span);
             let (idle, total) = (machine1.0.saturating_sub(machine0.0), machine1.1.saturating_sub(machine0.1));
             out["machine_idle_pct"] = json!(if total > 0 { 100.0 * idle as f64 / total as f64 } else { 0.0 });
             out["rss_kib_peak"] = json!(sampler.finish());
@@ -457,7 +482,7 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             out["n_base"] = json!(base);
             kids.all(&format!("window {base} {base} {}", base + warm - 1)).await?;
             publish::at_rate(p, base, warm, 100.0).await?;
-            let first = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
+            let first = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?)?;
             out["warm"] = first;
             kids.all("disconnect").await?;
             // Let the server see the closes before the events the streams will miss.
@@ -472,8 +497,8 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
             let sampler = procfs::PeakSampler::start(pids.clone(), Duration::from_millis(10));
             let start_ns = unix_ns();
             let t0 = Instant::now();
-            let conn = connect_summary(&kids.all("connect").await?, t0.elapsed());
-            let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?);
+            let conn = connect_summary(&kids.all("connect").await?, t0.elapsed())?;
+            let wait = wait_summary(&kids.all(&format!("wait {}", (args.drain * 1000.0) as u64)).await?)?;
             let cpu1 = procfs::cpu_secs(&pids);
             out["rss_kib_peak"] = json!(sampler.finish());
             let done = wait["done_at_ns"].as_u64().unwrap_or(0);
@@ -487,6 +512,14 @@ async fn parent(args: &Args) -> anyhow::Result<Value> {
     }
     let mem = procfs::mem(&pids);
     out["rss_kib_end"] = json!(mem.rss_kib);
+    // The kernel's own peak (VmHWM), which no sampling interval can miss, beside the sampled
+    // `rss_kib_peak`. It covers each process's whole life: for a server started for this run
+    // (run.sh's fanout, latency, burst, resume, flood) that is the run's peak, connecting
+    // included; for one that served earlier runs (steps, sweep, scale) those runs too, so the
+    // sampled peak stays the run's own figure.
+    out["rss_kib_hwm"] = json!(procfs::hwm_kib(&pids));
+    // A watched process gone by now had its memory read as 0 and its CPU time left out.
+    out["pids_gone"] = json!(procfs::gone(&pids));
     out["invalid"] = invalid(&out);
     kids.quit().await;
     drop(publisher);
@@ -524,7 +557,8 @@ fn table(o: &Value) -> String {
     if let Some(b) = o["rss_bytes_per_stream"].as_f64() {
         row("RSS per idle stream", format!("{b:.0} B (PSS {:.0} B)", o["pss_bytes_per_stream"].as_f64().unwrap_or(0.0)));
     }
-    row("server RSS peak", kib("rss_kib_peak"));
+    row("server RSS peak (sampled)", kib("rss_kib_peak"));
+    row("server RSS VmHWM (process's life)", kib("rss_kib_hwm"));
     row("server RSS end", kib("rss_kib_end"));
     if let Some(r) = o["rate"].as_f64() {
         row("published", format!("{} events at {r}/s in {:.2} s ({} failed)", o["events"], o["publish_secs"].as_f64().unwrap_or(0.0), o["publish_failed"]));
@@ -537,8 +571,11 @@ fn table(o: &Value) -> String {
     if let Some(cpu) = o["cpu_secs"].as_f64() {
         row("server CPU", format!("{cpu:.2} s ({:.0} %)", o["cpu_pct"].as_f64().unwrap_or(0.0)));
     }
-    if let (Some(own), Some(idle)) = (o["load_tool_cpu_secs"].as_f64(), o["machine_idle_pct"].as_f64()) {
-        row("while publishing", format!("load tool CPU {own:.2} s, machine idle {idle:.0} %"));
+    if let Some(own) = o["load_tool_cpu_secs"].as_f64() {
+        row("load tool CPU", format!("{own:.2} s (the server CPU's span: publishing and the wait)"));
+    }
+    if let Some(idle) = o["machine_idle_pct"].as_f64() {
+        row("machine idle while publishing", format!("{idle:.0} %"));
     }
     let r = &o["result"];
     if !r.is_null() {

@@ -30,13 +30,36 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter().map(|pid| kib_line(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0)).sum()
 }
 
+/// Summed `VmHWM`: each process's own peak RSS over its whole life, kept by the kernel, so no
+/// short peak between two samples is missed. It covers everything the process did before this
+/// run too, and a sum of per-process peaks is at least the peak of the sum (nginx workers).
+pub fn hwm_kib(pids: &[u32]) -> u64 {
+    pids.iter().map(|pid| kib_line(&format!("/proc/{pid}/status"), "VmHWM:").unwrap_or(0)).sum()
+}
+
+/// The watched PIDs that are gone: no `/proc/PID/stat`, or a zombie (a server that exited but
+/// was not reaped yet still has one, with no memory and no more CPU time). Their figures read 0
+/// in [`mem`] and nothing in [`cpu_secs`], so a run with any is no reading of the server.
+pub fn gone(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+            // The state is the first field after the command name's closing paren.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            matches!(state, None | Some("Z" | "X"))
+        })
+        .collect()
+}
+
 fn kib_line(path: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix(key))?;
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
-/// utime + stime of the watched processes (all their threads), in seconds.
+/// utime + stime of the watched processes (all their threads), in seconds. A process that is
+/// gone adds nothing (the caller checks [`gone`] at the end).
 pub fn cpu_secs(pids: &[u32]) -> f64 {
     // Linux reports these in USER_HZ ticks, which its ABI fixes at 100.
     const USER_HZ: f64 = 100.0;
