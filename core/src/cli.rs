@@ -349,7 +349,7 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Resul
 /// What a valid token for `sub` with `roles` may not do as meant.
 fn token_warnings(sub: &str, roles: &[String]) -> Vec<String> {
     let mut out = Vec::new();
-    if sub.contains(',') || sub.trim() != sub {
+    if sub.contains(',') || sub.trim_ascii() != sub {
         out.push(format!("--sub {sub:?} holds a comma or edge whitespace: no recipient_ids list can name it (no per-user events)"));
     }
     for r in roles.iter().filter(|r| r.contains(char::is_whitespace)) {

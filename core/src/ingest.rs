@@ -115,10 +115,12 @@ pub struct Recipients {
 }
 
 impl Recipients {
-    /// The names of a comma-separated list, each trimmed, empty ones skipped; `None` when the
-    /// text is too long to index (4 GiB, far past any broker's frame).
+    /// The names of a comma-separated list, each trimmed of ASCII whitespace (only: a `sub`
+    /// ending in a no-break space is another user than one without it, and a list naming the
+    /// first must not reach the second), empty ones skipped; `None` when the text is too long
+    /// to index (4 GiB, far past any broker's frame).
     fn parse(text: &str) -> Option<Recipients> {
-        let mut list: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let mut list: Vec<&str> = text.split(',').map(str::trim_ascii).filter(|s| !s.is_empty()).collect();
         list.sort_unstable();
         list.dedup();
         let mut names = String::with_capacity(list.iter().map(|n| n.len()).sum());
@@ -582,6 +584,9 @@ mod tests {
             assert_eq!(r.contains(user), named, "{user:?}");
         }
         assert!(Recipients::parse(" , ").unwrap().is_empty());
+        // Only ASCII whitespace is trimmed: `alice\u{a0}` (a no-break space) is not `alice`.
+        let nbsp = Recipients::parse("alice\u{a0}, \u{3000}bob\t").unwrap();
+        assert_eq!(nbsp.iter().collect::<Vec<_>>(), ["alice\u{a0}", "\u{3000}bob"]);
         // 30,000 names of 4 characters: a 149,999-byte header.
         let names: Vec<String> = (0..30_000).map(|i| format!("{:03}", i % 1000) + &((b'a' + (i / 1000) as u8) as char).to_string()).collect();
         let header = names.join(",");
