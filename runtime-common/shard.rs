@@ -218,6 +218,14 @@ impl Shard {
                     armed = None;
                 }
                 Wake::Command(cmd) => {
+                    // A deadline already past is handled before the command: the timer may run
+                    // late behind a burst of commands (tokio runs its timers every so many task
+                    // polls), and an event must not reach a stream whose token expired by now.
+                    let now = Instant::now();
+                    if self.gw.borrow().poll_timeout().is_some_and(|(at, _)| at <= now) {
+                        self.gw.borrow_mut().handle_timeout(now);
+                        armed = None;
+                    }
                     if let Command::Event(ev) = &cmd {
                         queued = ev.frame().len();
                         // One that would take what is still unwritten past a quarter of the bound
