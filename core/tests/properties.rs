@@ -142,7 +142,11 @@ proptest! {
             raw.push_str(&format!("Origin: {o}\r\n"));
         }
         raw.push_str("\r\n");
-        check_routed(h.route(raw.as_bytes()));
+        let r = h.route(raw.as_bytes());
+        // The head is whole (no generated value holds a line break): waiting for more would
+        // leave the client unanswered until the head timeout.
+        prop_assert!(!matches!(r, Routed::Partial), "a whole head read as partial: {raw:?}");
+        check_routed(r);
     }
 }
 

@@ -88,8 +88,8 @@ struct Published {
     seq: u64,
     version: u32,
     recipients: Option<Vec<String>>,
-    /// The bytes of its frame (what it takes of a stream's output bound).
-    frame_len: usize,
+    /// Its frame, as the stream must carry it (its length is what it takes of the output bound).
+    frame: String,
 }
 
 impl Published {
@@ -267,7 +267,7 @@ impl Model {
                     Ok(ev) => {
                         let version = if v2 { 2 } else { 1 };
                         assert_eq!(ev.version(), version, "published as v{version}");
-                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame_len: ev.frame().len() });
+                        self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame: String::from_utf8(ev.frame().to_vec()).expect("a frame is UTF-8") });
                     }
                     Err(d) => assert!(
                         matches!(d.reason, DropReason::NoRecipient),
@@ -442,7 +442,7 @@ impl Model {
                                 break;
                             }
                             if e.visible(&user_name, version) {
-                                pending += e.frame_len;
+                                pending += e.frame.len();
                             }
                         }
                         !(done && pending <= MAX_PENDING / 2)
@@ -549,6 +549,10 @@ impl Model {
                     .find(|e| e.seq == seq)
                     .expect("only published events arrive");
                 assert!(published.visible(&w.user, w.version), "{} got event {seq} it may not see", w.user);
+                // The very frame published on this channel: every channel numbers its events
+                // from 1, so a seq alone would not tell another channel's event (or altered
+                // bytes) apart.
+                assert_eq!(frame, published.frame, "{} on {}: event {seq} is not the frame published", w.user, CHANNELS[w.channel]);
                 assert!(CHANNELS[w.channel] != "payments" || w.finance);
                 w.received.push(seq);
             } else if event.as_deref() == Some("heartbeat") {

@@ -134,11 +134,15 @@ impl SignedHead {
         if let Some(i) = self.header_id {
             s.push_str(&format!("Last-Event-ID: {}\r\n", pick(&HEADER_IDS, i)));
         }
+        // Field names are case-insensitive: the spelling comes from the choice's higher digits
+        // (its value from the lower), so a repeated Content-Length is also two spellings of it.
         for &c in &self.content_lengths {
-            s.push_str(&format!("Content-Length: {}\r\n", pick(&CONTENT_LENGTHS, c)));
+            let name = ["Content-Length", "content-length", "CONTENT-length"][c as usize / CONTENT_LENGTHS.len() % 3];
+            s.push_str(&format!("{name}: {}\r\n", pick(&CONTENT_LENGTHS, c)));
         }
         if let Some(t) = self.transfer_encoding {
-            s.push_str(&format!("Transfer-Encoding: {}\r\n", pick(&TRANSFER_ENCODINGS, t)));
+            let name = ["Transfer-Encoding", "transfer-encoding", "TRANSFER-ENCODING"][t as usize / TRANSFER_ENCODINGS.len() % 3];
+            s.push_str(&format!("{name}: {}\r\n", pick(&TRANSFER_ENCODINGS, t)));
         }
         if let Some(e) = self.expect {
             s.push_str(&format!("Expect: {}\r\n", pick(&EXPECTS, e)));
