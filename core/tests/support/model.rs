@@ -146,6 +146,11 @@ struct Watch {
     /// at most two intervals after the output began to wait). Moved on when a late timer
     /// (time jumped past deadlines) fires a single tick for several intervals.
     stall_deadline: Option<std::time::Instant>,
+    /// When output began to wait for a client that does not read: closed as slow before a
+    /// heartbeat interval has passed since, it must have passed the output bound.
+    stall_start: Option<std::time::Instant>,
+    /// An event would have taken its waiting output past `MAX_PENDING` (closed at once).
+    bound_passed: bool,
 }
 
 pub struct Model {
@@ -156,6 +161,8 @@ pub struct Model {
     reject: bool,
     /// The harness's clock at Unix time 1_900_000_000.
     start: std::time::Instant,
+    /// During an `Advance` that does not step through deadlines: the time it jumped from.
+    late_from: Option<std::time::Instant>,
     events: Vec<Vec<Published>>,
     watches: HashMap<StreamId, Watch>,
     down: [Option<std::time::Instant>; 4],
@@ -201,6 +208,7 @@ impl Model {
         let h = Harness::build_sized("", &extra, cat, capacity);
         Model {
             start: h.now,
+            late_from: None,
             h,
             capacity,
             reject,
@@ -263,8 +271,18 @@ impl Model {
                 if let Some(r) = &recipients {
                     m.recipient_ids = Some(HeaderValue::Text(r.join(",")));
                 }
+                // What each stream held before: an event that takes waiting output past the bound
+                // closes it at once (a stream with nothing waiting takes any one event).
+                let before: Vec<(StreamId, usize)> = self.watches.keys().map(|id| (*id, self.h.gw.pending_bytes(*id))).collect();
                 match self.h.publish_msg(name, m) {
                     Ok(ev) => {
+                        for (id, pending) in before {
+                            if pending > 0 && pending + ev.frame().len() > MAX_PENDING {
+                                if let Some(w) = self.watches.get_mut(&id) {
+                                    w.bound_passed = true;
+                                }
+                            }
+                        }
                         let version = if v2 { 2 } else { 1 };
                         assert_eq!(ev.version(), version, "published as v{version}");
                         self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame: String::from_utf8(ev.frame().to_vec()).expect("a frame is UTF-8") });
@@ -298,6 +316,9 @@ impl Model {
                         }
                     }
                 }
+                if !step {
+                    self.late_from = Some(self.h.now);
+                }
                 self.set_now(target);
                 self.h.gw.handle_timeout(self.h.now);
                 self.h.drain();
@@ -322,6 +343,7 @@ impl Model {
         }
         self.collect_all();
         self.check_stalls();
+        self.late_from = None;
         self.check();
     }
 
@@ -330,10 +352,16 @@ impl Model {
     /// stream is still open at its deadline (`stall_deadline`).
     fn check_stalls(&mut self) {
         let now = self.h.now;
+        // After a jump of the clock, late timers ran at once: the output may have begun to
+        // wait at any time the jump passed over (a timer's own time counts for its cadence).
+        let began = self.late_from.unwrap_or(now);
         for (id, w) in self.watches.iter_mut() {
             if self.h.reading.get(id) != Some(&false) {
                 w.stall_deadline = None;
+                w.stall_start = None;
+                w.bound_passed = false;
             } else if self.h.gw.pending_bytes(*id) > 0 {
+                w.stall_start.get_or_insert(began);
                 let d = *w.stall_deadline.get_or_insert(now + 2 * HEARTBEAT);
                 assert!(
                     now < d,
@@ -471,6 +499,8 @@ impl Model {
                         opened_at: self.h.now,
                         expires: self.h.unix + ttl,
                         stall_deadline: None,
+                        stall_start: None,
+                        bound_passed: false,
                     },
                 );
                 self.collect(id);
@@ -508,6 +538,14 @@ impl Model {
                 }
                 CloseReason::SlowClient => {
                     assert!(!reading, "{}'s stream closed as slow while its client reads", w.user);
+                    // Output waiting at two heartbeat ticks in a row (at least an interval after
+                    // it began to wait), or an event past the bound: not sooner.
+                    let waited = w.stall_start.map(|s| self.h.now.saturating_duration_since(s));
+                    assert!(
+                        w.bound_passed || waited.is_some_and(|d| d >= HEARTBEAT),
+                        "{}'s stream closed as slow with its output waiting {waited:?} (under a heartbeat interval) and never past the bound",
+                        w.user
+                    );
                     if let Some(d) = w.stall_deadline {
                         assert!(self.h.now <= d, "{}'s stalled stream closed as slow {:?} late", w.user, self.h.now - d);
                     }
