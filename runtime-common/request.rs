@@ -31,8 +31,8 @@ pub(crate) struct Ctx {
     pub(crate) inproc: Option<Inproc>,
     /// Which refusals get a line of their own.
     pub(crate) refusals: RefCell<RefusalLog>,
-    /// Connections that sent something and are not answered and closed yet: a shutdown lets
-    /// them finish ([`Ctx::settle`]).
+    /// Connections accepted and not answered and closed yet: a shutdown lets them finish
+    /// ([`Ctx::settle`]).
     pub(crate) busy: Cell<usize>,
 }
 
@@ -48,19 +48,20 @@ impl Ctx {
     }
 }
 
-/// Counts a connection in [`Ctx::busy`] while it lives.
-struct Busy<'a>(&'a Cell<usize>);
+/// Counts a connection in [`Ctx::busy`] from its accept (before its task first runs: a
+/// shutdown right after must not miss it) until its task ends.
+struct Busy(Rc<Ctx>);
 
-impl<'a> Busy<'a> {
-    fn new(count: &'a Cell<usize>) -> Busy<'a> {
-        count.set(count.get() + 1);
-        Busy(count)
+impl Busy {
+    fn new(ctx: &Rc<Ctx>) -> Busy {
+        ctx.busy.set(ctx.busy.get() + 1);
+        Busy(ctx.clone())
     }
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.busy.set(self.0.busy.get() - 1);
     }
 }
 
@@ -147,7 +148,7 @@ pub(crate) async fn serve(listener: Listener, ctx: Rc<Ctx>) {
         match listener.accept().await {
             Ok((sock, peer)) => {
                 failing = 0;
-                spawn(connection(sock, peer, ctx.clone()))
+                spawn(connection(sock, peer, Busy::new(&ctx)))
             }
             // A connection that went away before it was accepted: the next one is accepted now
             // (a pause would hold every other client back).
@@ -228,7 +229,8 @@ impl HeadScan {
     }
 }
 
-async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
+async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
+    let ctx = &busy.0;
     let _ = sock.get_ref().set_nodelay(true);
     let server = &ctx.front.settings().config.server;
     let deadline = Instant::now() + server.head_timeout;
@@ -239,8 +241,6 @@ async fn connection(mut sock: Socket, peer: SocketAddr, ctx: Rc<Ctx>) {
         Some(Err(_)) => return,
         None => return debug!(%peer, "head timeout"),
     }
-    // A connection that never sent anything (a browser's speculative connect) holds no shutdown.
-    let _busy = Busy::new(&ctx.busy);
     let mut buf = Vec::new();
     let mut scan = HeadScan::default();
     let routed = loop {

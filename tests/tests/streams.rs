@@ -346,6 +346,14 @@ async fn stop_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin, stop: f
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Returns once the gateway has accepted every connection made before: it accepts them in
+/// order, so a `/healthz` answered on a new one comes after them (a fixed sleep may not, on a
+/// loaded machine).
+async fn accepted_so_far(gw: &GatewayProcess) {
+    let r = sse_gateway_tests::http::http_get(gw.addr, "/healthz", &[]).await;
+    assert_eq!(r.status, 200, "/healthz: {r:?}");
+}
+
 /// D12: a request begun before SIGTERM is answered, not cut with the connection: a `/healthz`
 /// whose head ends after the signal gets its 200, and a stream request whose head ends then gets
 /// 503 `overloaded` (the shards take no more streams), each as a whole response and a close.
@@ -363,7 +371,7 @@ async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
         s.write_all(head.as_bytes()).await.expect("all of the head but its blank line");
         socks.push(s);
     }
-    sleep(Duration::from_millis(200)).await; // accepted and being read
+    accepted_so_far(&gw).await;
     gw.terminate();
     let log = gw.log_until(WAIT, |l| l.contains("shutting down")).await;
     assert!(log.contains("shutting down"), "no shutdown line after SIGTERM:\n{log}");
@@ -445,7 +453,7 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
     // time given to requests begun before it), not left open until the process exits.
     let mut silent = ::tokio::net::TcpStream::connect(fx.gw.addr).await.expect("connect");
     ::tokio::io::AsyncWriteExt::write_all(&mut silent, b"GET /api/v1/str").await.expect("part of a head");
-    sleep(Duration::from_millis(200)).await; // accepted and being read
+    accepted_so_far(&fx.gw).await;
 
     fx.gw.terminate();
     reader.until_closed(WAIT).await.expect("the reading client's stream closes at SIGTERM");
