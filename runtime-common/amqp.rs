@@ -412,6 +412,7 @@ pub(crate) fn start(
     let (done_tx, done_rx) = async_channel::bounded::<()>(1);
     let uri = with_heartbeat(&broker.url);
     let link = Arc::new(Link::new(uri.clone(), runtime.clone(), "sse-gateway"));
+    let drops = super::request::drop_log();
     if settings.channels.iter().any(|c| c.log.is_some()) {
         // Read-backs get a connection of their own: a resume storm never delays live events.
         let reader = LogReader::new(Link::new(uri, runtime, "sse-gateway read-back"), settings, metrics, shards.clone());
@@ -430,6 +431,7 @@ pub(crate) fn start(
             name: ch.name.clone(),
             stop: stop_rx.clone(),
             _done: done_tx.clone(),
+            drops: drops.clone(),
         };
         spawn(source.run(ingest, broker.clone()));
     }
@@ -447,6 +449,8 @@ struct Source {
     stop: async_channel::Receiver<()>,
     /// Dropped when the source ends: what [`Sources::stop`] waits for.
     _done: async_channel::Sender<()>,
+    /// The budget of `message dropped` lines, shared by the thread's sources.
+    drops: std::rc::Rc<std::cell::RefCell<super::request::RefusalLog>>,
 }
 
 /// Where a stream source is in its stream, across reconnects.
@@ -573,6 +577,10 @@ impl Source {
             };
             if attempt.healthy(broker.reconnect_max) {
                 backoff.reset();
+                failures = 0;
+            } else if attempt.consuming_since.is_some() {
+                // It was up (its streams were told, `source consuming` logged): losing it again
+                // is news, said at warn, though the backoff goes on from where it was.
                 failures = 0;
             }
             failures += 1;
@@ -839,7 +847,11 @@ impl Source {
             }
             match crate::common::contained(|| ingest.handle_message(&msg)) {
                 Some(Ok(ev)) => self.shards.event(&ev).await,
-                Some(Err(d)) => warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped"),
+                Some(Err(d)) => {
+                    if super::request::drop_line(&self.drops) {
+                        warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped");
+                    }
+                }
                 None => {
                     ingest.handling_failed();
                     error!(channel = %self.name, "message dropped: handling it panicked (a bug, logged above); acked so that it is not delivered again")

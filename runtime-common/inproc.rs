@@ -29,13 +29,14 @@ impl Inproc {
     /// Starts one ingest task per channel (ids `<epoch>-<seq>`) and marks the sources up.
     pub(crate) async fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: &Shards, epoch: u64) -> Inproc {
         let mut txs = Vec::new();
+        let drops = super::request::drop_log();
         for (i, ch) in settings.channels.iter().enumerate() {
             let Some(id) = settings.channel_id(&ch.name) else { continue };
             debug_assert_eq!(id.index(), i);
             let (tx, rx) = bounded(256);
             txs.push(tx);
             let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
-            spawn(run(ingest, rx, shards.clone(), ch.name.clone()));
+            spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone()));
             shards.source(id, true).await;
         }
         Inproc { txs: txs.into() }
@@ -50,7 +51,13 @@ impl Inproc {
     }
 }
 
-async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, Reply)>, shards: Shards, name: String) {
+async fn run(
+    mut ingest: Ingest,
+    rx: async_channel::Receiver<(UpstreamMessage, Reply)>,
+    shards: Shards,
+    name: String,
+    drops: std::rc::Rc<std::cell::RefCell<super::request::RefusalLog>>,
+) {
     while let Ok((msg, reply)) = rx.recv().await {
         // A panic (a bug) drops the event; the publisher's request is told so.
         let Some(result) = crate::common::contained(|| ingest.handle_message(&msg)) else {
@@ -61,7 +68,11 @@ async fn run(mut ingest: Ingest, rx: async_channel::Receiver<(UpstreamMessage, R
         };
         match &result {
             Ok(ev) => shards.event(ev).await,
-            Err(d) => warn!(channel = %name, reason = d.reason.label(), detail = %d.detail, "event dropped"),
+            Err(d) => {
+                if super::request::drop_line(&drops) {
+                    warn!(channel = %name, reason = d.reason.label(), detail = %d.detail, "event dropped");
+                }
+            }
         }
         let _ = reply.try_send(Some(result.map(|ev| ev.id())));
     }

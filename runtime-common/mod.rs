@@ -88,7 +88,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
         let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals, busy: Default::default() });
-        crate::driver::spawn(request::sum_up_refusals(ctx.clone(), |c| &c.refusals));
+        crate::driver::spawn(request::sum_up_refusals(ctx.clone(), |c| &c.refusals, request::log_refusals_summed));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx.clone()), async {
             let _ = signal.recv().await;

@@ -129,14 +129,38 @@ pub(crate) fn log_refusals_summed(summary: Option<(u64, Duration)>) {
     }
 }
 
+/// Writes the line that sums up dropped upstream messages left without one of their own.
+pub(crate) fn log_drops_summed(summary: Option<(u64, Duration)>) {
+    if let Some((dropped, over)) = summary {
+        warn!(dropped, seconds = over.as_secs(), "upstream messages dropped without a line of their own (more than {REFUSALS_PER_SEC} a second after a burst of {REFUSALS_BURST}); all are counted in sse_gateway_events_dropped_total");
+    }
+}
+
 /// Sums up the refusals left without a line every [`REFUSALS_SUMMED`] while a flood lasts, and
 /// its tail at most a second after that, however quiet it is then (runs until the process ends).
-/// `refusals(&owner)` is the log it looks at (the main thread's, or a shard's).
-pub(crate) async fn sum_up_refusals<T>(owner: Rc<T>, refusals: fn(&T) -> &RefCell<RefusalLog>) {
+/// `refusals(&owner)` is the log it looks at (the main thread's, a shard's, the sources'), `say`
+/// writes the summing line.
+pub(crate) async fn sum_up_refusals<T>(owner: Rc<T>, refusals: fn(&T) -> &RefCell<RefusalLog>, say: fn(Option<(u64, Duration)>)) {
     loop {
         sleep(Duration::from_secs(1)).await;
-        log_refusals_summed(refusals(&owner).borrow_mut().due(Instant::now(), false));
+        say(refusals(&owner).borrow_mut().due(Instant::now(), false));
     }
+}
+
+/// The budget of `message dropped` lines of a thread's sources: a publisher sending what the
+/// catalogue does not take (a schema version it lacks, say) at thousands a second would write
+/// as many lines, on the thread that takes every channel's deliveries. Same budget as refusals.
+pub(crate) fn drop_log() -> Rc<RefCell<RefusalLog>> {
+    let log = Rc::new(RefCell::new(RefusalLog::new(Instant::now())));
+    spawn(sum_up_refusals(log.clone(), |l| l, log_drops_summed));
+    log
+}
+
+/// Whether a dropped message gets a line of its own (the rest are summed up).
+pub(crate) fn drop_line(log: &RefCell<RefusalLog>) -> bool {
+    let (own, summary) = log.borrow_mut().admit(Instant::now());
+    log_drops_summed(summary);
+    own
 }
 
 /// Accepts forever (the caller drops this future to stop), a task per connection.
@@ -309,7 +333,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
             }
             return;
         }
-        Routed::Publish(p) => match publish(&mut sock, &mut buf, p, deadline, &ctx).await {
+        Routed::Publish(p) => match publish(&mut sock, &mut buf, p, deadline, ctx).await {
             Some(r) => r,
             None => return,
         },

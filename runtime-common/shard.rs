@@ -66,7 +66,7 @@ pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settin
     // A reconnect storm into a full gateway (503) or a user's limit (409) writes as many
     // `stream refused` lines as the main thread's refusals may: a burst, then a few a second,
     // and the rest summed up.
-    spawn(sum_up_refusals(shard.clone(), |s| &s.refusals));
+    spawn(sum_up_refusals(shard.clone(), |s| &s.refusals, log_refusals_summed));
     shard.clone().run(rx).await;
     log_refusals_summed(shard.refusals.borrow_mut().due(Instant::now(), true));
 }

@@ -60,6 +60,19 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The HMAC secret the test configurations use.
 pub const SECRET: &str = "black-box-test-secret-0123456789";
 
+/// Rate-limited log lines in `log`: how many lines contain `line`, and the sum of the `field=N`
+/// values of the lines containing `summary` (what was left without a line of its own).
+pub fn lines_and_summed(log: &str, line: &str, summary: &str, field: &str) -> (usize, usize) {
+    let lines = log.lines().filter(|l| l.contains(line)).count();
+    let prefix = format!("{field}=");
+    let summed = log
+        .lines()
+        .filter(|l| l.contains(summary))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())).and_then(|n| n.parse::<usize>().ok()))
+        .sum();
+    (lines, summed)
+}
+
 /// Sleeps (re-exported so test files need not name `tokio` next to the generated `mod tokio`).
 pub async fn sleep(d: Duration) {
     tokio::time::sleep(d).await

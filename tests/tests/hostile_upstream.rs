@@ -163,6 +163,24 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
     assert_eq!(deals.expect_event("the marker event").await.data, marker, "something of the flood trailed the valid event");
     assert!(!deals.is_closed() && !notes.is_closed());
     assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
+
+    // The flood's lines: a burst of 200, then 20 a second; the rest are summed up in a line
+    // once the first left without one is 10 s old. Every drop is a line or in a sum.
+    let metrics = fx.gw.get("/metrics", &[]).await.body;
+    let dropped: usize = metrics
+        .lines()
+        .filter(|l| l.starts_with("sse_gateway_events_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as usize)
+        .sum();
+    let count = |log: &str| sse_gateway_tests::lines_and_summed(log, "message dropped", "dropped without a line of their own", "dropped");
+    let log = fx.gw.log_until(2 * sse_gateway_tests::WAIT, |log| {
+        let (lines, summed) = count(log);
+        lines + summed >= dropped
+    }).await;
+    let (lines, summed) = count(&log);
+    assert_eq!(lines + summed, dropped, "{lines} `message dropped` lines and {summed} summed up for {dropped} drops");
+    assert!((200..dropped).contains(&lines), "{lines} lines for {dropped} drops: a burst of 200, then 20 a second");
 }
 
 

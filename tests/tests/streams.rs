@@ -153,12 +153,7 @@ async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin
     gw.wait_exit(3 * WAIT).await.expect("the gateway stops");
     drop(first);
     let log = gw.log_until(WAIT, |l| l.contains("stopped")).await;
-    let lines = log.lines().filter(|l| l.contains("stream refused")).count();
-    let summed: usize = log
-        .lines()
-        .filter(|l| l.contains("refused without a line of their own"))
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("refused=")).and_then(|n| n.parse::<usize>().ok()))
-        .sum();
+    let (lines, summed) = sse_gateway_tests::lines_and_summed(&log, "stream refused", "refused without a line of their own", "refused");
     assert_eq!(lines + summed, REFUSED, "{lines} lines and {summed} summed up for {REFUSED} refusals");
     assert!((200..REFUSED).contains(&lines), "{lines} lines: a burst of 200, then 20 a second");
 }
