@@ -63,6 +63,14 @@ async fn a_token_printed_by_the_binary_opens_a_stream_on_a_gateway_with_the_same
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let token = text(&out.stdout).trim().to_string();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // What was asked for: its sub, and 5 minutes from its iat.
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(sse_gateway_tests::SECRET.as_bytes()), &v)
+        .expect("signed with the configuration's secret")
+        .claims;
+    assert_eq!(claims["sub"], "cli-user", "{claims}");
+    assert_eq!(claims["exp"].as_i64().zip(claims["iat"].as_i64()).map(|(e, i)| e - i), Some(300), "--ttl 5m: {claims}");
     // A token that would be expired as it is printed is refused.
     let expired = run(bin, dir.path(), &["token", "--sub", "cli-user", "--ttl", "0s", "--config", "gw.toml"]);
     assert_eq!(expired.status.code(), Some(2), "stdout: {}", text(&expired.stdout));

@@ -231,6 +231,17 @@ async fn cors_answers_configured_origins_only_with_credentials_and_the_resume_he
     assert_eq!(s.header("access-control-allow-credentials"), Some("true"));
     let other = gw.open("/api/v1/streams/deals", &[("Authorization", &auth), ("Origin", "https://evil.example")]).await;
     assert_eq!(other.header("access-control-allow-origin"), None, "an unlisted origin is not allowed");
+    // Nor is its preflight: no CORS header would let its page read the stream.
+    let evil = gw
+        .request(
+            "OPTIONS",
+            "/api/v1/streams/deals",
+            &[("Origin", "https://evil.example"), ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "authorization")],
+            b"",
+        )
+        .await;
+    assert_eq!(evil.header("access-control-allow-origin"), None, "{evil:?}");
+    assert_eq!(evil.header("access-control-allow-credentials"), None, "{evil:?}");
 }
 
 async fn a_wrong_method_on_a_stream_is_405(bin: Bin) {
@@ -247,7 +258,8 @@ async fn a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken(bin: 
     use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = GatewayProcess::start(bin, &ConfigBuilder::new().raw("server", "publish_endpoint", "true").render()).await;
     let mut s = gw.stream("deals", &user("alice", &[])).await;
-    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
+    let data = sse_gateway_tests::payloads::valid("deal.created");
+    let body = serde_json::json!({"type": "deal.created", "data": data}).to_string();
     let mut c = ::tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
     let head = format!(
         "POST /api/v1/publish/deals HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
@@ -276,8 +288,11 @@ async fn a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken(bin: 
     let answer = sse_gateway_tests::http::parse_head(&rest[..end]);
     assert!(answer.status_line.starts_with("HTTP/1.1 202 "), "{:?}", String::from_utf8_lossy(&rest));
     let id: serde_json::Value = serde_json::from_slice(&rest[end..]).expect("a JSON body");
+    assert!(id["id"].is_string(), "the 202 names the event's id: {id}");
     let ev = s.expect_event("the published event").await;
     assert_eq!(ev.id.as_deref(), id["id"].as_str(), "{ev:?}");
+    assert_eq!(ev.event, "deal.created", "{ev:?}");
+    assert_eq!(ev.json(), data, "the body read after the interim answer: {ev:?}");
 }
 
 for_each_binary!(

@@ -20,7 +20,8 @@ async fn heartbeats_follow_every_idle_second(bin: Bin) {
 }
 
 async fn a_token_expiring_mid_stream_ends_it_with_token_expired(bin: Bin) {
-    let cfg = ConfigBuilder::new().raw("auth", "leeway_secs", "0");
+    // Heartbeats every second: the stream shows it lived before its token ran out.
+    let cfg = ConfigBuilder::new().raw("auth", "leeway_secs", "0").str("streams", "heartbeat", "1s");
     let gw = GatewayProcess::start(bin, &cfg.render()).await;
     let mut s = gw.stream("deals", &token(SECRET, "alice", &[], 4)).await; // exp 3-4 s ahead: room to open on a slow machine
     let events = s.until_closed(WAIT).await.expect("the stream closes when its token expires");
@@ -28,6 +29,12 @@ async fn a_token_expiring_mid_stream_ends_it_with_token_expired(bin: Bin) {
     assert_eq!(last.event, "error", "{events:?}");
     assert_eq!(last.json()["code"], "token_expired");
     assert_eq!(last.id, None);
+    // Mid-stream: open for a while first (closed at once, by a wrong expiry, it would have had
+    // no heartbeat), and nothing but heartbeats before the error.
+    let (error, before) = events.split_last().expect("the error frame");
+    assert_eq!(error.event, "error");
+    assert!(!before.is_empty(), "the stream closed with token_expired before its first heartbeat: {events:?}");
+    assert!(before.iter().all(|e| e.event == "heartbeat"), "{events:?}");
 }
 
 async fn the_open_streams_gauge_counts_streams_and_returns_to_zero(bin: Bin) {
