@@ -276,14 +276,17 @@ impl Model {
                 let before: Vec<(StreamId, usize)> = self.watches.keys().map(|id| (*id, self.h.gw.pending_bytes(*id))).collect();
                 match self.h.publish_msg(name, m) {
                     Ok(ev) => {
+                        let version = if v2 { 2 } else { 1 };
+                        let seen = |w: &Watch| {
+                            w.channel == channel && w.version == version && recipients.as_ref().is_none_or(|r| r.contains(&w.user))
+                        };
                         for (id, pending) in before {
                             if pending > 0 && pending + ev.frame().len() > MAX_PENDING {
-                                if let Some(w) = self.watches.get_mut(&id) {
+                                if let Some(w) = self.watches.get_mut(&id).filter(|w| seen(w)) {
                                     w.bound_passed = true;
                                 }
                             }
                         }
-                        let version = if v2 { 2 } else { 1 };
                         assert_eq!(ev.version(), version, "published as v{version}");
                         self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame: String::from_utf8(ev.frame().to_vec()).expect("a frame is UTF-8") });
                     }
