@@ -560,6 +560,16 @@ impl Attempt {
     }
 }
 
+impl Drop for Source {
+    /// At shutdown, the drops left without a line are summed up (the summing task ends with the
+    /// thread, before its next turn); the first source to end says it for all of them.
+    fn drop(&mut self) {
+        if self.stop.is_closed() {
+            super::request::log_drops_summed(self.drops.borrow_mut().due(Instant::now(), true));
+        }
+    }
+}
+
 impl Source {
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
         let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max);

@@ -23,6 +23,8 @@ type Reply = Sender<Outcome>;
 #[derive(Clone, Debug)]
 pub(crate) struct Inproc {
     txs: Arc<[Sender<(UpstreamMessage, Reply)>]>,
+    /// The budget of `event dropped` lines (summed up one last time at shutdown).
+    pub(crate) drops: std::rc::Rc<std::cell::RefCell<super::request::RefusalLog>>,
 }
 
 impl Inproc {
@@ -39,7 +41,7 @@ impl Inproc {
             spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone()));
             shards.source(id, true).await;
         }
-        Inproc { txs: txs.into() }
+        Inproc { txs: txs.into(), drops }
     }
 
     /// Validates and publishes one message; `None` if the channel's task is gone.

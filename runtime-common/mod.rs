@@ -87,13 +87,21 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         }
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
-        let ctx = Rc::new(request::Ctx { front: launch.front(), shards: shards.clone(), inproc, refusals, busy: Default::default() });
+        let ctx = Rc::new(request::Ctx {
+            front: launch.front(),
+            shards: shards.clone(),
+            inproc,
+            refusals,
+            busy: Default::default(),
+            stop: async_channel::bounded(1),
+        });
         crate::driver::spawn(request::sum_up_refusals(ctx.clone(), |c| &c.refusals, request::log_refusals_summed));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx.clone()), async {
             let _ = signal.recv().await;
         })
         .await;
+        ctx.stopping();
         request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
         info!("shutting down: draining streams");
         // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes
@@ -121,8 +129,11 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         ctx.settle(Instant::now() + SETTLE.min(server.shutdown_drain)).await;
         // Connections still reading their heads ran meanwhile (while the sources stopped and
         // the shards were told to): their refusals too, before this executor and its tasks are
-        // dropped.
+        // dropped. The in-process source's drops too.
         request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
+        if let Some(inproc) = &ctx.inproc {
+            request::log_drops_summed(inproc.drops.borrow_mut().due(Instant::now(), true));
+        }
         anyhow::Ok(quit)
     })?;
     for t in threads {

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{future, AsyncReadExt};
 use sse_gateway_core::cli::unix_now;
 use sse_gateway_core::{demo, parse_publish, Front, PublishRequest, Refusal, Response, Routed};
 use tracing::{debug, info, warn};
@@ -34,9 +34,17 @@ pub(crate) struct Ctx {
     /// Connections accepted and not answered and closed yet: a shutdown lets them finish
     /// ([`Ctx::settle`]).
     pub(crate) busy: Cell<usize>,
+    /// Closed when the shutdown begins ([`Ctx::stopping`]): a connection that has sent nothing
+    /// by then is closed, and a publish is refused.
+    pub(crate) stop: (async_channel::Sender<()>, async_channel::Receiver<()>),
 }
 
 impl Ctx {
+    /// Says the shutdown has begun (the listener is closed).
+    pub(crate) fn stopping(&self) {
+        self.stop.0.close();
+    }
+
     /// At shutdown, once the listener is closed: waits until every connection that had begun
     /// its request is answered and closed, or `limit` passes (they are then dropped with this
     /// thread's tasks). A request whose head was still arriving at the signal gets its answer
@@ -259,11 +267,16 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     let server = &ctx.front.settings().config.server;
     let deadline = Instant::now() + server.head_timeout;
     // No buffer until the client sends something: a connection that stays silent costs its task
-    // and socket only (10,000 of them, half-open, in the hostile-input tests).
-    match until(deadline, sock.readable()).await {
-        Some(Ok(())) => {}
-        Some(Err(_)) => return,
-        None => return debug!(%peer, "head timeout"),
+    // and socket only (10,000 of them, half-open, in the hostile-input tests). One still silent
+    // when the shutdown begins is closed then: it began no request (a browser's preconnect).
+    let first = future::or(async { Some(until(deadline, sock.readable()).await) }, async {
+        let _ = ctx.stop.1.recv().await;
+        None
+    });
+    match first.await {
+        Some(Some(Ok(()))) => {}
+        Some(Some(Err(_))) | None => return,
+        Some(None) => return debug!(%peer, "head timeout"),
     }
     let mut buf = Vec::new();
     let mut scan = HeadScan::default();
@@ -271,10 +284,22 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
         // 1 KiB first; then as much as is there (at least 1 KiB, at most READ_CHUNK).
         let want = buf.len().clamp(FIRST_READ, READ_CHUNK);
         let before = buf.len();
-        match read_more(&mut sock, &mut buf, want, deadline).await {
-            Some(Ok(0)) | Some(Err(_)) => return,
-            None => return debug!(%peer, "head timeout"),
-            Some(Ok(_)) => {}
+        let read = read_more(&mut sock, &mut buf, want, deadline);
+        // Readiness may be spurious (tokio's `readable()` says so): until its first byte, a
+        // connection still began no request, and the shutdown closes it.
+        let read = if before == 0 {
+            future::or(async { Some(read.await) }, async {
+                let _ = ctx.stop.1.recv().await;
+                None
+            })
+            .await
+        } else {
+            Some(read.await)
+        };
+        match read {
+            None | Some(Some(Ok(0))) | Some(Some(Err(_))) => return,
+            Some(None) => return debug!(%peer, "head timeout"),
+            Some(Some(Ok(_))) => {}
         }
         if !scan.worth_routing(&buf, before, server.max_head_bytes) {
             continue;
@@ -387,6 +412,10 @@ async fn publish(
     };
     let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
     let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
+    if ctx.stop.1.is_closed() {
+        // The shards take no more events: accepted now, it would reach no stream.
+        return Some(Response::error(503, "unavailable", "the gateway is shutting down", "", cors));
+    }
     Some(match inproc.publish(p.channel, msg).await {
         Some(Some(Ok(id))) => Response::published(id, cors),
         Some(Some(Err(d))) => Response::dropped(&d, cors),

@@ -357,15 +357,25 @@ async fn accepted_so_far(gw: &GatewayProcess) {
 }
 
 /// D12: a request begun before SIGTERM is answered, not cut with the connection: a `/healthz`
-/// whose head ends after the signal gets its 200, and a stream request whose head ends then gets
-/// 503 `overloaded` (the shards take no more streams), each as a whole response and a close.
+/// whose head ends after the signal gets its 200, a stream request whose head ends then gets
+/// 503 `overloaded` (the shards take no more streams), and a publish 503 `unavailable` (its
+/// event would reach no stream), each as a whole response and a close. A connection that had
+/// sent nothing at the signal began no request: it is closed, and what it sends after is not
+/// served.
 async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
     use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true");
+    let mut gw = GatewayProcess::start(bin, &cfg.render()).await;
     let auth = format!("Authorization: Bearer {}\r\n", user("alice", &[]));
+    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
     let heads = [
         "GET /healthz HTTP/1.1\r\nHost: gw\r\n".to_string(),
         format!("GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n{auth}"),
+        format!(
+            "POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            user("svc", &["publisher"]),
+            body.len()
+        ),
     ];
     let mut socks = Vec::new();
     for head in &heads {
@@ -373,13 +383,15 @@ async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
         s.write_all(head.as_bytes()).await.expect("all of the head but its blank line");
         socks.push(s);
     }
+    let mut silent = ::tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
     accepted_so_far(&gw).await;
     gw.terminate();
     let log = gw.log_until(WAIT, |l| l.contains("shutting down")).await;
     assert!(log.contains("shutting down"), "no shutdown line after SIGTERM:\n{log}");
     let mut answers = Vec::new();
-    for s in &mut socks {
-        s.write_all(b"\r\n").await.expect("the head's end, after the signal");
+    for (i, s) in socks.iter_mut().enumerate() {
+        let rest = if i == 2 { format!("\r\n{body}") } else { "\r\n".to_string() };
+        s.write_all(rest.as_bytes()).await.expect("the head's end, after the signal");
     }
     for s in &mut socks {
         let mut got = Vec::new();
@@ -393,8 +405,16 @@ async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
     }
     assert_eq!((answers[0].0.status, answers[0].1.as_str()), (200, "ok\n"), "/healthz: {:?}", answers[0]);
     assert_eq!(answers[1].0.status, 503, "the stream request: {:?}", answers[1]);
-    let body: serde_json::Value = serde_json::from_str(&answers[1].1).expect("a JSON error body");
-    assert_eq!(body["code"], "overloaded", "{body}");
+    let refused: serde_json::Value = serde_json::from_str(&answers[1].1).expect("a JSON error body");
+    assert_eq!(refused["code"], "overloaded", "{refused}");
+    assert_eq!(answers[2].0.status, 503, "the publish: {:?}", answers[2]);
+    let refused: serde_json::Value = serde_json::from_str(&answers[2].1).expect("a JSON error body");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    // The silent one: closed (a request written now finds it closed, or is not answered).
+    let _ = silent.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+    let mut got = Vec::new();
+    let read = ::tokio::time::timeout(WAIT, silent.read_to_end(&mut got)).await.expect("closed within WAIT");
+    assert!(got.is_empty(), "a connection silent at the signal was served after it ({read:?}): {:?}", String::from_utf8_lossy(&got));
     let status = gw.wait_exit(WAIT).await.expect("the gateway exits after the signal");
     assert!(status.success(), "exit status {status:?}");
 }
@@ -451,8 +471,8 @@ async fn sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_read
     let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "5s").raw("streams", "max_pending_bytes", "67108864");
     let mut fx = Fixture::start(bin, cfg).await;
     let (stalled, mut reader) = a_stalled_stream_and_a_reader(&fx).await;
-    // A connection that has not sent its whole head: closed a few seconds after the signal (the
-    // time given to requests begun before it), not left open until the process exits.
+    // A connection that has not sent its whole head: closed within a few seconds of the signal
+    // (the time given to requests begun before it), not left open until the process exits.
     let mut silent = ::tokio::net::TcpStream::connect(fx.gw.addr).await.expect("connect");
     ::tokio::io::AsyncWriteExt::write_all(&mut silent, b"GET /api/v1/str").await.expect("part of a head");
     accepted_so_far(&fx.gw).await;
