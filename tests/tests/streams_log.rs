@@ -315,6 +315,10 @@ async fn a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_li
     drop(s);
 
     let missed = setup.publish(1000).await; // the buffer holds the last 10 of them
+    // All taken by the live consumer before the resume: every one of them is then replayed
+    // (read back, or from the buffer), none reaches the stream live.
+    // (1,001 with the first event.)
+    gw.wait_metric("sse_gateway_events_in_total{channel=\"deals\"}", 1001.0).await;
     let mut s = gw.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
     let got = read_events(&mut s, 1000, "the cold replay").await;
     assert!(got.warnings.is_empty(), "no history_gap: {:?}", got.warnings);
