@@ -6,6 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,20 @@ impl Ctx {
     /// Says the shutdown has begun (the listener is closed).
     pub(crate) fn stopping(&self) {
         self.stop.0.close();
+    }
+
+    /// Whether the shutdown has begun.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop.1.is_closed()
+    }
+
+    /// `fut`'s output, or `None` once the shutdown begins (checked only when `fut` is pending).
+    pub(crate) async fn unless_stopping<F: Future>(&self, fut: F) -> Option<F::Output> {
+        future::or(async { Some(fut.await) }, async {
+            let _ = self.stop.1.recv().await;
+            None
+        })
+        .await
     }
 
     /// At shutdown, once the listener is closed: waits until every connection that had begun
@@ -117,6 +132,14 @@ impl RefusalLog {
         (own, self.due(now, false))
     }
 
+    /// [`RefusalLog::admit`], writing the summing line with `say` when one is due: whether this
+    /// refusal (or drop) gets a line of its own.
+    pub(crate) fn line(&mut self, now: Instant, say: fn(Option<(u64, Duration)>)) -> bool {
+        let (own, summary) = self.admit(now);
+        say(summary);
+        own
+    }
+
     /// The refusals left without a line, to sum up in one (how many, over how long), once the
     /// first of them is [`REFUSALS_SUMMED`] old, or now when `all` (at shutdown).
     pub(crate) fn due(&mut self, now: Instant, all: bool) -> Option<(u64, Duration)> {
@@ -166,9 +189,7 @@ pub(crate) fn drop_log() -> Rc<RefCell<RefusalLog>> {
 
 /// Whether a dropped message gets a line of its own (the rest are summed up).
 pub(crate) fn drop_line(log: &RefCell<RefusalLog>) -> bool {
-    let (own, summary) = log.borrow_mut().admit(Instant::now());
-    log_drops_summed(summary);
-    own
+    log.borrow_mut().line(Instant::now(), log_drops_summed)
 }
 
 /// Accepts forever (the caller drops this future to stop), a task per connection.
@@ -269,14 +290,10 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     // No buffer until the client sends something: a connection that stays silent costs its task
     // and socket only (10,000 of them, half-open, in the hostile-input tests). One still silent
     // when the shutdown begins is closed then: it began no request (a browser's preconnect).
-    let first = future::or(async { Some(until(deadline, sock.readable()).await) }, async {
-        let _ = ctx.stop.1.recv().await;
-        None
-    });
-    match first.await {
+    match ctx.unless_stopping(until(deadline, sock.readable())).await {
         Some(Some(Ok(()))) => {}
         Some(Some(Err(_))) | None => return,
-        Some(None) => return debug!(%peer, "head timeout"),
+        Some(None) => return head_timeout(ctx, peer),
     }
     let mut buf = Vec::new();
     let mut scan = HeadScan::default();
@@ -288,17 +305,13 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
         // Readiness may be spurious (tokio's `readable()` says so): until its first byte, a
         // connection still began no request, and the shutdown closes it.
         let read = if before == 0 {
-            future::or(async { Some(read.await) }, async {
-                let _ = ctx.stop.1.recv().await;
-                None
-            })
-            .await
+            ctx.unless_stopping(read).await
         } else {
             Some(read.await)
         };
         match read {
             None | Some(Some(Ok(0))) | Some(Some(Err(_))) => return,
-            Some(None) => return debug!(%peer, "head timeout"),
+            Some(None) => return head_timeout(ctx, peer),
             Some(Some(Ok(_))) => {}
         }
         if !scan.worth_routing(&buf, before, server.max_head_bytes) {
@@ -316,11 +329,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
         // Counted by the core; refusals logged here (never the token, nor the query: it may
         // carry one).
         Routed::Respond(r) => {
-            let (own, summary) = match &r.refusal {
-                Some(_) => ctx.refusals.borrow_mut().admit(Instant::now()),
-                None => (false, None),
-            };
-            log_refusals_summed(summary);
+            let own = r.refusal.is_some() && ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed);
             match &r.refusal {
                 _ if !own => {}
                 Some(Refusal { code, forbidden: Some((user, ch)), .. }) => {
@@ -343,9 +352,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
                         // Its head completed after the shards stopped taking streams (shutdown).
                         let resp = Response::shutting_down(req.cors_origin.as_deref());
                         metrics.response(resp.status);
-                        let (own, summary) = ctx.refusals.borrow_mut().admit(Instant::now());
-                        log_refusals_summed(summary);
-                        if own {
+                        if ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
                             info!(%peer, status = resp.status, code = "overloaded", reason = "shutting_down", "request refused");
                         }
                         match Socket::new(std) {
@@ -374,6 +381,12 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     respond(sock, resp, deadline).await;
 }
 
+/// A connection whose head was not complete by `server.head_timeout`: closed unanswered.
+fn head_timeout(ctx: &Ctx, peer: SocketAddr) {
+    ctx.front.metrics().head_timeout();
+    debug!(%peer, "head timeout");
+}
+
 /// Writes a whole response and closes, within the head deadline (at least a second).
 async fn respond(sock: Socket, resp: Response, deadline: Instant) {
     answer_and_close(sock, &resp.bytes, deadline.max(Instant::now() + Duration::from_secs(1))).await;
@@ -399,6 +412,10 @@ async fn publish(
         let want = (end - buf.len()).min(READ_CHUNK);
         match read_more(sock, buf, want, deadline).await {
             Some(Ok(n)) if n > 0 => {}
+            None => {
+                ctx.front.metrics().head_timeout();
+                return None;
+            }
             _ => return None,
         }
     }
@@ -412,7 +429,7 @@ async fn publish(
     };
     let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
     let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
-    if ctx.stop.1.is_closed() {
+    if ctx.is_stopping() {
         // The shards take no more events: accepted now, it would reach no stream.
         return Some(Response::error(503, "unavailable", "the gateway is shutting down", "", cors));
     }

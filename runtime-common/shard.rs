@@ -382,9 +382,7 @@ impl Shard {
             Err(resp) => {
                 let channel = &self.settings.channel(log.channel).name;
                 let code = resp.refusal.as_ref().map_or("-", |r| r.code);
-                let (own, summary) = self.refusals.borrow_mut().admit(Instant::now());
-                log_refusals_summed(summary);
-                if own {
+                if self.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
                     info!(user = %user, channel = %channel, status = resp.status, code, "stream refused");
                 }
                 // Counted until written: a draining shard waits for it (its executor would drop it).

@@ -164,6 +164,7 @@ pub struct Metrics {
     evictions: AtomicU64,
     limit_rejections: AtomicU64,
     forbidden: AtomicU64,
+    head_timeouts: AtomicU64,
     /// One per shard ([`Metrics::delay_histogram`]), summed when rendered.
     delays: Mutex<Vec<Arc<DelayHistogram>>>,
 }
@@ -184,6 +185,7 @@ impl Metrics {
             evictions: AtomicU64::new(0),
             limit_rejections: AtomicU64::new(0),
             forbidden: AtomicU64::new(0),
+            head_timeouts: AtomicU64::new(0),
             delays: Mutex::new(Vec::new()),
         }
     }
@@ -259,6 +261,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection closed unanswered because its request head (or a publish's body) was
+    /// not complete within `server.head_timeout` (the frontend calls this).
+    pub fn head_timeout(&self) {
+        self.head_timeouts.fetch_add(1, Relaxed);
+    }
+
     /// Records whether a channel's source is up (1) or down (0), for `/metrics`.
     pub(crate) fn source_state(&self, c: ChannelId, up: bool) {
         self.ch(c).source_up.store(up as i64, Relaxed);
@@ -326,6 +334,11 @@ impl Metrics {
             ("sse_gateway_evictions_total", "Streams evicted by the per-user limit.", &self.evictions),
             ("sse_gateway_stream_limit_rejections_total", "Requests answered 409 stream_limit.", &self.limit_rejections),
             ("sse_gateway_forbidden_total", "Streams refused with the forbidden error.", &self.forbidden),
+            (
+                "sse_gateway_head_timeouts_total",
+                "Connections closed unanswered: no complete request head (or publish body) within server.head_timeout.",
+                &self.head_timeouts,
+            ),
         ];
         for (name, help, c) in singles {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));

@@ -130,6 +130,8 @@ async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) 
     }
     let read = ::tokio::time::timeout(Duration::from_secs(30), silent8.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the 8-s gateway never cut its silent client: {read:?}");
+    // Every one of the 25 cut off is counted, and nothing else: the stream and /healthz were answered.
+    assert_eq!(gw.metric("sse_gateway_head_timeouts_total").await, Some(25.0), "head timeouts counted");
     times.sort();
     eprintln!(
         "{}: 20 trickled heads cut off after {:?} to {:?} (head_timeout 2s); answers: {answers:?}",

@@ -1,6 +1,8 @@
 //! The HTTP face of a stream request: heads, refusals and their bodies (D1, D2, D5, D10, D13).
 //! These run on the in-process source: no broker needed.
 
+use std::time::Duration;
+
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::payloads::valid_text;
 use sse_gateway_tests::{for_each_binary, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SECRET, WAIT};
@@ -252,6 +254,15 @@ async fn a_wrong_method_on_a_stream_is_405(bin: Bin) {
     assert!(r.json()["code"].is_string(), "{r:?}");
 }
 
+/// The head of a publisher's `POST /api/v1/publish/deals` with a body of `len` bytes.
+fn publish_head(gw: &GatewayProcess, len: usize, extra: &str) -> String {
+    format!(
+        "POST /api/v1/publish/deals HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n{extra}\r\n",
+        gw.addr,
+        user("svc", &["publisher"]),
+    )
+}
+
 /// RFC 9110 10.1.1: a publisher that sends `Expect: 100-continue` (curl for large bodies, .NET's
 /// and Java's clients when set to) waits for the interim answer before it sends its body.
 async fn a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken(bin: Bin) {
@@ -261,12 +272,7 @@ async fn a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken(bin: 
     let data = sse_gateway_tests::payloads::valid("deal.created");
     let body = serde_json::json!({"type": "deal.created", "data": data}).to_string();
     let mut c = ::tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
-    let head = format!(
-        "POST /api/v1/publish/deals HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        gw.addr,
-        user("svc", &["publisher"]),
-        body.len()
-    );
+    let head = publish_head(&gw, body.len(), "Expect: 100-continue\r\n");
     c.write_all(head.as_bytes()).await.expect("write the head");
     let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
     let mut got = Vec::new();
@@ -295,7 +301,35 @@ async fn a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken(bin: 
     assert_eq!(ev.json(), data, "the body read after the interim answer: {ev:?}");
 }
 
+/// A publish whose body stops short of its Content-Length is closed unanswered at the head
+/// timeout (the deadline covers head and body), counted, and publishes nothing.
+async fn a_publish_body_cut_short_is_closed_at_the_head_timeout_and_counted(bin: Bin) {
+    use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true").str("server", "head_timeout", "2s");
+    let gw = GatewayProcess::start(bin, &cfg.render()).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
+    let mut c = ::tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let head = publish_head(&gw, body.len(), "");
+    c.write_all(head.as_bytes()).await.expect("write the head");
+    c.write_all(&body.as_bytes()[..body.len() - 1]).await.expect("all of the body but its last byte");
+    let mut got = Vec::new();
+    let read = ::tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "still open 30 s after a 2 s head timeout");
+    assert!(got.is_empty(), "a body cut short was answered: {:?}", String::from_utf8_lossy(&got));
+    assert_eq!(gw.metric("sse_gateway_head_timeouts_total").await, Some(1.0), "the timeout is counted");
+    assert_eq!(gw.metric("sse_gateway_http_responses_total{status=\"202\"}").await, Some(0.0), "nothing published");
+    // A whole publish after it is the first event the stream gets.
+    let marker = serde_json::json!({"type": "deal.updated", "data": sse_gateway_tests::payloads::valid("deal.updated")}).to_string();
+    let auth = format!("Bearer {}", user("svc", &["publisher"]));
+    let r = gw.request("POST", "/api/v1/publish/deals", &[("Authorization", &auth), ("Content-Type", "application/json")], marker.as_bytes()).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let ev = s.next_with_id(WAIT).await.expect("the whole publish's event");
+    assert_eq!(ev.event, "deal.updated", "the cut-short publish reached the stream: {ev:?}");
+}
+
 for_each_binary!(
+    a_publish_body_cut_short_is_closed_at_the_head_timeout_and_counted,
     a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken,
     the_gateway_prints_one_listening_line_and_answers_health,
     a_stream_is_a_close_delimited_event_stream_starting_with_retry,
