@@ -37,15 +37,16 @@ export function token(sub, roles = [], ttl = 3600) {
 
 /**
  * A running gateway. `config` is TOML appended after `[server] listen` and `[auth] secret`/`cookie`
- * (give whole sections; `server` and `auth` keys go in `server` / `auth`).
+ * (give whole sections; `server` and `auth` keys go in `server` / `auth`). `listen` is the address
+ * (default `127.0.0.1:0`, a free port); a restart test passes the port of a gateway it stopped.
  */
 export class Gateway {
-  static async start({ server = '', auth = '', rest = '', args = [] } = {}) {
+  static async start({ server = '', auth = '', rest = '', args = [], listen = '127.0.0.1:0' } = {}) {
     if (!existsSync(BIN)) {
       throw new Error(`${BIN} not found: build it first (cargo build --release --workspace)`);
     }
     const dir = mkdtempSync(join(tmpdir(), 'sse-browser-'));
-    const config = `[server]\nlisten = "127.0.0.1:0"\n${server}\n[auth]\nsecret = "${SECRET}"\ncookie = "${COOKIE}"\nleeway_secs = 0\n${auth}\n${rest}\n`;
+    const config = `[server]\nlisten = "${listen}"\n${server}\n[auth]\nsecret = "${SECRET}"\ncookie = "${COOKIE}"\nleeway_secs = 0\n${auth}\n${rest}\n`;
     writeFileSync(join(dir, 'gateway.toml'), config);
     const env = { ...process.env, RUST_LOG: 'info' };
     delete env.SSE_GATEWAY_JWT_SECRET;
