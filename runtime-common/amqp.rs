@@ -41,7 +41,7 @@ use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
-use sse_gateway_core::{log_continues, log_resumes, logs_meet, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{log_continues, log_resumes, logs_meet, process_epoch, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, error, info, warn};
 
 use super::shards::{Command, Shards};
@@ -380,12 +380,12 @@ pub(crate) fn start_thread(
     metrics: &Arc<Metrics>,
     broker: &BrokerConfig,
     shards: &Shards,
-    epoch: u64,
+    began: std::time::Duration,
 ) -> std::io::Result<(Sources, async_channel::Sender<()>)> {
     let (quit_tx, quit_rx) = async_channel::bounded::<()>(1);
     let (settings, metrics, broker, shards) = (settings.clone(), metrics.clone(), broker.clone(), shards.clone());
     let sources = crate::common::serve_on_thread("sources", move |started| async move {
-        let sources = start(crate::driver::amqp_runtime(), &settings, &metrics, &broker, &shards, epoch);
+        let sources = start(crate::driver::amqp_runtime(), &settings, &metrics, &broker, &shards, began);
         if started.report(sources) {
             // An error once the main thread drops its sender.
             let _ = quit_rx.recv().await;
@@ -396,8 +396,8 @@ pub(crate) fn start_thread(
 }
 
 /// Starts every channel's source on the broker, as tasks on this thread's executor; lapin runs
-/// on `runtime`. Event ids use `epoch` (the process start), except on stream channels, whose
-/// ids carry their stream's configured epoch. With any stream channel, the shards get the
+/// on `runtime`. Event ids carry [`process_epoch`] of `started` (the process start), except on
+/// stream channels, whose ids carry their stream's configured epoch. With any stream channel, the shards get the
 /// [`LogReader`] that reads resumes back from the streams (before any stream can open: the
 /// shards' queues are empty now).
 pub(crate) fn start(
@@ -406,7 +406,7 @@ pub(crate) fn start(
     metrics: &Arc<Metrics>,
     broker: &BrokerConfig,
     shards: &Shards,
-    epoch: u64,
+    started: std::time::Duration,
 ) -> Sources {
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
     let (done_tx, done_rx) = async_channel::bounded::<()>(1);
@@ -420,7 +420,7 @@ pub(crate) fn start(
     }
     for ch in &settings.channels {
         let Some(id) = settings.channel_id(&ch.name) else { continue };
-        let epoch = ch.log.as_ref().map_or(epoch, |log| log.epoch);
+        let epoch = ch.log.as_ref().map_or_else(|| process_epoch(started, id), |log| log.epoch);
         let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
         let source = Source {
             link: link.clone(),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_channel::{bounded, Sender};
 
-use sse_gateway_core::{demo, ChannelId, Dropped, EventId, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{demo, process_epoch, ChannelId, Dropped, EventId, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{error, info, warn};
 
 use super::shards::Shards;
@@ -28,8 +28,8 @@ pub(crate) struct Inproc {
 }
 
 impl Inproc {
-    /// Starts one ingest task per channel (ids `<epoch>-<seq>`) and marks the sources up.
-    pub(crate) async fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: &Shards, epoch: u64) -> Inproc {
+    /// Starts one ingest task per channel (ids `<epoch>-<seq>`, the epoch [`process_epoch`] of `started`) and marks the sources up.
+    pub(crate) async fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: &Shards, started: std::time::Duration) -> Inproc {
         let mut txs = Vec::new();
         let drops = super::request::drop_log();
         for (i, ch) in settings.channels.iter().enumerate() {
@@ -37,7 +37,7 @@ impl Inproc {
             debug_assert_eq!(id.index(), i);
             let (tx, rx) = bounded(256);
             txs.push(tx);
-            let ingest = Ingest::new(settings.clone(), metrics.clone(), id, epoch);
+            let ingest = Ingest::new(settings.clone(), metrics.clone(), id, process_epoch(started, id));
             spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone()));
             shards.source(id, true).await;
         }

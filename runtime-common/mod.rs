@@ -79,8 +79,8 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             Listener::bind(&server.listen).await.with_context(|| format!("cannot listen on {}", server.listen))?;
         let addr = listener.local_addr()?;
         let (inproc, sources) = match &settings.config.broker {
-            Some(broker) => (None, Some(amqp::start_thread(&settings, &launch.metrics, broker, &shards, launch.epoch)?)),
-            None => (Some(inproc::Inproc::start(&settings, &launch.metrics, &shards, launch.epoch).await), None),
+            Some(broker) => (None, Some(amqp::start_thread(&settings, &launch.metrics, broker, &shards, launch.started)?)),
+            None => (Some(inproc::Inproc::start(&settings, &launch.metrics, &shards, launch.started).await), None),
         };
         if let (true, Some(inproc)) = (settings.config.demo.enabled, &inproc) {
             inproc::start_demo(&settings, inproc.clone());

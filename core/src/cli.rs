@@ -130,9 +130,9 @@ pub struct Launch {
     pub metrics: Arc<Metrics>,
     /// Shard (worker) threads to start: `server.workers`, or the frontend's default for 0.
     pub workers: usize,
-    /// Milliseconds since the Unix epoch at start: the in-process source's id epoch and the
-    /// RabbitMQ sources' (D6).
-    pub epoch: u64,
+    /// The start, as time since the Unix epoch: the in-process source's and the classic queues'
+    /// ids carry [`crate::process_epoch`] of it (D6).
+    pub started: Duration,
 }
 
 impl Launch {
@@ -291,8 +291,7 @@ fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
         0 => workers_for_zero.clamp(1, setup.settings.config.server.max_streams.max(1)),
         n => n,
     };
-    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    Launch { setup, demo, metrics, workers, epoch }
+    Launch { setup, demo, metrics, workers, started: since_epoch() }
 }
 
 /// Reads the configuration file, the environment and the files it names into a checked setup.

@@ -553,8 +553,21 @@ impl Settings {
         if channels.is_empty() {
             return Err(ConfigError("channels: every channel is disabled".into()));
         }
-        if channels.len() > u16::MAX as usize {
-            return Err(ConfigError("channels: too many channels".into()));
+        if channels.len() > crate::ids::MAX_CHANNELS {
+            return Err(ConfigError(format!("channels: more than {} channels", crate::ids::MAX_CHANNELS)));
+        }
+        // Ids of one epoch are read as positions in one history: two stream channels sharing an
+        // epoch would take each other's ids for their own (a replay from the wrong place).
+        let mut epochs = std::collections::BTreeMap::new();
+        for c in &channels {
+            if let Some(log) = &c.log {
+                if let Some(other) = epochs.insert(log.epoch, &c.name) {
+                    return Err(ConfigError(format!(
+                        "channels.{}.source.epoch and channels.{other}.source.epoch are both {}: give each stream channel its own epoch (an id of one would be read as a position in the other)",
+                        c.name, log.epoch
+                    )));
+                }
+            }
         }
         Ok(Settings { config, catalogue, channels })
     }
@@ -844,7 +857,7 @@ mod tests {
     fn a_source_table_without_exchange_or_queue_keeps_the_default_origin() {
         let c = Config::from_toml(
             "[channels.deals.source]\nstream = true\n[channels.tasks.source]\nrouting_keys = [\"task.#\"]\n\
-             [channels.notifications.source]\nstream = true\nmax_age = \"1D\"\n",
+             [channels.notifications.source]\nstream = true\nmax_age = \"1D\"\nepoch = 2\n",
         )
         .unwrap();
         let s = Settings::new(c, Catalogue::seed()).unwrap();
@@ -857,6 +870,11 @@ mod tests {
         let notes = s.channel(s.channel_id("notifications").unwrap());
         assert_eq!(notes.source, SourceSettings::Queue { queue: "notifications.internal".into() });
         assert_eq!(notes.log.as_ref().map(|l| l.max_age.as_str()), Some("1D"));
+        assert_eq!(notes.log.as_ref().map(|l| l.epoch), Some(2));
+        // Two stream channels on one epoch (both default 1) would read each other's ids.
+        let c = Config::from_toml("[channels.deals.source]\nstream = true\n[channels.notifications.source]\nstream = true\n").unwrap();
+        let e = Settings::new(c, Catalogue::seed()).unwrap_err().0;
+        assert!(e.contains("are both 1: give each stream channel its own epoch"), "{e}");
         // Keys of the other kind of origin are still refused.
         let c = Config::from_toml("[channels.notifications.source]\nrouting_keys = [\"a\"]\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.contains("only apply to an exchange source"));

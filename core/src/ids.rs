@@ -1,6 +1,7 @@
 //! Small `Copy` ids: channels, streams and events.
 
 use std::fmt;
+use std::time::Duration;
 
 /// A channel, as an index into [`crate::Settings::channels`]. Minted only by [`crate::Settings`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -11,6 +12,18 @@ impl ChannelId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+}
+
+/// At most this many channels: [`process_epoch`] gives each its own three digits.
+pub const MAX_CHANNELS: usize = 1000;
+
+/// The epoch of `channel`'s ids when they count from the process start (the in-process source, a
+/// classic queue): the start in microseconds since the Unix epoch, then the channel's index in
+/// three digits. Two channels' ids never share an epoch (an id of one channel sent to resume
+/// another gets `history_gap`, not a replay from its number), nor do two processes' unless they
+/// start in the same microsecond; a later start has a greater epoch.
+pub fn process_epoch(started: Duration, channel: ChannelId) -> u64 {
+    (started.as_micros() as u64).saturating_mul(MAX_CHANNELS as u64).saturating_add(channel.index() as u64)
 }
 
 /// A stream of one [`crate::Gateway`] shard: slot index plus generation, so an id kept after its
@@ -78,6 +91,20 @@ mod tests {
         let id = EventId { epoch: 1_700_000_000_123, seq: 42 };
         assert_eq!(id.to_string(), "1700000000123-42");
         assert_eq!(EventId::parse(b"1700000000123-42"), Some(id));
+    }
+
+    #[test]
+    fn every_channel_of_a_process_has_its_own_epoch_and_a_later_start_a_greater_one() {
+        let start = Duration::from_micros(1_796_035_737_017_123);
+        let ch = |i: u16| ChannelId(i);
+        let epochs: Vec<u64> = (0..MAX_CHANNELS as u16).map(|i| process_epoch(start, ch(i))).collect();
+        assert!(epochs.windows(2).all(|w| w[0] < w[1]), "distinct per channel");
+        assert_eq!(epochs[0], 1_796_035_737_017_123_000);
+        let later = start + Duration::from_micros(1);
+        assert!(process_epoch(later, ch(0)) > epochs[MAX_CHANNELS - 1], "a later start is above every channel of this one");
+        // The text form parses back (at most 20 digits).
+        let id = EventId { epoch: epochs[MAX_CHANNELS - 1], seq: u64::MAX };
+        assert_eq!(EventId::parse(id.to_string().as_bytes()), Some(id));
     }
 
     #[test]

@@ -244,8 +244,9 @@ impl RecentIds {
 }
 
 impl Ingest {
-    /// An ingest for `channel` whose ids belong to `epoch` (for the in-process source: a value
-    /// that differs on every process start, such as the start time in milliseconds).
+    /// An ingest for `channel` whose ids belong to `epoch`: one no other channel's ids use, and
+    /// for the in-process source one that differs on every process start
+    /// ([`crate::process_epoch`]).
     pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, channel: ChannelId, epoch: u64) -> Ingest {
         let window = settings.channel(channel).buffer_events;
         // The in-process source's messages are the publish endpoint's bodies.

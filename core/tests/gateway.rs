@@ -436,9 +436,9 @@ fn a_notification_reaches_only_its_recipients() {
     }
     let body = notification_sent("hi");
     h.publish_to("notifications", "notification.sent", body.clone(), "alice, carol");
-    assert_eq!(h.take_wire(a), frame("1000-1", "notification.sent", &body));
+    assert_eq!(h.take_wire(a), frame("1001-1", "notification.sent", &body));
     assert_eq!(h.take_wire(b), "");
-    assert_eq!(h.take_wire(c), frame("1000-1", "notification.sent", &body));
+    assert_eq!(h.take_wire(c), frame("1001-1", "notification.sent", &body));
     assert_eq!(h.take_wire(d), "", "recipients are matched on the event's channel only");
 }
 
@@ -555,8 +555,8 @@ fn one_message_id_on_different_versions_or_recipients_is_not_a_duplicate() {
         m.message_id = Some("n-7".into());
         h.publish_msg("notifications", m).unwrap();
     }
-    assert_eq!(h.take_wire(alice), frame("1000-1", "notification.sent", &body));
-    assert_eq!(h.take_wire(bob), frame("1000-2", "notification.sent", &body));
+    assert_eq!(h.take_wire(alice), frame("1001-1", "notification.sent", &body));
+    assert_eq!(h.take_wire(bob), frame("1001-2", "notification.sent", &body));
 }
 
 #[test]
@@ -669,8 +669,8 @@ fn a_replay_skips_what_the_user_may_not_see() {
     h.publish_to("notifications", "notification.sent", notification_sent("for bob"), "bob");
     let mine = notification_sent("for alice");
     h.publish_to("notifications", "notification.sent", mine.clone(), "alice");
-    let id = h.open_path("alice", &[], "/api/v1/streams/notifications", &["Last-Event-ID: 1000-0"]).unwrap();
-    assert_eq!(h.take_events(id), format!("retry: 3000\n\n{}", frame("1000-2", "notification.sent", &mine)));
+    let id = h.open_path("alice", &[], "/api/v1/streams/notifications", &["Last-Event-ID: 1001-0"]).unwrap();
+    assert_eq!(h.take_events(id), format!("retry: 3000\n\n{}", frame("1001-2", "notification.sent", &mine)));
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(ResumeChoice::Zero),
         1 => Just(ResumeChoice::Malformed),
         1 => Just(ResumeChoice::OtherEpoch),
+        1 => (0usize..10).prop_map(ResumeChoice::OtherChannel),
     ];
     // Mostly long-lived tokens; some expire within the case.
     let ttl = prop_oneof![3 => Just(3600u64), 1 => 1u64..180];

@@ -21,12 +21,13 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
             channel: u.choose_index(4)?,
             finance: u.arbitrary()?,
             v2: u.arbitrary()?,
-            resume: match u.int_in_range(0u8..=10)? {
+            resume: match u.int_in_range(0u8..=11)? {
                 0..=2 => ResumeChoice::None,
                 3..=6 => ResumeChoice::Back(u.int_in_range(0usize..=9)?),
                 7 => ResumeChoice::Ahead(u.int_in_range(0usize..=3)?),
                 8 => ResumeChoice::Zero,
                 9 => ResumeChoice::Malformed,
+                10 => ResumeChoice::OtherChannel(u.int_in_range(0usize..=9)?),
                 _ => ResumeChoice::OtherEpoch,
             },
             ttl: if u.ratio(1, 4)? { u.int_in_range(1u64..=180)? } else { 3600 },

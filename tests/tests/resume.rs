@@ -145,9 +145,16 @@ async fn an_id_older_than_the_buffer_gets_history_gap_and_then_only_live_events(
 
 /// Publishes one valid `deal.created` through the in-process source's endpoint; its event id.
 async fn publish_in_process(gw: &GatewayProcess, publisher: &str) -> String {
-    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
+    publish_to(gw, publisher, "deals", "deal.created").await
+}
+
+/// Publishes one valid event of type `kind` to `channel` through the in-process source's
+/// endpoint; its event id.
+async fn publish_to(gw: &GatewayProcess, publisher: &str, channel: &str, kind: &str) -> String {
+    let body = serde_json::json!({"type": kind, "data": sse_gateway_tests::payloads::valid(kind)}).to_string();
     let auth = format!("Bearer {publisher}");
-    let r = gw.request("POST", "/api/v1/publish/deals", &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes()).await;
+    let path = format!("/api/v1/publish/{channel}");
+    let r = gw.request("POST", &path, &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes()).await;
     assert_eq!(r.status, 202, "{}", r.body);
     r.json()["id"].as_str().expect("the event id").to_string()
 }
@@ -172,6 +179,27 @@ async fn after_a_restart_an_id_of_the_old_process_gets_history_gap_not_a_replay(
     assert_eq!(next.id.as_deref(), Some(marker.as_str()), "nothing replayed before it");
 }
 
+/// Ids do not carry their channel's name, but each channel has its own epoch: an id of `tasks`
+/// sent to resume `deals` (a page that keeps one remembered id for all its streams) gets
+/// `history_gap`, not a replay of deals from the position the tasks id names.
+async fn an_id_of_another_channel_gets_history_gap_not_a_replay_from_its_number(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true").render();
+    let publisher = user("svc", &["publisher"]);
+    let gw = GatewayProcess::start(bin, &cfg).await;
+    let task = publish_to(&gw, &publisher, "tasks", "task.created").await;
+    let deals = publish_n_in_process(&gw, &publisher, 4).await;
+    let mut s = gw.stream_with("deals", &user("alice", &[]), &[("Last-Event-ID", &task)]).await;
+    let first = s.next_non_heartbeat(WAIT).await.expect("a first frame");
+    assert_eq!(
+        first.json(),
+        serde_json::json!({"code": "history_gap", "channel": "deals"}),
+        "tasks id {task} on deals ({deals:?}): {first:?}"
+    );
+    let marker = publish_in_process(&gw, &publisher).await;
+    let next = s.expect_event("the next live event").await;
+    assert_eq!(next.id.as_deref(), Some(marker.as_str()), "nothing replayed before it");
+}
+
 async fn publish_n_in_process(gw: &GatewayProcess, publisher: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {
@@ -181,6 +209,7 @@ async fn publish_n_in_process(gw: &GatewayProcess, publisher: &str, n: usize) ->
 }
 
 for_each_binary!(
+    an_id_of_another_channel_gets_history_gap_not_a_replay_from_its_number,
     after_a_restart_an_id_of_the_old_process_gets_history_gap_not_a_replay,
     a_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_live_ones,
     the_last_event_id_query_parameter_resumes_a_first_connect,

@@ -13,6 +13,12 @@ use sse_gateway_core::*;
 
 pub const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
 
+/// The epoch of a channel's ids here: one of its own per channel, as the frontends give them
+/// (`process_epoch`); `deals` (the first) has 1000.
+pub fn epoch_of(ch: ChannelId) -> u64 {
+    1000 + ch.index() as u64
+}
+
 pub struct Harness {
     pub now: Instant,
     /// The wall clock: whole seconds since the Unix epoch, and the fraction of the current one.
@@ -71,7 +77,7 @@ impl Harness {
         let ingest = (0..settings.channels.len())
             .map(|i| {
                 let ch = settings.channel_id(&settings.channels[i].name).unwrap();
-                Ingest::new(settings.clone(), metrics.clone(), ch, 1000)
+                Ingest::new(settings.clone(), metrics.clone(), ch, epoch_of(ch))
             })
             .collect();
         Harness {

@@ -80,6 +80,9 @@ pub enum ResumeChoice {
     Zero,
     Malformed,
     OtherEpoch,
+    /// The id of the event this many back from the last of the next channel (in `CHANNELS`):
+    /// a page that keeps one remembered id for all its streams.
+    OtherChannel(usize),
 }
 
 /// A published event as the model knows it.
@@ -395,24 +398,34 @@ impl Model {
         let name = CHANNELS[channel];
         let version = if v2 && name == "deals" { 2 } else { 1 };
         let evs = self.events[channel].clone();
+        let epoch = super::epoch_of(self.h.settings.channel_id(name).expect("a channel of the model"));
         let (header, window_index) = match resume {
             ResumeChoice::None => (None, None),
             ResumeChoice::Malformed => (Some("Last-Event-ID: not-an-id".to_string()), None),
             ResumeChoice::OtherEpoch => (Some("Last-Event-ID: 999-1".to_string()), None),
+            ResumeChoice::OtherChannel(k) => {
+                let other = (channel + 1) % CHANNELS.len();
+                let epoch = super::epoch_of(self.h.settings.channel_id(CHANNELS[other]).expect("a channel of the model"));
+                let evs = &self.events[other];
+                match evs.len().checked_sub(1 + k) {
+                    Some(i) => (Some(format!("Last-Event-ID: {epoch}-{}", evs[i].seq)), None),
+                    None => (None, None),
+                }
+            }
             ResumeChoice::Back(k) if k < evs.len() => {
                 let i = evs.len() - 1 - k;
-                (Some(format!("Last-Event-ID: 1000-{}", evs[i].seq)), Some(i))
+                (Some(format!("Last-Event-ID: {epoch}-{}", evs[i].seq)), Some(i))
             }
             ResumeChoice::Back(_) => (None, None),
             ResumeChoice::Ahead(n) => {
                 let last = evs.last().map_or(0, |e| e.seq);
-                (Some(format!("Last-Event-ID: 1000-{}", last + 1 + n as u64)), None)
+                (Some(format!("Last-Event-ID: {epoch}-{}", last + 1 + n as u64)), None)
             }
             // Before the first event: inside the window while the buffer still holds it.
             ResumeChoice::Zero if !evs.is_empty() && evs.len() <= BUFFER => {
-                (Some("Last-Event-ID: 1000-0".to_string()), Some(usize::MAX))
+                (Some(format!("Last-Event-ID: {epoch}-0")), Some(usize::MAX))
             }
-            ResumeChoice::Zero => (Some("Last-Event-ID: 1000-0".to_string()), None),
+            ResumeChoice::Zero => (Some(format!("Last-Event-ID: {epoch}-0")), None),
         };
         let roles: &[&str] = if finance { &["finance_manager"] } else { &[] };
         let user_name = format!("u{user}");
