@@ -258,9 +258,7 @@ struct Head<'a> {
     path: &'a str,
     query: &'a str,
     authorization: Option<&'a [u8]>,
-    accept: Option<&'a [u8]>,
     last_event_id: Option<&'a [u8]>,
-    cookie: Option<&'a [u8]>,
     origin: Option<&'a [u8]>,
     sec_fetch_site: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
@@ -270,6 +268,17 @@ struct Head<'a> {
     /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     minor: u8,
     len: usize,
+    /// Every header field, for those that may come on several lines: `Accept` (a list: the
+    /// lines are one list, RFC 9110 5.3) and `Cookie` (one per request from a browser, but an
+    /// intermediary may split them).
+    fields: &'a [httparse::Header<'a>],
+}
+
+impl<'a> Head<'a> {
+    /// The values of every field called `name` (lowercase), in order.
+    fn all(&self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    }
 }
 
 // Lives on the stack for one call; boxing the head would cost an allocation per request.
@@ -310,13 +319,12 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
         _ => target,
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut head = Head { method, path, query, minor, len, ..Default::default() };
-    for h in req.headers.iter() {
+    let fields: &'a [httparse::Header<'a>] = req.headers;
+    let mut head = Head { method, path, query, minor, len, fields, ..Default::default() };
+    for h in fields {
         let slot = match h.name.to_ascii_lowercase().as_str() {
             "authorization" => &mut head.authorization,
-            "accept" => &mut head.accept,
             "last-event-id" => &mut head.last_event_id,
-            "cookie" => &mut head.cookie,
             "origin" => &mut head.origin,
             "sec-fetch-site" => &mut head.sec_fetch_site,
             "host" => &mut head.host,
@@ -341,35 +349,40 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
 
 const MALFORMED: &str = "malformed HTTP request";
 
-/// Does an `Accept` value admit `text/event-stream` (D10)? Absent means anything (RFC 9110).
-/// The most specific range that matches decides (RFC 9110 12.5.1): `text/event-stream;q=0, */*`
-/// refuses event streams.
-fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
-    let Some(v) = accept else { return true };
-    let Ok(v) = std::str::from_utf8(v) else { return false };
+/// Do the `Accept` values (one per line: together, one list) admit `text/event-stream` (D10)?
+/// Absent means anything (RFC 9110). The most specific range that matches decides (RFC 9110
+/// 12.5.1): `text/event-stream;q=0, */*` refuses event streams.
+fn accepts_event_stream<'v>(lines: impl IntoIterator<Item = &'v [u8]>) -> bool {
+    let mut lines = lines.into_iter().peekable();
+    if lines.peek().is_none() {
+        return true;
+    }
     // (specificity, acceptable) of the most specific matching range so far.
     let mut best: Option<(u8, bool)> = None;
-    for range in v.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let specificity = match media.as_str() {
-            "text/event-stream" => 3,
-            "text/*" => 2,
-            "*/*" => 1,
-            _ => continue,
-        };
-        let zero_q = parts.any(|p| {
-            let p = p.trim();
-            p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).is_some_and(|q| {
-                q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-            })
-        });
-        best = match best {
-            // Two ranges as specific as each other: either one admitting is enough.
-            Some((s, ok)) if s == specificity => Some((s, ok || !zero_q)),
-            Some((s, ok)) if s > specificity => Some((s, ok)),
-            _ => Some((specificity, !zero_q)),
-        };
+    for v in lines {
+        let Ok(v) = std::str::from_utf8(v) else { return false };
+        for range in v.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let specificity = match media.as_str() {
+                "text/event-stream" => 3,
+                "text/*" => 2,
+                "*/*" => 1,
+                _ => continue,
+            };
+            let zero_q = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).is_some_and(|q| {
+                    q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                })
+            });
+            best = match best {
+                // Two ranges as specific as each other: either one admitting is enough.
+                Some((s, ok)) if s == specificity => Some((s, ok || !zero_q)),
+                Some((s, ok)) if s > specificity => Some((s, ok)),
+                _ => Some((specificity, !zero_q)),
+            };
+        }
     }
     best.is_some_and(|(_, ok)| ok)
 }
@@ -537,8 +550,8 @@ impl Front {
                 return Token::Found(String::from_utf8_lossy(v[7..].trim_ascii()));
             }
         }
-        if let (Some(name), Some(c)) = (&auth.cookie, head.cookie) {
-            if let Some(t) = cookie_value(c, name) {
+        if let Some(name) = &auth.cookie {
+            if let Some(t) = head.all("cookie").find_map(|c| cookie_value(c, name)) {
                 return Token::Cookie(t);
             }
         }
@@ -589,7 +602,7 @@ impl Front {
     }
 
     fn route_stream(&self, head: &Head<'_>, channel: &str, cors: Option<&str>, unix_now: u64) -> Routed {
-        if !accepts_event_stream(head.accept) {
+        if !accepts_event_stream(head.all("accept")) {
             return Routed::Respond(Response::error(406, "not_acceptable", "Accept must admit text/event-stream", "", cors));
         }
         let identity = match self.authenticate(head, cors, unix_now) {
@@ -701,23 +714,27 @@ mod tests {
 
     #[test]
     fn accept_header_rules() {
-        assert!(accepts_event_stream(None));
-        assert!(accepts_event_stream(Some(b"text/event-stream")));
-        assert!(accepts_event_stream(Some(b"application/json, text/*;q=0.5")));
-        assert!(accepts_event_stream(Some(b"*/*")));
-        assert!(!accepts_event_stream(Some(b"application/json")));
-        assert!(!accepts_event_stream(Some(b"text/event-stream;q=0")));
-        assert!(!accepts_event_stream(Some(b"\xff")));
+        assert!(accepts_event_stream([]));
+        assert!(accepts_event_stream([&b"text/event-stream"[..]]));
+        assert!(accepts_event_stream([&b"application/json, text/*;q=0.5"[..]]));
+        assert!(accepts_event_stream([&b"*/*"[..]]));
+        assert!(!accepts_event_stream([&b"application/json"[..]]));
+        assert!(!accepts_event_stream([&b"text/event-stream;q=0"[..]]));
+        assert!(!accepts_event_stream([&b"\xff"[..]]));
     }
 
     #[test]
     fn the_most_specific_accept_range_decides() {
         // RFC 9110 12.5.1: an explicit refusal is not overridden by a wildcard.
-        assert!(!accepts_event_stream(Some(b"text/event-stream;q=0, */*")));
-        assert!(!accepts_event_stream(Some(b"*/*, text/*;q=0")));
-        assert!(accepts_event_stream(Some(b"text/*;q=0, text/event-stream")));
-        assert!(accepts_event_stream(Some(b"*/*;q=0, text/event-stream;q=0.1")));
-        assert!(accepts_event_stream(Some(b"text/event-stream;q=0, text/event-stream")));
+        assert!(!accepts_event_stream([&b"text/event-stream;q=0, */*"[..]]));
+        assert!(!accepts_event_stream([&b"*/*, text/*;q=0"[..]]));
+        assert!(accepts_event_stream([&b"text/*;q=0, text/event-stream"[..]]));
+        assert!(accepts_event_stream([&b"*/*;q=0, text/event-stream;q=0.1"[..]]));
+        assert!(accepts_event_stream([&b"text/event-stream;q=0, text/event-stream"[..]]));
+        // Several lines are one list (RFC 9110 5.3): the second may admit, or refuse.
+        assert!(accepts_event_stream([&b"application/json"[..], b"text/event-stream"]));
+        assert!(!accepts_event_stream([&b"*/*"[..], b"text/event-stream;q=0"]));
+        assert!(!accepts_event_stream([&b"text/event-stream"[..], b"\xff"]));
     }
 
     #[test]

@@ -229,8 +229,18 @@ fn a_wrong_method_gets_405_with_allow() {
 fn an_accept_without_event_stream_gets_406() {
     let mut h = Harness::new("");
     let r = h.open_path("u1", &[], "/api/v1/streams/deals", &["Accept: application/json"]);
-    // open_path already sends "Accept: text/event-stream"; the first Accept header wins.
+    // open_path already sends "Accept: text/event-stream": the lines are one list, which admits it.
     assert!(r.is_ok());
+    // In either order (a client or proxy that puts its own line first).
+    let t = h.token("u1", &[], 3600);
+    let split = Harness::head(
+        "/api/v1/streams/deals",
+        &["Accept: application/json", "Accept: text/event-stream", &format!("Authorization: Bearer {t}")],
+    );
+    assert!(matches!(h.route(&split), Routed::Stream(_)));
+    // And a later line may refuse it too (the most specific range decides).
+    let refused = Harness::head("/api/v1/streams/deals", &["Accept: */*", "Accept: text/event-stream;q=0", &format!("Authorization: Bearer {t}")]);
+    assert!(respond(h.route(&refused)).starts_with("HTTP/1.1 406"));
     let t = h.token("u1", &[], 3600);
     let raw = Harness::head("/api/v1/streams/deals", &["Accept: application/json", &format!("Authorization: Bearer {t}")]);
     assert_eq!(
@@ -1400,6 +1410,9 @@ fn a_cookie_or_query_token_works_only_when_enabled() {
     let now = 1_900_000_000;
     assert!(matches!(front.route(&cookie, now), Routed::Stream(_)));
     assert!(matches!(front.route(&query, now), Routed::Stream(_)));
+    // An intermediary may split the cookies over several lines: the token is found on any.
+    let split = Harness::head("/api/v1/streams/deals", &["Cookie: theme=dark", &format!("Cookie: lang=ru; sse_token={t}")]);
+    assert!(matches!(front.route(&split, now), Routed::Stream(_)));
 }
 
 #[test]
