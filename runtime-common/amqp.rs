@@ -55,10 +55,12 @@ use stream_log::{LogReader, StartAt};
 
 /// Time to establish the connection before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A source whose channel (and, first, connection) takes longer than this is reported down
-/// while the attempt goes on: a broker that accepts connections and never answers is an outage
-/// for the streams (D8: at once) long before the attempt times out.
-const SLOW_CONNECT: Duration = Duration::from_secs(2);
+/// A source whose consumer is not running this long after it began to set it up (connect if
+/// need be, open its channel, declare, bind, qos, consume) is reported down while the setup goes
+/// on: a broker that accepts connections, or completes them, and then answers nothing is an
+/// outage for the streams (D8: at once) long before a call times out ([`CONNECT_TIMEOUT`],
+/// [`CALL_TIMEOUT`]).
+const SLOW_SETUP: Duration = Duration::from_secs(2);
 /// Deliveries handled before their ack is sent even if more are waiting (well under any useful
 /// prefetch, so the broker never stops delivering for want of acks).
 const ACK_BATCH: u32 = 32;
@@ -79,6 +81,9 @@ const PRIME_IDLE: Duration = Duration::from_millis(250);
 
 /// At most this long for the history read at a first start, in all.
 const PRIME_MAX: Duration = Duration::from_secs(5);
+
+/// Why a source whose consumer's channel lapin no longer reports connected went down.
+const NOT_CONNECTED: &str = "the channel is no longer connected";
 
 /// What a consumer yields.
 type Next = Option<Result<Delivery, lapin::Error>>;
@@ -165,8 +170,6 @@ struct Link {
     conn: Mutex<LinkState>,
     /// Connection attempts ended so far (read before taking the lock: see [`Link::channel`]).
     attempts: AtomicU64,
-    /// When the connection attempt in progress started.
-    connecting_since: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -179,16 +182,7 @@ struct LinkState {
 
 impl Link {
     fn new(uri: String, runtime: AmqpRuntime, name: &'static str) -> Link {
-        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0), connecting_since: Default::default() }
-    }
-
-    /// When the connection attempt in progress started, if one is.
-    fn connecting_since(&self) -> Option<Instant> {
-        *self.connecting_since.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_connecting(&self, since: Option<Instant>) {
-        *self.connecting_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
+        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0) }
     }
 
     /// A new channel on the connection, only if there is one and no source is using the link
@@ -232,14 +226,12 @@ impl Link {
             Ok(uri) => uri,
             Err(e) => return Err(state.fail(format!("cannot connect to the broker: {e}"))),
         };
-        let connecting = Connecting::start(self);
-        let deadline = connecting.1 + CONNECT_TIMEOUT;
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
         // Until the attempt is over: given up (timed out, or this future dropped), its TCP
         // connect ends and its socket is shut down (`Keep`).
         let mut keep = Keep::new();
         let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(keep.slot.clone(), keep.over.clone()), props);
         let attempt = until(deadline, connect).await;
-        drop(connecting);
         keep.succeeded = matches!(attempt, Some(Ok(_)));
         drop(keep);
         self.attempts.fetch_add(1, Ordering::AcqRel);
@@ -500,24 +492,6 @@ impl Offsets {
 /// A queue check in progress ([`Source::check_queue`]).
 type QueueCheck<'a> = Pin<Box<dyn Future<Output = Result<bool, String>> + 'a>>;
 
-/// A connection attempt in progress: sets [`Link::connecting_since`], and clears it when the
-/// attempt ends or is dropped.
-struct Connecting<'a>(&'a Link, Instant);
-
-impl<'a> Connecting<'a> {
-    fn start(link: &'a Link) -> Connecting<'a> {
-        let now = Instant::now();
-        link.set_connecting(Some(now));
-        Connecting(link, now)
-    }
-}
-
-impl Drop for Connecting<'_> {
-    fn drop(&mut self) {
-        self.0.set_connecting(None);
-    }
-}
-
 /// A queue check's result; before an error (an outage) is returned, the deliveries handled so
 /// far are acked.
 async fn acked_first(checked: Result<bool, String>, acks: &mut Acks) -> Result<bool, String> {
@@ -538,6 +512,22 @@ enum Wake<T> {
     CheckDue,
     /// Shutdown ([`Sources::stop`]).
     Stop,
+}
+
+/// A consumer [`Source::set_up`] started, and what [`Source::consume`] needs of its setup.
+struct Setup<'a> {
+    /// The consumer's channel.
+    chan: Channel,
+    consumer: Consumer,
+    queue: &'a str,
+    /// The queue's consumers when it was declared (before this one).
+    consumers: u32,
+    /// The buffers are warmed first with the stream's last chunk, read on `history` (if that
+    /// consumer could be started): `Source::prime_history`.
+    prime: bool,
+    history: Option<(Channel, Consumer)>,
+    /// Where a stream channel's consumer started.
+    start: Option<StartAt>,
 }
 
 /// How far one connection of a source got.
@@ -610,12 +600,11 @@ impl Source {
         }
     }
 
-    /// Declares, consumes until the consumer ends; `attempt` says how far it got.
-    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, attempt: &mut Attempt, offsets: &mut Offsets) -> Result<(), String> {
+    /// Gets a channel (connecting first if need be), declares the source's queue (and exchange,
+    /// and binds them) and starts its consumer, and at a stream channel's first start the history
+    /// read's too ([`Source::open_history`]): every call to the broker until the consumer runs.
+    async fn set_up(&self, broker: &BrokerConfig, offsets: &mut Offsets) -> Result<Setup<'_>, String> {
         let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
-        if let Some(why) = &offsets.went_back {
-            return Err(why.clone());
-        }
         let log = self.settings.channel(self.id).log.as_ref();
         let queue_args = log.map(stream_log::queue_args).unwrap_or_default();
         // A stream this source has read from (live, or as history for the buffers, whose ids
@@ -623,7 +612,7 @@ impl Source {
         let read_up_to = offsets.last.or(offsets.history_through);
         let known = log.is_some() && read_up_to.is_some();
         let (gone, consumers);
-        let mut chan = self.first_channel().await?;
+        let mut chan = self.link.channel().await?;
         let queue = match &self.settings.channel(self.id).source {
             SourceSettings::Exchange { exchange, kind, routing_keys, queue } => {
                 let kind = match kind.as_str() {
@@ -696,9 +685,21 @@ impl Source {
             self.shards.broadcast(|| Command::PrimeOver(id)).await;
         }
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
-        let mut consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
+        let consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
             .await?
             .map_err(e("basic.consume"))?;
+        Ok(Setup { chan, consumer, queue: queue.as_str(), consumers, prime, history, start })
+    }
+
+    /// Sets a consumer up ([`Source::set_up`]) and consumes until it ends; `attempt` says how far
+    /// it got.
+    async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, attempt: &mut Attempt, offsets: &mut Offsets) -> Result<(), String> {
+        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
+        if let Some(why) = &offsets.went_back {
+            return Err(why.clone());
+        }
+        let log = self.settings.channel(self.id).log.as_ref();
+        let Setup { chan, mut consumer, queue, consumers, prime, history, start } = self.reported_if_slow(self.set_up(broker, offsets)).await?;
         match start {
             None => info!(channel = %self.name, queue = %queue, "source consuming"),
             Some(at) => info!(channel = %self.name, queue = %queue, from = %at, "source consuming the stream"),
@@ -755,7 +756,13 @@ impl Source {
                     // Nothing waits: ack what was handled before waiting. lapin may leave a
                     // consumer whose connection just died waiting, so the channel's state is
                     // looked at every second meanwhile; a check in progress goes on, and one
-                    // that falls due is started.
+                    // that falls due is started. A channel already dead takes no ack: its
+                    // deliveries come again on the next consumer. (lapin poisons a channel's
+                    // ackers before it marks the channel closed or failed, so the flush would
+                    // fail at once too, as `basic.ack not sent`, rather than wait ACK_TIMEOUT.)
+                    if !chan.status().connected() {
+                        return Err(NOT_CONNECTED.to_string());
+                    }
                     acks.flush().await?;
                     let other = async {
                         loop {
@@ -779,7 +786,7 @@ impl Source {
                     };
                     match future::or(async { Wake::Delivery(consumer.next().await) }, future::or(other, stop)).await {
                         Wake::Delivery(next) => next,
-                        Wake::Dead => return Err("the channel is no longer connected".to_string()),
+                        Wake::Dead => return Err(NOT_CONNECTED.to_string()),
                         Wake::Checked(r) => {
                             check = None;
                             shared = acked_first(r, &mut acks).await?;
@@ -1015,28 +1022,21 @@ impl Source {
         }
     }
 
-    /// The channel a consumer starts on, from the link; the source is reported down meanwhile
-    /// once the connection attempt has waited [`SLOW_CONNECT`] for the broker (not while
-    /// channels of other sources are opened first, one at a time).
-    async fn first_channel(&self) -> Result<Channel, String> {
-        let channel = self.link.channel();
-        futures_lite::pin!(channel);
-        let mut look_at = Instant::now() + SLOW_CONNECT;
-        loop {
-            if let Some(chan) = until(look_at, channel.as_mut()).await {
-                return chan;
-            }
-            match self.link.connecting_since() {
-                Some(t) if t.elapsed() >= SLOW_CONNECT => {
-                    if self.shards.source(self.id, false).await {
-                        info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
-                    }
-                    return channel.await;
-                }
-                Some(t) => look_at = t + SLOW_CONNECT,
-                None => look_at = Instant::now() + SLOW_CONNECT,
-            }
+    /// Runs `setup` ([`Source::set_up`]); once it has taken [`SLOW_SETUP`], the source is
+    /// reported down (its streams get `source_unavailable`) while it goes on. A broker that
+    /// leaves any of the setup's calls unanswered (the connect, or a call after a connection it
+    /// completed) is an outage at once (D8), not only once that call fails after its timeout.
+    /// Only news at a first start: a source sets a consumer up again only once it was reported
+    /// down.
+    async fn reported_if_slow<T>(&self, setup: impl Future<Output = T>) -> T {
+        futures_lite::pin!(setup);
+        if let Some(done) = until(Instant::now() + SLOW_SETUP, setup.as_mut()).await {
+            return done;
         }
+        if self.shards.source(self.id, false).await {
+            info!(channel = %self.name, "the broker has not answered yet; the source is reported unavailable meanwhile");
+        }
+        setup.await
     }
 
     /// The periodic check of a consuming source's queue (`broker.check_interval`). RabbitMQ drops

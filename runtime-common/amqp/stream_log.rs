@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
@@ -31,6 +31,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
 use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings, UpstreamMessage};
+use tracing::warn;
 
 use super::turns::{Turn, Turns};
 use super::{answered, message, Acks, Link};
@@ -50,6 +51,8 @@ pub(crate) const IDLE: Duration = Duration::from_millis(1500);
 /// that holds it sends it at once; a broker seeking far into a long stream may take a while).
 /// Nothing by then: nothing proves the client's place (`history_gap`).
 pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(5);
+/// At most one `read-back could not start` line this often (the first failure gets one at once).
+const FAILURE_LINES: Duration = Duration::from_secs(10);
 
 /// The arguments that make a queue a stream with this retention.
 pub(crate) fn queue_args(log: &StreamLog) -> FieldTable {
@@ -137,6 +140,8 @@ pub(crate) fn log_message(d: &mut Delivery) -> Result<(u64, UpstreamMessage), St
 /// A stream channel as the reader sees it.
 struct Log {
     id: ChannelId,
+    /// The channel's name (for the log).
+    name: String,
     queue: String,
     epoch: u64,
     /// Validates and numbers what is read back (`Ingest::read_back`: no live state, no counts).
@@ -157,6 +162,32 @@ pub(crate) struct LogReader {
     logs: Vec<Option<Log>>,
     /// The live sources' state: a read-back is only tried while its channel's source is up.
     shards: Shards,
+    /// Read-backs that could not start (`LogReader::open`), for their rate-limited line.
+    failures: Mutex<FailureLog>,
+}
+
+/// Rate-limits the `read-back could not start` line: the first failure gets a line at once,
+/// later ones at most one every [`FAILURE_LINES`], each line counting the failures since the
+/// last one (itself included). Failures after the last line are counted in the next one (none
+/// if none comes).
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// When the last line was written.
+    said: Option<Instant>,
+    /// Failures since then, without a line.
+    unsaid: u64,
+}
+
+impl FailureLog {
+    /// A failure at `now`: the failures the line to write now stands for, if one is due.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.unsaid += 1;
+        if self.said.is_some_and(|at| now.saturating_duration_since(at) < FAILURE_LINES) {
+            return None;
+        }
+        self.said = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
 }
 
 impl fmt::Debug for LogReader {
@@ -177,10 +208,10 @@ impl LogReader {
                     SourceSettings::Exchange { queue, .. } | SourceSettings::Queue { queue } => queue.clone(),
                 };
                 let ingest = Ingest::new(settings.clone(), metrics.clone(), id, log.epoch);
-                Some(Log { id, queue, epoch: log.epoch, ingest })
+                Some(Log { id, name: ch.name.clone(), queue, epoch: log.epoch, ingest })
             })
             .collect();
-        LogReader { link, turns: Turns::new(READ_BACKS), handing_off: AtomicUsize::new(0), logs, shards }
+        LogReader { link, turns: Turns::new(READ_BACKS), handing_off: AtomicUsize::new(0), logs, shards, failures: Mutex::default() }
     }
 
     /// The stream channels and the epoch of their ids (for `Gateway::set_history`).
@@ -240,17 +271,31 @@ impl LogReader {
     }
 
     /// Opens a consumer on `channel`'s stream at offset `at`, holding `permit` until the cursor
-    /// is closed or dropped.
+    /// is closed or dropped. A failure to get the read-back connection, a channel on it, or the
+    /// consumer (never the client's doing, and every resume past the buffers gets
+    /// `history_gap` while it lasts) is logged at warn, rate-limited ([`FailureLog`]).
     pub(crate) async fn open(&self, channel: ChannelId, at: u64, permit: Turn) -> Result<LogCursor<'_>, String> {
         let log = self.log(channel)?;
         if !self.shards.is_up(channel) {
             // During an outage a read-back would only wait for the connect timeout, one after
-            // the other: answer at once (the stream gets history_gap).
+            // the other: answer at once (the stream gets history_gap). The source logs the outage.
             return Err("the channel's source is down".into());
         }
-        let chan = self.link.channel().await?;
-        let consumer = consume_at(&chan, &log.queue, PREFETCH, StartAt::Offset(at)).await?;
-        Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit })
+        let opened = async {
+            let chan = self.link.channel().await?;
+            let consumer = consume_at(&chan, &log.queue, PREFETCH, StartAt::Offset(at)).await?;
+            Ok::<_, String>((chan, consumer))
+        };
+        match opened.await {
+            Ok((chan, consumer)) => Ok(LogCursor { log, chan, consumer, acks: Acks::new(ACK_EVERY), _permit: permit }),
+            Err(e) => {
+                let line = self.failures.lock().unwrap_or_else(|p| p.into_inner()).failed(Instant::now());
+                if let Some(failures) = line {
+                    warn!(channel = %log.name, error = %e, failures, "read-back could not start; resumes older than the buffer get history_gap");
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -304,6 +349,21 @@ impl LogCursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_back_failures_get_a_line_at_once_then_at_most_one_every_interval_counting_the_rest() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut log = FailureLog::default();
+        assert_eq!(log.failed(at(0)), Some(1), "the first failure, at once");
+        assert_eq!(log.failed(at(1)), None);
+        assert_eq!(log.failed(at(9_999)), None);
+        assert_eq!(log.failed(at(10_000)), Some(3), "two without a line, and this one");
+        assert_eq!(log.failed(at(10_001)), None);
+        // Quiet for a while: the next failure gets its line at once, counting the one unsaid.
+        assert_eq!(log.failed(at(60_000)), Some(2));
+        assert_eq!(log.failed(at(70_000)), Some(1));
+    }
 
     #[test]
     fn a_stream_is_declared_with_its_type_and_retention() {

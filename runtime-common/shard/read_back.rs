@@ -78,6 +78,10 @@ impl Shard {
             Ok(End::Finished) => {}
             Ok(End::LogEnd) => self.gw.borrow_mut().backfill_done(id, true),
             Err(e) => {
+                // At debug: most are the client's own place (one the stream no longer holds, or
+                // never held) or an outage the source logs. One that could not start (the
+                // read-back connection, its channel or consumer) was logged at warn by
+                // `LogReader::open`, rate-limited.
                 debug!(stream = %id, error = %e, "read-back failed; the stream gets history_gap");
                 self.gw.borrow_mut().backfill_done(id, false);
             }

@@ -1,12 +1,12 @@
 //! A TCP forwarder between the gateway and RabbitMQ that a test can cut, freeze, slow down and
-//! restore, to make the broker unreachable (or silent, or slow to answer) without touching the
-//! broker itself.
+//! restore, to make the broker unreachable (or silent, or slow to answer, or refusing new
+//! connections, or hanging after the handshake) without touching the broker itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{copy_bidirectional, AsyncReadExt};
+use tokio::io::{copy_bidirectional, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,6 +26,14 @@ enum Link {
     /// Live connections forward; new ones are held silent and go through once restored (a
     /// broker slow to answer a connect).
     Slow,
+    /// Live connections forward; new ones are accepted and closed at once (a broker that
+    /// refuses further connections, while the ones it has go on).
+    RefuseNew,
+    /// Live connections forward; new ones forward until the client's first AMQP method that
+    /// is not of the connection or channel class (the handshake and channel opening pass):
+    /// from that frame on nothing moves either way and nothing closes (a broker that completes
+    /// connections, then hangs), until the link changes.
+    FreezeAfterChannelOpen,
 }
 
 /// Forwards `127.0.0.1:PORT` to an upstream address; see [`TcpProxy::cut`], [`TcpProxy::freeze`]
@@ -89,6 +97,11 @@ impl TcpProxy {
                         let upstream = upstream.clone();
                         tokio::spawn(async move { forward(client, &upstream, rx).await });
                     }
+                    Link::RefuseNew => drop(client),
+                    Link::FreezeAfterChannelOpen => {
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move { forward_until_topology(client, &upstream, rx).await });
+                    }
                 }
             }
         });
@@ -99,6 +112,20 @@ impl TcpProxy {
     /// lets them through; live connections go on: a broker slow to answer a connect.
     pub fn slow_connects(&self) {
         self.link.send_replace(Link::Slow);
+    }
+
+    /// Closes new connections at once (a broker refusing more of them) until
+    /// [`TcpProxy::restore`]; live connections go on.
+    pub fn refuse_new(&self) {
+        self.link.send_replace(Link::RefuseNew);
+    }
+
+    /// New connections pass the AMQP handshake and `channel.open`, then hang: the client's first
+    /// other method (a declare, say) and everything after it is held, both ways, and nothing is
+    /// closed (a broker that completes connections and then answers nothing), until the link
+    /// changes ([`TcpProxy::restore`] drops them). Live connections go on.
+    pub fn freeze_after_channel_open(&self) {
+        self.link.send_replace(Link::FreezeAfterChannelOpen);
     }
 
     /// An AMQP URL through the proxy (guest/guest, vhost `/`).
@@ -146,6 +173,71 @@ async fn forward(mut client: TcpStream, upstream: &str, mut rx: watch::Receiver<
         let _ = rx.wait_for(|l| *l != Link::Frozen).await;
     }
     // Both sockets drop here: the gateway sees its broker connection end.
+}
+
+/// AMQP 0-9-1 classes that open a connection and its channels.
+const CONNECTION_CLASS: u16 = 10;
+const CHANNEL_CLASS: u16 = 20;
+
+/// Forwards `client` to `upstream` as [`Link::FreezeAfterChannelOpen`] says: frame by frame from
+/// the client, until its first method of another class than connection and channel; from there
+/// on nothing is forwarded either way, and both sockets are held open until the link changes.
+async fn forward_until_topology(mut client: TcpStream, upstream: &str, mut rx: watch::Receiver<Link>) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_server, mut to_server) = server.split();
+    // Client to server: the protocol header, then whole frames (type, channel, size, payload,
+    // frame end); a method frame's payload starts with its class id. Whether it froze.
+    let up = async {
+        let (mut buf, mut chunk, mut header) = (Vec::new(), [0u8; 4096], true);
+        loop {
+            let n = match from_client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let (mut whole, mut froze) = (0, false);
+            loop {
+                let rest = &buf[whole..];
+                if header {
+                    if rest.len() < 8 {
+                        break;
+                    }
+                    (whole, header) = (whole + 8, false);
+                    continue;
+                }
+                if rest.len() < 7 {
+                    break;
+                }
+                let size = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
+                if rest.len() < 7 + size + 1 {
+                    break;
+                }
+                if rest[0] == 1 && size >= 2 && ![CONNECTION_CLASS, CHANNEL_CLASS].contains(&u16::from_be_bytes([rest[7], rest[8]])) {
+                    froze = true;
+                    break;
+                }
+                whole += 7 + size + 1;
+            }
+            if to_server.write_all(&buf[..whole]).await.is_err() {
+                return false;
+            }
+            if froze {
+                return true;
+            }
+            buf.drain(..whole);
+        }
+    };
+    let down = tokio::io::copy(&mut from_server, &mut to_client);
+    let froze = tokio::select! {
+        froze = up => froze,
+        _ = down => false,
+        _ = rx.wait_for(|l| *l != Link::FreezeAfterChannelOpen) => false,
+    };
+    if froze {
+        let _ = rx.wait_for(|l| *l != Link::FreezeAfterChannelOpen).await;
+    }
+    // Both sockets drop here.
 }
 
 impl Drop for TcpProxy {

@@ -248,6 +248,34 @@ async fn a_broker_that_never_answers_is_reported_on_every_channel_after_one_atte
     holder.abort();
 }
 
+/// D8 "at once" on the very first start with a broker that completes the connection (the AMQP
+/// handshake and `channel.open` pass) and then answers nothing (its first declare hangs): the
+/// source is reported down while that call waits, not only once it fails at its 10 s timeout,
+/// so a stream opened right after the start gets `source_unavailable` then. Clock-free: the log
+/// says the channel was reported (`has not answered yet`) before its setup failed (`source
+/// unavailable`, the declare's timeout).
+async fn a_broker_that_hangs_after_the_handshake_at_the_first_start_is_reported_before_the_call_times_out(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    proxy.freeze_after_channel_open();
+    let cfg = ConfigBuilder::new()
+        .str("broker", "url", &proxy.amqp_url())
+        .str("broker", "reconnect_min", "5m")
+        .str("broker", "reconnect_max", "5m");
+    let gw = sse_gateway_tests::GatewayProcess::start(bin, &cfg.render()).await;
+    let mut deals = gw.stream("deals", &user("gina", &[])).await;
+    // Up to a call timeout (10 s) and the gateway's own start: a generous bound, not a timing.
+    let patience = Duration::from_secs(40);
+    let ev = deals.next_non_heartbeat(patience).await.unwrap_or_else(|| panic!("no warning:\n{}", gw.stderr()));
+    assert!(is_source_unavailable(&ev), "expected source_unavailable for deals, got {ev:?}");
+    assert!(!deals.is_closed(), "the stream stays open");
+    let log = gw.log_until(patience, |l| l.lines().any(|l| l.contains("source unavailable") && l.contains("deals"))).await;
+    assert!(log.contains("connected to the broker"), "the connection was not completed (the test's premise):\n{log}");
+    let at = |what: &str| log.lines().position(|l| l.contains(what) && l.contains("deals"));
+    let failed = at("source unavailable").unwrap_or_else(|| panic!("the hung setup did not fail:\n{log}"));
+    let told = at("has not answered yet").unwrap_or_else(|| panic!("not reported while the broker hung:\n{log}"));
+    assert!(told < failed, "reported only once the hung call failed:\n{log}");
+}
+
 /// The backlog an outage leaves reaches the shard as a burst, faster than it can fan events out
 /// to many streams: the shard must let every stream's writer take one run of events before it
 /// queues the next. More streams on one shard than tokio's LocalSet runs before it polls the
@@ -295,4 +323,5 @@ for_each_binary!(
     a_classic_queue_shared_with_another_consumer_is_reported,
     a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back,
     a_broker_that_never_answers_is_reported_on_every_channel_after_one_attempt,
+    a_broker_that_hangs_after_the_handshake_at_the_first_start_is_reported_before_the_call_times_out,
 );

@@ -804,6 +804,39 @@ async fn a_read_back_that_gets_nothing_at_all_says_history_gap(bin: Bin) {
     nothing_more(&setup, &mut s, "after the gap").await;
 }
 
+/// A read-back that cannot start (here the read-back connection is refused, while the live one
+/// goes on) replays nothing: the stream gets `history_gap` and goes live, and the log says why at
+/// warn (a resume from a place the stream no longer holds is the client's own, at debug): the
+/// first failure at once, then at most one line every 10 s, so a second failure right after
+/// gets none of its own.
+async fn a_read_back_that_cannot_connect_says_history_gap_and_logs_why_at_warn(bin: Bin) {
+    let proxy = TcpProxy::start(&amqp_addr()).await;
+    let cfg = ConfigBuilder::new().raw("channels.deals", "buffer_events", "2");
+    let setup = StreamSetup::new(cfg, &proxy.amqp_url()).await;
+    let alice = user("alice", &[]);
+    let (gw, s, last) = setup.start_after_one_event(bin, &alice).await;
+    drop(s);
+    setup.publish(5).await; // past the 2-event buffer: a resume from `last` is read back
+    gw.wait_metric(&events_in("deals"), 6.0).await;
+    // The read-back connection is opened on first use: from now on, refused.
+    proxy.refuse_new();
+    for who in ["alice", "bob"] {
+        let mut s = gw.stream_with("deals", &user(who, &[]), &[("Last-Event-ID", &last)]).await;
+        let ev = s.next_non_heartbeat(3 * WAIT).await.unwrap_or_else(|| panic!("{who}: no first frame"));
+        assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{who}: {ev:?}");
+        let live = setup.publish(1).await;
+        assert_eq!(read_events(&mut s, 1, &format!("{who}, live after the gap")).await.titles, live);
+    }
+    let needle = "read-back could not start";
+    let log = gw.settled_log().await;
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert_eq!(lines.len(), 1, "one line for two failures within 10 s:\n{log}");
+    let line = lines[0];
+    for part in ["WARN", "channel=deals", "failures=1", "cannot connect to the broker"] {
+        assert!(line.contains(part), "no {part:?} in {line:?}");
+    }
+}
+
 /// Deletes `queue` (as an operator purging a stream would).
 async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_ids(bin: Bin) {
     let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &amqp_url()).await;
@@ -1098,4 +1131,5 @@ for_each_binary!(
     an_id_older_than_the_retention_gets_history_gap,
     a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on,
     a_read_back_that_gets_nothing_at_all_says_history_gap,
+    a_read_back_that_cannot_connect_says_history_gap_and_logs_why_at_warn,
 );
