@@ -108,6 +108,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         // sure the process exits even if a shard does not, or if dropping an executor waits
         // (tokio's waits for its blocking tasks with no time limit).
         let limit = SOURCE_STOP + server.shutdown_drain + Duration::from_secs(2);
+        // The shards' drain ends by then however long the sources and the shards' backlogs took,
+        // 2 s before the watchdog (which would cut the streams with an exit status of 1).
+        let drained_by = Instant::now() + SOURCE_STOP + server.shutdown_drain;
         std::thread::spawn(move || {
             std::thread::sleep(limit);
             // Not a clean stop: a service manager should be able to tell.
@@ -123,7 +126,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             }
             None => None,
         };
-        shards.shutdown().await;
+        shards.shutdown(drained_by).await;
         // Requests begun before the signal (a head still arriving, an answer being written or
         // lingering, a publish) finish, within a bound, while the shards drain.
         ctx.settle(Instant::now() + SETTLE.min(server.shutdown_drain)).await;

@@ -348,8 +348,11 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
                     if let Err(e) = super::listen::stream_socket(&std, settings.config.streams.heartbeat) {
                         debug!(%peer, error = %e, "cannot set the stream socket's options");
                     }
-                    if let Err((std, req)) = ctx.shards.open(std, req).await {
-                        // Its head completed after the shards stopped taking streams (shutdown).
+                    // Its head completed after the shutdown began: refused here (the shards take
+                    // streams until the sources have stopped, up to 3 s later), or by the shards
+                    // once they stopped taking them.
+                    let refused = if ctx.is_stopping() { Some((std, req)) } else { ctx.shards.open(std, req).await.err() };
+                    if let Some((std, req)) = refused {
                         let resp = Response::shutting_down(req.cors_origin.as_deref());
                         metrics.response(resp.status);
                         if ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {

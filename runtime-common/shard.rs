@@ -194,7 +194,9 @@ impl Shard {
             };
             let other = async {
                 match drain_until {
-                    None => Wake::Command(rx.recv().await.unwrap_or(Command::Shutdown)),
+                    None => Wake::Command(rx.recv().await.unwrap_or_else(|_| {
+                        Command::Shutdown(Instant::now() + self.settings.config.server.shutdown_drain)
+                    })),
                     // While draining, writers finish on their own; look again every 50 ms.
                     Some(until) => {
                         Timer::at(until.min(Instant::now() + Duration::from_millis(50))).await;
@@ -218,14 +220,6 @@ impl Shard {
                     armed = None;
                 }
                 Wake::Command(cmd) => {
-                    // A deadline already past is handled before the command: the timer may run
-                    // late behind a burst of commands (tokio runs its timers every so many task
-                    // polls), and an event must not reach a stream whose token expired by now.
-                    let now = Instant::now();
-                    if self.gw.borrow().poll_timeout().is_some_and(|(at, _)| at <= now) {
-                        self.gw.borrow_mut().handle_timeout(now);
-                        armed = None;
-                    }
                     if let Command::Event(ev) = &cmd {
                         queued = ev.frame().len();
                         // One that would take what is still unwritten past a quarter of the bound
@@ -240,7 +234,11 @@ impl Shard {
                             unread = 0;
                         }
                     }
-                    let shutdown = matches!(cmd, Command::Shutdown);
+                    // Once the writers ran, if they did: right before the command.
+                    if self.handle_due() {
+                        armed = None;
+                    }
+                    let shutdown = matches!(cmd, Command::Shutdown(_));
                     self.apply(cmd, &mut drain_until);
                     if shutdown {
                         // Stream requests queued behind the shutdown get their 503 now, and later
@@ -319,15 +317,29 @@ impl Shard {
             Command::PrimeEnd(ch, through) => self.gw.borrow_mut().prime_end(ch, through),
             Command::PrimeGap(ch) => self.gw.borrow_mut().prime_gap(ch),
             Command::PrimeOver(ch) => self.gw.borrow_mut().prime_over(ch),
-            Command::Shutdown => {
+            Command::Shutdown(until) => {
                 self.gw.borrow_mut().shutdown();
-                *drain_until = Some(Instant::now() + self.settings.config.server.shutdown_drain);
+                *drain_until = Some(until.min(Instant::now() + self.settings.config.server.shutdown_drain));
             }
         }
     }
 
     fn conn(&self, id: StreamId) -> Option<Rc<Conn>> {
         self.conns.borrow().get(id.index()).and_then(|c| c.clone()).filter(|c| c.id == id)
+    }
+
+    /// Handles the core's deadlines already past, before something that may queue an event for
+    /// a stream (a command, a read-back's message; a writer's `take_output` does it in the
+    /// core): the timer may run late behind a burst (tokio runs its timers every so many task
+    /// polls), and an event must not reach a stream whose token expired by now. Whether any was
+    /// due. The caller drains the outputs.
+    pub(crate) fn handle_due(&self) -> bool {
+        let now = Instant::now();
+        let due = self.gw.borrow().poll_timeout().is_some_and(|(at, _)| at <= now);
+        if due {
+            self.gw.borrow_mut().handle_timeout(now);
+        }
+        due
     }
 
     fn drain(self: &Rc<Self>) {
@@ -648,7 +660,7 @@ mod tests {
         let req = StreamRequest { identity, channel: deals, version: 1, resume, cors_origin: None };
         let (tx, rx) = async_channel::unbounded();
         let events = |evs: &[Event]| evs.iter().cloned().map(Command::Event).collect::<Vec<_>>();
-        for cmd in events(before).into_iter().chain([Command::Open(server, req)]).chain(events(after)).chain([Command::Shutdown]) {
+        for cmd in events(before).into_iter().chain([Command::Open(server, req)]).chain(events(after)).chain([Command::Shutdown(Instant::now() + Duration::from_secs(60))]) {
             tx.try_send(cmd).unwrap();
         }
         let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);

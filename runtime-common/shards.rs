@@ -7,6 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use async_channel::Sender;
 use sse_gateway_core::{shard_of, ChannelId, Event, Gateway, Metrics, Settings, StreamRequest};
@@ -44,8 +45,10 @@ pub(crate) enum Command {
     PrimeGap(ChannelId),
     /// The source reads again from before where the history ended (`Gateway::prime_over`).
     PrimeOver(ChannelId),
-    /// Stop (D12): close every stream, exit once they are gone or the drain time passed.
-    Shutdown,
+    /// Stop (D12): close every stream, exit once they are gone or the drain time passed, and by
+    /// this instant at the latest (set at the signal: a shard that reads this behind a backlog
+    /// of events does not drain past the process's own bound).
+    Shutdown(Instant),
 }
 
 /// The handle to every shard, plus the process's view of its sources (for `/readyz`).
@@ -138,9 +141,9 @@ impl Shards {
             .collect()
     }
 
-    /// Asks every shard to drain and stop.
-    pub(crate) async fn shutdown(&self) {
-        self.broadcast(|| Command::Shutdown).await
+    /// Asks every shard to drain and stop, by `until` at the latest.
+    pub(crate) async fn shutdown(&self, until: Instant) {
+        self.broadcast(|| Command::Shutdown(until)).await
     }
 }
 

@@ -830,7 +830,10 @@ impl Gateway {
     /// Moves the stream's unsent bytes into `out` (appending); returns how many bytes. A resuming
     /// stream's replay continues here, a bounded batch at a time. `now` is when they are written:
     /// the wait of the oldest live event among them goes into `sse_gateway_delivery_delay_seconds`.
+    /// Timers due by `now` are handled first ([`Gateway::handle_timeout`]): a frontend whose
+    /// timer runs late behind a burst does not continue a replay past its token's expiry.
     pub fn take_output(&mut self, id: StreamId, out: &mut Vec<Bytes>, now: Instant) -> usize {
+        self.handle_timeout(now);
         let mut n = self.drain_pending(id, out, now);
         if self.stream(id).is_some_and(|s| s.cursor.is_some() && s.backfilling.is_none() && s.member.is_some()) {
             self.refill(id);

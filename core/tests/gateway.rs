@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use sse_gateway_core::*;
 use support::*;
 
@@ -1713,6 +1714,31 @@ fn a_replay_larger_than_the_output_bound_flows_in_batches_without_closing_the_st
     let ids: Vec<u64> = w.lines().filter_map(|l| l.strip_prefix("id: 1000-")).map(|s| s.parse().unwrap()).collect();
     assert_eq!(ids, (1..=61).collect::<Vec<u64>>());
     assert!(h.closed.is_empty());
+}
+
+/// A frontend's timer may run late behind a burst: a writer that takes a stream's output after
+/// its token expired, before the expiry timer was handled, gets no more of its replay, only
+/// `token_expired` (the core handles the due timer first).
+#[test]
+fn a_replay_does_not_go_on_past_the_tokens_expiry_when_the_timer_runs_late() {
+    let mut h = Harness::new("max_pending_bytes = 4096\nbuffer_events = 100\n");
+    for i in 0..60 {
+        h.publish("deals", "deal.created", deal_created(&format!("title {i:03}")));
+    }
+    // Not read by the harness: this test takes the output itself.
+    let id = h.open_path_with("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-0"], 10, false).unwrap();
+    let text = |out: &mut Vec<Bytes>| out.drain(..).map(|b| String::from_utf8(b.to_vec()).unwrap()).collect::<String>();
+    let mut out = Vec::new();
+    h.gw.take_output(id, &mut out, h.now);
+    let first = text(&mut out);
+    let replayed = first.matches("id: 1000-").count();
+    assert!(replayed > 0 && replayed < 60, "a first batch of the replay: {replayed}");
+    // 11 s later (exp was 10 s after the open); handle_timeout has not run.
+    h.gw.take_output(id, &mut out, h.now + Duration::from_secs(11));
+    let rest = text(&mut out);
+    assert_eq!(rest, "event: error\ndata: {\"code\":\"token_expired\"}\n\n", "after {replayed} replayed");
+    h.drain();
+    assert_eq!(h.closed.get(&id), Some(&CloseReason::TokenExpired));
 }
 
 #[test]

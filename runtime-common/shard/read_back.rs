@@ -153,6 +153,7 @@ impl Shard {
                     cursor.close().await;
                     return Err(format!("the stream no longer holds offset {at}"));
                 }
+                self.handle_due();
                 let step = self.gw.borrow_mut().backfill_message(id, pos, ev.as_ref());
                 self.drain();
                 at = pos;
