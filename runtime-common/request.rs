@@ -407,8 +407,13 @@ async fn publish(
     let end = p.head_len + p.content_length;
     if p.expect_continue && buf.len() == p.head_len {
         use futures_lite::AsyncWriteExt;
-        if !matches!(until(deadline, sock.write_all(Response::CONTINUE)).await, Some(Ok(()))) {
-            return None;
+        match until(deadline, sock.write_all(Response::CONTINUE)).await {
+            Some(Ok(())) => {}
+            None => {
+                ctx.front.metrics().head_timeout();
+                return None;
+            }
+            Some(Err(_)) => return None,
         }
     }
     while buf.len() < end {

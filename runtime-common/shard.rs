@@ -515,8 +515,10 @@ impl Shard {
 
     /// The stream is closing: its last bytes, within [`WRITE_TIMEOUT`], then the write side
     /// shut down. Boxed by the caller, so idle writers do not carry its state.
-    async fn finish(&self, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) {
+    async fn finish(self: &Rc<Self>, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) {
         self.gw.borrow_mut().take_output(conn.id, out, Instant::now());
+        // It may have handled due timers: their outputs, for other streams.
+        self.drain();
         until(Instant::now() + WRITE_TIMEOUT, async {
             write_all_vectored(sock, out).await?;
             sock.flush().await?;

@@ -563,7 +563,7 @@ impl Settings {
             if let Some(log) = &c.log {
                 if let Some(other) = epochs.insert(log.epoch, &c.name) {
                     return Err(ConfigError(format!(
-                        "channels.{}.source.epoch and channels.{other}.source.epoch are both {}: give each stream channel its own epoch (an id of one would be read as a position in the other)",
+                        "channels.{}.source.epoch and channels.{other}.source.epoch are both {}: give each stream channel its own epoch (an id of one would be read as a position in the other); keep the current one on one of them, as a changed epoch gives each client of its channel one history_gap",
                         c.name, log.epoch
                     )));
                 }

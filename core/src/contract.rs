@@ -378,7 +378,7 @@ pub fn asyncapi(settings: &Settings) -> Value {
                         "contentType": "application/json",
                         "headers": sse_headers(json!({"const": name}), true),
                         "payload": {"$ref": format!("#/components/schemas/{id}")},
-                        "examples": [{"name": name, "headers": {"event": name, "id": "1732761600000-1"}, "payload": example(settings, &ch.name, v, name, ev)}],
+                        "examples": [{"name": name, "headers": {"event": name, "id": "1732761600000000000-1"}, "payload": example(settings, &ch.name, v, name, ev)}],
                     }),
                 );
                 ch_messages.insert(name.to_string(), json!({"$ref": format!("#/components/messages/{id}")}));

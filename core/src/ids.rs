@@ -18,8 +18,8 @@ impl ChannelId {
 pub const MAX_CHANNELS: usize = 1000;
 
 /// The epoch of `channel`'s ids when they count from the process start (the in-process source, a
-/// classic queue): the start in microseconds since the Unix epoch, then the channel's index in
-/// three digits. Two channels' ids never share an epoch (an id of one channel sent to resume
+/// classic queue): the start in microseconds since the Unix epoch, then the channel's index (its
+/// place among the enabled channels, by name) in three digits. Two channels' ids never share an epoch (an id of one channel sent to resume
 /// another gets `history_gap`, not a replay from its number), nor do two processes' unless they
 /// start in the same microsecond; a later start has a greater epoch.
 pub fn process_epoch(started: Duration, channel: ChannelId) -> u64 {

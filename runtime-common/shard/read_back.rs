@@ -74,6 +74,9 @@ impl Shard {
 
     async fn read_back_task(self: Rc<Self>, reader: Arc<LogReader>, id: StreamId, channel: ChannelId, from: u64) {
         let end = self.read_log(&reader, id, channel, from).await;
+        // The end of a read-back may go live from the buffer (`backfill_done`): a token that
+        // expired meanwhile is closed first.
+        self.handle_due();
         match end {
             Ok(End::Finished) => {}
             Ok(End::LogEnd) => self.gw.borrow_mut().backfill_done(id, true),
