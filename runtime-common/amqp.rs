@@ -1160,7 +1160,7 @@ fn is_not_found(err: &lapin::Error) -> bool {
 /// allows, checked against `max_message_bytes` only later: never held twice).
 fn message(d: &mut Delivery) -> UpstreamMessage {
     let p = &d.properties;
-    let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).map(header_value);
+    let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).and_then(header_value);
     UpstreamMessage {
         kind: p.kind().as_ref().map(|k| k.as_str().to_string()),
         routing_key: d.routing_key.as_str().to_string(),
@@ -1173,8 +1173,11 @@ fn message(d: &mut Delivery) -> UpstreamMessage {
     }
 }
 
-fn header_value(v: &AMQPValue) -> HeaderValue {
-    match v {
+/// A header's value as the core reads it; a void one (`V`: what pika, Go's, Java's and amqplib's
+/// clients send for None / nil / null) is no header, as `null` is at the publish endpoint.
+fn header_value(v: &AMQPValue) -> Option<HeaderValue> {
+    Some(match v {
+        AMQPValue::Void => return None,
         AMQPValue::ShortShortInt(i) => HeaderValue::Int((*i).into()),
         AMQPValue::ShortShortUInt(i) => HeaderValue::Int((*i).into()),
         AMQPValue::ShortInt(i) => HeaderValue::Int((*i).into()),
@@ -1188,7 +1191,7 @@ fn header_value(v: &AMQPValue) -> HeaderValue {
         AMQPValue::LongString(s) => utf8_text(s.as_bytes()),
         AMQPValue::ByteArray(b) => utf8_text(b.as_slice()),
         _ => HeaderValue::Other,
-    }
+    })
 }
 
 /// Whether two deliveries carry the same message: what every delivery of one stream position
@@ -1214,12 +1217,14 @@ mod tests {
 
     #[test]
     fn integer_and_string_headers_map_and_others_are_refused() {
-        assert_eq!(header_value(&AMQPValue::LongInt(2)), HeaderValue::Int(2));
-        assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), HeaderValue::Text("a,b".into()));
-        assert_eq!(header_value(&AMQPValue::Double(1.0)), HeaderValue::Other);
-        assert_eq!(header_value(&AMQPValue::ByteArray(b"u1,u2".to_vec().into())), HeaderValue::Text("u1,u2".into()));
-        assert_eq!(header_value(&AMQPValue::ByteArray(b"u1\xff".to_vec().into())), HeaderValue::Other);
-        assert_eq!(header_value(&AMQPValue::LongString(b"u1\xff".to_vec().into())), HeaderValue::Other);
+        assert_eq!(header_value(&AMQPValue::LongInt(2)), Some(HeaderValue::Int(2)));
+        assert_eq!(header_value(&AMQPValue::LongString("a,b".into())), Some(HeaderValue::Text("a,b".into())));
+        assert_eq!(header_value(&AMQPValue::Double(1.0)), Some(HeaderValue::Other));
+        assert_eq!(header_value(&AMQPValue::ByteArray(b"u1,u2".to_vec().into())), Some(HeaderValue::Text("u1,u2".into())));
+        assert_eq!(header_value(&AMQPValue::ByteArray(b"u1\xff".to_vec().into())), Some(HeaderValue::Other));
+        assert_eq!(header_value(&AMQPValue::LongString(b"u1\xff".to_vec().into())), Some(HeaderValue::Other));
+        // Void (a client's None / nil / null) is no header: a broadcast, version 1.
+        assert_eq!(header_value(&AMQPValue::Void), None);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum Header {
     /// An array (`recipient_ids` must be a string, D3: classic queues keep arrays, stream queues
     /// drop them).
     Array(Vec<Header>),
+    /// Void (`V`): what pika, Go's, Java's and amqplib's clients send for None / nil / null.
+    Void,
 }
 
 impl Header {
@@ -49,6 +51,7 @@ impl Header {
             Header::Long(i) => AMQPValue::LongLongInt(*i),
             Header::Float(f) => AMQPValue::Double(*f),
             Header::Array(items) => AMQPValue::FieldArray(FieldArray::from(items.iter().map(Header::amqp).collect::<Vec<_>>())),
+            Header::Void => AMQPValue::Void,
         }
     }
 }
