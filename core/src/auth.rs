@@ -644,6 +644,12 @@ fn sub_unroutable(sub: &str) -> bool {
     sub.chars().any(|c| {
         c.is_control()
             || matches!(c, '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+            // The other format characters (Unicode category Cf): soft hyphen, Arabic and Syriac
+            // marks, the Mongolian vowel separator, interlinear annotation, Egyptian and
+            // Duployan format controls, musical symbol formatting, tag characters.
+            || matches!(c, '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}')
+            || matches!(c, '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}')
+            || matches!(c, '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
     })
 }
 
@@ -1876,6 +1882,11 @@ mod tests {
             "\u{FEFF}bom",
             "iso\u{2066}late",
             "arabic\u{061C}mark",
+            "admin\u{AD}",
+            "admin\u{E0041}",
+            "ad\u{180E}min",
+            "x\u{FFFB}y",
+            "\u{600}number",
         ] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }

@@ -323,7 +323,7 @@ pub fn since_epoch() -> Duration {
 }
 
 fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> Result<(), String> {
-    let ttl = parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let ttl = parse_duration(ttl).map_err(|e| format!("--ttl `{ttl}`: {e}"))?;
     // Under a second is a token that has expired as it is printed.
     if ttl.as_secs() == 0 {
         return Err("--ttl: must be at least 1s".into());

@@ -346,7 +346,7 @@ fn redact_secrets(message: &str) -> String {
                 };
             }
             // serde's own words may quote the value: `invalid type: string "amqp://u:pw@h", ...`.
-            match ["invalid type: ", "invalid value: "].iter().find_map(|m| l.find(m).map(|i| i + m.len())) {
+            match ["invalid type: ", "invalid value: ", "unknown variant "].iter().find_map(|m| l.find(m).map(|i| i + m.len())) {
                 Some(at) => format!("{}<redacted>{}", &l[..at], l[at..].find(", expected").map_or("", |e| &l[at + e..])),
                 None => l.to_string(),
             }
@@ -483,7 +483,7 @@ impl Settings {
             // The URL may hold a password: only its scheme is shown.
             let scheme = b.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
             match scheme.as_deref() {
-                Some("amqp") if b.url.len() > "amqp://".len() => {}
+                Some("amqp") if b.url.len() > "amqp://".len() => check_broker_authority(&b.url)?,
                 Some("amqps") => {
                     return Err(ConfigError(
                         "broker.url (or SSE_GATEWAY_AMQP_URL): amqps:// is not supported (this build has no TLS; it would \
@@ -663,23 +663,77 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Opti
             )))
         }
     };
+    check_amqp_names(name, &source)?;
     Ok((source, log))
 }
 
-/// Parses `"30s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare integer (seconds).
+/// AMQP names are short strings: at most 255 bytes (a longer one cannot be sent at all). An
+/// empty queue name asks the broker for a new server-named queue, and an empty exchange is the
+/// default exchange, which takes no bindings: neither is what the gateway would read.
+fn check_amqp_names(name: &str, source: &SourceSettings) -> Result<(), ConfigError> {
+    let check = |key: &str, value: &str| {
+        if value.is_empty() {
+            return Err(ConfigError(format!("channels.{name}.source.{key}: must not be empty")));
+        }
+        if value.len() > 255 {
+            return Err(ConfigError(format!("channels.{name}.source.{key}: longer than AMQP's 255 bytes")));
+        }
+        Ok(())
+    };
+    match source {
+        SourceSettings::Exchange { exchange, routing_keys, queue, .. } => {
+            check("exchange", exchange)?;
+            check("bind_queue", queue)?;
+            if routing_keys.is_empty() {
+                return Err(ConfigError(format!(
+                    "channels.{name}.source.routing_keys: bind at least one key (\"#\" takes every message of a topic exchange)"
+                )));
+            }
+            // A routing key may be empty (a direct or fanout binding), not longer.
+            if routing_keys.iter().any(|k| k.len() > 255) {
+                return Err(ConfigError(format!("channels.{name}.source.routing_keys: a key longer than AMQP's 255 bytes")));
+            }
+            Ok(())
+        }
+        SourceSettings::Queue { queue } => check("queue", queue),
+    }
+}
+
+/// The host and port of an `amqp://` URL, checked without showing the URL (it may hold a
+/// password): the AMQP client reads a bracketed IPv6 host as no host and connects to localhost,
+/// and an out-of-range port would only fail at every connect.
+fn check_broker_authority(url: &str) -> Result<(), ConfigError> {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.starts_with('[') {
+        return Err(ConfigError(
+            "broker.url (or SSE_GATEWAY_AMQP_URL): an IPv6 address as host is not supported by the AMQP client (it would connect to localhost): use a host name".into(),
+        ));
+    }
+    if let Some((_, port)) = host_port.rsplit_once(':') {
+        if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(ConfigError("broker.url (or SSE_GATEWAY_AMQP_URL): the port is not a number from 1 to 65535".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `"30s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare integer (seconds). The error does not
+/// repeat the text (a value put in the wrong key may be a URL with its password).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 30s, 500ms, 2m, 1h"))?;
+    let n: u64 = num.parse().map_err(|_| "not a duration like 30s, 500ms, 2m, 1h".to_string())?;
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("`{text}` is not a duration like 30s, 500ms, 2m, 1h")),
+        _ => return Err("not a duration like 30s, 500ms, 2m, 1h".to_string()),
     };
-    bounded(d).map_err(|e| format!("`{text}`: {e}"))
+    bounded(d)
 }
 
 /// The longest duration any setting takes: a year. Longer ones are refused when the file is
@@ -780,7 +834,12 @@ mod tests {
         let e = Config::from_toml("[streams]\nheartbeet = 3\n").unwrap_err();
         assert!(e.0.contains("heartbeet"), "{e}");
         let e = Config::from_toml("[streams]\nheartbeat = \"often\"\n").unwrap_err();
-        assert!(e.0.contains("often"), "{e}");
+        assert!(e.0.contains("heartbeat") && e.0.contains("not a duration like 30s"), "{e}");
+        // A value in the wrong key is not shown (it may be a URL with its password).
+        for bad in ["[streams]\nheartbeat = \"amqp://u:PassWord@h\"\n", "[streams]\nlimit_policy = \"amqp://u:PassWord@h\"\n"] {
+            let e = Config::from_toml(bad).unwrap_err();
+            assert!(!e.0.contains("PassWord"), "{e}");
+        }
         for bad in ["-5", "1.5"] {
             let e = Config::from_toml(&format!("[streams]\nheartbeat = {bad}\n")).unwrap_err();
             assert!(e.0.contains("whole seconds (0 or more)") && e.0.contains("heartbeat"), "{bad}: {e}");
@@ -851,6 +910,40 @@ mod tests {
         assert!(Settings::new(bad, Catalogue::seed()).unwrap_err().0.contains("max_age"));
         let stray = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nepoch = 2\n").unwrap();
         assert!(Settings::new(stray, Catalogue::seed()).unwrap_err().0.contains("stream = true"));
+    }
+
+    #[test]
+    fn amqp_names_must_fit_a_short_string_and_not_be_empty() {
+        let long = "x".repeat(256);
+        let err = |t: &str| Settings::new(Config::from_toml(t).unwrap(), Catalogue::seed()).unwrap_err().0;
+        for (t, key) in [
+            (format!("[channels.notifications.source]\nqueue = \"{long}\"\n"), "queue"),
+            (format!("[channels.deals.source]\nexchange = \"{long}\"\n"), "exchange"),
+            (format!("[channels.deals.source]\nbind_queue = \"{long}\"\n"), "bind_queue"),
+            (format!("[channels.deals.source]\nrouting_keys = [\"{long}\"]\n"), "routing_keys"),
+            ("[channels.notifications.source]\nqueue = \"\"\n".to_string(), "queue"),
+            ("[channels.deals.source]\nexchange = \"\"\n".to_string(), "exchange"),
+            ("[channels.deals.source]\nbind_queue = \"\"\n".to_string(), "bind_queue"),
+            ("[channels.deals.source]\nrouting_keys = []\n".to_string(), "routing_keys"),
+        ] {
+            let e = err(&t);
+            assert!(e.starts_with("channels.") && e.contains(key), "{t}: {e}");
+        }
+        // 255 bytes, and an empty routing key (a direct binding), are fine.
+        let fits = format!("[channels.deals.source]\nexchange = \"{}\"\nrouting_keys = [\"\"]\n", "x".repeat(255));
+        assert!(Settings::new(Config::from_toml(&fits).unwrap(), Catalogue::seed()).is_ok());
+    }
+
+    #[test]
+    fn a_broker_url_the_client_would_misread_is_refused_without_showing_it() {
+        let err = |url: &str| Settings::new(Config::from_toml(&format!("[broker]\nurl = \"{url}\"\n")).unwrap(), Catalogue::seed()).err().map(|e| e.0);
+        for url in ["amqp://g:secret@[fd00::5]:5672/%2f", "amqp://g:secret@rabbit:99999/%2f", "amqp://g:secret@rabbit:0/%2f", "amqp://g:secret@rabbit:x/"] {
+            let e = err(url).unwrap_or_else(|| panic!("{url} accepted"));
+            assert!(e.starts_with("broker.url") && !e.contains("secret"), "{e}");
+        }
+        for url in ["amqp://g:g@rabbit:5672/%2f", "amqp://g:g@rabbit/%2f", "amqp://rabbit", "amqp://u:p@h:5672/v?heartbeat=10"] {
+            assert_eq!(err(url), None, "{url}");
+        }
     }
 
     #[test]
