@@ -301,10 +301,14 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String>
         None => None,
     };
     let base = path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    let env = Env {
-        jwt_secret: std::env::var("SSE_GATEWAY_JWT_SECRET").ok(),
-        amqp_url: std::env::var("SSE_GATEWAY_AMQP_URL").ok(),
+    // A value that is not UTF-8 is refused, not taken for no value (the file's secret, or a
+    // generated one, would be used without a word).
+    let var = |name: &str| match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name}: not UTF-8 text")),
     };
+    let env = Env { jwt_secret: var("SSE_GATEWAY_JWT_SECRET")?, amqp_url: var("SSE_GATEWAY_AMQP_URL")? };
     let mut secret = vec![0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| format!("no random source for a generated secret: {e}"))?;
     let mut read = |p: &str| std::fs::read_to_string(base.join(p)).map_err(|e| e.to_string());

@@ -53,6 +53,22 @@ async fn check_config_says_ok_or_names_the_bad_key_with_exit_status_2(bin: Bin) 
     let out = run(bin, dir.path(), &["check-config", "missing.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("missing.toml"), "{}", text(&out.stderr));
+
+    // An environment value that is not UTF-8 is refused, naming the variable (it was taken for
+    // no value: the file's secret, or none, was used without a word).
+    use std::os::unix::ffi::OsStrExt;
+    for name in ["SSE_GATEWAY_JWT_SECRET", "SSE_GATEWAY_AMQP_URL"] {
+        let out = std::process::Command::new(bin.path())
+            .args(["check-config", "good.toml"])
+            .current_dir(dir.path())
+            .env_remove("SSE_GATEWAY_JWT_SECRET")
+            .env_remove("SSE_GATEWAY_AMQP_URL")
+            .env(name, std::ffi::OsStr::from_bytes(&[0xff; 40]))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains(&format!("{name}: not UTF-8")), "{}", text(&out.stderr));
+    }
 }
 
 async fn a_token_printed_by_the_binary_opens_a_stream_on_a_gateway_with_the_same_config(bin: Bin) {
