@@ -1887,6 +1887,15 @@ mod tests {
             "ad\u{180E}min",
             "x\u{FFFB}y",
             "\u{600}number",
+            "a\u{0890}",
+            "a\u{08E2}",
+            "a\u{06DD}",
+            "a\u{070F}",
+            "a\u{110BD}",
+            "a\u{13430}",
+            "a\u{1BCA0}",
+            "a\u{1D173}",
+            "a\u{E0001}",
         ] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }
@@ -1901,6 +1910,9 @@ mod tests {
             " alice ",
             "\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}",
             "\u{1F469}\u{200D}\u{1F4BB}",
+            // Letters beside the refused ranges: Arabic, Mongolian, a Mongolian variation selector (Mn).
+            "\u{0620}\u{0628}",
+            "\u{1820}\u{180B}\u{180F}",
         ];
         for good in good {
             assert_eq!(ok(&v, &hs256(&with(claims(), "sub", json!(good)))).user, good);

@@ -332,9 +332,21 @@ impl Config {
 /// since errors go to logs and journals, and a value may be a secret or a URL holding a password
 /// under any key (a misspelled `secert`, `uri`, ...). The message names the key and the fault.
 fn redact_secrets(message: &str) -> String {
+    // A quoted value with a line break in it goes on over the next lines: redacted until its
+    // `, expected ...` (serde prints an unknown variant as it is, not escaped).
+    let mut inside = false;
     message
         .lines()
         .map(|l| {
+            if inside {
+                return match l.find(", expected") {
+                    Some(e) => {
+                        inside = false;
+                        format!("<redacted>{}", &l[e..])
+                    }
+                    None => "<redacted>".to_string(),
+                };
+            }
             let quoted = l.trim_start().split_once(" |").filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if let Some((n, line)) = quoted {
                 // `key = value`: the key is shown; any other line (a multi-line string's or
@@ -347,7 +359,11 @@ fn redact_secrets(message: &str) -> String {
             }
             // serde's own words may quote the value: `invalid type: string "amqp://u:pw@h", ...`.
             match ["invalid type: ", "invalid value: ", "unknown variant "].iter().find_map(|m| l.find(m).map(|i| i + m.len())) {
-                Some(at) => format!("{}<redacted>{}", &l[..at], l[at..].find(", expected").map_or("", |e| &l[at + e..])),
+                Some(at) => {
+                    let end = l[at..].find(", expected");
+                    inside = end.is_none();
+                    format!("{}<redacted>{}", &l[..at], end.map_or("", |e| &l[at + e..]))
+                }
                 None => l.to_string(),
             }
         })
@@ -434,9 +450,9 @@ impl Settings {
             false => !host.is_empty() && !host.contains(':'),
         };
         if !listen.rsplit_once(':').is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok()) {
-            return Err(ConfigError(format!(
-                "server.listen: `{listen}` is not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)"
-            )));
+            return Err(ConfigError(
+                "server.listen: not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)".into(),
+            ));
         }
         if config.server.workers > MAX_WORKERS {
             return Err(ConfigError(format!("server.workers: at most {MAX_WORKERS} (one thread each)")));
@@ -446,9 +462,10 @@ impl Settings {
         }
         // What a browser sends as `Origin` (RFC 6454): written back as configured, and browsers
         // compare it exactly.
-        if let Some(bad) = config.server.cors_origins.iter().find(|o| *o != "*" && !is_serialized_origin(o)) {
+        if let Some(i) = config.server.cors_origins.iter().position(|o| o != "*" && !is_serialized_origin(o)) {
             return Err(ConfigError(format!(
-                "server.cors_origins: `{bad}` is not an origin as browsers send it: scheme://host[:port], lower case, no path (https://crm.example.com)"
+                "server.cors_origins: entry {} is not an origin as browsers send it: scheme://host[:port], lower case, no path (https://crm.example.com)",
+                i + 1
             )));
         }
         if config.server.workers > config.server.max_streams {
@@ -621,7 +638,7 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Opti
         };
         if !ok {
             return Err(ConfigError(format!(
-                "channels.{name}.source.max_age: `{max_age}` is not a RabbitMQ age like 7D, 12h, 30m, 60s"
+                "channels.{name}.source.max_age: not a RabbitMQ age like 7D, 12h, 30m, 60s"
             )));
         }
         Some(StreamLog { max_age, max_length_bytes: src.max_length_bytes, epoch: src.epoch.unwrap_or(1) })
@@ -638,7 +655,7 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Opti
             let kind = src.exchange_kind.unwrap_or_else(|| "topic".into());
             if !["topic", "direct", "fanout", "headers"].contains(&kind.as_str()) {
                 return Err(ConfigError(format!(
-                    "channels.{name}.source.exchange_kind: `{kind}` is not one of topic, direct, fanout, headers"
+                    "channels.{name}.source.exchange_kind: not one of topic, direct, fanout, headers"
                 )));
             }
             let default_queue = if stream { format!("sse-gateway.{name}.stream") } else { format!("sse-gateway.{name}") };
@@ -711,8 +728,10 @@ fn check_broker_authority(url: &str) -> Result<(), ConfigError> {
             "broker.url (or SSE_GATEWAY_AMQP_URL): an IPv6 address as host is not supported by the AMQP client (it would connect to localhost): use a host name".into(),
         ));
     }
-    if let Some((_, port)) = host_port.rsplit_once(':') {
-        if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) {
+    if let Some((host, port)) = host_port.rsplit_once(':') {
+        // Digits only, as the client's URL parser takes them (`u16` parsing takes a `+`), and one.
+        let digits = port.bytes().all(|b| b.is_ascii_digit());
+        if host.contains(':') || (!port.is_empty() && (!digits || port.parse::<u16>().map_or(true, |p| p == 0))) {
             return Err(ConfigError("broker.url (or SSE_GATEWAY_AMQP_URL): the port is not a number from 1 to 65535".into()));
         }
     }
@@ -836,8 +855,16 @@ mod tests {
         let e = Config::from_toml("[streams]\nheartbeat = \"often\"\n").unwrap_err();
         assert!(e.0.contains("heartbeat") && e.0.contains("not a duration like 30s"), "{e}");
         // A value in the wrong key is not shown (it may be a URL with its password).
-        for bad in ["[streams]\nheartbeat = \"amqp://u:PassWord@h\"\n", "[streams]\nlimit_policy = \"amqp://u:PassWord@h\"\n"] {
-            let e = Config::from_toml(bad).unwrap_err();
+        for bad in [
+            "[streams]\nheartbeat = \"amqp://u:PassWord@h\"\n",
+            "[streams]\nlimit_policy = \"amqp://u:PassWord@h\"\n",
+            "[streams]\nlimit_policy = \"amqp://u:x\\nPassWord@h\"\n",
+            "[channels.deals.source]\nexchange = \"x\"\nexchange_kind = \"amqp://u:PassWord@h\"\n",
+            "[channels.deals.source]\nexchange = \"x\"\nstream = true\nmax_age = \"amqp://u:PassWord@h\"\n",
+            "[server]\nlisten = \"amqp://u:PassWord@h\"\n",
+            "[server]\ncors_origins = [\"amqp://u:PassWord@h/x\"]\n",
+        ] {
+            let e = Config::from_toml(bad).and_then(|c| Settings::new(c, Catalogue::seed())).unwrap_err();
             assert!(!e.0.contains("PassWord"), "{e}");
         }
         for bad in ["-5", "1.5"] {
@@ -937,11 +964,24 @@ mod tests {
     #[test]
     fn a_broker_url_the_client_would_misread_is_refused_without_showing_it() {
         let err = |url: &str| Settings::new(Config::from_toml(&format!("[broker]\nurl = \"{url}\"\n")).unwrap(), Catalogue::seed()).err().map(|e| e.0);
-        for url in ["amqp://g:secret@[fd00::5]:5672/%2f", "amqp://g:secret@rabbit:99999/%2f", "amqp://g:secret@rabbit:0/%2f", "amqp://g:secret@rabbit:x/"] {
+        for url in [
+            "amqp://g:secret@[fd00::5]:5672/%2f",
+            "amqp://g:secret@rabbit:99999/%2f",
+            "amqp://g:secret@rabbit:0/%2f",
+            "amqp://g:secret@rabbit:x/",
+            "amqp://g:secret@rabbit:+5672/",
+            "amqp://g:secret@rabbit:5672:5673/",
+        ] {
             let e = err(url).unwrap_or_else(|| panic!("{url} accepted"));
             assert!(e.starts_with("broker.url") && !e.contains("secret"), "{e}");
         }
-        for url in ["amqp://g:g@rabbit:5672/%2f", "amqp://g:g@rabbit/%2f", "amqp://rabbit", "amqp://u:p@h:5672/v?heartbeat=10"] {
+        for url in [
+            "amqp://g:g@rabbit:5672/%2f",
+            "amqp://g:g@rabbit/%2f",
+            "amqp://rabbit",
+            "amqp://u:p@h:5672/v?heartbeat=10",
+            "AMQP://u:p@s:s[w@rabbit:5672/%2f",
+        ] {
             assert_eq!(err(url), None, "{url}");
         }
     }
