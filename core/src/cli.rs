@@ -265,6 +265,14 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
                 .to_string(),
         );
     }
+    // D10: a per-connection jitter, so that browsers dropped together (a restart) do not all
+    // come back in the same instant.
+    if config.streams.retry_jitter.is_zero() {
+        out.push(
+            "streams.retry_jitter is 0: every browser reconnects after exactly streams.retry, all at once after a restart;              a second or two spreads them"
+                .to_string(),
+        );
+    }
     out
 }
 
@@ -481,6 +489,11 @@ mod tests {
         // A generated secret (none configured) is 32 random bytes: warned of otherwise.
         let generated = setup::load(None, &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32]).unwrap();
         assert!(!warnings(&generated, false).iter().any(|w| w.contains("hash")));
+        // No jitter: every browser back at the same instant after a restart (D10).
+        let secret = "[auth]\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+        let w = warnings(&load(&format!("{secret}[streams]\nretry_jitter = 0\n")), false);
+        assert!(w.iter().any(|w| w.contains("streams.retry_jitter is 0")), "{w:?}");
+        assert!(warnings(&load(&format!("{secret}[streams]\nretry_jitter = \"100ms\"\n")), false).is_empty());
     }
 
     #[test]
