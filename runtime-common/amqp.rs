@@ -442,7 +442,7 @@ struct Source {
     /// Dropped when the source ends: what [`Sources::stop`] waits for.
     _done: async_channel::Sender<()>,
     /// The budget of `message dropped` lines, shared by the thread's sources.
-    drops: std::rc::Rc<std::cell::RefCell<super::request::RefusalLog>>,
+    drops: super::request::DropLog,
 }
 
 /// Where a stream source is in its stream, across reconnects.
@@ -555,7 +555,7 @@ impl Drop for Source {
     /// thread, before its next turn); the first source to end says it for all of them.
     fn drop(&mut self) {
         if self.stop.is_closed() {
-            super::request::log_drops_summed(self.drops.borrow_mut().due(Instant::now(), true));
+            self.drops.borrow_mut().sum_up_last(super::request::log_drops_summed);
         }
     }
 }

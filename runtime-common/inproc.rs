@@ -24,7 +24,7 @@ type Reply = Sender<Outcome>;
 pub(crate) struct Inproc {
     txs: Arc<[Sender<(UpstreamMessage, Reply)>]>,
     /// The budget of `event dropped` lines (summed up one last time at shutdown).
-    pub(crate) drops: std::rc::Rc<std::cell::RefCell<super::request::RefusalLog>>,
+    pub(crate) drops: super::request::DropLog,
 }
 
 impl Inproc {
@@ -58,7 +58,7 @@ async fn run(
     rx: async_channel::Receiver<(UpstreamMessage, Reply)>,
     shards: Shards,
     name: String,
-    drops: std::rc::Rc<std::cell::RefCell<super::request::RefusalLog>>,
+    drops: super::request::DropLog,
 ) {
     while let Ok((msg, reply)) = rx.recv().await {
         // A panic (a bug) drops the event; the publisher's request is told so.

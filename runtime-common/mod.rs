@@ -102,7 +102,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         })
         .await;
         ctx.stopping();
-        request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
+        ctx.refusals.borrow_mut().sum_up_last(request::log_refusals_summed);
         info!("shutting down: draining streams");
         // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes
         // sure the process exits even if a shard does not, or if dropping an executor waits
@@ -133,9 +133,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         // Connections still reading their heads ran meanwhile (while the sources stopped and
         // the shards were told to): their refusals too, before this executor and its tasks are
         // dropped. The in-process source's drops too.
-        request::log_refusals_summed(ctx.refusals.borrow_mut().due(Instant::now(), true));
+        ctx.refusals.borrow_mut().sum_up_last(request::log_refusals_summed);
         if let Some(inproc) = &ctx.inproc {
-            request::log_drops_summed(inproc.drops.borrow_mut().due(Instant::now(), true));
+            inproc.drops.borrow_mut().sum_up_last(request::log_drops_summed);
         }
         anyhow::Ok(quit)
     })?;

@@ -140,6 +140,11 @@ impl RefusalLog {
         own
     }
 
+    /// At shutdown: the summing line, written with `say`, for what is left without a line.
+    pub(crate) fn sum_up_last(&mut self, say: fn(Option<(u64, Duration)>)) {
+        say(self.due(Instant::now(), true));
+    }
+
     /// The refusals left without a line, to sum up in one (how many, over how long), once the
     /// first of them is [`REFUSALS_SUMMED`] old, or now when `all` (at shutdown).
     pub(crate) fn due(&mut self, now: Instant, all: bool) -> Option<(u64, Duration)> {
@@ -178,10 +183,13 @@ pub(crate) async fn sum_up_refusals<T>(owner: Rc<T>, refusals: fn(&T) -> &RefCel
     }
 }
 
+/// A thread's budget of `message dropped` lines, shared by its sources ([`drop_log`]).
+pub(crate) type DropLog = Rc<RefCell<RefusalLog>>;
+
 /// The budget of `message dropped` lines of a thread's sources: a publisher sending what the
 /// catalogue does not take (a schema version it lacks, say) at thousands a second would write
 /// as many lines, on the thread that takes every channel's deliveries. Same budget as refusals.
-pub(crate) fn drop_log() -> Rc<RefCell<RefusalLog>> {
+pub(crate) fn drop_log() -> DropLog {
     let log = Rc::new(RefCell::new(RefusalLog::new(Instant::now())));
     spawn(sum_up_refusals(log.clone(), |l| l, log_drops_summed));
     log

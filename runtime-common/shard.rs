@@ -68,7 +68,7 @@ pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settin
     // and the rest summed up.
     spawn(sum_up_refusals(shard.clone(), |s| &s.refusals, log_refusals_summed));
     shard.clone().run(rx).await;
-    log_refusals_summed(shard.refusals.borrow_mut().due(Instant::now(), true));
+    shard.refusals.borrow_mut().sum_up_last(log_refusals_summed);
 }
 
 /// What woke the shard loop.
