@@ -545,8 +545,8 @@ impl Attempt {
     /// healthy: the next outage starts the backoff afresh. One that fails at once every time (a
     /// message it cannot take, a queue of the wrong kind) backs off instead of reconnecting, and
     /// telling its streams `source_unavailable`, several times a second.
-    fn healthy(&self, reconnect_max: Duration) -> bool {
-        self.took || self.consuming_since.is_some_and(|t| t.elapsed() >= reconnect_max)
+    fn healthy(&self, reconnect_max: Duration, now: Instant) -> bool {
+        self.took || self.consuming_since.is_some_and(|t| now.saturating_duration_since(t) >= reconnect_max)
     }
 }
 
@@ -575,7 +575,7 @@ impl Source {
                 Ok(()) => "the consumer was cancelled".to_string(),
                 Err(e) => e,
             };
-            if attempt.healthy(broker.reconnect_max) {
+            if attempt.healthy(broker.reconnect_max, Instant::now()) {
                 backoff.reset();
                 failures = 0;
             } else if attempt.consuming_since.is_some() {
@@ -1230,11 +1230,12 @@ mod tests {
     #[test]
     fn only_a_consumer_that_took_a_delivery_or_ran_a_while_restarts_the_backoff() {
         let max = Duration::from_secs(30);
-        assert!(!Attempt::default().healthy(max), "never consumed");
-        let just_now = Attempt { consuming_since: Some(Instant::now()), took: false };
-        assert!(!just_now.healthy(max), "consumed and failed at once (a delivery it cannot take, a flapping link)");
-        assert!(Attempt { took: true, ..just_now }.healthy(max), "took a delivery");
-        let Some(long_ago) = Instant::now().checked_sub(max) else { return };
-        assert!(Attempt { consuming_since: Some(long_ago), took: false }.healthy(max), "an idle consumer that ran a while");
+        let t0 = Instant::now();
+        assert!(!Attempt::default().healthy(max, t0 + max), "never consumed");
+        let just_now = Attempt { consuming_since: Some(t0), took: false };
+        assert!(!just_now.healthy(max, t0), "consumed and failed at once (a delivery it cannot take, a flapping link)");
+        assert!(!just_now.healthy(max, t0 + max - Duration::from_millis(1)), "ran a little less than reconnect_max");
+        assert!(Attempt { took: true, ..just_now }.healthy(max, t0), "took a delivery");
+        assert!(just_now.healthy(max, t0 + max), "an idle consumer that ran a while");
     }
 }

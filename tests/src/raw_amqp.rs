@@ -111,6 +111,8 @@ fn expect(s: &mut TcpStream, class: u16, id: u16, what: &str) -> Vec<u8> {
         let text = if (c, m) == (10, 50) || (c, m) == (20, 40) {
             let len = args.get(2).copied().unwrap_or(0) as usize;
             String::from_utf8_lossy(args.get(3..3 + len).unwrap_or_default()).into_owned()
+        } else if (c, m) == (60, 50) {
+            "basic.return: no queue is bound for this message (unroutable)".to_string()
         } else {
             String::new()
         };
@@ -130,7 +132,7 @@ fn credentials() -> (String, String, String) {
     (user.to_string(), pass.to_string(), vhost)
 }
 
-/// Publishes `m` (persistent, content type `application/json`) and waits for the broker's
+/// Publishes `m` (persistent, mandatory, content type `application/json`) and waits for the broker's
 /// confirm; panics on a nack or an error from the broker.
 pub fn publish(m: &RawMessage) {
     let (user, pass, vhost) = credentials();
@@ -161,7 +163,7 @@ pub fn publish(m: &RawMessage) {
     let mut args = 0u16.to_be_bytes().to_vec();
     short(&mut args, m.exchange.as_bytes());
     short(&mut args, m.routing_key.as_bytes());
-    args.push(0);
+    args.push(1); // mandatory: a message no queue takes comes back (basic.return, 60.50) and fails
     s.write_all(&method(1, 60, 40, &args)).unwrap();
     // Content header: class, weight, body size, property flags, then the properties in order.
     let mut head = 60u16.to_be_bytes().to_vec();

@@ -9,7 +9,7 @@ use sse_gateway_tests::payloads::valid_text;
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, sleep, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SseClient, SECRET, WAIT};
 
-async fn heartbeats_follow_every_idle_second(bin: Bin) {
+async fn heartbeats_come_at_the_configured_interval_not_the_default(bin: Bin) {
     let cfg = ConfigBuilder::new().str("streams", "heartbeat", "1s");
     let gw = GatewayProcess::start(bin, &cfg.render()).await;
     let mut s = gw.stream("deals", &user("alice", &[])).await;
@@ -533,7 +533,7 @@ for_each_binary!(
     a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up,
     streams_past_the_process_bound_get_503_overloaded,
     sigterm_exits_after_the_drain_time_even_with_a_client_that_stopped_reading,
-    heartbeats_follow_every_idle_second,
+    heartbeats_come_at_the_configured_interval_not_the_default,
     a_token_expiring_mid_stream_ends_it_with_token_expired,
     the_open_streams_gauge_counts_streams_and_returns_to_zero,
     past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evicted,
