@@ -19,9 +19,10 @@
 //! `history_gap`).
 //! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
 //! the core continues from where it got to (or says `history_gap` if that was nothing past the
-//! client's place while the buffer begins later). Nothing at all from a consumer within `FIRST_WAIT` (not
-//! even the message at its offset), or any error: `backfill_done(false)` (`history_gap`, then
-//! live).
+//! client's place while the buffer begins later). Nothing from a consumer within `FIRST_WAIT`,
+//! the client's place not reached within [`PLACE_WAIT`] of the consumer's start (the warm-up
+//! included: an offset past the stream's end reads only messages below it), or any error: `backfill_done(false)` (`history_gap`, then
+//! live after the client's id).
 //!
 //! So a read-back holds at most one AMQP channel, `PREFETCH` messages and the stream's output
 //! bound, and a client that stops reading holds none of the shared turns for long.
@@ -45,6 +46,10 @@ const PAUSE_HOLD: Duration = Duration::from_secs(2);
 const TURN: Duration = Duration::from_secs(5);
 /// How long a read-back waits for a turn before its stream gets `history_gap` (and goes live).
 const TURN_WAIT: Duration = Duration::from_secs(30);
+
+/// How long after a consumer starts the client's place (the message at its offset) may come,
+/// the warm-up before it included (at most [`WARM_MAX`] messages and a chunk: well under a second).
+const PLACE_WAIT: Duration = Duration::from_secs(10);
 
 /// Most messages read before the client's place only to fill the `message_id` window (a
 /// channel's `buffer_events` may be far larger: the warm-up holds a turn).
@@ -120,18 +125,25 @@ impl Shard {
                 return Err(format!("no read-back turn within {TURN_WAIT:?}"));
             };
             let mut cursor = reader.open(channel, if reopened { at } else { warm_from }, permit).await?;
-            let turn_ends = Instant::now() + TURN;
+            let opened = Instant::now();
+            let turn_ends = opened + TURN;
+            // The client's place must come within PLACE_WAIT of the open, the warm-up before it
+            // included: an offset past the stream's end (a forged id, a stream recreated without
+            // a new epoch) would otherwise read every new message as warm-up, for as long as
+            // they keep coming, holding the turn and leaving the stream without events.
+            let place_by = opened + PLACE_WAIT;
             let mut first = true;
             loop {
-                let next = cursor.next(if first { FIRST_WAIT } else { IDLE }, &mut seen).await;
+                let wait = if first { FIRST_WAIT.min(place_by.saturating_duration_since(Instant::now())) } else { IDLE };
+                let next = cursor.next(wait, &mut seen).await;
                 let (pos, ev) = match next {
                     Ok(Some(m)) => m,
                     Ok(None) if first => {
-                        // Not even the message at `at` came: a broker slow to seek, or an offset
-                        // the stream does not hold. Going live would skip whatever it holds past
-                        // `at`; nothing proves the client's place: history_gap.
+                        // The message at `at` did not come: a broker slow to seek, or an offset
+                        // the stream does not hold (yet). Going live would skip whatever it holds
+                        // past `at`; nothing proves the client's place: history_gap.
                         cursor.close().await;
-                        return Err(format!("nothing arrived from offset {at} within {FIRST_WAIT:?}"));
+                        return Err(format!("offset {at} did not come (nothing for {FIRST_WAIT:?}, or not within {PLACE_WAIT:?} of the start)"));
                     }
                     Ok(None) => {
                         cursor.close().await;

@@ -193,6 +193,7 @@ async fn nothing_more(setup: &StreamSetup, s: &mut SseClient, who: &str) {
 async fn nothing_for_a_while(s: &mut SseClient, who: &str) {
     let extra: Vec<_> = s.events_within(Duration::from_secs(2)).await.into_iter().filter(|e| e.event != "heartbeat").collect();
     assert!(extra.is_empty(), "{who}: unexpected frames after the expected ones: {extra:?}");
+    assert!(!s.is_closed(), "{who}: the stream was closed (nothing arriving proves nothing then)");
 }
 
 /// Waits until the gateway's logs contain `needle` (they are read from its stderr as they come).
@@ -804,6 +805,36 @@ async fn a_read_back_that_gets_nothing_at_all_says_history_gap(bin: Bin) {
     nothing_more(&setup, &mut s, "after the gap").await;
 }
 
+/// An id past the stream's end by less than the read-back's warm-up (forged, or from a stream
+/// recreated without a new epoch) while messages keep coming: the read-back, which reads every
+/// message below the client's offset as warm-up, gives up 10 s after its start (it held a turn
+/// for as long as messages came, and the stream got nothing): `history_gap`, then nothing, since
+/// every event is below the id.
+async fn a_resume_past_the_streams_end_says_history_gap_though_messages_keep_coming(bin: Bin) {
+    let setup = StreamSetup::new(ConfigBuilder::new(), &amqp_url()).await;
+    let gw = setup.start(bin).await;
+    // The stream is empty and so is this instance's buffer: the id is read back from the stream,
+    // from its window's worth (1,024) of messages before it, offset 0 here, which the stream will
+    // hold. (One further ahead than that gets nothing from the broker until the stream holds its
+    // warm-up's first offset: history_gap after 5 s, `a_read_back_that_gets_nothing_at_all_...`.)
+    let ahead = format!("{EPOCH}-500");
+    let mut s = gw.stream_with("deals", &user("erin", &[]), &[("Last-Event-ID", &ahead)]).await;
+    // One message every 300 ms, for at most 20 s: never 5 s without one (the read-back's wait
+    // for a first message).
+    let publishing = async {
+        for _ in 0..66 {
+            setup.publish(1).await;
+            sse_gateway_tests::sleep(Duration::from_millis(300)).await;
+        }
+        None
+    };
+    let first = async { Some(s.next_non_heartbeat(4 * WAIT).await) };
+    let first = futures_lite::future::or(first, publishing).await;
+    let ev = first.expect("no frame at all while messages kept coming for 20 s").expect("the stream closed or stayed silent");
+    assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
+    nothing_for_a_while(&mut s, "after the gap (every event is below its id)").await;
+}
+
 /// A read-back that cannot start (here the read-back connection is refused, while the live one
 /// goes on) replays nothing: the stream gets `history_gap` and goes live, and the log says why at
 /// warn (a resume from a place the stream no longer holds is the client's own, at debug): the
@@ -989,7 +1020,8 @@ async fn a_starting_gateway_reads_recent_history_for_resumes_and_sends_it_to_no_
     let got = read_events(&mut resumed, 1, "resumed after the restart").await;
     assert_eq!(got.titles, new);
     assert!(got.warnings.is_empty(), "{:?}", got.warnings);
-    assert!(!gw.stderr().contains("reading the stream back"), "served from the buffer:\n{}", gw.stderr());
+    let log = gw.settled_log().await;
+    assert!(!log.contains("reading the stream back"), "served from the buffer:\n{log}");
     assert_eq!(gw.metric("sse_gateway_events_dropped_total{channel=\"deals\",reason=\"duplicate\"}").await, Some(1.0));
     for (i, s) in fresh.iter_mut().enumerate() {
         let got = read_events(s, 1, &format!("stream {i}")).await;
@@ -1131,5 +1163,6 @@ for_each_binary!(
     an_id_older_than_the_retention_gets_history_gap,
     a_stream_that_lost_events_during_an_outage_says_history_gap_then_goes_on,
     a_read_back_that_gets_nothing_at_all_says_history_gap,
+    a_resume_past_the_streams_end_says_history_gap_though_messages_keep_coming,
     a_read_back_that_cannot_connect_says_history_gap_and_logs_why_at_warn,
 );
