@@ -376,7 +376,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
             }
             return;
         }
-        Routed::Publish(p) => match publish(&mut sock, &mut buf, p, deadline, ctx).await {
+        Routed::Publish(p) => match publish(&mut sock, peer, &mut buf, p, deadline, ctx).await {
             Some(r) => r,
             None => return,
         },
@@ -392,7 +392,8 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     respond(sock, resp, deadline).await;
 }
 
-/// A connection whose head was not complete by `server.head_timeout`: closed unanswered.
+/// A connection whose head (or publish body, or `100 Continue` write) was not done by
+/// `server.head_timeout`: closed unanswered.
 fn head_timeout(ctx: &Ctx, peer: SocketAddr) {
     ctx.front.metrics().head_timeout();
     debug!(%peer, "head timeout");
@@ -407,6 +408,7 @@ async fn respond(sock: Socket, resp: Response, deadline: Instant) {
 /// it. `None` when the client did not send the whole body in time (the connection is dropped).
 async fn publish(
     sock: &mut Socket,
+    peer: SocketAddr,
     buf: &mut Vec<u8>,
     p: PublishRequest,
     deadline: Instant,
@@ -418,7 +420,7 @@ async fn publish(
         match until(deadline, sock.write_all(Response::CONTINUE)).await {
             Some(Ok(())) => {}
             None => {
-                ctx.front.metrics().head_timeout();
+                head_timeout(ctx, peer);
                 return None;
             }
             Some(Err(_)) => return None,
@@ -429,7 +431,7 @@ async fn publish(
         match read_more(sock, buf, want, deadline).await {
             Some(Ok(n)) if n > 0 => {}
             None => {
-                ctx.front.metrics().head_timeout();
+                head_timeout(ctx, peer);
                 return None;
             }
             _ => return None,
