@@ -151,7 +151,9 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
 /// long as the process runs: the first SIGTERM or SIGINT is sent on the channel returned (the
 /// graceful stop, D12); a second one (an operator who will not wait for the drain) ends the
 /// process at once, with status 128 + its number (143, 130), as if it had killed it. One
-/// listener for both: none is dropped between them, so a second signal cannot be lost.
+/// listener for both: none is dropped between them. Two signals of one kind that come before
+/// this thread has read the first may count as one, as the kernel merges them before a handler
+/// runs (tokio's listener does so up to the read; smol's counts each).
 fn signals() -> std::io::Result<async_channel::Receiver<()>> {
     let (stop, stopping) = async_channel::bounded(1);
     serve_on_thread("signals", move |started| async move {

@@ -219,8 +219,11 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
     }
 }
 
-/// Open files wanted beside `server.max_streams` (else a warning at start).
+/// Open files wanted beside `server.max_streams` (else a warning at start), with
+/// [`OPEN_FILES_PER_THREAD`] for each worker and the main, sources and signals threads.
 const OPEN_FILES_HEADROOM: u64 = 512;
+/// Open files an event loop thread may hold (tokio: epoll, eventfd, signal pipe, and one spare).
+const OPEN_FILES_PER_THREAD: u64 = 4;
 
 /// Said when no key material is configured (nor SSE_GATEWAY_JWT_SECRET set).
 const NO_KEY: &str = "no secret or public key configured (auth.secret, SSE_GATEWAY_JWT_SECRET, auth.public_key_file, auth.jwks_file): \
@@ -283,22 +286,25 @@ fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
         warn!("{w}");
     }
     let max_streams = setup.settings.config.server.max_streams as u64;
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        // Streams are not all: heads being read, refusals being written, the broker, the process.
-        Ok(n) if n < max_streams.saturating_add(OPEN_FILES_HEADROOM) => warn!(
-            open_files = n,
-            max_streams,
-            "the open-files limit leaves fewer than {OPEN_FILES_HEADROOM} files beside server.max_streams: past it, new connections wait unanswered (lower max_streams or raise the limit)"
-        ),
-        Ok(n) => info!(open_files = n, "open-files limit"),
-        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
-    }
-    let metrics = Arc::new(Metrics::new(&setup.settings));
     // Each worker holds a share of `max_streams` (at least one stream each).
     let workers = match setup.settings.config.server.workers {
         0 => workers_for_zero.clamp(1, setup.settings.config.server.max_streams.max(1)),
         n => n,
     };
+    // Streams are not all: heads being read, refusals being written, the broker, the process,
+    // and each thread's event loop (tokio's: an epoll, an eventfd and a copy of the signal pipe).
+    let headroom = OPEN_FILES_HEADROOM + OPEN_FILES_PER_THREAD * (workers as u64 + 3);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < max_streams.saturating_add(headroom) => warn!(
+            open_files = n,
+            max_streams,
+            headroom,
+            "the open-files limit leaves fewer than `headroom` files beside server.max_streams: past it, new connections wait unanswered (lower max_streams or raise the limit)"
+        ),
+        Ok(n) => info!(open_files = n, "open-files limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let metrics = Arc::new(Metrics::new(&setup.settings));
     Launch { setup, demo, metrics, workers, started: since_epoch() }
 }
 

@@ -21,6 +21,11 @@ use async_signal::Signal;
 use futures_lite::StreamExt;
 
 fn main() -> ExitCode {
+    // smol's global executor runs lapin's tasks on `SMOL_THREADS` threads; at 0 nothing would
+    // run them and no source would ever connect: at least one (before any thread starts).
+    if std::env::var("SMOL_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) == Some(0) {
+        std::env::set_var("SMOL_THREADS", "1");
+    }
     sse_gateway_core::cli::main("sse-gateway-smol", 1, common::run)
 }
 

@@ -18,6 +18,11 @@ impl Fixture {
     /// (at `amqp_url`) and every channel's source to `cfg`, starts `bin` and waits for
     /// `/readyz`.
     pub async fn start_with(bin: Bin, cfg: ConfigBuilder, amqp_url: &str) -> Fixture {
+        Fixture::start_with_env(bin, cfg, amqp_url, &[]).await
+    }
+
+    /// [`Fixture::start_with`], the gateway's environment given `env` too.
+    pub async fn start_with_env(bin: Bin, cfg: ConfigBuilder, amqp_url: &str, env: &[(&str, &str)]) -> Fixture {
         let topo = Topology::unique();
         let broker = Broker::connect().await;
         for channel in ["deals", "tasks", "payments"] {
@@ -34,7 +39,7 @@ impl Fixture {
                 .str(&section, "bind_queue", &topo.bind_queue(channel));
         }
         cfg = cfg.str("channels.notifications.source", "queue", &topo.notifications);
-        let gw = GatewayProcess::start(bin, &cfg.render()).await;
+        let gw = GatewayProcess::start_with_env(bin, &cfg.render(), env).await;
         gw.wait_ready().await;
         Fixture { gw, broker, topo }
     }

@@ -295,7 +295,20 @@ async fn a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest(bin
     assert_eq!(took, TOTAL - first.len() + 1, "the second gateway took {took} for the {} left and the marker", TOTAL - first.len());
 }
 
+/// `SMOL_THREADS=0` in the environment (smol's global executor, which runs the AMQP client's
+/// tasks, would get no thread): both binaries consume and deliver all the same.
+async fn smol_threads_of_zero_leaves_the_sources_running(bin: Bin) {
+    let fx = Fixture::start_with_env(bin, ConfigBuilder::new(), &sse_gateway_tests::broker::amqp_url(), &[("SMOL_THREADS", "0")]).await;
+    let mut s = fx.gw.stream("deals", &user("zoe", &[])).await;
+    let body = valid("deal.created");
+    fx.publish("deals", "deal.created", &body.to_string()).await;
+    let ev = s.expect_event("the event").await;
+    assert_eq!(ev.event, "deal.created");
+    assert_eq!(ev.json(), body);
+}
+
 for_each_binary!(
+    smol_threads_of_zero_leaves_the_sources_running,
     a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest,
     every_seed_event_type_arrives_with_id_type_and_data_exactly,
     invalid_messages_are_dropped_counted_and_logged_while_valid_ones_flow,
