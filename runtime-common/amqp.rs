@@ -1160,11 +1160,12 @@ fn is_not_found(err: &lapin::Error) -> bool {
 /// allows, checked against `max_message_bytes` only later: never held twice).
 fn message(d: &mut Delivery) -> UpstreamMessage {
     let p = &d.properties;
-    let header = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name)).and_then(header_value);
+    let raw = |name: &str| p.headers().as_ref().and_then(|h| h.inner().get(name));
+    let header = |name: &str| raw(name).and_then(header_value);
     UpstreamMessage {
         kind: p.kind().as_ref().map(|k| k.as_str().to_string()),
         routing_key: d.routing_key.as_str().to_string(),
-        recipient_ids: header("recipient_ids"),
+        recipient_ids: recipients(raw("recipient_ids")),
         schema_version: header("schema_version"),
         message_id: p.message_id().as_ref().map(|m| m.as_str().to_string()),
         body: std::mem::take(&mut d.data).into(),
@@ -1194,10 +1195,23 @@ fn header_value(v: &AMQPValue) -> Option<HeaderValue> {
     })
 }
 
+/// The `recipient_ids` header: present and void (a publisher's None / nil / null, say for a list
+/// that came out empty) names no one, as an empty string does (`no_recipient`): never read as
+/// absent, which would send the event to everyone on the channel (D3: when present, only the
+/// listed users receive it).
+fn recipients(v: Option<&AMQPValue>) -> Option<HeaderValue> {
+    match v {
+        Some(AMQPValue::Void) => Some(HeaderValue::Text(String::new())),
+        v => v.and_then(header_value),
+    }
+}
+
 /// Whether two deliveries carry the same message: what every delivery of one stream position
 /// has alike (not when or where it was received).
+/// The headers that decide who gets it and in which version are part of it.
 fn same_message(a: &UpstreamMessage, b: &UpstreamMessage) -> bool {
-    (&a.kind, &a.routing_key, &a.message_id, &a.body) == (&b.kind, &b.routing_key, &b.message_id, &b.body)
+    (&a.kind, &a.routing_key, &a.message_id, &a.body, &a.recipient_ids, &a.schema_version)
+        == (&b.kind, &b.routing_key, &b.message_id, &b.body, &b.recipient_ids, &b.schema_version)
 }
 
 fn utf8_text(bytes: &[u8]) -> HeaderValue {
@@ -1225,6 +1239,16 @@ mod tests {
         assert_eq!(header_value(&AMQPValue::LongString(b"u1\xff".to_vec().into())), Some(HeaderValue::Other));
         // Void (a client's None / nil / null) is no header: a broadcast, version 1.
         assert_eq!(header_value(&AMQPValue::Void), None);
+        // The same message at a position: headers deciding who gets it, and its version, count.
+        let m = UpstreamMessage { kind: Some("deal.created".into()), routing_key: "deal.created".into(), body: "{}".into(), ..Default::default() };
+        assert!(same_message(&m, &UpstreamMessage { position: Some(3), received: Some(Instant::now()), ..m.clone() }));
+        assert!(!same_message(&m, &UpstreamMessage { recipient_ids: Some(HeaderValue::Text("bob".into())), ..m.clone() }));
+        assert!(!same_message(&m, &UpstreamMessage { schema_version: Some(HeaderValue::Int(2)), ..m.clone() }));
+        assert!(!same_message(&m, &UpstreamMessage { body: "{\"a\":1}".into(), ..m.clone() }));
+        // But a void recipient list names no one: it is not a broadcast.
+        assert_eq!(recipients(Some(&AMQPValue::Void)), Some(HeaderValue::Text(String::new())));
+        assert_eq!(recipients(None), None);
+        assert_eq!(recipients(Some(&AMQPValue::LongString("u1".into()))), Some(HeaderValue::Text("u1".into())));
     }
 
     #[test]

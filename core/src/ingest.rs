@@ -484,7 +484,11 @@ pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage,
     Ok(UpstreamMessage {
         kind: Some(kind.to_string()),
         routing_key: kind.to_string(),
-        recipient_ids: text("recipient_ids")?.map(HeaderValue::Text),
+        // `null` names no one, as an empty string (never everyone: D3), as a void AMQP header.
+        recipient_ids: match obj.get("recipient_ids") {
+            Some(serde_json::Value::Null) => Some(HeaderValue::Text(String::new())),
+            _ => text("recipient_ids")?.map(HeaderValue::Text),
+        },
         schema_version,
         message_id: text("message_id")?,
         body: Bytes::from(data.to_string()),

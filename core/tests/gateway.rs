@@ -1601,7 +1601,10 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
         assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(body));
         assert!(String::from_utf8_lossy(&e.bytes).contains("must be a string"), "{:?}", e.bytes);
     }
+    // A null recipient list names no one (dropped as no_recipient), never everyone.
     let m = parse_publish(br#"{"type":"deal.created","data":{},"recipient_ids":null}"#, None).unwrap();
+    assert_eq!(m.recipient_ids, Some(HeaderValue::Text(String::new())));
+    let m = parse_publish(br#"{"type":"deal.created","data":{}}"#, None).unwrap();
     assert_eq!(m.recipient_ids, None);
     // schema_version as the AMQP header takes it: an integer, or text (the channel's rules check it).
     let m = parse_publish(br#"{"type":"deal.created","data":{},"schema_version":"2"}"#, None).unwrap();
