@@ -272,7 +272,8 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
     // come back in the same instant.
     if config.streams.retry_jitter.is_zero() {
         out.push(
-            "streams.retry_jitter is 0: every browser reconnects after exactly streams.retry, all at once after a restart;              a second or two spreads them"
+            "streams.retry_jitter is 0: every browser reconnects after exactly streams.retry, all at once after a restart; \
+             a second or two spreads them"
                 .to_string(),
         );
     }
