@@ -427,8 +427,10 @@ impl Shard {
                 self.gw.borrow_mut().take_output(conn.id, &mut out, Instant::now());
                 self.drain();
             }
-            // The socket is full: wait until it takes the rest (or the stream is closed).
-            if !out.is_empty() && write_out(&mut sock, &mut out, &conn).await.is_err() {
+            // The socket is full: wait until it takes the rest (or the stream is closed), telling
+            // the core each time it takes some (a client that reads slowly is not one that stopped).
+            let moving = || self.gw.borrow_mut().output_moving(conn.id);
+            if !out.is_empty() && write_out(&mut sock, &mut out, &conn, &moving).await.is_err() {
                 break conn.closing.get().unwrap_or(CloseReason::ClientGone);
             }
             if out.capacity() > KEEP_FRAMES {
@@ -520,7 +522,7 @@ impl Shard {
         // It may have handled due timers: their outputs, for other streams.
         self.drain();
         until(Instant::now() + WRITE_TIMEOUT, async {
-            write_all_vectored(sock, out).await?;
+            write_all_vectored(sock, out, &|| {}).await?;
             sock.flush().await?;
             // Not `close()`: tokio's shuts the write side down, async-io's only flushes.
             socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write)
@@ -538,8 +540,9 @@ struct StreamLog {
 }
 
 /// Writes `out`; if the stream is told to close meanwhile, gives the rest [`WRITE_TIMEOUT`].
-async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn) -> io::Result<()> {
-    let mut write = pin!(write_all_vectored(sock, out));
+/// `moving` is called when the socket takes some of it after a wait.
+async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn, moving: &dyn Fn()) -> io::Result<()> {
+    let mut write = pin!(write_all_vectored(sock, out, moving));
     let mut woken = false;
     let result = loop {
         if conn.closing.get().is_some() {
@@ -567,17 +570,26 @@ async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn) -> io::
 }
 
 /// Writes every buffer with `writev`, handling partial writes; leaves `bufs` empty on success.
-async fn write_all_vectored(sock: &mut Socket, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+/// `moving` is called when a write after a wait (the socket was full) took something.
+async fn write_all_vectored(sock: &mut Socket, bufs: &mut Vec<Bytes>, moving: &dyn Fn()) -> io::Result<()> {
     let mut start = 0;
+    let mut waited = false;
     poll_fn(|cx| loop {
-        match poll_write_from(cx, sock, bufs, &mut start) {
+        let r = poll_write_from(cx, sock, bufs, &mut start);
+        if matches!(r, Poll::Ready(Ok(_))) && std::mem::take(&mut waited) {
+            moving();
+        }
+        match r {
             Poll::Ready(Ok(true)) => {
                 bufs.clear();
                 return Poll::Ready(Ok(()));
             }
             Poll::Ready(Ok(false)) => continue,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                waited = true;
+                return Poll::Pending;
+            }
         }
     })
     .await
@@ -641,7 +653,12 @@ mod tests {
     /// The seed settings with events up to 1 MiB from the in-process source (its limit is
     /// `server.max_body_bytes`), their metrics, the streams' output bound and `deals`' ingest.
     fn large_events() -> (Arc<Settings>, Arc<Metrics>, usize, Ingest) {
-        let config = sse_gateway_core::config::Config::from_toml("[server]\nmax_body_bytes = 1048576\n").unwrap();
+        large_events_and("")
+    }
+
+    /// [`large_events`], with `more` configuration after the `[server]` table.
+    fn large_events_and(more: &str) -> (Arc<Settings>, Arc<Metrics>, usize, Ingest) {
+        let config = sse_gateway_core::config::Config::from_toml(&format!("[server]\nmax_body_bytes = 1048576\n{more}")).unwrap();
         let settings = Arc::new(Settings::new(config, sse_gateway_core::Catalogue::seed()).unwrap());
         let metrics = Arc::new(Metrics::new(&settings));
         let bound = settings.config.streams.max_pending_bytes;
@@ -708,5 +725,58 @@ mod tests {
         let got = read_stream(settings, metrics, Some(Resume::After(older[0].id())), &older, std::slice::from_ref(&large));
         let places: Vec<usize> = older[1..].iter().chain([&large]).map(|e| place(&got, e)).collect();
         assert!(places.is_sorted(), "in order: {places:?}");
+    }
+
+    /// A client that reads slowly but steadily through a long catch-up (small socket buffers
+    /// both ends, 4 KiB every 25 ms: each batch the writer takes, up to the 256 KiB bound, needs
+    /// more than a 1-s heartbeat interval to go out) gets all of it: the writer tells the core
+    /// that its socket takes bytes. Before, the heartbeat tick saw output waiting untaken for a
+    /// whole interval and closed the stream as `slow_client`, a catch-up that never finished.
+    #[test]
+    fn a_client_that_reads_slowly_but_steadily_gets_a_long_catch_up_whole() {
+        let (settings, metrics, bound, mut ingest) = large_events_and("[streams]\nheartbeat = \"1s\"\n[channels.deals]\nbuffer_events = 64\n");
+        let deals = settings.channel_id("deals").unwrap();
+        let events: Vec<_> = (0..41).map(|_| deal(&mut ingest, bound / 8)).collect();
+        let catch_up: usize = events[1..].iter().map(|e| e.frame().len()).sum();
+        assert!(catch_up > 4 * bound, "{catch_up} bytes: several batches");
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_recv_buffer_size(16 * 1024).unwrap();
+        client.connect(&listener.local_addr().unwrap().into()).unwrap();
+        let mut client: TcpStream = client.into();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: sse_gateway_core::cli::unix_now() + 3600 };
+        let req = StreamRequest { identity, channel: deals, version: 1, resume: Some(Resume::After(events[0].id())), cors_origin: None };
+        let (tx, rx) = async_channel::unbounded();
+        for ev in &events {
+            tx.try_send(Command::Event(ev.clone())).unwrap();
+        }
+        tx.try_send(Command::Open(server, req)).unwrap();
+        let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
+        let (s, m) = (settings.clone(), metrics.clone());
+        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, s, m)));
+
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let last = std::str::from_utf8(events[40].frame()).unwrap().to_string();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(&last) {
+            let n = client.read(&mut chunk).expect("the stream stays open while the client reads");
+            assert!(n > 0, "closed after {} of about {catch_up} bytes:\n{}", got.len(), String::from_utf8_lossy(&got[got.len().saturating_sub(300)..]));
+            got.extend_from_slice(&chunk[..n]);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        tx.try_send(Command::Shutdown(Instant::now() + Duration::from_secs(10))).unwrap();
+        client.read_to_end(&mut got).expect("the stream ends after the shutdown");
+        shard.join().unwrap();
+        let got = String::from_utf8(got).unwrap();
+        let places: Vec<usize> = events[1..].iter().map(|e| place(&got, e)).collect();
+        assert!(places.is_sorted(), "in order");
+        let rendered = metrics.render();
+        assert!(rendered.contains("sse_gateway_streams_closed_total{reason=\"slow_client\"} 0\n"), "closed as slow:\n{rendered}");
+        assert!(rendered.contains("sse_gateway_streams_closed_total{reason=\"shutdown\"} 1\n"), "closed by the shutdown:\n{rendered}");
     }
 }

@@ -827,6 +827,17 @@ impl Gateway {
         self.free.push(id.index);
     }
 
+    /// The stream's writer got some of what it took earlier into its socket, after waiting for
+    /// it to take more: its client reads, if slowly. Until the writer has written all it holds,
+    /// it takes no output, and the heartbeat tick would take output left waiting for a whole
+    /// interval for a client that stopped reading (`slow_client`); this says it did not. The
+    /// output bound still holds: a live event past it closes the stream (D11).
+    pub fn output_moving(&mut self, id: StreamId) {
+        if let Some(st) = self.stream_mut(id) {
+            st.unsent_at_tick = false;
+        }
+    }
+
     /// Moves the stream's unsent bytes into `out` (appending); returns how many bytes. A resuming
     /// stream's replay continues here, a bounded batch at a time. `now` is when they are written:
     /// the wait of the oldest live event among them goes into `sse_gateway_delivery_delay_seconds`.
