@@ -619,7 +619,8 @@ impl Inner {
         }
         let roles = roles_from(lookup_claim(&claims, &self.roles_claim))?;
         let user = match claims.remove("sub") {
-            Some(Value::String(sub)) if !sub.is_empty() => sub,
+            // Blank (only whitespace) is no user id: it names no one in a log line or a recipient list.
+            Some(Value::String(sub)) if !sub.trim().is_empty() => sub,
             _ => return Err(TokenError::MissingSubject),
         };
         if sub_unroutable(&user) {
@@ -636,7 +637,8 @@ impl Inner {
 /// A user id holding a control character (a line break would forge log lines), a Unicode line or
 /// paragraph separator, or an invisible formatting character (zero-width space, bidirectional
 /// marks and overrides, word joiners, a byte-order mark: a log line that reads other than it
-/// is). Not the zero-width (non-)joiners U+200C and U+200D, which Persian and Indic spellings
+/// is), or a filler letter that shows nothing (Hangul fillers). Not the
+/// zero-width (non-)joiners U+200C and U+200D, which Persian and Indic spellings
 /// and emoji sequences need. One holding a comma or with whitespace at
 /// an end (an LDAP DN, say) is a user like any other, though no `recipient_ids` header can name
 /// it (the configuration reference says so).
@@ -650,6 +652,11 @@ fn sub_unroutable(sub: &str) -> bool {
             || matches!(c, '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}')
             || matches!(c, '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}')
             || matches!(c, '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+            // Default-ignorable letters that show nothing: the Hangul and halfwidth fillers
+            // (`alice` then U+3164 reads as `alice`), the Khmer inherent vowels, and the
+            // unassigned U+FFF0..U+FFF8. Not the variation selectors (emoji presentation, CJK
+            // ideographic variants, Mongolian), nor the combining grapheme joiner: letters' business.
+            || matches!(c, '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{3164}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}')
     })
 }
 
@@ -1041,7 +1048,9 @@ fn roles_from(value: Option<&Value>) -> Result<Vec<String>, TokenError> {
     };
     match value {
         None | Some(Value::Null) => {}
-        Some(Value::String(s)) => s.split_whitespace().for_each(&mut add),
+        // Space-separated, as an OAuth scope: ASCII space (and tab) only; a role name holding
+        // another space character (no-break, ideographic) is one name, not two.
+        Some(Value::String(s)) => s.split([' ', '\t']).for_each(&mut add),
         Some(Value::Array(items)) => {
             for item in items {
                 add(item.as_str().ok_or(TokenError::BadRolesClaim)?);
@@ -1849,7 +1858,7 @@ mod tests {
             err(&v, &hs256(&without(claims(), "sub"))),
             TokenError::MissingSubject
         );
-        for bad in [json!(""), json!(42), json!(false), Value::Null] {
+        for bad in [json!(""), json!(" "), json!("\u{3000}\t"), json!(42), json!(false), Value::Null] {
             assert_eq!(
                 err(&v, &hs256(&with(claims(), "sub", bad.clone()))),
                 TokenError::MissingSubject,
@@ -1896,6 +1905,12 @@ mod tests {
             "a\u{1BCA0}",
             "a\u{1D173}",
             "a\u{E0001}",
+            "alice\u{3164}",
+            "a\u{115F}",
+            "a\u{1160}",
+            "a\u{FFA0}",
+            "a\u{17B4}",
+            "a\u{FFF0}",
         ] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }
@@ -1913,6 +1928,9 @@ mod tests {
             // Letters beside the refused ranges: Arabic, Mongolian, a Mongolian variation selector (Mn).
             "\u{0620}\u{0628}",
             "\u{1820}\u{180B}\u{180F}",
+            // Variation selectors: an emoji's presentation, a CJK ideographic variant.
+            "\u{2764}\u{FE0F}",
+            "\u{845B}\u{E0100}",
         ];
         for good in good {
             assert_eq!(ok(&v, &hs256(&with(claims(), "sub", json!(good)))).user, good);
@@ -1926,6 +1944,9 @@ mod tests {
         assert_eq!(roles(json!(["a", "b"])), ["a", "b"]);
         assert_eq!(roles(json!("finance_manager")), ["finance_manager"]);
         assert_eq!(roles(json!("a b  c\tb")), ["a", "b", "c"]);
+        // Other space characters are part of a name: not "finance_manager" and "x".
+        assert_eq!(roles(json!("finance_manager\u{a0}x")), ["finance_manager\u{a0}x"]);
+        assert_eq!(roles(json!("finance_manager\u{3000}x y")), ["finance_manager\u{3000}x", "y"]);
         assert_eq!(roles(json!(["a", "", "a"])), ["a"]);
         assert!(roles(json!([])).is_empty());
         assert!(roles(json!("")).is_empty());
