@@ -195,7 +195,7 @@ impl Response {
         if down.is_empty() {
             Response::ok_text("ready\n")
         } else {
-            let body = serde_json::json!({ "code": "not_ready", "sources_down": down }).to_string();
+            let body = serde_json::json!({ "code": "not_ready", "message": "a source has not reached its broker", "sources_down": down }).to_string();
             Response::with_body(503, "application/json", "", None, body.as_bytes())
         }
     }
@@ -218,9 +218,11 @@ impl Response {
     }
 
     /// The head of a `200 text/event-stream` response (D10). The body is close-delimited.
+    /// `no-transform`: a compressing proxy or middleware (a dev server's, Express's
+    /// `compression()`) would otherwise gzip the stream and hold events in its buffer.
     pub fn stream_head(cors: Option<&str>) -> Bytes {
         let mut h = String::from(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-transform\r\n\
              X-Accel-Buffering: no\r\nConnection: close\r\n",
         );
         cors_headers(&mut h, cors);
@@ -333,9 +335,12 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "expect" => &mut head.expect,
             _ => continue,
         };
-        // The first occurrence wins; a repeated Content-Length could smuggle a body, and a
-        // repeated Host (RFC 9112 3.2: 400) makes "the gateway's own origin" ambiguous.
-        if slot.is_some() && (h.name.eq_ignore_ascii_case("content-length") || h.name.eq_ignore_ascii_case("host")) {
+        // The first occurrence wins; a repeated Content-Length could smuggle a body, a
+        // repeated Host (RFC 9112 3.2: 400) makes "the gateway's own origin" ambiguous, and a
+        // repeated Authorization (not a list, RFC 9110 11.6.2) who the caller is: a proxy in
+        // front reading another of them than the gateway would check someone else.
+        let single = ["content-length", "host", "authorization"];
+        if slot.is_some() && single.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
             return Parsed::Bad(MALFORMED);
         }
         slot.get_or_insert(h.value);
@@ -343,6 +348,16 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
     // RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 (HTTP/1.0 had none).
     if head.minor >= 1 && head.host.is_none() {
         return Parsed::Bad("an HTTP/1.1 request needs a Host header field");
+    }
+    // RFC 9112 6.3: a request whose body framing cannot be known (a Content-Length that is not
+    // 1*DIGIT, or one beside a Transfer-Encoding) gets 400 on every route, a stream's too.
+    if let Some(len) = head.content_length.map(<[u8]>::trim_ascii) {
+        if len.is_empty() || !len.iter().all(u8::is_ascii_digit) {
+            return Parsed::Bad("Content-Length is not a number");
+        }
+        if head.transfer_encoding.is_some() {
+            return Parsed::Bad("Content-Length and Transfer-Encoding together");
+        }
     }
     Parsed::Complete(head)
 }
@@ -619,7 +634,7 @@ impl Front {
             match &*k {
                 // An empty value says nothing, as an empty header (a page that always appends
                 // the id it remembers, or the version it was told, sends one before it has any).
-                "version" if version.is_none() && !v.trim().is_empty() => version = Some(v.parse::<u32>().ok()),
+                "version" if version.is_none() && !v.trim().is_empty() => version = Some(v.trim().parse::<u32>().ok()),
                 "last_event_id" if query_resume.is_none() && !v.trim().is_empty() => query_resume = Some(v.into_owned()),
                 _ => {}
             }
@@ -679,10 +694,7 @@ impl Front {
         let Some(len) = head.content_length.map(<[u8]>::trim_ascii) else {
             return error(411, "length_required", "Content-Length is required");
         };
-        // 1*DIGIT (RFC 9112 6.3): no sign, no list; too many digits is too large.
-        if len.is_empty() || !len.iter().all(u8::is_ascii_digit) {
-            return error(400, "bad_request", "Content-Length is not a number");
-        }
+        // 1*DIGIT (RFC 9112 6.3, checked by `parse_head`): no sign, no list; too many digits is too large.
         let n = std::str::from_utf8(len).ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
         match n {
             n if n > self.settings.config.server.max_body_bytes => error(413, "body_too_large", "body too large"),

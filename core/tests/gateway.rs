@@ -8,7 +8,7 @@ use bytes::Bytes;
 use sse_gateway_core::*;
 use support::*;
 
-const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-transform\r\n\
 X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
 
 fn respond(r: Routed) -> String {
@@ -1640,6 +1640,46 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     assert_eq!(status("Host: a.example\r\nHost: b.example\r\nContent-Length: 2\r\n").0, 400);
     assert_eq!(status("Content-Length: 1025\r\n").0, 413);
     assert_eq!(status("Content-Length: 99999999999999999999999999\r\n").0, 413);
+}
+
+#[test]
+fn a_stream_request_whose_body_framing_is_unknown_is_refused_and_a_spaced_version_is_read() {
+    let h = Harness::new("");
+    let t = h.token("alice", &[], 3600);
+    let route = |target: &str, headers: &str| {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n{headers}\r\n");
+        h.front.route(raw.as_bytes(), 1_900_000_000)
+    };
+    let status = |headers: &str| match route("/api/v1/streams/deals", headers) {
+        Routed::Stream(_) => 200,
+        Routed::Respond(r) => r.status,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status(""), 200);
+    assert_eq!(status("Content-Length: 0\r\n"), 200);
+    // RFC 9112 6.3: a length that is not 1*DIGIT, or one beside a transfer coding, is 400 here too.
+    assert_eq!(status("Content-Length: abc\r\n"), 400);
+    // A second Authorization (here after the valid one): whose request is it? 400.
+    assert_eq!(status("Authorization: Bearer x\r\n"), 400);
+    assert_eq!(status("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"), 400);
+    // `?version=+1` (a space, decoded) and `1%20` are version 1, as blank is no version.
+    for q in ["version=+1", "version=1%20", "version=%201"] {
+        match route(&format!("/api/v1/streams/deals?{q}"), "") {
+            Routed::Stream(req) => assert_eq!(req.version, 1, "{q}"),
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn readyz_says_what_is_down_with_a_code_and_a_message() {
+    let r = Response::ready(&["deals"]);
+    assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(&r.bytes);
+    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["code"], "not_ready");
+    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+    assert_eq!(json["sources_down"], serde_json::json!(["deals"]));
 }
 
 #[test]

@@ -29,7 +29,7 @@ async fn a_stream_is_a_close_delimited_event_stream_starting_with_retry(bin: Bin
     let mut s = gw.stream("deals", &user("alice", &[])).await;
     assert_eq!(s.status_line.split(' ').next(), Some("HTTP/1.1"), "{}", s.status_line);
     assert_eq!(s.header("content-type").map(|v| v.split(';').next().unwrap().trim()), Some("text/event-stream"));
-    assert_eq!(s.header("cache-control"), Some("no-cache"));
+    assert_eq!(s.header("cache-control"), Some("no-cache, no-transform"));
     assert_eq!(s.header("x-accel-buffering"), Some("no"));
     assert_eq!(s.header("content-length"), None, "a stream has no length: {:?}", s.headers);
     assert_eq!(s.header("transfer-encoding"), None, "close-delimited, not chunked: {:?}", s.headers);

@@ -17,7 +17,7 @@ pub const ORIGIN: &str = "https://a.example";
 pub const CHANNELS: [&str; 5] = ["deals", "notifications", "payments", "tasks", "nope"];
 pub const ROLES: [&str; 3] = ["finance_manager", "publisher", "viewer"];
 /// `version=` values (the first, repeated, is the one the seed catalogue has).
-pub const VERSIONS: [&str; 6] = ["1", "2", "x", "", "1", "1"];
+pub const VERSIONS: [&str; 6] = ["1", "2", "x", "", "%201", "1"];
 /// `last_event_id=` values (`%20` decodes to a space: says nothing, as empty does).
 pub const QUERY_IDS: [&str; 4] = ["1000-5", "garbage", "", "%20"];
 pub const HEADER_IDS: [&str; 4] = ["1000-7", "junk", "", "   "];
@@ -172,6 +172,14 @@ impl SignedHead {
         if self.content_lengths.len() > 1 {
             return Refused(400);
         }
+        // A body whose framing cannot be known (RFC 9112 6.3), on any route: a Content-Length
+        // that is not 1*DIGIT, or one beside a Transfer-Encoding.
+        if let Some(&cl) = self.content_lengths.first() {
+            let cl = pick(&CONTENT_LENGTHS, cl).trim();
+            if cl.is_empty() || !cl.bytes().all(|b| b.is_ascii_digit()) || self.transfer_encoding.is_some() {
+                return Refused(400);
+            }
+        }
         let roles = self.role_names();
         // A cookie from an origin that is neither allowed nor the gateway's own is not the user.
         let cookie_refused = self.token_at % 3 == 1 && self.origin().is_some_and(|o| o != ORIGIN);
@@ -192,7 +200,9 @@ impl SignedHead {
                 }
                 // The first `version=` that says something decides (empty says nothing); the
                 // seed catalogue has only version 1.
-                let version = match self.versions.iter().map(|&v| pick(&VERSIONS, v)).find(|v| !v.is_empty()) {
+                // `%20` decodes to a space, which says nothing around a number.
+                let decoded = |v: u8| pick(&VERSIONS, v).replace("%20", " ").trim().to_string();
+                let version = match self.versions.iter().map(|&v| decoded(v)).find(|v| !v.is_empty()).as_deref() {
                     None | Some("1") => 1,
                     Some(_) => return Refused(400),
                 };
@@ -228,9 +238,6 @@ impl SignedHead {
                 }
                 let Some(&cl) = self.content_lengths.first() else { return Refused(411) };
                 let cl = pick(&CONTENT_LENGTHS, cl).trim();
-                if cl.is_empty() || !cl.bytes().all(|b| b.is_ascii_digit()) {
-                    return Refused(400);
-                }
                 let n = cl.parse::<usize>().unwrap_or(usize::MAX);
                 if n > MAX_BODY {
                     return Refused(413);
