@@ -1,6 +1,8 @@
 //! The in-process source (D14): one task per channel owns that channel's `Ingest`; the publish
 //! endpoint and the demo generator hand it messages and get the event id or the drop back.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,6 +27,9 @@ pub(crate) struct Inproc {
     txs: Arc<[Sender<(UpstreamMessage, Reply)>]>,
     /// The budget of `event dropped` lines (summed up one last time at shutdown).
     pub(crate) drops: super::request::DropLog,
+    /// Set when the shutdown begins, before the shards are told: from then on an event would
+    /// reach them behind their `Shutdown`, which they do not take, so none is handed over.
+    stopped: Rc<Cell<bool>>,
 }
 
 impl Inproc {
@@ -32,19 +37,27 @@ impl Inproc {
     pub(crate) async fn start(settings: &Arc<Settings>, metrics: &Arc<Metrics>, shards: &Shards, started: std::time::Duration) -> Inproc {
         let mut txs = Vec::new();
         let drops = super::request::drop_log();
+        let stopped = Rc::new(Cell::new(false));
         for (i, ch) in settings.channels.iter().enumerate() {
             let Some(id) = settings.channel_id(&ch.name) else { continue };
             debug_assert_eq!(id.index(), i);
             let (tx, rx) = bounded(256);
             txs.push(tx);
             let ingest = Ingest::new(settings.clone(), metrics.clone(), id, process_epoch(started, id));
-            spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone()));
+            spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone(), stopped.clone()));
             shards.source(id, true).await;
         }
-        Inproc { txs: txs.into(), drops }
+        Inproc { txs: txs.into(), drops, stopped }
     }
 
-    /// Validates and publishes one message; `None` if the channel's task is gone.
+    /// The shutdown begins: messages not handed to the shards yet get no event id (their
+    /// publishers are refused 503), instead of an id for an event no stream would get.
+    pub(crate) fn stop(&self) {
+        self.stopped.set(true);
+    }
+
+    /// Validates and publishes one message; `None` if the channel's task is gone or the
+    /// shutdown began before the message was handed to the shards.
     pub(crate) async fn publish(&self, ch: ChannelId, mut msg: UpstreamMessage) -> Option<Outcome> {
         msg.received = Some(Instant::now());
         let (tx, rx) = bounded(1);
@@ -59,8 +72,12 @@ async fn run(
     shards: Shards,
     name: String,
     drops: super::request::DropLog,
+    stopped: Rc<Cell<bool>>,
 ) {
     while let Ok((msg, reply)) = rx.recv().await {
+        if stopped.get() {
+            continue; // the reply is dropped: the publisher is told 503
+        }
         // A panic (a bug) drops the event; the publisher's request is told so.
         let Some(result) = crate::common::contained(|| ingest.handle_message(&msg)) else {
             ingest.handling_failed();

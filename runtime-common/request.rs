@@ -41,9 +41,13 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Says the shutdown has begun (the listener is closed).
+    /// Says the shutdown has begun (the listener is closed); the in-process source hands the
+    /// shards nothing more (they are told to shut down next).
     pub(crate) fn stopping(&self) {
         self.stop.0.close();
+        if let Some(inproc) = &self.inproc {
+            inproc.stop();
+        }
     }
 
     /// Whether the shutdown has begun.
@@ -446,15 +450,18 @@ async fn publish(
         None => return Some(failed()),
     };
     let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
+    let shutting_down = || Response::error(503, "unavailable", "the gateway is shutting down", "", cors);
     let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
     if ctx.is_stopping() {
         // The shards take no more events: accepted now, it would reach no stream.
-        return Some(Response::error(503, "unavailable", "the gateway is shutting down", "", cors));
+        return Some(shutting_down());
     }
     Some(match inproc.publish(p.channel, msg).await {
         Some(Some(Ok(id))) => Response::published(id, cors),
         Some(Some(Err(d))) => Response::dropped(&d, cors),
         Some(None) => failed(),
+        // The shutdown began while it waited its turn: it was not handed to the shards.
+        None if ctx.is_stopping() => shutting_down(),
         None => unavailable(),
     })
 }

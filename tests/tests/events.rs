@@ -307,7 +307,70 @@ async fn smol_threads_of_zero_leaves_the_sources_running(bin: Bin) {
     assert_eq!(ev.json(), body);
 }
 
+/// D12, D14: SIGTERM while publishes wait for the in-process source: each one answered 202 is
+/// on the stream before it closes (the rest are refused 503, or cut off unanswered as the
+/// process ends). Before, those still queued at the signal got 202 and an id, and the shards,
+/// told to shut down first, never took their events.
+async fn a_publish_answered_202_as_the_gateway_stops_reached_the_stream(bin: Bin) {
+    use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true");
+    let mut gw = sse_gateway_tests::GatewayProcess::start(bin, &cfg.render()).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    let body = serde_json::json!({"type": "deal.created", "data": valid("deal.created")}).to_string();
+    let request = format!(
+        "POST /api/v1/publish/deals HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.addr,
+        user("svc", &["publisher"]),
+        body.len()
+    );
+    let mut socks = Vec::new();
+    for _ in 0..400 {
+        socks.push(::tokio::net::TcpStream::connect(gw.addr).await.expect("connect"));
+    }
+    let (first_tx, first_rx) = ::tokio::sync::oneshot::channel::<()>();
+    let first_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(first_tx)));
+    let mut tasks = ::tokio::task::JoinSet::new();
+    for mut sock in socks {
+        let (request, first_tx) = (request.clone(), first_tx.clone());
+        tasks.spawn(async move {
+            sock.write_all(request.as_bytes()).await.ok()?;
+            let mut got = Vec::new();
+            let _ = ::tokio::time::timeout(sse_gateway_tests::WAIT, sock.read_to_end(&mut got)).await;
+            let got = String::from_utf8_lossy(&got).into_owned();
+            if got.starts_with("HTTP/1.1 202") {
+                if let Some(tx) = first_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+            Some(got)
+        });
+    }
+    // Once the first is taken, the rest are in flight: stop now.
+    ::tokio::time::timeout(sse_gateway_tests::WAIT, first_rx).await.expect("a first publish answered").expect("answered 202");
+    gw.terminate();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = tasks.join_next().await {
+        let Some(got) = r.expect("a publishing task") else { continue };
+        if got.starts_with("HTTP/1.1 202") {
+            let json = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {got}"));
+            accepted.push(v["id"].as_str().expect("an id").to_string());
+        } else if got.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        } else {
+            assert!(got.is_empty(), "neither 202 nor 503: {got}");
+        }
+    }
+    let frames = s.until_closed(3 * sse_gateway_tests::WAIT).await.expect("the stream closes at the shutdown");
+    let ids: std::collections::HashSet<String> = frames.iter().filter_map(|f| f.id.clone()).collect();
+    let lost: Vec<&String> = accepted.iter().filter(|id| !ids.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} of {} answered 202 never reached the stream ({refused} refused 503): {lost:?}", lost.len(), accepted.len());
+    gw.wait_exit(3 * sse_gateway_tests::WAIT).await.expect("the gateway exits");
+}
+
 for_each_binary!(
+    a_publish_answered_202_as_the_gateway_stops_reached_the_stream,
     smol_threads_of_zero_leaves_the_sources_running,
     a_graceful_stop_mid_burst_acks_what_was_handled_and_leaves_the_rest,
     every_seed_event_type_arrives_with_id_type_and_data_exactly,
