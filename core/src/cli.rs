@@ -159,9 +159,23 @@ impl Launch {
             let secret = self.setup.hmac_secret().ok_or("demo mode needs an HMAC secret")?;
             let t = issue_hs256(&settings.config.auth, secret, demo::DEMO_USER, &roles, unix_now(), 12 * 3600)
                 .map_err(|e| e.to_string())?;
-            lines.push_str(&format!("token: {t}\ndemo page: http://{addr}/?token={t}\n"));
+            let page = page_addr(addr);
+            if !addr.ip().is_loopback() {
+                warn!(%addr, "--demo listens beyond loopback: the demo page, its events and the publish endpoint are reachable from the network over plain HTTP (the printed token publishes)");
+            }
+            lines.push_str(&format!("token: {t}\ndemo page: http://{page}/?token={t}\n"));
         }
         out.write_all(lines.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+    }
+}
+
+/// Where the demo page is opened: `addr`, or loopback for a wildcard address (`0.0.0.0`,
+/// `[::]`), which is no place a browser can open.
+fn page_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
     }
 }
 
@@ -424,6 +438,15 @@ fn log_filter(var: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<Strin
 mod tests {
     use super::*;
     use tracing_subscriber::EnvFilter;
+
+    #[test]
+    fn the_demo_page_is_on_loopback_when_the_gateway_listens_on_a_wildcard_address() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(page_addr(at("0.0.0.0:8080")), at("127.0.0.1:8080"));
+        assert_eq!(page_addr(at("[::]:8080")), at("[::1]:8080"));
+        assert_eq!(page_addr(at("127.0.0.1:8080")), at("127.0.0.1:8080"));
+        assert_eq!(page_addr(at("10.1.2.3:80")), at("10.1.2.3:80"));
+    }
 
     #[test]
     fn the_token_command_warns_of_a_sub_or_role_that_cannot_work_as_meant() {

@@ -12,7 +12,7 @@ use crate::config::{Config, Settings};
 use crate::ingest::{HeaderValue, UpstreamMessage};
 
 /// The demo page template; its placeholders are `__SSE_COOKIE__` (the cookie name) and
-/// `__SSE_EVENT_TYPES__` (channel -> event types, JSON). See [`page`].
+/// `__SSE_EVENT_TYPES__` (`[channel, [event types]]` pairs, JSON). See [`page`].
 pub const PAGE: &str = include_str!("demo.html");
 
 /// Cookie name `--demo` configures when `auth.cookie` is unset.
@@ -36,7 +36,8 @@ pub fn roles(settings: &Settings) -> Vec<String> {
 /// channel the gateway serves and shows every event type of the channel's default version, from
 /// the configured catalogue (demo samples exist for the seed's event types only).
 pub fn page(cookie: &str, settings: &Settings) -> String {
-    let mut types = serde_json::Map::new();
+    // [channel, [event types]] pairs, in the configuration's order.
+    let mut types = Vec::new();
     for ch in &settings.channels {
         let names: Vec<&str> = settings
             .catalogue
@@ -44,10 +45,10 @@ pub fn page(cookie: &str, settings: &Settings) -> String {
             .and_then(|schema| schema.version(ch.default_version))
             .map(|v| v.event_types().map(|(name, _)| name).collect())
             .unwrap_or_default();
-        types.insert(ch.name.clone(), json!(names));
+        types.push(json!([ch.name, names]));
     }
     // Channel and event-type names are `[a-z0-9._-]`: safe inside a <script> element.
-    PAGE.replace("__SSE_COOKIE__", cookie).replace("__SSE_EVENT_TYPES__", &Value::Object(types).to_string())
+    PAGE.replace("__SSE_COOKIE__", cookie).replace("__SSE_EVENT_TYPES__", &Value::Array(types).to_string())
 }
 
 /// What `--demo` forces: sample events on, the publish endpoint on, and a token cookie (so the
@@ -239,10 +240,10 @@ mod tests {
         let seed = Settings::seed();
         assert!(page("tok", &seed).contains("\"tok\"") && !page("tok", &seed).contains("__SSE_COOKIE__"));
         assert!(!page("tok", &seed).contains("__SSE_EVENT_TYPES__"));
-        assert!(page("tok", &seed).contains(r#""payments":["payment.overdue","payment.status.changed"]"#));
+        assert!(page("tok", &seed).contains(r#"["payments",["payment.overdue","payment.status.changed"]]"#));
         // The channels served and the configured catalogue's types, not the seed's.
         let custom = Settings::new(Config::default(), crate::Catalogue::from_toml("[channels.invoices.versions.1.\"invoice.paid\"]\nid = \"uuid\"\n").unwrap()).unwrap();
-        assert!(page("tok", &custom).contains(r#"const EVENT_TYPES = {"invoices":["invoice.paid"]};"#), "{}", page("tok", &custom));
+        assert!(page("tok", &custom).contains(r#"const EVENT_TYPES = [["invoices",["invoice.paid"]]];"#), "{}", page("tok", &custom));
         let no_payments = Settings::new(Config::from_toml("[channels.payments]\nenabled = false\n").unwrap(), crate::Catalogue::seed()).unwrap();
         assert!(!page("tok", &no_payments).contains("\"payments\""));
     }
