@@ -27,15 +27,40 @@ use sse_gateway_core::Routed;
 use support::model::*;
 use support::*;
 
+/// How many events back a resume goes (`ResumeChoice::Back`, taken modulo the channel's event
+/// count): often the window's edges (the oldest id inside it, the newest outside), inside it,
+/// or anywhere in the channel's events.
+fn back() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        2 => Just(BUFFER),
+        2 => Just(BUFFER + 1),
+        4 => 0..BUFFER,
+        2 => any::<usize>(),
+    ]
+}
+
+/// Milliseconds an `Advance` moves the clock: often exactly the eviction's minimum age, a
+/// millisecond under or over it, or a heartbeat interval; else anything up to past two
+/// warning intervals.
+fn advance_ms(max: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1 => Just(5_000u64),
+        1 => Just(4_999u64),
+        1 => Just(5_001u64),
+        1 => Just(30_000u64),
+        6 => 0..max,
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let resume = prop_oneof![
         3 => Just(ResumeChoice::None),
-        4 => (0usize..10).prop_map(ResumeChoice::Back),
+        4 => back().prop_map(ResumeChoice::Back),
         1 => (0usize..4).prop_map(ResumeChoice::Ahead),
         1 => Just(ResumeChoice::Zero),
         1 => Just(ResumeChoice::Malformed),
         1 => Just(ResumeChoice::OtherEpoch),
-        1 => (0usize..10).prop_map(ResumeChoice::OtherChannel),
+        1 => any::<usize>().prop_map(ResumeChoice::OtherChannel),
     ];
     // Mostly long-lived tokens; some expire within the case.
     let ttl = prop_oneof![3 => Just(3600u64), 1 => 1u64..180];
@@ -49,7 +74,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(|pick| Op::Close { pick }),
         6 => (0..4usize, proptest::option::weighted(0.4, proptest::collection::vec(0..USERS, 0..3)), any::<bool>(), pad)
             .prop_map(|(channel, recipients, v2, pad)| Op::Publish { channel, recipients, v2, pad }),
-        3 => (0u64..70_000, prop_oneof![4 => Just(true), 1 => Just(false)]).prop_map(|(ms, step)| Op::Advance { ms, step }),
+        3 => (advance_ms(70_000), prop_oneof![4 => Just(true), 1 => Just(false)]).prop_map(|(ms, step)| Op::Advance { ms, step }),
         1 => any::<usize>().prop_map(|pick| Op::Pause { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Read { pick }),
         1 => (0..4usize).prop_map(|channel| Op::Down { channel }),
@@ -62,13 +87,13 @@ fn op() -> impl Strategy<Value = Op> {
 fn catch_up_op() -> impl Strategy<Value = Op> {
     let pad = prop_oneof![3 => 0usize..40, 2 => 1500usize..2500, 1 => 4000usize..9000];
     prop_oneof![
-        3 => (0..2usize, 0usize..8, any::<bool>()).prop_map(|(user, back, read)| Op::Open {
+        3 => (0..2usize, back(), any::<bool>()).prop_map(|(user, back, read)| Op::Open {
             user, channel: 0, finance: false, v2: false, resume: ResumeChoice::Back(back), ttl: 3600, read,
         }),
         1 => any::<usize>().prop_map(|pick| Op::Close { pick }),
         8 => (proptest::option::weighted(0.2, proptest::collection::vec(0..2usize, 0..2)), pad)
             .prop_map(|(recipients, pad)| Op::Publish { channel: 0, recipients, v2: false, pad }),
-        2 => (0u64..40_000, any::<bool>()).prop_map(|(ms, step)| Op::Advance { ms, step }),
+        2 => (advance_ms(40_000), any::<bool>()).prop_map(|(ms, step)| Op::Advance { ms, step }),
         1 => any::<usize>().prop_map(|pick| Op::Pause { pick }),
         2 => any::<usize>().prop_map(|pick| Op::Read { pick }),
     ]

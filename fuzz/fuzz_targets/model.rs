@@ -12,7 +12,31 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../core/tests/support/mod.rs"]
 mod support;
 
-use support::model::{Model, Op, ResumeChoice, USERS};
+use support::model::{Model, Op, ResumeChoice, BUFFER, USERS};
+
+/// How many events back a resume goes (taken modulo the channel's event count), as the property
+/// test draws it: often the window's edges (the oldest id inside it, the newest outside), inside
+/// it, or anywhere in the channel's events.
+fn back(u: &mut Unstructured<'_>) -> Result<usize> {
+    Ok(match u.int_in_range(0u8..=9)? {
+        0 | 1 => BUFFER,
+        2 | 3 => BUFFER + 1,
+        4..=7 => u.int_in_range(0..=BUFFER - 1)?,
+        _ => u.arbitrary()?,
+    })
+}
+
+/// Milliseconds an `Advance` moves the clock, as the property test draws them: often exactly
+/// the eviction's minimum age, a millisecond under or over it, or a heartbeat interval.
+fn advance_ms(u: &mut Unstructured<'_>) -> Result<u64> {
+    Ok(match u.int_in_range(0u8..=9)? {
+        0 => 5_000,
+        1 => 4_999,
+        2 => 5_001,
+        3 => 30_000,
+        _ => u.int_in_range(0u64..=70_000)?,
+    })
+}
 
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
     Ok(match u.int_in_range(0u8..=17)? {
@@ -23,11 +47,11 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
             v2: u.arbitrary()?,
             resume: match u.int_in_range(0u8..=11)? {
                 0..=2 => ResumeChoice::None,
-                3..=6 => ResumeChoice::Back(u.int_in_range(0usize..=9)?),
+                3..=6 => ResumeChoice::Back(back(u)?),
                 7 => ResumeChoice::Ahead(u.int_in_range(0usize..=3)?),
                 8 => ResumeChoice::Zero,
                 9 => ResumeChoice::Malformed,
-                10 => ResumeChoice::OtherChannel(u.int_in_range(0usize..=9)?),
+                10 => ResumeChoice::OtherChannel(back(u)?),
                 _ => ResumeChoice::OtherEpoch,
             },
             ttl: if u.ratio(1, 4)? { u.int_in_range(1u64..=180)? } else { 3600 },
@@ -50,7 +74,7 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
                 _ => u.int_in_range(4000usize..=9000)?,
             },
         },
-        12 | 13 => Op::Advance { ms: u.int_in_range(0u64..=70_000)?, step: !u.ratio(1, 5)? },
+        12 | 13 => Op::Advance { ms: advance_ms(u)?, step: !u.ratio(1, 5)? },
         14 => Op::Down { channel: u.choose_index(4)? },
         15 => Op::Up { channel: u.choose_index(4)? },
         16 => Op::Pause { pick: u.arbitrary()? },

@@ -42,13 +42,21 @@ use super::*;
 pub const USERS: usize = 5;
 pub const CHANNELS: [&str; 4] = ["deals", "notifications", "payments", "tasks"];
 const LIMIT: usize = 3;
-const BUFFER: usize = 6;
+/// `streams.buffer_events`: `ResumeChoice::Back(BUFFER)` resumes from the oldest id still
+/// inside the window, `Back(BUFFER + 1)` from the newest one just outside it.
+pub const BUFFER: usize = 6;
+/// `streams.heartbeat`, `streams.warning_interval` and `streams.min_stream_age`: written into the
+/// configuration of the model's gateway (`Model::with_shard`), not copied from its defaults.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const WARNING: Duration = Duration::from_secs(60);
 const MIN_AGE: Duration = Duration::from_secs(5);
 /// The smallest output bound the configuration takes: a resume of a few large events takes
 /// several batches.
 const MAX_PENDING: usize = 4096;
+/// How far control frames (heartbeats, warnings) may take a stream's output past its bound, or
+/// past the events it holds when those are over the bound (the gateway's `CONTROL_SLACK`, see
+/// `Gateway::push`).
+const CONTROL_SLACK: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -72,7 +80,9 @@ pub enum Op {
 #[derive(Debug, Clone)]
 pub enum ResumeChoice {
     None,
-    /// The id of the event this many back from the channel's last (may fall outside the window).
+    /// The id of the event this many back from the channel's last (`Back(0)`: the last), taken
+    /// modulo the channel's event count (an empty channel: no resume): `Back(BUFFER)` is the
+    /// oldest id inside the window, `Back(BUFFER + 1)` the newest one outside it.
     Back(usize),
     /// An id of this epoch this far past the channel's last event (another instance was ahead).
     Ahead(usize),
@@ -80,8 +90,9 @@ pub enum ResumeChoice {
     Zero,
     Malformed,
     OtherEpoch,
-    /// The id of the event this many back from the last of the next channel (in `CHANNELS`):
-    /// a page that keeps one remembered id for all its streams.
+    /// The id of the event this many back from the last of the next channel (in `CHANNELS`),
+    /// modulo its event count (as `Back`): a page that keeps one remembered id for all its
+    /// streams.
     OtherChannel(usize),
 }
 
@@ -135,7 +146,23 @@ struct Watch {
     /// that as a `history_gap` once it reads. Only such a stream gets a `history_gap` after its
     /// open. Cleared once it has read (the harness takes every batch, so a client that reads
     /// finishes its catch-up at once).
-    catch_up: bool,
+    ///
+    /// Holds the gateway's cursor: the seq of the last event its first batch walked, visible
+    /// to it or not (the gateway moves the cursor past every event of the batch). Meanwhile it
+    /// gets no live event (they wait in the buffer). Once its client reads, the next batch
+    /// starts from there: `history_gap` is due exactly when the buffer no longer holds
+    /// everything after it (the cursor is below the buffer's floor), not when the resume id is.
+    catch_up: Option<u64>,
+    /// Its paused catch-up's client read while the cursor was below the buffer's floor: the
+    /// `history_gap` is owed with what it read.
+    late_gap_due: bool,
+    /// What its output may hold of events (and, at the open, of the response head, `retry:`,
+    /// `history_gap` and `source_unavailable`), control frames aside, when that is over the
+    /// bound (`MAX_PENDING` otherwise): a live event goes in only below the bound, or into an
+    /// empty output whatever its size; a catch-up's batch fills the output until it reaches the
+    /// bound, so its last event may take it past (the model knows the batch: `open`). Control
+    /// frames take at most `CONTROL_SLACK` more (`Gateway::push`). Reset when the client reads.
+    level: usize,
     /// The `error` frames it received (their `code`).
     errors: Vec<String>,
     /// Open order (the gateway evicts a user's oldest) and time.
@@ -195,6 +222,16 @@ fn payload(channel: &str, v2: bool, pad: usize) -> (&'static str, serde_json::Va
     }
 }
 
+/// Everything after this seq is in the channel's buffer (the seq of the last event it dropped;
+/// 0 while it has dropped none).
+fn floor_of(evs: &[Published]) -> u64 {
+    if evs.len() > BUFFER {
+        evs[evs.len() - 1 - BUFFER].seq
+    } else {
+        0
+    }
+}
+
 impl Model {
     /// A shard that never fills, with the `evict_oldest` policy.
     pub fn new() -> Model {
@@ -205,10 +242,18 @@ impl Model {
     pub fn with_shard(capacity: usize, reject: bool) -> Model {
         let cat = Catalogue::from_toml(include_str!("../fixtures/catalogue_v2.toml")).unwrap();
         let policy = if reject { "reject" } else { "evict_oldest" };
+        let ms = |d: Duration| d.as_millis();
         let extra = format!(
-            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"5s\"\nmax_pending_bytes = {MAX_PENDING}\nlimit_policy = \"{policy}\"\n"
+            "max_per_user = {LIMIT}\nbuffer_events = {BUFFER}\nmin_stream_age = \"{}ms\"\nmax_pending_bytes = {MAX_PENDING}\n\
+             heartbeat = \"{}ms\"\nwarning_interval = \"{}ms\"\nlimit_policy = \"{policy}\"\n",
+            ms(MIN_AGE),
+            ms(HEARTBEAT),
+            ms(WARNING),
         );
         let h = Harness::build_sized("", &extra, cat, capacity);
+        let s = &h.settings.config.streams;
+        assert_eq!((s.heartbeat, s.warning_interval, s.min_stream_age), (HEARTBEAT, WARNING, MIN_AGE), "the model's timings are its gateway's");
+        assert_eq!((s.max_pending_bytes, s.max_per_user), (MAX_PENDING, LIMIT));
         Model {
             start: h.now,
             late_from: None,
@@ -248,6 +293,12 @@ impl Model {
             Op::Read { pick } => {
                 if let Some(id) = self.pick(pick) {
                     if self.h.reading.insert(id, true) == Some(false) {
+                        // A paused catch-up reads on from its cursor: passed by the buffer, it
+                        // is owed a history_gap.
+                        let floor = floor_of(&self.events[self.watches[&id].channel]);
+                        if let Some(w) = self.watches.get_mut(&id) {
+                            w.late_gap_due = w.catch_up.is_some_and(|c| c < floor);
+                        }
                         let waiting = self.h.gw.pending_bytes(id) > 0;
                         self.h.flush(id);
                         self.h.drain();
@@ -283,11 +334,15 @@ impl Model {
                         let seen = |w: &Watch| {
                             w.channel == channel && w.version == version && recipients.as_ref().is_none_or(|r| r.contains(&w.user))
                         };
+                        // A stream still in its catch-up takes no live event (it reads them from
+                        // the buffer later): it passes no bound with one.
                         for (id, pending) in before {
+                            let Some(w) = self.watches.get_mut(&id).filter(|w| seen(w) && w.catch_up.is_none()) else { continue };
                             if pending > 0 && pending + ev.frame().len() > MAX_PENDING {
-                                if let Some(w) = self.watches.get_mut(&id).filter(|w| seen(w)) {
-                                    w.bound_passed = true;
-                                }
+                                w.bound_passed = true;
+                            } else if pending == 0 {
+                                // An empty output takes any one event, even one over the bound.
+                                w.level = w.level.max(ev.frame().len());
                             }
                         }
                         assert_eq!(ev.version(), version, "published as v{version}");
@@ -366,6 +421,7 @@ impl Model {
                 w.stall_deadline = None;
                 w.stall_start = None;
                 w.bound_passed = false;
+                w.level = MAX_PENDING;
             } else if self.h.gw.pending_bytes(*id) > 0 {
                 w.stall_start.get_or_insert(began);
                 let d = *w.stall_deadline.get_or_insert(now + 2 * HEARTBEAT);
@@ -407,16 +463,16 @@ impl Model {
                 let other = (channel + 1) % CHANNELS.len();
                 let epoch = super::epoch_of(self.h.settings.channel_id(CHANNELS[other]).expect("a channel of the model"));
                 let evs = &self.events[other];
-                match evs.len().checked_sub(1 + k) {
-                    Some(i) => (Some(format!("Last-Event-ID: {epoch}-{}", evs[i].seq)), None),
-                    None => (None, None),
+                match evs.len() {
+                    0 => (None, None),
+                    n => (Some(format!("Last-Event-ID: {epoch}-{}", evs[n - 1 - k % n].seq)), None),
                 }
             }
-            ResumeChoice::Back(k) if k < evs.len() => {
-                let i = evs.len() - 1 - k;
+            ResumeChoice::Back(_) if evs.is_empty() => (None, None),
+            ResumeChoice::Back(k) => {
+                let i = evs.len() - 1 - k % evs.len();
                 (Some(format!("Last-Event-ID: {epoch}-{}", evs[i].seq)), Some(i))
             }
-            ResumeChoice::Back(_) => (None, None),
             ResumeChoice::Ahead(n) => {
                 let last = evs.last().map_or(0, |e| e.seq);
                 (Some(format!("Last-Event-ID: {epoch}-{}", last + 1 + n as u64)), None)
@@ -471,26 +527,42 @@ impl Model {
                 let gap_expected = header.is_some() && inside.is_none();
                 // A client that does not read from the start, resuming inside the window: is its
                 // catch-up over at the open? The first batch (after the response head and the
-                // `retry:`) takes the buffered events after its id, the ones it may see queued,
-                // until its output reaches the bound; it goes live if that took them all and left
-                // the output at most half the bound.
-                let catch_up = !read
-                    && inside.is_some()
-                    && after_seq.is_some_and(|a| {
-                        let s = &self.h.settings.config.streams;
-                        let mut pending = Response::stream_head(None).len() + sse::retry(s.retry.as_millis() as u64).len();
-                        let mut done = true;
-                        for e in evs.iter().filter(|e| e.seq > a) {
-                            if pending >= MAX_PENDING {
-                                done = false;
-                                break;
-                            }
-                            if e.visible(&user_name, version) {
-                                pending += e.frame.len();
-                            }
+                // `retry:`) walks the buffered events after its id, moving the cursor past each
+                // (visible or not) and queueing the ones it may see, until its output reaches the
+                // bound (its last event may take it past); it goes live if that took them all
+                // and left the output at most half the bound.
+                let s = &self.h.settings.config.streams;
+                let mut pending = Response::stream_head(None).len() + sse::retry(s.retry.as_millis() as u64).len();
+                let mut catch_up = None;
+                if let (Some(a), Some(_)) = (after_seq, inside) {
+                    let mut cursor = a;
+                    let mut done = true;
+                    for e in evs.iter().filter(|e| e.seq > a) {
+                        if pending >= MAX_PENDING {
+                            done = false;
+                            break;
                         }
-                        !(done && pending <= MAX_PENDING / 2)
-                    });
+                        cursor = e.seq;
+                        if e.visible(&user_name, version) {
+                            pending += e.frame.len();
+                        }
+                    }
+                    let live = done && pending <= MAX_PENDING / 2;
+                    if !read && !live {
+                        catch_up = Some(cursor);
+                    }
+                }
+                if gap_expected {
+                    pending += sse::warning("history_gap", name).len();
+                }
+                if self.down[channel].is_some() {
+                    pending += sse::warning("source_unavailable", name).len();
+                }
+                // A client that does not read holds all of it (a catch-up's batch exactly as
+                // walked above).
+                if !read {
+                    assert_eq!(self.h.gw.pending_bytes(id), pending, "{user_name}'s output at the open (catch-up at {catch_up:?})");
+                }
                 self.opens += 1;
                 self.watches.insert(
                     id,
@@ -510,6 +582,8 @@ impl Model {
                         gaps_owed: u32::from(gap_expected),
                         open_checked: false,
                         catch_up,
+                        late_gap_due: false,
+                        level: pending.max(MAX_PENDING),
                         errors: Vec::new(),
                         opened: self.opens,
                         opened_at: self.h.now,
@@ -621,18 +695,30 @@ impl Model {
                         // Not the answer to its resume id: a stream whose client did not read
                         // during its catch-up, passed by the buffer meanwhile; live from the
                         // channel's last event.
-                        assert!(w.catch_up, "history_gap to a stream not in a catch-up (live, or one that has read since its open)");
+                        let Some(cursor) = w.catch_up else {
+                            panic!("history_gap to a stream not in a catch-up (live, or one that has read since its open)")
+                        };
                         let evs = &self.events[w.channel];
-                        let floor = if evs.len() > BUFFER { evs[evs.len() - 1 - BUFFER].seq } else { 0 };
+                        let floor = floor_of(evs);
                         let from = w.after_seq.unwrap_or(0);
-                        assert!(from < floor, "history_gap while the buffer still holds everything after {from} (it begins after {floor})");
-                        // What came before it: the catch-up, in order, with nothing left out.
-                        let expected: Vec<u64> =
-                            evs.iter().filter(|e| e.seq > from && e.visible(&w.user, w.version)).map(|e| e.seq).collect();
-                        assert!(expected.starts_with(&w.received), "the catch-up before history_gap: {:?}, expected a prefix of {expected:?}", w.received);
+                        // Due on the gateway's cursor (where its first batch got to), not on the
+                        // resume id: the buffer moved past the cursor.
+                        assert!(
+                            w.late_gap_due && cursor < floor,
+                            "history_gap to a catch-up whose cursor {cursor} (resumed from {from}) the buffer still holds everything after (it begins after {floor})"
+                        );
+                        // What came before it: its first batch, in order, with nothing left out:
+                        // the events it may see up to the cursor.
+                        let expected: Vec<u64> = evs
+                            .iter()
+                            .filter(|e| e.seq > from && e.seq <= cursor && e.visible(&w.user, w.version))
+                            .map(|e| e.seq)
+                            .collect();
+                        assert_eq!(w.received, expected, "the catch-up before history_gap (from {from} to the cursor {cursor})");
                         w.after_seq = evs.last().map(|e| e.seq);
                         w.received.clear();
-                        w.catch_up = false;
+                        w.catch_up = None;
+                        w.late_gap_due = false;
                         self.late_gaps += 1;
                     }
                     Some("source_unavailable") => {
@@ -654,9 +740,12 @@ impl Model {
                 assert_eq!(w.gaps_owed, 0, "a resume outside the window without history_gap");
                 w.open_checked = true;
             }
-            // A client that reads has its catch-up done (the harness takes every batch): a
-            // history_gap it was excused for came with what it just read, or not at all.
-            w.catch_up = false;
+            // A client that reads has its catch-up done (the harness takes every batch): the
+            // history_gap due came with what it just read; with none due, the catch-up went on
+            // from the cursor (`check` wants every event after the resume id).
+            if let Some(cursor) = w.catch_up.take() {
+                assert!(!w.late_gap_due, "{}'s catch-up read from its cursor {cursor}, below the buffer's floor, without history_gap", w.user);
+            }
         }
     }
 
@@ -673,6 +762,19 @@ impl Model {
             let exp = Duration::from_secs(w.expires);
             assert!(self.h.since_epoch() <= exp, "{}'s stream open {:?} past its token's exp", w.user, self.h.since_epoch() - exp);
             assert!(w.errors.is_empty(), "an open stream got error frames {:?}", w.errors);
+            // The output bound (D11), control frames' slack included: its events (or its
+            // catch-up's first batch) at most at `level`, control frames at most
+            // `CONTROL_SLACK` over that or the bound.
+            let pending = self.h.gw.pending_bytes(*id);
+            let bound = MAX_PENDING.max(w.level) + CONTROL_SLACK;
+            assert!(
+                pending <= bound,
+                "{}'s stream on {} holds {pending} bytes, over its bound {bound} (events at most {}, catch-up {:?})",
+                w.user,
+                CHANNELS[w.channel],
+                w.level,
+                w.catch_up
+            );
             if self.h.reading.get(id) == Some(&false) {
                 // What it has not read is not checked until it reads.
                 continue;
