@@ -737,6 +737,28 @@ fn a_stream_that_stops_reading_is_closed_at_its_bound_and_others_keep_receiving(
 }
 
 #[test]
+fn a_stream_whose_writer_reports_its_socket_taking_bytes_is_not_closed_as_slow() {
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let slow = h.open("slow", "deals");
+    let stalled = h.open("stalled", "deals");
+    h.reading.insert(slow, false);
+    h.reading.insert(stalled, false);
+    h.publish("deals", "deal.created", deal_created("x"));
+    // Output waits on both at every tick; the writer of `slow` says its socket takes bytes (it
+    // writes what it took earlier, slowly), that of `stalled` says nothing.
+    for _ in 0..4 {
+        h.gw.output_moving(slow);
+        h.advance(Duration::from_secs(31));
+    }
+    assert!(!h.closed.contains_key(&slow), "a client that reads, if slowly, was closed as slow");
+    assert_eq!(h.closed.get(&stalled), Some(&CloseReason::SlowClient));
+    // Once nothing moves any more for a whole interval, it is closed as well.
+    h.advance(Duration::from_secs(31));
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.closed.get(&slow), Some(&CloseReason::SlowClient));
+}
+
+#[test]
 fn an_outage_warning_does_not_close_a_stalled_stream_its_heartbeat_tick_does() {
     let mut h = Harness::new("max_pending_bytes = 4096\n");
     let deals = h.channel("deals");
