@@ -667,6 +667,47 @@ fn only_a_catch_up_the_buffer_passed_gets_history_gap_after_the_open() {
     assert_eq!(m.late_gaps, 1);
 }
 
+/// The cases proptest once shrank a failure to (`properties.proptest-regressions` keeps their
+/// seeds, which no longer replay them since `Op` gained fields), as fixed sequences: the fields
+/// added since take the values that were implied then (long tokens, clients that read, no pad,
+/// stepped time).
+#[test]
+fn the_shrunk_failures_of_the_past_replay_as_fixed_sequences() {
+    let open = |user, channel, finance, resume| Op::Open { user, channel, finance, v2: false, resume, ttl: 3600, read: true };
+    let publish = |channel, recipients: Option<Vec<usize>>| Op::Publish { channel, recipients, v2: false, pad: 0 };
+    let none = || ResumeChoice::None;
+    // An event naming one recipient twice, on a channel others watch too.
+    let mut m = Model::new();
+    for op in [open(0, 0, false, none()), open(3, 1, false, none()), open(0, 0, false, none()), open(0, 0, false, none()), open(0, 0, false, none())] {
+        m.apply(op);
+    }
+    m.apply(publish(1, Some(vec![3, 3])));
+    // A resume six events back on a channel with seven (the window's oldest id).
+    let mut m = Model::new();
+    for _ in 0..7 {
+        m.apply(publish(2, None));
+    }
+    m.apply(open(0, 2, true, ResumeChoice::Back(6)));
+    // Evictions at the limit, then again at exactly the minimum age.
+    let mut m = Model::new();
+    for user in [4, 4, 0, 0, 4, 0, 0, 0] {
+        m.apply(open(user, 0, false, none()));
+    }
+    m.apply(Op::Advance { ms: 5_000, step: true });
+    m.apply(open(0, 0, false, none()));
+    m.apply(open(0, 0, false, none()));
+    // A short token across two heartbeat intervals.
+    let mut m = Model::new();
+    m.apply(Op::Advance { ms: 19_430, step: true });
+    m.apply(Op::Open { user: 0, channel: 0, finance: false, v2: false, resume: none(), ttl: 74, read: true });
+    m.apply(Op::Advance { ms: 61_926, step: true });
+    m.apply(Op::Advance { ms: 11_645, step: true });
+    // An event larger than the output bound to an empty output.
+    let mut m = Model::new();
+    m.apply(open(0, 0, false, none()));
+    m.apply(Op::Publish { channel: 0, recipients: None, v2: false, pad: 4000 });
+}
+
 /// A full shard: a user below the limit is refused 503; one at the limit whose oldest stream
 /// is old enough evicts it and opens in the slot it frees (`evict_oldest`), and with `reject`
 /// is refused 409 (the model asserts each outcome).
