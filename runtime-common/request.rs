@@ -366,12 +366,14 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
                     let refused = if ctx.is_stopping() { Some((std, req)) } else { ctx.shards.open(std, req).await.err() };
                     if let Some((std, req)) = refused {
                         let resp = Response::shutting_down(req.cors_origin.as_deref());
-                        metrics.response(resp.status);
-                        if ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
-                            info!(%peer, status = resp.status, code = "overloaded", reason = "shutting_down", "request refused");
-                        }
                         match Socket::new(std) {
-                            Ok(sock) => respond(sock, resp, deadline).await,
+                            Ok(sock) => {
+                                metrics.response(resp.status);
+                                if ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
+                                    info!(%peer, status = resp.status, code = "overloaded", reason = "shutting_down", "request refused");
+                                }
+                                respond(sock, resp, deadline).await
+                            }
                             Err(e) => debug!(%peer, error = %e, "cannot answer a connection"),
                         }
                     }

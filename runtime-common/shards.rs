@@ -59,6 +59,9 @@ pub(crate) struct Shards {
     sources: Arc<[AtomicU8]>,
     /// Per channel: its source has been up at some time since the process started.
     ever_up: Arc<[AtomicBool]>,
+    /// `sse_gateway_source_up` is set here, with `/readyz`'s state: one writer, at once (each
+    /// shard reads the change later, behind what its queue holds).
+    metrics: Arc<Metrics>,
 }
 
 const UNREACHED: u8 = 0;
@@ -91,6 +94,7 @@ impl Shards {
         if self.sources[ch.index()].swap(new, Ordering::Relaxed) == new {
             return false;
         }
+        self.metrics.source_state(ch, up);
         self.broadcast(|| if up { Command::SourceUp(ch) } else { Command::SourceDown(ch) }).await;
         true
     }
@@ -172,5 +176,5 @@ pub(crate) fn spawn(
     }
     let sources = settings.channels.iter().map(|_| AtomicU8::new(UNREACHED)).collect();
     let ever_up = settings.channels.iter().map(|_| AtomicBool::new(false)).collect();
-    Ok((Shards { txs: txs.into(), sources, ever_up }, threads))
+    Ok((Shards { txs: txs.into(), sources, ever_up, metrics: metrics.clone() }, threads))
 }

@@ -755,7 +755,6 @@ impl Gateway {
             return;
         }
         c.down_since = Some(now);
-        self.metrics.source_state(channel, false);
         self.warn_channel(channel, now);
     }
 
@@ -766,7 +765,6 @@ impl Gateway {
         if let Some(at) = c.warning_at.take() {
             self.timers.remove(&(at, Timer::Warning(channel)));
         }
-        self.metrics.source_state(channel, true);
     }
 
     /// The channel's log lost events this shard never received: its source came back from an
@@ -792,9 +790,8 @@ impl Gateway {
         let frame = sse::warning("history_gap", &self.settings.channel(channel).name);
         for id in members {
             // A stream still resuming finds its cursor older than the buffer on its next batch.
-            if self.stream(id).is_some_and(|s| s.cursor.is_none()) {
+            if self.stream(id).is_some_and(|s| s.cursor.is_none()) && self.push(id, frame.clone()) {
                 self.metrics.history_gap();
-                self.push(id, frame.clone());
             }
         }
     }
@@ -1100,21 +1097,23 @@ impl Gateway {
     /// the client (one that stopped reading is closed by the heartbeat tick; D8: an outage keeps
     /// streams open). Control frames already queued count against the slack: however often a
     /// source flaps, the output stays bounded.
-    fn push(&mut self, id: StreamId, frame: Bytes) {
+    /// Whether it was queued (not when the stream is gone or closed over its bound).
+    fn push(&mut self, id: StreamId, frame: Bytes) -> bool {
         let max = self.settings.config.streams.max_pending_bytes;
-        let Some(st) = self.stream_mut(id) else { return };
+        let Some(st) = self.stream_mut(id) else { return false };
         if st.member.is_none() {
-            return;
+            return false;
         }
         let events = st.pending_bytes - st.control_bytes as usize;
         let bound = max.max(events) + CONTROL_SLACK;
         if st.pending_bytes + frame.len() > bound {
             self.close_stream(id, CloseReason::SlowClient);
-            return;
+            return false;
         }
         st.control_bytes = st.control_bytes.saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
         push_raw(st, frame);
         self.wake(id);
+        true
     }
 
     /// Removes a stream from its channel, its user and the timers; it stays allocated (closing)

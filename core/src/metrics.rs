@@ -267,8 +267,9 @@ impl Metrics {
         self.head_timeouts.fetch_add(1, Relaxed);
     }
 
-    /// Records whether a channel's source is up (1) or down (0), for `/metrics`.
-    pub(crate) fn source_state(&self, c: ChannelId, up: bool) {
+    /// Records whether a channel's source is up (1) or down (0), for `/metrics` (the frontend
+    /// calls this once per change, where it keeps the state `/readyz` reads).
+    pub fn source_state(&self, c: ChannelId, up: bool) {
         self.ch(c).source_up.store(up as i64, Relaxed);
     }
 

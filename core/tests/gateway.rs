@@ -1012,6 +1012,37 @@ fn a_read_back_that_jumps_over_more_than_one_position_ends_in_history_gap() {
     assert!(logs_meet(3, 3) && logs_meet(3, 4) && !logs_meet(3, 5), "two reads meet only with nothing left out");
 }
 
+/// `sse_gateway_history_gaps_total` counts warnings sent: a stream whose output has no room
+/// left for the `history_gap` warning is closed as slow, and that warning is not counted.
+#[test]
+fn a_history_gap_that_closes_a_full_stream_instead_is_not_counted() {
+    let mut h = Harness::new("max_pending_bytes = 4096\nheartbeat = \"600s\"\nwarning_interval = \"1s\"\n");
+    let deals = h.channel("deals");
+    let stalled = h.open("slow", "deals");
+    h.reading.insert(stalled, false);
+    let gap = "event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n".len();
+    let outage = "event: warning\ndata: {\"code\":\"source_unavailable\",\"channel\":\"deals\"}\n\n".len();
+    let bound = 4096 + 1024;
+    // Events, until the room the outage warnings leave (they come until the next would not fit)
+    // is too small for the history_gap warning.
+    h.publish("deals", "deal.created", deal_created("x"));
+    while (bound - h.gw.pending_bytes(stalled)) % outage >= gap {
+        h.publish("deals", "deal.created", deal_created("x"));
+        assert!(h.gw.pending_bytes(stalled) <= 4096, "no fill found under the bound");
+    }
+    h.gw.source_down(deals, h.now);
+    h.drain();
+    while h.gw.pending_bytes(stalled) + outage <= bound {
+        h.advance(Duration::from_secs(1));
+    }
+    assert!(!h.closed.contains_key(&stalled), "closed by an outage warning");
+    h.gw.log_gap(deals);
+    h.drain();
+    assert_eq!(h.closed.get(&stalled), Some(&CloseReason::SlowClient));
+    let text = h.metrics.render();
+    assert!(text.contains("sse_gateway_history_gaps_total 0\n"), "{text}");
+}
+
 #[test]
 fn a_log_gap_warns_live_streams_and_no_resume_replays_across_it() {
     let mut h = Harness::new("buffer_events = 8\n");
