@@ -20,8 +20,9 @@
 //! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
 //! the core continues from where it got to (or says `history_gap` if that was nothing past the
 //! client's place while the buffer begins later). Nothing from a consumer within `FIRST_WAIT`,
-//! the client's place not reached within [`PLACE_WAIT`] of the consumer's start (the warm-up
-//! included: an offset past the stream's end reads only messages below it), or any error: `backfill_done(false)` (`history_gap`, then
+//! the client's place not reached within [`PLACE_WAIT`] of the consumer's start when the shard
+//! holds nothing of the log (the warm-up included: an offset past the stream's end reads only
+//! messages below it), or any error: `backfill_done(false)` (`history_gap`, then
 //! live after the client's id).
 //!
 //! So a read-back holds at most one AMQP channel, `PREFETCH` messages and the stream's output
@@ -48,8 +49,9 @@ const TURN: Duration = Duration::from_secs(5);
 const TURN_WAIT: Duration = Duration::from_secs(30);
 
 /// How long after a consumer starts the client's place (the message at its offset) may come,
-/// the warm-up before it included (at most [`WARM_MAX`] messages and a chunk: well under a second).
-const PLACE_WAIT: Duration = Duration::from_secs(10);
+/// the warm-up before it included (at most [`WARM_MAX`] messages and a chunk), when the shard
+/// holds nothing of the log yet to vouch for that offset.
+const PLACE_WAIT: Duration = Duration::from_secs(15);
 
 /// Most messages read before the client's place only to fill the `message_id` window (a
 /// channel's `buffer_events` may be far larger: the warm-up holds a turn).
@@ -66,19 +68,21 @@ enum End {
 impl Shard {
     /// Answers `Output::Backfill` for `stream`: reads `channel`'s stream from `after`'s offset
     /// in a task of its own; without a reader (no stream source) the stream gets `history_gap`.
-    pub(super) fn read_back(self: &Rc<Self>, stream: StreamId, channel: ChannelId, after: EventId) {
+    /// `unseen`: this shard holds nothing of the log yet (its buffer is empty), so nothing says
+    /// the client's offset exists: its place must come within [`PLACE_WAIT`].
+    pub(super) fn read_back(self: &Rc<Self>, stream: StreamId, channel: ChannelId, after: EventId, unseen: bool) {
         let reader = self.log.borrow().clone();
         match reader {
             Some(reader) => {
                 debug!(stream = %stream, offset = after.seq, "reading the stream back");
-                spawn(self.clone().read_back_task(reader, stream, channel, after.seq))
+                spawn(self.clone().read_back_task(reader, stream, channel, after.seq, unseen))
             }
             None => self.gw.borrow_mut().backfill_done(stream, false),
         }
     }
 
-    async fn read_back_task(self: Rc<Self>, reader: Arc<LogReader>, id: StreamId, channel: ChannelId, from: u64) {
-        let end = self.read_log(&reader, id, channel, from).await;
+    async fn read_back_task(self: Rc<Self>, reader: Arc<LogReader>, id: StreamId, channel: ChannelId, from: u64, unseen: bool) {
+        let end = self.read_log(&reader, id, channel, from, unseen).await;
         // The end of a read-back may go live from the buffer (`backfill_done`): a token that
         // expired meanwhile is closed first.
         self.handle_due();
@@ -97,7 +101,7 @@ impl Shard {
         self.drain();
     }
 
-    async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64) -> Result<End, String> {
+    async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64, unseen: bool) -> Result<End, String> {
         let mut at = from;
         let mut reopened = false;
         // One window for the whole read-back: a retry after a pause is still a retry. It is
@@ -127,14 +131,20 @@ impl Shard {
             let mut cursor = reader.open(channel, if reopened { at } else { warm_from }, permit).await?;
             let opened = Instant::now();
             let turn_ends = opened + TURN;
-            // The client's place must come within PLACE_WAIT of the open, the warm-up before it
-            // included: an offset past the stream's end (a forged id, a stream recreated without
-            // a new epoch) would otherwise read every new message as warm-up, for as long as
-            // they keep coming, holding the turn and leaving the stream without events.
-            let place_by = opened + PLACE_WAIT;
+            // With nothing of the log seen by this shard, the client's place must come within
+            // PLACE_WAIT of the open, the warm-up before it included: an offset past the stream's
+            // end (a forged id, a stream recreated without a new epoch) would otherwise read every
+            // new message as warm-up, for as long as they keep coming, holding the turn and
+            // leaving the stream without events. (A shard that holds some of the log asks only
+            // for offsets below its buffer, which the stream holds or lost.)
+            let place_by = (unseen && !reopened).then_some(opened + PLACE_WAIT);
             let mut first = true;
             loop {
-                let wait = if first { FIRST_WAIT.min(place_by.saturating_duration_since(Instant::now())) } else { IDLE };
+                let wait = match place_by {
+                    Some(by) if first => FIRST_WAIT.min(by.saturating_duration_since(Instant::now())),
+                    _ if first => FIRST_WAIT,
+                    _ => IDLE,
+                };
                 let next = cursor.next(wait, &mut seen).await;
                 let (pos, ev) = match next {
                     Ok(Some(m)) => m,
@@ -143,6 +153,9 @@ impl Shard {
                         // the stream does not hold (yet). Going live would skip whatever it holds
                         // past `at`; nothing proves the client's place: history_gap.
                         cursor.close().await;
+                        if place_by.is_some_and(|by| Instant::now() >= by) {
+                            info!(stream = %id, offset = at, "the client's place did not come within 15 s of reading the stream back (an id past the stream's end?); the stream gets history_gap");
+                        }
                         return Err(format!("offset {at} did not come (nothing for {FIRST_WAIT:?}, or not within {PLACE_WAIT:?} of the start)"));
                     }
                     Ok(None) => {

@@ -807,7 +807,7 @@ async fn a_read_back_that_gets_nothing_at_all_says_history_gap(bin: Bin) {
 
 /// An id past the stream's end by less than the read-back's warm-up (forged, or from a stream
 /// recreated without a new epoch) while messages keep coming: the read-back, which reads every
-/// message below the client's offset as warm-up, gives up 10 s after its start (it held a turn
+/// message below the client's offset as warm-up, gives up 15 s after its start (it held a turn
 /// for as long as messages came, and the stream got nothing): `history_gap`, then nothing, since
 /// every event is below the id.
 async fn a_resume_past_the_streams_end_says_history_gap_though_messages_keep_coming(bin: Bin) {
@@ -819,10 +819,10 @@ async fn a_resume_past_the_streams_end_says_history_gap_though_messages_keep_com
     // warm-up's first offset: history_gap after 5 s, `a_read_back_that_gets_nothing_at_all_...`.)
     let ahead = format!("{EPOCH}-500");
     let mut s = gw.stream_with("deals", &user("erin", &[]), &[("Last-Event-ID", &ahead)]).await;
-    // One message every 300 ms, for at most 20 s: never 5 s without one (the read-back's wait
+    // One message every 300 ms, for at most 30 s: never 5 s without one (the read-back's wait
     // for a first message).
     let publishing = async {
-        for _ in 0..66 {
+        for _ in 0..100 {
             setup.publish(1).await;
             sse_gateway_tests::sleep(Duration::from_millis(300)).await;
         }
@@ -830,7 +830,7 @@ async fn a_resume_past_the_streams_end_says_history_gap_though_messages_keep_com
     };
     let first = async { Some(s.next_non_heartbeat(4 * WAIT).await) };
     let first = futures_lite::future::or(first, publishing).await;
-    let ev = first.expect("no frame at all while messages kept coming for 20 s").expect("the stream closed or stayed silent");
+    let ev = first.expect("no frame at all while messages kept coming for 30 s").expect("the stream closed or stayed silent");
     assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
     nothing_for_a_while(&mut s, "after the gap (every event is below its id)").await;
 }
