@@ -1196,12 +1196,10 @@ fn header_value(v: &AMQPValue) -> Option<HeaderValue> {
 }
 
 /// The `recipient_ids` header: present and void (a publisher's None / nil / null, say for a list
-/// that came out empty) names no one, as an empty string does (`no_recipient`): never read as
-/// absent, which would send the event to everyone on the channel (D3: when present, only the
-/// listed users receive it).
+/// that came out empty) is [`HeaderValue::no_recipients`], never read as absent.
 fn recipients(v: Option<&AMQPValue>) -> Option<HeaderValue> {
     match v {
-        Some(AMQPValue::Void) => Some(HeaderValue::Text(String::new())),
+        Some(AMQPValue::Void) => Some(HeaderValue::no_recipients()),
         v => v.and_then(header_value),
     }
 }
@@ -1246,7 +1244,7 @@ mod tests {
         assert!(!same_message(&m, &UpstreamMessage { schema_version: Some(HeaderValue::Int(2)), ..m.clone() }));
         assert!(!same_message(&m, &UpstreamMessage { body: "{\"a\":1}".into(), ..m.clone() }));
         // But a void recipient list names no one: it is not a broadcast.
-        assert_eq!(recipients(Some(&AMQPValue::Void)), Some(HeaderValue::Text(String::new())));
+        assert_eq!(recipients(Some(&AMQPValue::Void)), Some(HeaderValue::no_recipients()));
         assert_eq!(recipients(None), None);
         assert_eq!(recipients(Some(&AMQPValue::LongString("u1".into()))), Some(HeaderValue::Text("u1".into())));
     }

@@ -314,7 +314,7 @@ fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
             open_files = n,
             max_streams,
             headroom,
-            "the open-files limit leaves fewer than `headroom` files beside server.max_streams: past it, new connections wait unanswered (lower max_streams or raise the limit)"
+            "the open-files limit leaves fewer than {headroom} files beside server.max_streams: past it, new connections wait unanswered (lower max_streams or raise the limit)"
         ),
         Ok(n) => info!(open_files = n, "open-files limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-files limit"),

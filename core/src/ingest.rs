@@ -29,6 +29,15 @@ pub enum HeaderValue {
     Other,
 }
 
+impl HeaderValue {
+    /// A `recipient_ids` that is present but void (AMQP's void value, JSON `null`): it names no
+    /// one, as an empty string does (dropped `no_recipient` on every channel), never everyone
+    /// (D3: when present, only the listed users receive it).
+    pub fn no_recipients() -> HeaderValue {
+        HeaderValue::Text(String::new())
+    }
+}
+
 /// One message from a channel's source, as the frontend received it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamMessage {
@@ -484,9 +493,8 @@ pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage,
     Ok(UpstreamMessage {
         kind: Some(kind.to_string()),
         routing_key: kind.to_string(),
-        // `null` names no one, as an empty string (never everyone: D3), as a void AMQP header.
         recipient_ids: match obj.get("recipient_ids") {
-            Some(serde_json::Value::Null) => Some(HeaderValue::Text(String::new())),
+            Some(serde_json::Value::Null) => Some(HeaderValue::no_recipients()),
             _ => text("recipient_ids")?.map(HeaderValue::Text),
         },
         schema_version,
