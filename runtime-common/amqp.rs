@@ -89,9 +89,17 @@ const NOT_CONNECTED: &str = "the channel is no longer connected";
 type Next = Option<Result<Delivery, lapin::Error>>;
 
 /// Closes an AMQP channel in a task of its own (the broker may take its time to answer).
-fn close_later(chan: Channel, why: &'static str) {
+/// Closes `chan` in a task of its own, cancelling `consumer` first: dropped while active, a
+/// consumer has lapin send its basic.cancel later, which could reach the broker after the
+/// channel's close, and a method on a closed channel is a connection error (the live source on
+/// that connection went down with it).
+fn close_later(chan: Channel, consumer: Option<Consumer>, why: &'static str) {
     spawn(async move {
+        if let Some(consumer) = &consumer {
+            let _ = answered(chan.basic_cancel(consumer.tag(), lapin::options::BasicCancelOptions::default())).await;
+        }
         let _ = answered(chan.close(200, why.into())).await;
+        drop(consumer);
     });
 }
 
@@ -898,7 +906,7 @@ impl Source {
             Ok(consumer) => Some((chan, consumer)),
             Err(e) => {
                 warn!(channel = %self.name, error = %e, "could not read the stream's last chunk for the buffers; resumes read the stream back");
-                close_later(chan, "history read failed");
+                close_later(chan, None, "history read failed");
                 None
             }
         }
@@ -922,13 +930,13 @@ impl Source {
         let id = self.id;
         let mut read = HistoryRead::default();
         let keep = self.settings.channel(id).buffer_events;
-        let chan = match history {
+        let history = match history {
             Some((chan, mut consumer)) => {
                 match self.read_history(&mut consumer, prefetch, keep, ingest, live, &mut read).await {
                     Ok(()) => debug!(channel = %self.name, through = ?read.through, live_from = ?read.live_from, "history read for the buffers"),
                     Err(e) => warn!(channel = %self.name, error = %e, "reading the stream's last chunk for the buffers failed; resumes read the stream back"),
                 }
-                Some(chan)
+                Some((chan, consumer))
             }
             None => None,
         };
@@ -948,8 +956,8 @@ impl Source {
             }
         }
         self.shards.broadcast(|| Command::PrimeEnd(id, through)).await;
-        if let Some(chan) = chan {
-            close_later(chan, "history read");
+        if let Some((chan, consumer)) = history {
+            close_later(chan, Some(consumer), "history read");
         }
         // The message at `through`, if kept: a consumer that resumes there must find it again.
         let at_through = read.msgs.iter().rposition(|m| through.is_some() && m.position == through).and_then(|i| read.msgs.remove(i));
