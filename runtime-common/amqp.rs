@@ -88,19 +88,21 @@ const NOT_CONNECTED: &str = "the channel is no longer connected";
 /// What a consumer yields.
 type Next = Option<Result<Delivery, lapin::Error>>;
 
-/// Closes an AMQP channel in a task of its own (the broker may take its time to answer).
-/// Closes `chan` in a task of its own, cancelling `consumer` first: dropped while active, a
+/// Closes `chan` in a task of its own (the broker may take its time to answer), cancelling
+/// `consumer` first ([`cancel_then_close`]).
+fn close_later(chan: Channel, consumer: Option<Consumer>, why: &'static str) {
+    spawn(async move { cancel_then_close(&chan, consumer.as_ref(), why).await });
+}
+
+/// Cancels `consumer`, then closes `chan`, each within [`CALL_TIMEOUT`]. Dropped while active, a
 /// consumer has lapin send its basic.cancel later, which could reach the broker after the
 /// channel's close, and a method on a closed channel is a connection error (the live source on
 /// that connection went down with it).
-fn close_later(chan: Channel, consumer: Option<Consumer>, why: &'static str) {
-    spawn(async move {
-        if let Some(consumer) = &consumer {
-            let _ = answered(chan.basic_cancel(consumer.tag(), lapin::options::BasicCancelOptions::default())).await;
-        }
-        let _ = answered(chan.close(200, why.into())).await;
-        drop(consumer);
-    });
+pub(crate) async fn cancel_then_close(chan: &Channel, consumer: Option<&Consumer>, why: &str) {
+    if let Some(consumer) = consumer {
+        let _ = answered(chan.basic_cancel(consumer.tag(), lapin::options::BasicCancelOptions::default())).await;
+    }
+    let _ = answered(chan.close(200, why.into())).await;
 }
 
 /// What the history read at a first start found (`Source::prime_history`).

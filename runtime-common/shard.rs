@@ -667,24 +667,45 @@ mod tests {
         (settings, metrics, bound, ingest)
     }
 
-    /// What a client reads from its stream on one shard: `before` goes in first (to the
-    /// buffers), then the stream opens (with `resume`), then `after`, then a shutdown ends it.
-    fn read_stream(settings: Arc<Settings>, metrics: Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event]) -> String {
+    /// A client's socket and the commands of one shard running on a thread of its own: `before`
+    /// goes in first (to the buffers), then a stream of alice's on `deals` opens with `resume`,
+    /// then `after`, all queued before the shard starts. With `small_buffers`, both ends' socket
+    /// buffers are 16 KiB (a slow link).
+    fn open_stream(
+        settings: &Arc<Settings>, metrics: &Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event], small_buffers: bool,
+    ) -> (TcpStream, async_channel::Sender<Command>, std::thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if small_buffers {
+            client.set_recv_buffer_size(16 * 1024).unwrap();
+        }
+        client.connect(&listener.local_addr().unwrap().into()).unwrap();
+        let client: TcpStream = client.into();
         let (server, _) = listener.accept().unwrap();
+        if small_buffers {
+            socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
+        }
         server.set_nonblocking(true).unwrap(); // as the listener hands it over
         let identity = Identity { user: "alice".into(), roles: vec![], expires_at: sse_gateway_core::cli::unix_now() + 3600 };
         let deals = settings.channel_id("deals").unwrap();
         let req = StreamRequest { identity, channel: deals, version: 1, resume, cors_origin: None };
         let (tx, rx) = async_channel::unbounded();
         let events = |evs: &[Event]| evs.iter().cloned().map(Command::Event).collect::<Vec<_>>();
-        for cmd in events(before).into_iter().chain([Command::Open(server, req)]).chain(events(after)).chain([Command::Shutdown(Instant::now() + Duration::from_secs(60))]) {
+        for cmd in events(before).into_iter().chain([Command::Open(server, req)]).chain(events(after)) {
             tx.try_send(cmd).unwrap();
         }
         let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
-        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, settings, metrics)));
+        let (s, m) = (settings.clone(), metrics.clone());
+        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, s, m)));
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (client, tx, shard)
+    }
+
+    /// What a client reads from its stream on one shard ([`open_stream`]) until a shutdown
+    /// queued behind `after` ends it.
+    fn read_stream(settings: Arc<Settings>, metrics: Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event]) -> String {
+        let (mut client, tx, shard) = open_stream(&settings, &metrics, resume, before, after, false);
+        tx.try_send(Command::Shutdown(Instant::now() + Duration::from_secs(60))).unwrap();
         let mut got = Vec::new();
         client.read_to_end(&mut got).expect("the stream ends after the shutdown");
         shard.join().unwrap();
@@ -735,31 +756,11 @@ mod tests {
     #[test]
     fn a_client_that_reads_slowly_but_steadily_gets_a_long_catch_up_whole() {
         let (settings, metrics, bound, mut ingest) = large_events_and("[streams]\nheartbeat = \"1s\"\n[channels.deals]\nbuffer_events = 64\n");
-        let deals = settings.channel_id("deals").unwrap();
         let events: Vec<_> = (0..41).map(|_| deal(&mut ingest, bound / 8)).collect();
         let catch_up: usize = events[1..].iter().map(|e| e.frame().len()).sum();
         assert!(catch_up > 4 * bound, "{catch_up} bytes: several batches");
 
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        client.set_recv_buffer_size(16 * 1024).unwrap();
-        client.connect(&listener.local_addr().unwrap().into()).unwrap();
-        let mut client: TcpStream = client.into();
-        let (server, _) = listener.accept().unwrap();
-        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
-        server.set_nonblocking(true).unwrap();
-        let identity = Identity { user: "alice".into(), roles: vec![], expires_at: sse_gateway_core::cli::unix_now() + 3600 };
-        let req = StreamRequest { identity, channel: deals, version: 1, resume: Some(Resume::After(events[0].id())), cors_origin: None };
-        let (tx, rx) = async_channel::unbounded();
-        for ev in &events {
-            tx.try_send(Command::Event(ev.clone())).unwrap();
-        }
-        tx.try_send(Command::Open(server, req)).unwrap();
-        let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
-        let (s, m) = (settings.clone(), metrics.clone());
-        let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, s, m)));
-
-        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (mut client, tx, shard) = open_stream(&settings, &metrics, Some(Resume::After(events[0].id())), &events, &[], true);
         let last = std::str::from_utf8(events[40].frame()).unwrap().to_string();
         let mut got = Vec::new();
         let mut chunk = [0u8; 4096];

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
@@ -341,8 +341,7 @@ impl LogCursor<'_> {
     /// latest when the broker did not answer (each call within its timeout).
     pub(crate) async fn close(mut self) {
         let _ = self.acks.flush().await;
-        let _ = answered(self.chan.basic_cancel(self.consumer.tag(), BasicCancelOptions::default())).await;
-        let _ = answered(self.chan.close(200, "read-back done".into())).await;
+        super::cancel_then_close(&self.chan, Some(&self.consumer), "read-back done").await;
     }
 }
 

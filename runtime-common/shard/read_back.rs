@@ -154,7 +154,7 @@ impl Shard {
                         // past `at`; nothing proves the client's place: history_gap.
                         cursor.close().await;
                         if place_by.is_some_and(|by| Instant::now() >= by) {
-                            info!(stream = %id, offset = at, "the client's place did not come within 15 s of reading the stream back (an id past the stream's end?); the stream gets history_gap");
+                            info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
                         }
                         return Err(format!("offset {at} did not come (nothing for {FIRST_WAIT:?}, or not within {PLACE_WAIT:?} of the start)"));
                     }
