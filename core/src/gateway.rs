@@ -148,6 +148,10 @@ struct Stream {
     /// Bytes of control frames (heartbeats, warnings) in `pending`: what is left is the events'
     /// level, which a catch-up may take past the bound and the slack is counted from.
     control_bytes: u32,
+    /// Bytes in `pending` that are neither events nor control frames counted against the slack:
+    /// the response head, `retry:`, a warning queued at the open and `history_gap` (until taken). An output holding only these
+    /// and control frames takes any one event, as an empty one does.
+    raw_bytes: u32,
     /// Output was waiting at the last heartbeat tick and none has been taken since: at the next
     /// tick, a stream still in that state has not taken a frame for a whole interval (stalled).
     unsent_at_tick: bool,
@@ -172,6 +176,11 @@ struct Stream {
 }
 
 impl Stream {
+    /// Bytes of event frames in `pending` (what is neither raw nor a control frame).
+    fn events_bytes(&self) -> usize {
+        self.pending_bytes.saturating_sub(self.control_bytes as usize + self.raw_bytes as usize)
+    }
+
     /// The client has the event at `seq` already (`skip_through`): it is not sent, so ids only
     /// grow.
     fn already_has(&self, seq: u64) -> bool {
@@ -493,6 +502,7 @@ impl Gateway {
             skip_through: None,
             live_check: None,
             control_bytes: 0,
+            raw_bytes: 0,
         });
         self.open += 1;
         self.metrics.stream_opened(ch);
@@ -508,8 +518,8 @@ impl Gateway {
         let retry = self.retry_ms();
         let stream = self.stream_mut(id).expect("just allocated");
         stream.member = Some(pos);
-        push_raw(stream, Response::stream_head(cors));
-        push_raw(stream, sse::retry(retry));
+        push_not_event(stream, Response::stream_head(cors));
+        push_not_event(stream, sse::retry(retry));
         match req.resume {
             None => {}
             Some(Resume::Malformed) => self.history_gap(id),
@@ -519,7 +529,7 @@ impl Gateway {
             let name = &self.settings.channel(ch).name;
             let frame = sse::warning("source_unavailable", name);
             if let Some(st) = self.stream_mut(id) {
-                push_raw(st, frame);
+                push_not_event(st, frame);
             }
         }
         self.wake(id);
@@ -639,7 +649,7 @@ impl Gateway {
         let Some(st) = self.stream(id) else { return };
         let frame = sse::warning("history_gap", &self.settings.channel(st.channel).name);
         if let Some(st) = self.stream_mut(id) {
-            push_raw(st, frame);
+            push_not_event(st, frame);
         }
     }
 
@@ -673,9 +683,10 @@ impl Gateway {
             if st.already_has(ev.id().seq) {
                 return;
             }
-            // A frame larger than the bound still goes into an empty output (as in a catch-up):
-            // one large event is not a slow client.
-            if st.pending_bytes > 0 && st.pending_bytes + frame.len() > max {
+            // A frame larger than the bound still goes into an output that holds no event (as in
+            // a catch-up): one large event is not a slow client, and neither is a stream whose
+            // head, `retry:` or a heartbeat or warning has not gone out yet.
+            if st.events_bytes() > 0 && st.pending_bytes + frame.len() > max {
                 overflow.push(id);
                 return;
             }
@@ -866,6 +877,7 @@ impl Gateway {
         }
         st.pending_bytes = 0;
         st.control_bytes = 0;
+        st.raw_bytes = 0;
         st.transmit_queued = false;
         st.unsent_at_tick = false;
         if let Some(since) = st.waiting_since.take() {
@@ -1104,8 +1116,8 @@ impl Gateway {
         if st.member.is_none() {
             return false;
         }
-        let events = st.pending_bytes - st.control_bytes as usize;
-        let bound = max.max(events) + CONTROL_SLACK;
+        let not_control = st.pending_bytes - st.control_bytes as usize;
+        let bound = max.max(not_control) + CONTROL_SLACK;
         if st.pending_bytes + frame.len() > bound {
             self.close_stream(id, CloseReason::SlowClient);
             return false;
@@ -1169,6 +1181,7 @@ impl Gateway {
                 st.pending.clear();
                 st.pending_bytes = 0;
                 st.control_bytes = 0;
+                st.raw_bytes = 0;
                 st.waiting_since = None;
             }
         }
@@ -1197,4 +1210,11 @@ fn gap_then_live(st: &mut Stream, in_log: bool, live_point: Option<EventId>, max
 fn push_raw(st: &mut Stream, frame: Bytes) {
     st.pending_bytes += frame.len();
     st.pending.push(frame);
+}
+
+/// [`push_raw`] for a frame that is not an event (the response head, `retry:`, a warning queued
+/// at the open or `history_gap`), counted in `raw_bytes`.
+fn push_not_event(st: &mut Stream, frame: Bytes) {
+    st.raw_bytes = st.raw_bytes.saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+    push_raw(st, frame);
 }

@@ -1903,6 +1903,36 @@ fn an_outage_warning_does_not_close_a_live_stream_writing_a_large_event() {
 }
 
 #[test]
+fn a_large_event_is_not_refused_by_output_that_holds_no_event() {
+    // Near the bound, for a stream whose writer has not taken its response head and `retry:`
+    // yet (a new stream), or a heartbeat or warning: no event waits, so it goes in, as into an
+    // empty output. Before, those bytes counted as waiting output: the stream was closed as
+    // slow with nothing written, its head included (the client got no response at all).
+    let mut h = Harness::new("max_pending_bytes = 4096\n");
+    let deals = h.channel("deals");
+    let new = h.open_path_with("u1", &[], "/api/v1/streams/deals", &[], 3600, false).unwrap();
+    let warned = h.open("u2", "deals");
+    h.take_wire(warned);
+    h.reading.insert(warned, false);
+    h.gw.source_down(deals, h.now);
+    h.drain();
+    assert!(h.gw.pending_bytes(new) > 0 && h.gw.pending_bytes(warned) > 0, "both hold output that is not an event");
+    let big = h.publish("deals", "deal.created", deal_created(&"x".repeat(3850)));
+    assert!(h.closed.is_empty(), "closed as slow: {:?}", h.closed);
+    assert!(big.frame().len() < 4096 && h.gw.pending_bytes(new) > 4096, "the event fits the bound alone, not with the head");
+    for id in [new, warned] {
+        h.flush(id);
+        let w = h.take_wire(id);
+        assert!(w.contains(std::str::from_utf8(big.frame()).unwrap()), "the event reached the client: {w}");
+    }
+    // With an event waiting, the bound holds: a second one past it closes the stream.
+    h.reading.insert(new, false);
+    h.publish("deals", "deal.created", deal_created(&"y".repeat(3000)));
+    h.publish("deals", "deal.created", deal_created(&"z".repeat(3000)));
+    assert_eq!(h.closed.get(&new), Some(&CloseReason::SlowClient));
+}
+
+#[test]
 fn an_event_larger_than_the_output_bound_reaches_idle_streams() {
     let mut h = Harness::new("max_pending_bytes = 4096\n");
     let a = h.open("u1", "deals");

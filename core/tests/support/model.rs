@@ -181,6 +181,9 @@ struct Watch {
     stall_start: Option<std::time::Instant>,
     /// An event would have taken its waiting output past `MAX_PENDING` (closed at once).
     bound_passed: bool,
+    /// Event frames wait in its output (not only the response head, `retry:` and control
+    /// frames): a live event then goes in only within the bound. Cleared when the client reads.
+    events_waiting: bool,
 }
 
 pub struct Model {
@@ -338,12 +341,15 @@ impl Model {
                         // the buffer later): it passes no bound with one.
                         for (id, pending) in before {
                             let Some(w) = self.watches.get_mut(&id).filter(|w| seen(w) && w.catch_up.is_none()) else { continue };
-                            if pending > 0 && pending + ev.frame().len() > MAX_PENDING {
+                            if w.events_waiting && pending + ev.frame().len() > MAX_PENDING {
                                 w.bound_passed = true;
-                            } else if pending == 0 {
-                                // An empty output takes any one event, even one over the bound.
-                                w.level = w.level.max(ev.frame().len());
+                            } else if !w.events_waiting {
+                                // An output with no event in it (empty, or only the response
+                                // head, `retry:` and control frames not read yet) takes any one
+                                // event, even one over the bound.
+                                w.level = w.level.max(pending + ev.frame().len());
                             }
+                            w.events_waiting |= self.h.reading.get(&id) == Some(&false);
                         }
                         assert_eq!(ev.version(), version, "published as v{version}");
                         self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame: String::from_utf8(ev.frame().to_vec()).expect("a frame is UTF-8") });
@@ -421,6 +427,7 @@ impl Model {
                 w.stall_deadline = None;
                 w.stall_start = None;
                 w.bound_passed = false;
+                w.events_waiting = false;
                 w.level = MAX_PENDING;
             } else if self.h.gw.pending_bytes(*id) > 0 {
                 w.stall_start.get_or_insert(began);
@@ -534,6 +541,7 @@ impl Model {
                 let s = &self.h.settings.config.streams;
                 let mut pending = Response::stream_head(None).len() + sse::retry(s.retry.as_millis() as u64).len();
                 let mut catch_up = None;
+                let mut events_waiting = false;
                 if let (Some(a), Some(_)) = (after_seq, inside) {
                     let mut cursor = a;
                     let mut done = true;
@@ -545,6 +553,7 @@ impl Model {
                         cursor = e.seq;
                         if e.visible(&user_name, version) {
                             pending += e.frame.len();
+                            events_waiting = !read;
                         }
                     }
                     let live = done && pending <= MAX_PENDING / 2;
@@ -591,6 +600,7 @@ impl Model {
                         stall_deadline: None,
                         stall_start: None,
                         bound_passed: false,
+                        events_waiting,
                     },
                 );
                 self.collect(id);
