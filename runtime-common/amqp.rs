@@ -82,6 +82,11 @@ const PRIME_IDLE: Duration = Duration::from_millis(250);
 /// At most this long for the history read at a first start, in all.
 const PRIME_MAX: Duration = Duration::from_secs(5);
 
+/// A stream consumer resumed at an offset the stream holds is sent the message there at once: one
+/// that has sent nothing this long after it started is on a stream that does not reach that
+/// offset (deleted and made again, shorter): it is said once, and the source stays down.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+
 /// Why a source whose consumer's channel lapin no longer reports connected went down.
 const NOT_CONNECTED: &str = "the channel is no longer connected";
 
@@ -522,6 +527,8 @@ enum Wake<T> {
     CheckDue,
     /// Shutdown ([`Sources::stop`]).
     Stop,
+    /// A resumed stream consumer has not sent its resume point within [`RESUME_WAIT`].
+    ResumeLate,
 }
 
 /// A consumer [`Source::set_up`] started, and what [`Source::consume`] needs of its setup.
@@ -721,7 +728,15 @@ impl Source {
             let id = self.id;
             self.shards.broadcast(|| Command::PrimeStart(id)).await;
         }
-        self.shards.source(self.id, true).await;
+        // Resumed at an offset, the source is up once the stream has shown it still holds it
+        // (its first delivery, checked below): a stream deleted and made again, shorter, while
+        // the source was away would send nothing until it reached that offset (the broker skips
+        // what lies below it), and the channel would be silent while reported up.
+        let mut resume_due = matches!(start, Some(StartAt::Offset(_))).then(|| Instant::now() + RESUME_WAIT);
+        let mut up_pending = resume_due.is_some();
+        if !up_pending {
+            self.shards.source(self.id, true).await;
+        }
         let mut held = None;
         if prime {
             offsets.primed = true;
@@ -779,6 +794,9 @@ impl Source {
                             if !chan.status().connected() {
                                 return Wake::Dead;
                             }
+                            if resume_due.is_some_and(|due| Instant::now() >= due) {
+                                return Wake::ResumeLate;
+                            }
                             match check.as_mut() {
                                 Some(c) => {
                                     if let Some(r) = until(Instant::now() + Duration::from_secs(1), c.as_mut()).await {
@@ -800,6 +818,12 @@ impl Source {
                         Wake::Checked(r) => {
                             check = None;
                             shared = acked_first(r, &mut acks).await?;
+                            continue;
+                        }
+                        Wake::ResumeLate => {
+                            resume_due = None;
+                            warn!(channel = %self.name, queue = %queue, offset = offsets.last,
+                                  "the stream has not sent the message at the source's resume point within {RESUME_WAIT:?}: it does not reach that offset (deleted and made again?); the source stays down until it does");
                             continue;
                         }
                         Wake::CheckDue | Wake::Stop => continue,
@@ -841,6 +865,11 @@ impl Source {
                     // Resumed at `last`, the stream must start there (or right after it, if
                     // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
                     let lost = if resumed { !log_resumes(last, pos) } else { !log_continues(last, pos) };
+                    if resumed && up_pending {
+                        up_pending = false;
+                        resume_due = None;
+                        self.shards.source(self.id, true).await;
+                    }
                     if lost {
                         // Retention removed what came between (during an outage, or because
                         // this source fell that far behind): the shards must not pretend

@@ -924,13 +924,37 @@ async fn a_stream_deleted_under_the_gateway_stops_the_source_instead_of_reusing_
 /// back, no 404). It used to take the new stream's messages under ids clients may already hold
 /// (a wrong replay); now the source stops as when the offsets go back.
 async fn a_stream_recreated_and_refilled_during_an_outage_stops_the_source(bin: Bin) {
+    let (proxy, setup, gw, mut s) = five_taken_live(bin).await;
+    recreated_during_a_cut_stops_the_source(&setup, &proxy, &gw, &mut s).await;
+}
+
+/// A gateway (its link to the broker through the returned proxy) whose source took offsets 0
+/// to 4 live, and carol's stream on deals that read them.
+async fn five_taken_live(bin: Bin) -> (TcpProxy, StreamSetup, GatewayProcess, SseClient) {
     let proxy = TcpProxy::start(&amqp_addr()).await;
     let setup = StreamSetup::new(ConfigBuilder::new().fast_outage(), &proxy.amqp_url()).await;
     let gw = setup.start(bin).await;
     let mut s = gw.stream("deals", &user("carol", &[])).await;
     let before = setup.publish(5).await;
     assert_eq!(read_events(&mut s, 5, "before the outage").await.titles, before);
-    recreated_during_a_cut_stops_the_source(&setup, &proxy, &gw, &mut s).await;
+    (proxy, setup, gw, s)
+}
+
+/// Cuts the link (`s` is warned), deletes the stream and makes it again under its name, fills
+/// it with the first `now` of 8 messages straight to it (its binding went with it; the gateway
+/// binds it again when it reconnects), then lets the link back; returns the other messages.
+async fn recreate_during_a_cut(setup: &StreamSetup, proxy: &TcpProxy, s: &mut SseClient, now: usize) -> Vec<Message> {
+    proxy.cut();
+    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning at the cut");
+    assert_eq!(ev.json()["code"], "source_unavailable", "{ev:?}");
+    setup.broker.delete_queue(&setup.queue()).await;
+    declare_small_stream(&setup.queue(), 1 << 30, 1 << 24).await;
+    let (msgs, _) = setup.messages(8);
+    let mut direct: Vec<Message> = msgs.into_iter().map(|m| Message { exchange: String::new(), routing_key: setup.queue(), ..m }).collect();
+    let later = direct.split_off(now);
+    setup.broker.publish_all(&direct).await;
+    proxy.restore();
+    later
 }
 
 /// The same when the source took nothing live before the outage: it resumes where its history
@@ -947,21 +971,34 @@ async fn a_stream_recreated_during_an_outage_before_any_live_event_stops_the_sou
     recreated_during_a_cut_stops_the_source(&setup, &proxy, &gw, &mut s).await;
 }
 
-/// Cuts the link, deletes the stream and makes it again under its name, refilled past offset 4
-/// straight to it (its binding went with it; the gateway binds it again when it reconnects),
-/// then lets the link back: the source stops, saying why, and takes none of the new stream's
-/// events, while `s` stays open with no event.
+/// A stream deleted and made again while the source was away, shorter than where the source
+/// was (offsets 0 and 1; it had taken 4): the broker sends a consumer resumed at 4 nothing until
+/// the stream reaches it. The source used to be reported up meanwhile, the channel silent with
+/// no warning; now it stays down (`source_unavailable`, `/readyz`), says why, and stops once the
+/// stream reaches offset 4 with another message there.
+async fn a_stream_recreated_shorter_during_an_outage_keeps_the_source_down(bin: Bin) {
+    let (proxy, setup, gw, mut s) = five_taken_live(bin).await;
+    let later = recreate_during_a_cut(&setup, &proxy, &mut s, 2).await;
+    logged(&gw, "has not sent the message at the source's resume point", "the log says the stream does not reach the source's offset").await;
+    assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source is not reported up");
+    let frames = s.events_within(Duration::from_secs(2)).await;
+    assert!(frames.iter().all(|e| e.id.is_none()), "an event of the new stream reached the client: {frames:?}");
+    assert!(
+        frames.iter().any(|e| e.event == "warning" && e.json()["code"] == "source_unavailable"),
+        "the outage warning goes on: {frames:?}"
+    );
+    // The stream reaches offset 4, another message there: the source stops, saying why.
+    setup.broker.publish_all(&later).await;
+    logged(&gw, "holds another message at offset 4 than the one this source took there", "the log says why the source stopped").await;
+    assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source stays stopped");
+    assert!(s.events_within(Duration::from_secs(1)).await.iter().all(|e| e.id.is_none()), "no event of the new stream");
+}
+
+/// [`recreate_during_a_cut`], refilled past offset 4: the source stops, saying why, and takes
+/// none of the new stream's events, while `s` stays open with no event.
 async fn recreated_during_a_cut_stops_the_source(setup: &StreamSetup, proxy: &TcpProxy, gw: &GatewayProcess, s: &mut SseClient) {
-    proxy.cut();
-    let ev = s.next_non_heartbeat(WAIT).await.expect("a warning at the cut");
-    assert_eq!(ev.json()["code"], "source_unavailable", "{ev:?}");
-    setup.broker.delete_queue(&setup.queue()).await;
-    declare_small_stream(&setup.queue(), 1 << 30, 1 << 24).await;
-    let (msgs, _) = setup.messages(8);
-    let direct: Vec<Message> = msgs.into_iter().map(|m| Message { exchange: String::new(), routing_key: setup.queue(), ..m }).collect();
     let taken = gw.metric(&events_in("deals")).await;
-    setup.broker.publish_all(&direct).await;
-    proxy.restore();
+    recreate_during_a_cut(setup, proxy, s, 8).await;
     logged(gw, "holds another message at offset 4 than the one this source took there", "the log says why the source stopped").await;
     let frames = s.events_within(Duration::from_secs(2)).await;
     assert!(frames.iter().all(|e| e.id.is_none()), "an event of the new stream reached the client: {frames:?}");
@@ -1151,6 +1188,7 @@ for_each_binary!(
     a_stream_deleted_before_any_live_event_stops_the_source_too,
     a_stream_recreated_and_refilled_during_an_outage_stops_the_source,
     a_stream_recreated_during_an_outage_before_any_live_event_stops_the_source,
+    a_stream_recreated_shorter_during_an_outage_keeps_the_source_down,
     a_client_resumes_exactly_across_a_gateway_killed_and_restarted,
     a_client_moves_between_two_instances_with_its_last_event_id,
     a_cold_replay_reads_a_thousand_events_back_from_the_stream_then_goes_live,
