@@ -30,6 +30,10 @@ pub(crate) struct Inproc {
     /// Set when the shutdown begins, before the shards are told: from then on an event would
     /// reach them behind their `Shutdown`, which they do not take, so none is handed over.
     stopped: Rc<Cell<bool>>,
+    /// Events being handed to the shards now (a shard's queue may be full): the shutdown waits
+    /// for them ([`Inproc::handed`]) before it tells the shards, so none comes behind a shard's
+    /// `Shutdown` after its publisher was answered 202.
+    handing: Rc<Cell<usize>>,
 }
 
 impl Inproc {
@@ -38,22 +42,32 @@ impl Inproc {
         let mut txs = Vec::new();
         let drops = super::request::drop_log();
         let stopped = Rc::new(Cell::new(false));
+        let handing = Rc::new(Cell::new(0));
         for (i, ch) in settings.channels.iter().enumerate() {
             let Some(id) = settings.channel_id(&ch.name) else { continue };
             debug_assert_eq!(id.index(), i);
             let (tx, rx) = bounded(256);
             txs.push(tx);
             let ingest = Ingest::new(settings.clone(), metrics.clone(), id, process_epoch(started, id));
-            spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone(), stopped.clone()));
+            let ends = Ends { stopped: stopped.clone(), handing: handing.clone() };
+            spawn(run(ingest, rx, shards.clone(), ch.name.clone(), drops.clone(), ends));
             shards.source(id, true).await;
         }
-        Inproc { txs: txs.into(), drops, stopped }
+        Inproc { txs: txs.into(), drops, stopped, handing }
     }
 
     /// The shutdown begins: messages not handed to the shards yet get no event id (their
     /// publishers are refused 503), instead of an id for an event no stream would get.
     pub(crate) fn stop(&self) {
         self.stopped.set(true);
+    }
+
+    /// After [`Inproc::stop`]: waits until no event is being handed to the shards (they take
+    /// their queues meanwhile, so this is short), or `limit` passes.
+    pub(crate) async fn handed(&self, limit: Instant) {
+        while self.handing.get() > 0 && Instant::now() < limit {
+            super::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Validates and publishes one message; `None` if the channel's task is gone or the
@@ -66,16 +80,22 @@ impl Inproc {
     }
 }
 
+/// What a channel's task shares with [`Inproc`] for the shutdown.
+struct Ends {
+    stopped: Rc<Cell<bool>>,
+    handing: Rc<Cell<usize>>,
+}
+
 async fn run(
     mut ingest: Ingest,
     rx: async_channel::Receiver<(UpstreamMessage, Reply)>,
     shards: Shards,
     name: String,
     drops: super::request::DropLog,
-    stopped: Rc<Cell<bool>>,
+    ends: Ends,
 ) {
     while let Ok((msg, reply)) = rx.recv().await {
-        if stopped.get() {
+        if ends.stopped.get() {
             continue; // the reply is dropped: the publisher is told 503
         }
         // A panic (a bug) drops the event; the publisher's request is told so.
@@ -86,7 +106,11 @@ async fn run(
             continue;
         };
         match &result {
-            Ok(ev) => shards.event(ev).await,
+            Ok(ev) => {
+                ends.handing.set(ends.handing.get() + 1);
+                shards.event(ev).await;
+                ends.handing.set(ends.handing.get() - 1);
+            }
             Err(d) => {
                 if super::request::drop_line(&drops) {
                     warn!(channel = %name, reason = d.reason.label(), detail = %d.detail, "event dropped");

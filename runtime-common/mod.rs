@@ -126,6 +126,11 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // Events the in-process source was handing over at the signal reach the shards before
+        // their `Shutdown` (their publishers were or will be answered 202).
+        if let Some(inproc) = &ctx.inproc {
+            inproc.handed(Instant::now() + SOURCE_STOP).await;
+        }
         shards.shutdown(drained_by).await;
         // Requests begun before the signal (a head still arriving, an answer being written or
         // lingering, a publish) finish, within a bound, while the shards drain.
