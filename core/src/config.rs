@@ -60,7 +60,9 @@ pub struct ServerConfig {
     /// Time a client has to send its whole request head (slowloris bound). Default 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub head_timeout: Duration,
-    /// Largest body accepted on the development publish endpoint. Default 64 KiB.
+    /// Largest body accepted on the development publish endpoint (413 above), and the in-process
+    /// source's largest message (its body and `recipient_ids`, counted as for
+    /// `broker.max_message_bytes`). Default 64 KiB.
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (exact `scheme://host[:port]`, or `*` for any origin).
     pub cors_origins: Vec<String>,
@@ -170,7 +172,9 @@ pub struct BrokerConfig {
     /// Largest reconnect delay (exponential backoff with jitter in between). Default 30 s.
     #[serde(deserialize_with = "de_duration")]
     pub reconnect_max: Duration,
-    /// Largest message body accepted; larger ones are dropped (`oversized`). Default 256 KiB.
+    /// Largest message relayed, counting its body and its `recipient_ids` (the sorted,
+    /// deduplicated names plus 4 bytes per name); larger ones are dropped (`oversized`). Default
+    /// 256 KiB.
     pub max_message_bytes: usize,
     /// How often a consuming source checks its queue: binds it to its exchange again (RabbitMQ
     /// drops a queue's bindings, without telling its consumers, when the exchange is deleted

@@ -476,7 +476,7 @@ case $cmd in
   floor) floor ;;
   all)
     build; "$ROOT/.ci/ensure-rabbitmq" >&2
-    fanout; steps; latency; burst; sweep; idle; accept; resume; floor; hotpath ;;
+    fanout; steps; latency; burst; sweep; idle; accept; resume; flood; floor; hotpath ;;
   *) sed -n '2,41p' "$0"; exit 2 ;;
 esac
 if [ "$FAILURES" -gt 0 ]; then log "$FAILURES invalid run(s): see the INVALID lines above (kept in $RESULTS, marked by tables.py)"; exit 1; fi
