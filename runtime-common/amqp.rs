@@ -702,21 +702,47 @@ impl Source {
             self.shards.broadcast(|| Command::PrimeOver(id)).await;
         }
         let args = start.map(StartAt::consumer_args).unwrap_or_default();
-        let consumer = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
-            .await?
-            .map_err(e("basic.consume"))?;
+        let consumed = answered(chan.basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), args))
+            .await
+            .and_then(|r| r.map_err(e("basic.consume")));
+        let consumer = match consumed {
+            Ok(consumer) => consumer,
+            Err(why) => {
+                if let Some((history_chan, history_consumer)) = history {
+                    close_later(history_chan, Some(history_consumer), "history read");
+                }
+                return Err(why);
+            }
+        };
         Ok(Setup { chan, consumer, queue: queue.as_str(), consumers, prime, history, start })
     }
 
     /// Sets a consumer up ([`Source::set_up`]) and consumes until it ends; `attempt` says how far
     /// it got.
     async fn consume(&self, ingest: &mut Ingest, broker: &BrokerConfig, attempt: &mut Attempt, offsets: &mut Offsets) -> Result<(), String> {
-        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         if let Some(why) = &offsets.went_back {
             return Err(why.clone());
         }
+        let setup = self.reported_if_slow(self.set_up(broker, offsets)).await?;
+        // However it ends, its consumer is cancelled before its channel is closed, in one task
+        // (`close_later`): dropped while active, lapin would queue the two apart, and a cancel
+        // reaching the broker after the close is a connection error that takes every source
+        // on the connection down.
+        let (chan, consumer) = (setup.chan.clone(), setup.consumer.clone());
+        let result = self.consume_from(setup, ingest, broker, attempt, offsets).await;
+        if chan.status().connected() {
+            close_later(chan, Some(consumer), "source consumer ended");
+        }
+        result
+    }
+
+    /// [`Source::consume`] once its consumer runs.
+    async fn consume_from(
+        &self, setup: Setup<'_>, ingest: &mut Ingest, broker: &BrokerConfig, attempt: &mut Attempt, offsets: &mut Offsets,
+    ) -> Result<(), String> {
+        let e = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
         let log = self.settings.channel(self.id).log.as_ref();
-        let Setup { chan, mut consumer, queue, consumers, prime, history, start } = self.reported_if_slow(self.set_up(broker, offsets)).await?;
+        let Setup { chan, mut consumer, queue, consumers, prime, history, start } = setup;
         match start {
             None => info!(channel = %self.name, queue = %queue, "source consuming"),
             Some(at) => info!(channel = %self.name, queue = %queue, from = %at, "source consuming the stream"),

@@ -654,7 +654,10 @@ impl Gateway {
     }
 
     /// Delivers an event (from [`crate::Ingest`]) to every stream of its channel that may see it,
-    /// and keeps it for resume. Drain [`Gateway::poll_output`] after.
+    /// and keeps it for resume. Drain [`Gateway::poll_output`] after. Run due timers
+    /// ([`Gateway::handle_timeout`]) first, as for [`Gateway::backfill_message`]: the event does
+    /// not look at the time, so a stream whose token expired by now but whose expiry has not
+    /// fired yet would get it ahead of its `token_expired`.
     pub fn handle_event(&mut self, ev: &Event) {
         let ch = ev.channel();
         if self.channels.get(ch.index()).is_some_and(|c| c.priming) {
@@ -891,7 +894,8 @@ impl Gateway {
     /// Positions at or before the cursor are overlaps, skipped. The log lost part of the range
     /// (retention) when the first message of a read-back is past `after.seq + 1` (asked for the
     /// client's last event, the log starts later), or when a later one jumps further than
-    /// [`log_continues`] allows: the stream then gets `history_gap` and goes live.
+    /// [`log_continues`] allows: the stream then gets `history_gap` and goes live. Run due timers
+    /// first ([`Gateway::handle_event`]).
     pub fn backfill_message(&mut self, id: StreamId, position: u64, ev: Option<&Event>) -> BackfillStep {
         let max = self.settings.config.streams.max_pending_bytes;
         let Some(ch) = self.stream(id).map(|s| s.channel) else { return BackfillStep::Finished };
