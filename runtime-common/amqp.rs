@@ -555,6 +555,9 @@ struct Attempt {
     /// It took a new delivery (handled and acked it; a stream's resume point, delivered again
     /// first on every resume, does not count).
     took: bool,
+    /// Its source was reported up (when the consumer started or, resumed at a stream's offset,
+    /// when the stream sent it).
+    up: bool,
 }
 
 impl Attempt {
@@ -595,9 +598,9 @@ impl Source {
             if attempt.healthy(broker.reconnect_max, Instant::now()) {
                 backoff.reset();
                 failures = 0;
-            } else if attempt.consuming_since.is_some() {
-                // It was up (its streams were told, `source consuming` logged): losing it again
-                // is news, said at warn, though the backoff goes on from where it was.
+            } else if attempt.up {
+                // It was up (its streams were told): losing it again is news, said at warn,
+                // though the backoff goes on from where it was.
                 failures = 0;
             }
             failures += 1;
@@ -761,6 +764,7 @@ impl Source {
         let mut resume_due = matches!(start, Some(StartAt::Offset(_))).then(|| Instant::now() + RESUME_WAIT);
         let mut up_pending = resume_due.is_some();
         if !up_pending {
+            attempt.up = true;
             self.shards.source(self.id, true).await;
         }
         let mut held = None;
@@ -894,6 +898,7 @@ impl Source {
                     if resumed && up_pending {
                         up_pending = false;
                         resume_due = None;
+                        attempt.up = true;
                         self.shards.source(self.id, true).await;
                     }
                     if lost {
@@ -1319,7 +1324,7 @@ mod tests {
         let max = Duration::from_secs(30);
         let t0 = Instant::now();
         assert!(!Attempt::default().healthy(max, t0 + max), "never consumed");
-        let just_now = Attempt { consuming_since: Some(t0), took: false };
+        let just_now = Attempt { consuming_since: Some(t0), took: false, up: true };
         assert!(!just_now.healthy(max, t0), "consumed and failed at once (a delivery it cannot take, a flapping link)");
         assert!(!just_now.healthy(max, t0 + max - Duration::from_millis(1)), "ran a little less than reconnect_max");
         assert!(Attempt { took: true, ..just_now }.healthy(max, t0), "took a delivery");

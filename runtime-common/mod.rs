@@ -128,8 +128,10 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         };
         // Events the in-process source was handing over at the signal reach the shards before
         // their `Shutdown` (their publishers were or will be answered 202).
+        // (Bounded by the drain's end, not by less: given up on, an event still waiting for room
+        // in a shard's queue could lose it to the `Shutdown` sent next.)
         if let Some(inproc) = &ctx.inproc {
-            inproc.handed(Instant::now() + SOURCE_STOP).await;
+            inproc.handed(drained_by).await;
         }
         shards.shutdown(drained_by).await;
         // Requests begun before the signal (a head still arriving, an answer being written or

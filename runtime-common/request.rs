@@ -240,6 +240,13 @@ fn lost_before_accept(e: &io::Error) -> bool {
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock) || e.raw_os_error() == Some(71)
 }
 
+/// Whether bytes wait to be read on `sock` (a peek that does not block: the socket is
+/// non-blocking), whatever its runtime has noticed yet.
+fn has_bytes(sock: &Socket) -> bool {
+    let mut one = [std::mem::MaybeUninit::uninit(); 1];
+    matches!(socket2::SockRef::from(sock.get_ref()).peek(&mut one), Ok(n) if n > 0)
+}
+
 /// Bytes read at once from a connection's request, at most.
 const READ_CHUNK: usize = 4096;
 /// The first read of a request head: most heads fit, and a connection that stalls after a few
@@ -249,8 +256,11 @@ const FIRST_READ: usize = 1024;
 /// Reads up to `want` more bytes onto the end of `buf`, before `deadline` (`None` after it).
 /// Into the buffer's own heap memory: a read array in the connection's task would make every
 /// task 4 KiB larger, and a task is copied as it is spawned.
+/// The buffer grows by exactly what is asked (not doubled): a head that stalls near
+/// `server.max_head_bytes` holds about that much, not twice it.
 async fn read_more(sock: &mut Socket, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> Option<io::Result<usize>> {
     let len = buf.len();
+    buf.reserve_exact(want);
     buf.resize(len + want, 0);
     let read = until(deadline, sock.read(&mut buf[len..])).await;
     buf.truncate(len + read.as_ref().and_then(|r| r.as_ref().ok()).copied().unwrap_or(0));
@@ -304,20 +314,30 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     // when the shutdown begins is closed then: it began no request (a browser's preconnect).
     match ctx.unless_stopping(until(deadline, sock.readable())).await {
         Some(Some(Ok(()))) => {}
+        None if has_bytes(&sock) => {} // its request came before the shutdown: answered
         Some(Some(Err(_))) | None => return,
         Some(None) => return head_timeout(ctx, peer),
     }
     let mut buf = Vec::new();
     let mut scan = HeadScan::default();
     let routed = loop {
-        // 1 KiB first; then as much as is there (at least 1 KiB, at most READ_CHUNK).
-        let want = buf.len().clamp(FIRST_READ, READ_CHUNK);
+        // 1 KiB first; then as much as is there (at least 1 KiB, at most READ_CHUNK), and no
+        // more than one byte past the largest head (what would make it too large).
+        let want = buf.len().clamp(FIRST_READ, READ_CHUNK).min((server.max_head_bytes + 1).saturating_sub(buf.len()).max(1));
         let before = buf.len();
         let read = read_more(&mut sock, &mut buf, want, deadline);
         // Readiness may be spurious (tokio's `readable()` says so): until its first byte, a
         // connection still began no request, and the shutdown closes it.
         let read = if before == 0 {
-            ctx.unless_stopping(read).await
+            match ctx.unless_stopping(read).await {
+                // Its first bytes are there, the runtime had not said so yet (a socket accepted
+                // as the shutdown began): a request begun before it, answered.
+                None if has_bytes(&sock) => {
+                    buf.truncate(before);
+                    Some(read_more(&mut sock, &mut buf, want, deadline).await)
+                }
+                read => read,
+            }
         } else {
             Some(read.await)
         };
@@ -473,6 +493,49 @@ mod tests {
     use super::{lost_before_accept, HeadScan, RefusalLog};
     use std::io;
     use std::time::{Duration, Instant};
+
+    /// A connection accepted as the shutdown begins, its request already sent, whose task first
+    /// runs after the shutdown began: the runtime has not seen the socket readable yet (smol's
+    /// readiness waits for a reactor turn; tokio's for the driver's), and it used to be closed
+    /// unanswered (a reset) as if it had sent nothing. It is answered.
+    #[test]
+    fn a_request_sent_before_the_shutdown_is_answered_though_its_task_runs_after() {
+        use std::io::{Read, Write};
+        use std::rc::Rc;
+        use sse_gateway_core::setup::{load, Env, Overrides};
+        let setup = load(None, &Env::default(), &Overrides::default(), &mut |_| Err("no files".into()), &mut || vec![7; 32]).unwrap();
+        let metrics = std::sync::Arc::new(sse_gateway_core::Metrics::new(&setup.settings));
+        let (shards, threads) = super::super::shards::spawn(1, &setup.settings, &metrics, 16).unwrap();
+        let front = sse_gateway_core::Front::new(setup.settings.clone(), std::sync::Arc::new(setup.verifier), metrics.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // the request is in the server's socket
+        crate::driver::Executor::new().unwrap().block_on(async {
+            let ctx = Rc::new(super::Ctx {
+                front,
+                shards: shards.clone(),
+                inproc: None,
+                refusals: std::cell::RefCell::new(RefusalLog::new(Instant::now())),
+                busy: Default::default(),
+                stop: async_channel::bounded(1),
+            });
+            ctx.stopping();
+            let sock = crate::driver::Socket::new(server).unwrap();
+            super::connection(sock, peer, super::Busy::new(&ctx)).await;
+            shards.shutdown(Instant::now()).await;
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let read = client.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(read.is_ok() && got.starts_with("HTTP/1.1 200"), "{read:?}: {got:?}");
+    }
 
     #[test]
     fn refusal_lines_are_a_burst_then_a_rate_and_the_rest_are_summed_up() {

@@ -149,8 +149,9 @@ struct Stream {
     /// level, which a catch-up may take past the bound and the slack is counted from.
     control_bytes: u32,
     /// Bytes in `pending` that are neither events nor control frames counted against the slack:
-    /// the response head, `retry:`, a warning queued at the open and `history_gap` (until taken). An output holding only these
-    /// and control frames takes any one event, as an empty one does.
+    /// the response head, `retry:`, a warning queued at the open and a resume's `history_gap`
+    /// (a log gap's goes through `push`, a control frame), until taken. An output holding only
+    /// these and control frames takes any one event, as an empty one does.
     raw_bytes: u32,
     /// Output was waiting at the last heartbeat tick and none has been taken since: at the next
     /// tick, a stream still in that state has not taken a frame for a whole interval (stalled).
@@ -1107,7 +1108,7 @@ impl Gateway {
 
     /// Queues a control frame (heartbeat, warning); closes a stream it would take over its bound.
     /// Every stream gets [`CONTROL_SLACK`] more, over its bound or over the events it has queued
-    /// (one event larger than the bound goes into an empty output; a catch-up's last event may
+    /// (one event larger than the bound goes into an output with no event waiting; a catch-up's last event may
     /// take it past the bound): a catch-up fills the output by design, and a live stream may be
     /// in the middle of writing one large event, so a warning arriving then says nothing about
     /// the client (one that stopped reading is closed by the heartbeat tick; D8: an outage keeps

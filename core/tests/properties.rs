@@ -65,7 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
     // Mostly long-lived tokens; some expire within the case.
     let ttl = prop_oneof![3 => Just(3600u64), 1 => 1u64..180];
     // Mostly small events; some large enough that a few fill a stream's output bound; a few
-    // larger than the bound itself (MAX_PENDING): an empty output takes any one event, so a
+    // larger than the bound itself (MAX_PENDING): an output with no event waiting takes any one event, so a
     // client that reads is not closed as slow for one.
     let pad = prop_oneof![6 => 0usize..40, 2 => 500usize..2500, 1 => 4000usize..9000];
     prop_oneof![
@@ -702,7 +702,7 @@ fn the_shrunk_failures_of_the_past_replay_as_fixed_sequences() {
     m.apply(Op::Open { user: 0, channel: 0, finance: false, v2: false, resume: none(), ttl: 74, read: true });
     m.apply(Op::Advance { ms: 61_926, step: true });
     m.apply(Op::Advance { ms: 11_645, step: true });
-    // An event larger than the output bound to an empty output.
+    // An event larger than the output bound to an output with no event waiting.
     let mut m = Model::new();
     m.apply(open(0, 0, false, none()));
     m.apply(Op::Publish { channel: 0, recipients: None, v2: false, pad: 4000 });

@@ -979,7 +979,10 @@ async fn a_stream_recreated_during_an_outage_before_any_live_event_stops_the_sou
 async fn a_stream_recreated_shorter_during_an_outage_keeps_the_source_down(bin: Bin) {
     let (proxy, setup, gw, mut s) = five_taken_live(bin).await;
     let later = recreate_during_a_cut(&setup, &proxy, &mut s, 2).await;
-    logged(&gw, "has not sent the message at the source's resume point", "the log says the stream does not reach the source's offset").await;
+    // The reconnect, then 5 s (RESUME_WAIT) and up to a second more: a wider wait than `logged`'s.
+    let needle = "has not sent the message at the source's resume point";
+    let log = gw.log_until(WAIT + Duration::from_secs(10), |l| l.contains(needle)).await;
+    assert!(log.contains(needle), "the log says the stream does not reach the source's offset");
     assert_eq!(gw.metric("sse_gateway_source_up{channel=\"deals\"}").await, Some(0.0), "the source is not reported up");
     let frames = s.events_within(Duration::from_secs(2)).await;
     assert!(frames.iter().all(|e| e.id.is_none()), "an event of the new stream reached the client: {frames:?}");

@@ -65,7 +65,8 @@ pub enum Op {
     Open { user: usize, channel: usize, finance: bool, v2: bool, resume: ResumeChoice, ttl: u64, read: bool },
     Close { pick: usize },
     /// `pad`: characters added to the event's title (large events fill the output bound; one
-    /// past `MAX_PENDING` is larger than the bound itself and still goes into an empty output).
+    /// past `MAX_PENDING` is larger than the bound itself and still goes into an output with no
+    /// event waiting).
     Publish { channel: usize, recipients: Option<Vec<usize>>, v2: bool, pad: usize },
     /// `step`: fire every deadline on the way (a frontend's timer); otherwise one late call.
     Advance { ms: u64, step: bool },
@@ -159,7 +160,8 @@ struct Watch {
     /// What its output may hold of events (and, at the open, of the response head, `retry:`,
     /// `history_gap` and `source_unavailable`), control frames aside, when that is over the
     /// bound (`MAX_PENDING` otherwise): a live event goes in only below the bound, or into an
-    /// empty output whatever its size; a catch-up's batch fills the output until it reaches the
+    /// output with no event waiting whatever its size (what waits then, head and control
+    /// frames included, counts here: a little more lenient than the gateway's rule); a catch-up's batch fills the output until it reaches the
     /// bound, so its last event may take it past (the model knows the batch: `open`). Control
     /// frames take at most `CONTROL_SLACK` more (`Gateway::push`). Reset when the client reads.
     level: usize,
