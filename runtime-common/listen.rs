@@ -47,7 +47,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 /// ones) and a file descriptor.
 pub(crate) fn stream_socket(sock: &TcpStream, heartbeat: Duration) -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    socket2::SockRef::from(sock).set_tcp_user_timeout(Some(heartbeat.saturating_mul(2)))?;
+    // The kernel takes milliseconds as a C int: a heartbeat over about 12 days would be refused.
+    let timeout = heartbeat.saturating_mul(2).min(Duration::from_millis(i32::MAX as u64));
+    socket2::SockRef::from(sock).set_tcp_user_timeout(Some(timeout))?;
     #[cfg(not(target_os = "linux"))]
     let _ = (sock, heartbeat);
     Ok(())

@@ -753,6 +753,14 @@ fn load_pem(
              (openssl pkey -in private.pem -pubout)",
         ));
     }
+    // The PEM reader takes the first block and ignores the rest: a second key (an old and a new
+    // one in one file, a rotation) would be refused as a bad signature on every token it signed.
+    let blocks = text.matches("-----BEGIN ").count();
+    if blocks > 1 {
+        return Err(AuthSetupError::new(format!(
+            "[auth] public_key_file holds {blocks} PEM blocks; it takes one public key: use jwks_file for several keys"
+        )));
+    }
     let Some(first) = public_algs.first() else {
         return Err(AuthSetupError::new(
             "[auth] public_key_file: no public-key algorithm configured",
@@ -2340,6 +2348,19 @@ mod tests {
             };
             assert!(setup_error(&config, &keys).contains("private key"));
         }
+    }
+
+    #[test]
+    fn a_pem_file_with_two_keys_is_a_setup_error() {
+        // Two public keys (a rotation), or a certificate before the key: only the first block
+        // would be read, and tokens signed with the other refused.
+        let config = AuthConfig { algorithms: algs(&["RS256"]), ..AuthConfig::default() };
+        for text in [format!("{RSA_PUBLIC}\n{RSA2_PUBLIC}"), format!("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n{RSA_PUBLIC}")] {
+            let keys = KeyMaterial { public_key_pem: Some(text), ..KeyMaterial::default() };
+            let e = setup_error(&config, &keys);
+            assert!(e.contains("2 PEM blocks") && e.contains("jwks_file"), "{e}");
+        }
+        assert!(JwtVerifier::new(&config, &KeyMaterial { public_key_pem: Some(RSA_PUBLIC.into()), ..KeyMaterial::default() }).is_ok());
     }
 
     #[test]

@@ -382,10 +382,32 @@ pub const MAX_WORKERS: usize = 1024;
 /// serializes it in `Origin`.
 fn is_serialized_origin(o: &str) -> bool {
     let Some((scheme, rest)) = o.split_once("://") else { return false };
-    ["http", "https"].contains(&scheme)
-        && !rest.is_empty()
-        && !rest.contains(['/', '?', '#', '@'])
-        && !rest.chars().any(|c| c.is_ascii_uppercase() || c.is_whitespace())
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    // A bracketed IPv6 literal, or a host of lower-case ASCII letters, digits, dots and hyphens
+    // (browsers send an internationalised name in punycode); then, if any, a port as browsers
+    // serialise it: digits, 1 to 65535, never the scheme's default (they leave that out).
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, after)) if !addr.is_empty() && addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') => {
+                (addr, if after.is_empty() { None } else { after.strip_prefix(':').map(Some).unwrap_or(Some("")) })
+            }
+            _ => return false,
+        },
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    let host_ok = rest.starts_with('[')
+        || (!host.is_empty() && host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !p.starts_with('0') && p.parse::<u16>().is_ok() && p != default_port
+    });
+    host_ok && port_ok
 }
 
 fn seed_channel(name: &str) -> Option<(Vec<String>, bool, SourceSettings)> {
@@ -468,7 +490,7 @@ impl Settings {
         // compare it exactly.
         if let Some(i) = config.server.cors_origins.iter().position(|o| o != "*" && !is_serialized_origin(o)) {
             return Err(ConfigError(format!(
-                "server.cors_origins: entry {} is not an origin as browsers send it: scheme://host[:port], lower case, no path (https://crm.example.com)",
+                "server.cors_origins: entry {} is not an origin as browsers send it: scheme://host[:port], lower case (a name in punycode), no path, no default port (https://crm.example.com)",
                 i + 1
             )));
         }
@@ -1039,6 +1061,10 @@ mod tests {
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the shortest intervals allowed");
         let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the smallest delays allowed");
+        for origin in ["https://crm.example.com:8443", "http://localhost:3000", "https://xn--bcher-kva.example", "http://[::1]:8080", "http://127.0.0.1"] {
+            let c = Config::from_toml(&format!("[server]\ncors_origins = [\"{origin}\"]\n")).unwrap();
+            assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{origin}");
+        }
         for ok in ["[server]\ncors_origins = [\"*\"]\n", "[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\"]\n"] {
             let c = Config::from_toml(ok).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{ok}");
@@ -1064,6 +1090,15 @@ mod tests {
             ("[server]\ncors_origins = [\"HTTPS://CRM.example.com\"]\n", "server.cors_origins"),
             ("[server]\ncors_origins = [\"crm.example.com\"]\n", "server.cors_origins"),
             ("[server]\ncors_origins = [\"null\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://crm.example.com:443\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"http://crm.example.com:80\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://crm.example.com:\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://crm.example.com:08443\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://crm.example.com:70000\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://bücher.example\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://:8080\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://[::1]x\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"https://[]\"]\n", "server.cors_origins"),
             ("[broker]\nurl = \"amqps://svc:SeCrEt@rabbit:5671/%2f\"\n", "broker.url"),
             ("[broker]\nurl = \"http://rabbit/\"\n", "broker.url"),
             ("[broker]\nurl = \"not a url\"\n", "broker.url"),

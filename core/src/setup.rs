@@ -79,8 +79,15 @@ pub fn load(
         }
         demo::configure(&mut config);
     }
+    // Set but empty (an environment file's `SSE_GATEWAY_JWT_SECRET=` a template left blank) is
+    // refused: read as unset, the file's secret, or a random one, would be used without a word.
+    if env.jwt_secret.as_deref() == Some("") {
+        return Err(ConfigError(
+            "SSE_GATEWAY_JWT_SECRET is set but empty: give the secret, or unset it to use auth.secret".into(),
+        ));
+    }
     let mut keys = KeyMaterial {
-        secret: env.jwt_secret.as_ref().filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()),
+        secret: env.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
         ..KeyMaterial::default()
     };
     let mut file = |key: &str, path: &Option<String>| -> Result<Option<String>, ConfigError> {
@@ -143,6 +150,16 @@ mod tests {
         assert_eq!(s.hmac_secret(), Some(SECRET.as_bytes()));
         assert_eq!(s.settings.config.broker.as_ref().unwrap().url, "amqp://h:5672/%2f");
         assert_eq!(s.settings.config.server.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn an_empty_secret_variable_is_refused_not_read_as_unset() {
+        let env = Env { jwt_secret: Some(String::new()), amqp_url: None };
+        let file = "[auth]\nsecret = \"file-secret-0123456789abcdef\"\n";
+        let e = load(Some(file), &env, &Overrides::default(), &mut no_files, &mut || vec![1; 32]).unwrap_err();
+        assert!(e.0.contains("SSE_GATEWAY_JWT_SECRET is set but empty"), "{}", e.0);
+        let e = load(None, &env, &Overrides::default(), &mut no_files, &mut || vec![1; 32]).unwrap_err();
+        assert!(e.0.contains("SSE_GATEWAY_JWT_SECRET"), "{}", e.0);
     }
 
     #[test]
