@@ -832,6 +832,15 @@ async fn a_resume_past_the_streams_end_says_history_gap_though_messages_keep_com
     let first = futures_lite::future::or(first, publishing).await;
     let ev = first.expect("no frame at all while messages kept coming for 30 s").expect("the stream closed or stayed silent");
     assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
+    // Messages go on (the publishing above stopped with the gap): the gateway takes them, its
+    // counter says so, and the stream gets none of them.
+    let taken = gw.metric(&events_in("deals")).await.unwrap_or(0.0);
+    setup.publish(3).await;
+    let until = std::time::Instant::now() + WAIT;
+    while gw.metric(&events_in("deals")).await.unwrap_or(0.0) < taken + 3.0 {
+        assert!(std::time::Instant::now() < until, "the gateway did not take the messages published after the gap");
+        sse_gateway_tests::sleep(Duration::from_millis(100)).await;
+    }
     nothing_for_a_while(&mut s, "after the gap (every event is below its id)").await;
 }
 
