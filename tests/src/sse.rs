@@ -267,6 +267,15 @@ impl SseClient {
         self.closed
     }
 
+    /// Whether the stream is still open, found by reading for a moment (50 ms; what comes is kept
+    /// for the next reads): [`SseClient::is_closed`] knows only what earlier reads saw, so a
+    /// close since the last read would go unseen.
+    pub async fn still_open(&mut self) -> bool {
+        let until = Instant::now() + Duration::from_millis(50);
+        while !self.closed && self.read_some(until).await {}
+        !self.closed
+    }
+
     /// The read error that ended the stream (a reset: the server discarded what it had not
     /// sent or the client had sent), `None` while open or after a clean close.
     pub fn reset(&self) -> Option<std::io::ErrorKind> {

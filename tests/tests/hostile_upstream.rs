@@ -161,7 +161,7 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
     let marker = valid_text("deal.updated");
     fx.publish("deals", "deal.updated", &marker).await;
     assert_eq!(deals.expect_event("the marker event").await.data, marker, "something of the flood trailed the valid event");
-    assert!(!deals.is_closed() && !notes.is_closed());
+    assert!(deals.still_open().await && notes.still_open().await);
     assert_eq!(fx.gw.get("/healthz", &[]).await.status, 200);
 
     // The flood's lines: a burst of 200, then 20 a second; the rest are summed up in a line
@@ -247,7 +247,7 @@ async fn a_property_that_is_not_utf8_drops_one_message_and_closes_nothing(bin: B
     let log = fx.gw.log_until(sse_gateway_tests::WAIT, |l| l.contains("message_id is not UTF-8 text")).await;
     assert!(log.contains("message_id is not UTF-8 text"), "the drop is logged with its reason:\n{log}");
     assert_eq!(log.matches("connected to the broker").count(), 1, "one connection all along:\n{log}");
-    assert!(!deals.is_closed() && !notes.is_closed());
+    assert!(deals.still_open().await && notes.still_open().await);
 }
 
 /// RabbitMQ passes a header nested as deep as a frame allows; the AMQP client's parser used to
@@ -273,7 +273,7 @@ async fn a_header_nested_twenty_thousand_deep_crashes_nothing(bin: Bin) {
     assert_eq!(fx.gw.metric(sample).await, Some(1.0), "{sample}");
     let log = fx.gw.stderr();
     assert_eq!(log.matches("connected to the broker").count(), 1, "one connection all along:\n{log}");
-    assert!(!deals.is_closed() && !notes.is_closed());
+    assert!(deals.still_open().await && notes.still_open().await);
 }
 
 /// D3's recipients sent as a byte array (pika's Python `bytes`, Go's `[]byte`, Java's `byte[]`)

@@ -36,7 +36,7 @@ async fn a_stream_is_a_close_delimited_event_stream_starting_with_retry(bin: Bin
     // `retry:` comes first; it dispatches no event, so wait for it through the parser.
     assert!(s.until_retry_fields(1).await, "no retry: field at the start of the stream");
     assert!(s.retry().is_some());
-    assert!(!s.is_closed());
+    assert!(s.still_open().await);
 }
 
 async fn no_token_gets_401_with_a_bearer_challenge(bin: Bin) {

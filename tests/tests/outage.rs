@@ -58,7 +58,7 @@ async fn a_broker_outage_warns_repeatedly_and_loses_nothing(bin: Bin) {
     // A stream opened during the outage is told at once.
     let mut late = fx.gw.stream("deals", &user("bob", &[])).await;
     expect_warning(&mut late, "on a stream opened during the outage").await;
-    assert!(!s.is_closed() && !late.is_closed(), "streams stay open during an outage");
+    assert!(s.still_open().await && late.still_open().await, "streams stay open during an outage");
 
     proxy.restore();
     for (who, stream) in [("alice", &mut s), ("bob", &mut late)] {
@@ -101,7 +101,7 @@ async fn a_broker_that_stops_answering_is_an_outage_and_loses_nothing(bin: Bin) 
         assert!(std::time::Instant::now() < patience, "no second reconnect attempt:\n{}", fx.gw.stderr());
         ::tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!s.is_closed(), "the stream stays open while the broker is silent");
+    assert!(s.still_open().await, "the stream stays open while the broker is silent");
     // The attempt given up is closed, not left to a thread waiting on it for the whole outage
     // (one thread and one socket more per attempt).
     while proxy.closed_while_frozen() < 1 {
@@ -146,7 +146,7 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
         }
     };
     assert_eq!(ev.data, after, "{ev:?}");
-    assert!(!s.is_closed(), "the stream stays open");
+    assert!(s.still_open().await, "the stream stays open");
     let log = fx.gw.log_until(WAIT, |l| l.contains("source unavailable")).await;
     assert!(log.contains("source unavailable"), "the cancel is not logged:\n{log}");
 }
@@ -174,7 +174,7 @@ async fn a_deleted_or_recreated_exchange_is_noticed_and_bound_again(bin: Bin) {
     let rebound = valid_text("deal.updated");
     publish_once_routed(&fx, &fx.msg("deals", "deal.updated", &rebound)).await;
     assert_eq!(s.expect_event("the event on the recreated exchange").await.data, rebound);
-    assert!(!s.is_closed(), "the stream stays open");
+    assert!(s.still_open().await, "the stream stays open");
 }
 
 /// Consumers of one classic queue compete (two instances with the same `bind_queue` each get
@@ -267,7 +267,7 @@ async fn a_broker_that_hangs_after_the_handshake_at_the_first_start_is_reported_
     let patience = Duration::from_secs(40);
     let ev = deals.next_non_heartbeat(patience).await.unwrap_or_else(|| panic!("no warning:\n{}", gw.stderr()));
     assert!(is_source_unavailable(&ev), "expected source_unavailable for deals, got {ev:?}");
-    assert!(!deals.is_closed(), "the stream stays open");
+    assert!(deals.still_open().await, "the stream stays open");
     let log = gw.log_until(patience, |l| l.lines().any(|l| l.contains("source unavailable") && l.contains("deals"))).await;
     assert!(log.contains("connected to the broker"), "the connection was not completed (the test's premise):\n{log}");
     let at = |what: &str| log.lines().position(|l| l.contains(what) && l.contains("deals"));

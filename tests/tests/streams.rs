@@ -108,7 +108,7 @@ async fn past_the_limit_a_young_oldest_stream_means_409_and_an_older_one_is_evic
     assert_eq!(newest.expect_event("the deal on the new stream").await.data, deal);
     assert_eq!(bob.expect_event("the deal on bob's stream").await.data, deal);
     assert_eq!(second.expect_event("the task on the second stream").await.data, task);
-    assert!(!second.is_closed() && !newest.is_closed());
+    assert!(second.still_open().await && newest.still_open().await);
 
     fx.gw.wait_metric("sse_gateway_evictions_total", 1.0).await;
     assert!(fx.gw.metric("sse_gateway_stream_limit_rejections_total").await >= Some(1.0));
@@ -430,7 +430,7 @@ async fn sighup_is_logged_and_ends_nothing(bin: Bin) {
     let body = valid_text("deal.created");
     fx.publish("deals", "deal.created", &body).await;
     assert_eq!(s.expect_event("an event after SIGHUP").await.data, body);
-    assert!(!s.is_closed(), "the stream closed");
+    assert!(s.still_open().await, "the stream closed");
     assert!(fx.gw.is_running(), "the gateway stopped");
 }
 
