@@ -761,6 +761,16 @@ fn check_broker_authority(url: &str) -> Result<(), ConfigError> {
             return Err(ConfigError("broker.url (or SSE_GATEWAY_AMQP_URL): the port is not a number from 1 to 65535".into()));
         }
     }
+    // The rest as the AMQP client reads it at every connect (query options such as heartbeat or
+    // frame_max, percent-escapes in the credentials): one it cannot read would fail every connect.
+    // Its error repeats the URL, password included: not shown.
+    if url.parse::<amq_protocol_uri::AMQPUri>().is_err() {
+        return Err(ConfigError(
+            "broker.url (or SSE_GATEWAY_AMQP_URL): the AMQP client cannot read it (check the query options, e.g. heartbeat=, \
+             frame_max=, auth_mechanism=, and percent-escapes in the user name and password)"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
@@ -997,6 +1007,10 @@ mod tests {
             "amqp://g:secret@rabbit:x/",
             "amqp://g:secret@rabbit:+5672/",
             "amqp://g:secret@rabbit:5672:5673/",
+            "amqp://g:secret@rabbit/%2f?heartbeat=abc",
+            "amqp://g:secret@rabbit/%2f?frame_max=-1",
+            "amqp://g:secret@rabbit/%2f?auth_mechanism=foo",
+            "amqp://g:secret%FF@rabbit/",
         ] {
             let e = err(url).unwrap_or_else(|| panic!("{url} accepted"));
             assert!(e.starts_with("broker.url") && !e.contains("secret"), "{e}");
