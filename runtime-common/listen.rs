@@ -46,10 +46,12 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 /// the stream holds one of the user's slots (`limit_policy = "reject"` refuses the user's new
 /// ones) and a file descriptor.
 pub(crate) fn stream_socket(sock: &TcpStream, heartbeat: Duration) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
     // The kernel takes milliseconds as a C int: a heartbeat over about 12 days would be refused.
-    let timeout = heartbeat.saturating_mul(2).min(Duration::from_millis(i32::MAX as u64));
-    socket2::SockRef::from(sock).set_tcp_user_timeout(Some(timeout))?;
+    #[cfg(target_os = "linux")]
+    {
+        let timeout = heartbeat.saturating_mul(2).min(Duration::from_millis(i32::MAX as u64));
+        socket2::SockRef::from(sock).set_tcp_user_timeout(Some(timeout))?;
+    }
     #[cfg(not(target_os = "linux"))]
     let _ = (sock, heartbeat);
     Ok(())

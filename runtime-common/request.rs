@@ -452,6 +452,8 @@ async fn publish(
             Some(Err(_)) => return None,
         }
     }
+    // Room for the whole body at once (bounded by max_body_bytes): reads then never reallocate.
+    buf.reserve_exact(end.saturating_sub(buf.len()));
     while buf.len() < end {
         let want = (end - buf.len()).min(READ_CHUNK);
         match read_more(sock, buf, want, deadline).await {

@@ -755,8 +755,10 @@ fn load_pem(
     }
     // The PEM reader takes the first block and ignores the rest: a second key (an old and a new
     // one in one file, a rotation) would be refused as a bad signature on every token it signed.
-    let blocks = text.matches("-----BEGIN ").count();
-    if blocks > 1 {
+    // A certificate chain (the leaf first, whose key is read, then its issuers) is one key.
+    let begins: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("-----BEGIN ")).collect();
+    let blocks = begins.len();
+    if blocks > 1 && !begins.iter().all(|l| *l == "-----BEGIN CERTIFICATE-----") {
         return Err(AuthSetupError::new(format!(
             "[auth] public_key_file holds {blocks} PEM blocks; it takes one public key: use jwks_file for several keys"
         )));
@@ -2361,6 +2363,11 @@ mod tests {
             assert!(e.contains("2 PEM blocks") && e.contains("jwks_file"), "{e}");
         }
         assert!(JwtVerifier::new(&config, &KeyMaterial { public_key_pem: Some(RSA_PUBLIC.into()), ..KeyMaterial::default() }).is_ok());
+        // A chain of certificates is not refused for its count (the leaf's key is read; this one
+        // is not a real certificate, so it fails later, on its contents).
+        let chain = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let keys = KeyMaterial { public_key_pem: Some(chain.into()), ..KeyMaterial::default() };
+        assert!(!setup_error(&config, &keys).contains("PEM blocks"));
     }
 
     #[test]

@@ -387,12 +387,13 @@ fn is_serialized_origin(o: &str) -> bool {
         "https" => "443",
         _ => return false,
     };
-    // A bracketed IPv6 literal, or a host of lower-case ASCII letters, digits, dots and hyphens
+    // A bracketed IPv6 literal (lower case, as browsers send it), or a host of lower-case ASCII
+    // letters, digits, dots, hyphens and underscores
     // (browsers send an internationalised name in punycode); then, if any, a port as browsers
     // serialise it: digits, 1 to 65535, never the scheme's default (they leave that out).
     let (host, port) = match rest.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
-            Some((addr, after)) if !addr.is_empty() && addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') => {
+            Some((addr, after)) if !addr.is_empty() && addr.chars().all(|c| c.is_ascii_digit() || matches!(c, 'a'..='f' | ':' | '.')) => {
                 (addr, if after.is_empty() { None } else { after.strip_prefix(':').map(Some).unwrap_or(Some("")) })
             }
             _ => return false,
@@ -403,7 +404,7 @@ fn is_serialized_origin(o: &str) -> bool {
         },
     };
     let host_ok = rest.starts_with('[')
-        || (!host.is_empty() && host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'));
+        || (!host.is_empty() && host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')));
     let port_ok = port.is_none_or(|p| {
         !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !p.starts_with('0') && p.parse::<u16>().is_ok() && p != default_port
     });
@@ -1075,7 +1076,7 @@ mod tests {
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the shortest intervals allowed");
         let c = Config::from_toml("[broker]\nreconnect_min = \"10ms\"\nreconnect_max = \"10ms\"\n").unwrap();
         assert!(Settings::new(c, Catalogue::seed()).is_ok(), "the smallest delays allowed");
-        for origin in ["https://crm.example.com:8443", "http://localhost:3000", "https://xn--bcher-kva.example", "http://[::1]:8080", "http://127.0.0.1"] {
+        for origin in ["https://crm.example.com:8443", "http://localhost:3000", "https://xn--bcher-kva.example", "http://[::1]:8080", "http://127.0.0.1", "http://my_app.internal:8080"] {
             let c = Config::from_toml(&format!("[server]\ncors_origins = [\"{origin}\"]\n")).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{origin}");
         }
@@ -1113,6 +1114,7 @@ mod tests {
             ("[server]\ncors_origins = [\"https://:8080\"]\n", "server.cors_origins"),
             ("[server]\ncors_origins = [\"https://[::1]x\"]\n", "server.cors_origins"),
             ("[server]\ncors_origins = [\"https://[]\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"http://[FE80::1]:8080\"]\n", "server.cors_origins"),
             ("[broker]\nurl = \"amqps://svc:SeCrEt@rabbit:5671/%2f\"\n", "broker.url"),
             ("[broker]\nurl = \"http://rabbit/\"\n", "broker.url"),
             ("[broker]\nurl = \"not a url\"\n", "broker.url"),
