@@ -581,6 +581,12 @@ impl Drop for Source {
 }
 
 impl Source {
+    /// Tells the shards this attempt's source is up (its streams hear of it).
+    async fn report_up(&self, attempt: &mut Attempt) {
+        attempt.up = true;
+        self.shards.source(self.id, true).await;
+    }
+
     async fn run(self, mut ingest: Ingest, broker: BrokerConfig) {
         let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max);
         let mut failures = 0u64;
@@ -762,10 +768,8 @@ impl Source {
         // the source was away would send nothing until it reached that offset (the broker skips
         // what lies below it), and the channel would be silent while reported up.
         let mut resume_due = matches!(start, Some(StartAt::Offset(_))).then(|| Instant::now() + RESUME_WAIT);
-        let mut up_pending = resume_due.is_some();
-        if !up_pending {
-            attempt.up = true;
-            self.shards.source(self.id, true).await;
+        if resume_due.is_none() {
+            self.report_up(attempt).await;
         }
         let mut held = None;
         if prime {
@@ -895,11 +899,9 @@ impl Source {
                     // Resumed at `last`, the stream must start there (or right after it, if
                     // only `last` itself is gone); later, offsets may skip one (LOG_SKIP).
                     let lost = if resumed { !log_resumes(last, pos) } else { !log_continues(last, pos) };
-                    if resumed && up_pending {
-                        up_pending = false;
+                    if resumed && !attempt.up {
                         resume_due = None;
-                        attempt.up = true;
-                        self.shards.source(self.id, true).await;
+                        self.report_up(attempt).await;
                     }
                     if lost {
                         // Retention removed what came between (during an outage, or because

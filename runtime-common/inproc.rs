@@ -65,9 +65,7 @@ impl Inproc {
     /// After [`Inproc::stop`]: waits until no event is being handed to the shards (they take
     /// their queues meanwhile, so this is short), or `limit` passes.
     pub(crate) async fn handed(&self, limit: Instant) {
-        while self.handing.get() > 0 && Instant::now() < limit {
-            super::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        super::until_zero(&self.handing, limit, std::time::Duration::from_millis(1)).await;
     }
 
     /// Validates and publishes one message; `None` if the channel's task is gone or the

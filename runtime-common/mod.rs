@@ -86,15 +86,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
             inproc::start_demo(&settings, inproc.clone());
         }
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
-        let refusals = std::cell::RefCell::new(request::RefusalLog::new(Instant::now()));
-        let ctx = Rc::new(request::Ctx {
-            front: launch.front(),
-            shards: shards.clone(),
-            inproc,
-            refusals,
-            busy: Default::default(),
-            stop: async_channel::bounded(1),
-        });
+        let ctx = Rc::new(request::Ctx::new(launch.front(), shards.clone(), inproc));
         crate::driver::spawn(request::sum_up_refusals(ctx.clone(), |c| &c.refusals, request::log_refusals_summed));
         // The accept loop never ends by itself; dropping it at the signal closes the listener.
         future::or(request::serve(listener, ctx.clone()), async {
@@ -340,6 +332,13 @@ impl Budget {
 /// Sleeps for `d`.
 pub(crate) async fn sleep(d: Duration) {
     Timer::at(Instant::now() + d).await;
+}
+
+/// Waits until `count` is zero or `limit` passes, looking every `every`.
+pub(crate) async fn until_zero(count: &Cell<usize>, limit: Instant, every: Duration) {
+    while count.get() > 0 && Instant::now() < limit {
+        sleep(every).await;
+    }
 }
 
 #[cfg(test)]

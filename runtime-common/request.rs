@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::inproc::Inproc;
 use super::shards::Shards;
-use super::{answer_and_close, sleep, until, Budget};
+use super::{answer_and_close, sleep, until, until_zero, Budget};
 use crate::driver::{spawn, Socket};
 use crate::listener::Listener;
 
@@ -41,6 +41,18 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// A context with no connection yet and no refusal logged.
+    pub(crate) fn new(front: Front, shards: Shards, inproc: Option<Inproc>) -> Ctx {
+        Ctx {
+            front,
+            shards,
+            inproc,
+            refusals: RefCell::new(RefusalLog::new(Instant::now())),
+            busy: Cell::new(0),
+            stop: async_channel::bounded(1),
+        }
+    }
+
     /// Says the shutdown has begun (the listener is closed); the in-process source hands the
     /// shards nothing more (they are told to shut down next).
     pub(crate) fn stopping(&self) {
@@ -69,9 +81,7 @@ impl Ctx {
     /// thread's tasks). A request whose head was still arriving at the signal gets its answer
     /// (a stream request: 503 `overloaded`), instead of a connection cut without one.
     pub(crate) async fn settle(&self, limit: Instant) {
-        while self.busy.get() > 0 && Instant::now() < limit {
-            sleep(Duration::from_millis(20)).await;
-        }
+        until_zero(&self.busy, limit, Duration::from_millis(20)).await;
     }
 }
 
@@ -516,14 +526,7 @@ mod tests {
         server.set_nonblocking(true).unwrap();
         std::thread::sleep(Duration::from_millis(50)); // the request is in the server's socket
         crate::driver::Executor::new().unwrap().block_on(async {
-            let ctx = Rc::new(super::Ctx {
-                front,
-                shards: shards.clone(),
-                inproc: None,
-                refusals: std::cell::RefCell::new(RefusalLog::new(Instant::now())),
-                busy: Default::default(),
-                stop: async_channel::bounded(1),
-            });
+            let ctx = Rc::new(super::Ctx::new(front, shards.clone(), None));
             ctx.stopping();
             let sock = crate::driver::Socket::new(server).unwrap();
             super::connection(sock, peer, super::Busy::new(&ctx)).await;
