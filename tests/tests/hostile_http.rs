@@ -106,10 +106,11 @@ async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) 
         let (addr, req) = (gw.addr, request.clone().into_bytes());
         slow.spawn(async move { trickle(addr, &req, Duration::from_secs(60)).await });
     }
-    sse_gateway_tests::sleep(Duration::from_millis(1500)).await;
+    sse_gateway_tests::sleep(Duration::from_millis(500)).await; // they have connected and begun
     assert_eq!(gw.get("/healthz", &[]).await.status, 200, "answered while slow heads are pending");
     let s = gw.stream("deals", &user("bob", &[])).await;
     assert_eq!(s.status, 200, "a stream opens while slow heads are pending");
+    assert!(slow.try_join_next().is_none(), "a slow head had ended before the two requests above: they were not checked while it was pending");
     let mut times = Vec::new();
     let mut answers = std::collections::BTreeSet::new();
     while let Some(r) = slow.join_next().await {

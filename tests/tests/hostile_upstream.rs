@@ -259,10 +259,11 @@ async fn a_header_nested_twenty_thousand_deep_crashes_nothing(bin: Bin) {
     let mut deals = fx.gw.stream("deals", &user("alice", &[])).await;
     let mut notes = fx.gw.stream("notifications", &user("alice", &[])).await;
     let deal = valid_text("deal.created");
-    let note = valid_text("notification.sent");
+    // Two notifications with distinct bodies: the one that arrives says which it was.
+    let (bad_note, note) = (valid_text("notification.sent"), valid_text("notification.sent"));
     let deep = || (b"x-deep".to_vec(), nested_arrays(20_000));
     publish(&raw_deal(&fx, b"deal.created", b"m-deep-1", vec![deep()], &deal));
-    publish(&raw_note(&fx, b"m-deep-2", vec![(b"recipient_ids".to_vec(), nested_arrays(40)), deep()], &note));
+    publish(&raw_note(&fx, b"m-deep-2", vec![(b"recipient_ids".to_vec(), nested_arrays(40)), deep()], &bad_note));
     publish(&raw_note(&fx, b"m-deep-3", vec![(b"recipient_ids".to_vec(), text(b"alice")), deep()], &note));
 
     let ev = deals.expect_event("the event with a deep header").await;

@@ -174,8 +174,7 @@ async fn refusals_are_logged_with_status_code_and_peer_but_never_the_token(bin: 
     let mut s = gw.stream("payments", &sales).await;
     let _ = s.until_closed(WAIT).await;
     let _ = gw.log_until(WAIT, |l| l.matches("request refused").count() >= 4).await;
-    let _ = gw.get("/metrics", &[]).await; // and for any extra line to show up too
-    let log = gw.stderr();
+    let log = gw.settled_log().await; // and any extra line has shown up too
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("request refused")).collect();
     // (status, code, reason): the forged token's bad signature, the query's token never read.
     let expected = [
