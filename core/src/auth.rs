@@ -94,11 +94,22 @@ pub struct AuthConfig {
     /// Claim holding the user's roles. Default `"roles"`. A top-level claim of exactly that name
     /// wins; otherwise a dotted name walks nested objects (`realm_access.roles` for Keycloak).
     pub roles_claim: String,
-    /// Name of a cookie carrying the token; `None` (default) turns cookies off.
+    /// Name of a cookie carrying the token; default [`DEFAULT_COOKIE`] (D1: the browser's
+    /// native `EventSource` cannot set headers). `None` turns cookies off (`cookie = ""` in TOML).
+    #[serde(deserialize_with = "de_cookie")]
     pub cookie: Option<String>,
     /// Accept the token in an `access_token` query parameter. Default `false` (tokens in URLs
     /// leak into logs).
     pub query_param: bool,
+}
+
+/// The cookie a token is read from when `[auth] cookie` is not set.
+pub const DEFAULT_COOKIE: &str = "sse_token";
+
+/// `cookie = "name"`, or `cookie = ""`: no cookie is read.
+fn de_cookie<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(Some(name).filter(|n| !n.is_empty()))
 }
 
 impl Default for AuthConfig {
@@ -112,7 +123,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway_secs: 30,
             roles_claim: "roles".to_owned(),
-            cookie: None,
+            cookie: Some(DEFAULT_COOKIE.to_owned()),
             query_param: false,
         }
     }
@@ -2509,7 +2520,7 @@ mod tests {
         assert_eq!(config.algorithms, ["HS256"]);
         assert_eq!(config.leeway_secs, 30);
         assert_eq!(config.roles_claim, "roles");
-        assert_eq!(config.cookie, None);
+        assert_eq!(config.cookie.as_deref(), Some("sse_token"), "D1: the cookie is read unless turned off");
         assert!(!config.query_param);
         assert!(config.secret.is_none() && config.issuer.is_none() && config.audience.is_none());
         assert!(config.public_key_file.is_none() && config.jwks_file.is_none());
@@ -2529,7 +2540,7 @@ mod tests {
             audience = "sse-gateway"
             leeway_secs = 5
             roles_claim = "realm_access.roles"
-            cookie = "sse_token"
+            cookie = "jwt"
             query_param = true
             "#,
         )
@@ -2542,8 +2553,10 @@ mod tests {
         assert_eq!(full.audience.as_deref(), Some("sse-gateway"));
         assert_eq!(full.leeway_secs, 5);
         assert_eq!(full.roles_claim, "realm_access.roles");
-        assert_eq!(full.cookie.as_deref(), Some("sse_token"));
+        assert_eq!(full.cookie.as_deref(), Some("jwt"));
         assert!(full.query_param);
+        let off: AuthConfig = toml::from_str("cookie = \"\"").expect("cookie off");
+        assert_eq!(off.cookie, None, "an empty name turns cookies off");
         assert!(toml::from_str::<AuthConfig>("algorithm = [\"HS256\"]").is_err());
     }
 

@@ -504,7 +504,7 @@ impl Settings {
         // user visits could open and read that user's streams.
         if config.auth.cookie.is_some() && config.server.cors_origins.iter().any(|o| o == "*") {
             return Err(ConfigError(
-                "server.cors_origins: \"*\" cannot be used with auth.cookie (any site could read the user's streams); list the origins".into(),
+                "server.cors_origins: \"*\" cannot be used while auth.cookie is on (any site could read the user's streams): list the origins, or turn the cookie off (auth.cookie = \"\")".into(),
             ));
         }
         if config.server.max_head_bytes < 512 {
@@ -1068,6 +1068,7 @@ mod tests {
             ("[server]\nmax_streams = 0\n", "server.max_streams"),
             ("[server]\nmax_streams = 3\nworkers = 4\n", "server.workers"),
             ("[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\", \"*\"]\n", "server.cors_origins"),
+            ("[server]\ncors_origins = [\"*\"]\n", "server.cors_origins"), // the default cookie is on
         ] {
             let c = Config::from_toml(toml).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).unwrap_err().0.starts_with(key), "{toml}");
@@ -1080,7 +1081,7 @@ mod tests {
             let c = Config::from_toml(&format!("[server]\ncors_origins = [\"{origin}\"]\n")).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{origin}");
         }
-        for ok in ["[server]\ncors_origins = [\"*\"]\n", "[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\"]\n"] {
+        for ok in ["[auth]\ncookie = \"\"\n[server]\ncors_origins = [\"*\"]\n", "[auth]\ncookie = \"jwt\"\n[server]\ncors_origins = [\"https://crm.example\"]\n"] {
             let c = Config::from_toml(ok).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{ok}");
         }

@@ -265,7 +265,7 @@ pub fn asyncapi(settings: &Settings) -> Value {
         cfg.auth.roles_claim
     );
     bearer_note.push_str(
-        " A browser's native EventSource cannot set headers: configure `auth.cookie` (the token in a cookie) or `auth.query_param` (an `access_token` query parameter; off by default, tokens in URLs leak into logs).",
+        " A browser's native EventSource cannot set headers: the token goes in the cookie `auth.cookie` names (on by default) or, with `auth.query_param`, an `access_token` query parameter (off by default: tokens in URLs leak into logs).",
     );
     schemes.insert(
         "bearer".into(),
@@ -802,7 +802,11 @@ mod tests {
     #[test]
     fn cookie_and_query_schemes_appear_when_configured() {
         let seed = asyncapi(&Settings::seed());
-        assert!(seed["components"]["securitySchemes"].get("cookie").is_none());
+        assert_eq!(seed["components"]["securitySchemes"]["cookie"]["name"], json!("sse_token"), "on by default");
+        assert!(seed["components"]["securitySchemes"].get("query").is_none(), "off by default");
+        let off = Config::from_toml("[auth]\ncookie = \"\"\n").unwrap();
+        let off = asyncapi(&Settings::new(off, Catalogue::seed()).unwrap());
+        assert!(off["components"]["securitySchemes"].get("cookie").is_none());
         let c = Config::from_toml("[auth]\ncookie = \"sse_token\"\nquery_param = true\n").unwrap();
         let doc = asyncapi(&Settings::new(c, Catalogue::seed()).unwrap());
         let s = &doc["components"]["securitySchemes"];

@@ -15,7 +15,7 @@ use crate::ingest::{HeaderValue, UpstreamMessage};
 /// `__SSE_EVENT_TYPES__` (`[channel, [event types]]` pairs, JSON). See [`page`].
 pub const PAGE: &str = include_str!("demo.html");
 
-/// Cookie name `--demo` configures when `auth.cookie` is unset.
+/// Cookie name `--demo` configures when `auth.cookie` is turned off (`""`).
 pub const DEMO_COOKIE: &str = "sse_token";
 
 /// User id of the development token `--demo` prints.
@@ -234,6 +234,9 @@ mod tests {
         configure(&mut c);
         assert!(c.demo.enabled && c.server.publish_endpoint);
         assert_eq!(c.auth.cookie.as_deref(), Some(DEMO_COOKIE));
+        let mut c = Config::from_toml("[auth]\ncookie = \"\"\n").unwrap();
+        configure(&mut c);
+        assert_eq!(c.auth.cookie.as_deref(), Some(DEMO_COOKIE), "the demo page needs a cookie");
         let mut c = Config::from_toml("[auth]\nsecret = \"0123456789abcdef0123\"\ncookie = \"tok\"\n").unwrap();
         configure(&mut c);
         assert_eq!(c.auth.cookie.as_deref(), Some("tok"));

@@ -1448,13 +1448,15 @@ fn a_read_back_overtaken_by_the_buffer_reads_on_instead_of_asking_for_another() 
 }
 
 #[test]
-fn a_cookie_or_query_token_works_only_when_enabled() {
+fn the_cookie_is_read_unless_turned_off_and_the_query_only_when_enabled() {
     let h = Harness::new("");
     let t = h.token("u1", &[], 3600);
     let cookie = Harness::head("/api/v1/streams/deals", &[&format!("Cookie: sse_token={t}")]);
     let query = Harness::head(&format!("/api/v1/streams/deals?access_token={t}"), &[]);
-    assert!(respond(h.route(&cookie)).starts_with("HTTP/1.1 401"));
-    assert!(respond(h.route(&query)).starts_with("HTTP/1.1 401"));
+    assert!(matches!(h.route(&cookie), Routed::Stream(_)), "D1: the cookie `sse_token` by default");
+    assert!(respond(h.route(&query)).starts_with("HTTP/1.1 401"), "D1: the query parameter is off by default");
+    let off = Harness::with_auth("cookie = \"\"\n", "");
+    assert!(respond(off.route(&cookie)).starts_with("HTTP/1.1 401"), "cookie = \"\" turns it off");
     let h = Harness::with_auth("cookie = \"sse_token\"\nquery_param = true\n", "");
     let front = &h.front;
     let now = 1_900_000_000;

@@ -149,14 +149,18 @@ async fn a_token_may_come_from_the_configured_cookie_or_query_parameter_and_is_n
     let cookie = format!("theme=dark; sse_token={t}; other=1");
     let query = format!("/api/v1/streams/deals?access_token={t}");
 
-    // Off by default: only the Authorization header counts.
+    // By default (D1): the cookie `sse_token` is read, the query parameter is not.
     let gw = gateway(bin).await;
-    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 401, "cookie off by default");
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 200, "the cookie by default");
     assert_eq!(gw.open(&query, &[]).await.status, 401, "query parameter off by default");
+    let off = GatewayProcess::start(bin, &ConfigBuilder::new().str("auth", "cookie", "").render()).await;
+    assert_eq!(off.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 401, "cookie = \"\" turns it off");
 
-    let cfg = ConfigBuilder::new().str("auth", "cookie", "sse_token").raw("auth", "query_param", "true");
+    let cfg = ConfigBuilder::new().str("auth", "cookie", "jwt").raw("auth", "query_param", "true");
     let gw = GatewayProcess::start_with_env(bin, &cfg.render(), &[("RUST_LOG", "debug")]).await;
-    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 200, "token in the cookie");
+    let named = format!("theme=dark; jwt={t}");
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &named)]).await.status, 200, "token in the named cookie");
+    assert_eq!(gw.open("/api/v1/streams/deals", &[("Cookie", &cookie)]).await.status, 401, "only the named cookie");
     assert_eq!(gw.open(&query, &[]).await.status, 200, "token in access_token");
     let log = gw.settled_log().await;
     assert!(log.contains("stream opened") && !log.contains(&t), "a token was written to the log (at debug):\n{log}");
