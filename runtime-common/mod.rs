@@ -266,7 +266,7 @@ pub(crate) async fn until<F: Future>(at: Instant, fut: F) -> Option<F::Output> {
 
 /// How long an answer that ends a connection waits for the client to stop sending
 /// ([`answer_and_close`]), and how much it reads meanwhile.
-const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Writes `bytes`, an answer after which the connection ends (by `write_by`), then closes so
@@ -276,7 +276,7 @@ const LINGER_BYTES: usize = 1 << 20;
 /// 431) is reset by the kernel instead, and a client still sending (curl, a browser) gets
 /// "connection reset" in place of the answer, or loses it.
 pub(crate) async fn answer_and_close(mut sock: crate::driver::Socket, bytes: &[u8], write_by: Instant) {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    use futures_lite::AsyncWriteExt;
     let written = until(write_by, async {
         sock.write_all(bytes).await?;
         sock.flush().await
@@ -285,6 +285,14 @@ pub(crate) async fn answer_and_close(mut sock: crate::driver::Socket, bytes: &[u
     if !matches!(written, Some(Ok(()))) || socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write).is_err() {
         return;
     }
+    linger(&mut sock).await;
+}
+
+/// Reads and drops what the client still sends on a connection whose write side is shut down,
+/// until it closes too, for at most [`LINGER`] and [`LINGER_BYTES`] (the socket may then be
+/// closed without a reset).
+pub(crate) async fn linger(sock: &mut crate::driver::Socket) {
+    use futures_lite::AsyncReadExt;
     // Small: a flood of refused requests has thousands of connections lingering at once (a
     // client that sends the whole LINGER_BYTES costs 512 reads instead of 64).
     let mut sink = vec![0u8; 2048];
@@ -298,6 +306,13 @@ pub(crate) async fn answer_and_close(mut sock: crate::driver::Socket, bytes: &[u
         }
     })
     .await;
+}
+
+/// Whether bytes wait to be read on `sock` (a peek that does not block: the socket is
+/// non-blocking), whatever its runtime has noticed yet.
+pub(crate) fn has_bytes(sock: &crate::driver::Socket) -> bool {
+    let mut one = [std::mem::MaybeUninit::uninit(); 1];
+    matches!(socket2::SockRef::from(sock.get_ref()).peek(&mut one), Ok(n) if n > 0)
 }
 
 /// Work a task does in a row before it lets the others on its thread run: neither executor

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::inproc::Inproc;
 use super::shards::Shards;
-use super::{answer_and_close, sleep, until, until_zero, Budget};
+use super::{answer_and_close, has_bytes, sleep, until, until_zero, Budget};
 use crate::driver::{spawn, Socket};
 use crate::listener::Listener;
 
@@ -248,13 +248,6 @@ fn lost_before_accept(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     // EPROTO (71): a protocol error on that connection.
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock) || e.raw_os_error() == Some(71)
-}
-
-/// Whether bytes wait to be read on `sock` (a peek that does not block: the socket is
-/// non-blocking), whatever its runtime has noticed yet.
-fn has_bytes(sock: &Socket) -> bool {
-    let mut one = [std::mem::MaybeUninit::uninit(); 1];
-    matches!(socket2::SockRef::from(sock.get_ref()).peek(&mut one), Ok(n) if n > 0)
 }
 
 /// Bytes read at once from a connection's request, at most.

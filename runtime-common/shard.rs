@@ -43,7 +43,10 @@ use super::request::{log_refusals_summed, sum_up_refusals, RefusalLog};
 use super::{answer_and_close, until, Budget};
 use crate::driver::{spawn, Socket, Timer};
 
-/// Time a closing stream (and a refused one) gets to take its last bytes.
+/// Time a closing stream (and a refused one) gets to take its last bytes: a stream whose socket
+/// is full as it closes gets it for what it held, then again for its last frames (at most
+/// twice); a stream closed by a shutdown has until the drain ends instead
+/// ([`Shard::close_by`]).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffers handed to one `writev`.
 const IOV_MAX: usize = 64;
@@ -60,6 +63,7 @@ pub(crate) async fn run(gw: Gateway, rx: Receiver<Command>, settings: Arc<Settin
         conns: RefCell::new(Vec::new()),
         refusals: RefCell::new(RefusalLog::new(Instant::now())),
         refusing: Rc::new(Cell::new(0)),
+        drain_until: Cell::new(None),
         settings,
         metrics,
     });
@@ -165,6 +169,9 @@ struct Shard {
     /// Refusals being written (each by a task of its own, for at most `WRITE_TIMEOUT` and its
     /// linger): the shard does not end before them.
     refusing: Rc<Cell<usize>>,
+    /// When the drain ends, once [`Command::Shutdown`] came: streams closed by it have until
+    /// then to take their last bytes (`server.shutdown_drain`).
+    drain_until: Cell<Option<Instant>>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -173,7 +180,6 @@ impl Shard {
     async fn run(self: Rc<Self>, rx: Receiver<Command>) {
         let mut timer = Timer::at(Instant::now());
         let mut armed: Option<Instant> = None;
-        let mut drain_until: Option<Instant> = None;
         let mut budget = Budget::default();
         let yield_after = self.settings.config.streams.max_pending_bytes / 4;
         let mut unread = 0usize;
@@ -193,7 +199,7 @@ impl Shard {
                 Wake::Deadline
             };
             let other = async {
-                match drain_until {
+                match self.drain_until.get() {
                     None => Wake::Command(rx.recv().await.unwrap_or_else(|_| {
                         Command::Shutdown(Instant::now() + self.settings.config.server.shutdown_drain)
                     })),
@@ -239,7 +245,7 @@ impl Shard {
                         armed = None;
                     }
                     let shutdown = matches!(cmd, Command::Shutdown(_));
-                    self.apply(cmd, &mut drain_until);
+                    self.apply(cmd);
                     if shutdown {
                         // Stream requests queued behind the shutdown get their 503 now, and later
                         // ones fail to send (their connections close): none waits, unanswered,
@@ -247,7 +253,7 @@ impl Shard {
                         rx.close();
                         while let Ok(cmd) = rx.try_recv() {
                             if let Command::Open(..) = cmd {
-                                self.apply(cmd, &mut drain_until);
+                                self.apply(cmd);
                             }
                         }
                     }
@@ -264,7 +270,7 @@ impl Shard {
                 }
             }
             self.drain();
-            if drain_until.is_some() && self.gw.borrow().slots_in_use() == 0 && self.refusing.get() == 0 {
+            if self.drain_until.get().is_some() && self.gw.borrow().slots_in_use() == 0 && self.refusing.get() == 0 {
                 return;
             }
             // Bytes queued to writers since they last had all run: past a quarter of the bound
@@ -298,7 +304,7 @@ impl Shard {
         }
     }
 
-    fn apply(self: &Rc<Self>, cmd: Command, drain_until: &mut Option<Instant>) {
+    fn apply(self: &Rc<Self>, cmd: Command) {
         match cmd {
             Command::Open(sock, req) => self.open(sock, req),
             Command::Event(ev) => self.gw.borrow_mut().handle_event(&ev),
@@ -319,7 +325,7 @@ impl Shard {
             Command::PrimeOver(ch) => self.gw.borrow_mut().prime_over(ch),
             Command::Shutdown(until) => {
                 self.gw.borrow_mut().shutdown();
-                *drain_until = Some(until.min(Instant::now() + self.settings.config.server.shutdown_drain));
+                self.drain_until.set(Some(until.min(Instant::now() + self.settings.config.server.shutdown_drain)));
             }
         }
     }
@@ -430,7 +436,8 @@ impl Shard {
             // The socket is full: wait until it takes the rest (or the stream is closed), telling
             // the core each time it takes some (a client that reads slowly is not one that stopped).
             let moving = || self.gw.borrow_mut().output_moving(conn.id);
-            if !out.is_empty() && write_out(&mut sock, &mut out, &conn, &moving).await.is_err() {
+            let close_by = || self.close_by(&conn);
+            if !out.is_empty() && write_out(&mut sock, &mut out, &conn, &moving, &close_by).await.is_err() {
                 break conn.closing.get().unwrap_or(CloseReason::ClientGone);
             }
             if out.capacity() > KEEP_FRAMES {
@@ -515,19 +522,34 @@ impl Shard {
         result
     }
 
-    /// The stream is closing: its last bytes, within [`WRITE_TIMEOUT`], then the write side
-    /// shut down. Boxed by the caller, so idle writers do not carry its state.
+    /// The stream is closing: its last bytes, by [`Shard::close_by`], then the write side shut
+    /// down. Bytes the client sent that were not read yet are read and dropped first (for at
+    /// most [`super::LINGER`]): closed with them unread, the socket would be reset, and a reset
+    /// may discard the last frames before the client reads them. Boxed by the caller, so idle
+    /// writers do not carry its state.
     async fn finish(self: &Rc<Self>, conn: &Conn, sock: &mut Socket, out: &mut Vec<Bytes>) {
         self.gw.borrow_mut().take_output(conn.id, out, Instant::now());
         // It may have handled due timers: their outputs, for other streams.
         self.drain();
-        until(Instant::now() + WRITE_TIMEOUT, async {
+        let shut = until(self.close_by(conn), async {
             write_all_vectored(sock, out, &|| {}).await?;
             sock.flush().await?;
             // Not `close()`: tokio's shuts the write side down, async-io's only flushes.
             socket2::SockRef::from(sock.get_ref()).shutdown(std::net::Shutdown::Write)
         })
         .await;
+        if matches!(shut, Some(Ok(()))) && super::has_bytes(sock) {
+            super::linger(sock).await;
+        }
+    }
+
+    /// When a closing stream must have taken its last bytes: the drain's end if a shutdown
+    /// closed it, [`WRITE_TIMEOUT`] from now otherwise.
+    fn close_by(&self, conn: &Conn) -> Instant {
+        match (conn.closing.get(), self.drain_until.get()) {
+            (Some(CloseReason::Shutdown), Some(end)) => end,
+            _ => Instant::now() + WRITE_TIMEOUT,
+        }
     }
 }
 
@@ -539,16 +561,22 @@ struct StreamLog {
     opened: Instant,
 }
 
-/// Writes `out`; if the stream is told to close meanwhile, gives the rest [`WRITE_TIMEOUT`].
+/// Writes `out`; if the stream is told to close meanwhile, gives the rest until `close_by()`.
 /// `moving` is called when the socket takes some of it after a wait.
-async fn write_out(sock: &mut Socket, out: &mut Vec<Bytes>, conn: &Conn, moving: &dyn Fn()) -> io::Result<()> {
+async fn write_out(
+    sock: &mut Socket,
+    out: &mut Vec<Bytes>,
+    conn: &Conn,
+    moving: &dyn Fn(),
+    close_by: &dyn Fn() -> Instant,
+) -> io::Result<()> {
     let mut write = pin!(write_all_vectored(sock, out, moving));
     let mut woken = false;
     let result = loop {
         if conn.closing.get().is_some() {
             // Boxed: the timer is needed only by a stream that closes while its socket is full.
             let timed_out = || Err(io::ErrorKind::TimedOut.into());
-            break Box::pin(until(Instant::now() + WRITE_TIMEOUT, write)).await.unwrap_or_else(timed_out);
+            break Box::pin(until(close_by(), write)).await.unwrap_or_else(timed_out);
         }
         // A wake here is either more output (picked up after this write) or a close.
         let done = future::or(async { Some((&mut write).await) }, async {
@@ -632,7 +660,7 @@ fn poll_write_from(cx: &mut Context<'_>, sock: &mut Socket, bufs: &mut [Bytes], 
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     use bytes::Bytes;
@@ -674,13 +702,21 @@ mod tests {
     fn open_stream(
         settings: &Arc<Settings>, metrics: &Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event], small_buffers: bool,
     ) -> (TcpStream, async_channel::Sender<Command>, std::thread::JoinHandle<()>) {
+        open_stream_then(settings, metrics, resume, before, after, small_buffers, |_, _| {})
+    }
+
+    /// [`open_stream`], with `then` run on the client and the commands before the shard starts.
+    fn open_stream_then(
+        settings: &Arc<Settings>, metrics: &Arc<Metrics>, resume: Option<Resume>, before: &[Event], after: &[Event], small_buffers: bool,
+        then: impl FnOnce(&mut TcpStream, &async_channel::Sender<Command>),
+    ) -> (TcpStream, async_channel::Sender<Command>, std::thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if small_buffers {
             client.set_recv_buffer_size(16 * 1024).unwrap();
         }
         client.connect(&listener.local_addr().unwrap().into()).unwrap();
-        let client: TcpStream = client.into();
+        let mut client: TcpStream = client.into();
         let (server, _) = listener.accept().unwrap();
         if small_buffers {
             socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
@@ -694,6 +730,7 @@ mod tests {
         for cmd in events(before).into_iter().chain([Command::Open(server, req)]).chain(events(after)) {
             tx.try_send(cmd).unwrap();
         }
+        then(&mut client, &tx);
         let gw = Gateway::new(settings.clone(), metrics.clone(), 16, 1);
         let (s, m) = (settings.clone(), metrics.clone());
         let shard = std::thread::spawn(move || crate::driver::Executor::new().unwrap().block_on(run(gw, rx, s, m)));
@@ -779,5 +816,58 @@ mod tests {
         let rendered = metrics.render();
         assert!(rendered.contains("sse_gateway_streams_closed_total{reason=\"slow_client\"} 0\n"), "closed as slow:\n{rendered}");
         assert!(rendered.contains("sse_gateway_streams_closed_total{reason=\"shutdown\"} 1\n"), "closed by the shutdown:\n{rendered}");
+    }
+
+    /// A client that sent bytes on its stream (pipelined, junk) that the writer had not read
+    /// when the stream closed (here: shut down right after it opened) still gets all of it: the
+    /// unread bytes are read and dropped before the socket is closed. Closed with them unread,
+    /// the kernel resets the connection and discards what its send buffer still held: a client
+    /// that paused with the stream's last 48 KiB to come (its buffer, 32 KiB, full; the rest in
+    /// the gateway's) lost the part not sent yet.
+    #[test]
+    fn a_stream_closed_with_client_bytes_unread_ends_cleanly() {
+        let (settings, metrics, bound, mut ingest) = large_events();
+        let events: Vec<_> = (0..14).map(|_| deal(&mut ingest, bound / 16)).collect();
+        let (mut client, _tx, shard) = open_stream_then(&settings, &metrics, None, &[], &events, true, |client, tx| {
+            client.write_all(&[b'x'; 3000]).unwrap();
+            tx.try_send(Command::Shutdown(Instant::now() + Duration::from_secs(30))).unwrap();
+        });
+        let tenth = std::str::from_utf8(events[10].frame()).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(tenth) {
+            let n = client.read(&mut chunk).expect("the stream is open");
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+        std::thread::sleep(Duration::from_secs(1)); // the gateway takes the rest into its buffer, and closes
+        let end = client.read_to_end(&mut got);
+        shard.join().unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(end.is_ok(), "{end:?} after {} bytes", got.len());
+        let places: Vec<usize> = events.iter().map(|e| place(&got, e)).collect();
+        assert!(places.is_sorted(), "in order");
+        assert!(got.rfind("retry: ").is_some_and(|r| r > *places.last().unwrap()) && got.ends_with("\n\n"), "the retry: last");
+    }
+
+    /// A stream closed by a shutdown has the whole drain (`server.shutdown_drain`, 30 s here) to
+    /// take what it holds, not `WRITE_TIMEOUT`: a client whose socket is full and that reads
+    /// again only 6 s after the shutdown still gets every event, then the shutdown's `retry:`.
+    /// Before, the writer gave up 5 s after the shutdown and the client got what the sockets held.
+    #[test]
+    fn a_stream_closed_by_a_shutdown_has_the_whole_drain_to_take_its_last_bytes() {
+        let (settings, metrics, bound, mut ingest) = large_events_and("shutdown_drain = \"30s\"\n");
+        let events: Vec<_> = (0..6).map(|_| deal(&mut ingest, bound / 8)).collect();
+        let (mut client, tx, shard) = open_stream(&settings, &metrics, None, &[], &events, true);
+        tx.try_send(Command::Shutdown(Instant::now() + Duration::from_secs(30))).unwrap();
+        std::thread::sleep(WRITE_TIMEOUT + Duration::from_secs(1));
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("the stream ends after the shutdown");
+        shard.join().unwrap();
+        let got = String::from_utf8(got).unwrap();
+        let places: Vec<usize> = events.iter().map(|e| place(&got, e)).collect();
+        assert!(places.is_sorted(), "in order");
+        let retry = got.rfind("retry: ").expect("the shutdown's retry:");
+        assert!(retry > *places.last().unwrap() && got.ends_with("\n\n"), "the retry: last: {}", &got[retry..]);
     }
 }
