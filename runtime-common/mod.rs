@@ -88,12 +88,15 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         launch.ready(addr, if inproc.is_some() { "in-process" } else { "rabbitmq" }).map_err(anyhow::Error::msg)?;
         let ctx = Rc::new(request::Ctx::new(launch.front(), shards.clone(), inproc));
         crate::driver::spawn(request::sum_up_refusals(ctx.clone(), |c| &c.refusals, request::log_refusals_summed));
-        // The accept loop never ends by itself; dropping it at the signal closes the listener.
-        future::or(request::serve(listener, ctx.clone()), async {
+        // The accept loop never ends by itself: it is dropped at the signal, and the listener
+        // closed once the connections already queued in it are taken.
+        future::or(request::serve(&listener, ctx.clone()), async {
             let _ = signal.recv().await;
         })
         .await;
         ctx.stopping();
+        request::accept_queued(&listener, &ctx);
+        drop(listener);
         ctx.refusals.borrow_mut().sum_up_last(request::log_refusals_summed);
         info!("shutting down: draining streams");
         // Shards end once their streams are closed or `shutdown_drain` passed; a watchdog makes

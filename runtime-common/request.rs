@@ -215,7 +215,7 @@ pub(crate) fn drop_line(log: &RefCell<RefusalLog>) -> bool {
 }
 
 /// Accepts forever (the caller drops this future to stop), a task per connection.
-pub(crate) async fn serve(listener: Listener, ctx: Rc<Ctx>) {
+pub(crate) async fn serve(listener: &Listener, ctx: Rc<Ctx>) {
     let mut budget = Budget::default();
     // Accept failures in a row that were not one connection's own.
     let mut failing = 0u64;
@@ -239,6 +239,28 @@ pub(crate) async fn serve(listener: Listener, ctx: Rc<Ctx>) {
             }
         }
         budget.step().await;
+    }
+}
+
+/// At the shutdown ([`Ctx::stopping`] first), before the listener is closed: the connections the
+/// kernel completed and that were not accepted yet are accepted and handled as any connection
+/// at the shutdown (a request already sent gets its answer, a stream request 503; one that has
+/// sent nothing is closed). Closing the listener with them queued would reset them, answered
+/// or not. At most the accept queue's depth.
+pub(crate) fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
+    let mut taken = 0usize;
+    while let Some(r) = listener.accept_now() {
+        match r {
+            Ok((sock, peer)) => {
+                taken += 1;
+                spawn(connection(sock, peer, Busy::new(ctx)))
+            }
+            Err(e) if lost_before_accept(&e) => {}
+            Err(_) => break,
+        }
+    }
+    if taken > 0 {
+        debug!(connections = taken, "accepted the connections queued at the shutdown");
     }
 }
 
@@ -499,6 +521,17 @@ mod tests {
     use std::io;
     use std::time::{Duration, Instant};
 
+    /// The default configuration's router and one shard on a thread (joined after its
+    /// `Shutdown`).
+    fn gateway_parts() -> (sse_gateway_core::Front, super::Shards, Vec<std::thread::JoinHandle<()>>) {
+        use sse_gateway_core::setup::{load, Env, Overrides};
+        let setup = load(None, &Env::default(), &Overrides::default(), &mut |_| Err("no files".into()), &mut || vec![7; 32]).unwrap();
+        let metrics = std::sync::Arc::new(sse_gateway_core::Metrics::new(&setup.settings));
+        let (shards, threads) = super::super::shards::spawn(1, &setup.settings, &metrics, 16).unwrap();
+        let front = sse_gateway_core::Front::new(setup.settings.clone(), std::sync::Arc::new(setup.verifier), metrics.clone());
+        (front, shards, threads)
+    }
+
     /// A connection accepted as the shutdown begins, its request already sent, whose task first
     /// runs after the shutdown began: the runtime has not seen the socket readable yet (smol's
     /// readiness waits for a reactor turn; tokio's for the driver's), and it used to be closed
@@ -507,11 +540,7 @@ mod tests {
     fn a_request_sent_before_the_shutdown_is_answered_though_its_task_runs_after() {
         use std::io::{Read, Write};
         use std::rc::Rc;
-        use sse_gateway_core::setup::{load, Env, Overrides};
-        let setup = load(None, &Env::default(), &Overrides::default(), &mut |_| Err("no files".into()), &mut || vec![7; 32]).unwrap();
-        let metrics = std::sync::Arc::new(sse_gateway_core::Metrics::new(&setup.settings));
-        let (shards, threads) = super::super::shards::spawn(1, &setup.settings, &metrics, 16).unwrap();
-        let front = sse_gateway_core::Front::new(setup.settings.clone(), std::sync::Arc::new(setup.verifier), metrics.clone());
+        let (front, shards, threads) = gateway_parts();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
@@ -533,6 +562,52 @@ mod tests {
         let read = client.read_to_end(&mut got);
         let got = String::from_utf8_lossy(&got);
         assert!(read.is_ok() && got.starts_with("HTTP/1.1 200"), "{read:?}: {got:?}");
+    }
+
+    /// Connections the kernel completed and queued, not accepted yet when the shutdown begins
+    /// (here: none was ever accepted), are taken before the listener closes: a request already
+    /// sent is answered (a stream request 503), a connection that sent nothing is closed. Closing
+    /// the listener with them queued reset them all.
+    #[test]
+    fn connections_queued_at_the_shutdown_are_answered_not_reset() {
+        use std::io::{Read, Write};
+        use std::rc::Rc;
+        let (front, shards, threads) = gateway_parts();
+        let mut clients = Vec::new();
+        crate::driver::Executor::new().unwrap().block_on(async {
+            let listener = crate::listener::Listener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests: [&[u8]; 3] = [
+                b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+                b"GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\n\r\n",
+                b"",
+            ];
+            for req in requests {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(req).unwrap();
+                clients.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(50)); // the requests are in the queued sockets
+            let ctx = Rc::new(super::Ctx::new(front, shards.clone(), None));
+            ctx.stopping();
+            super::accept_queued(&listener, &ctx);
+            drop(listener);
+            ctx.settle(Instant::now() + Duration::from_secs(5)).await;
+            shards.shutdown(Instant::now()).await;
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut got = Vec::new();
+        for mut c in clients {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut bytes = Vec::new();
+            let read = c.read_to_end(&mut bytes);
+            let end = read.map_or_else(|e| format!("{:?}", e.kind()), |_| "closed".to_string());
+            got.push(format!("{end} {}", String::from_utf8_lossy(&bytes[..bytes.len().min(12)])));
+        }
+        // The stream request carries no token: its answer is the 401 (checked before the 503).
+        assert_eq!(got, ["closed HTTP/1.1 200", "closed HTTP/1.1 401", "closed "], "how each ended, what it read first");
     }
 
     #[test]

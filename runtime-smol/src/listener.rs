@@ -36,4 +36,13 @@ impl Listener {
             std::future::poll_fn(|cx| self.0.poll_readable(cx)).await?;
         }
     }
+
+    /// A connection already in the accept queue, without waiting (`None`: none is).
+    pub(crate) fn accept_now(&self) -> Option<io::Result<(Socket, SocketAddr)>> {
+        match self.0.get_ref().accept() {
+            Ok((sock, peer)) => Some(Async::new(sock).map(|s| (s, peer))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }

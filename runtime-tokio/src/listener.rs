@@ -25,4 +25,18 @@ impl Listener {
     pub(crate) async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
         self.0.accept().await.map(|(sock, peer)| (Socket::from(sock), peer))
     }
+
+    /// A connection already in the accept queue, without waiting (`None`: none is). Asks the
+    /// socket itself: tokio's own accept trusts the readiness its driver last saw, which may
+    /// not yet include connections queued since.
+    pub(crate) fn accept_now(&self) -> Option<io::Result<(Socket, SocketAddr)>> {
+        let accepted = socket2::SockRef::from(&self.0).accept().and_then(|(sock, peer)| {
+            let peer = peer.as_socket().ok_or_else(|| io::Error::other("not an IP peer"))?;
+            Ok((Socket::new(sock.into())?, peer))
+        });
+        match accepted {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
 }
