@@ -935,7 +935,14 @@ impl Source {
                 msg.position = Some(pos);
             }
             match crate::common::contained(|| ingest.handle_message(&msg)) {
-                Some(Ok(ev)) => self.shards.event(&ev).await,
+                Some(Ok(ev)) => {
+                    if !self.shards.event(&ev).await {
+                        // The shutdown went on without this source (it waited too long for room
+                        // in a shard's queue): not acked, the event stays for the next consumer.
+                        acks.flush().await?;
+                        return Ok(());
+                    }
+                }
                 Some(Err(d)) => {
                     if super::request::drop_line(&self.drops) {
                         warn!(channel = %self.name, reason = d.reason.label(), detail = %d.detail, "message dropped");

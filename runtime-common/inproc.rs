@@ -106,8 +106,11 @@ async fn run(
         match &result {
             Ok(ev) => {
                 ends.handing.set(ends.handing.get() + 1);
-                shards.event(ev).await;
+                let reached = shards.event(ev).await;
                 ends.handing.set(ends.handing.get() - 1);
+                if !reached {
+                    continue; // a shard had shut down: no reply, the publisher gets 503 shutting_down
+                }
             }
             Err(d) => {
                 if super::request::drop_line(&drops) {

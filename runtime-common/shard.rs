@@ -183,6 +183,11 @@ impl Shard {
         let mut budget = Budget::default();
         let yield_after = self.settings.config.streams.max_pending_bytes / 4;
         let mut unread = 0usize;
+        // A `Shutdown` taken from the queue is applied once the queue is empty (with what came
+        // after it: events a source was still handing over reach the streams first; stream
+        // requests are held and answered 503 after it).
+        let mut shutdown_at: Option<Instant> = None;
+        let mut held: Vec<Command> = Vec::new();
         loop {
             let next = self.gw.borrow().poll_timeout().map(|(at, _)| at);
             if next != armed {
@@ -226,6 +231,21 @@ impl Shard {
                     armed = None;
                 }
                 Wake::Command(cmd) => {
+                    let cmd = match cmd {
+                        Command::Shutdown(until) if !rx.is_closed() => {
+                            // Nothing more is taken (a source's send fails: it does not ack).
+                            rx.close();
+                            shutdown_at = Some(until);
+                            continue;
+                        }
+                        // The queue is empty and closed (the value `recv`'s error gives).
+                        Command::Shutdown(until) => Command::Shutdown(shutdown_at.map_or(until, |at| at.min(until))),
+                        cmd @ Command::Open(..) if shutdown_at.is_some() => {
+                            held.push(cmd);
+                            continue;
+                        }
+                        cmd => cmd,
+                    };
                     if let Command::Event(ev) = &cmd {
                         queued = ev.frame().len();
                         // One that would take what is still unwritten past a quarter of the bound
@@ -249,12 +269,9 @@ impl Shard {
                     if shutdown {
                         // Stream requests queued behind the shutdown get their 503 now, and later
                         // ones fail to send (their connections close): none waits, unanswered,
-                        // for the process to end. Nothing else comes after the shutdown.
-                        rx.close();
-                        while let Ok(cmd) = rx.try_recv() {
-                            if let Command::Open(..) = cmd {
-                                self.apply(cmd);
-                            }
+                        // for the process to end.
+                        for cmd in held.drain(..) {
+                            self.apply(cmd);
                         }
                     }
                 }
@@ -848,6 +865,36 @@ mod tests {
         let places: Vec<usize> = events.iter().map(|e| place(&got, e)).collect();
         assert!(places.is_sorted(), "in order");
         assert!(got.rfind("retry: ").is_some_and(|r| r > *places.last().unwrap()) && got.ends_with("\n\n"), "the retry: last");
+    }
+
+    /// An event queued behind the shutdown (a source still handing it over when the main thread
+    /// sent the shutdown: it may have acked it) reaches the streams before they close; before,
+    /// everything but stream requests queued behind a shutdown was dropped. A stream request
+    /// queued behind it is answered 503.
+    #[test]
+    fn an_event_queued_behind_the_shutdown_reaches_the_streams_first() {
+        let (settings, metrics, _, mut ingest) = large_events();
+        let late = deal(&mut ingest, 300);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut second = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (mut client, _tx, shard) = open_stream_then(&settings, &metrics, None, &[], &[], false, |_, tx| {
+            tx.try_send(Command::Shutdown(Instant::now() + Duration::from_secs(30))).unwrap();
+            tx.try_send(Command::Event(late.clone())).unwrap();
+            let identity = Identity { user: "bob".into(), roles: vec![], expires_at: sse_gateway_core::cli::unix_now() + 3600 };
+            let req = StreamRequest { identity, channel: settings.channel_id("deals").unwrap(), version: 1, resume: None, cors_origin: None };
+            tx.try_send(Command::Open(server, req)).unwrap();
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("the stream ends after the shutdown");
+        let got = String::from_utf8(got).unwrap();
+        assert!(got.rfind("retry: ").is_some_and(|r| r > place(&got, &late)), "the event, then the shutdown's retry:");
+        second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        second.read_to_end(&mut answer).expect("the stream request behind the shutdown is answered");
+        assert!(answer.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&answer));
+        shard.join().unwrap();
     }
 
     /// A stream closed by a shutdown has the whole drain (`server.shutdown_drain`, 30 s here) to

@@ -80,8 +80,14 @@ impl Shards {
     }
 
     /// Gives every shard a clone of `ev` (one `Arc`), waiting while a shard's queue is full.
-    pub(crate) async fn event(&self, ev: &Event) {
-        self.broadcast(|| Command::Event(ev.clone())).await
+    /// `false` if a shard had ended its queue (a shutdown): the event did not reach its streams.
+    #[must_use]
+    pub(crate) async fn event(&self, ev: &Event) -> bool {
+        let mut all = true;
+        for tx in self.txs.iter() {
+            all &= tx.send(Command::Event(ev.clone())).await.is_ok();
+        }
+        all
     }
 
     /// Records a source's state and tells every shard when it changed (a source that fails
