@@ -27,8 +27,9 @@ pub(crate) struct Inproc {
     txs: Arc<[Sender<(UpstreamMessage, Reply)>]>,
     /// The budget of `event dropped` lines (summed up one last time at shutdown).
     pub(crate) drops: super::request::DropLog,
-    /// Set when the shutdown begins, before the shards are told: from then on an event would
-    /// reach them behind their `Shutdown`, which they do not take, so none is handed over.
+    /// Set when the shutdown begins, before the shards are told: none is handed over from then
+    /// on (a shard still takes what its queue holds when its `Shutdown` comes, then closes the
+    /// queue; an event handed over later would fail, its publisher answered 503).
     stopped: Rc<Cell<bool>>,
     /// Events being handed to the shards now (a shard's queue may be full): the shutdown waits
     /// for them ([`Inproc::handed`]) before it tells the shards, so none comes behind a shard's

@@ -53,8 +53,9 @@ impl Ctx {
         }
     }
 
-    /// Says the shutdown has begun (the listener is closed); the in-process source hands the
-    /// shards nothing more (they are told to shut down next).
+    /// Says the shutdown has begun (the accept loop has ended; the listener closes once the
+    /// connections queued in it are taken); the in-process source hands the shards nothing
+    /// more (they are told to shut down next).
     pub(crate) fn stopping(&self) {
         self.stop.0.close();
         if let Some(inproc) = &self.inproc {
@@ -246,10 +247,12 @@ pub(crate) async fn serve(listener: &Listener, ctx: Rc<Ctx>) {
 /// kernel completed and that were not accepted yet are accepted and handled as any connection
 /// at the shutdown (a request already sent gets its answer, a stream request 503; one that has
 /// sent nothing is closed). Closing the listener with them queued would reset them, answered
-/// or not. At most the accept queue's depth.
+/// or not. At most the accept queue's depth: clients that go on connecting meanwhile (a
+/// reconnect storm) do not keep the shutdown here.
 pub(crate) fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
     let mut taken = 0usize;
-    while let Some(r) = listener.accept_now() {
+    for _ in 0..super::listen::BACKLOG {
+        let Some(r) = listener.accept_now() else { break };
         match r {
             Ok((sock, peer)) => {
                 taken += 1;
@@ -523,13 +526,16 @@ mod tests {
 
     /// The default configuration's router and one shard on a thread (joined after its
     /// `Shutdown`).
-    fn gateway_parts() -> (sse_gateway_core::Front, super::Shards, Vec<std::thread::JoinHandle<()>>) {
+    /// And a token for alice that the router takes.
+    fn gateway_parts() -> (sse_gateway_core::Front, super::Shards, Vec<std::thread::JoinHandle<()>>, String) {
         use sse_gateway_core::setup::{load, Env, Overrides};
         let setup = load(None, &Env::default(), &Overrides::default(), &mut |_| Err("no files".into()), &mut || vec![7; 32]).unwrap();
+        let secret = setup.hmac_secret().expect("a generated secret");
+        let token = sse_gateway_core::issue_hs256(&setup.settings.config.auth, secret, "alice", &[], super::unix_now(), 3600).unwrap();
         let metrics = std::sync::Arc::new(sse_gateway_core::Metrics::new(&setup.settings));
         let (shards, threads) = super::super::shards::spawn(1, &setup.settings, &metrics, 16).unwrap();
         let front = sse_gateway_core::Front::new(setup.settings.clone(), std::sync::Arc::new(setup.verifier), metrics.clone());
-        (front, shards, threads)
+        (front, shards, threads, token)
     }
 
     /// A connection accepted as the shutdown begins, its request already sent, whose task first
@@ -540,7 +546,7 @@ mod tests {
     fn a_request_sent_before_the_shutdown_is_answered_though_its_task_runs_after() {
         use std::io::{Read, Write};
         use std::rc::Rc;
-        let (front, shards, threads) = gateway_parts();
+        let (front, shards, threads, _) = gateway_parts();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
@@ -572,16 +578,13 @@ mod tests {
     fn connections_queued_at_the_shutdown_are_answered_not_reset() {
         use std::io::{Read, Write};
         use std::rc::Rc;
-        let (front, shards, threads) = gateway_parts();
+        let (front, shards, threads, token) = gateway_parts();
         let mut clients = Vec::new();
         crate::driver::Executor::new().unwrap().block_on(async {
             let listener = crate::listener::Listener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let requests: [&[u8]; 3] = [
-                b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
-                b"GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\n\r\n",
-                b"",
-            ];
+            let stream = format!("GET /api/v1/streams/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n");
+            let requests: [&[u8]; 3] = [b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n", stream.as_bytes(), b""];
             for req in requests {
                 let mut c = std::net::TcpStream::connect(addr).unwrap();
                 c.write_all(req).unwrap();
@@ -606,8 +609,7 @@ mod tests {
             let end = read.map_or_else(|e| format!("{:?}", e.kind()), |_| "closed".to_string());
             got.push(format!("{end} {}", String::from_utf8_lossy(&bytes[..bytes.len().min(12)])));
         }
-        // The stream request carries no token: its answer is the 401 (checked before the 503).
-        assert_eq!(got, ["closed HTTP/1.1 200", "closed HTTP/1.1 401", "closed "], "how each ended, what it read first");
+        assert_eq!(got, ["closed HTTP/1.1 200", "closed HTTP/1.1 503", "closed "], "how each ended, what it read first");
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl Shard {
                 }
                 Wake::Command(cmd) => {
                     let cmd = match cmd {
-                        Command::Shutdown(until) if !rx.is_closed() => {
+                        Command::Shutdown(until) if shutdown_at.is_none() => {
                             // Nothing more is taken (a source's send fails: it does not ack).
                             rx.close();
                             shutdown_at = Some(until);

@@ -80,7 +80,8 @@ impl Shards {
     }
 
     /// Gives every shard a clone of `ev` (one `Arc`), waiting while a shard's queue is full.
-    /// `false` if a shard had ended its queue (a shutdown): the event did not reach its streams.
+    /// `false` if a shard had ended its queue (a shutdown): the event did not reach its streams,
+    /// though it may have reached other shards' (those that took it before their `Shutdown`).
     #[must_use]
     pub(crate) async fn event(&self, ev: &Event) -> bool {
         let mut all = true;

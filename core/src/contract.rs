@@ -264,9 +264,13 @@ pub fn asyncapi(settings: &Settings) -> Value {
         cfg.auth.algorithms.join(", "),
         cfg.auth.roles_claim
     );
-    bearer_note.push_str(
-        " A browser's native EventSource cannot set headers: the token goes in the cookie `auth.cookie` names (on by default) or, with `auth.query_param`, an `access_token` query parameter (off by default: tokens in URLs leak into logs).",
-    );
+    // Where this configuration lets a browser's native EventSource put the token.
+    bearer_note.push_str(match (&cfg.auth.cookie, cfg.auth.query_param) {
+        (Some(_), false) => " A browser's native EventSource cannot set headers: the token goes in the cookie (`cookie` scheme).",
+        (Some(_), true) => " A browser's native EventSource cannot set headers: the token goes in the cookie (`cookie` scheme) or the `access_token` query parameter (`query` scheme).",
+        (None, true) => " A browser's native EventSource cannot set headers: the token goes in the `access_token` query parameter (`query` scheme); cookies are off.",
+        (None, false) => " Cookies and the query parameter are off (`auth.cookie`, `auth.query_param`): a browser's native EventSource, which cannot set headers, cannot authenticate.",
+    });
     schemes.insert(
         "bearer".into(),
         json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": bearer_note}),
@@ -807,6 +811,8 @@ mod tests {
         let off = Config::from_toml("[auth]\ncookie = \"\"\n").unwrap();
         let off = asyncapi(&Settings::new(off, Catalogue::seed()).unwrap());
         assert!(off["components"]["securitySchemes"].get("cookie").is_none());
+        let note = |doc: &Value| doc["components"]["securitySchemes"]["bearer"]["description"].as_str().unwrap().to_string();
+        assert!(note(&off).contains("cannot authenticate") && note(&seed).contains("`cookie` scheme"), "{}", note(&off));
         let c = Config::from_toml("[auth]\ncookie = \"sse_token\"\nquery_param = true\n").unwrap();
         let doc = asyncapi(&Settings::new(c, Catalogue::seed()).unwrap());
         let s = &doc["components"]["securitySchemes"];
