@@ -426,6 +426,17 @@ fn same_origin(head: &Head<'_>) -> bool {
     !authority.is_empty() && origin.windows(3).any(|w| w == b"://") && authority.eq_ignore_ascii_case(host.trim_ascii())
 }
 
+/// Whether a page of another origin made the request: as the browser's `Sec-Fetch-Site` says
+/// when it is sent ([`other_origin`]), else an `Origin` that is not the gateway's own. Neither
+/// sent (a same-origin `EventSource`, or a browser that sends no fetch metadata: an old one, or
+/// any over plain `http://`): taken for the user's own.
+fn from_another_origin(head: &Head<'_>) -> bool {
+    match head.sec_fetch_site {
+        Some(_) => other_origin(head),
+        None => head.origin.is_some() && !same_origin(head),
+    }
+}
+
 /// Whether the browser says a page of another origin made the request (`Sec-Fetch-Site`
 /// `cross-site`, or `same-site`: a sibling subdomain is another origin and gets the cookie even
 /// when it is `SameSite=Strict`). `same-origin` and `none` (the address bar) are the user's own.
@@ -593,10 +604,11 @@ impl Front {
             // user asking. A page elsewhere could otherwise open streams as the user (evicting
             // theirs) or publish. Browsers send no `Origin` on a same-origin `EventSource`, nor
             // on a page's `<img>`/`<script>` loads or navigations: for those, the fetch metadata
-            // browsers send (`Sec-Fetch-Site`) tells another origin's request apart.
-            Token::Cookie(_) if cors.is_none() && !same_origin(head) && (head.origin.is_some() || other_origin(head)) => {
-                Err(origin_not_allowed())
-            }
+            // browsers send (`Sec-Fetch-Site`) tells another origin's request apart. When the
+            // browser sends it, it decides: `Origin` against `Host` leaves the scheme out (a page
+            // of `http://` the gateway's host is another origin than `https://` it), and a proxy
+            // may rewrite `Host`.
+            Token::Cookie(_) if cors.is_none() && from_another_origin(head) => Err(origin_not_allowed()),
             Token::Cookie(t) => self.verify(t, cors, unix_now),
             Token::Found(t) => self.verify(&t, cors, unix_now),
         }

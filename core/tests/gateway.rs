@@ -1556,6 +1556,16 @@ fn a_cookie_token_from_a_page_of_another_origin_is_refused() {
     for site in ["Sec-Fetch-Site: same-origin", "Sec-Fetch-Site: none", "Sec-Fetch-Site: NONE"] {
         assert!(matches!(route(&[cookie.as_str(), site]), Routed::Stream(_)), "{site}");
     }
+    // When the browser sends fetch metadata, it decides: an `Origin` naming the gateway's host
+    // may be a page of another scheme (`http://` the host, against the gateway's `https://`: a
+    // network attacker's injected script), and behind a proxy that rewrites `Host` the
+    // gateway's own page has an `Origin` other than `Host`.
+    for site in ["Sec-Fetch-Site: cross-site", "Sec-Fetch-Site: same-site"] {
+        let r = respond(route(&[cookie.as_str(), site, "Origin: http://gw"]));
+        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{site} from http://gw: {r}");
+    }
+    let proxied = [cookie.as_str(), "Sec-Fetch-Site: same-origin", "Origin: https://crm-gw.example"];
+    assert!(matches!(route(&proxied), Routed::Stream(_)), "the gateway's own page behind a proxy that rewrites Host");
     // A cross-site (or same-site: a sibling subdomain) request from an allowed origin is the
     // CORS case the configuration asks for.
     for site in ["Sec-Fetch-Site: cross-site", "Sec-Fetch-Site: same-site"] {
