@@ -551,8 +551,10 @@ mod tests {
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
         let (server, peer) = listener.accept().unwrap();
+        // Until the request is in the server's socket (a blocking peek), then as a listener hands it over.
+        server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        server.peek(&mut [0u8; 1]).expect("the request arrives");
         server.set_nonblocking(true).unwrap();
-        std::thread::sleep(Duration::from_millis(50)); // the request is in the server's socket
         crate::driver::Executor::new().unwrap().block_on(async {
             let ctx = Rc::new(super::Ctx::new(front, shards.clone(), None));
             ctx.stopping();
