@@ -61,8 +61,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// outage for the streams (D8: at once) long before a call times out ([`CONNECT_TIMEOUT`],
 /// [`CALL_TIMEOUT`]).
 const SLOW_SETUP: Duration = Duration::from_secs(2);
-/// Deliveries handled before their ack is sent even if more are waiting (well under any useful
-/// prefetch, so the broker never stops delivering for want of acks).
+/// Deliveries handled before their ack is sent even if more are waiting (under the default
+/// prefetch, so the broker does not stop delivering for want of acks; with a prefetch below it,
+/// the ack sent before each wait frees the window: a round trip per `prefetch` messages).
 const ACK_BATCH: u32 = 32;
 /// How long an ack may take to be handed to the connection. An ack queued as the connection
 /// dies may never be answered by lapin (its promise stays pending): past this, the link is
@@ -956,8 +957,11 @@ impl Source {
             if log.is_some() {
                 offsets.last_taken = Some(msg);
             }
+            // A message given out again (its ack did not reach the broker before the last attempt
+            // ended) is no progress: an attempt that fails right after handling its deliveries
+            // every time must back off, not reconnect at the shortest delay and relay them again.
+            attempt.took |= !delivery.redelivered;
             acks.handled(delivery.acker).await?;
-            attempt.took = true;
         }
         Ok(())
     }

@@ -613,6 +613,20 @@ impl Settings {
                 }
             }
         }
+        // A queue is consumed by one channel: two consuming one queue would each get about half
+        // its messages (the broker deals them out in turn), and the other channel's would be
+        // dropped as unknown types there (or, if both channels take a type, relayed on the wrong
+        // one, under its roles).
+        let mut queues = std::collections::BTreeMap::new();
+        for c in &channels {
+            let (SourceSettings::Exchange { queue, .. } | SourceSettings::Queue { queue }) = &c.source;
+            if let Some(other) = queues.insert(queue.as_str(), &c.name) {
+                return Err(ConfigError(format!(
+                    "channels.{}.source and channels.{other}.source both consume the queue {queue:?}: give each channel its own (`bind_queue` or `queue`)",
+                    c.name
+                )));
+            }
+        }
         Ok(Settings { config, catalogue, channels })
     }
 
@@ -949,6 +963,20 @@ mod tests {
         let c = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nqueue = \"q\"\n").unwrap();
         let e = Settings::new(c, Catalogue::seed()).unwrap_err();
         assert!(e.0.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn two_channels_consuming_one_queue_are_refused() {
+        for toml in [
+            "[channels.deals.source]\nexchange = \"crm\"\nbind_queue = \"gw-host1\"\n[channels.tasks.source]\nexchange = \"crm\"\nbind_queue = \"gw-host1\"\n",
+            "[channels.deals.source]\nqueue = \"q\"\n[channels.tasks.source]\nqueue = \"q\"\n",
+            "[channels.deals.source]\nqueue = \"sse-gateway.tasks\"\n", // the default of tasks
+        ] {
+            let e = Settings::new(Config::from_toml(toml).unwrap(), Catalogue::seed()).unwrap_err();
+            assert!(e.0.contains("both consume the queue"), "{toml}: {e}");
+        }
+        let own = "[channels.deals.source]\nexchange = \"crm\"\nbind_queue = \"gw-host1.deals\"\n[channels.tasks.source]\nexchange = \"crm\"\nbind_queue = \"gw-host1.tasks\"\n";
+        assert!(Settings::new(Config::from_toml(own).unwrap(), Catalogue::seed()).is_ok());
     }
 
     #[test]
