@@ -635,9 +635,13 @@ impl Source {
         let log = self.settings.channel(self.id).log.as_ref();
         let queue_args = log.map(stream_log::queue_args).unwrap_or_default();
         // A stream this source has read from (live, or as history for the buffers, whose ids
-        // resumes may hold) can only be missing if it was deleted.
+        // resumes may hold) can only be missing if it was deleted; a classic queue it has
+        // consumed, if it was deleted or expired (an `expires` policy, during an outage).
         let read_up_to = offsets.last.or(offsets.history_through);
-        let known = log.is_some() && read_up_to.is_some();
+        let known = match log {
+            Some(_) => read_up_to.is_some(),
+            None => offsets.consumed_at.is_some(),
+        };
         let (gone, consumers);
         let mut chan = self.link.channel().await?;
         let queue = match &self.settings.channel(self.id).source {
@@ -668,7 +672,14 @@ impl Source {
                 queue
             }
         };
-        if gone {
+        if gone && log.is_none() {
+            // Declared (and bound) again, empty: what it held, and what was published while it
+            // was missing, is lost. The streams are told (and the buffer, which no longer meets
+            // what comes next, is emptied).
+            warn!(channel = %self.name, queue = %queue,
+                  "the queue was gone (deleted, or expired) and was declared again, empty: what it held is lost; streams get history_gap");
+            self.shards.log_gap(self.id).await;
+        } else if gone {
             // Declared (and bound) again so that it keeps what is published meanwhile, but not
             // read: its offsets restart at 0 and would give out ids already given out.
             let last = read_up_to.unwrap_or_default();
@@ -1184,7 +1195,7 @@ impl Source {
 
     /// Declares `queue` durable with `args` (a stream's type and retention, or none); if it
     /// exists with other arguments, checks it passively instead and uses it as it is. With
-    /// `known` (a stream this source has read), first looks whether it still exists: the flag
+    /// `known` (a queue this source has read), first looks whether it still exists: the flag
     /// returned says it did not (it was deleted; the declare made a new, empty one). Also
     /// returns how many consumers the queue has (before this source's).
     async fn declare_queue(&self, mut chan: Channel, queue: &str, args: &FieldTable, known: bool) -> Result<(Channel, bool, u32), String> {

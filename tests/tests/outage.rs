@@ -124,7 +124,7 @@ async fn a_broker_that_stops_answering_is_an_outage_and_loses_nothing(bin: Bin) 
 
 /// D8: a consumer the broker cancels (its queue deleted under it) is an outage like a lost
 /// connection: the streams are told, the source declares and binds its queue again, and events
-/// flow on the same streams.
+/// flow on the same streams, after `history_gap` (what the deleted queue held is lost).
 async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_back(bin: Bin) {
     let fx = Fixture::start(bin, ConfigBuilder::new().fast_outage()).await;
     let mut s = fx.gw.stream("deals", &user("carol", &[])).await;
@@ -138,17 +138,26 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
     fx.gw.wait_metric("sse_gateway_source_up{channel=\"deals\"}", 1.0).await;
     let after = valid_text("deal.updated");
     fx.publish("deals", "deal.updated", &after).await;
-    // Warnings sent while it was down may come first.
+    // Warnings sent while it was down may come first. The queue was declared again, empty: what
+    // it held (and what was published while it was missing) is lost, and the stream is told.
+    let mut gap = false;
     let ev = loop {
         let ev = s.next_non_heartbeat(WAIT).await.expect("the event after the cancel");
-        if !is_source_unavailable(&ev) {
-            break ev;
+        if is_source_unavailable(&ev) {
+            continue;
         }
+        if ev.id.is_none() && ev.json() == serde_json::json!({"code": "history_gap", "channel": "deals"}) {
+            gap = true;
+            continue;
+        }
+        break ev;
     };
+    assert!(gap, "no history_gap before the first event from the queue declared again");
     assert_eq!(ev.data, after, "{ev:?}");
     assert!(s.still_open().await, "the stream stays open");
-    let log = fx.gw.log_until(WAIT, |l| l.contains("source unavailable")).await;
+    let log = fx.gw.log_until(WAIT, |l| l.contains("source unavailable") && l.contains("was gone")).await;
     assert!(log.contains("source unavailable"), "the cancel is not logged:\n{log}");
+    assert!(log.contains("was gone (deleted, or expired) and was declared again"), "the loss is not logged:\n{log}");
 }
 
 /// RabbitMQ drops a queue's bindings when their exchange is deleted and tells no consumer: the
