@@ -73,6 +73,9 @@ enum Op {
 struct Reading {
     next: u64,
     started: bool,
+    /// The gateway said `Pause`: nothing more is handed over until the stream's output was
+    /// taken (as the frontend waits for the writer).
+    paused: bool,
 }
 
 const LIMIT: usize = 3;
@@ -184,7 +187,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert_eq!(after.epoch, 5, "a read-back from another epoch");
                     assert!(open.contains_key(&stream), "a read-back for a stream not open");
                     // The reader starts at the client's own position (proof the log still holds it).
-                    reads.insert(stream, Reading { next: after.seq.max(1), started: false });
+                    reads.insert(stream, Reading { next: after.seq.max(1), started: false, paused: false });
                     open.get_mut(&stream).expect("checked above").read_back = true;
                     read_back_asked = true;
                 }
@@ -256,7 +259,10 @@ fuzz_target!(|ops: Vec<Op>| {
                     r.started = true;
                     match gw.backfill_message($id, pos, ev.as_ref()) {
                         BackfillStep::Continue => Ok(true),
-                        BackfillStep::Pause => Ok(false),
+                        BackfillStep::Pause => {
+                            r.paused = true;
+                            Ok(false)
+                        }
                         BackfillStep::Finished => {
                             reads.remove(&$id);
                             Ok(false)
@@ -280,6 +286,9 @@ fuzz_target!(|ops: Vec<Op>| {
                         busy = true;
                     }
                     check_frames(&out, open.get_mut(&id).expect("open"), &s, &published, &history_only, payments);
+                }
+                for r in reads.values_mut() {
+                    r.paused = false; // every output was taken
                 }
                 drain!();
                 for id in pick_all(&reads) {
@@ -497,6 +506,9 @@ fuzz_target!(|ops: Vec<Op>| {
                     let mut out = Vec::new();
                     gw.take_output(id, &mut out, now);
                     check_frames(&out, open.get_mut(&id).expect("open"), &s, &published, &history_only, payments);
+                    if let Some(r) = reads.get_mut(&id) {
+                        r.paused = false;
+                    }
                 }
             }
             Op::Stale { pick } => {
@@ -529,7 +541,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::ReadBack { pick, n } => {
-                if let Some(id) = pick_stream(&reads, pick) {
+                if let Some(id) = pick_stream(&reads, pick).filter(|id| !reads[id].paused) {
                     let mut seen = ingests[0].read_back_window();
                     for _ in 0..n.max(1) {
                         match read_next!(id, &mut seen) {
