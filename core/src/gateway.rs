@@ -974,7 +974,8 @@ impl Gateway {
 
     /// The read-back for `id` ended before [`BackfillStep::Finished`]: `complete` when the log
     /// simply had nothing more (the stream continues from where it got to: the buffer, or the log
-    /// again), `false` when reading failed (the stream gets `history_gap` and goes live). A
+    /// again), `false` when reading failed (the stream gets `history_gap` and goes live, unless
+    /// the buffer holds everything after its cursor by then: it continues from there). A
     /// complete one that got nothing past the client's place while the buffer begins later is
     /// taken for a failure: reading the same place again would find the same.
     pub fn backfill_done(&mut self, id: StreamId, complete: bool) {
@@ -992,7 +993,15 @@ impl Gateway {
         // and again from the same place, each time for nothing. The stream is told instead, as
         // for a read-back that got nothing at all.
         let stalled = live_point.is_some() && !priming && !rb.moved && st.cursor.is_some_and(|c| c.seq < floor);
-        if !complete || stalled {
+        // Live events arrived meanwhile and the buffer holds everything after the cursor, which
+        // lies within it (not past its last event: an id the log never reached is no place the
+        // buffer proves): how the read-back ended does not matter, the buffer takes over (as it
+        // does for a message at or past its floor), exactly.
+        let covered = !priming
+            && live_point.is_some_and(|last| st.cursor.is_some_and(|c| c.epoch == last.epoch && c.seq >= floor && c.seq <= last.seq));
+        if covered {
+            self.refill(id);
+        } else if !complete || stalled {
             gap_then_live(st, true, live_point, max);
             self.history_gap(id);
         } else if live_point.is_none() && !priming {

@@ -934,6 +934,35 @@ fn a_failed_read_back_ends_in_history_gap() {
     assert!(h.take_events(id).ends_with("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"));
 }
 
+/// A read-back that fails (no turn in time, a lost connection) after live events arrived that
+/// the buffer holds from the client's place on: the stream continues from the buffer, exactly,
+/// with no history_gap (before: history_gap, and the event the buffer held was never sent).
+#[test]
+fn a_failed_read_back_continues_from_the_buffer_when_it_covers_the_client() {
+    let mut h = Harness::new("");
+    let deals = h.channel("deals");
+    h.gw.set_history(deals, Some(1000));
+    let id = h.open_path("u1", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-7"]).unwrap();
+    h.publish_msg("deals", deal_at(8)).unwrap(); // the buffer now holds everything after 7
+    h.gw.backfill_done(id, false);
+    h.drain();
+    h.publish_msg("deals", deal_at(9)).unwrap();
+    h.drain();
+    let w = h.take_events(id);
+    assert_eq!(ids_in(&w), ["1000-8", "1000-9"], "{w}");
+    assert!(!w.contains("history_gap"), "{w}");
+    // An id past the buffer's last event (read back while the buffer was empty) is no place
+    // the buffer proves: history_gap still.
+    let mut h = Harness::new("");
+    h.gw.set_history(deals, Some(1000));
+    let ahead = h.open_path("u2", &[], "/api/v1/streams/deals", &["Last-Event-ID: 1000-50"]).unwrap();
+    h.publish_msg("deals", deal_at(8)).unwrap();
+    h.gw.backfill_done(ahead, false);
+    h.drain();
+    let w = h.take_events(ahead);
+    assert!(w.contains("history_gap") && ids_in(&w).is_empty(), "an id ahead of the buffer: {w}");
+}
+
 #[test]
 fn a_read_back_pauses_at_the_output_bound() {
     let mut h = Harness::new("buffer_events = 1\nmax_pending_bytes = 4096\n");
