@@ -84,11 +84,7 @@ impl Shards {
     /// though it may have reached other shards' (those that took it before their `Shutdown`).
     #[must_use]
     pub(crate) async fn event(&self, ev: &Event) -> bool {
-        let mut all = true;
-        for tx in self.txs.iter() {
-            all &= tx.send(Command::Event(ev.clone())).await.is_ok();
-        }
-        all
+        self.broadcast(|| Command::Event(ev.clone())).await
     }
 
     /// Records a source's state and tells every shard when it changed (a source that fails
@@ -116,16 +112,20 @@ impl Shards {
         }
     }
 
-    /// Tells every shard that the channel's stream lost events this process never received.
+    /// Tells every shard that the channel's source lost events this process never received (a
+    /// stream's retention, a classic queue gone).
     pub(crate) async fn log_gap(&self, ch: ChannelId) {
-        self.broadcast(|| Command::LogGap(ch)).await
+        self.broadcast(|| Command::LogGap(ch)).await;
     }
 
-    /// Hands every shard a command (made for each), waiting while a shard's queue is full.
-    pub(crate) async fn broadcast(&self, cmd: impl Fn() -> Command) {
+    /// Hands every shard a command (made for each), waiting while a shard's queue is full;
+    /// `false` if a shard had ended its queue (a shutdown) and did not take it.
+    pub(crate) async fn broadcast(&self, cmd: impl Fn() -> Command) -> bool {
+        let mut all = true;
         for tx in self.txs.iter() {
-            let _ = tx.send(cmd()).await;
+            all &= tx.send(cmd()).await.is_ok();
         }
+        all
     }
 
     /// Whether the channel's source is up now.
@@ -154,7 +154,7 @@ impl Shards {
 
     /// Asks every shard to drain and stop, by `until` at the latest.
     pub(crate) async fn shutdown(&self, until: Instant) {
-        self.broadcast(|| Command::Shutdown(until)).await
+        self.broadcast(|| Command::Shutdown(until)).await;
     }
 }
 

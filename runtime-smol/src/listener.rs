@@ -28,10 +28,8 @@ impl Listener {
     /// and an `epoll_ctl` per wake: about one per event with a RabbitMQ source).
     pub(crate) async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
         loop {
-            match self.0.get_ref().accept() {
-                Ok((sock, peer)) => return Ok((Async::new(sock)?, peer)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if let Some(accepted) = self.accept_now() {
+                return accepted;
             }
             std::future::poll_fn(|cx| self.0.poll_readable(cx)).await?;
         }
