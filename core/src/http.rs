@@ -125,6 +125,7 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
         422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -267,6 +268,7 @@ struct Head<'a> {
     content_length: Option<&'a [u8]>,
     transfer_encoding: Option<&'a [u8]>,
     expect: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
     /// The minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     minor: u8,
     len: usize,
@@ -333,6 +335,7 @@ fn parse_head<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>], max: u
             "content-length" => &mut head.content_length,
             "transfer-encoding" => &mut head.transfer_encoding,
             "expect" => &mut head.expect,
+            "content-type" => &mut head.content_type,
             _ => continue,
         };
         // The first occurrence wins; a repeated Content-Length could smuggle a body, a
@@ -400,6 +403,14 @@ fn accepts_event_stream<'v>(lines: impl IntoIterator<Item = &'v [u8]>) -> bool {
         }
     }
     best.is_some_and(|(_, ok)| ok)
+}
+
+/// Whether `Content-Type` is `application/json`, parameters allowed (`; charset=utf-8`).
+fn is_json(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|v| {
+        let media = v.split(|&b| b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"application/json")
+    })
 }
 
 /// The first non-empty value of cookie `name`: a browser sends two cookies of one name when
@@ -710,6 +721,13 @@ impl Front {
         let n = std::str::from_utf8(len).ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
         match n {
             n if n > self.settings.config.server.max_body_bytes => error(413, "body_too_large", "body too large"),
+            // Only a JSON body: a page of another site can send a form's types or none (a
+            // `no-cors` fetch of a Blob) with the user's cookie and no preflight, and a browser too
+            // old to send `Origin` or `Sec-Fetch-Site` leaves no other sign that it is not the
+            // user's own page. `application/json` from another origin needs a CORS preflight.
+            _ if !is_json(head.content_type) => {
+                error(415, "unsupported_media_type", "Content-Type must be application/json")
+            }
             n => Routed::Publish(PublishRequest {
                 channel: id,
                 content_length: n,
@@ -759,6 +777,17 @@ mod tests {
         assert!(accepts_event_stream([&b"application/json"[..], b"text/event-stream"]));
         assert!(!accepts_event_stream([&b"*/*"[..], b"text/event-stream;q=0"]));
         assert!(!accepts_event_stream([&b"text/event-stream"[..], b"\xff"]));
+    }
+
+    #[test]
+    fn only_a_json_body_type_is_taken() {
+        assert!(is_json(Some(b"application/json")));
+        assert!(is_json(Some(b"Application/JSON; charset=utf-8")));
+        assert!(is_json(Some(b" application/json ;charset=UTF-8")));
+        for v in [&b"text/plain"[..], b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"", b"application/jsonx", b"\xff"] {
+            assert!(!is_json(Some(v)), "{:?}", String::from_utf8_lossy(v));
+        }
+        assert!(!is_json(None));
     }
 
     #[test]

@@ -1666,7 +1666,7 @@ fn ops_routes_are_recognised() {
 fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     let h = Harness::new("");
     let t = h.token("svc", &["publisher"], 3600);
-    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nContent-Length: 2\r\n\r\n{{}}");
+    let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}");
     assert!(respond(h.route(raw.as_bytes())).starts_with("HTTP/1.1 404"));
     let front = Harness::new("[server]\npublish_endpoint = true\n").front;
     match front.route(raw.as_bytes(), 1_900_000_000) {
@@ -1715,7 +1715,7 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     let front = Harness::new("[server]\npublish_endpoint = true\nmax_body_bytes = 1024\n").front;
     let t = Harness::new("").token("svc", &["publisher"], 3600);
     let status = |headers: &str| {
-        let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n{headers}\r\n{{}}");
+        let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\n{headers}\r\n{{}}");
         match front.route(raw.as_bytes(), 1_900_000_000) {
             Routed::Publish(p) => (200, p.content_length),
             Routed::Respond(r) => (r.status, 0),
@@ -1734,6 +1734,36 @@ fn a_publish_body_is_framed_by_a_plain_content_length_only() {
     assert_eq!(status("Host: a.example\r\nHost: b.example\r\nContent-Length: 2\r\n").0, 400);
     assert_eq!(status("Content-Length: 1025\r\n").0, 413);
     assert_eq!(status("Content-Length: 99999999999999999999999999\r\n").0, 413);
+}
+
+#[test]
+fn a_publish_body_must_be_declared_json() {
+    // A page of another site can POST a form's types, or no type at all (a `no-cors` fetch of a
+    // Blob), with the user's cookie and without a preflight; an old browser may send neither
+    // Origin nor Sec-Fetch-Site. Only `application/json` is taken, which needs a preflight
+    // from another origin.
+    let front = Harness::with_auth("cookie = \"t\"\n", "[server]\npublish_endpoint = true\n").front;
+    let t = Harness::new("").token("svc", &["publisher"], 3600);
+    let status = |credential: &str, content_type: &str| {
+        let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\n{credential}{content_type}Content-Length: 2\r\n\r\n{{}}");
+        match front.route(raw.as_bytes(), 1_900_000_000) {
+            Routed::Publish(_) => 202,
+            Routed::Respond(r) => {
+                if r.status == 415 {
+                    assert!(String::from_utf8_lossy(&r.bytes).contains("\"code\":\"unsupported_media_type\""));
+                }
+                r.status
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    for credential in [format!("Authorization: Bearer {t}\r\n"), format!("Cookie: t={t}\r\n")] {
+        assert_eq!(status(&credential, "Content-Type: application/json\r\n"), 202);
+        assert_eq!(status(&credential, "Content-Type: application/json; charset=utf-8\r\n"), 202);
+        for refused in ["", "Content-Type: text/plain\r\n", "Content-Type: application/x-www-form-urlencoded\r\n", "Content-Type: multipart/form-data; boundary=b\r\n"] {
+            assert_eq!(status(&credential, refused), 415, "{refused:?}");
+        }
+    }
 }
 
 #[test]
@@ -1781,7 +1811,7 @@ fn a_publisher_that_expects_100_continue_is_told_to_send_its_body() {
     let front = Harness::new("[server]\npublish_endpoint = true\n").front;
     let t = Harness::new("").token("svc", &["publisher"], 3600);
     let expects = |version: &str, headers: &str| {
-        let raw = format!("POST /api/v1/publish/deals HTTP/{version}\r\nHost: gw\r\nAuthorization: Bearer {t}\r\n{headers}\r\n");
+        let raw = format!("POST /api/v1/publish/deals HTTP/{version}\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\n{headers}\r\n");
         match front.route(raw.as_bytes(), 1_900_000_000) {
             Routed::Publish(p) => p.expect_continue,
             other => panic!("{other:?}"),

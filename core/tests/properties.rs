@@ -613,12 +613,17 @@ fn signed_head() -> impl Strategy<Value = signed_head::SignedHead> {
             prop_oneof![1 => Just(0u8), 4 => Just(1u8)],
             proptest::option::of(any::<u8>()),
         ),
-        (proptest::collection::vec(("[A-Za-z]{1,8}", "[ -~]{0,20}"), 0..3), proptest::collection::vec(any::<u8>(), 0..40)),
+        (
+            proptest::collection::vec(("[A-Za-z]{1,8}", "[ -~]{0,20}"), 0..3),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            // Mostly a JSON type, so that most publishes get past it.
+            prop_oneof![4 => 0u8..5, 1 => any::<u8>()],
+        ),
     )
-        .prop_map(|((kind, method_ok, channel, versions, query_ids, header_id), (accept, token_at, bearer, user, roles), (content_lengths, transfer_encoding, expect, minor, origin), (noise, after))| {
+        .prop_map(|((kind, method_ok, channel, versions, query_ids, header_id), (accept, token_at, bearer, user, roles), (content_lengths, transfer_encoding, expect, minor, origin), (noise, after, content_type))| {
             signed_head::SignedHead {
                 kind, method_ok, channel, versions, query_ids, header_id, accept, token_at, bearer, user, roles,
-                content_lengths, transfer_encoding, expect, minor, origin, noise, after,
+                content_lengths, transfer_encoding, expect, content_type, minor, origin, noise, after,
             }
         })
 }
@@ -631,7 +636,7 @@ proptest! {
     /// (support/signed_head.rs): a stream is the signed user's, on the path's channel, with the
     /// first `version=`, resuming from Last-Event-ID over the first non-empty
     /// `last_event_id=`; payments without `finance_manager` is the `forbidden` answer; a
-    /// publish needs the publisher role, takes no Transfer-Encoding and exactly one all-digit
+    /// publish needs the publisher role, a JSON Content-Type, no Transfer-Encoding and exactly one all-digit
     /// Content-Length (its value), with `head_len` just past the blank line and
     /// `expect_continue` only for a body on HTTP/1.1; anything else is refused with its
     /// status, as a complete response.

@@ -46,6 +46,7 @@ fn signed_head(u: &mut Unstructured<'_>) -> Result<signed_head::SignedHead> {
         content_lengths: small(u)?,
         transfer_encoding: if u.ratio(1, 5)? { Some(u.arbitrary()?) } else { None },
         expect: u.arbitrary()?,
+        content_type: u.arbitrary()?,
         minor: u.arbitrary()?,
         origin: u.arbitrary()?,
         noise: {

@@ -331,7 +331,31 @@ async fn a_publish_body_cut_short_is_closed_at_the_head_timeout_and_counted(bin:
     assert_eq!(ev.event, "deal.updated", "the cut-short publish reached the stream: {ev:?}");
 }
 
+/// A publish whose body is not declared `application/json` (a form's types, or none: what a page
+/// of another site may send with the user's cookie and no preflight) is 415 and publishes nothing.
+async fn a_publish_not_declared_json_is_415_and_publishes_nothing(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true").render();
+    let gw = GatewayProcess::start(bin, &cfg).await;
+    let mut s = gw.stream("deals", &user("alice", &[])).await;
+    let publisher = user("svc", &["publisher"]);
+    let cookie = format!("sse_token={publisher}");
+    let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        headers.extend(content_type.map(|t| ("Content-Type", t)));
+        let r = gw.request("POST", "/api/v1/publish/deals", &headers, body.as_bytes()).await;
+        assert_eq!(r.status, 415, "{content_type:?}: {r:?}");
+        assert_eq!(r.json()["code"], "unsupported_media_type", "{r:?}");
+    }
+    let marker = serde_json::json!({"type": "deal.updated", "data": sse_gateway_tests::payloads::valid("deal.updated")}).to_string();
+    let r = gw.request("POST", "/api/v1/publish/deals", &[("Cookie", &cookie), ("Content-Type", "application/json")], marker.as_bytes()).await;
+    assert_eq!(r.status, 202, "the same publish declared JSON is taken: {r:?}");
+    let ev = s.next_with_id(WAIT).await.expect("the JSON publish's event");
+    assert_eq!(ev.event, "deal.updated", "a publish not declared JSON reached the stream: {ev:?}");
+}
+
 for_each_binary!(
+    a_publish_not_declared_json_is_415_and_publishes_nothing,
     a_publish_body_cut_short_is_closed_at_the_head_timeout_and_counted,
     a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken,
     the_gateway_prints_one_listening_line_and_answers_health,

@@ -27,6 +27,17 @@ pub const CONTENT_LENGTHS: [&str; 12] =
 pub const TRANSFER_ENCODINGS: [&str; 3] = ["chunked", "identity", "gzip, chunked"];
 pub const EXPECTS: [&str; 5] = ["100-continue", "100-Continue ", "  100-continue", "nope", ""];
 pub const ORIGINS: [&str; 3] = [ORIGIN, "https://evil.example", "null"];
+/// `Content-Type` values of a publish (the last: none sent); the first five are JSON.
+pub const CONTENT_TYPES: [&str; 8] = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "APPLICATION/JSON",
+    " application/json;charset=UTF-8",
+    "application/json",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "",
+];
 pub const BEARERS: [&str; 4] = ["Bearer ", "bearer ", "BEARER ", "Bearer  "];
 /// The default `server.max_body_bytes`.
 const MAX_BODY: usize = 64 * 1024;
@@ -54,6 +65,8 @@ pub struct SignedHead {
     pub content_lengths: Vec<u8>,
     pub transfer_encoding: Option<u8>,
     pub expect: Option<u8>,
+    /// A [`CONTENT_TYPES`] index.
+    pub content_type: u8,
     /// HTTP/1.0 when 0, else HTTP/1.1.
     pub minor: u8,
     pub origin: Option<u8>,
@@ -146,6 +159,10 @@ impl SignedHead {
         }
         if let Some(e) = self.expect {
             s.push_str(&format!("Expect: {}\r\n", pick(&EXPECTS, e)));
+        }
+        match pick(&CONTENT_TYPES, self.content_type) {
+            "" => {}
+            t => s.push_str(&format!("Content-Type: {t}\r\n")),
         }
         if let Some(o) = self.origin {
             s.push_str(&format!("Origin: {}\r\n", pick(&ORIGINS, o)));
@@ -241,6 +258,10 @@ impl SignedHead {
                 let n = cl.parse::<usize>().unwrap_or(usize::MAX);
                 if n > MAX_BODY {
                     return Refused(413);
+                }
+                // Only a JSON body: a form's types (or none) come from any page without a preflight.
+                if (self.content_type as usize % CONTENT_TYPES.len()) >= 5 {
+                    return Refused(415);
                 }
                 let expect_continue = n > 0
                     && self.minor != 0
