@@ -646,8 +646,8 @@ impl Gateway {
     }
 
     fn history_gap(&mut self, id: StreamId) {
-        self.metrics.history_gap();
         let Some(st) = self.stream(id) else { return };
+        self.metrics.history_gap();
         let frame = sse::warning("history_gap", &self.settings.channel(st.channel).name);
         if let Some(st) = self.stream_mut(id) {
             push_not_event(st, frame);

@@ -331,7 +331,7 @@ impl Metrics {
         }
         let singles = [
             ("sse_gateway_replays_total", "Streams that asked to resume (Last-Event-ID).", &self.replays),
-            ("sse_gateway_history_gaps_total", "Resumes answered with history_gap.", &self.history_gaps),
+            ("sse_gateway_history_gaps_total", "Warnings history_gap sent: resumes the retained history could not serve, and streams warned of events their source lost.", &self.history_gaps),
             ("sse_gateway_evictions_total", "Streams evicted by the per-user limit.", &self.evictions),
             ("sse_gateway_stream_limit_rejections_total", "Requests answered 409 stream_limit.", &self.limit_rejections),
             ("sse_gateway_forbidden_total", "Streams refused with the forbidden error.", &self.forbidden),
