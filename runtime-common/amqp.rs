@@ -41,7 +41,7 @@ use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sse_gateway_core::config::{BrokerConfig, SourceSettings};
-use sse_gateway_core::{log_continues, log_resumes, logs_meet, process_epoch, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
+use sse_gateway_core::{log_continues, misnamed_header, log_resumes, logs_meet, process_epoch, Backoff, ChannelId, HeaderValue, Ingest, Metrics, Settings, UpstreamMessage};
 use tracing::{debug, error, info, warn};
 
 use super::shards::{Command, Shards};
@@ -1265,6 +1265,7 @@ fn message(d: &mut Delivery) -> UpstreamMessage {
         body: std::mem::take(&mut d.data).into(),
         position: None,
         received: None,
+        misnamed: p.headers().as_ref().and_then(|h| misnamed_header(h.inner().keys().map(|k| k.as_str()))),
     }
 }
 
@@ -1302,8 +1303,8 @@ fn recipients(v: Option<&AMQPValue>) -> Option<HeaderValue> {
 /// has alike (not when or where it was received).
 /// The headers that decide who gets it and in which version are part of it.
 fn same_message(a: &UpstreamMessage, b: &UpstreamMessage) -> bool {
-    (&a.kind, &a.routing_key, &a.message_id, &a.body, &a.recipient_ids, &a.schema_version)
-        == (&b.kind, &b.routing_key, &b.message_id, &b.body, &b.recipient_ids, &b.schema_version)
+    (&a.kind, &a.routing_key, &a.message_id, &a.body, &a.recipient_ids, &a.schema_version, &a.misnamed)
+        == (&b.kind, &b.routing_key, &b.message_id, &b.body, &b.recipient_ids, &b.schema_version, &b.misnamed)
 }
 
 fn utf8_text(bytes: &[u8]) -> HeaderValue {

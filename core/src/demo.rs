@@ -111,6 +111,7 @@ pub fn sample(channel: &str, n: u64, user: &str) -> Option<UpstreamMessage> {
         body: Bytes::from(data.to_string()),
         position: None,
         received: None,
+        misnamed: None,
     })
 }
 

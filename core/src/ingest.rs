@@ -59,6 +59,31 @@ pub struct UpstreamMessage {
     /// When the frontend received it: `sse_gateway_delivery_delay_seconds` counts from here.
     /// `None`: not timed (read-backs, tests).
     pub received: Option<Instant>,
+    /// A header (or publish field) whose name is a near miss of `recipient_ids` or
+    /// `schema_version` ([`misnamed_header`]): the message is dropped `bad_header`.
+    pub misnamed: Option<String>,
+}
+
+/// The first of `names` that is spelled near `recipient_ids` or `schema_version` but is not
+/// either (`Recipient_Ids`, `recipient-ids`, `recipientIds`, `recipients`, `schemaVersion`, ...).
+///
+/// Header names are exact (D3, D4): read as absent, a misspelled `recipient_ids` would send an
+/// event meant for a few users to everyone on the channel, and a misspelled `schema_version`
+/// would serve a body as version 1. Such a message is dropped instead.
+pub fn misnamed_header<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    const NEAR: [&str; 5] = ["recipientids", "recipientid", "recipients", "recipient", "schemaversion"];
+    names.into_iter().find(|name| {
+        if *name == "recipient_ids" || *name == "schema_version" || name.len() > 32 {
+            return false;
+        }
+        let mut folded = [0u8; 32];
+        let mut n = 0;
+        for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+            folded[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+        NEAR.iter().any(|near| near.as_bytes() == &folded[..n])
+    }).map(str::to_string)
 }
 
 #[derive(Debug)]
@@ -373,6 +398,10 @@ impl Ingest {
         if msg.message_id.as_deref().is_some_and(|m| m.contains(char::REPLACEMENT_CHARACTER)) {
             return drop(DropReason::BadHeader, "message_id is not UTF-8 text".into());
         }
+        if let Some(name) = &msg.misnamed {
+            let detail = format!("{name:?} is not recipient_ids nor schema_version (names are exact)");
+            return drop(DropReason::BadHeader, detail);
+        }
         let version = match &msg.schema_version {
             None => 1,
             Some(HeaderValue::Int(v)) if *v >= 1 && *v <= u32::MAX as i64 => *v as u32,
@@ -502,6 +531,7 @@ pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage,
         body: Bytes::from(data.to_string()),
         position: None,
         received: None,
+        misnamed: misnamed_header(obj.keys().map(String::as_str)),
     })
 }
 
@@ -526,6 +556,29 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&settings));
         let deals = settings.channel_id("deals").unwrap();
         (metrics.clone(), Ingest::new(settings, metrics, deals, 9))
+    }
+
+    #[test]
+    fn a_header_spelled_near_recipient_ids_or_schema_version_drops_the_message() {
+        for near in ["Recipient_Ids", "recipient-ids", "recipientIds", "RECIPIENT_IDS", "recipients", "recipient_id", "schemaVersion", "Schema-Version"] {
+            assert_eq!(misnamed_header(["x-trace", near]), Some(near.to_string()), "{near}");
+        }
+        for other in ["recipient_ids", "schema_version", "x-stream-offset", "recipient_ids_v2", "version", "", "recipientsrecipientsrecipientsrecipients"] {
+            assert_eq!(misnamed_header([other]), None, "{other}");
+        }
+        let (metrics, mut ingest) = deals_ingest();
+        // Read as absent, "Recipient_Ids: bob" would have gone to everyone on deals.
+        let m = UpstreamMessage { misnamed: Some("Recipient_Ids".into()), ..deal(None, "m1") };
+        let e = ingest.handle_message(&m).unwrap_err();
+        assert_eq!(e.reason, DropReason::BadHeader);
+        assert!(e.detail.contains("\"Recipient_Ids\""), "{}", e.detail);
+        assert_eq!(metrics.dropped_count(DropReason::BadHeader), 1);
+        assert!(ingest.handle_message(&deal(None, "m2")).is_ok(), "the same message, names exact");
+        // The publish endpoint's fields are names too.
+        let p = parse_publish(br#"{"type":"deal.created","data":{},"recipientIds":"bob"}"#, None).unwrap();
+        assert_eq!(p.misnamed.as_deref(), Some("recipientIds"));
+        let p = parse_publish(br#"{"type":"deal.created","data":{},"recipient_ids":"bob"}"#, None).unwrap();
+        assert_eq!(p.misnamed, None);
     }
 
     #[test]

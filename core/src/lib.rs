@@ -52,5 +52,5 @@ pub use config::{Config, ConfigError, Settings};
 pub use gateway::{log_continues, log_resumes, logs_meet, BackfillStep, Gateway, Output, TimerReason, KEEP_FRAMES, LOG_SKIP};
 pub use http::{shard_of, Front, PublishRequest, Refusal, Response, Resume, Routed, StreamRequest};
 pub use ids::{process_epoch, ChannelId, EventId, StreamId, MAX_CHANNELS};
-pub use ingest::{parse_publish, Dropped, Event, HeaderValue, Ingest, RecentIds, Recipients, UpstreamMessage};
+pub use ingest::{misnamed_header, parse_publish, Dropped, Event, HeaderValue, Ingest, RecentIds, Recipients, UpstreamMessage};
 pub use metrics::{CloseReason, DropReason, Metrics};

@@ -61,6 +61,12 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
             "bad_header",
         ),
         (note(&good_note).header("recipient_ids", Header::Float(1.0)), "bad_header"),
+        // Header names are exact: read as absent, a misspelled recipient list would broadcast an
+        // event meant for bob to alice, a misspelled version would serve version 2 as 1.
+        (deal(&valid_text("deal.created")).header("Recipient_Ids", Header::Str("bob".into())), "bad_header"),
+        (deal(&valid_text("deal.created")).header("recipient-ids", Header::Str("bob".into())), "bad_header"),
+        (deal(&valid_text("deal.created")).header("recipients", Header::Str("bob".into())), "bad_header"),
+        (deal(&valid_text("deal.created")).header("schemaVersion", Header::Int(2)), "bad_header"),
         // A per-user channel never broadcasts: no recipient, or an empty list.
         (note(&good_note), "no_recipient"),
         (note(&good_note).recipients(""), "no_recipient"),
