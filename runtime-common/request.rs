@@ -271,8 +271,11 @@ pub(crate) fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
 /// listener or the process.
 fn lost_before_accept(e: &io::Error) -> bool {
     use io::ErrorKind::*;
-    // EPROTO (71): a protocol error on that connection.
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock) || e.raw_os_error() == Some(71)
+    // Linux's accept passes a network error already pending on the new connection; accept(2)
+    // says to treat those of TCP/IP as EAGAIN: ENONET (64), EPROTO (71), ENOPROTOOPT (92),
+    // EOPNOTSUPP (95), ENETDOWN (100), ENETUNREACH (101), EHOSTDOWN (112), EHOSTUNREACH (113).
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+        || matches!(e.raw_os_error(), Some(64 | 71 | 92 | 95 | 100 | 101 | 112 | 113))
 }
 
 /// Bytes read at once from a connection's request, at most.
@@ -658,7 +661,10 @@ mod tests {
         for kind in [io::ErrorKind::ConnectionAborted, io::ErrorKind::ConnectionReset, io::ErrorKind::Interrupted] {
             assert!(lost_before_accept(&io::Error::from(kind)), "{kind:?}");
         }
-        assert!(lost_before_accept(&io::Error::from_raw_os_error(71)), "EPROTO");
+        // accept(2): the TCP/IP errors pending on the new connection, retried as EAGAIN.
+        for errno in [64, 71, 92, 95, 100, 101, 112, 113] {
+            assert!(lost_before_accept(&io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
         // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system; backed off.
         for errno in [24, 23, 105, 12] {
             assert!(!lost_before_accept(&io::Error::from_raw_os_error(errno)), "errno {errno}");
