@@ -95,7 +95,7 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         })
         .await;
         ctx.stopping();
-        request::accept_queued(&listener, &ctx);
+        request::accept_queued(&listener, &ctx).await;
         drop(listener);
         ctx.refusals.borrow_mut().sum_up_last(request::log_refusals_summed);
         info!("shutting down: draining streams");

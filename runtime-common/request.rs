@@ -38,6 +38,8 @@ pub(crate) struct Ctx {
     /// Closed when the shutdown begins ([`Ctx::stopping`]): a connection that has sent nothing
     /// by then is closed, and a publish is refused.
     pub(crate) stop: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// Closed, and replaced, each time accept runs out of file descriptors ([`Ctx::shed`]).
+    shed: RefCell<(async_channel::Sender<()>, async_channel::Receiver<()>)>,
 }
 
 impl Ctx {
@@ -50,7 +52,33 @@ impl Ctx {
             refusals: RefCell::new(RefusalLog::new(Instant::now())),
             busy: Cell::new(0),
             stop: async_channel::bounded(1),
+            shed: RefCell::new(async_channel::bounded(1)),
         }
+    }
+
+    /// Accept ran out of file descriptors: every connection that has not sent a whole request
+    /// head [`SHED_AGE`] after its accept is closed, unanswered ([`Ctx::unless_shed`]). Silent
+    /// or trickling connections (a browser's preconnect, a slowloris, a flood of empty
+    /// connects) would otherwise hold the descriptors until `server.head_timeout`, while every
+    /// new request, a probe's included, waits in the accept queue.
+    fn shed(&self) {
+        let (was, _) = self.shed.replace(async_channel::bounded(1));
+        was.close();
+    }
+
+    /// `fut`'s output, or `None` if a [`Ctx::shed`] comes at least [`SHED_AGE`] after
+    /// `accepted` (checked only when `fut` is pending).
+    async fn unless_shed<F: Future>(&self, accepted: Instant, fut: F) -> Option<F::Output> {
+        future::or(async { Some(fut.await) }, async {
+            loop {
+                let shed = self.shed.borrow().1.clone();
+                let _ = shed.recv().await;
+                if accepted.elapsed() >= SHED_AGE {
+                    return None;
+                }
+            }
+        })
+        .await
     }
 
     /// Says the shutdown has begun (the accept loop has ended; the listener closes once the
@@ -101,6 +129,16 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.set(self.0.busy.get() - 1);
     }
+}
+
+/// A connection is not shed ([`Ctx::shed`]) before this: a client's request head follows its
+/// connect within a round trip.
+const SHED_AGE: Duration = Duration::from_secs(1);
+
+/// Whether an accept error says the process or the system is out of file descriptors (EMFILE,
+/// ENFILE).
+fn out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 /// Refusal lines written in a burst before [`REFUSALS_PER_SEC`] applies.
@@ -231,7 +269,11 @@ pub(crate) async fn serve(listener: &Listener, ctx: Rc<Ctx>) {
             Err(e) if lost_before_accept(&e) => debug!(error = %e, "a connection ended before it was accepted"),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning, and say so
-                // once, then every 100th time while it lasts.
+                // once, then every 100th time while it lasts. Out of descriptors, connections
+                // that began no request in time give theirs back meanwhile.
+                if out_of_files(&e) {
+                    ctx.shed();
+                }
                 if failing.is_multiple_of(100) {
                     warn!(error = %e, failures = failing + 1, "accept failed");
                 }
@@ -248,9 +290,12 @@ pub(crate) async fn serve(listener: &Listener, ctx: Rc<Ctx>) {
 /// at the shutdown (a request already sent gets its answer, a stream request 503; one that has
 /// sent nothing is closed). Closing the listener with them queued would reset them, answered
 /// or not. At most the accept queue's depth: clients that go on connecting meanwhile (a
-/// reconnect storm) do not keep the shutdown here.
-pub(crate) fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
+/// reconnect storm) do not keep the shutdown here. Out of file descriptors, it waits for the
+/// connections that began no request to give theirs back (they close at the shutdown, or are
+/// shed), for at most [`QUEUED_WAIT`].
+pub(crate) async fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
     let mut taken = 0usize;
+    let give_up = Instant::now() + QUEUED_WAIT;
     for _ in 0..super::listen::BACKLOG {
         let Some(r) = listener.accept_now() else { break };
         match r {
@@ -259,6 +304,10 @@ pub(crate) fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
                 spawn(connection(sock, peer, Busy::new(ctx)))
             }
             Err(e) if lost_before_accept(&e) => {}
+            Err(e) if out_of_files(&e) && Instant::now() < give_up => {
+                ctx.shed();
+                sleep(Duration::from_millis(10)).await;
+            }
             Err(_) => break,
         }
     }
@@ -266,6 +315,9 @@ pub(crate) fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
         debug!(connections = taken, "accepted the connections queued at the shutdown");
     }
 }
+
+/// How long the shutdown waits for file descriptors to accept the connections queued at it.
+const QUEUED_WAIT: Duration = Duration::from_millis(500);
 
 /// An accept error that concerns one connection only (accept(2): to be retried at once), not the
 /// listener or the process.
@@ -339,15 +391,19 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     let ctx = &busy.0;
     let _ = sock.get_ref().set_nodelay(true);
     let server = &ctx.front.settings().config.server;
-    let deadline = Instant::now() + server.head_timeout;
+    let accepted = Instant::now();
+    let deadline = accepted + server.head_timeout;
     // No buffer until the client sends something: a connection that stays silent costs its task
     // and socket only (10,000 of them, half-open, in the hostile-input tests). One still silent
     // when the shutdown begins is closed then: it began no request (a browser's preconnect).
-    match ctx.unless_stopping(until(deadline, sock.readable())).await {
-        Some(Some(Ok(()))) => {}
-        None if has_bytes(&sock) => {} // its request came before the shutdown: answered
-        Some(Some(Err(_))) | None => return,
-        Some(None) => return head_timeout(ctx, peer),
+    // Until its head is complete, a connection is shed when accept runs out of descriptors.
+    let silent = ctx.unless_stopping(until(deadline, sock.readable()));
+    match ctx.unless_shed(accepted, silent).await {
+        Some(Some(Some(Ok(())))) => {}
+        Some(None) | None if has_bytes(&sock) => {} // its request came before: answered
+        None => return shed(ctx, peer),
+        Some(Some(Some(Err(_)))) | Some(None) => return,
+        Some(Some(None)) => return head_timeout(ctx, peer),
     }
     let mut buf = Vec::new();
     let mut scan = HeadScan::default();
@@ -356,22 +412,25 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
         // more than one byte past the largest head (what would make it too large).
         let want = buf.len().clamp(FIRST_READ, READ_CHUNK).min((server.max_head_bytes + 1).saturating_sub(buf.len()).max(1));
         let before = buf.len();
-        let read = read_more(&mut sock, &mut buf, want, deadline);
-        // Readiness may be spurious (tokio's `readable()` says so): until its first byte, a
-        // connection still began no request, and the shutdown closes it.
-        let read = if before == 0 {
-            match ctx.unless_stopping(read).await {
-                // Its first bytes are there, the runtime had not said so yet (a socket accepted
-                // as the shutdown began): a request begun before it, answered.
-                None if has_bytes(&sock) => {
-                    buf.truncate(before);
-                    Some(read_more(&mut sock, &mut buf, want, deadline).await)
+        let read = async {
+            let read = read_more(&mut sock, &mut buf, want, deadline);
+            // Readiness may be spurious (tokio's `readable()` says so): until its first byte, a
+            // connection still began no request, and the shutdown closes it.
+            if before == 0 {
+                match ctx.unless_stopping(read).await {
+                    // Its first bytes are there, the runtime had not said so yet (a socket
+                    // accepted as the shutdown began): a request begun before it, answered.
+                    None if has_bytes(&sock) => {
+                        buf.truncate(before);
+                        Some(read_more(&mut sock, &mut buf, want, deadline).await)
+                    }
+                    read => read,
                 }
-                read => read,
+            } else {
+                Some(read.await)
             }
-        } else {
-            Some(read.await)
         };
+        let Some(read) = ctx.unless_shed(accepted, read).await else { return shed(ctx, peer) };
         match read {
             None | Some(Some(Ok(0))) | Some(Some(Err(_))) => return,
             Some(None) => return head_timeout(ctx, peer),
@@ -454,6 +513,12 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
 fn head_timeout(ctx: &Ctx, peer: SocketAddr) {
     ctx.front.metrics().head_timeout();
     debug!(%peer, "head timeout");
+}
+
+/// Counts a connection closed unanswered by a [`Ctx::shed`].
+fn shed(ctx: &Ctx, peer: SocketAddr) {
+    ctx.front.metrics().shed();
+    debug!(%peer, "shed: its request head was not complete when file descriptors ran out");
 }
 
 /// Writes a whole response and closes, within the head deadline (at least a second).
@@ -598,7 +663,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50)); // the requests are in the queued sockets
             let ctx = Rc::new(super::Ctx::new(front, shards.clone(), None));
             ctx.stopping();
-            super::accept_queued(&listener, &ctx);
+            super::accept_queued(&listener, &ctx).await;
             drop(listener);
             ctx.settle(Instant::now() + Duration::from_secs(5)).await;
             shards.shutdown(Instant::now()).await;

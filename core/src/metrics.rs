@@ -165,6 +165,7 @@ pub struct Metrics {
     limit_rejections: AtomicU64,
     forbidden: AtomicU64,
     head_timeouts: AtomicU64,
+    shed: AtomicU64,
     /// One per shard ([`Metrics::delay_histogram`]), summed when rendered.
     delays: Mutex<Vec<Arc<DelayHistogram>>>,
 }
@@ -186,6 +187,7 @@ impl Metrics {
             limit_rejections: AtomicU64::new(0),
             forbidden: AtomicU64::new(0),
             head_timeouts: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             delays: Mutex::new(Vec::new()),
         }
     }
@@ -267,6 +269,12 @@ impl Metrics {
         self.head_timeouts.fetch_add(1, Relaxed);
     }
 
+    /// Counts a connection closed unanswered, its request head not complete a second after its
+    /// accept, because accept ran out of file descriptors (the frontend calls this).
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Relaxed);
+    }
+
     /// Records whether a channel's source is up (1) or down (0), for `/metrics` (the frontend
     /// calls this once per change, where it keeps the state `/readyz` reads).
     pub fn source_state(&self, c: ChannelId, up: bool) {
@@ -339,6 +347,11 @@ impl Metrics {
                 "sse_gateway_head_timeouts_total",
                 "Connections closed unanswered: no complete request head (or publish body) within server.head_timeout.",
                 &self.head_timeouts,
+            ),
+            (
+                "sse_gateway_connections_shed_total",
+                "Connections closed unanswered to free file descriptors: no complete request head a second after the accept when accept ran out of them.",
+                &self.shed,
             ),
         ];
         for (name, help, c) in singles {

@@ -42,6 +42,16 @@ impl GatewayProcess {
     /// Starts `bin` with this configuration and these extra environment variables. Panics (with
     /// the gateway's stderr) unless it prints `listening on http://ADDR` within [`WAIT`].
     pub async fn start_with_env(bin: Bin, config_toml: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::launch(bin, config_toml, env, None).await
+    }
+
+    /// [`GatewayProcess::start`] with an open-files limit of `files` (soft and hard: the gateway
+    /// raises its soft limit to the hard one at start).
+    pub async fn start_with_open_files(bin: Bin, config_toml: &str, files: u64) -> GatewayProcess {
+        GatewayProcess::launch(bin, config_toml, &[], Some(files)).await
+    }
+
+    async fn launch(bin: Bin, config_toml: &str, env: &[(&str, &str)], files: Option<u64>) -> GatewayProcess {
         let path = bin.path();
         assert!(
             path.is_file(),
@@ -52,7 +62,16 @@ impl GatewayProcess {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, config_toml).expect("write the config");
-        let mut cmd = Command::new(&path);
+        // With an open-files limit, through the shell's `ulimit -n` (soft and hard: the gateway
+        // raises its soft limit to the hard one at start), which then becomes the gateway.
+        let mut cmd = match files {
+            None => Command::new(&path),
+            Some(files) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("ulimit -n {files} && exec \"$0\" \"$@\"")).arg(&path);
+                sh
+            }
+        };
         cmd.arg("--config").arg(&config).current_dir(dir.path());
         for k in GATEWAY_ENV {
             cmd.env_remove(k);

@@ -405,7 +405,41 @@ async fn a_body_sent_after_an_answer_from_the_head_does_not_meet_a_reset(bin: Bi
     assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && text.contains("\"code\":\"method_not_allowed\""), "{text}");
 }
 
+/// Out of file descriptors, connections that have not sent a whole request head a second after
+/// their accept (silent ones, and one trickling a head) are shed: closed unanswered and counted,
+/// so that a probe and a stream request are answered, not left in the accept queue until the
+/// head timeout (here longer than the test) frees a descriptor.
+async fn connections_without_a_whole_head_are_shed_when_descriptors_run_out(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("server", "head_timeout", "600s").render();
+    let gw = GatewayProcess::start_with_open_files(bin, &cfg, 200).await;
+    // More than the gateway can hold: the rest wait in its accept queue.
+    let mut idle = Vec::new();
+    for i in 0..260 {
+        let mut c = TcpStream::connect(gw.addr).await.expect("connect");
+        if i % 10 == 0 {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n").await.expect("half a head");
+        }
+        idle.push(c);
+    }
+    // Each waits in the queue behind them (the request helpers give up after WAIT).
+    let health = gw.request("GET", "/healthz", &[], b"").await;
+    assert_eq!(health.status, 200, "{health:?}");
+    let _stream = gw.stream("deals", &user("alice", &[])).await; // asserts its 200
+    let shed = gw.metric("sse_gateway_connections_shed_total").await.expect("the counter");
+    assert!(shed >= 1.0, "{shed} shed");
+    // The first connections (silent since well over a second when the descriptors ran out) were
+    // closed unanswered, the half head among them.
+    for (i, c) in idle.iter_mut().take(20).enumerate() {
+        let mut got = Vec::new();
+        let read = ::tokio::time::timeout(WAIT, c.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "connection {i} still open");
+        assert!(got.is_empty(), "connection {i} was answered: {:?}", String::from_utf8_lossy(&got));
+    }
+    assert_eq!(gw.metric("sse_gateway_head_timeouts_total").await, Some(0.0), "none waited for the head timeout");
+}
+
 for_each_binary!(
+    connections_without_a_whole_head_are_shed_when_descriptors_run_out,
     a_body_sent_after_an_answer_from_the_head_does_not_meet_a_reset,
     a_client_that_keeps_sending_on_its_stream_is_closed,
     request_heads_past_the_bound_get_431,
