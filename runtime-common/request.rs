@@ -291,8 +291,8 @@ pub(crate) async fn serve(listener: &Listener, ctx: Rc<Ctx>) {
 /// sent nothing is closed). Closing the listener with them queued would reset them, answered
 /// or not. At most the accept queue's depth: clients that go on connecting meanwhile (a
 /// reconnect storm) do not keep the shutdown here. Out of file descriptors, it waits for the
-/// connections that began no request to give theirs back (they close at the shutdown, or are
-/// shed), for at most [`QUEUED_WAIT`].
+/// connections that began no request to give theirs back (they close at the shutdown; none is
+/// shed: a request begun before the signal gets its answer), for at most [`QUEUED_WAIT`].
 pub(crate) async fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
     let mut taken = 0usize;
     let give_up = Instant::now() + QUEUED_WAIT;
@@ -304,10 +304,7 @@ pub(crate) async fn accept_queued(listener: &Listener, ctx: &Rc<Ctx>) {
                 spawn(connection(sock, peer, Busy::new(ctx)))
             }
             Err(e) if lost_before_accept(&e) => {}
-            Err(e) if out_of_files(&e) && Instant::now() < give_up => {
-                ctx.shed();
-                sleep(Duration::from_millis(10)).await;
-            }
+            Err(e) if out_of_files(&e) && Instant::now() < give_up => sleep(Duration::from_millis(10)).await,
             Err(_) => break,
         }
     }
@@ -326,6 +323,7 @@ fn lost_before_accept(e: &io::Error) -> bool {
     // Linux's accept passes a network error already pending on the new connection; accept(2)
     // says to treat those of TCP/IP as EAGAIN: ENONET (64), EPROTO (71), ENOPROTOOPT (92),
     // EOPNOTSUPP (95), ENETDOWN (100), ENETUNREACH (101), EHOSTDOWN (112), EHOSTUNREACH (113).
+    // (EOPNOTSUPP is also a listener that is not SOCK_STREAM: never here, the listener is TCP.)
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
         || matches!(e.raw_os_error(), Some(64 | 71 | 92 | 95 | 100 | 101 | 112 | 113))
 }
@@ -430,7 +428,15 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
                 Some(read.await)
             }
         };
-        let Some(read) = ctx.unless_shed(accepted, read).await else { return shed(ctx, peer) };
+        let Some(read) = ctx.unless_shed(accepted, read).await else {
+            // Its next bytes came, the runtime had not said so yet (tokio's readiness is cached):
+            // read on, until the next shed.
+            if has_bytes(&sock) {
+                buf.truncate(before); // what the dropped read had made room for
+                continue;
+            }
+            return shed(ctx, peer);
+        };
         match read {
             None | Some(Some(Ok(0))) | Some(Some(Err(_))) => return,
             Some(None) => return head_timeout(ctx, peer),

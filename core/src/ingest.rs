@@ -64,16 +64,24 @@ pub struct UpstreamMessage {
     pub misnamed: Option<String>,
 }
 
-/// The first of `names` that is spelled near `recipient_ids` or `schema_version` but is not
-/// either (`Recipient_Ids`, `recipient-ids`, `recipientIds`, `recipients`, `schemaVersion`, ...).
+/// The first of `names` that stands for `recipient_ids` or `schema_version` while that name
+/// itself is absent: the name with its case and every character but letters and digits left
+/// out reads `recipientids`, `recipientid` or `recipients` (`Recipient_Ids`, `recipient-ids`,
+/// `recipientIds`), or `schemaversion` (`schemaVersion`, `Schema-Version`).
 ///
 /// Header names are exact (D3, D4): read as absent, a misspelled `recipient_ids` would send an
 /// event meant for a few users to everyone on the channel, and a misspelled `schema_version`
 /// would serve a body as version 1. Such a message is dropped instead.
-pub fn misnamed_header<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    const NEAR: [&str; 5] = ["recipientids", "recipientid", "recipients", "recipient", "schemaversion"];
-    names.into_iter().find(|name| {
-        if *name == "recipient_ids" || *name == "schema_version" || name.len() > 32 {
+pub fn misnamed_header<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Option<String> {
+    const NEAR: [(&str, &str); 4] = [
+        ("recipientids", "recipient_ids"),
+        ("recipientid", "recipient_ids"),
+        ("recipients", "recipient_ids"),
+        ("schemaversion", "schema_version"),
+    ];
+    let present = |exact: &str| names.clone().into_iter().any(|n| n == exact);
+    names.clone().into_iter().find(|name| {
+        if name.len() > 32 {
             return false;
         }
         let mut folded = [0u8; 32];
@@ -82,7 +90,7 @@ pub fn misnamed_header<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<S
             folded[n] = b.to_ascii_lowercase();
             n += 1;
         }
-        NEAR.iter().any(|near| near.as_bytes() == &folded[..n])
+        NEAR.iter().any(|(near, exact)| near.as_bytes() == &folded[..n] && name != exact && !present(exact))
     }).map(str::to_string)
 }
 
@@ -563,9 +571,13 @@ mod tests {
         for near in ["Recipient_Ids", "recipient-ids", "recipientIds", "RECIPIENT_IDS", "recipients", "recipient_id", "schemaVersion", "Schema-Version"] {
             assert_eq!(misnamed_header(["x-trace", near]), Some(near.to_string()), "{near}");
         }
-        for other in ["recipient_ids", "schema_version", "x-stream-offset", "recipient_ids_v2", "version", "", "recipientsrecipientsrecipientsrecipients"] {
+        for other in ["recipient_ids", "schema_version", "x-stream-offset", "recipient_ids_v2", "recipient", "version", "", "recipientsrecipientsrecipientsrecipients"] {
             assert_eq!(misnamed_header([other]), None, "{other}");
         }
+        // Beside the exact name, the exact one decides: nothing is read as absent.
+        assert_eq!(misnamed_header(["recipient_ids", "recipientIds"]), None);
+        assert_eq!(misnamed_header(["schemaVersion", "schema_version"]), None);
+        assert_eq!(misnamed_header(["recipient_ids", "schemaVersion"]), Some("schemaVersion".to_string()));
         let (metrics, mut ingest) = deals_ingest();
         // Read as absent, "Recipient_Ids: bob" would have gone to everyone on deals.
         let m = UpstreamMessage { misnamed: Some("Recipient_Ids".into()), ..deal(None, "m1") };

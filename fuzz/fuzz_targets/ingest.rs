@@ -30,6 +30,8 @@ struct Msg {
     message_id: Option<String>,
     body: Vec<u8>,
     position: Option<u64>,
+    /// Other header names (a near miss of `recipient_ids` or `schema_version` drops it).
+    header_names: Vec<String>,
 }
 
 /// A message from a valid template (see the top of the file).
@@ -97,6 +99,7 @@ fn raw(msgs: Vec<Msg>) {
             body: bytes::Bytes::from(msg.body),
             position: msg.position,
             received: None,
+            misnamed: misnamed_header(msg.header_names.iter().map(String::as_str)),
         };
         let before = ingests[i].last_id();
         if let Ok(ev) = ingests[i].handle_message(&up) {
@@ -294,6 +297,7 @@ fn templated(msgs: Vec<Templated>) {
             body: bytes::Bytes::from(body),
             position: Some(k as u64 + 1),
             received: None,
+            misnamed: None,
         };
         // What a bound on the message's size leaves out of the rule (the fuzzer's inputs are
         // far smaller).
