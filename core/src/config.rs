@@ -514,6 +514,10 @@ impl Settings {
         if config.server.max_body_bytes < 1024 {
             return Err(ConfigError("server.max_body_bytes: must be at least 1024".into()));
         }
+        // The publish endpoint holds a whole body in memory, room made for it before it comes.
+        if config.server.max_body_bytes > MAX_BODY_BYTES {
+            return Err(ConfigError(format!("server.max_body_bytes: must be at most {MAX_BODY_BYTES} (16 MiB)")));
+        }
         if config.broker.as_ref().is_some_and(|b| b.max_message_bytes < 1024) {
             return Err(ConfigError("broker.max_message_bytes: must be at least 1024".into()));
         }
@@ -700,10 +704,19 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Opti
                 )));
             }
             let default_queue = if stream { format!("sse-gateway.{name}.stream") } else { format!("sse-gateway.{name}") };
+            let routing_keys = src.routing_keys.unwrap_or_else(|| vec!["#".into()]);
+            // A direct exchange matches keys exactly: bound with `#` (the default), the queue
+            // would get only messages whose key is `#`, and the channel nothing, /readyz green.
+            if kind == "direct" && routing_keys.iter().any(|k| k.split('.').any(|w| w == "#" || w == "*")) {
+                return Err(ConfigError(format!(
+                    "channels.{name}.source.routing_keys: a direct exchange matches routing keys exactly (`#` and `*` are \
+                     no wildcards there): list the keys of the channel's events"
+                )));
+            }
             SourceSettings::Exchange {
                 exchange,
                 kind,
-                routing_keys: src.routing_keys.unwrap_or_else(|| vec!["#".into()]),
+                routing_keys,
                 queue: src.bind_queue.unwrap_or(default_queue),
             }
         }
@@ -757,6 +770,9 @@ fn check_amqp_names(name: &str, source: &SourceSettings) -> Result<(), ConfigErr
     }
 }
 
+/// The largest `server.max_body_bytes`.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 /// The host and port of an `amqp://` URL, checked without showing the URL (it may hold a
 /// password): the AMQP client reads a bracketed IPv6 host as no host and connects to localhost,
 /// and an out-of-range port would only fail at every connect.
@@ -779,14 +795,21 @@ fn check_broker_authority(url: &str) -> Result<(), ConfigError> {
     // The rest as the AMQP client reads it at every connect (query options such as heartbeat or
     // frame_max, percent-escapes in the credentials): one it cannot read would fail every connect.
     // Its error repeats the URL, password included: not shown.
-    if url.parse::<amq_protocol_uri::AMQPUri>().is_err() {
-        return Err(ConfigError(
+    match url.parse::<amq_protocol_uri::AMQPUri>() {
+        Err(_) => Err(ConfigError(
             "broker.url (or SSE_GATEWAY_AMQP_URL): the AMQP client cannot read it (check the query options, e.g. heartbeat=, \
              frame_max=, auth_mechanism=, and percent-escapes in the user name and password)"
                 .into(),
-        ));
+        )),
+        // `amqp://host/`: the path after the slash is the virtual host, here the empty one,
+        // which RabbitMQ refuses at every connect.
+        Ok(uri) if uri.vhost.is_empty() => Err(ConfigError(
+            "broker.url (or SSE_GATEWAY_AMQP_URL): a path of `/` names the empty virtual host, which RabbitMQ refuses: \
+             leave the path out, or write `/%2f`, for the default virtual host `/`"
+                .into(),
+        )),
+        Ok(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// Parses `"30s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare integer (seconds). The error does not
@@ -1148,6 +1171,10 @@ mod tests {
             ("[broker]\nurl = \"http://rabbit/\"\n", "broker.url"),
             ("[broker]\nurl = \"not a url\"\n", "broker.url"),
             ("[broker]\nurl = \"amqp://\"\n", "broker.url"),
+            ("[broker]\nurl = \"amqp://svc:SeCrEt@rabbit:5672/\"\n", "broker.url"),
+            ("[server]\nmax_body_bytes = 16777217\n", "server.max_body_bytes"),
+            ("[channels.deals.source]\nexchange_kind = \"direct\"\n", "channels.deals.source.routing_keys"),
+            ("[channels.deals.source]\nexchange = \"x\"\nexchange_kind = \"direct\"\nrouting_keys = [\"deal.*\"]\n", "channels.deals.source.routing_keys"),
         ] {
             let c = Config::from_toml(toml).unwrap();
             let e = Settings::new(c, Catalogue::seed()).unwrap_err().0;
@@ -1160,6 +1187,9 @@ mod tests {
             "[server]\nlisten = \"[fe80::1%2]:0\"\n",
             "[server]\ncors_origins = [\"https://crm.example.com:8443\", \"http://localhost:3000\"]\n",
             "[broker]\nurl = \"AMQP://svc:pw@rabbit:5672/%2f\"\n",
+            "[broker]\nurl = \"amqp://svc:pw@rabbit:5672\"\n",
+            "[server]\nmax_body_bytes = 16777216\n",
+            "[channels.deals.source]\nexchange_kind = \"direct\"\nrouting_keys = [\"deal.created\", \"deal.updated\"]\n",
         ] {
             let c = Config::from_toml(ok).unwrap();
             assert!(Settings::new(c, Catalogue::seed()).is_ok(), "{ok}");

@@ -65,7 +65,14 @@ pub fn load(
     random: &mut dyn FnMut() -> Vec<u8>,
 ) -> Result<Setup, ConfigError> {
     let mut config = Config::from_toml(text.unwrap_or(""))?;
-    if let Some(url) = env.amqp_url.as_ref().filter(|u| !u.is_empty()) {
+    // Set but empty is refused, as an empty SSE_GATEWAY_JWT_SECRET is: read as unset, a file
+    // without [broker] would run on the in-process source, ready and without events.
+    if env.amqp_url.as_deref() == Some("") {
+        return Err(ConfigError(
+            "SSE_GATEWAY_AMQP_URL is set but empty: give the broker's URL, or unset it to use [broker] of the file".into(),
+        ));
+    }
+    if let Some(url) = &env.amqp_url {
         config.broker.get_or_insert_with(BrokerConfig::default).url = url.clone();
     }
     if let Some(listen) = &overrides.listen {
@@ -160,6 +167,11 @@ mod tests {
         assert!(e.0.contains("SSE_GATEWAY_JWT_SECRET is set but empty"), "{}", e.0);
         let e = load(None, &env, &Overrides::default(), &mut no_files, &mut || vec![1; 32]).unwrap_err();
         assert!(e.0.contains("SSE_GATEWAY_JWT_SECRET"), "{}", e.0);
+        // The broker's URL too: read as unset, the file (here without [broker]) would run on
+        // the in-process source, ready and without events.
+        let env = Env { jwt_secret: Some(SECRET.into()), amqp_url: Some(String::new()) };
+        let e = load(None, &env, &Overrides::default(), &mut no_files, &mut || vec![1; 32]).unwrap_err();
+        assert!(e.0.contains("SSE_GATEWAY_AMQP_URL is set but empty"), "{}", e.0);
     }
 
     #[test]
