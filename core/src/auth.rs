@@ -407,21 +407,21 @@ impl JwtVerifier {
                 }
                 Some(s) if s.len() < MIN_SECRET_LEN => {
                     return Err(AuthSetupError::new(format!(
-                        "[auth] secret is {} bytes long; at least {MIN_SECRET_LEN} are required \
-                         (32 or more recommended)",
+                        "[auth] secret (or SSE_GATEWAY_JWT_SECRET) is {} bytes long; at least {MIN_SECRET_LEN} \
+                         are required (32 or more recommended)",
                         s.len()
                     )));
                 }
                 Some(s) if s.trim_ascii().is_empty() => {
                     return Err(AuthSetupError::new(
-                        "[auth] secret is only whitespace (an empty or blank SSE_GATEWAY_JWT_SECRET line?)",
+                        "[auth] secret (or SSE_GATEWAY_JWT_SECRET) is only whitespace (a blank line of the file?)",
                     ));
                 }
                 // A public key is public: as an HMAC secret, anyone holding it signs tokens
                 // (algorithm confusion, reached through the configuration).
                 Some(s) if s.windows(10).any(|w| w == b"-----BEGIN") || s.windows(5).any(|w| w == b"\"kty\"") => {
                     return Err(AuthSetupError::new(
-                        "[auth] secret holds a PEM key or a JWK: key material, often public, is no HMAC secret \
+                        "[auth] secret (or SSE_GATEWAY_JWT_SECRET) holds a PEM key or a JWK: key material, often public, is no HMAC secret \
                          (anyone holding a public key could sign tokens); a public key goes in public_key_file or \
                          jwks_file, an HMAC secret as its bytes",
                     ));

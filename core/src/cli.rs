@@ -269,7 +269,7 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
     if let (Some((alg, need)), Some(secret)) = (hash_len, setup.hmac_secret()) {
         if secret.len() < need && !setup.generated_secret {
             out.push(format!(
-                "[auth] secret is {} bytes long, shorter than {alg}'s {need}-byte hash (RFC 7518 3.2 asks for at least that): \
+                "[auth] secret (or SSE_GATEWAY_JWT_SECRET) is {} bytes long, shorter than {alg}'s {need}-byte hash (RFC 7518 3.2 asks for at least that): \
                  a short secret is easier to guess offline from one token",
                 secret.len()
             ));
