@@ -507,8 +507,10 @@ impl Settings {
                 "server.cors_origins: \"*\" cannot be used while auth.cookie is on (any site could read the user's streams): list the origins, or turn the cookie off (auth.cookie = \"\")".into(),
             ));
         }
-        if config.server.max_head_bytes < 512 {
-            return Err(ConfigError("server.max_head_bytes: must be at least 512".into()));
+        // A browser's head with a token is 1-3 KiB (an RS256 token alone is about 1 KiB, and the
+        // site's other cookies come with it): below this, every stream would get 431.
+        if config.server.max_head_bytes < 4096 {
+            return Err(ConfigError("server.max_head_bytes: must be at least 4096 (a browser's head with its token is 1-3 KiB)".into()));
         }
         // Below that, every publish (or every message) is `oversized`, with /readyz green.
         if config.server.max_body_bytes < 1024 {
@@ -1173,6 +1175,7 @@ mod tests {
             ("[broker]\nurl = \"amqp://\"\n", "broker.url"),
             ("[broker]\nurl = \"amqp://svc:SeCrEt@rabbit:5672/\"\n", "broker.url"),
             ("[server]\nmax_body_bytes = 16777217\n", "server.max_body_bytes"),
+            ("[server]\nmax_head_bytes = 4095\n", "server.max_head_bytes"),
             ("[channels.deals.source]\nexchange_kind = \"direct\"\n", "channels.deals.source.routing_keys"),
             ("[channels.deals.source]\nexchange = \"x\"\nexchange_kind = \"direct\"\nrouting_keys = [\"deal.*\"]\n", "channels.deals.source.routing_keys"),
         ] {
