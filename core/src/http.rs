@@ -111,27 +111,30 @@ pub enum Routed {
     DemoPage,
 }
 
+/// Every status the gateway answers with, and its reason phrase. Each is counted in
+/// `sse_gateway_http_responses_total` (the metrics take their labels from this list).
+pub(crate) const STATUSES: [(u16, &str); 17] = [
+    (200, "OK"),
+    (202, "Accepted"),
+    (204, "No Content"),
+    (400, "Bad Request"),
+    (401, "Unauthorized"),
+    (403, "Forbidden"),
+    (404, "Not Found"),
+    (405, "Method Not Allowed"),
+    (406, "Not Acceptable"),
+    (409, "Conflict"),
+    (411, "Length Required"),
+    (413, "Payload Too Large"),
+    (415, "Unsupported Media Type"),
+    (422, "Unprocessable Content"),
+    (431, "Request Header Fields Too Large"),
+    (500, "Internal Server Error"),
+    (503, "Service Unavailable"),
+];
+
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Content",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
+    STATUSES.iter().find(|(s, _)| *s == status).map_or("Error", |(_, r)| r)
 }
 
 fn cors_headers(out: &mut String, origin: Option<&str>) {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::http::STATUSES;
 use crate::ChannelId;
 
 /// Why an upstream message was not sent to anyone (D4).
@@ -150,9 +151,6 @@ impl DelayHistogram {
     }
 }
 
-/// Status codes counted in `sse_gateway_http_responses_total`.
-const STATUSES: [u16; 16] = [200, 202, 204, 400, 401, 403, 404, 405, 406, 409, 411, 413, 422, 431, 500, 503];
-
 /// The process's counters. Create one, share it (`Arc`) with every shard and ingest.
 #[derive(Debug)]
 pub struct Metrics {
@@ -258,7 +256,7 @@ impl Metrics {
     /// Counts one HTTP response by status (the frontend calls this for every response it writes,
     /// stream heads included).
     pub fn response(&self, status: u16) {
-        if let Some(i) = STATUSES.iter().position(|s| *s == status) {
+        if let Some(i) = STATUSES.iter().position(|(s, _)| *s == status) {
             self.responses[i].fetch_add(1, Relaxed);
         }
     }
@@ -334,7 +332,7 @@ impl Metrics {
         }
         let name = "sse_gateway_http_responses_total";
         let _ = writeln!(o, "# HELP {name} HTTP responses, by status.\n# TYPE {name} counter");
-        for (s, c) in STATUSES.iter().zip(&self.responses) {
+        for ((s, _), c) in STATUSES.iter().zip(&self.responses) {
             let _ = writeln!(o, "{name}{{status=\"{s}\"}} {}", c.load(Relaxed));
         }
         let singles = [

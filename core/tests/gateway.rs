@@ -1742,7 +1742,8 @@ fn a_publish_body_must_be_declared_json() {
     // Blob), with the user's cookie and without a preflight; an old browser may send neither
     // Origin nor Sec-Fetch-Site. Only `application/json` is taken, which needs a preflight
     // from another origin.
-    let front = Harness::with_auth("cookie = \"t\"\n", "[server]\npublish_endpoint = true\n").front;
+    let h = Harness::with_auth("cookie = \"t\"\n", "[server]\npublish_endpoint = true\n");
+    let front = h.front;
     let t = Harness::new("").token("svc", &["publisher"], 3600);
     let status = |credential: &str, content_type: &str| {
         let raw = format!("POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\n{credential}{content_type}Content-Length: 2\r\n\r\n{{}}");
@@ -1764,6 +1765,9 @@ fn a_publish_body_must_be_declared_json() {
             assert_eq!(status(&credential, refused), 415, "{refused:?}");
         }
     }
+    // Counted like every other answer (an operator's alert on a flood of cross-site posts).
+    let counted = h.metrics.render();
+    assert!(counted.contains("sse_gateway_http_responses_total{status=\"415\"} 8\n"), "{counted}");
 }
 
 #[test]
