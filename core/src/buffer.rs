@@ -27,11 +27,14 @@ pub(crate) struct ResumeBuffer {
     /// Every event with a seq greater than this is in `events` (or was never published).
     floor: u64,
     last: Option<u64>,
+    /// Events were lost before the next one ([`ResumeBuffer::clear_after_loss`]): it starts the
+    /// buffer with nothing before it held, not even the id it follows in number.
+    after_loss: bool,
 }
 
 impl ResumeBuffer {
     pub(crate) fn new(capacity: usize) -> ResumeBuffer {
-        ResumeBuffer { events: VecDeque::with_capacity(capacity.min(4096)), capacity, epoch: None, floor: 0, last: None }
+        ResumeBuffer { events: VecDeque::with_capacity(capacity.min(4096)), capacity, epoch: None, floor: 0, last: None, after_loss: false }
     }
 
     /// Appends an event. Returns false (and keeps nothing) if its id does not follow the last one.
@@ -41,7 +44,7 @@ impl ResumeBuffer {
             // A new history (first event, or the source's log was recreated): start over.
             self.events.clear();
             self.epoch = Some(id.epoch);
-            self.floor = id.seq.saturating_sub(1);
+            self.floor = if std::mem::take(&mut self.after_loss) { id.seq } else { id.seq.saturating_sub(1) };
             self.last = None;
         } else if self.last.is_some_and(|l| id.seq <= l) {
             return false;
@@ -66,6 +69,15 @@ impl ResumeBuffer {
         self.epoch = None;
         self.floor = 0;
         self.last = None;
+        self.after_loss = false;
+    }
+
+    /// [`ResumeBuffer::clear`] after a loss the ids do not show (a classic queue numbers what it
+    /// takes one after another: the next event's id follows the last before the loss). A resume
+    /// from that last id is older than what the buffer holds then, not continued from it.
+    pub(crate) fn clear_after_loss(&mut self) {
+        self.clear();
+        self.after_loss = true;
     }
 
     pub(crate) fn lookup(&self, after: EventId) -> Lookup {

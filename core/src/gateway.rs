@@ -787,10 +787,17 @@ impl Gateway {
     /// removed it meanwhile). Every open stream of the channel that is live gets `history_gap`
     /// (its client refetches), and the buffer forgets what it holds, so no later resume is
     /// replayed across the hole: an id from before it is read back from the log, which answers
-    /// `history_gap` too. Drain [`Gateway::poll_output`] after.
+    /// `history_gap` too. On a channel without a log (a classic queue declared again, empty),
+    /// the next event's id follows the last before the loss: a resume from that id, or a
+    /// catch-up parked there, gets `history_gap` too. Drain [`Gateway::poll_output`] after.
     pub fn log_gap(&mut self, channel: ChannelId) {
         let Some(c) = self.channels.get_mut(channel.index()) else { return };
-        c.buffer.clear();
+        if c.history.is_none() {
+            c.buffer.clear_after_loss();
+        } else {
+            // A log's next position is past the hole: its ids show the loss.
+            c.buffer.clear();
+        }
         c.primed = None;
         // Streams live from a read-back's end are told of the loss below like the others; the
         // next live event comes after it, and is no sign the read-back ended early.

@@ -1105,6 +1105,63 @@ fn a_log_gap_warns_live_streams_and_no_resume_replays_across_it() {
 }
 
 #[test]
+fn a_resume_at_the_last_id_before_a_queue_loss_gets_history_gap() {
+    // A classic queue's ids follow one another in the order they are taken: what was lost while
+    // the queue was gone (deleted, expired) leaves no hole in them. A client away during the
+    // loss, holding the last id before it, is not replayed across it as if nothing were missing.
+    let mut h = Harness::new("buffer_events = 8\n");
+    let deals = h.channel("deals");
+    let before: Vec<EventId> = (1..=5).map(|i| h.publish("deals", "deal.created", deal_created(&format!("d{i}"))).id()).collect();
+    h.gw.log_gap(deals);
+    h.drain();
+    let after = h.publish("deals", "deal.created", deal_created("d6")).id();
+    let last = before[4];
+    assert_eq!(after.seq, last.seq + 1, "the ids follow on across the loss");
+    let resumed = h.open_path("u1", &[], "/api/v1/streams/deals", &[&format!("Last-Event-ID: {last}")]).unwrap();
+    let w = h.take_events(resumed);
+    assert!(w.contains("event: warning\ndata: {\"code\":\"history_gap\",\"channel\":\"deals\"}\n\n"), "{w}");
+    assert!(!w.contains("id: "), "replayed across the loss: {w}");
+    // A client that has the first event after the loss is not warned, and one from before the
+    // last is warned as before.
+    let current = h.open_path("u2", &[], "/api/v1/streams/deals", &[&format!("Last-Event-ID: {after}")]).unwrap();
+    assert_eq!(h.take_events(current), "retry: 3000\n\n");
+    let older = h.open_path("u3", &[], "/api/v1/streams/deals", &[&format!("Last-Event-ID: {}", before[1])]).unwrap();
+    assert!(h.take_events(older).contains("history_gap"));
+    let next = h.publish("deals", "deal.created", deal_created("d7")).id();
+    for id in [resumed, current, older] {
+        assert!(h.take_events(id).starts_with(&format!("id: {next}\n")), "live after");
+    }
+}
+
+#[test]
+fn a_catch_up_parked_over_a_queue_loss_gets_history_gap() {
+    // A resume's catch-up ends with its output over half the bound: the stream stays on the
+    // buffer until its client drained. The queue's loss then empties the buffer; the next event
+    // follows the last before the loss in its id: the parked stream is warned, not handed it.
+    let mut h = Harness::new("buffer_events = 64\nmax_pending_bytes = 4096\n");
+    let deals = h.channel("deals");
+    let first = h.publish("deals", "deal.created", deal_created("d1")).id();
+    let mut held = 0;
+    while held < 2600 {
+        held += h.publish("deals", "deal.created", deal_created("dn")).frame().len();
+    }
+    let id = h.open_path_with("u1", &[], "/api/v1/streams/deals", &[&format!("Last-Event-ID: {first}")], 3600, false).unwrap();
+    assert!(h.gw.pending_bytes(id) > 2048, "not parked: {}", h.gw.pending_bytes(id));
+    h.gw.log_gap(deals);
+    h.drain();
+    let lost_after = h.publish("deals", "deal.created", deal_created("after the loss")).id();
+    h.reading.insert(id, true);
+    for _ in 0..4 {
+        h.flush(id);
+        h.drain();
+    }
+    let w = h.take_events(id);
+    assert!(w.contains("\"code\":\"history_gap\""), "{w}");
+    assert!(!w.contains(&format!("id: {lost_after}\n")), "handed the event after the loss as if it followed on: {w}");
+    assert!(!h.closed.contains_key(&id));
+}
+
+#[test]
 fn an_id_slightly_ahead_of_this_shard_goes_live_after_it_without_duplicates() {
     let mut h = Harness::new("buffer_events = 8\n");
     let deals = h.channel("deals");
