@@ -186,6 +186,8 @@ struct Link {
     conn: Mutex<LinkState>,
     /// Connection attempts ended so far (read before taking the lock: see [`Link::channel`]).
     attempts: AtomicU64,
+    /// Connection attempts that failed so far (not a channel refused on a connection).
+    connects_failed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -198,7 +200,7 @@ struct LinkState {
 
 impl Link {
     fn new(uri: String, runtime: AmqpRuntime, name: &'static str) -> Link {
-        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0) }
+        Link { uri, runtime, name, conn: Mutex::new(LinkState::default()), attempts: AtomicU64::new(0), connects_failed: AtomicU64::new(0) }
     }
 
     /// A new channel on the connection, only if there is one and no source is using the link
@@ -240,7 +242,10 @@ impl Link {
         let props = ConnectionProperties::default().with_connection_name(self.name.into());
         let uri: AMQPUri = match self.uri.parse() {
             Ok(uri) => uri,
-            Err(e) => return Err(state.fail(format!("cannot connect to the broker: {e}"))),
+            Err(e) => {
+                self.connects_failed.fetch_add(1, Ordering::AcqRel);
+                return Err(state.fail(format!("cannot connect to the broker: {e}")));
+            }
         };
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         // Until the attempt is over: given up (timed out, or this future dropped), its TCP
@@ -248,9 +253,13 @@ impl Link {
         let mut keep = Keep::new();
         let connect = Connection::connector(uri, self.runtime.clone(), connect_keeping(keep.slot.clone(), keep.over.clone()), props);
         let attempt = until(deadline, connect).await;
-        keep.succeeded = matches!(attempt, Some(Ok(_)));
+        let connected = matches!(attempt, Some(Ok(_)));
+        keep.succeeded = connected;
         drop(keep);
         self.attempts.fetch_add(1, Ordering::AcqRel);
+        if !connected {
+            self.connects_failed.fetch_add(1, Ordering::AcqRel);
+        }
         let c = match attempt {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(state.fail(format!("cannot connect to the broker: {e}"))),

@@ -30,7 +30,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use sse_gateway_core::config::{SourceSettings, StreamLog};
-use sse_gateway_core::{ChannelId, Event, Ingest, Metrics, RecentIds, Settings, UpstreamMessage};
+use sse_gateway_core::{Backoff, ChannelId, Event, Ingest, Metrics, RecentIds, Settings, UpstreamMessage};
 use tracing::warn;
 
 use super::turns::{Turn, Turns};
@@ -164,6 +164,42 @@ pub(crate) struct LogReader {
     shards: Shards,
     /// Read-backs that could not start (`LogReader::open`), for their rate-limited line.
     failures: Mutex<FailureLog>,
+    /// After the read-back connection could not be connected, the time until the next try.
+    pause: Mutex<ConnectPause>,
+}
+
+/// After a failure to connect the read-back connection, read-backs fail at once
+/// with that failure (their streams get `history_gap`, as they would after the attempt) until a
+/// pause is over: 0.5-1 s after the first failure, doubling up to 15-30 s, back to the start once
+/// a channel is had. A resume storm against a broker that refuses the second connection (its
+/// per-user limit) or does not answer it would otherwise make a connect attempt per resume.
+#[derive(Debug)]
+struct ConnectPause {
+    until: Option<(Instant, String)>,
+    backoff: Backoff,
+}
+
+impl Default for ConnectPause {
+    fn default() -> ConnectPause {
+        ConnectPause { until: None, backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)) }
+    }
+}
+
+impl ConnectPause {
+    /// The last failure, while its pause lasts at `now`.
+    fn paused(&self, now: Instant) -> Option<String> {
+        self.until.as_ref().filter(|(end, _)| now < *end).map(|(_, e)| e.clone())
+    }
+
+    /// A failure at `now` (`random`: any `u64`, for the spread of the pause).
+    fn failed(&mut self, now: Instant, error: &str, random: u64) {
+        self.until = Some((now + self.backoff.next_wait(random), error.to_string()));
+    }
+
+    fn succeeded(&mut self) {
+        self.until = None;
+        self.backoff.reset();
+    }
 }
 
 /// Rate-limits the `read-back could not start` line: the first failure gets a line at once,
@@ -211,7 +247,7 @@ impl LogReader {
                 Some(Log { id, name: ch.name.clone(), queue, epoch: log.epoch, ingest })
             })
             .collect();
-        LogReader { link, turns: Turns::new(READ_BACKS), handing_off: AtomicUsize::new(0), logs, shards, failures: Mutex::default() }
+        LogReader { link, turns: Turns::new(READ_BACKS), handing_off: AtomicUsize::new(0), logs, shards, failures: Mutex::default(), pause: Mutex::default() }
     }
 
     /// The stream channels and the epoch of their ids (for `Gateway::set_history`).
@@ -270,6 +306,27 @@ impl LogReader {
         self.logs.get(channel.index()).and_then(Option::as_ref).ok_or_else(|| "not a stream channel".to_string())
     }
 
+    /// A channel on the read-back connection; during the pause after a failed connect, that
+    /// failure at once ([`ConnectPause`]).
+    async fn link_channel(&self) -> Result<Channel, String> {
+        let pause = || self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = pause().paused(Instant::now()) {
+            return Err(e);
+        }
+        let failed_before = self.link.connects_failed.load(Ordering::Acquire);
+        let got = self.link.channel().await;
+        match &got {
+            Ok(_) => pause().succeeded(),
+            // A connect failed (this one's, or the one it waited for): not a channel refused on
+            // a connection, which the next read-back tries again on a new one at once.
+            Err(e) if self.link.connects_failed.load(Ordering::Acquire) != failed_before => {
+                pause().failed(Instant::now(), e, getrandom::u64().unwrap_or(0))
+            }
+            Err(_) => {}
+        }
+        got
+    }
+
     /// Opens a consumer on `channel`'s stream at offset `at`, holding `permit` until the cursor
     /// is closed or dropped. A failure to get the read-back connection, a channel on it, or the
     /// consumer (never the client's doing, and every resume past the buffers gets
@@ -282,7 +339,7 @@ impl LogReader {
             return Err("the channel's source is down".into());
         }
         let opened = async {
-            let chan = self.link.channel().await?;
+            let chan = self.link_channel().await?;
             let consumer = consume_at(&chan, &log.queue, PREFETCH, StartAt::Offset(at)).await?;
             Ok::<_, String>((chan, consumer))
         };
@@ -348,6 +405,33 @@ impl LogCursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_backs_fail_at_once_for_a_while_after_the_connection_could_not_be_had() {
+        let t0 = Instant::now();
+        let mut p = ConnectPause::default();
+        assert_eq!(p.paused(t0), None);
+        p.failed(t0, "refused", 0);
+        // The first pause is 0.5-1 s (here its shortest), the next one twice as long.
+        assert_eq!(p.paused(t0 + Duration::from_millis(499)).as_deref(), Some("refused"));
+        assert_eq!(p.paused(t0 + Duration::from_millis(500)), None);
+        let t1 = t0 + Duration::from_secs(1);
+        p.failed(t1, "refused again", 1000);
+        assert_eq!(p.paused(t1 + Duration::from_millis(1999)).as_deref(), Some("refused again"));
+        assert_eq!(p.paused(t1 + Duration::from_secs(2)), None);
+        // Doubling stops at 30 s.
+        for _ in 0..10 {
+            p.failed(t1, "down", 15_000);
+        }
+        assert_eq!(p.paused(t1 + Duration::from_secs(30)), None);
+        assert!(p.paused(t1 + Duration::from_millis(29_999)).is_some());
+        // A channel had: no pause, and the next failure's is the first again.
+        p.succeeded();
+        assert_eq!(p.paused(t1), None);
+        p.failed(t1, "refused", 500);
+        assert!(p.paused(t1 + Duration::from_millis(999)).is_some());
+        assert_eq!(p.paused(t1 + Duration::from_secs(1)), None);
+    }
 
     #[test]
     fn read_back_failures_get_a_line_at_once_then_at_most_one_every_interval_counting_the_rest() {
