@@ -291,6 +291,16 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
                 .to_string(),
         );
     }
+    // A consumer that ran for reconnect_max counts as healthy (the backoff starts afresh): a
+    // broker that cuts every consumer soon after it starts would be reconnected to in a loop.
+    if config.broker.as_ref().is_some_and(|b| b.reconnect_max < std::time::Duration::from_secs(1)) {
+        out.push(
+            "broker.reconnect_max is under 1s: a consumer that ran that long counts as healthy and the next loss reconnects \
+             after broker.reconnect_min again, so a broker that cuts each consumer soon after it starts is reconnected to \
+             several times a second"
+                .to_string(),
+        );
+    }
     out
 }
 
@@ -524,6 +534,11 @@ mod tests {
         let w = warnings(&load(&format!("{secret}[streams]\nretry_jitter = 0\n")), false);
         assert!(w.iter().any(|w| w.contains("streams.retry_jitter is 0")), "{w:?}");
         assert!(warnings(&load(&format!("{secret}[streams]\nretry_jitter = \"100ms\"\n")), false).is_empty());
+        // A backoff reset after a consumer ran only briefly: a tight reconnect loop.
+        let broker = "[broker]\nurl = \"amqp://u:p@h:5672/v\"\n";
+        let w = warnings(&load(&format!("{secret}{broker}reconnect_min = \"10ms\"\nreconnect_max = \"500ms\"\n")), false);
+        assert!(w.iter().any(|w| w.contains("broker.reconnect_max is under 1s")), "{w:?}");
+        assert!(warnings(&load(&format!("{secret}{broker}reconnect_max = \"1s\"\n")), false).is_empty());
     }
 
     #[test]
