@@ -333,8 +333,15 @@ impl Model {
                 // What each stream held before: an event that takes waiting output past the bound
                 // closes it at once (a stream with nothing waiting takes any one event).
                 let before: Vec<(StreamId, usize)> = self.watches.keys().map(|id| (*id, self.h.gw.pending_bytes(*id))).collect();
+                // Refused exactly when it names no one: an empty list, or none on a per-user
+                // channel (D3).
+                let names_no_one = match &recipients {
+                    Some(r) => r.is_empty(),
+                    None => self.h.settings.channel(self.h.channel(name)).per_user,
+                };
                 match self.h.publish_msg(name, m) {
                     Ok(ev) => {
+                        assert!(!names_no_one, "published on {name} though it names no one: {recipients:?}");
                         let version = if v2 { 2 } else { 1 };
                         let seen = |w: &Watch| {
                             w.channel == channel && w.version == version && recipients.as_ref().is_none_or(|r| r.contains(&w.user))
@@ -357,8 +364,8 @@ impl Model {
                         self.events[channel].push(Published { seq: ev.id().seq, version, recipients, frame: String::from_utf8(ev.frame().to_vec()).expect("a frame is UTF-8") });
                     }
                     Err(d) => assert!(
-                        matches!(d.reason, DropReason::NoRecipient),
-                        "only recipient-less or empty-recipient messages are refused here: {d:?}"
+                        names_no_one && matches!(d.reason, DropReason::NoRecipient),
+                        "only recipient-less or empty-recipient messages are refused here: {d:?} (recipients {recipients:?} on {name})"
                     ),
                 }
             }
@@ -743,6 +750,9 @@ impl Model {
                 w.errors.push(data()["code"].as_str().expect("an error code").to_string());
             } else if let Some(e) = event {
                 panic!("unexpected event {e} in {frame:?}");
+            } else if !frame.starts_with("retry:") {
+                // No id, no event: a browser would dispatch it as a `message`.
+                panic!("unexpected frame {frame:?}");
             }
         }
         w.parsed_upto = consumed;
