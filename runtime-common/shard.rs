@@ -803,13 +803,13 @@ mod tests {
     }
 
     /// A client that reads slowly but steadily through a long catch-up (small socket buffers
-    /// both ends, 4 KiB every 25 ms: each batch the writer takes, up to the 256 KiB bound, needs
-    /// more than a 1-s heartbeat interval to go out) gets all of it: the writer tells the core
+    /// both ends, 4 KiB every 50 ms: each batch the writer takes, up to the 256 KiB bound, needs
+    /// more than a 2-s heartbeat interval to go out) gets all of it: the writer tells the core
     /// that its socket takes bytes. Before, the heartbeat tick saw output waiting untaken for a
     /// whole interval and closed the stream as `slow_client`, a catch-up that never finished.
     #[test]
     fn a_client_that_reads_slowly_but_steadily_gets_a_long_catch_up_whole() {
-        let (settings, metrics, bound, mut ingest) = large_events_and("[streams]\nheartbeat = \"1s\"\n[channels.deals]\nbuffer_events = 64\n");
+        let (settings, metrics, bound, mut ingest) = large_events_and("[streams]\nheartbeat = \"2s\"\n[channels.deals]\nbuffer_events = 64\n");
         let events: Vec<_> = (0..41).map(|_| deal(&mut ingest, bound / 8)).collect();
         let catch_up: usize = events[1..].iter().map(|e| e.frame().len()).sum();
         assert!(catch_up > 4 * bound, "{catch_up} bytes: several batches");
@@ -822,7 +822,9 @@ mod tests {
             let n = client.read(&mut chunk).expect("the stream stays open while the client reads");
             assert!(n > 0, "closed after {} of about {catch_up} bytes:\n{}", got.len(), String::from_utf8_lossy(&got[got.len().saturating_sub(300)..]));
             got.extend_from_slice(&chunk[..n]);
-            std::thread::sleep(Duration::from_millis(25));
+            // Steady, and slow; a heartbeat interval of 2 s leaves a loaded machine's stalls of
+            // this thread (a second, say) short of the two ticks that close a stalled stream.
+            std::thread::sleep(Duration::from_millis(50));
         }
         tx.try_send(Command::Shutdown(Instant::now() + Duration::from_secs(10))).unwrap();
         client.read_to_end(&mut got).expect("the stream ends after the shutdown");

@@ -71,14 +71,15 @@ async fn trickle(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>,
 }
 
 async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) {
-    let cfg = ConfigBuilder::new().str("server", "head_timeout", "2s");
+    let cfg = ConfigBuilder::new().str("server", "head_timeout", "5s");
     let gw = GatewayProcess::start(bin, &cfg.render()).await;
-    // A second gateway with a longer head timeout, under the 10 s default: its silent client
+    // A second gateway with a longer head timeout, over the 10 s default: its silent client
     // connects first and must outlive the first gateway's (an order, not a time measured here:
-    // were `head_timeout` ignored, the default would cut the first gateway's clients last).
-    let longer = ConfigBuilder::new().str("server", "head_timeout", "8s");
-    let gw8 = GatewayProcess::start(bin, &longer.render()).await;
-    let mut silent8 = TcpStream::connect(gw8.addr).await.expect("connect");
+    // were `head_timeout` ignored, the default would cut the second gateway's client first). The
+    // timeouts leave seconds for the checks below on a busy machine.
+    let longer = ConfigBuilder::new().str("server", "head_timeout", "20s");
+    let gw20 = GatewayProcess::start(bin, &longer.render()).await;
+    let mut silent20 = TcpStream::connect(gw20.addr).await.expect("connect");
     // A valid stream request: were it ever completed, it would be answered 200. Sent at one
     // byte a second it would take minutes.
     let request = format!(
@@ -121,20 +122,20 @@ async fn a_head_sent_one_byte_a_second_is_cut_off_at_the_head_timeout(bin: Bin) 
     }
     while let Some(r) = silent.join_next().await {
         let (closed, took) = r.expect("a silent client");
-        assert!(closed, "a silent connection was still open after {took:?} (head_timeout is 2s)");
+        assert!(closed, "a silent connection was still open after {took:?} (head_timeout is 5s)");
     }
     let mut buf = [0u8; 64];
-    match silent8.try_read(&mut buf) {
+    match silent20.try_read(&mut buf) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the 8-s gateway's silent client (connected first) was cut before the 2-s one's: {other:?}"),
+        other => panic!("the 20-s gateway's silent client (connected first) was cut before the 5-s one's: {other:?}"),
     }
-    let read = ::tokio::time::timeout(Duration::from_secs(30), silent8.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the 8-s gateway never cut its silent client: {read:?}");
+    let read = ::tokio::time::timeout(Duration::from_secs(30), silent20.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the 20-s gateway never cut its silent client: {read:?}");
     // Every one of the 25 cut off is counted, and nothing else: the stream and /healthz were answered.
     assert_eq!(gw.metric("sse_gateway_head_timeouts_total").await, Some(25.0), "head timeouts counted");
     times.sort();
     eprintln!(
-        "{}: 20 trickled heads cut off after {:?} to {:?} (head_timeout 2s); answers: {answers:?}",
+        "{}: 20 trickled heads cut off after {:?} to {:?} (head_timeout 5s); answers: {answers:?}",
         bin.file_name(),
         times[0],
         times[times.len() - 1]

@@ -36,6 +36,9 @@ async fn a_stream_is_a_close_delimited_event_stream_starting_with_retry(bin: Bin
     // `retry:` comes first; it dispatches no event, so wait for it through the parser.
     assert!(s.until_retry_fields(1).await, "no retry: field at the start of the stream");
     assert!(s.retry().is_some());
+    // Nothing was dispatched before it (nothing is published here; a heartbeat is 15 s away).
+    let before = s.events_within(Duration::ZERO).await;
+    assert!(before.is_empty(), "events before the retry: field: {before:?}");
     assert!(s.still_open().await);
 }
 

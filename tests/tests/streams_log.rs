@@ -1204,6 +1204,7 @@ async fn a_publishers_own_x_stream_offset_header_is_not_the_offset(bin: Bin) {
     let rest = read_events(&mut s, want.len(), "resumed after a restart").await;
     assert!(rest.warnings.is_empty(), "resumed: no warning: {:?}", rest.warnings);
     assert_eq!(rest.ids[..want.len() - 1], got.ids[1..], "resumed: the same ids");
+    assert_eq!(rest.titles[..want.len() - 1], want[1..], "resumed: the same events under them");
     nothing_more(&setup, &mut s, "resumed").await;
 }
 
