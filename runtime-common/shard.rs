@@ -379,6 +379,9 @@ impl Shard {
                     Some(c) => {
                         c.closing.set(Some(why));
                         c.wake.notify();
+                        // A read-back waiting for its turn or for the client gives up now, not
+                        // once a client that takes nothing lets the connection go.
+                        c.drained.notify();
                     }
                     None => self.gw.borrow_mut().on_closed(id),
                 },

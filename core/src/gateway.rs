@@ -341,6 +341,12 @@ impl Gateway {
         self.stream(id).map(|s| s.channel)
     }
 
+    /// Is the stream waiting for, or in, a read-back ([`Output::Backfill`])? False once it ended,
+    /// and once the stream is closed (evicted, expired, shut down), before its connection is.
+    pub fn is_backfilling(&self, id: StreamId) -> bool {
+        self.stream(id).is_some_and(|s| s.backfilling.is_some())
+    }
+
     /// Is the channel's source down as far as this shard knows?
     pub fn source_is_down(&self, channel: ChannelId) -> bool {
         self.channels[channel.index()].down_since.is_some()

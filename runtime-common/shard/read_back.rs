@@ -121,8 +121,8 @@ impl Shard {
                 None
             })
             .await;
-            let Some(permit) = permit.filter(|_| self.gw.borrow().channel_of(id).is_some()) else {
-                return Ok(End::Finished); // the client left while waiting its turn
+            let Some(permit) = permit.filter(|_| self.gw.borrow().is_backfilling(id)) else {
+                return Ok(End::Finished); // the stream closed, or the client left, while waiting its turn
             };
             let Some(permit) = permit else {
                 info!(stream = %id, offset = at, "no read-back turn within 30 s; the stream gets history_gap");
@@ -169,9 +169,9 @@ impl Shard {
                 };
                 if !reopened && pos < from {
                     // Only for the window (`seen`); `first` waits for the client's place.
-                    if self.gw.borrow().channel_of(id).is_none() {
+                    if !self.gw.borrow().is_backfilling(id) {
                         cursor.close().await;
-                        return Ok(End::Finished); // the client left
+                        return Ok(End::Finished); // the stream closed, or the client left
                     }
                     continue;
                 }
@@ -217,11 +217,13 @@ impl Shard {
         }
     }
 
-    /// Resolves once the core has let the stream go (its writer ends with a last `drained`);
-    /// never while it holds it, even without a writer to wait on.
+    /// Resolves once the core no longer reads the stream back: it closed the stream (a `Close`
+    /// notifies `drained`, though its client may take seconds to let the connection go) or let
+    /// it go (its writer ends with a last `drained`); never while the read-back is wanted, even
+    /// without a writer to wait on.
     async fn gone(&self, id: StreamId) {
         loop {
-            if self.gw.borrow().channel_of(id).is_none() {
+            if !self.gw.borrow().is_backfilling(id) {
                 return;
             }
             match self.conn(id) {
@@ -238,7 +240,7 @@ impl Shard {
         loop {
             let below = {
                 let gw = self.gw.borrow();
-                gw.channel_of(id).is_none() || gw.pending_bytes(id) < max
+                !gw.is_backfilling(id) || gw.pending_bytes(id) < max
             };
             let Some(conn) = self.conn(id).filter(|_| !below) else { return true };
             match deadline {
