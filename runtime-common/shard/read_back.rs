@@ -173,6 +173,14 @@ impl Shard {
                         cursor.close().await;
                         return Ok(End::Finished); // the stream closed, or the client left
                     }
+                    // Messages below the client's place that keep coming (a broker's replica
+                    // behind the one the live source reads, say) would hold the turn, and
+                    // the stream without events, for as long as they come.
+                    if Instant::now() >= opened + PLACE_WAIT {
+                        cursor.close().await;
+                        info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
+                        return Err(format!("offset {at} did not come within {PLACE_WAIT:?} of the start"));
+                    }
                     continue;
                 }
                 if std::mem::take(&mut first) && reopened && !log_resumes(at, pos) {
