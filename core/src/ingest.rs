@@ -79,8 +79,14 @@ pub fn misnamed_header<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> 
         ("recipients", "recipient_ids"),
         ("schemaversion", "schema_version"),
     ];
-    let present = |exact: &str| names.clone().into_iter().any(|n| n == exact);
-    names.clone().into_iter().find(|name| {
+    // One pass for the exact names, not one per near name: a message may carry thousands of
+    // headers that all fold to a near name, beside the exact one.
+    let (recipients, version) = names
+        .clone()
+        .into_iter()
+        .fold((false, false), |(r, v), n| (r || n == "recipient_ids", v || n == "schema_version"));
+    let present = |exact: &str| if exact == "recipient_ids" { recipients } else { version };
+    names.into_iter().find(|name| {
         if name.len() > 32 {
             return false;
         }
@@ -564,6 +570,44 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&settings));
         let deals = settings.channel_id("deals").unwrap();
         (metrics.clone(), Ingest::new(settings, metrics, deals, 9))
+    }
+
+    /// The names of a message, counting every name an iteration over them yields.
+    #[derive(Clone)]
+    struct Counted<'a> {
+        names: std::slice::Iter<'a, String>,
+        yielded: &'a std::cell::Cell<usize>,
+    }
+
+    impl<'a> Iterator for Counted<'a> {
+        type Item = &'a str;
+        fn next(&mut self) -> Option<&'a str> {
+            let n = self.names.next()?;
+            self.yielded.set(self.yielded.get() + 1);
+            Some(n)
+        }
+    }
+
+    #[test]
+    fn thousands_of_near_names_beside_the_exact_one_cost_a_pass_or_two() {
+        // 8,192 spellings that all fold to `recipientids` (every case of its letters, `_` or
+        // `-`), and the exact name after them (its place in a sorted header table).
+        let mut names: Vec<String> = (0..4096u32)
+            .flat_map(|mask| {
+                let cased: String = "recipientids"
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| if mask >> i & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                ["_", "-"].map(|sep| format!("{}{sep}{}", &cased[..9], &cased[9..]))
+            })
+            .collect();
+        names.retain(|n| n != "recipient_ids");
+        names.push("recipient_ids".into());
+        let yielded = std::cell::Cell::new(0);
+        let counted = Counted { names: names.iter(), yielded: &yielded };
+        assert_eq!(misnamed_header(counted), None);
+        assert!(yielded.get() <= 3 * names.len(), "{} names yielded for {} headers", yielded.get(), names.len());
     }
 
     #[test]
