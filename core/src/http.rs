@@ -654,6 +654,15 @@ impl Front {
             return Routed::Respond(Response::error(404, "unknown_channel", "no such channel", "", cors));
         };
         let ch = self.settings.channel(id);
+        // Before the query: a user who may not read the channel learns nothing of it (its versions).
+        if !ch.roles.is_empty() && !identity.roles.iter().any(|r| ch.roles.contains(r)) {
+            self.metrics.forbidden();
+            let s = &self.settings.config.streams;
+            // D2: a long retry so a native EventSource does not hammer; this is an answer, not a stream.
+            let retry = s.forbidden_retry.as_millis() as u64 + jitter_ms(&identity.user, unix_now, s.retry_jitter.as_millis() as u64);
+            let refusal = Refusal { forbidden: Some((identity.user.as_str().into(), id)), ..Refusal::new("forbidden", "") };
+            return Routed::Respond(Response::stream_refusal(retry, cors, refusal));
+        }
         let mut version = None;
         let mut query_resume = None;
         for (k, v) in form_urlencoded::parse(head.query.as_bytes()) {
@@ -679,14 +688,6 @@ impl Front {
                 return Routed::Respond(Response { refusal: Some(Refusal::new("unsupported_version", "")), ..resp });
             }
         };
-        if !ch.roles.is_empty() && !identity.roles.iter().any(|r| ch.roles.contains(r)) {
-            self.metrics.forbidden();
-            let s = &self.settings.config.streams;
-            // D2: a long retry so a native EventSource does not hammer; this is an answer, not a stream.
-            let retry = s.forbidden_retry.as_millis() as u64 + jitter_ms(&identity.user, unix_now, s.retry_jitter.as_millis() as u64);
-            let refusal = Refusal { forbidden: Some((identity.user.as_str().into(), id)), ..Refusal::new("forbidden", "") };
-            return Routed::Respond(Response::stream_refusal(retry, cors, refusal));
-        }
         // An empty header says nothing (browsers send none before the first id): the query's
         // id, if any, applies.
         let header = head.last_event_id.filter(|v| !v.trim_ascii().is_empty());

@@ -121,6 +121,10 @@ fn a_user_without_the_channel_role_gets_forbidden_and_the_connection_closes() {
         respond(h.route(&raw)),
         format!("{STREAM_HEAD}retry: 60000\n\nevent: error\ndata: {{\"code\":\"forbidden\"}}\n\n")
     );
+    // Asking for a version it does not have: still forbidden, not its list of versions.
+    let raw = Harness::head("/api/v1/streams/payments?version=9", &["Accept: text/event-stream", &format!("Authorization: Bearer {t}")]);
+    let answer = respond(h.route(&raw));
+    assert!(answer.contains("\"code\":\"forbidden\"") && !answer.contains("supported"), "{answer}");
     let t = h.token("u1", &["finance_manager"], 3600);
     let raw = Harness::head("/api/v1/streams/payments", &[&format!("Authorization: Bearer {t}")]);
     assert!(matches!(h.route(&raw), Routed::Stream(_)));

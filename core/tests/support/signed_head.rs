@@ -1,7 +1,7 @@
 //! A request head that carries a validly signed token, built from a few choices, and what the
 //! router must make of it (`core/src/http.rs`, README, docs/config-reference.md). Shared by the
 //! property tests (`core/tests/properties.rs`) and the `route` fuzz target, so both reach what
-//! lies past authentication: version and resume selection, the role checks, the publish
+//! lies past authentication: the role checks, version and resume selection, the publish
 //! endpoint's body framing.
 //!
 //! The router under test is configured with `[auth] cookie = "t"`, `query_param = true`, and
@@ -215,6 +215,10 @@ impl SignedHead {
                 if channel == "nope" {
                     return Refused(404);
                 }
+                // The role before the query: one who may not read the channel learns nothing of it.
+                if channel == "payments" && !roles.contains(&"finance_manager") {
+                    return Forbidden;
+                }
                 // The first `version=` that says something decides (empty says nothing); the
                 // seed catalogue has only version 1.
                 // `%20` decodes to a space, which says nothing around a number.
@@ -223,9 +227,6 @@ impl SignedHead {
                     None | Some("1") => 1,
                     Some(_) => return Refused(400),
                 };
-                if channel == "payments" && !roles.contains(&"finance_manager") {
-                    return Forbidden;
-                }
                 // The header wins when it says something; else the first query id that does.
                 let said = |v: &str| {
                     let v = v.trim();
