@@ -1745,6 +1745,13 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     assert_eq!(&m.body[..], br#"{"a":1}"#);
     assert_eq!(m.recipient_ids, Some(HeaderValue::Text("u1".into())));
     assert_eq!(parse_publish(b"[]", None).unwrap_err().status, 400);
+    // `data` goes on as it was sent, as an AMQP body does: its keys' order, its numbers' text.
+    let m = parse_publish(br#"{"type":"deal.created","data":{"title":"t","deal_id":"x","n":1e2,"big":123456789012345678901234}}"#, None).unwrap();
+    assert_eq!(&m.body[..], br#"{"title":"t","deal_id":"x","n":1e2,"big":123456789012345678901234}"#);
+    for (body, says) in [(&b"{\"type\":"[..], "body is not JSON"), (b"[1]", "body must be a JSON object"), (b"{\"data\":{}}", "`type` (string) is required"), (b"{\"type\":\"deal.created\"}", "`data` is required")] {
+        let e = parse_publish(body, None).unwrap_err();
+        assert!(e.status == 400 && String::from_utf8_lossy(&e.bytes).contains(says), "{:?}", String::from_utf8_lossy(&e.bytes));
+    }
     // Recipients that are not a string are refused, never read as "no recipients" (which would
     // broadcast the event); null is the same as absent.
     for body in [
