@@ -155,6 +155,7 @@ async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin
         }
     };
     let quarter = REFUSED / 4;
+    let started = std::time::Instant::now();
     future::zip(future::zip(refuse(quarter), refuse(quarter)), future::zip(refuse(quarter), refuse(quarter))).await;
     gw.terminate();
     gw.wait_exit(3 * WAIT).await.expect("the gateway stops");
@@ -162,7 +163,10 @@ async fn a_shards_refusals_are_logged_in_a_burst_and_the_rest_summed_up(bin: Bin
     let log = gw.log_until(WAIT, |l| l.contains("stopped")).await;
     let (lines, summed) = sse_gateway_tests::lines_and_summed(&log, "stream refused", "refused without a line of their own", "refused");
     assert_eq!(lines + summed, REFUSED, "{lines} lines and {summed} summed up for {REFUSED} refusals");
-    assert!((200..REFUSED).contains(&lines), "{lines} lines: a burst of 200, then 20 a second");
+    // Lines can only have come at the rule's pace since the refusals began (a bound that a slower
+    // run widens, never a timing this one must meet).
+    let at_most = 200 + 20 * (started.elapsed().as_secs() as usize + 1);
+    assert!(lines >= 200 && lines <= at_most.min(REFUSED - 1), "{lines} lines: a burst of 200, then 20 a second (at most {at_most} here)");
 }
 
 /// `server.max_streams` split between two workers: each shard holds its share, and a stream past
