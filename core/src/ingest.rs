@@ -516,37 +516,36 @@ impl Checked<'_> {
 /// `{"type": "...", "data": {...}, "recipient_ids": "u1,u2", "schema_version": 1, "message_id": "..."}`.
 pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage, Response> {
     let bad = |m: &str| Response::error(400, "bad_request", m, "", cors);
-    // `data` is kept as it was sent, as an AMQP body is (its keys' order, its numbers' text);
-    // the other fields are read. A repeated field: the last one.
-    let fields: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> = serde_json::from_slice(body).map_err(|_| {
-        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => bad("body must be a JSON object"),
-            Err(_) => bad("body is not JSON"),
-        }
-    })?;
-    let field = |k: &str| -> Option<serde_json::Value> { fields.get(k).and_then(|raw| serde_json::from_str(raw.get()).ok()) };
-    let kind = match field("type") {
-        Some(serde_json::Value::String(t)) => t,
-        _ => return Err(bad("`type` (string) is required")),
-    };
-    let data = fields.get("data").ok_or_else(|| bad("`data` is required"))?;
+    // Read strictly first: a field present but unreadable (a lone surrogate escape, `1e400`, past
+    // 128 levels) is refused, never taken for an absent one (absent recipients broadcast, D3).
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
+    let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
+    let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad("`type` (string) is required"))?;
+    if !obj.contains_key("data") {
+        return Err(bad("`data` is required"));
+    }
+    // `data` goes on as it was sent, as an AMQP body does (its keys' order, its numbers' text).
+    // A repeated field: the last one, in both readings.
+    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
+    let data = raw.get("data").ok_or_else(|| bad("`data` is required"))?;
     // An optional string field: absent or null is none; anything else but a string is refused
     // (a list of recipients read as "none" would broadcast a message meant for a few, D3).
-    let text = |k: &str| match field(k) {
+    let text = |k: &str| match obj.get(k) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(bad(&format!("`{k}` must be a string"))),
     };
     // As the AMQP header: an integer, or text holding one (checked by the channel's rules).
-    let schema_version = match field("schema_version") {
+    let schema_version = match obj.get("schema_version") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(HeaderValue::Text(s)),
+        Some(serde_json::Value::String(s)) => Some(HeaderValue::Text(s.clone())),
         Some(x) => Some(x.as_i64().map(HeaderValue::Int).unwrap_or(HeaderValue::Other)),
     };
     Ok(UpstreamMessage {
-        kind: Some(kind.clone()),
-        routing_key: kind,
-        recipient_ids: match field("recipient_ids") {
+        kind: Some(kind.to_string()),
+        routing_key: kind.to_string(),
+        recipient_ids: match obj.get("recipient_ids") {
             Some(serde_json::Value::Null) => Some(HeaderValue::no_recipients()),
             _ => text("recipient_ids")?.map(HeaderValue::Text),
         },
@@ -555,7 +554,7 @@ pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage,
         body: Bytes::copy_from_slice(data.get().as_bytes()),
         position: None,
         received: None,
-        misnamed: misnamed_header(fields.keys().map(String::as_str)),
+        misnamed: misnamed_header(obj.keys().map(String::as_str)),
     })
 }
 

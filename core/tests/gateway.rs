@@ -1748,6 +1748,18 @@ fn the_publish_endpoint_is_off_by_default_and_needs_the_publisher_role() {
     // `data` goes on as it was sent, as an AMQP body does: its keys' order, its numbers' text.
     let m = parse_publish(br#"{"type":"deal.created","data":{"title":"t","deal_id":"x","n":1e2,"big":123456789012345678901234}}"#, None).unwrap();
     assert_eq!(&m.body[..], br#"{"title":"t","deal_id":"x","n":1e2,"big":123456789012345678901234}"#);
+    // A field present but unreadable is refused, never taken for an absent one (recipients
+    // read as absent would broadcast).
+    let deep = format!(r#"{{"type":"deal.created","data":{{}},"recipient_ids":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+    for body in [
+        r#"{"type":"deal.created","data":{},"recipient_ids":"alice\ud800"}"#,
+        r#"{"type":"deal.created","data":{},"recipient_ids":1e400}"#,
+        &deep,
+        r#"{"type":"deal.created","data":{},"schema_version":"2\udc00"}"#,
+        r#"{"type":"deal.created","data":{},"message_id":"m\ud800"}"#,
+    ] {
+        assert_eq!(parse_publish(body.as_bytes(), None).unwrap_err().status, 400, "{body}");
+    }
     for (body, says) in [(&b"{\"type\":"[..], "body is not JSON"), (b"[1]", "body must be a JSON object"), (b"{\"data\":{}}", "`type` (string) is required"), (b"{\"type\":\"deal.created\"}", "`data` is required")] {
         let e = parse_publish(body, None).unwrap_err();
         assert!(e.status == 400 && String::from_utf8_lossy(&e.bytes).contains(says), "{:?}", String::from_utf8_lossy(&e.bytes));
