@@ -175,7 +175,7 @@ impl Metrics {
             channels: settings
                 .channels
                 .iter()
-                .map(|c| (c.name.clone(), PerChannel { source_up: AtomicI64::new(1), ..Default::default() }))
+                .map(|c| (c.name.clone(), PerChannel { source_up: AtomicI64::new(0), ..Default::default() }))
                 .collect(),
             closed: Default::default(),
             responses: Default::default(),
@@ -308,7 +308,7 @@ impl Metrics {
             ("sse_gateway_events_replayed_total", "counter", "Event frames replayed on resume.", |p| {
                 p.replayed.load(Relaxed) as i64
             }),
-            ("sse_gateway_source_up", "gauge", "1 when the channel's source is reachable.", |p| {
+            ("sse_gateway_source_up", "gauge", "1 while the channel's source is up (0 before it was first reached, and during an outage).", |p| {
                 p.source_up.load(Relaxed)
             }),
         ];
@@ -381,5 +381,88 @@ impl Metrics {
         // Read without a lock, the total may trail the buckets for a moment.
         let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", count.max(cumulative));
         let _ = writeln!(o, "{name}_sum {}\n{name}_count {}", sum_us as f64 / 1e6, count.max(cumulative));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::Catalogue;
+
+    fn metrics() -> (Settings, Metrics) {
+        let settings = Settings::new(Config::from_toml("").unwrap(), Catalogue::seed()).unwrap();
+        let m = Metrics::new(&settings);
+        (settings, m)
+    }
+
+    #[test]
+    fn a_source_is_down_until_first_reached() {
+        let (settings, m) = metrics();
+        let deals = settings.channel_id("deals").unwrap();
+        assert!(m.render().contains("sse_gateway_source_up{channel=\"deals\"} 0\n"));
+        m.source_state(deals, true);
+        assert!(m.render().contains("sse_gateway_source_up{channel=\"deals\"} 1\n"));
+        m.source_state(deals, false);
+        assert!(m.render().contains("sse_gateway_source_up{channel=\"deals\"} 0\n"));
+    }
+
+    /// The text format (0.0.4): each family's HELP and TYPE once, before its samples, which
+    /// follow one another; label values need no escaping (channel names are `[a-z0-9._-]`); a
+    /// histogram's buckets are cumulative, `+Inf` equal to `_count`.
+    #[test]
+    fn the_exposition_is_prometheus_text() {
+        let (settings, m) = metrics();
+        let deals = settings.channel_id("deals").unwrap();
+        m.stream_opened(deals);
+        m.response(415);
+        let h = m.delay_histogram();
+        for ms in [0, 3, 30, 300, 9000] {
+            h.record(Duration::from_millis(ms));
+        }
+        let text = m.render();
+        let mut seen: Vec<String> = Vec::new();
+        let mut current: Option<(String, String)> = None; // family, type
+        let mut last_bucket = 0u64;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let family = rest.split(' ').next().unwrap().to_string();
+                assert!(!seen.contains(&family), "{family}: HELP twice");
+                seen.push(family);
+                current = None;
+                last_bucket = 0;
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (family, kind) = rest.split_once(' ').unwrap();
+                assert_eq!(Some(family), seen.last().map(String::as_str), "TYPE right after its HELP");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                current = Some((family.to_string(), kind.to_string()));
+            } else {
+                let (family, kind) = current.clone().unwrap_or_else(|| panic!("a sample before its TYPE: {line}"));
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                let name = series.split('{').next().unwrap();
+                let suffixes: &[&str] = if kind == "histogram" { &["_bucket", "_sum", "_count"] } else { &[""] };
+                assert!(suffixes.iter().any(|s| name == format!("{family}{s}")), "{line} under {family}");
+                if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                    let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}')).unwrap_or_else(|| panic!("{line}"));
+                    for pair in inner.split(',') {
+                        let (k, v) = pair.split_once('=').unwrap();
+                        assert!(k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{line}");
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or_else(|| panic!("{line}"));
+                        assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)), "a label value to escape: {line}");
+                    }
+                }
+                let v: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+                if name.ends_with("_bucket") {
+                    assert!(v as u64 >= last_bucket, "buckets not cumulative: {line}");
+                    last_bucket = v as u64;
+                }
+            }
+        }
+        let inf = text.lines().find(|l| l.contains("le=\"+Inf\"")).unwrap();
+        let count = text.lines().find(|l| l.starts_with("sse_gateway_delivery_delay_seconds_count ")).unwrap();
+        assert_eq!(inf.rsplit(' ').next(), count.rsplit(' ').next());
+        assert_eq!(count, "sse_gateway_delivery_delay_seconds_count 5");
+        assert!(text.contains("sse_gateway_http_responses_total{status=\"415\"} 1\n"));
+        assert!(text.contains("sse_gateway_streams_open{channel=\"deals\"} 1\n"));
     }
 }
