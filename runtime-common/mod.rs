@@ -134,8 +134,10 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
         }
         shards.shutdown(drained_by).await;
         // Requests begun before the signal (a head still arriving, an answer being written or
-        // lingering, a publish) finish, within a bound, while the shards drain.
-        ctx.settle(Instant::now() + SETTLE.min(server.shutdown_drain)).await;
+        // lingering, a publish) finish, within a bound, while the shards drain: SETTLE, however
+        // short the drain (a publish whose event was handed over is answered), but ending a
+        // second past the drain's end, a second before the watchdog.
+        ctx.settle((Instant::now() + SETTLE).min(drained_by + Duration::from_secs(1))).await;
         // Connections still reading their heads ran meanwhile (while the sources stopped and
         // the shards were told to): their refusals too, before this executor and its tasks are
         // dropped. The in-process source's drops too.
@@ -258,8 +260,8 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
 
 /// How long shutdown waits for the sources to ack what they handled.
 const SOURCE_STOP: Duration = Duration::from_secs(3);
-/// At a shutdown, how long requests begun before the signal may take to finish (at most
-/// `server.shutdown_drain`): an answer's [`LINGER`] and a second.
+/// At a shutdown, how long requests begun before the signal may take to finish (ending at the
+/// latest a second past the drain's end): an answer's [`LINGER`] and a second.
 const SETTLE: Duration = Duration::from_secs(3);
 
 /// `fut`'s output, or `None` once `at` has passed (checked only when `fut` is pending).
