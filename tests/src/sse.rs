@@ -159,9 +159,12 @@ impl EventStreamParser {
                 self.id_buffer = value.to_string();
                 self.block_id = Some(value.to_string());
             }
+            // Digits past u64 are ignored too (a browser's reconnection time cannot hold them).
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                self.retry = value.parse().ok();
-                self.retry_fields += 1;
+                if let Ok(ms) = value.parse() {
+                    self.retry = Some(ms);
+                    self.retry_fields += 1;
+                }
             }
             _ => {} // unknown fields, an id with NUL and a non-numeric retry are ignored
         }
@@ -371,6 +374,10 @@ impl SseClient {
             match self.next_event(left).await {
                 Some(ev) if ev.event == "heartbeat" => continue,
                 Some(ev) if ev.event == "warning" && ev.data.contains("\"source_unavailable\"") => continue,
+                // A domain event without its id: a browser shows it but cannot resume after it.
+                Some(ev) if ev.id.is_none() && ev.event != "warning" && ev.event != "error" => {
+                    panic!("a {} event without an id: {ev:?}", ev.event)
+                }
                 other => return other,
             }
         }
@@ -534,9 +541,9 @@ mod tests {
 
     #[test]
     fn a_block_without_data_dispatches_nothing_but_keeps_retry_and_id() {
-        let (evs, p) = parse(&[b"retry: 3500\n\nid: 9\nevent: x\n\nretry: 12a\n\ndata: y\n\n"]);
+        let (evs, p) = parse(&[b"retry: 3500\n\nid: 9\nevent: x\n\nretry: 12a\n\nretry: 99999999999999999999\n\ndata: y\n\n"]);
         assert_eq!(p.retry(), Some(3500));
-        assert_eq!(p.retry_fields(), 1, "`retry: 12a` is not a retry field");
+        assert_eq!(p.retry_fields(), 1, "`retry: 12a` and a retry past u64 are no retry fields");
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].event, "message", "the event type is reset by the empty block");
         assert_eq!(evs[0].id, None, "the id field belonged to the earlier block");
