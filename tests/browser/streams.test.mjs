@@ -156,6 +156,8 @@ describe('in-process source with the publish endpoint', () => {
             buf += value;
             let nl;
             while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+              // A CR last in what was read may be the first half of a CRLF: wait for more.
+              if (nl === buf.length - 1 && buf[nl] === '\r') break;
               const line = buf.slice(0, nl);
               buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
               if (line === '') {
@@ -169,10 +171,12 @@ describe('in-process source with the publish endpoint', () => {
               const field = i < 0 ? line : line.slice(0, i);
               let val = i < 0 ? '' : line.slice(i + 1);
               if (val.startsWith(' ')) val = val.slice(1);
-              if (field === 'event') ev.event = val;
+              // As a browser reads them: an empty type is `message`, an id with NUL and a retry
+              // that is not all digits are ignored.
+              if (field === 'event') ev.event = val || 'message';
               else if (field === 'data') ev.data.push(val);
-              else if (field === 'id') ev.id = val;
-              else if (field === 'retry') log.retry = Number(val);
+              else if (field === 'id' && !val.includes('\0')) ev.id = val;
+              else if (field === 'retry' && /^\d+$/.test(val)) log.retry = Number(val);
             }
           }
         } catch (e) { log.error = e.name; /* AbortError when the test aborts it */ }
