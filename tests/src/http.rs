@@ -179,6 +179,8 @@ pub struct RawReply {
     /// Whether the server closed the connection (end of stream or reset) before the reading
     /// stopped.
     pub closed: bool,
+    /// The close was a reset (what was read may be short of what the server wrote).
+    pub reset: bool,
 }
 
 impl RawReply {
@@ -224,17 +226,21 @@ pub async fn raw_exchange(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 8192];
-    let mut closed = false;
+    let (mut closed, mut reset) = (false, false);
     while !enough(&bytes) {
         match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
             Err(_) => break,
-            Ok(Ok(0)) | Ok(Err(_)) => {
+            Ok(Ok(0)) => {
                 closed = true;
+                break;
+            }
+            Ok(Err(_)) => {
+                (closed, reset) = (true, true);
                 break;
             }
             Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
         }
     }
     writer.abort();
-    RawReply { bytes, closed }
+    RawReply { bytes, closed, reset }
 }
