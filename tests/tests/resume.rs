@@ -28,7 +28,7 @@ async fn gateway_has(fx: &Fixture, n: usize) {
 }
 
 async fn replayed_now(fx: &Fixture) -> f64 {
-    fx.gw.metric(&events_replayed("deals")).await.unwrap_or(0.0)
+    fx.gw.metric(&events_replayed("deals")).await.expect("the sample is on /metrics")
 }
 
 fn data(events: &[SseEvent]) -> Vec<String> {
@@ -121,7 +121,7 @@ async fn an_unknown_last_event_id_gets_history_gap_first_then_live_events(bin: B
         let live = publish_n(&fx, 1).await;
         assert_eq!(s.expect_event("a live event after the gap").await.data, live[0], "{id:?}");
     }
-    let gaps = fx.gw.metric("sse_gateway_history_gaps_total").await.unwrap_or(0.0);
+    let gaps = fx.gw.metric("sse_gateway_history_gaps_total").await.expect("the sample is on /metrics");
     assert_eq!(gaps, stale.len() as f64, "history_gaps_total: one per stale id");
 }
 

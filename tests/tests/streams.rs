@@ -175,7 +175,7 @@ async fn streams_past_the_process_bound_get_503_overloaded(bin: Bin) {
     let cfg = ConfigBuilder::new().raw("server", "workers", "2").raw("server", "max_streams", "4");
     let fx = Fixture::start(bin, cfg).await;
     // (`/readyz` may have answered 503 while the broker was being reached.)
-    let before = fx.gw.metric("sse_gateway_http_responses_total{status=\"503\"}").await.unwrap_or(0.0);
+    let before = fx.gw.metric("sse_gateway_http_responses_total{status=\"503\"}").await.expect("the sample is on /metrics");
     let (mut open, mut refused) = (Vec::new(), 0);
     // Users spread over both shards (by a hash of their id): each shard takes 2.
     for i in 0..12 {
@@ -264,7 +264,7 @@ async fn a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others
     let closed = "sse_gateway_streams_closed_total{reason=\"slow_client\"}";
     let mut sent = Vec::new();
     let mut rss_peak = rss_before;
-    while fx.gw.metric(closed).await.unwrap_or(0.0) < 1.0 {
+    while fx.gw.metric(closed).await.expect("the sample is on /metrics") < 1.0 {
         if sent.len() >= MAX_EVENTS {
             let m = fx.gw.metrics().await;
             let closes: Vec<&str> = m.lines().filter(|l| l.starts_with("sse_gateway_streams_closed_total{")).collect();

@@ -282,11 +282,11 @@ async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
     let missed = setup.publish(6).await;
     // B has them all before the client comes: they can only reach it as a replay.
     b.wait_metric(&events_in("deals"), 10.0).await;
-    let replays_b = b.metric(&events_replayed("deals")).await.unwrap_or(0.0);
+    let replays_b = b.metric(&events_replayed("deals")).await.expect("the sample is on /metrics");
     let mut s = b.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
     let got_b = read_events(&mut s, 6, "on instance B").await;
     assert_eq!(got_b.titles, missed, "exactly the events missed while moving, in order");
-    assert_eq!(b.metric(&events_replayed("deals")).await.unwrap_or(0.0) - replays_b, 6.0, "replayed by B");
+    assert_eq!(b.metric(&events_replayed("deals")).await.expect("the sample is on /metrics") - replays_b, 6.0, "replayed by B");
     assert!(got_b.warnings.is_empty(), "no history_gap: {:?}", got_b.warnings);
     // Both instances number an event the same: B's ids continue A's.
     let all: Vec<String> = got_a.ids.iter().chain(&got_b.ids).cloned().collect();
@@ -297,11 +297,11 @@ async fn a_client_moves_between_two_instances_with_its_last_event_id(bin: Bin) {
     // And back to A, which saw every event live meanwhile.
     let missed = setup.publish(3).await;
     a.wait_metric(&events_in("deals"), 13.0).await;
-    let replays_a = a.metric(&events_replayed("deals")).await.unwrap_or(0.0);
+    let replays_a = a.metric(&events_replayed("deals")).await.expect("the sample is on /metrics");
     let mut s = a.stream_with("deals", &alice, &[("Last-Event-ID", &last)]).await;
     let got = read_events(&mut s, 3, "back on instance A").await;
     assert_eq!(got.titles, missed);
-    assert_eq!(a.metric(&events_replayed("deals")).await.unwrap_or(0.0) - replays_a, 3.0, "replayed by A");
+    assert_eq!(a.metric(&events_replayed("deals")).await.expect("the sample is on /metrics") - replays_a, 3.0, "replayed by A");
     assert!(got.warnings.is_empty(), "{:?}", got.warnings);
     nothing_more(&setup, &mut s, "back on A").await;
 }
@@ -845,10 +845,10 @@ async fn a_resume_past_the_streams_end_says_history_gap_though_messages_keep_com
     assert_eq!(ev.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{ev:?}");
     // Messages go on (the publishing above stopped with the gap): the gateway takes them, its
     // counter says so, and the stream gets none of them.
-    let taken = gw.metric(&events_in("deals")).await.unwrap_or(0.0);
+    let taken = gw.metric(&events_in("deals")).await.expect("the sample is on /metrics");
     setup.publish(3).await;
     let until = std::time::Instant::now() + WAIT;
-    while gw.metric(&events_in("deals")).await.unwrap_or(0.0) < taken + 3.0 {
+    while gw.metric(&events_in("deals")).await.expect("the sample is on /metrics") < taken + 3.0 {
         assert!(std::time::Instant::now() < until, "the gateway did not take the messages published after the gap");
         sse_gateway_tests::sleep(Duration::from_millis(100)).await;
     }
