@@ -177,11 +177,14 @@ pub(crate) struct LogReader {
 struct ConnectPause {
     until: Option<(Instant, String)>,
     backoff: Backoff,
+    /// The link's failed connects counted so far: the read-backs that waited for one attempt
+    /// each see its failure, which lengthens the pause once.
+    counted: u64,
 }
 
 impl Default for ConnectPause {
     fn default() -> ConnectPause {
-        ConnectPause { until: None, backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)) }
+        ConnectPause { until: None, backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)), counted: 0 }
     }
 }
 
@@ -191,8 +194,13 @@ impl ConnectPause {
         self.until.as_ref().filter(|(end, _)| now < *end).map(|(_, e)| e.clone())
     }
 
-    /// A failure at `now` (`random`: any `u64`, for the spread of the pause).
-    fn failed(&mut self, now: Instant, error: &str, random: u64) {
+    /// The link's `failed`-th failed connect, seen at `now` (`random`: any `u64`, for the spread
+    /// of the pause); one already counted changes nothing.
+    fn failed(&mut self, failed: u64, now: Instant, error: &str, random: u64) {
+        if failed == self.counted {
+            return;
+        }
+        self.counted = failed;
         self.until = Some((now + self.backoff.next_wait(random), error.to_string()));
     }
 
@@ -320,7 +328,8 @@ impl LogReader {
             // A connect failed (this one's, or the one it waited for): not a channel refused on
             // a connection, which the next read-back tries again on a new one at once.
             Err(e) if self.link.connects_failed.load(Ordering::Acquire) != failed_before => {
-                pause().failed(Instant::now(), e, getrandom::u64().unwrap_or(0))
+                let failed = self.link.connects_failed.load(Ordering::Acquire);
+                pause().failed(failed, Instant::now(), e, getrandom::u64().unwrap_or(0))
             }
             Err(_) => {}
         }
@@ -411,24 +420,28 @@ mod tests {
         let t0 = Instant::now();
         let mut p = ConnectPause::default();
         assert_eq!(p.paused(t0), None);
-        p.failed(t0, "refused", 0);
-        // The first pause is 0.5-1 s (here its shortest), the next one twice as long.
+        p.failed(1, t0, "refused", 0);
+        // The first pause is 0.5-1 s (here its shortest), the next one twice as long. The
+        // read-backs that waited for the same connect see its failure too: counted once.
+        for _ in 0..7 {
+            p.failed(1, t0, "refused", u64::MAX);
+        }
         assert_eq!(p.paused(t0 + Duration::from_millis(499)).as_deref(), Some("refused"));
         assert_eq!(p.paused(t0 + Duration::from_millis(500)), None);
         let t1 = t0 + Duration::from_secs(1);
-        p.failed(t1, "refused again", 1000);
+        p.failed(2, t1, "refused again", 1000);
         assert_eq!(p.paused(t1 + Duration::from_millis(1999)).as_deref(), Some("refused again"));
         assert_eq!(p.paused(t1 + Duration::from_secs(2)), None);
         // Doubling stops at 30 s.
-        for _ in 0..10 {
-            p.failed(t1, "down", 15_000);
+        for n in 3..13 {
+            p.failed(n, t1, "down", 15_000);
         }
         assert_eq!(p.paused(t1 + Duration::from_secs(30)), None);
         assert!(p.paused(t1 + Duration::from_millis(29_999)).is_some());
         // A channel had: no pause, and the next failure's is the first again.
         p.succeeded();
         assert_eq!(p.paused(t1), None);
-        p.failed(t1, "refused", 500);
+        p.failed(13, t1, "refused", 500);
         assert!(p.paused(t1 + Duration::from_millis(999)).is_some());
         assert_eq!(p.paused(t1 + Duration::from_secs(1)), None);
     }
