@@ -130,7 +130,9 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
     let mut s = fx.gw.stream("deals", &user("carol", &[])).await;
     let before = valid_text("deal.created");
     fx.publish("deals", "deal.created", &before).await;
-    assert_eq!(s.expect_event("the event before the cancel").await.data, before);
+    let ev = s.expect_event("the event before the cancel").await;
+    assert_eq!(ev.data, before);
+    let before_id = ev.id.expect("an id");
 
     fx.broker.delete_queue(&fx.topo.bind_queue("deals")).await;
     expect_warning(&mut s, "after the gateway's queue was deleted").await;
@@ -155,6 +157,18 @@ async fn a_consumer_cancelled_by_the_broker_is_an_outage_and_the_source_comes_ba
     assert!(gap, "no history_gap before the first event from the queue declared again");
     assert_eq!(ev.data, after, "{ev:?}");
     assert!(s.still_open().await, "the stream stays open");
+    // A client away during the loss, resuming from the last event before it, is told too (the
+    // ids go on in number across the loss), and is not handed what came after as if it followed.
+    let mut away = fx.gw.stream_with("deals", &user("dave", &[]), &[("Last-Event-ID", &before_id)]).await;
+    let first = away.next_non_heartbeat(WAIT).await.expect("a first frame for the resume");
+    assert_eq!(first.json(), serde_json::json!({"code": "history_gap", "channel": "deals"}), "{first:?}");
+    assert_eq!(first.id, None, "{first:?}");
+    let next = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &next).await;
+    assert_eq!(away.expect_event("live after the gap").await.data, next, "the event after the loss was replayed");
+    // One that has the first event after the loss resumes without a warning.
+    let mut current = fx.gw.stream_with("deals", &user("erin", &[]), &[("Last-Event-ID", ev.id.as_deref().expect("an id"))]).await;
+    assert_eq!(current.expect_event("the event after its id").await.data, next);
     let log = fx.gw.log_until(WAIT, |l| l.contains("source unavailable") && l.contains("was gone")).await;
     assert!(log.contains("source unavailable"), "the cancel is not logged:\n{log}");
     assert!(log.contains("was gone (deleted, or expired) and was declared again"), "the loss is not logged:\n{log}");
