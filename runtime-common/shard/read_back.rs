@@ -24,8 +24,7 @@
 //! holds nothing of the log (the warm-up included: an offset past the stream's end reads only
 //! messages below it), or any error: `backfill_done(false)` (`history_gap`, then
 //! live after the client's id). A warm-up (the messages before the client's place, read only
-//! for the `message_id` window) still going at [`PLACE_WAIT`] is cut short: the read-back opens
-//! again at the client's place.
+//! for the `message_id` window) still going at [`PLACE_WAIT`] ends the same way.
 //!
 //! So a read-back holds at most one AMQP channel, `PREFETCH` messages and the stream's output
 //! bound, and a client that stops reading holds none of the shared turns for long.
@@ -175,16 +174,16 @@ impl Shard {
                         cursor.close().await;
                         return Ok(End::Finished); // the stream closed, or the client left
                     }
-                    // The warm-up only fills the window: past PLACE_WAIT (a slow broker, or
-                    // messages below the place that keep coming, as from a replica behind the
-                    // one the live source reads) it is cut short, and the read-back opens again
-                    // at the client's place, with the window as far as it got (a place that
-                    // does not come then is `history_gap`, as for any read-back).
+                    // Messages below the client's place that keep coming (a broker's replica
+                    // behind the one the live source reads, say) would hold the turn, and the
+                    // stream without events, for as long as they come: `history_gap` at
+                    // PLACE_WAIT, as a place past the stream's end gets (a warm-up that slow, from
+                    // a slow broker, too: the client is told and refetches; reopened at its place
+                    // instead, the first message would no longer prove that place).
                     if Instant::now() >= opened + PLACE_WAIT {
                         cursor.close().await;
-                        debug!(stream = %id, offset = at, "read-back warm-up cut short; reading on from the client's place");
-                        reopened = true;
-                        break;
+                        info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
+                        return Err(format!("offset {at} did not come within {PLACE_WAIT:?} of the start"));
                     }
                     continue;
                 }
