@@ -195,9 +195,10 @@ impl ConnectPause {
     }
 
     /// The link's `failed`-th failed connect, seen at `now` (`random`: any `u64`, for the spread
-    /// of the pause); one already counted changes nothing.
+    /// of the pause); one already counted, or older (read before another thread's), changes
+    /// nothing.
     fn failed(&mut self, failed: u64, now: Instant, error: &str, random: u64) {
-        if failed == self.counted {
+        if failed <= self.counted {
             return;
         }
         self.counted = failed;
@@ -426,6 +427,8 @@ mod tests {
         for _ in 0..7 {
             p.failed(1, t0, "refused", u64::MAX);
         }
+        // A count read before another's failure raced in: not counted again.
+        p.failed(0, t0, "refused", u64::MAX);
         assert_eq!(p.paused(t0 + Duration::from_millis(499)).as_deref(), Some("refused"));
         assert_eq!(p.paused(t0 + Duration::from_millis(500)), None);
         let t1 = t0 + Duration::from_secs(1);
