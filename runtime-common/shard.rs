@@ -385,7 +385,7 @@ impl Shard {
                     }
                     None => self.gw.borrow_mut().on_closed(id),
                 },
-                Some(Output::Backfill { stream, channel, after, until }) => self.read_back(stream, channel, after, until == u64::MAX),
+                Some(Output::Backfill { stream, channel, after, .. }) => self.read_back(stream, channel, after),
             }
         }
     }

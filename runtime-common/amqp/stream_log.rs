@@ -205,9 +205,12 @@ impl ConnectPause {
         self.until = Some((now + self.backoff.next_wait(random), error.to_string()));
     }
 
-    fn succeeded(&mut self) {
+    /// A channel was had, the link's failed connects at `failed` by then: a failure counted
+    /// before it (a read-back late to report it) pauses nothing.
+    fn succeeded(&mut self, failed: u64) {
         self.until = None;
         self.backoff.reset();
+        self.counted = self.counted.max(failed);
     }
 }
 
@@ -325,7 +328,7 @@ impl LogReader {
         let failed_before = self.link.connects_failed.load(Ordering::Acquire);
         let got = self.link.channel().await;
         match &got {
-            Ok(_) => pause().succeeded(),
+            Ok(_) => pause().succeeded(self.link.connects_failed.load(Ordering::Acquire)),
             // A connect failed (this one's, or the one it waited for): not a channel refused on
             // a connection, which the next read-back tries again on a new one at once.
             Err(e) if self.link.connects_failed.load(Ordering::Acquire) != failed_before => {
@@ -442,7 +445,10 @@ mod tests {
         assert_eq!(p.paused(t1 + Duration::from_secs(30)), None);
         assert!(p.paused(t1 + Duration::from_millis(29_999)).is_some());
         // A channel had: no pause, and the next failure's is the first again.
-        p.succeeded();
+        p.succeeded(12);
+        assert_eq!(p.paused(t1), None);
+        // A failure reported late, after a channel was had: no pause on a working connection.
+        p.failed(12, t1, "refused", 500);
         assert_eq!(p.paused(t1), None);
         p.failed(13, t1, "refused", 500);
         assert!(p.paused(t1 + Duration::from_millis(999)).is_some());

@@ -20,11 +20,10 @@
 //! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
 //! the core continues from where it got to (or says `history_gap` if that was nothing past the
 //! client's place while the buffer begins later). Nothing from a consumer within `FIRST_WAIT`,
-//! the client's place not reached within [`PLACE_WAIT`] of the consumer's start when the shard
-//! holds nothing of the log (the warm-up included: an offset past the stream's end reads only
-//! messages below it), or any error: `backfill_done(false)` (`history_gap`, then
-//! live after the client's id). A warm-up (the messages before the client's place, read only
-//! for the `message_id` window) still going at [`PLACE_WAIT`] ends the same way.
+//! the client's place not reached within [`PLACE_WAIT`] of the consumer's start (the warm-up,
+//! the messages before it read only for the `message_id` window, included: an offset past the
+//! stream's end reads only messages below it, as does a lagging replica), or any error:
+//! `backfill_done(false)` (`history_gap`, then live after the client's id).
 //!
 //! So a read-back holds at most one AMQP channel, `PREFETCH` messages and the stream's output
 //! bound, and a client that stops reading holds none of the shared turns for long.
@@ -49,9 +48,8 @@ const TURN: Duration = Duration::from_secs(5);
 /// How long a read-back waits for a turn before its stream gets `history_gap` (and goes live).
 const TURN_WAIT: Duration = Duration::from_secs(30);
 
-/// How long after a consumer starts the client's place (the message at its offset) may come,
-/// the warm-up before it included (at most [`WARM_MAX`] messages and a chunk), when the shard
-/// holds nothing of the log yet to vouch for that offset.
+/// How long after a read-back's consumer starts the client's place (the message at its offset)
+/// may come, the warm-up before it included (at most [`WARM_MAX`] messages and a chunk).
 const PLACE_WAIT: Duration = Duration::from_secs(15);
 
 /// Most messages read before the client's place only to fill the `message_id` window (a
@@ -69,21 +67,20 @@ enum End {
 impl Shard {
     /// Answers `Output::Backfill` for `stream`: reads `channel`'s stream from `after`'s offset
     /// in a task of its own; without a reader (no stream source) the stream gets `history_gap`.
-    /// `unseen`: this shard holds nothing of the log yet (its buffer is empty), so nothing says
-    /// the client's offset exists: its place must come within [`PLACE_WAIT`].
-    pub(super) fn read_back(self: &Rc<Self>, stream: StreamId, channel: ChannelId, after: EventId, unseen: bool) {
+    /// The client's place must come within [`PLACE_WAIT`].
+    pub(super) fn read_back(self: &Rc<Self>, stream: StreamId, channel: ChannelId, after: EventId) {
         let reader = self.log.borrow().clone();
         match reader {
             Some(reader) => {
                 debug!(stream = %stream, offset = after.seq, "reading the stream back");
-                spawn(self.clone().read_back_task(reader, stream, channel, after.seq, unseen))
+                spawn(self.clone().read_back_task(reader, stream, channel, after.seq))
             }
             None => self.gw.borrow_mut().backfill_done(stream, false),
         }
     }
 
-    async fn read_back_task(self: Rc<Self>, reader: Arc<LogReader>, id: StreamId, channel: ChannelId, from: u64, unseen: bool) {
-        let end = self.read_log(&reader, id, channel, from, unseen).await;
+    async fn read_back_task(self: Rc<Self>, reader: Arc<LogReader>, id: StreamId, channel: ChannelId, from: u64) {
+        let end = self.read_log(&reader, id, channel, from).await;
         // The end of a read-back may go live from the buffer (`backfill_done`): a token that
         // expired meanwhile is closed first.
         self.handle_due();
@@ -102,7 +99,7 @@ impl Shard {
         self.drain();
     }
 
-    async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64, unseen: bool) -> Result<End, String> {
+    async fn read_log(self: &Rc<Self>, reader: &LogReader, id: StreamId, channel: ChannelId, from: u64) -> Result<End, String> {
         let mut at = from;
         let mut reopened = false;
         // One window for the whole read-back: a retry after a pause is still a retry. It is
@@ -132,13 +129,13 @@ impl Shard {
             let mut cursor = reader.open(channel, if reopened { at } else { warm_from }, permit).await?;
             let opened = Instant::now();
             let turn_ends = opened + TURN;
-            // With nothing of the log seen by this shard, the client's place must come within
-            // PLACE_WAIT of the open, the warm-up before it included: an offset past the stream's
-            // end (a forged id, a stream recreated without a new epoch) would otherwise read every
-            // new message as warm-up, for as long as they keep coming, holding the turn and
-            // leaving the stream without events. (A shard that holds some of the log asks only
-            // for offsets below its buffer, which the stream holds or lost.)
-            let place_by = (unseen && !reopened).then_some(opened + PLACE_WAIT);
+            // The client's place must come within PLACE_WAIT of the open, the warm-up before it
+            // included: an offset past the stream's end (a forged id, a stream recreated without
+            // a new epoch; only a shard that holds nothing of the log asks for one) would
+            // otherwise read every new message as warm-up, for as long as they keep coming, as
+            // would a warm-up from a replica lagging behind, holding the turn and leaving the
+            // stream without events.
+            let place_by = (!reopened).then_some(opened + PLACE_WAIT);
             let mut first = true;
             loop {
                 let wait = match place_by {
@@ -180,7 +177,7 @@ impl Shard {
                     // PLACE_WAIT, as a place past the stream's end gets (a warm-up that slow, from
                     // a slow broker, too: the client is told and refetches; reopened at its place
                     // instead, the first message would no longer prove that place).
-                    if Instant::now() >= opened + PLACE_WAIT {
+                    if place_by.is_some_and(|by| Instant::now() >= by) {
                         cursor.close().await;
                         info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
                         return Err(format!("offset {at} did not come within {PLACE_WAIT:?} of the start"));
