@@ -96,7 +96,7 @@ pub fn misnamed_header<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> 
             folded[n] = b.to_ascii_lowercase();
             n += 1;
         }
-        NEAR.iter().any(|(near, exact)| near.as_bytes() == &folded[..n] && name != exact && !present(exact))
+        NEAR.iter().any(|(near, exact)| near.as_bytes() == &folded[..n] && !present(exact))
     }).map(str::to_string)
 }
 
@@ -521,9 +521,6 @@ pub fn parse_publish(body: &[u8], cors: Option<&str>) -> Result<UpstreamMessage,
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
     let obj = v.as_object().ok_or_else(|| bad("body must be a JSON object"))?;
     let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad("`type` (string) is required"))?;
-    if !obj.contains_key("data") {
-        return Err(bad("`data` is required"));
-    }
     // `data` goes on as it was sent, as an AMQP body does (its keys' order, its numbers' text).
     // A repeated field: the last one, in both readings.
     let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
