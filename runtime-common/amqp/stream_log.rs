@@ -327,14 +327,12 @@ impl LogReader {
         }
         let failed_before = self.link.connects_failed.load(Ordering::Acquire);
         let got = self.link.channel().await;
+        let failed = self.link.connects_failed.load(Ordering::Acquire);
         match &got {
-            Ok(_) => pause().succeeded(self.link.connects_failed.load(Ordering::Acquire)),
+            Ok(_) => pause().succeeded(failed),
             // A connect failed (this one's, or the one it waited for): not a channel refused on
             // a connection, which the next read-back tries again on a new one at once.
-            Err(e) if self.link.connects_failed.load(Ordering::Acquire) != failed_before => {
-                let failed = self.link.connects_failed.load(Ordering::Acquire);
-                pause().failed(failed, Instant::now(), e, getrandom::u64().unwrap_or(0))
-            }
+            Err(e) if failed != failed_before => pause().failed(failed, Instant::now(), e, getrandom::u64().unwrap_or(0)),
             Err(_) => {}
         }
         got

@@ -56,6 +56,13 @@ const PLACE_WAIT: Duration = Duration::from_secs(15);
 /// channel's `buffer_events` may be far larger: the warm-up holds a turn).
 const WARM_MAX: usize = 4096;
 
+/// The client's place did not come within [`PLACE_WAIT`] of the read-back's start: said at info
+/// (an operator's cue for a forged or stale id, or a lagging replica); the read-back's error.
+fn place_missed(id: StreamId, at: u64) -> String {
+    info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
+    format!("offset {at} did not come within {PLACE_WAIT:?} of the start")
+}
+
 /// How a read-back ended without an error.
 enum End {
     /// The core has what it needs (or the stream is gone).
@@ -152,9 +159,9 @@ impl Shard {
                         // past `at`; nothing proves the client's place: history_gap.
                         cursor.close().await;
                         if place_by.is_some_and(|by| Instant::now() >= by) {
-                            info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
+                            return Err(place_missed(id, at));
                         }
-                        return Err(format!("offset {at} did not come (nothing for {FIRST_WAIT:?}, or not within {PLACE_WAIT:?} of the start)"));
+                        return Err(format!("offset {at} did not come (nothing for {FIRST_WAIT:?})"));
                     }
                     Ok(None) => {
                         cursor.close().await;
@@ -179,8 +186,7 @@ impl Shard {
                     // instead, the first message would no longer prove that place).
                     if place_by.is_some_and(|by| Instant::now() >= by) {
                         cursor.close().await;
-                        info!(stream = %id, offset = at, "the client's place did not come within {PLACE_WAIT:?} of reading the stream back (an id past the stream's end?); the stream gets history_gap");
-                        return Err(format!("offset {at} did not come within {PLACE_WAIT:?} of the start"));
+                        return Err(place_missed(id, at));
                     }
                     continue;
                 }
