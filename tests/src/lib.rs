@@ -73,6 +73,17 @@ pub fn lines_and_summed(log: &str, line: &str, summary: &str, field: &str) -> (u
     (lines, summed)
 }
 
+/// Asserts that `lines` rate-limited lines (of `events` that each could have had one) follow the
+/// gateway's rule since `started`: the burst of 200, then at most 20 a second, and fewer than the
+/// events (the measured time only widens the bound; it is no timing a run must meet).
+pub fn assert_rate_limited(lines: usize, events: usize, started: std::time::Instant, what: &str) {
+    let at_most = 200 + 20 * (started.elapsed().as_secs() as usize + 1);
+    assert!(
+        lines >= 200 && lines <= at_most.min(events - 1),
+        "{lines} lines for {events} {what}: a burst of 200, then 20 a second (at most {at_most} here)"
+    );
+}
+
 /// Sleeps (re-exported so test files need not name `tokio` next to the generated `mod tokio`).
 pub async fn sleep(d: Duration) {
     tokio::time::sleep(d).await

@@ -188,9 +188,8 @@ async fn oversized_and_malformed_messages_are_dropped_by_reason_and_the_valid_on
     }).await;
     let (lines, summed) = count(&log);
     assert_eq!(lines + summed, dropped, "{lines} `message dropped` lines and {summed} summed up for {dropped} drops");
-    // At the rule's pace since the gateway started, at most (a bound a slower run widens).
-    let at_most = 200 + 20 * (started.elapsed().as_secs() as usize + 1);
-    assert!(lines >= 200 && lines <= at_most.min(dropped - 1), "{lines} lines for {dropped} drops: a burst of 200, then 20 a second (at most {at_most} here)");
+    // At the rule's pace since the gateway started.
+    sse_gateway_tests::assert_rate_limited(lines, dropped, started, "drops");
 }
 
 
