@@ -365,8 +365,19 @@ async fn accepted_so_far(gw: &GatewayProcess) {
 /// sent nothing at the signal began no request: it is closed, and what it sends after is not
 /// served.
 async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
+    requests_begun_before_the_signal_are_answered(bin, ConfigBuilder::new()).await;
+}
+
+/// As [`requests_begun_before_sigterm_are_answered`] with `shutdown_drain = "0s"` (a
+/// developer's machine): requests begun before the signal still get their time to finish (they
+/// used to get at most the drain, here none).
+async fn requests_begun_before_sigterm_are_answered_with_no_drain(bin: Bin) {
+    requests_begun_before_the_signal_are_answered(bin, ConfigBuilder::new().str("server", "shutdown_drain", "0s")).await;
+}
+
+async fn requests_begun_before_the_signal_are_answered(bin: Bin, cfg: ConfigBuilder) {
     use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true");
+    let cfg = cfg.raw("server", "publish_endpoint", "true");
     let mut gw = GatewayProcess::start(bin, &cfg.render()).await;
     let auth = format!("Authorization: Bearer {}\r\n", user("alice", &[]));
     let body = serde_json::json!({"type": "deal.created", "data": sse_gateway_tests::payloads::valid("deal.created")}).to_string();
@@ -544,6 +555,7 @@ for_each_binary!(
     a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others,
     sigterm_sends_every_stream_a_retry_closes_them_and_exits,
     requests_begun_before_sigterm_are_answered,
+    requests_begun_before_sigterm_are_answered_with_no_drain,
     sigint_stops_the_gateway_as_sigterm_does,
     sighup_is_logged_and_ends_nothing,
 );
