@@ -279,6 +279,11 @@ impl Shard {
                 Wake::DrainOver => {
                     let left = self.gw.borrow().slots_in_use();
                     warn!(streams = left, "shutdown drain time passed; closing the remaining streams");
+                    // Writers woken and not run yet (with a drain of 0s the shutdown closed their
+                    // streams just now) write once what their sockets take (a `retry:`, the last
+                    // events), on either executor: smol's timer for a past instant is ready at
+                    // its first poll, before they ran. Those still writing then give up.
+                    self.let_writers_run().await;
                     // Their writers end with the process, past their own `stream closed` line.
                     for conn in self.conns.borrow().iter().flatten() {
                         self.log_closed(conn, conn.closing.get().unwrap_or(CloseReason::Shutdown));

@@ -324,16 +324,23 @@ async fn a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others
 }
 
 async fn sigterm_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin) {
-    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::terminate).await;
+    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::terminate, ConfigBuilder::new()).await;
 }
 
 /// D12: SIGINT is a stop like SIGTERM.
 async fn sigint_stops_the_gateway_as_sigterm_does(bin: Bin) {
-    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::interrupt).await;
+    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::interrupt, ConfigBuilder::new()).await;
 }
 
-async fn stop_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin, stop: fn(&GatewayProcess)) {
-    let mut gw = GatewayProcess::start(bin, &ConfigBuilder::new().render()).await;
+/// With `shutdown_drain = "0s"` each stream still gets what its socket takes at once: its
+/// `retry:` (the smol binary used to end its shards before their writers ran).
+async fn sigterm_with_no_drain_still_sends_every_stream_its_retry(bin: Bin) {
+    let cfg = ConfigBuilder::new().str("server", "shutdown_drain", "0s");
+    stop_sends_every_stream_a_retry_closes_them_and_exits(bin, GatewayProcess::terminate, cfg).await;
+}
+
+async fn stop_sends_every_stream_a_retry_closes_them_and_exits(bin: Bin, stop: fn(&GatewayProcess), cfg: ConfigBuilder) {
+    let mut gw = GatewayProcess::start(bin, &cfg.render()).await;
     let mut a = gw.stream("deals", &user("alice", &[])).await;
     let mut b = gw.stream("tasks", &user("bob", &[])).await;
     for s in [&mut a, &mut b] {
@@ -554,6 +561,7 @@ for_each_binary!(
     with_the_reject_policy_the_limit_always_answers_409,
     a_client_that_stops_reading_is_closed_without_delaying_a_hundred_others,
     sigterm_sends_every_stream_a_retry_closes_them_and_exits,
+    sigterm_with_no_drain_still_sends_every_stream_its_retry,
     requests_begun_before_sigterm_are_answered,
     requests_begun_before_sigterm_are_answered_with_no_drain,
     sigint_stops_the_gateway_as_sigterm_does,
