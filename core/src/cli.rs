@@ -291,6 +291,24 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
                 .to_string(),
         );
     }
+    // SSE's own `retry:` field is in milliseconds, and a bare number here is seconds: `retry =
+    // 3000` has every browser wait 50 minutes to come back after a restart.
+    for (key, value) in [("streams.retry", config.streams.retry), ("streams.evicted_retry", config.streams.evicted_retry)] {
+        if value > std::time::Duration::from_secs(60) {
+            out.push(format!(
+                "{key} is {}s: a browser waits that long to reconnect (a bare number is seconds; \"3000ms\" is 3 s)",
+                value.as_secs()
+            ));
+        }
+    }
+    // Proxies and load balancers commonly close a connection idle for 60 s (nginx's
+    // proxy_read_timeout); the heartbeat is what keeps a quiet stream from looking idle.
+    if config.streams.heartbeat > std::time::Duration::from_secs(60) {
+        out.push(format!(
+            "streams.heartbeat is {}s: a proxy that closes connections idle for 60 s (nginx's default) cuts quiet streams",
+            config.streams.heartbeat.as_secs()
+        ));
+    }
     // A consumer that ran for reconnect_max counts as healthy (the backoff starts afresh): a
     // broker that cuts every consumer soon after it starts would be reconnected to in a loop.
     if config.broker.as_ref().is_some_and(|b| b.reconnect_max < std::time::Duration::from_secs(1)) {
@@ -336,7 +354,7 @@ fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
 /// Reads the configuration file, the environment and the files it names into a checked setup.
 pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String> {
     let text = match path {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        Some(p) => Some(read_bounded(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
     };
     let base = path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
@@ -350,8 +368,28 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String>
     let env = Env { jwt_secret: var("SSE_GATEWAY_JWT_SECRET")?, amqp_url: var("SSE_GATEWAY_AMQP_URL")? };
     let mut secret = vec![0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| format!("no random source for a generated secret: {e}"))?;
-    let mut read = |p: &str| std::fs::read_to_string(base.join(p)).map_err(|e| e.to_string());
+    let mut read = |p: &str| read_bounded(&base.join(p));
     setup::load(text.as_deref(), &env, overrides, &mut read, &mut || secret.clone()).map_err(|e| e.0)
+}
+
+/// The most a file the gateway reads at start-up (its configuration, a key, the catalogue) may
+/// hold: far past any real one, and no device or FIFO read until memory runs out.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// A regular file's text, refused past [`MAX_FILE_BYTES`] (or as it grows past them).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("larger than {} MiB", MAX_FILE_BYTES >> 20));
+    }
+    Ok(text)
 }
 
 /// Seconds since the Unix epoch, from the wall clock (a token's `exp` is judged against it).
@@ -539,6 +577,14 @@ mod tests {
         let w = warnings(&load(&format!("{secret}{broker}reconnect_min = \"10ms\"\nreconnect_max = \"500ms\"\n")), false);
         assert!(w.iter().any(|w| w.contains("broker.reconnect_max is under 1s")), "{w:?}");
         assert!(warnings(&load(&format!("{secret}{broker}reconnect_max = \"1s\"\n")), false).is_empty());
+        // A `retry:` written in milliseconds but read as seconds; a heartbeat past a proxy's idle
+        // timeout.
+        let w = warnings(&load(&format!("{secret}[streams]\nretry = 3000\nevicted_retry = \"2m\"\nheartbeat = \"90s\"\n")), false);
+        assert!(w.iter().any(|w| w.contains("streams.retry is 3000s")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("streams.evicted_retry is 120s")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("streams.heartbeat is 90s")), "{w:?}");
+        let fine = "[streams]\nretry = \"3000ms\"\nevicted_retry = \"60s\"\nheartbeat = \"60s\"\n";
+        assert!(warnings(&load(&format!("{secret}{fine}")), false).is_empty());
     }
 
     #[test]

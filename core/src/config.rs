@@ -356,6 +356,12 @@ fn redact_secrets(message: &str) -> String {
                 // `key = value`: the key is shown; any other line (a multi-line string's or
                 // array's, `key: value`) not at all.
                 let plain = |k: &str| !k.trim().is_empty() && k.trim().chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+                // A table's header (`[channels.deals]`) names keys only: shown whole.
+                let header = line.trim().strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+                let bare = |h: &str| !h.trim().is_empty() && h.trim().chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                if header.is_some_and(|h| bare(h.trim_start_matches('[').trim_end_matches(']'))) {
+                    return l.to_string();
+                }
                 return match line.split_once('=') {
                     Some((key, _)) if plain(key) => format!("{}{n} |{key}= <redacted>", &l[..l.len() - l.trim_start().len()]),
                     _ => format!("{}{n} | <redacted>", &l[..l.len() - l.trim_start().len()]),
@@ -366,14 +372,42 @@ fn redact_secrets(message: &str) -> String {
                 Some(at) => {
                     let end = l[at..].find(", expected");
                     inside = end.is_none();
-                    format!("{}<redacted>{}", &l[..at], end.map_or("", |e| &l[at + e..]))
+                    // The kind of value serde found is shown (`integer`, `string`), not the value.
+                    let kind = KINDS.iter().find(|k| l[at..].starts_with(&format!("{k} "))).map_or(String::new(), |k| format!("{k} "));
+                    let expected = end.map_or(String::new(), |e| with_range(&l[at + e..]));
+                    format!("{}{kind}<redacted>{expected}", &l[..at])
                 }
-                None => l.to_string(),
+                None => with_range(l),
             }
         })
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The kinds of value serde names in `invalid type: <kind> <value>`.
+const KINDS: [&str; 8] = ["integer", "floating point", "string", "boolean", "sequence", "map", "datetime", "unit value"];
+
+/// serde's `expected u16` and the like, with the range that says why a number was refused.
+fn with_range(line: &str) -> String {
+    const RANGES: [(&str, &str); 5] = [
+        ("u8", "0 to 255"),
+        ("u16", "0 to 65535"),
+        ("u32", "0 to 4294967295"),
+        ("u64", "0 to 18446744073709551615"),
+        ("usize", "0 to 18446744073709551615"),
+    ];
+    match RANGES.iter().find(|(t, _)| line.trim_end().ends_with(&format!("expected {t}"))) {
+        Some((_, range)) => format!("{} (a whole number from {range})", line.trim_end()),
+        None => line.to_string(),
+    }
+}
+
+/// The largest `server.max_head_bytes`.
+pub const MAX_HEAD_BYTES: usize = 1 << 20;
+/// The largest `streams.max_pending_bytes`.
+pub const MAX_PENDING_BYTES: usize = 1 << 30;
+/// The largest `broker.max_message_bytes`.
+pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
 
 /// The most shard threads `server.workers` may ask for.
 pub const MAX_WORKERS: usize = 1024;
@@ -455,6 +489,10 @@ impl Settings {
         if s.max_pending_bytes < 4096 {
             return Err(ConfigError("streams.max_pending_bytes: must be at least 4096".into()));
         }
+        // Sums over it (its control slack, a catch-up's half) must not wrap.
+        if s.max_pending_bytes > MAX_PENDING_BYTES {
+            return Err(ConfigError(format!("streams.max_pending_bytes: must be at most {MAX_PENDING_BYTES} (1 GiB)")));
+        }
         if config.broker.is_some() && config.server.publish_endpoint {
             return Err(ConfigError(
                 "server.publish_endpoint: the publish endpoint feeds the in-process source; turn it off or remove [broker] (or unset SSE_GATEWAY_AMQP_URL)".into(),
@@ -478,7 +516,7 @@ impl Settings {
         };
         if !listen.rsplit_once(':').is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok()) {
             return Err(ConfigError(
-                "server.listen: not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)".into(),
+                "server.listen (or --listen): not host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)".into(),
             ));
         }
         if config.server.workers > MAX_WORKERS {
@@ -504,13 +542,17 @@ impl Settings {
         // user visits could open and read that user's streams.
         if config.auth.cookie.is_some() && config.server.cors_origins.iter().any(|o| o == "*") {
             return Err(ConfigError(
-                "server.cors_origins: \"*\" cannot be used while auth.cookie is on (any site could read the user's streams): list the origins, or turn the cookie off (auth.cookie = \"\")".into(),
+                "server.cors_origins: \"*\" cannot be used while auth.cookie is on (any site could read the user's streams): list the origins, or turn the cookie off (auth.cookie = \"\"; --demo turns it on)".into(),
             ));
         }
         // A browser's head with a token is 1-3 KiB (an RS256 token alone is about 1 KiB, and the
         // site's other cookies come with it): below this, every stream would get 431.
         if config.server.max_head_bytes < 4096 {
             return Err(ConfigError("server.max_head_bytes: must be at least 4096 (a browser's head with its token is 1-3 KiB)".into()));
+        }
+        // Each connection reading its head may hold that much.
+        if config.server.max_head_bytes > MAX_HEAD_BYTES {
+            return Err(ConfigError(format!("server.max_head_bytes: must be at most {MAX_HEAD_BYTES} (1 MiB)")));
         }
         // Below that, every publish (or every message) is `oversized`, with /readyz green.
         if config.server.max_body_bytes < 1024 {
@@ -523,8 +565,15 @@ impl Settings {
         if config.broker.as_ref().is_some_and(|b| b.max_message_bytes < 1024) {
             return Err(ConfigError("broker.max_message_bytes: must be at least 1024".into()));
         }
-        if config.server.head_timeout.is_zero() {
-            return Err(ConfigError("server.head_timeout: must be greater than zero".into()));
+        if config.broker.as_ref().is_some_and(|b| b.max_message_bytes > MAX_MESSAGE_BYTES) {
+            return Err(ConfigError(format!(
+                "broker.max_message_bytes: must be at most {MAX_MESSAGE_BYTES} (128 MiB, RabbitMQ's own largest message by default)"
+            )));
+        }
+        // Shorter, a client on a slow or lossy link (a retransmitted packet takes a second) is
+        // closed unanswered before its head arrives.
+        if config.server.head_timeout < Duration::from_secs(1) {
+            return Err(ConfigError("server.head_timeout: must be at least 1s".into()));
         }
         if config.demo.interval < Duration::from_millis(10) {
             return Err(ConfigError("demo.interval: must be at least 10ms".into()));
@@ -574,9 +623,6 @@ impl Settings {
         for name in catalogue.channel_names() {
             let schema = catalogue.channel(name).expect("name comes from the catalogue");
             let file = config.channels.get(name).cloned().unwrap_or_default();
-            if file.enabled == Some(false) {
-                continue;
-            }
             let (roles, per_user, source) = seed_channel(name).unwrap_or_else(|| {
                 (vec![], false, SourceSettings::Queue { queue: name.to_string() })
             });
@@ -588,6 +634,10 @@ impl Settings {
             // A token's roles are never empty (an empty one in the claim is skipped).
             if file.roles.iter().flatten().any(String::is_empty) {
                 return Err(ConfigError(format!("channels.{name}.roles: an empty role can never match a token's role")));
+            }
+            // Checked above like an enabled one's: not found wrong on the restart that enables it.
+            if file.enabled == Some(false) {
+                continue;
             }
             channels.push(ChannelSettings {
                 name: name.to_string(),
@@ -687,6 +737,10 @@ fn resolve_source(name: &str, src: SourceConfig) -> Result<(SourceSettings, Opti
             return Err(ConfigError(format!(
                 "channels.{name}.source.max_age: not a RabbitMQ age like 7D, 12h, 30m, 60s"
             )));
+        }
+        // RabbitMQ refuses an age of 0: the stream would never be declared.
+        if max_age.bytes().take_while(u8::is_ascii_digit).all(|b| b == b'0') {
+            return Err(ConfigError(format!("channels.{name}.source.max_age: must be more than 0 (RabbitMQ refuses 0)")));
         }
         Some(StreamLog { max_age, max_length_bytes: src.max_length_bytes, epoch: src.epoch.unwrap_or(1) })
     } else {
@@ -943,6 +997,20 @@ mod tests {
             let e = Config::from_toml(bad).and_then(|c| Settings::new(c, Catalogue::seed())).unwrap_err();
             assert!(!e.0.contains("PassWord"), "{e}");
         }
+        // What is shown instead: a table's header, the kind of value found, a number's range.
+        let e = Config::from_toml("[channels.deals]\nroles = [\"a\"]\n[channels.deals]\nroles = [\"b\"]\n").unwrap_err();
+        assert!(e.0.contains("3 | [channels.deals]") && e.0.contains("duplicate key"), "{e}");
+        let e = Config::from_toml("[server]\ncors_origins = [\n \"https://a.example\",\n 42,\n]\n").unwrap_err();
+        assert!(e.0.contains("invalid type: integer <redacted>, expected a string"), "{e}");
+        let e = Config::from_toml("[server]\nworkers = -1\n").unwrap_err();
+        assert!(e.0.contains("invalid value: integer <redacted>, expected usize (a whole number from 0 to"), "{e}");
+        let e = Config::from_toml("[broker]\nurl = \"amqp://h\"\nprefetch = 70000\n").unwrap_err();
+        assert!(e.0.contains("expected u16 (a whole number from 0 to 65535)"), "{e}");
+        let e = Config::from_toml("[server]\nworkers = \"amqp://u:PassWord@h\"\n").unwrap_err();
+        assert!(e.0.contains("invalid type: string <redacted>, expected usize") && !e.0.contains("PassWord"), "{e}");
+        // A line that looks like a header but holds a value (an array of arrays) is not shown.
+        let e = Config::from_toml("[server]\ncors_origins = [\n[\"PassWord\"],\n]\n").unwrap_err();
+        assert!(!e.0.contains("PassWord"), "{e}");
         for bad in ["-5", "1.5"] {
             let e = Config::from_toml(&format!("[streams]\nheartbeat = {bad}\n")).unwrap_err();
             assert!(e.0.contains("whole seconds (0 or more)") && e.0.contains("heartbeat"), "{bad}: {e}");
@@ -1025,6 +1093,18 @@ mod tests {
         assert_eq!(s.channel(s.channel_id("tasks").unwrap()).log, None);
         let bad = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nstream = true\nmax_age = \"soon\"\n").unwrap();
         assert!(Settings::new(bad, Catalogue::seed()).unwrap_err().0.contains("max_age"));
+        for zero in ["0D", "00h", "0s"] {
+            let bad = Config::from_toml(&format!("[channels.deals.source]\nexchange = \"x\"\nstream = true\nmax_age = \"{zero}\"\n")).unwrap();
+            assert!(Settings::new(bad, Catalogue::seed()).unwrap_err().0.contains("max_age: must be more than 0"), "{zero}");
+        }
+        // A disabled channel's settings are checked too: not found wrong on the restart that
+        // enables it.
+        let off = Config::from_toml("[channels.deals]\nenabled = false\n[channels.deals.source]\nexchange = \"x\"\nstream = true\nmax_age = \"soon\"\n").unwrap();
+        assert!(Settings::new(off, Catalogue::seed()).unwrap_err().0.contains("max_age"));
+        let off = Config::from_toml("[channels.deals]\nenabled = false\nroles = [\"\"]\n").unwrap();
+        assert!(Settings::new(off, Catalogue::seed()).unwrap_err().0.contains("channels.deals.roles"));
+        let off = Config::from_toml("[channels.deals]\nenabled = false\n").unwrap();
+        assert!(Settings::new(off, Catalogue::seed()).unwrap().channel_id("deals").is_none());
         let stray = Config::from_toml("[channels.deals.source]\nexchange = \"x\"\nepoch = 2\n").unwrap();
         assert!(Settings::new(stray, Catalogue::seed()).unwrap_err().0.contains("stream = true"));
     }
@@ -1115,6 +1195,11 @@ mod tests {
             ("[broker]\nprefetch = 0\n", "broker.prefetch"),
             ("[broker]\ncheck_interval = \"500ms\"\n", "broker.check_interval"),
             ("[server]\nhead_timeout = \"0s\"\n", "server.head_timeout"),
+            ("[server]\nhead_timeout = \"999ms\"\n", "server.head_timeout"),
+            ("[server]\nmax_head_bytes = 18446744073709551615\n", "server.max_head_bytes"),
+            ("[server]\nmax_head_bytes = 1048577\n", "server.max_head_bytes"),
+            ("[streams]\nmax_pending_bytes = 1073741825\n", "streams.max_pending_bytes"),
+            ("[broker]\nurl = \"amqp://h\"\nmax_message_bytes = 134217729\n", "broker.max_message_bytes"),
             ("[demo]\ninterval = \"0s\"\n", "demo.interval"),
             ("[streams]\nheartbeat = \"999ms\"\n", "streams.heartbeat"),
             ("[streams]\nwarning_interval = \"1ms\"\n", "streams.warning_interval"),
