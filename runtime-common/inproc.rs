@@ -99,8 +99,7 @@ async fn run(
         }
         // A panic (a bug) drops the event; the publisher's request is told so.
         let Some(result) = crate::common::contained(|| ingest.handle_message(&msg)) else {
-            ingest.handling_failed();
-            error!(channel = %name, "event dropped: handling it panicked (a bug, logged above)");
+            handling_panicked(|| ingest.handling_failed(), &name);
             let _ = reply.try_send(None);
             continue;
         };
@@ -151,4 +150,11 @@ pub(crate) fn start_demo(settings: &Arc<Settings>, inproc: Inproc) {
             tick.set_at(at);
         }
     });
+}
+
+/// A message whose handling panicked (a bug, logged by the panic hook): `count` counts it as
+/// dropped, `internal`, and the line says so.
+pub(crate) fn handling_panicked(count: impl FnOnce(), channel: &str) {
+    count();
+    error!(%channel, "event dropped: handling it panicked (a bug, logged above)");
 }

@@ -457,17 +457,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
         // Counted by the core; refusals logged here (never the token, nor the query: it may
         // carry one).
         Routed::Respond(r) => {
-            let own = r.refusal.is_some() && ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed);
-            match &r.refusal {
-                _ if !own => {}
-                Some(Refusal { code, forbidden: Some((user, ch)), .. }) => {
-                    let channel = &ctx.front.settings().channel(*ch).name;
-                    info!(%peer, status = r.status, code, %user, %channel, "request refused");
-                }
-                Some(Refusal { code, reason: "", .. }) => info!(%peer, status = r.status, code, "request refused"),
-                Some(Refusal { code, reason, .. }) => info!(%peer, status = r.status, code, reason, "request refused"),
-                None => {}
-            }
+            log_refusal(ctx, peer, &r);
             return respond(sock, r, deadline).await;
         }
         Routed::Stream(req) => {
@@ -499,10 +489,17 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
             return;
         }
         Routed::Publish(p) => match publish(&mut sock, peer, &mut buf, p, deadline, ctx).await {
-            Some(r) => r,
+            // A dropped event (422) has its `event dropped` line.
+            Some(r) if r.status == 422 => r,
+            Some(r) => {
+                log_refusal(ctx, peer, &r);
+                r
+            }
             None => return,
         },
         Routed::Health => Response::ok_text("ok\n"),
+        // A balancer that probes during the drain sends no new streams here.
+        Routed::Ready if ctx.is_stopping() => Response::not_ready_stopping(),
         Routed::Ready => Response::ready(&ctx.shards.down(settings)),
         Routed::Metrics => Response::metrics(metrics),
         Routed::DemoPage => {
@@ -512,6 +509,22 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
     };
     metrics.response(resp.status);
     respond(sock, resp, deadline).await;
+}
+
+/// The `request refused` line of a refusal (at most as many as [`RefusalLog`] lets through).
+fn log_refusal(ctx: &Ctx, peer: SocketAddr, r: &Response) {
+    let Some(refusal) = &r.refusal else { return };
+    if !ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
+        return;
+    }
+    match refusal {
+        Refusal { code, forbidden: Some((user, ch)), .. } => {
+            let channel = &ctx.front.settings().channel(*ch).name;
+            info!(%peer, status = r.status, code, %user, %channel, "request refused");
+        }
+        Refusal { code, reason: "", .. } => info!(%peer, status = r.status, code, "request refused"),
+        Refusal { code, reason, .. } => info!(%peer, status = r.status, code, reason, "request refused"),
+    }
 }
 
 /// A connection whose head (or publish body, or `100 Continue` write) was not done by
@@ -543,6 +556,12 @@ async fn publish(
     ctx: &Ctx,
 ) -> Option<Response> {
     let end = p.head_len + p.content_length;
+    let cors = p.cors_origin.as_deref();
+    // The shards take no more events: accepted now, it would reach no stream. Answered before
+    // its body is asked for (`100 Continue`) or read.
+    if ctx.is_stopping() {
+        return Some(Response::publish_shutting_down(cors));
+    }
     if p.expect_continue && buf.len() == p.head_len {
         use futures_lite::AsyncWriteExt;
         match until(deadline, sock.write_all(Response::CONTINUE)).await {
@@ -567,19 +586,22 @@ async fn publish(
             _ => return None,
         }
     }
-    let cors = p.cors_origin.as_deref();
-    // The body is an upstream message: a panic parsing it (a bug) fails this request only.
+    // The body is an upstream message: a panic parsing it (a bug) fails this request only, and
+    // is counted and logged as the in-process source's own are.
     let failed = || Response::error(500, "internal", "handling the message failed (a bug, logged)", "", cors);
     let msg = match super::contained(|| parse_publish(&buf[p.head_len..end], cors)) {
         Some(Ok(msg)) => msg,
         Some(Err(r)) => return Some(r),
-        None => return Some(failed()),
+        None => {
+            let channel = &ctx.front.settings().channel(p.channel).name;
+            super::inproc::handling_panicked(|| ctx.front.metrics().handling_failed(p.channel), channel);
+            return Some(failed());
+        }
     };
     let unavailable = || Response::error(503, "unavailable", "the in-process source is not running", "", cors);
-    let shutting_down = || Response::error(503, "unavailable", "the gateway is shutting down", "", cors);
+    let shutting_down = || Response::publish_shutting_down(cors);
     let Some(inproc) = &ctx.inproc else { return Some(unavailable()) };
     if ctx.is_stopping() {
-        // The shards take no more events: accepted now, it would reach no stream.
         return Some(shutting_down());
     }
     Some(match inproc.publish(p.channel, msg).await {

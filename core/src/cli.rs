@@ -39,7 +39,7 @@ use crate::{contract, demo, issue_hs256, Front, Metrics};
 /// lines follow: `token: JWT` and `demo page: URL`); logs go to stderr.
 ///
 /// Ops endpoints: /healthz (200 while the process serves), /readyz (200 once every channel's
-/// source has been reached and is up now, else 503 naming the channels down), /metrics
+/// source has been reached and is up now, else 503 naming the channels down, or saying the gateway is shutting down), /metrics
 /// (Prometheus text). SIGTERM/SIGINT stop accepting, stop the sources (at most 3s), close every
 /// stream with a retry hint and exit within server.shutdown_drain plus those 3s and 2s.
 #[derive(Parser, Debug)]

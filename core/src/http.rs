@@ -189,6 +189,20 @@ impl Response {
         Response::error(503, "overloaded", "the gateway is shutting down", "", cors)
     }
 
+    /// 503 `unavailable` for a publish while the gateway shuts down (D12): the shards take no
+    /// more events. Logged with the reason `shutting_down`.
+    pub fn publish_shutting_down(cors: Option<&str>) -> Response {
+        let r = Response::error(503, "unavailable", "the gateway is shutting down", "", cors);
+        Response { refusal: Some(Refusal::new("unavailable", "shutting_down")), ..r }
+    }
+
+    /// `/readyz` once a shutdown began: 503 `not_ready`, so that a balancer sends no new
+    /// streams to an instance that drains.
+    pub fn not_ready_stopping() -> Response {
+        let body = serde_json::json!({ "code": "not_ready", "message": "the gateway is shutting down" }).to_string();
+        Response::with_body(503, "application/json", "", None, body.as_bytes())
+    }
+
     /// `200 ok` in plain text (`/healthz`).
     pub fn ok_text(text: &str) -> Response {
         Response::with_body(200, "text/plain; charset=utf-8", "", None, text.as_bytes())

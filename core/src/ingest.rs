@@ -334,7 +334,7 @@ impl Ingest {
     /// Counts a message whose handling panicked (the frontend caught it) as dropped, `internal`:
     /// it was sent to no one, and `sse_gateway_events_dropped_total` says so.
     pub fn handling_failed(&self) {
-        self.metrics.dropped(self.channel, DropReason::Internal);
+        self.metrics.handling_failed(self.channel);
     }
 
     /// Validates and encodes one message read back from the channel's log (a RabbitMQ stream)

@@ -232,6 +232,11 @@ impl Metrics {
         }
     }
 
+    /// A message for `c` whose handling panicked (the frontend caught it): dropped, `internal`.
+    pub fn handling_failed(&self, c: ChannelId) {
+        self.dropped(c, DropReason::Internal);
+    }
+
     pub(crate) fn dropped(&self, c: ChannelId, why: DropReason) {
         let i = DropReason::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
         self.ch(c).dropped[i].fetch_add(1, Relaxed);

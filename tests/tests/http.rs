@@ -357,7 +357,24 @@ async fn a_publish_not_declared_json_is_415_and_publishes_nothing(bin: Bin) {
     assert_eq!(ev.event, "deal.updated", "a publish not declared JSON reached the stream: {ev:?}");
 }
 
+/// A publish refused for its body (400: not JSON, no `type`) has its `request refused` line, as
+/// a refusal decided from the head has: an operator sees why the 400s rise.
+async fn a_publish_refused_for_its_body_is_logged(bin: Bin) {
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true").render();
+    let gw = GatewayProcess::start(bin, &cfg).await;
+    let auth = format!("Bearer {}", user("svc", &["publisher"]));
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    for body in ["{not json", "{\"data\":{}}"] {
+        let r = gw.request("POST", "/api/v1/publish/deals", &headers, body.as_bytes()).await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+    }
+    let refused = |log: &str| log.lines().filter(|l| l.contains("request refused") && l.contains("status=400")).count();
+    let log = gw.log_until(WAIT, |l| refused(l) >= 2).await;
+    assert_eq!(refused(&log), 2, "a `request refused` line for each 400:\n{log}");
+}
+
 for_each_binary!(
+    a_publish_refused_for_its_body_is_logged,
     a_publish_not_declared_json_is_415_and_publishes_nothing,
     a_publish_body_cut_short_is_closed_at_the_head_timeout_and_counted,
     a_publisher_expecting_100_continue_gets_it_and_its_event_is_taken,

@@ -367,8 +367,10 @@ async fn accepted_so_far(gw: &GatewayProcess) {
 
 /// D12: a request begun before SIGTERM is answered, not cut with the connection: a `/healthz`
 /// whose head ends after the signal gets its 200, a stream request whose head ends then gets
-/// 503 `overloaded` (the shards take no more streams), and a publish 503 `unavailable` (its
-/// event would reach no stream), each as a whole response and a close. A connection that had
+/// 503 `overloaded` (the shards take no more streams), a publish 503 `unavailable` (its
+/// event would reach no stream; one that asked for `100 Continue` gets its 503 at once, not a
+/// `100` and a wait for a body it will not take), and `/readyz` 503 `not_ready` (a balancer sends
+/// no new streams to a draining instance), each as a whole response and a close. A connection that had
 /// sent nothing at the signal began no request: it is closed, and what it sends after is not
 /// served.
 async fn requests_begun_before_sigterm_are_answered(bin: Bin) {
@@ -395,6 +397,11 @@ async fn requests_begun_before_the_signal_are_answered(bin: Bin, cfg: ConfigBuil
             "POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             user("svc", &["publisher"]),
             body.len()
+        ),
+        "GET /readyz HTTP/1.1\r\nHost: gw\r\n".to_string(),
+        format!(
+            "POST /api/v1/publish/deals HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 60000\r\nExpect: 100-continue\r\n",
+            user("svc", &["publisher"]),
         ),
     ];
     let mut socks = Vec::new();
@@ -424,12 +431,12 @@ async fn requests_begun_before_the_signal_are_answered(bin: Bin, cfg: ConfigBuil
         answers.push((sse_gateway_tests::http::parse_head(&got[..end]), String::from_utf8_lossy(&got[end..]).into_owned()));
     }
     assert_eq!((answers[0].0.status, answers[0].1.as_str()), (200, "ok\n"), "/healthz: {:?}", answers[0]);
-    assert_eq!(answers[1].0.status, 503, "the stream request: {:?}", answers[1]);
-    let refused: serde_json::Value = serde_json::from_str(&answers[1].1).expect("a JSON error body");
-    assert_eq!(refused["code"], "overloaded", "{refused}");
-    assert_eq!(answers[2].0.status, 503, "the publish: {:?}", answers[2]);
-    let refused: serde_json::Value = serde_json::from_str(&answers[2].1).expect("a JSON error body");
-    assert_eq!(refused["code"], "unavailable", "{refused}");
+    let refusals = [(1, "the stream request", "overloaded"), (2, "the publish", "unavailable"), (3, "/readyz", "not_ready"), (4, "the publish expecting 100 Continue", "unavailable")];
+    for (i, what, code) in refusals {
+        assert_eq!(answers[i].0.status, 503, "{what}: {:?}", answers[i]);
+        let refused: serde_json::Value = serde_json::from_str(&answers[i].1).expect("a JSON error body");
+        assert_eq!(refused["code"], code, "{what}: {refused}");
+    }
     // The silent one: closed (a request written now finds it closed, or is not answered).
     let _ = silent.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").await;
     let mut got = Vec::new();
