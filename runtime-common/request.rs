@@ -557,12 +557,14 @@ async fn publish(
 ) -> Option<Response> {
     let end = p.head_len + p.content_length;
     let cors = p.cors_origin.as_deref();
-    // The shards take no more events: accepted now, it would reach no stream. Answered before
-    // its body is asked for (`100 Continue`) or read.
-    if ctx.is_stopping() {
-        return Some(Response::publish_shutting_down(cors));
-    }
     if p.expect_continue && buf.len() == p.head_len {
+        // The shards take no more events: accepted now, it would reach no stream. A client
+        // waiting for `100 Continue` has not sent its body: answered at once, not asked for it.
+        // (One sending its body anyway is read as before: closed with a large body unread, the
+        // connection would be reset, the answer lost.)
+        if ctx.is_stopping() {
+            return Some(Response::publish_shutting_down(cors));
+        }
         use futures_lite::AsyncWriteExt;
         match until(deadline, sock.write_all(Response::CONTINUE)).await {
             Some(Ok(())) => {}

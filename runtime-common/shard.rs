@@ -152,6 +152,10 @@ impl Notify {
     }
 }
 
+/// At the drain's end, how long writers and refusals still ready to run get (each writes what
+/// its socket takes at once) before the shard ends.
+const LAST_WRITES: Duration = Duration::from_millis(50);
+
 struct Shard {
     gw: RefCell<Gateway>,
     /// Writers woken and not yet run ([`Shard::let_writers_run`]).
@@ -279,11 +283,12 @@ impl Shard {
                 Wake::DrainOver => {
                     let left = self.gw.borrow().slots_in_use();
                     warn!(streams = left, "shutdown drain time passed; closing the remaining streams");
-                    // Writers woken and not run yet (with a drain of 0s the shutdown closed their
-                    // streams just now) write once what their sockets take (a `retry:`, the last
-                    // events), on either executor: smol's timer for a past instant is ready at
-                    // its first poll, before they ran. Those still writing then give up.
-                    self.let_writers_run().await;
+                    // Writers and refusals woken and not run yet (with a drain of 0s the shutdown
+                    // closed their streams just now) write what their sockets take at once (a
+                    // `retry:`, the last events, a 503), on either executor: smol's timer for a
+                    // past instant is ready at its first poll, before they ran. Those still
+                    // writing then give up.
+                    Timer::at(Instant::now() + LAST_WRITES).await;
                     // Their writers end with the process, past their own `stream closed` line.
                     for conn in self.conns.borrow().iter().flatten() {
                         self.log_closed(conn, conn.closing.get().unwrap_or(CloseReason::Shutdown));

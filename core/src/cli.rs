@@ -377,19 +377,19 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String>
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// A regular file's text, refused past [`MAX_FILE_BYTES`] (or as it grows past them).
+/// (Looked at before it is opened: opening a FIFO with no writer would wait for one.)
 fn read_bounded(path: &Path) -> Result<String, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
+    if !std::fs::metadata(path).map_err(|e| e.to_string())?.is_file() {
         return Err("not a regular file".into());
     }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
-    if text.len() as u64 > MAX_FILE_BYTES {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("larger than {} MiB", MAX_FILE_BYTES >> 20));
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }
 
 /// Seconds since the Unix epoch, from the wall clock (a token's `exp` is judged against it).
@@ -486,6 +486,23 @@ fn log_filter(var: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<Strin
 mod tests {
     use super::*;
     use tracing_subscriber::EnvFilter;
+
+    #[test]
+    fn files_read_at_start_up_are_regular_files_of_at_most_16_mib() {
+        assert_eq!(read_bounded(Path::new("/dev/zero")).unwrap_err(), "not a regular file");
+        assert_eq!(read_bounded(&std::env::temp_dir()).unwrap_err(), "not a regular file");
+        let path = std::env::temp_dir().join(format!("sse-gateway-read-bounded-{}.toml", std::process::id()));
+        let mut bytes = vec![b'#'; MAX_FILE_BYTES as usize];
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_bounded(&path).unwrap().len() as u64, MAX_FILE_BYTES, "16 MiB is taken");
+        // One byte more, that byte the start of a character cut off: too large, not "not UTF-8".
+        bytes.push(0xc3);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_bounded(&path).unwrap_err(), "larger than 16 MiB");
+        std::fs::write(&path, b"a = \"\xff\"\n").unwrap();
+        assert_eq!(read_bounded(&path).unwrap_err(), "not UTF-8 text");
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn the_demo_page_is_on_loopback_when_the_gateway_listens_on_a_wildcard_address() {

@@ -356,10 +356,14 @@ fn redact_secrets(message: &str) -> String {
                 // `key = value`: the key is shown; any other line (a multi-line string's or
                 // array's, `key: value`) not at all.
                 let plain = |k: &str| !k.trim().is_empty() && k.trim().chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
-                // A table's header (`[channels.deals]`) names keys only: shown whole.
+                // A table's header (`[channels.deals]`) names keys only: shown whole (one of this
+                // file's tables: a line of an array may look like a header too).
                 let header = line.trim().strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-                let bare = |h: &str| !h.trim().is_empty() && h.trim().chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-                if header.is_some_and(|h| bare(h.trim_start_matches('[').trim_end_matches(']'))) {
+                let bare = |h: &str| {
+                    h.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                        && ["server", "auth", "streams", "broker", "channels", "demo"].contains(&h.split('.').next().unwrap_or_default())
+                };
+                if header.is_some_and(|h| bare(h.trim_start_matches('[').trim_end_matches(']').trim())) {
                     return l.to_string();
                 }
                 return match line.split_once('=') {
@@ -1008,9 +1012,12 @@ mod tests {
         assert!(e.0.contains("expected u16 (a whole number from 0 to 65535)"), "{e}");
         let e = Config::from_toml("[server]\nworkers = \"amqp://u:PassWord@h\"\n").unwrap_err();
         assert!(e.0.contains("invalid type: string <redacted>, expected usize") && !e.0.contains("PassWord"), "{e}");
-        // A line that looks like a header but holds a value (an array of arrays) is not shown.
-        let e = Config::from_toml("[server]\ncors_origins = [\n[\"PassWord\"],\n]\n").unwrap_err();
-        assert!(!e.0.contains("PassWord"), "{e}");
+        // A line that looks like a header but holds a value (an array of arrays, a bare word) is
+        // not shown.
+        for bad in ["[\"PassWord\"],", "[PassWord]"] {
+            let e = Config::from_toml(&format!("[server]\ncors_origins = [\n{bad}\n]\n")).unwrap_err();
+            assert!(!e.0.contains("PassWord"), "{e}");
+        }
         for bad in ["-5", "1.5"] {
             let e = Config::from_toml(&format!("[streams]\nheartbeat = {bad}\n")).unwrap_err();
             assert!(e.0.contains("whole seconds (0 or more)") && e.0.contains("heartbeat"), "{bad}: {e}");
