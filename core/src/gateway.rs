@@ -985,6 +985,16 @@ impl Gateway {
         step
     }
 
+    /// The read-back for `id` was closed and opened again at the last position it handed over
+    /// (the frontend gave its turn up while the client read nothing): its next message is
+    /// checked as a first one is ([`log_resumes`]), against what the client already has (a
+    /// loss at or below that is none of its concern, as for the first read).
+    pub fn backfill_reopened(&mut self, id: StreamId) {
+        if let Some(rb) = self.stream_mut(id).and_then(|s| s.backfilling.as_mut()) {
+            rb.started = false;
+        }
+    }
+
     /// The read-back for `id` ended before [`BackfillStep::Finished`]: `complete` when the log
     /// simply had nothing more (the stream continues from where it got to: the buffer, or the log
     /// again), `false` when reading failed (the stream gets `history_gap` and goes live, unless

@@ -1249,6 +1249,39 @@ fn a_parked_catch_up_reading_back_again_is_not_warned_of_a_loss_it_does_not_care
 }
 
 #[test]
+fn a_reopened_read_back_whose_log_lost_what_follows_the_clients_place_says_history_gap() {
+    let (mut h, deals, id) = resumed_from_one_without_reading("", &[]);
+    let last = read_back_until_paused(&mut h, deals, id);
+    let (ids, w) = read_on(&mut h, id, 2);
+    assert_eq!(ids, (2..=last).collect::<Vec<u64>>());
+    assert!(!w.contains("history_gap"), "{w}");
+    // Its turn was given up while the client did not read; opened again at `last`, the log now
+    // begins two past it (retention overtook the paused reader): the message after `last` is
+    // gone. Within one read such a step is allowed (`LOG_SKIP`); a reopened read is checked as
+    // a first one.
+    h.gw.backfill_reopened(id);
+    assert_eq!(read_back(&mut h, deals, id, last + 2), BackfillStep::Finished);
+    h.publish_msg("deals", deal_at(last + 3)).unwrap();
+    let (ids, w) = read_on(&mut h, id, 2);
+    assert!(w.contains("history_gap"), "{w}");
+    assert!(ids.iter().all(|&q| q > last), "{ids:?}");
+    assert_eq!(ids.last(), Some(&(last + 3)), "live after the gap: {w}");
+}
+
+#[test]
+fn a_parked_catch_up_reopened_past_a_loss_below_the_clients_id_is_not_warned_again() {
+    let (mut h, deals, id) = parked_at_3_behind_a_client_at_13();
+    for seq in 4..=5 {
+        assert_eq!(read_back(&mut h, deals, id, seq), BackfillStep::Continue);
+    }
+    // Opened again at 5, the log begins at 7: 6 is gone, but the client, at 13, has it.
+    h.gw.backfill_reopened(id);
+    let (then, w) = read_back_then_live(&mut h, deals, id, 7..=7, 14, 3);
+    assert!(!w.contains("history_gap"), "a second history_gap for a loss below the client's id: {w}");
+    assert_eq!(then, [14]);
+}
+
+#[test]
 fn a_parked_catch_up_whose_read_back_ends_before_the_clients_id_after_a_log_gap_sends_nothing_it_had() {
     let (mut h, deals, id) = parked_at_3_behind_a_client_at_13();
     // The log lost events meanwhile (the buffer is emptied); the read-back from 3 reaches its

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use sse_gateway_core::{log_resumes, BackfillStep, ChannelId, EventId, StreamId};
+use sse_gateway_core::{BackfillStep, ChannelId, EventId, StreamId};
 use tracing::{debug, info};
 
 use super::Shard;
@@ -190,11 +190,9 @@ impl Shard {
                     }
                     continue;
                 }
-                if std::mem::take(&mut first) && reopened && !log_resumes(at, pos) {
-                    // The core checked the first read; a re-opened one is checked here, by the
-                    // same rule.
-                    cursor.close().await;
-                    return Err(format!("the stream no longer holds offset {at}"));
+                if std::mem::take(&mut first) && reopened {
+                    // The core checks it as it checked the first read.
+                    self.gw.borrow_mut().backfill_reopened(id);
                 }
                 self.handle_due();
                 let step = self.gw.borrow_mut().backfill_message(id, pos, ev.as_ref());
