@@ -147,6 +147,27 @@ impl GatewayProcess {
         }
     }
 
+    /// Neither a token nor its signature part appears in the gateway's stdout or stderr.
+    pub async fn assert_never_logged(&self, tokens: &[&str]) {
+        let err = self.settled_log().await;
+        let out = self.stdout();
+        for t in tokens {
+            let sig = t.rsplit('.').next().unwrap_or_default();
+            let mut needles = vec![("token", *t)];
+            if sig.len() >= 16 {
+                needles.push(("signature", sig));
+            }
+            // A token too long to log whole might be logged cut: look for its first 64 bytes too.
+            if t.len() > 64 {
+                needles.push(("token prefix", &t[..64]));
+            }
+            for (what, needle) in needles {
+                assert!(!out.contains(needle), "a {what} was written to stdout: {needle:.80}");
+                assert!(!err.contains(needle), "a {what} was written to the log: {needle:.80}\nstderr:\n{err}");
+            }
+        }
+    }
+
     /// The logs once everything asked of the gateway before this call has been logged: a
     /// request refused at once (406) goes last and its log line is awaited (the main thread
     /// writes its lines in order; a shard logs a stream's opening before its first bytes).

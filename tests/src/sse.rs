@@ -403,7 +403,7 @@ impl SseClient {
             };
             let at = parse_id(id).unwrap_or_else(|| panic!("{who}: an id not of the form <epoch>-<seq>: {id:?}"));
             if let Some(prev) = last {
-                assert!(at.0 != prev.0 || at.1 > prev.1, "{who}: id {id} after {prev:?}: a duplicate or out of order");
+                assert!(at.0 == prev.0 && at.1 > prev.1, "{who}: id {id} after {prev:?}: another epoch, a duplicate or out of order");
             }
             last = Some(at);
             if ev.data == marker {

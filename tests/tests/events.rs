@@ -347,7 +347,9 @@ async fn smol_threads_of_zero_leaves_the_sources_running(bin: Bin) {
 /// D12, D14: SIGTERM while publishes wait for the in-process source: each one answered 202 is
 /// on the stream before it closes (the rest are refused 503, or cut off unanswered as the
 /// process ends). Before, those still queued at the signal got 202 and an id, and the shards,
-/// told to shut down first, never took their events.
+/// told to shut down first, never took their events. 200 publishers publish one after another
+/// until one is not taken (a 503, a connection refused or cut): publishes are in flight at the
+/// signal however fast the gateway answers.
 async fn a_publish_answered_202_as_the_gateway_stops_reached_the_stream(bin: Bin) {
     use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true");
@@ -360,45 +362,55 @@ async fn a_publish_answered_202_as_the_gateway_stops_reached_the_stream(bin: Bin
         user("svc", &["publisher"]),
         body.len()
     );
-    let mut socks = Vec::new();
-    for _ in 0..400 {
-        socks.push(::tokio::net::TcpStream::connect(gw.addr).await.expect("connect"));
-    }
     let (first_tx, first_rx) = ::tokio::sync::oneshot::channel::<()>();
     let first_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(first_tx)));
     let mut tasks = ::tokio::task::JoinSet::new();
-    for mut sock in socks {
+    let addr = gw.addr;
+    for _ in 0..200 {
         let (request, first_tx) = (request.clone(), first_tx.clone());
         tasks.spawn(async move {
-            sock.write_all(request.as_bytes()).await.ok()?;
-            let mut got = Vec::new();
-            let _ = ::tokio::time::timeout(sse_gateway_tests::WAIT, sock.read_to_end(&mut got)).await;
-            let got = String::from_utf8_lossy(&got).into_owned();
-            if got.starts_with("HTTP/1.1 202") {
-                if let Some(tx) = first_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
+            let mut answers = Vec::new();
+            loop {
+                let Ok(mut sock) = ::tokio::net::TcpStream::connect(addr).await else { break };
+                if sock.write_all(request.as_bytes()).await.is_err() {
+                    break;
+                }
+                let mut got = Vec::new();
+                let _ = ::tokio::time::timeout(sse_gateway_tests::WAIT, sock.read_to_end(&mut got)).await;
+                let got = String::from_utf8_lossy(&got).into_owned();
+                let taken = got.starts_with("HTTP/1.1 202");
+                if taken {
+                    if let Some(tx) = first_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                }
+                answers.push(got);
+                if !taken {
+                    break;
                 }
             }
-            Some(got)
+            answers
         });
     }
-    // Once the first is taken, the rest are in flight: stop now.
+    // Once the first is taken, the others are in flight: stop now.
     ::tokio::time::timeout(sse_gateway_tests::WAIT, first_rx).await.expect("a first publish answered").expect("answered 202");
     gw.terminate();
     let mut accepted = Vec::new();
     let mut refused = 0;
     while let Some(r) = tasks.join_next().await {
-        let Some(got) = r.expect("a publishing task") else { continue };
-        if got.starts_with("HTTP/1.1 202") {
-            let json = got.split("\r\n\r\n").nth(1).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {got}"));
-            accepted.push(v["id"].as_str().expect("an id").to_string());
-        } else if got.starts_with("HTTP/1.1 503") {
-            refused += 1;
-        } else {
-            assert!(got.is_empty(), "neither 202 nor 503: {got}");
+        for got in r.expect("a publishing task") {
+            if got.starts_with("HTTP/1.1 202") {
+                let json = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {got}"));
+                accepted.push(v["id"].as_str().expect("an id").to_string());
+            } else if got.starts_with("HTTP/1.1 503") {
+                refused += 1;
+            } else {
+                assert!(got.is_empty(), "neither 202 nor 503: {got}");
+            }
         }
     }
+    assert!(refused > 0, "no publish was refused ({} taken): none was in flight at the stop, nothing tested", accepted.len());
     let frames = s.until_closed(3 * sse_gateway_tests::WAIT).await.expect("the stream closes at the shutdown");
     let ids: std::collections::HashSet<String> = frames.iter().filter_map(|f| f.id.clone()).collect();
     let lost: Vec<&String> = accepted.iter().filter(|id| !ids.contains(*id)).collect();

@@ -96,6 +96,10 @@ async fn the_last_event_id_query_parameter_resumes_a_first_connect(bin: Bin) {
     }
     assert_eq!(data(&got), missed);
     assert_eq!(replayed_now(&fx).await - replays_before, 2.0, "the missed events came as a replay");
+    // Then live, nothing replayed twice: a marker is next.
+    let marker = publish_n(&fx, 1).await;
+    let next = s.next_non_heartbeat(sse_gateway_tests::WAIT).await.expect("the marker");
+    assert_eq!(data(&[next]), marker, "the marker right after the replay");
 }
 
 async fn an_unknown_last_event_id_gets_history_gap_first_then_live_events(bin: Bin) {

@@ -9,14 +9,31 @@ use sse_gateway_tests::payloads::valid_text;
 use sse_gateway_tests::token::user;
 use sse_gateway_tests::{for_each_binary, sleep, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SseClient, SECRET, WAIT};
 
+/// Heartbeats follow `streams.heartbeat`: a stream of a gateway at 1s gets three before one of a
+/// gateway at 10s gets its first, and that one comes too (an order, not a clock reading: the
+/// 10-s stream's first is due 7 s after the 1-s stream's third).
 async fn heartbeats_come_at_the_configured_interval_not_the_default(bin: Bin) {
-    let cfg = ConfigBuilder::new().str("streams", "heartbeat", "1s");
-    let gw = GatewayProcess::start(bin, &cfg.render()).await;
-    let mut s = gw.stream("deals", &user("alice", &[])).await;
-    for n in 1..=2 {
-        let ev = s.next_event(WAIT).await.unwrap_or_else(|| panic!("heartbeat {n} did not come"));
-        assert_eq!((ev.event.as_str(), ev.data.as_str(), ev.id.as_deref()), ("heartbeat", "", None), "{ev:?}");
-    }
+    let fast = GatewayProcess::start(bin, &ConfigBuilder::new().str("streams", "heartbeat", "1s").render()).await;
+    let slow = GatewayProcess::start(bin, &ConfigBuilder::new().str("streams", "heartbeat", "10s").render()).await;
+    let mut f = fast.stream("deals", &user("alice", &[])).await;
+    let mut s = slow.stream("deals", &user("alice", &[])).await;
+    let heartbeat = |ev: &sse_gateway_tests::SseEvent| (ev.event.as_str(), ev.data.as_str(), ev.id.as_deref()) == ("heartbeat", "", None);
+    let first_slow = async { s.next_event(2 * WAIT).await };
+    let three_fast = async {
+        for n in 1..=3 {
+            let ev = f.next_event(WAIT).await.unwrap_or_else(|| panic!("heartbeat {n} at 1s did not come"));
+            assert!(heartbeat(&ev), "{ev:?}");
+        }
+    };
+    // Three at 1s first; then the one at 10s comes too.
+    let slow_first = future::or(async { Some(first_slow.await) }, async {
+        three_fast.await;
+        None
+    })
+    .await;
+    assert!(slow_first.is_none(), "a heartbeat at 10s came before three at 1s: {slow_first:?}");
+    let ev = s.next_event(2 * WAIT).await.expect("the heartbeat at 10s");
+    assert!(heartbeat(&ev), "{ev:?}");
 }
 
 async fn a_token_expiring_mid_stream_ends_it_with_token_expired(bin: Bin) {
@@ -128,6 +145,7 @@ async fn with_the_reject_policy_the_limit_always_answers_409(bin: Bin) {
     assert_eq!(second.json_body().await["code"], "stream_limit");
     let early = first.events_within(Duration::from_millis(300)).await;
     assert!(early.iter().all(|e| e.event != "error") && !first.is_closed(), "{early:?}");
+    assert_eq!(gw.metric("sse_gateway_evictions_total").await, Some(0.0), "nothing evicted under the reject policy");
 }
 
 /// A storm of requests into a user's limit: a shard writes `stream refused` lines for a burst
