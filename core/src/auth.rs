@@ -274,6 +274,24 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
+/// Whether `secret`, its ASCII whitespace left out, holds the text of the configured public key
+/// or lies within it (16 characters or more of it): the PEM's base64 body, or a JWKS key's `n`,
+/// `x` or `y`, as pasted from the key file.
+fn shares_public_key_text(secret: &[u8], keys: &KeyMaterial) -> bool {
+    let compact = |t: &str| t.chars().filter(|c| !c.is_ascii_whitespace()).collect::<String>();
+    let mut texts = Vec::new();
+    if let Some(pem) = &keys.public_key_pem {
+        texts.push(compact(&pem.lines().filter(|l| !l.trim_start().starts_with("-----")).collect::<String>()));
+    }
+    if let Some(Ok(jwks)) = keys.jwks_json.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        for key in jwks["keys"].as_array().into_iter().flatten() {
+            texts.extend(["n", "x", "y"].iter().filter_map(|f| key[*f].as_str()).map(compact));
+        }
+    }
+    let secret = compact(&String::from_utf8_lossy(secret));
+    texts.iter().filter(|t| t.len() >= MIN_SECRET_LEN).any(|t| secret.contains(t.as_str()) || (secret.len() >= MIN_SECRET_LEN && t.contains(secret.as_str())))
+}
+
 /// The `[auth]` settings and key material cannot make a verifier. `Display` says which setting and
 /// why; it never includes secret material.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,6 +442,14 @@ impl JwtVerifier {
                         "[auth] secret (or SSE_GATEWAY_JWT_SECRET) holds a PEM key or a JWK: key material, often public, is no HMAC secret \
                          (anyone holding a public key could sign tokens); a public key goes in public_key_file or \
                          jwks_file, an HMAC secret as its bytes",
+                    ));
+                }
+                // The same, without its armour: the PEM's base64 body, a JWK's `n`, `x` or `y`.
+                Some(s) if shares_public_key_text(s, keys) => {
+                    return Err(AuthSetupError::new(
+                        "[auth] secret (or SSE_GATEWAY_JWT_SECRET) holds the text of the configured public key (public_key_file's \
+                         base64 body, or a jwks_file key's n, x or y): a public key is no HMAC secret (anyone holding it could \
+                         sign tokens)",
                     ));
                 }
                 Some(s) => Some(DecodingKey::from_secret(s)),
@@ -2248,6 +2274,23 @@ mod tests {
             ..KeyMaterial::default()
         };
         assert!(setup_error(&config, &keys).contains("algorithm confusion"));
+    }
+
+    #[test]
+    fn the_public_keys_text_as_the_hmac_secret_is_a_setup_error() {
+        let config = |secret: &str| AuthConfig { algorithms: algs(&["HS256", "RS256"]), secret: Some(secret.to_owned()), ..AuthConfig::default() };
+        let pem = KeyMaterial { public_key_pem: Some(RSA_PUBLIC.to_owned()), ..KeyMaterial::default() };
+        let body: String = RSA_PUBLIC.lines().filter(|l| !l.starts_with("-----")).collect();
+        let one_line: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+        for secret in [body.clone(), one_line.clone(), format!("{}\n", &one_line[20..80])] {
+            assert!(setup_error(&config(&secret), &pem).contains("text of the configured public key"), "{secret}");
+        }
+        let jwks = KeyMaterial { jwks_json: Some(JWKS.to_owned()), ..KeyMaterial::default() };
+        let n = serde_json::from_str::<serde_json::Value>(JWKS).unwrap()["keys"][0]["n"].as_str().unwrap().to_owned();
+        assert!(setup_error(&config(&n), &jwks).contains("text of the configured public key"));
+        // A secret of its own is taken beside the key.
+        assert!(JwtVerifier::new(&config(SECRET), &pem).is_ok());
+        assert!(JwtVerifier::new(&config(SECRET), &jwks).is_ok());
     }
 
     #[test]

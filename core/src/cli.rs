@@ -275,6 +275,15 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
             ));
         }
     }
+    // A user is its `sub`: with keys of two issuers (a JWKS during a move between identity
+    // providers), the same `sub` from each would be one user (each other's events, streams).
+    if auth.issuer.is_none() && auth.algorithms.iter().any(|a| !a.starts_with("HS")) {
+        out.push(
+            "[auth] issuer is not set: a token of any issuer whose key is configured is accepted, and users are told apart \
+             by `sub` alone; set auth.issuer to the identity provider's"
+                .to_string(),
+        );
+    }
     if auth.audience.is_none() && auth.algorithms.iter().any(|a| !a.starts_with("HS")) {
         out.push(
             "[auth] audience is not set: tokens the identity provider issues for any of its other services are accepted too; \
@@ -580,7 +589,8 @@ mod tests {
             setup::load(Some(&text), &Env::default(), &Overrides::default(), &mut |p| pem(p), &mut || vec![1; 32]).unwrap()
         };
         assert!(warnings(&rsa(""), false).iter().any(|w| w.contains("audience is not set")));
-        assert!(warnings(&rsa("audience = \"sse-gateway\"\n"), false).is_empty());
+        assert!(warnings(&rsa(""), false).iter().any(|w| w.contains("issuer is not set")));
+        assert!(warnings(&rsa("audience = \"sse-gateway\"\nissuer = \"https://idp.example\"\n"), false).is_empty());
         // A generated secret (none configured) is 32 random bytes: warned of otherwise.
         let generated = setup::load(None, &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32]).unwrap();
         assert!(!warnings(&generated, false).iter().any(|w| w.contains("hash")));
