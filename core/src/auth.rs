@@ -274,22 +274,38 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
-/// Whether `secret`, its ASCII whitespace left out, holds the text of the configured public key
-/// or lies within it (16 characters or more of it): the PEM's base64 body, or a JWKS key's `n`,
-/// `x` or `y`, as pasted from the key file.
+/// Whether `secret` holds the configured public key or lies within it (16 bytes or more of it),
+/// as text or as bytes: the PEM's base64 body (one line or many, a certificate's too) or its DER,
+/// a JWKS key's `n`, `x` or `y` or their bytes, the secret read as it is, as base64 or as
+/// base64url (a realm's published key pasted as the secret, the modulus of another file's form).
 fn shares_public_key_text(secret: &[u8], keys: &KeyMaterial) -> bool {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
     let compact = |t: &str| t.chars().filter(|c| !c.is_ascii_whitespace()).collect::<String>();
-    let mut texts = Vec::new();
+    let mut material: Vec<Vec<u8>> = Vec::new();
     if let Some(pem) = &keys.public_key_pem {
-        texts.push(compact(&pem.lines().filter(|l| !l.trim_start().starts_with("-----")).collect::<String>()));
+        // Each block's body: the text between a `-----BEGIN ...-----` and its `-----END ...-----`.
+        for block in pem.split("-----BEGIN").skip(1) {
+            let body = block.split_once("-----").map_or("", |(_, rest)| rest);
+            let body = compact(body.split("-----END").next().unwrap_or_default());
+            material.extend(STANDARD.decode(&body).ok());
+            material.push(body.into_bytes());
+        }
     }
     if let Some(Ok(jwks)) = keys.jwks_json.as_deref().map(serde_json::from_str::<serde_json::Value>) {
         for key in jwks["keys"].as_array().into_iter().flatten() {
-            texts.extend(["n", "x", "y"].iter().filter_map(|f| key[*f].as_str()).map(compact));
+            for text in ["n", "x", "y"].iter().filter_map(|f| key[*f].as_str()).map(compact) {
+                material.extend(URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok());
+                material.push(text.into_bytes());
+            }
         }
     }
-    let secret = compact(&String::from_utf8_lossy(secret));
-    texts.iter().filter(|t| t.len() >= MIN_SECRET_LEN).any(|t| secret.contains(t.as_str()) || (secret.len() >= MIN_SECRET_LEN && t.contains(secret.as_str())))
+    let text = compact(&String::from_utf8_lossy(secret));
+    let mut forms = vec![secret.to_vec(), text.clone().into_bytes()];
+    forms.extend(STANDARD.decode(&text).ok());
+    forms.extend(URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok());
+    let within = |hay: &[u8], needle: &[u8]| needle.len() >= MIN_SECRET_LEN && hay.windows(needle.len()).any(|w| w == needle);
+    material.iter().any(|m| forms.iter().any(|f| within(f, m) || within(m, f)))
 }
 
 /// The `[auth]` settings and key material cannot make a verifier. `Display` says which setting and
@@ -448,7 +464,7 @@ impl JwtVerifier {
                 Some(s) if shares_public_key_text(s, keys) => {
                     return Err(AuthSetupError::new(
                         "[auth] secret (or SSE_GATEWAY_JWT_SECRET) holds the text of the configured public key (public_key_file's \
-                         base64 body, or a jwks_file key's n, x or y): a public key is no HMAC secret (anyone holding it could \
+                         base64 body or its bytes, or a jwks_file key's n, x or y): a public key is no HMAC secret (anyone holding it could \
                          sign tokens)",
                     ));
                 }
@@ -2282,12 +2298,24 @@ mod tests {
         let pem = KeyMaterial { public_key_pem: Some(RSA_PUBLIC.to_owned()), ..KeyMaterial::default() };
         let body: String = RSA_PUBLIC.lines().filter(|l| !l.starts_with("-----")).collect();
         let one_line: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-        for secret in [body.clone(), one_line.clone(), format!("{}\n", &one_line[20..80])] {
-            assert!(setup_error(&config(&secret), &pem).contains("text of the configured public key"), "{secret}");
-        }
         let jwks = KeyMaterial { jwks_json: Some(JWKS.to_owned()), ..KeyMaterial::default() };
         let n = serde_json::from_str::<serde_json::Value>(JWKS).unwrap()["keys"][0]["n"].as_str().unwrap().to_owned();
-        assert!(setup_error(&config(&n), &jwks).contains("text of the configured public key"));
+        // The PEM's one-line form (no line breaks between its armour and body) is read too.
+        let one_line_pem = KeyMaterial { public_key_pem: Some(format!("-----BEGIN PUBLIC KEY-----{one_line}-----END PUBLIC KEY-----")), ..KeyMaterial::default() };
+        let cases = [
+            (body.clone(), &pem),
+            (one_line.clone(), &pem),
+            (format!("{}\n", &one_line[20..80]), &pem),
+            (one_line.clone(), &one_line_pem),
+            (n.clone(), &jwks),
+            // Across forms: the PEM body (a realm's published key) against a JWKS file, and a
+            // JWK's n against a PEM file.
+            (one_line.clone(), &jwks),
+            (n.clone(), &pem),
+        ];
+        for (secret, keys) in cases {
+            assert!(setup_error(&config(&secret), keys).contains("text of the configured public key"), "{secret}");
+        }
         // A secret of its own is taken beside the key.
         assert!(JwtVerifier::new(&config(SECRET), &pem).is_ok());
         assert!(JwtVerifier::new(&config(SECRET), &jwks).is_ok());

@@ -52,6 +52,10 @@ enum Op {
     /// A read-back ends now: `complete` as if the broker fell silent (taken for the end, more
     /// or not), else failed.
     ReadBackEnd { pick: u16, complete: bool },
+    /// A read-back that handed something over gives its consumer up and opens a new one at the
+    /// last position it handed over (`backfill_reopened`), which comes again first: the log lost
+    /// nothing, so this is never a cause for `history_gap`.
+    ReadBackReopen { pick: u16 },
     /// The log channel's source starts reading history for the buffer (once, before the live
     /// source handed anything over), from position `from` of the log, after `older` more
     /// messages were published to it (before the gateway started); with `next` the live source
@@ -565,6 +569,13 @@ fuzz_target!(|ops: Vec<Op>| {
                             }
                         }
                     }
+                }
+            }
+            Op::ReadBackReopen { pick } => {
+                if let Some(id) = pick_stream(&reads, pick).filter(|id| reads[id].started && !reads[id].paused) {
+                    let r = reads.get_mut(&id).expect("picked from the reads");
+                    r.next -= 1;
+                    gw.backfill_reopened(id);
                 }
             }
             Op::ReadBackEnd { pick, complete } => {

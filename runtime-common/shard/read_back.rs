@@ -15,8 +15,8 @@
 //! answers `history_gap` otherwise. When the stream's output is at its bound (`Pause`) the task
 //! waits for the writer; if the client takes longer than [`PAUSE_HOLD`], the task closes its
 //! consumer and gives its turn up, and opens a new one at the last offset it handed over once
-//! the client has read (that offset, or the one after it, must come first, or the stream gets
-//! `history_gap`).
+//! the client has read (the core checks its first message as a first read's, against what the
+//! client already has: `Gateway::backfill_reopened`; a loss past that is `history_gap`).
 //! Nothing delivered for `IDLE` after that is the end of the stream: `backfill_done(true)`, and
 //! the core continues from where it got to (or says `history_gap` if that was nothing past the
 //! client's place while the buffer begins later). Nothing from a consumer within `FIRST_WAIT`,

@@ -352,7 +352,9 @@ async fn smol_threads_of_zero_leaves_the_sources_running(bin: Bin) {
 /// signal however fast the gateway answers.
 async fn a_publish_answered_202_as_the_gateway_stops_reached_the_stream(bin: Bin) {
     use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true");
+    // The stream is read only after the stop: room for every event taken meanwhile (else it
+    // would be closed as a slow client and miss the later ones).
+    let cfg = ConfigBuilder::new().raw("server", "publish_endpoint", "true").raw("streams", "max_pending_bytes", "67108864");
     let mut gw = sse_gateway_tests::GatewayProcess::start(bin, &cfg.render()).await;
     let mut s = gw.stream("deals", &user("alice", &[])).await;
     let body = serde_json::json!({"type": "deal.created", "data": valid("deal.created")}).to_string();
