@@ -274,23 +274,31 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
-/// Whether `secret` holds the configured public key or lies within it (16 bytes or more of it),
-/// as text or as bytes: the PEM's base64 body (one line or many, a certificate's too) or its DER,
-/// a JWKS key's `n`, `x` or `y` or their bytes, the secret read as it is, as base64 or as
-/// base64url (a realm's published key pasted as the secret, the modulus of another file's form).
+/// Whether `secret` holds the configured public key material or lies within it (16 bytes or more
+/// of it), as text or as bytes: the PEM's base64 body (one line or many, a certificate's too) or
+/// its DER, a JWKS key's `n`, `x` or `y` or their bytes; the secret read as it is (`\n` written
+/// for line breaks too), as base64 (padded or not), base64url or hex, and the text a base64 one
+/// decodes to (a realm's published key, a whole key file in base64, the modulus as openssl
+/// prints it).
 fn shares_public_key_text(secret: &[u8], keys: &KeyMaterial) -> bool {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
     let compact = |t: &str| t.chars().filter(|c| !c.is_ascii_whitespace()).collect::<String>();
-    let mut material: Vec<Vec<u8>> = Vec::new();
-    if let Some(pem) = &keys.public_key_pem {
-        // Each block's body: the text between a `-----BEGIN ...-----` and its `-----END ...-----`.
+    // Each PEM block's body (the text between a `-----BEGIN ...-----` and its `-----END ...-----`)
+    // and its DER.
+    let pem_blocks = |pem: &str| {
+        let mut out: Vec<Vec<u8>> = Vec::new();
         for block in pem.split("-----BEGIN").skip(1) {
             let body = block.split_once("-----").map_or("", |(_, rest)| rest);
             let body = compact(body.split("-----END").next().unwrap_or_default());
-            material.extend(STANDARD.decode(&body).ok());
-            material.push(body.into_bytes());
+            out.extend(STANDARD.decode(&body).ok());
+            out.push(body.into_bytes());
         }
+        out
+    };
+    let mut material: Vec<Vec<u8>> = Vec::new();
+    if let Some(pem) = &keys.public_key_pem {
+        material.extend(pem_blocks(pem));
     }
     if let Some(Ok(jwks)) = keys.jwks_json.as_deref().map(serde_json::from_str::<serde_json::Value>) {
         for key in jwks["keys"].as_array().into_iter().flatten() {
@@ -300,10 +308,22 @@ fn shares_public_key_text(secret: &[u8], keys: &KeyMaterial) -> bool {
             }
         }
     }
-    let text = compact(&String::from_utf8_lossy(secret));
+    // As pasted: line breaks written `\n` (an environment file), hex (`openssl ... -modulus`).
+    let text = compact(&String::from_utf8_lossy(secret).replace("\\n", ""));
     let mut forms = vec![secret.to_vec(), text.clone().into_bytes()];
-    forms.extend(STANDARD.decode(&text).ok());
-    forms.extend(URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok());
+    let unpadded = text.trim_end_matches('=');
+    forms.extend([STANDARD.decode(&text), STANDARD_NO_PAD.decode(unpadded), URL_SAFE_NO_PAD.decode(unpadded)].into_iter().flatten());
+    let hex = text.strip_prefix("Modulus=").unwrap_or(&text).replace(':', "");
+    if hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        forms.push((0..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect());
+    }
+    // A whole key file in base64 (a Kubernetes secret): its text, without its line breaks, and
+    // its PEM blocks' bodies and DER.
+    let decoded: Vec<String> = forms[2..].iter().filter_map(|f| std::str::from_utf8(f).ok()).map(str::to_owned).collect();
+    for text in decoded {
+        forms.extend(pem_blocks(&text));
+        forms.push(compact(&text).into_bytes());
+    }
     let within = |hay: &[u8], needle: &[u8]| needle.len() >= MIN_SECRET_LEN && hay.windows(needle.len()).any(|w| w == needle);
     material.iter().any(|m| forms.iter().any(|f| within(f, m) || within(m, f)))
 }
@@ -463,8 +483,9 @@ impl JwtVerifier {
                 // The same, without its armour: the PEM's base64 body, a JWK's `n`, `x` or `y`.
                 Some(s) if shares_public_key_text(s, keys) => {
                     return Err(AuthSetupError::new(
-                        "[auth] secret (or SSE_GATEWAY_JWT_SECRET) holds the text of the configured public key (public_key_file's \
-                         base64 body or its bytes, or a jwks_file key's n, x or y): a public key is no HMAC secret (anyone holding it could \
+                        "[auth] secret (or SSE_GATEWAY_JWT_SECRET) holds the configured public key material (public_key_file's \
+                         base64 body or its bytes, a certificate's included, or a jwks_file key's n, x or y), as text, \
+                         base64 or hex: a public key is no HMAC secret (anyone holding it could \
                          sign tokens)",
                     ));
                 }
@@ -694,9 +715,13 @@ impl Inner {
 /// zero-width (non-)joiners U+200C and U+200D, which Persian and Indic spellings
 /// and emoji sequences need. One holding a comma or with whitespace at
 /// an end (an LDAP DN, say) is a user like any other, though no `recipient_ids` header can name
-/// it (the configuration reference says so).
+/// it (the configuration reference says so). Nor one made only of such joiners, selectors and
+/// whitespace: it shows nothing, as a blank one, and names no one.
 fn sub_unroutable(sub: &str) -> bool {
-    sub.chars().any(|c| {
+    let shows_nothing = |c: char| {
+        c.is_whitespace() || matches!(c, '\u{034F}' | '\u{180B}'..='\u{180D}' | '\u{180F}' | '\u{200C}' | '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+    };
+    sub.chars().all(shows_nothing) || sub.chars().any(|c| {
         c.is_control()
             || matches!(c, '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
             // The other format characters (Unicode category Cf): soft hyphen, Arabic and Syriac
@@ -1974,6 +1999,10 @@ mod tests {
             "a\u{FFA0}",
             "a\u{17B4}",
             "a\u{FFF0}",
+            // Joiners and selectors alone show nothing: no user id.
+            "\u{200D}",
+            " \u{200C} ",
+            "\u{FE0F}\u{034F}",
         ] {
             assert_eq!(err(&v, &hs256(&with(claims(), "sub", json!(bad)))), TokenError::BadSubject, "{bad:?}");
         }
@@ -2300,6 +2329,10 @@ mod tests {
         let one_line: String = body.chars().filter(|c| !c.is_whitespace()).collect();
         let jwks = KeyMaterial { jwks_json: Some(JWKS.to_owned()), ..KeyMaterial::default() };
         let n = serde_json::from_str::<serde_json::Value>(JWKS).unwrap()["keys"][0]["n"].as_str().unwrap().to_owned();
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        use base64::Engine as _;
+        let modulus = URL_SAFE_NO_PAD.decode(&n).unwrap();
+        let modulus_hex: String = modulus.iter().map(|b| format!("{b:02X}")).collect();
         // The PEM's one-line form (no line breaks between its armour and body) is read too.
         let one_line_pem = KeyMaterial { public_key_pem: Some(format!("-----BEGIN PUBLIC KEY-----{one_line}-----END PUBLIC KEY-----")), ..KeyMaterial::default() };
         let cases = [
@@ -2312,9 +2345,17 @@ mod tests {
             // JWK's n against a PEM file.
             (one_line.clone(), &jwks),
             (n.clone(), &pem),
+            // As pasted elsewhere: the whole PEM file in base64 (a Kubernetes secret), the body's
+            // lines joined by a written `\n`, the modulus in hex as openssl prints it, `n` in the
+            // standard alphabet without padding.
+            (STANDARD.encode(RSA_PUBLIC), &pem),
+            (STANDARD.encode(RSA_PUBLIC), &jwks),
+            (RSA_PUBLIC.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().join("\\n"), &jwks),
+            (format!("Modulus={modulus_hex}"), &pem),
+            (STANDARD_NO_PAD.encode(&modulus), &jwks),
         ];
         for (secret, keys) in cases {
-            assert!(setup_error(&config(&secret), keys).contains("text of the configured public key"), "{secret}");
+            assert!(setup_error(&config(&secret), keys).contains("the configured public key material"), "{secret}");
         }
         // A secret of its own is taken beside the key.
         assert!(JwtVerifier::new(&config(SECRET), &pem).is_ok());
