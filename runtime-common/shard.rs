@@ -35,7 +35,7 @@ use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use sse_gateway_core::cli::since_epoch;
 use sse_gateway_core::{ChannelId, CloseReason, Gateway, Metrics, Output, Settings, StreamId, StreamRequest, KEEP_FRAMES};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::amqp::stream_log::LogReader;
 use super::shards::Command;
@@ -403,7 +403,14 @@ impl Shard {
     fn open(self: &Rc<Self>, sock: std::net::TcpStream, req: StreamRequest) {
         let sock = match Socket::new(sock) {
             Ok(s) => s,
-            Err(e) => return debug!(error = %e, "cannot adopt a connection"),
+            // Rare (the kernel short of memory or of epoll watches), and the client gets no
+            // answer: said at warn, as many lines as refusals get.
+            Err(e) => {
+                if self.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
+                    warn!(error = %e, "cannot adopt a stream's connection (its socket could not be registered); closed unanswered");
+                }
+                return;
+            }
         };
         let log = StreamLog { channel: req.channel, version: req.version, opened: Instant::now() };
         let user = req.identity.user.clone();
