@@ -219,7 +219,9 @@ pub enum TokenError {
     /// `sub` is missing, `null`, empty, or a number or boolean (an array or object is
     /// [`TokenError::Malformed`]).
     MissingSubject,
-    /// `sub` holds a control character: a line break in it would forge log lines.
+    /// `sub` holds a control character (a line break in it would forge log lines), a line or
+    /// paragraph separator, an invisible format character or a filler letter, or is made only of
+    /// joiners, selectors and whitespace (it shows nothing).
     BadSubject,
     /// The roles claim is neither an array of strings nor a string.
     BadRolesClaim,
@@ -715,8 +717,9 @@ impl Inner {
 /// zero-width (non-)joiners U+200C and U+200D, which Persian and Indic spellings
 /// and emoji sequences need. One holding a comma or with whitespace at
 /// an end (an LDAP DN, say) is a user like any other, though no `recipient_ids` header can name
-/// it (the configuration reference says so). Nor one made only of such joiners, selectors and
-/// whitespace: it shows nothing, as a blank one, and names no one.
+/// it (the configuration reference says so). Refused too: one made only of the joiners and
+/// selectors kept above (and U+034F, the Mongolian selectors) and whitespace: like a blank one
+/// it shows nothing and names no one.
 fn sub_unroutable(sub: &str) -> bool {
     let shows_nothing = |c: char| {
         c.is_whitespace() || matches!(c, '\u{034F}' | '\u{180B}'..='\u{180D}' | '\u{180F}' | '\u{200C}' | '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
