@@ -475,9 +475,7 @@ async fn connection(mut sock: Socket, peer: SocketAddr, busy: Busy) {
                         match Socket::new(std) {
                             Ok(sock) => {
                                 metrics.response(resp.status);
-                                if ctx.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
-                                    info!(%peer, status = resp.status, code = "overloaded", reason = "shutting_down", "request refused");
-                                }
+                                log_refusal(ctx, peer, &resp);
                                 respond(sock, resp, deadline).await
                             }
                             Err(e) => debug!(%peer, error = %e, "cannot answer a connection"),

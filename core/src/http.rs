@@ -186,14 +186,20 @@ impl Response {
     /// 503 `overloaded` for a stream asked for while the gateway shuts down (D12): the client
     /// retries, another instance or this one once it is back.
     pub fn shutting_down(cors: Option<&str>) -> Response {
-        Response::error(503, "overloaded", "the gateway is shutting down", "", cors)
+        Response::stopping("overloaded", cors)
     }
 
     /// 503 `unavailable` for a publish while the gateway shuts down (D12): the shards take no
-    /// more events. Logged with the reason `shutting_down`.
+    /// more events.
     pub fn publish_shutting_down(cors: Option<&str>) -> Response {
-        let r = Response::error(503, "unavailable", "the gateway is shutting down", "", cors);
-        Response { refusal: Some(Refusal::new("unavailable", "shutting_down")), ..r }
+        Response::stopping("unavailable", cors)
+    }
+
+    /// 503 `code` "the gateway is shutting down", its refusal logged with the reason
+    /// `shutting_down`.
+    fn stopping(code: &'static str, cors: Option<&str>) -> Response {
+        let r = Response::error(503, code, "the gateway is shutting down", "", cors);
+        Response { refusal: Some(Refusal::new(code, "shutting_down")), ..r }
     }
 
     /// `/readyz` once a shutdown began: 503 `not_ready`, so that a balancer sends no new
