@@ -23,8 +23,8 @@
 //!   lapin's default would pick tokio even under smol.
 //! * `crate::listener::Listener`: `bind(&str)`, `local_addr()`, `accept() -> (Socket, SocketAddr)`.
 //! * `crate::Signals`: `new() -> io::Result<Signals>` installs the SIGTERM, SIGINT and SIGHUP
-//!   handlers; `next(&mut self)` completes at the next SIGTERM or SIGINT with its number (a
-//!   SIGHUP is only logged). Created and awaited on the `signals` thread ([`signals`]).
+//!   handlers; `next(&mut self)` completes at the next of them, as a [`Signalled`]. Created and
+//!   awaited on the `signals` thread ([`signals`]).
 //!
 //! Channels and locks here are runtime-neutral (`async-channel`, `async-lock`), and every
 //! `select` is a `futures_lite::future::or` with the rarely-ready side first.
@@ -48,16 +48,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_lite::future;
-use sse_gateway_core::cli::Launch;
+use sse_gateway_core::cli::{KeyReload, Launch};
 use tracing::info;
 
 use crate::driver::{Executor, Timer};
 use crate::listener::Listener;
 
-/// Logged at SIGHUP, which would otherwise end the process at once, every stream with it (a
-/// closed terminal, a `kill -HUP` meant as a reload).
-pub(crate) const SIGHUP_IGNORED: &str =
-    "SIGHUP ignored: the configuration is read at start only; restart the process (SIGTERM drains) to apply a change";
+/// A signal the process handles.
+pub(crate) enum Signalled {
+    /// SIGTERM or SIGINT (its number): the graceful stop.
+    Stop(i32),
+    /// SIGHUP: the key files are read again ([`KeyReload`]). (Unhandled, it would end the
+    /// process at once, every stream with it: a closed terminal, a `kill -HUP` meant as a reload.)
+    Hangup,
+}
 
 /// Serves until SIGTERM/SIGINT, then drains (D12): the whole gateway once [`Launch`] is known.
 ///
@@ -67,9 +71,10 @@ pub(crate) const SIGHUP_IGNORED: &str =
 /// sockets of its streams.
 pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     abort_on_panic();
-    // The handlers before anything else: a SIGHUP while starting is ignored, not the end, and
-    // a SIGTERM is a graceful stop (it takes effect once the gateway serves).
-    let signal = signals()?;
+    // The handlers before anything else: a SIGHUP while starting reads the key files again
+    // instead of ending the process, and a SIGTERM is a graceful stop (it takes effect once
+    // the gateway serves).
+    let signal = signals(launch.key_reload())?;
     let settings = launch.settings().clone();
     let server = &settings.config.server;
     let (shards, threads) = shards::spawn(launch.workers, &settings, &launch.metrics, server.max_streams)?;
@@ -156,24 +161,46 @@ pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
 }
 
 /// Starts the `signals` thread, which installs the handlers before it returns and listens for as
-/// long as the process runs: the first SIGTERM or SIGINT is sent on the channel returned (the
+/// long as the process runs: each SIGHUP has the key files read again (`reload`, on a
+/// `key-reload` thread of its own, so that a slow read never holds a SIGTERM up; SIGHUPs that
+/// come while one is being handled count as one more); the first SIGTERM or SIGINT is sent on
+/// the channel returned (the
 /// graceful stop, D12); a second one (an operator who will not wait for the drain) ends the
 /// process at once, with status 128 + its number (143, 130), as if it had killed it. One
 /// listener for both: none is dropped between them. Two signals of one kind that come before
 /// this thread has read the first may count as one, as the kernel merges them before a handler
 /// runs (tokio's listener does so up to the read; smol's counts each).
-fn signals() -> std::io::Result<async_channel::Receiver<()>> {
+fn signals(reload: KeyReload) -> std::io::Result<async_channel::Receiver<()>> {
     let (stop, stopping) = async_channel::bounded(1);
+    let (hangup, hangups) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new().name("key-reload".into()).spawn(move || {
+        for () in hangups {
+            reload.on_hangup();
+        }
+    })?;
     serve_on_thread("signals", move |started| async move {
         let mut signals = crate::Signals::new()?;
         started.report(());
-        signals.next().await;
+        next_stop(&mut signals, &hangup).await;
         let _ = stop.try_send(());
-        let second = signals.next().await;
+        let second = next_stop(&mut signals, &hangup).await;
         tracing::warn!(signal = second, "a second SIGTERM or SIGINT: exiting without finishing the drain");
         std::process::exit(128 + second)
     })?;
     Ok(stopping)
+}
+
+/// The next SIGTERM or SIGINT (its number), each SIGHUP passed to `hangup` meanwhile (dropped
+/// when one is already waiting: that reload reads the files after this signal).
+async fn next_stop(signals: &mut crate::Signals, hangup: &std::sync::mpsc::SyncSender<()>) -> i32 {
+    loop {
+        match signals.next().await {
+            Signalled::Stop(n) => return n,
+            Signalled::Hangup => {
+                let _ = hangup.try_send(());
+            }
+        }
+    }
 }
 
 /// How a thread started by [`serve_on_thread`] hands its caller what it set up.

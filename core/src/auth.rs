@@ -4,8 +4,8 @@
 //! # Contract
 //!
 //! - Sans-IO: the frontend reads the files [`AuthConfig`] names into a [`KeyMaterial`] and builds
-//!   a [`JwtVerifier`] once at start ([`JwtVerifier::new`] checks the whole setup and names the
-//!   setting at fault). [`TokenVerifier::verify`] takes the current time as `unix_now` (seconds
+//!   a [`JwtVerifier`] at start, and again from the key files at SIGHUP ([`ReloadableVerifier`]);
+//!   [`JwtVerifier::new`] checks the whole setup and names the setting at fault. [`TokenVerifier::verify`] takes the current time as `unix_now` (seconds
 //!   since the Unix epoch); nothing here reads a clock, and `jsonwebtoken` is told not to either
 //!   (its `exp`/`nbf` checks are off; ours run against `unix_now`).
 //! - No input panics: every token, however long, malformed or hostile, gives a [`TokenError`].
@@ -355,7 +355,8 @@ pub trait TokenVerifier {
     fn verify(&self, token: &str, unix_now: u64) -> Result<Identity, TokenError>;
 }
 
-/// A [`TokenVerifier`] for JWTs, built once from the `[auth]` settings.
+/// A [`TokenVerifier`] for JWTs, built from the `[auth]` settings and key material (at start,
+/// and at each SIGHUP that reads the key files again).
 ///
 /// Cheap to clone (the keys are shared), `Send + Sync`. `Debug` shows the setup, never the keys.
 #[derive(Clone)]
@@ -396,11 +397,7 @@ impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
         let names: Vec<&str> = inner.algorithms.iter().map(|a| a.name).collect();
-        let kids: Vec<&str> = inner
-            .jwks
-            .iter()
-            .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
-            .collect();
+        let kids = self.jwks_kids();
         f.debug_struct("JwtVerifier")
             .field("algorithms", &names)
             .field("secret", &inner.hmac.as_ref().map(|_| Redacted))
@@ -415,6 +412,11 @@ impl fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
+    /// The `kid`s of the JWKS keys in use (`(no kid)` for a key without one), in the file's order.
+    pub fn jwks_kids(&self) -> Vec<String> {
+        self.inner.jwks.iter().map(|k| k.kid.as_deref().unwrap_or("(no kid)").to_string()).collect()
+    }
+
     /// Checks the `[auth]` settings against the key material and builds the verifier.
     ///
     /// Refused: an empty or unknown algorithm list; an HMAC algorithm without a secret (with a
@@ -613,6 +615,37 @@ impl TokenVerifier for JwtVerifier {
         }
         let claims = outcome?;
         inner.check_claims(claims, unix_now)
+    }
+}
+
+/// A [`JwtVerifier`] whose keys can be replaced while requests are verified: the frontends read
+/// the key files again at SIGHUP ([`crate::setup::reload_keys`]) and put the new verifier in
+/// with [`ReloadableVerifier::replace`]; a verification already running finishes with the keys
+/// it started with. `Send + Sync`.
+#[derive(Debug)]
+pub struct ReloadableVerifier(std::sync::RwLock<JwtVerifier>);
+
+impl ReloadableVerifier {
+    /// Serves `verifier` until it is replaced.
+    pub fn new(verifier: JwtVerifier) -> ReloadableVerifier {
+        ReloadableVerifier(std::sync::RwLock::new(verifier))
+    }
+
+    /// Verifies every token from now on with `verifier`.
+    pub fn replace(&self, verifier: JwtVerifier) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+    }
+
+    /// The verifier in force (a clone: the keys are shared).
+    pub fn current(&self) -> JwtVerifier {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl TokenVerifier for ReloadableVerifier {
+    fn verify(&self, token: &str, unix_now: u64) -> Result<Identity, TokenError> {
+        // Outside the lock: a replacement never waits for a signature check.
+        self.current().verify(token, unix_now)
     }
 }
 

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::{parse_duration, Settings};
 use crate::setup::{self, Env, Overrides, Setup};
-use crate::{contract, demo, issue_hs256, Front, Metrics};
+use crate::{contract, demo, issue_hs256, Front, Metrics, ReloadableVerifier};
 
 /// Server-Sent Events gateway: streams RabbitMQ domain events to browsers
 /// (`GET /api/v1/streams/{channel}` with a JWT).
@@ -133,6 +133,10 @@ pub struct Launch {
     /// The start, as time since the Unix epoch: the in-process source's and the classic queues'
     /// ids carry [`crate::process_epoch`] of it (D6).
     pub started: Duration,
+    /// The verifier every request goes through, its keys replaced at SIGHUP ([`KeyReload`]).
+    pub verifier: Arc<ReloadableVerifier>,
+    /// The configuration file's directory, against which the key files' paths are resolved.
+    config_dir: PathBuf,
 }
 
 impl Launch {
@@ -143,7 +147,17 @@ impl Launch {
 
     /// The request router for this configuration.
     pub fn front(&self) -> Front {
-        Front::new(self.settings().clone(), Arc::new(self.setup.verifier.clone()), self.metrics.clone())
+        Front::new(self.settings().clone(), self.verifier.clone(), self.metrics.clone())
+    }
+
+    /// What SIGHUP does, for the thread that waits for signals.
+    pub fn key_reload(&self) -> KeyReload {
+        KeyReload {
+            settings: self.settings().clone(),
+            secret: self.setup.keys.secret.clone(),
+            verifier: self.verifier.clone(),
+            config_dir: self.config_dir.clone(),
+        }
     }
 
     /// Logs `listening` and prints the ready lines on stdout (the contract the README states):
@@ -168,6 +182,59 @@ impl Launch {
         out.write_all(lines.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
     }
 }
+
+/// SIGHUP: the key files (`auth.public_key_file`, `auth.jwks_file`) read again and put in force
+/// for every request from then on ([`setup::reload_keys`]), so that a rotated key (an identity
+/// provider's new signing key added to the JWKS) is taken without a restart. Streams already
+/// open go on until their token's `exp`, as they would have. Nothing else is read again.
+pub struct KeyReload {
+    settings: Arc<Settings>,
+    secret: Option<Vec<u8>>,
+    verifier: Arc<ReloadableVerifier>,
+    config_dir: PathBuf,
+}
+
+impl std::fmt::Debug for KeyReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("KeyReload").field("verifier", &self.verifier).field("config_dir", &self.config_dir).finish_non_exhaustive()
+    }
+}
+
+impl KeyReload {
+    /// Reads the key files again and, if they make a verifier the start would have taken, puts
+    /// it in force; logs what it did (an error keeps the keys in force).
+    pub fn on_hangup(&self) {
+        let auth = &self.settings.config.auth;
+        if !setup::has_key_files(auth) {
+            warn!("{SIGHUP_NO_KEY_FILES}");
+            return;
+        }
+        let mut read = |p: &str| read_bounded(&self.config_dir.join(p));
+        match setup::reload_keys(&self.settings, self.secret.clone(), &mut read) {
+            Ok(v) => {
+                let kids = v.jwks_kids();
+                self.verifier.replace(v);
+                info!(
+                    public_key_file = auth.public_key_file.as_deref().unwrap_or(""),
+                    jwks_file = auth.jwks_file.as_deref().unwrap_or(""),
+                    jwks_kids = kids.join(","),
+                    "{SIGHUP_KEYS_RELOADED}"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "{SIGHUP_KEYS_KEPT}"),
+        }
+    }
+}
+
+/// Logged at SIGHUP when the key files were read again and are in force.
+pub const SIGHUP_KEYS_RELOADED: &str =
+    "SIGHUP: key files read again; new requests are verified with them (the rest of the configuration is read at start only)";
+/// Logged at SIGHUP when a key file could not be read or is refused.
+pub const SIGHUP_KEYS_KEPT: &str = "SIGHUP: key files not reloaded; the keys in force are kept";
+/// Logged at SIGHUP when the configuration names no key file.
+pub const SIGHUP_NO_KEY_FILES: &str = "SIGHUP: no key file is configured (auth.public_key_file, auth.jwks_file), so nothing is read again; \
+                                       the configuration is read at start only: restart the process (SIGTERM drains) to apply a change";
 
 /// Where the demo page is opened: `addr`, or loopback for a wildcard address (`0.0.0.0`,
 /// `[::]`), which is no place a browser can open.
@@ -206,7 +273,7 @@ pub fn main<E: Display>(name: &'static str, workers_for_zero: usize, run: impl F
         None => match load(cli.config.as_deref(), &Overrides { demo: cli.demo, listen: cli.listen.clone() }) {
             Ok(setup) => {
                 init_logs(cli.json_logs);
-                return match run(launch(setup, cli.demo, workers_for_zero)) {
+                return match run(launch(setup, cli.demo, workers_for_zero, config_dir(cli.config.as_deref()))) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!("{e:#}");
@@ -333,7 +400,7 @@ fn warnings(setup: &Setup, demo: bool) -> Vec<String> {
 
 /// Start-up that needs the logs: the configuration's warnings, the open-files limit (raised to
 /// the hard limit), metrics, the worker count and the epoch.
-fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
+fn launch(setup: Setup, demo: bool, workers_for_zero: usize, config_dir: PathBuf) -> Launch {
     for w in warnings(&setup, demo) {
         warn!("{w}");
     }
@@ -357,7 +424,8 @@ fn launch(setup: Setup, demo: bool, workers_for_zero: usize) -> Launch {
         Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
     }
     let metrics = Arc::new(Metrics::new(&setup.settings));
-    Launch { setup, demo, metrics, workers, started: since_epoch() }
+    let verifier = Arc::new(ReloadableVerifier::new(setup.verifier.clone()));
+    Launch { setup, demo, metrics, workers, started: since_epoch(), verifier, config_dir }
 }
 
 /// Reads the configuration file, the environment and the files it names into a checked setup.
@@ -366,7 +434,7 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String>
         Some(p) => Some(read_bounded(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
     };
-    let base = path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let base = config_dir(path);
     // A value that is not UTF-8 is refused, not taken for no value (the file's secret, or a
     // generated one, would be used without a word).
     let var = |name: &str| match std::env::var(name) {
@@ -381,7 +449,14 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Setup, String>
     setup::load(text.as_deref(), &env, overrides, &mut read, &mut || secret.clone()).map_err(|e| e.0)
 }
 
-/// The most a file the gateway reads at start-up (its configuration, a key, the catalogue) may
+/// The directory the configuration file at `path` names its files against (none: the working
+/// directory).
+fn config_dir(path: Option<&Path>) -> PathBuf {
+    path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The most a file the gateway reads at start-up (its configuration, a key, the catalogue) or at
+/// SIGHUP (a key) may
 /// hold: far past any real one, and no device or FIFO read until memory runs out.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
@@ -494,6 +569,57 @@ fn log_filter(var: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SIGHUP ([`KeyReload::on_hangup`], as the frontends call it): the key file, named relative
+    /// to the configuration file, is read again from there and verifies every token from then on;
+    /// the file's `auth.secret` and `[auth]` settings stay in force; a file refused leaves the
+    /// keys as they were. `Debug` never shows the secret.
+    #[test]
+    fn sighup_reads_the_key_file_again_beside_the_configuration_and_keeps_the_keys_when_refused() {
+        use crate::auth::{TokenError, TokenVerifier};
+        const FILE_SECRET: &str = "file-secret-0123456789abcdef-0123";
+        if std::env::var_os("SSE_GATEWAY_JWT_SECRET").is_some() {
+            return; // it would stand for the file's secret
+        }
+        let dir = std::env::temp_dir().join(format!("sse-gateway-sighup-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let conf = dir.join("gw.toml");
+        let text = format!("[auth]\nalgorithms = [\"RS256\", \"HS256\"]\nsecret = \"{FILE_SECRET}\"\npublic_key_file = \"keys/k.pem\"\nissuer = \"idp\"\n");
+        std::fs::write(&conf, text).unwrap();
+        let key = dir.join("keys/k.pem");
+        std::fs::write(&key, include_str!("../tests/fixtures/keys/rsa_public.pem")).unwrap();
+        let l = launch(load(Some(&conf), &Overrides::default()).unwrap(), false, 1, config_dir(Some(&conf)));
+        let now = unix_now();
+        let sign = |pem: &str| {
+            let claims = serde_json::json!({ "sub": "alice", "iss": "idp", "exp": now + 600 });
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
+        };
+        let (old, new) = (sign(include_str!("../tests/fixtures/keys/rsa_private.pem")), sign(include_str!("../tests/fixtures/keys/rsa2_private.pem")));
+        let by_secret = issue_hs256(&l.settings().config.auth, FILE_SECRET.as_bytes(), "bob", &[], now, 600).unwrap();
+        let other_issuer = issue_hs256(&crate::auth::AuthConfig::default(), FILE_SECRET.as_bytes(), "bob", &[], now, 600).unwrap();
+        assert!(l.verifier.verify(&old, now).is_ok());
+        assert_eq!(l.verifier.verify(&new, now).unwrap_err(), TokenError::BadSignature);
+
+        let reload = l.key_reload();
+        std::fs::write(&key, include_str!("../tests/fixtures/keys/rsa2_public.pem")).unwrap();
+        reload.on_hangup();
+        assert!(l.verifier.verify(&new, now).is_ok(), "the new key, read beside the configuration");
+        assert_eq!(l.verifier.verify(&old, now).unwrap_err(), TokenError::BadSignature, "the old key");
+        assert!(l.verifier.verify(&by_secret, now).is_ok(), "the file's secret is kept");
+        assert_eq!(l.verifier.verify(&other_issuer, now).unwrap_err(), TokenError::WrongIssuer, "the [auth] settings are kept");
+
+        for refused in ["not a key", include_str!("../tests/fixtures/keys/ec_public.pem")] {
+            std::fs::write(&key, refused).unwrap();
+            reload.on_hangup();
+            assert!(l.verifier.verify(&new, now).is_ok(), "a refused file keeps the keys in force");
+        }
+        std::fs::remove_file(&key).unwrap();
+        reload.on_hangup();
+        assert!(l.verifier.verify(&new, now).is_ok(), "a missing file keeps the keys in force");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!format!("{reload:?}").contains("file-secret") && !format!("{reload:?}").contains("102, 105"), "{reload:?}");
+    }
     use tracing_subscriber::EnvFilter;
 
     #[test]
@@ -617,13 +743,13 @@ mod tests {
     #[test]
     fn workers_zero_means_the_frontends_default() {
         let setup = setup::load(None, &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32]).unwrap();
-        assert_eq!(launch(setup, false, 3).workers, 3);
+        assert_eq!(launch(setup, false, 3, PathBuf::new()).workers, 3);
         let setup = setup::load(Some("[server]\nworkers = 2\n"), &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32])
             .unwrap();
-        assert_eq!(launch(setup, false, 1).workers, 2);
+        assert_eq!(launch(setup, false, 1, PathBuf::new()).workers, 2);
         // No more workers than streams to share out: none would hold a share of 0.
         let setup = setup::load(Some("[server]\nmax_streams = 2\n"), &Env::default(), &Overrides::default(), &mut |p| Err(p.into()), &mut || vec![1; 32])
             .unwrap();
-        assert_eq!(launch(setup, false, 8).workers, 2);
+        assert_eq!(launch(setup, false, 8, PathBuf::new()).workers, 2);
     }
 }

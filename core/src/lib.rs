@@ -46,7 +46,7 @@ pub mod setup;
 pub mod sse;
 
 pub use backoff::Backoff;
-pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, TokenError, TokenVerifier};
+pub use auth::{issue_hs256, Identity, JwtVerifier, KeyMaterial, ReloadableVerifier, TokenError, TokenVerifier};
 pub use catalogue::Catalogue;
 pub use config::{Config, ConfigError, Settings};
 pub use gateway::{log_continues, log_resumes, logs_meet, BackfillStep, Gateway, Output, TimerReason, KEEP_FRAMES, LOG_SKIP};

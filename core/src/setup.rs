@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{JwtVerifier, KeyMaterial};
+use crate::auth::{AuthConfig, JwtVerifier, KeyMaterial};
 use crate::catalogue::Catalogue;
 use crate::config::{BrokerConfig, Config, ConfigError, Settings};
 use crate::demo;
@@ -39,7 +39,8 @@ pub struct Setup {
     pub settings: Arc<Settings>,
     /// Key material, the secret included.
     pub keys: KeyMaterial,
-    /// The verifier for those keys.
+    /// The verifier for those keys, as at start: a running gateway verifies through
+    /// [`crate::cli::Launch::verifier`], whose keys a SIGHUP may replace.
     pub verifier: JwtVerifier,
     /// No key material was configured, so the secret is random for this process: every token
     /// from elsewhere is refused. The frontend warns (outside demo mode).
@@ -97,14 +98,8 @@ pub fn load(
         secret: env.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
         ..KeyMaterial::default()
     };
-    let mut file = |key: &str, path: &Option<String>| -> Result<Option<String>, ConfigError> {
-        path.as_deref()
-            .map(|p| read(p).map_err(|e| ConfigError(format!("{key}: cannot read `{p}`: {e}"))))
-            .transpose()
-    };
-    keys.public_key_pem = file("auth.public_key_file", &config.auth.public_key_file)?;
-    keys.jwks_json = file("auth.jwks_file", &config.auth.jwks_file)?;
-    let catalogue = match file("catalogue", &config.catalogue)? {
+    (keys.public_key_pem, keys.jwks_json) = key_files(&config.auth, read)?;
+    let catalogue = match named_file(read, "catalogue", &config.catalogue)? {
         None => Catalogue::seed(),
         Some(t) => Catalogue::from_toml(&t).map_err(|e| ConfigError(format!("catalogue: {e}")))?,
     };
@@ -126,6 +121,38 @@ pub fn load(
         ));
     }
     Ok(setup)
+}
+
+/// The contents of the file at `path`, if set; an error names `key`.
+fn named_file(read: &mut dyn FnMut(&str) -> Result<String, String>, key: &str, path: &Option<String>) -> Result<Option<String>, ConfigError> {
+    path.as_deref().map(|p| read(p).map_err(|e| ConfigError(format!("{key}: cannot read `{p}`: {e}")))).transpose()
+}
+
+/// The contents of `auth.public_key_file` and `auth.jwks_file`, those set.
+fn key_files(auth: &AuthConfig, read: &mut dyn FnMut(&str) -> Result<String, String>) -> Result<(Option<String>, Option<String>), ConfigError> {
+    Ok((named_file(read, "auth.public_key_file", &auth.public_key_file)?, named_file(read, "auth.jwks_file", &auth.jwks_file)?))
+}
+
+/// Whether `auth` names a key file, which [`reload_keys`] would read again.
+pub fn has_key_files(auth: &AuthConfig) -> bool {
+    auth.public_key_file.is_some() || auth.jwks_file.is_some()
+}
+
+/// A verifier for the running `[auth]` settings with the key files they name read again
+/// (`read`, as for [`load`]), the secret in force (`secret`: [`Setup::keys`]'s, the environment's
+/// or a generated one; `auth.secret` is the running configuration's) kept: a key rotated by
+/// rewriting `auth.public_key_file` or `auth.jwks_file` is taken without a restart (SIGHUP). Every
+/// check of the start applies; an error names the file or the setting at fault, and the frontend
+/// then keeps the verifier in force. Nothing else of the configuration is read again.
+pub fn reload_keys(
+    settings: &Settings,
+    secret: Option<Vec<u8>>,
+    read: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<JwtVerifier, ConfigError> {
+    let auth = &settings.config.auth;
+    let (public_key_pem, jwks_json) = key_files(auth, read)?;
+    let keys = KeyMaterial { secret, public_key_pem, jwks_json };
+    JwtVerifier::new(auth, &keys).map_err(|e| ConfigError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -195,6 +222,49 @@ mod tests {
         let s = load(Some("catalogue = \"cat.toml\"\n"), &Env::default(), &Overrides::default(), &mut read, &mut || vec![1; 32]).unwrap();
         assert_eq!(s.settings.channels.len(), 5);
         assert!(s.settings.channel_id("invoices").is_some(), "the file's catalogue, not the seed");
+    }
+
+    /// SIGHUP's reload: the key files named at start are read again (the new key verifies, the
+    /// old one no longer), the running `[auth]` settings and secret kept; a file that cannot be
+    /// read or makes no verifier is an error naming its setting, and the verifier in force stays.
+    #[test]
+    fn reload_keys_reads_the_key_files_again_and_keeps_the_rest() {
+        use crate::auth::{ReloadableVerifier, TokenError, TokenVerifier};
+        let rsa1 = include_str!("../tests/fixtures/keys/rsa_public.pem");
+        let rsa2 = include_str!("../tests/fixtures/keys/rsa2_public.pem");
+        let text = "[auth]\nalgorithms = [\"RS256\", \"HS256\"]\npublic_key_file = \"k.pem\"\nissuer = \"idp\"\n";
+        let env = Env { jwt_secret: Some(SECRET.into()), amqp_url: None };
+        let s = load(Some(text), &env, &Overrides::default(), &mut |p| if p == "k.pem" { Ok(rsa1.into()) } else { no_files(p) }, &mut || unreachable!())
+            .unwrap();
+        let now = 1_700_000_000;
+        let claims = serde_json::json!({ "sub": "alice", "iss": "idp", "exp": now + 600 });
+        let sign = |pem: &str| {
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
+        };
+        let by_rsa1 = sign(include_str!("../tests/fixtures/keys/rsa_private.pem"));
+        let by_rsa2 = sign(include_str!("../tests/fixtures/keys/rsa2_private.pem"));
+        let by_secret = crate::issue_hs256(&s.settings.config.auth, SECRET.as_bytes(), "alice", &[], now, 600).unwrap();
+        let served = ReloadableVerifier::new(s.verifier.clone());
+        assert!(served.verify(&by_rsa1, now).is_ok());
+        assert_eq!(served.verify(&by_rsa2, now).unwrap_err(), TokenError::BadSignature);
+
+        let reloaded = reload_keys(&s.settings, s.keys.secret.clone(), &mut |p| if p == "k.pem" { Ok(rsa2.into()) } else { no_files(p) }).unwrap();
+        served.replace(reloaded);
+        assert!(served.verify(&by_rsa2, now).is_ok(), "the new key");
+        assert_eq!(served.verify(&by_rsa1, now).unwrap_err(), TokenError::BadSignature, "the old key");
+        assert!(served.verify(&by_secret, now).is_ok(), "the secret in force is kept");
+        let wrong_issuer = crate::issue_hs256(&crate::auth::AuthConfig::default(), SECRET.as_bytes(), "alice", &[], now, 600).unwrap();
+        assert_eq!(served.verify(&wrong_issuer, now).unwrap_err(), TokenError::WrongIssuer, "the running [auth] settings are kept");
+
+        let e = reload_keys(&s.settings, s.keys.secret.clone(), &mut no_files).unwrap_err();
+        assert!(e.0.starts_with("auth.public_key_file: cannot read `k.pem`"), "{e}");
+        let e = reload_keys(&s.settings, s.keys.secret.clone(), &mut |_| Ok("-----BEGIN PUBLIC KEY-----\nnot a key\n".into())).unwrap_err();
+        assert!(e.0.contains("public_key_file"), "{e}");
+        // The start's checks all apply: a new public key that the secret in force holds.
+        let body: String = rsa2.lines().filter(|l| !l.starts_with("-----")).collect();
+        let e = reload_keys(&s.settings, Some(body.into_bytes()), &mut |_| Ok(rsa2.into())).unwrap_err();
+        assert!(e.0.contains("holds the configured public key material"), "{e}");
     }
 
     #[test]

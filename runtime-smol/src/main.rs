@@ -38,15 +38,13 @@ impl Signals {
         async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map(Signals)
     }
 
-    /// The next SIGTERM or SIGINT (its number); a SIGHUP is only logged ([`common::SIGHUP_IGNORED`]).
-    /// An error reading the signals counts as a SIGTERM, so that the process can still stop.
-    async fn next(&mut self) -> i32 {
-        loop {
-            match self.0.next().await {
-                Some(Ok(Signal::Hup)) => tracing::warn!("{}", common::SIGHUP_IGNORED),
-                Some(Ok(Signal::Int)) => return 2,
-                _ => return 15,
-            }
+    /// The next SIGTERM, SIGINT or SIGHUP. An error reading the signals counts as a SIGTERM, so
+    /// that the process can still stop.
+    async fn next(&mut self) -> common::Signalled {
+        match self.0.next().await {
+            Some(Ok(Signal::Hup)) => common::Signalled::Hangup,
+            Some(Ok(Signal::Int)) => common::Signalled::Stop(2),
+            _ => common::Signalled::Stop(15),
         }
     }
 }

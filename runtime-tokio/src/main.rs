@@ -37,14 +37,12 @@ impl Signals {
         Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
     }
 
-    /// The next SIGTERM or SIGINT (its number); a SIGHUP is only logged ([`common::SIGHUP_IGNORED`]).
-    async fn next(&mut self) -> i32 {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return 15,
-                _ = self.int.recv() => return 2,
-                _ = self.hup.recv() => tracing::warn!("{}", common::SIGHUP_IGNORED),
-            }
+    /// The next SIGTERM, SIGINT or SIGHUP.
+    async fn next(&mut self) -> common::Signalled {
+        tokio::select! {
+            _ = self.term.recv() => common::Signalled::Stop(15),
+            _ = self.int.recv() => common::Signalled::Stop(2),
+            _ = self.hup.recv() => common::Signalled::Hangup,
         }
     }
 }

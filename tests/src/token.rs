@@ -62,6 +62,14 @@ pub fn rs256(private_pem: &[u8], claims: &serde_json::Value) -> String {
     encode(&Header::new(jsonwebtoken::Algorithm::RS256), claims, &key).expect("sign an RS256 token")
 }
 
+/// An RS256 token over `claims`, signed with a PEM private key, its header naming `kid`.
+pub fn rs256_kid(private_pem: &[u8], kid: &str, claims: &serde_json::Value) -> String {
+    let key = EncodingKey::from_rsa_pem(private_pem).expect("an RSA private key in PEM");
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    encode(&header, claims, &key).expect("sign an RS256 token")
+}
+
 /// A key file of the core's fixtures (`core/tests/fixtures/keys/NAME`), as an absolute path.
 pub fn key_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/keys").join(name)

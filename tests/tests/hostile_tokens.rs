@@ -4,11 +4,15 @@
 
 use serde_json::{json, Value};
 use sse_gateway_tests::http::raw_exchange;
-use sse_gateway_tests::token::{assembled, b64url, hs256, key, key_path, rs256, unix_now};
-use sse_gateway_tests::{for_each_binary, token, Bin, ConfigBuilder, GatewayProcess, SECRET, WAIT};
+use sse_gateway_tests::payloads::valid_text;
+use sse_gateway_tests::token::{assembled, b64url, hs256, key, key_path, rs256, rs256_kid, unix_now};
+use sse_gateway_tests::{for_each_binary, token, Bin, ConfigBuilder, Fixture, GatewayProcess, SECRET, WAIT};
 
 const ISSUER: &str = "https://idp.example.test/";
 const AUDIENCE: &str = "sse-gateway";
+/// The gateway's log lines at SIGHUP (docs/operations.md).
+const SIGHUP_KEYS_RELOADED: &str = "SIGHUP: key files read again";
+const SIGHUP_KEYS_KEPT: &str = "SIGHUP: key files not reloaded; the keys in force are kept";
 
 /// A gateway that accepts RS256 only, with the fixture RSA public key, an issuer and an
 /// audience; logs at debug so a token logged at any level is caught.
@@ -205,7 +209,70 @@ async fn an_hmac_gateway_refuses_alg_none_and_public_key_tokens(bin: Bin) {
     gw.assert_never_logged(&tokens).await;
 }
 
+/// SIGHUP reads the key files again (a key rotation without a restart): the identity
+/// provider's next key, added to the JWKS, is taken for new requests; the retired one, removed,
+/// is refused for new requests while a stream it opened goes on (until its token's `exp`); a file
+/// that does not make a verifier is logged and the keys in force are kept.
+async fn a_rotated_jwks_is_taken_at_sighup_and_a_broken_one_keeps_the_keys(bin: Bin) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let jwks_path = dir.path().join("jwks.json");
+    let all: Value = serde_json::from_slice(&key("jwks.json")).expect("the fixture JWKS");
+    let only = |kid: &str| {
+        let keys: Vec<Value> = all["keys"].as_array().expect("keys").iter().filter(|k| k["kid"] == kid).cloned().collect();
+        assert_eq!(keys.len(), 1, "{kid} in the fixture");
+        json!({ "keys": keys }).to_string()
+    };
+    std::fs::write(&jwks_path, only("rsa-1")).expect("write the JWKS");
+    let cfg = ConfigBuilder::new()
+        .strs("auth", "algorithms", &["RS256"])
+        .str("auth", "jwks_file", jwks_path.to_str().expect("a UTF-8 path"))
+        .str("auth", "issuer", ISSUER)
+        .str("auth", "audience", AUDIENCE);
+    let mut fx = Fixture::start(bin, cfg).await;
+    let current = rs256_kid(&key("rsa_private.pem"), "rsa-1", &good_claims("alice"));
+    let next = rs256_kid(&key("rsa2_private.pem"), "rsa-2", &good_claims("bob"));
+    let mut opened_before = fx.gw.stream("deals", &current).await;
+    assert_eq!(opened_before.status, 200);
+    assert_all_refused(&fx.gw, &[("the next key, not in the JWKS yet".into(), next.clone())]).await;
+    let reloads = |log: &str| log.lines().filter(|l| l.contains(SIGHUP_KEYS_RELOADED)).count();
+
+    // The identity provider's next key is published beside the current one.
+    std::fs::write(&jwks_path, all.to_string()).expect("write the JWKS");
+    fx.gw.hangup();
+    let log = fx.gw.log_until(WAIT, |l| reloads(l) == 1).await;
+    let line = log.lines().find(|l| l.contains(SIGHUP_KEYS_RELOADED)).unwrap_or_else(|| panic!("no reload line:\n{log}"));
+    assert!(line.contains("jwks_kids=\"rsa-1,rsa-2\""), "{line}");
+    let mut opened_after = fx.gw.stream("deals", &next).await;
+    assert_eq!(opened_after.status, 200, "the next key's token after SIGHUP");
+    assert_eq!(fx.gw.stream("deals", &current).await.status, 200, "the current key's token");
+
+    // The retired key is removed: its tokens are refused from then on.
+    std::fs::write(&jwks_path, only("rsa-2")).expect("write the JWKS");
+    fx.gw.hangup();
+    let log = fx.gw.log_until(WAIT, |l| reloads(l) == 2).await;
+    assert_eq!(reloads(&log), 2, "no second reload line:\n{log}");
+    assert_all_refused(&fx.gw, &[("the retired key".into(), current.clone())]).await;
+
+    // A broken file: logged, and the keys in force stay.
+    std::fs::write(&jwks_path, "{\"keys\": [").expect("write the JWKS");
+    fx.gw.hangup();
+    let log = fx.gw.log_until(WAIT, |l| l.contains(SIGHUP_KEYS_KEPT)).await;
+    let line = log.lines().find(|l| l.contains(SIGHUP_KEYS_KEPT)).unwrap_or_else(|| panic!("no line for the broken file:\n{log}"));
+    assert!(line.contains("jwks_file is not a JWKS document"), "the setting is named: {line}");
+    assert_eq!(reloads(&log), 2, "{log}");
+    assert_eq!(fx.gw.stream("deals", &next).await.status, 200, "the keys in force after a broken file");
+    assert_all_refused(&fx.gw, &[("the retired key, after a broken file".into(), current.clone())]).await;
+
+    // Both streams went on through the three reloads.
+    let body = valid_text("deal.created");
+    fx.publish("deals", "deal.created", &body).await;
+    assert_eq!(opened_before.expect_event("the stream the retired key opened").await.data, body);
+    assert_eq!(opened_after.expect_event("the stream the next key opened").await.data, body);
+    assert!(fx.gw.is_running(), "the gateway stopped");
+}
+
 for_each_binary!(
+    a_rotated_jwks_is_taken_at_sighup_and_a_broken_one_keeps_the_keys,
     forged_stale_and_misaddressed_tokens_get_401_and_are_never_logged,
     a_64_kib_token_gets_401_when_the_head_bound_lets_it_through_and_431_by_default,
     an_hmac_gateway_refuses_alg_none_and_public_key_tokens,
