@@ -406,6 +406,7 @@ impl Shard {
             // Rare (the kernel short of memory or of epoll watches), and the client gets no
             // answer: said at warn, as many lines as refusals get.
             Err(e) => {
+                self.metrics.unregistered();
                 if self.refusals.borrow_mut().line(Instant::now(), log_refusals_summed) {
                     warn!(error = %e, "cannot adopt a stream's connection (its socket could not be registered); closed unanswered");
                 }

@@ -164,6 +164,7 @@ pub struct Metrics {
     forbidden: AtomicU64,
     head_timeouts: AtomicU64,
     shed: AtomicU64,
+    unregistered: AtomicU64,
     /// One per shard ([`Metrics::delay_histogram`]), summed when rendered.
     delays: Mutex<Vec<Arc<DelayHistogram>>>,
 }
@@ -186,6 +187,7 @@ impl Metrics {
             forbidden: AtomicU64::new(0),
             head_timeouts: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            unregistered: AtomicU64::new(0),
             delays: Mutex::new(Vec::new()),
         }
     }
@@ -278,6 +280,13 @@ impl Metrics {
         self.shed.fetch_add(1, Relaxed);
     }
 
+    /// Counts a stream's connection closed unanswered because its shard could not register the
+    /// socket with its event loop (the kernel short of memory or of epoll watches; the frontend
+    /// calls this).
+    pub fn unregistered(&self) {
+        self.unregistered.fetch_add(1, Relaxed);
+    }
+
     /// Records whether a channel's source is up (1) or down (0), for `/metrics` (the frontend
     /// calls this once per change, where it keeps the state `/readyz` reads).
     pub fn source_state(&self, c: ChannelId, up: bool) {
@@ -356,6 +365,11 @@ impl Metrics {
                 "Connections closed unanswered to free file descriptors: no complete request head a second after the accept when accept ran out of them.",
                 &self.shed,
             ),
+            (
+                "sse_gateway_connections_unregistered_total",
+                "Stream connections closed unanswered because their shard could not register the socket with its event loop (the kernel short of memory or of epoll watches).",
+                &self.unregistered,
+            ),
         ];
         for (name, help, c) in singles {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
@@ -399,6 +413,17 @@ mod tests {
         let settings = Settings::new(Config::from_toml("").unwrap(), Catalogue::seed()).unwrap();
         let m = Metrics::new(&settings);
         (settings, m)
+    }
+
+    /// A stream's connection its shard could not register is counted (it gets no answer, so
+    /// no response status counts it).
+    #[test]
+    fn an_unregistered_connection_is_counted() {
+        let (_, m) = metrics();
+        assert!(m.render().contains("\nsse_gateway_connections_unregistered_total 0\n"));
+        m.unregistered();
+        m.unregistered();
+        assert!(m.render().contains("\nsse_gateway_connections_unregistered_total 2\n"));
     }
 
     #[test]
