@@ -68,7 +68,7 @@ pub(crate) enum Signalled {
 /// Threads: this one runs the listener (accept, request heads, ops endpoints, publish) and the
 /// in-process source; RabbitMQ's sources run on a `sources` thread of their own
 /// ([`amqp::start_thread`]); `launch.workers` shard threads each own one core `Gateway` and the
-/// sockets of its streams.
+/// sockets of its streams; the `signals` and `key-reload` threads are [`signals`]'.
 pub(crate) fn run(launch: Launch) -> anyhow::Result<()> {
     abort_on_panic();
     // The handlers before anything else: a SIGHUP while starting reads the key files again

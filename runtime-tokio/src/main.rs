@@ -4,7 +4,7 @@
 //! The command line and start-up are the core's (`cli`); serving is `runtime-common/`, shared
 //! with `sse-gateway-smol`. This crate is the tokio glue only: [`driver`] (executor, tasks,
 //! timers, sockets, lapin's runtime), [`listener`] and the signals below. Threads: the main
-//! thread, a `signals` thread, a `sources` thread with a broker, and `server.workers` shard threads
+//! thread, a `signals` thread and the `key-reload` thread it feeds, a `sources` thread with a broker, and `server.workers` shard threads
 //! (0 = one per CPU), each a current-thread runtime.
 #![forbid(unsafe_code)]
 
